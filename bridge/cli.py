@@ -1,0 +1,108 @@
+"""The ``palaver`` command.
+
+Each subcommand is a ``cmd_*(args) -> int`` function in the module that owns the idea;
+this file only parses arguments and dispatches (modules are imported lazily so that
+``palaver --version`` stays instant and never loads a platform SDK).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bridge import __version__
+
+# subcommand path -> "module:function"
+_HANDLERS = {
+    ("init",): "bridge.config.commands:cmd_init",
+    ("config", "validate"): "bridge.config.commands:cmd_config_validate",
+    ("config", "show"): "bridge.config.commands:cmd_config_show",
+    ("models", "list"): "bridge.config.commands:cmd_models_list",
+    ("doctor",): "bridge.models.doctor:cmd_doctor",
+    ("run",): "bridge.app:cmd_run",
+    ("chat",): "bridge.app:cmd_chat",
+    ("pairing", "list"): "bridge.access:cmd_pairing_list",
+    ("pairing", "approve"): "bridge.access:cmd_pairing_approve",
+    ("whatsapp", "login"): "channels.whatsapp:cmd_login",
+    ("whatsapp", "logout"): "channels.whatsapp:cmd_logout",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", metavar="PATH", help="config file (JSON5)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--log-format", choices=["text", "json"])
+
+    parser = argparse.ArgumentParser(
+        prog="palaver",
+        description="Bridge WhatsApp and Telegram chats to local and hosted language models.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"palaver {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="run every enabled channel")
+    p.set_defaults(path=("run",))
+
+    p = sub.add_parser("chat", parents=[common], help="chat from the terminal (same pipeline)")
+    p.add_argument("--session", default="operator", help="console session name")
+    p.add_argument("--model", help="model ref or alias for this session")
+    p.set_defaults(path=("chat",))
+
+    p = sub.add_parser("init", parents=[common], help="write a commented starter config")
+    p.add_argument("path_arg", nargs="?", metavar="PATH", help="where (default ./palaver.json5)")
+    p.set_defaults(path=("init",))
+
+    p = sub.add_parser("doctor", parents=[common], help="probe every provider in use")
+    p.set_defaults(path=("doctor",))
+
+    p = sub.add_parser("config", help="validate or show the config")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    q = csub.add_parser("validate", parents=[common], help="exit 0 if the config is valid")
+    q.set_defaults(path=("config", "validate"))
+    q = csub.add_parser("show", parents=[common], help="the resolved config, secrets redacted")
+    q.set_defaults(path=("config", "show"))
+
+    p = sub.add_parser("models", help="list configured models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    q = msub.add_parser("list", parents=[common], help="table of every model")
+    q.set_defaults(path=("models", "list"))
+
+    p = sub.add_parser("pairing", help="admit senders who asked to pair")
+    psub = p.add_subparsers(dest="pairing_command", metavar="ACTION", required=True)
+    q = psub.add_parser("list", parents=[common], help="pending pairing requests")
+    q.set_defaults(path=("pairing", "list"))
+    q = psub.add_parser("approve", parents=[common], help="approve a pairing code")
+    q.add_argument("channel")
+    q.add_argument("code")
+    q.set_defaults(path=("pairing", "approve"))
+
+    p = sub.add_parser("whatsapp", help="link or unlink the WhatsApp account")
+    wsub = p.add_subparsers(dest="whatsapp_command", metavar="ACTION", required=True)
+    q = wsub.add_parser("login", parents=[common], help="link this bridge as a device")
+    q.add_argument("--phone", metavar="+E164", help="pair with a code instead of a QR")
+    q.set_defaults(path=("whatsapp", "login"))
+    q = wsub.add_parser("logout", parents=[common], help="unlink the device")
+    q.set_defaults(path=("whatsapp", "logout"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = getattr(args, "path", None)
+    if path is None:
+        parser.print_help()
+        return 2
+    module_name, func_name = _HANDLERS[path].split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The configuration tree (pydantic, frozen).
+
+The ``models`` and ``agents`` sections follow OpenClaw's schema so configs written for it
+work here.  Keys are camelCase on disk and in attributes alike.  Loading (JSON5, ``${ENV}``,
+merging the built-in catalog, error messages with file and dotted path) is in ``load.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+Api = Literal["openai-responses", "openai-completions", "anthropic-messages"]
+InputKind = Literal["text", "image"]
+DmPolicy = Literal["pairing", "allowlist", "open", "disabled"]
+GroupPolicy = Literal["allowlist", "open", "disabled"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Cost(_Model):
+    input: float = 0
+    output: float = 0
+    cacheRead: float = 0
+    cacheWrite: float = 0
+
+
+class ModelDef(_Model):
+    id: str = Field(min_length=1)
+    name: str | None = None
+    reasoning: bool = False
+    input: tuple[InputKind, ...] = ("text",)
+    cost: Cost = Cost()
+    contextWindow: int = Field(default=128_000, gt=0)
+    maxTokens: int = Field(default=8192, gt=0)
+    headers: dict[str, str] = {}
+
+
+class Timeouts(_Model):
+    """Explicit timeouts for one model call, in seconds."""
+
+    connectSeconds: float = Field(default=5, gt=0)
+    # A cold-loading local model hangs here; keep it short enough to fail over.
+    firstTokenSeconds: float = Field(default=60, gt=0)
+    idleSeconds: float = Field(default=60, gt=0)  # longest gap between stream chunks
+    totalSeconds: float = Field(default=300, gt=0)
+
+
+class ProviderDef(_Model):
+    baseUrl: str | None = None
+    apiKey: SecretStr | None = None
+    api: Api | None = None
+    headers: dict[str, str] = {}
+    timeoutSeconds: float | None = Field(default=None, gt=0)  # total; overrides timeouts
+    timeouts: Timeouts | None = None
+    models: tuple[ModelDef, ...] = ()
+
+    @property
+    def effective_api(self) -> Api:
+        # A custom provider with a baseUrl and no api speaks Chat Completions.
+        return self.api or "openai-completions"
+
+
+class ModelsSection(_Model):
+    mode: Literal["merge", "replace"] = "merge"
+    providers: dict[str, ProviderDef] = {}
+
+
+# --------------------------------------------------------------------------- agents
+
+
+class ModelSelection(_Model):
+    """``"provider/model"`` or ``{primary, fallbacks}``."""
+
+    primary: str | None = None
+    fallbacks: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"primary": value}
+        return value
+
+
+class AgentModelEntry(_Model):
+    alias: str | None = None
+    params: dict[str, Any] = {}
+
+
+class Compaction(_Model):
+    enabled: bool = True
+    model: str | None = None  # default: the session's own model
+    keepRecentTurns: int = Field(default=6, ge=1)
+
+
+class AgentDefaults(_Model):
+    model: ModelSelection | None = None
+    models: dict[str, AgentModelEntry] = {}
+    systemPrompt: str | None = None
+    compaction: Compaction = Compaction()
+    timeouts: Timeouts = Timeouts()
+    imageHistoryTurns: int = Field(default=3, ge=0)
+    imageMaxDimensionPx: int = Field(default=1568, gt=0)
+    imageMaxBytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    imageMaxPixels: int = Field(default=50_000_000, gt=0)
+    imageRoots: tuple[str, ...] = ()
+    # Bounded wait for running turns on shutdown.
+    shutdownGraceSeconds: float = Field(default=20, ge=0)
+
+
+class Agents(_Model):
+    defaults: AgentDefaults = AgentDefaults()
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class ChatConfig(_Model):
+    """Per-chat overrides (``direct.<peerId>``; groups add requireMention and topics)."""
+
+    model: ModelSelection | None = None
+    systemPrompt: str | None = None
+    enabled: bool = True
+
+
+class TopicConfig(ChatConfig):
+    requireMention: bool | None = None
+
+
+class GroupConfig(ChatConfig):
+    requireMention: bool = True
+    allowFrom: tuple[str, ...] | None = None  # senders allowed in this group (None: anyone)
+    topics: dict[str, TopicConfig] = {}  # Telegram forum topics by thread id
+
+
+class ChannelConfig(_Model):
+    enabled: bool = True
+    dmPolicy: DmPolicy = "pairing"
+    allowFrom: tuple[str, ...] = ()
+    groupPolicy: GroupPolicy = "allowlist"
+    groups: dict[str, GroupConfig] = {}  # chat id or "*"
+    direct: dict[str, ChatConfig] = {}  # peer id
+    model: ModelSelection | None = None
+    systemPrompt: str | None = None
+    textChunkLimit: int = Field(default=4000, ge=200)
+    mediaMaxMb: float = Field(default=20, gt=0)
+
+    @model_validator(mode="after")
+    def _open_needs_wildcard(self) -> ChannelConfig:
+        if self.dmPolicy == "open" and "*" not in self.allowFrom:
+            raise ValueError('dmPolicy "open" requires allowFrom to contain "*"')
+        return self
+
+
+class TelegramConfig(ChannelConfig):
+    botToken: SecretStr | None = None  # else tokenFile, else $TELEGRAM_BOT_TOKEN
+    tokenFile: str | None = None
+    apiRoot: str = "https://api.telegram.org"
+    mode: Literal["polling", "webhook"] = "polling"
+    webhookUrl: str | None = None
+    webhookSecret: SecretStr | None = None
+    webhookPath: str = "/telegram/webhook"
+    webhookHost: str = "127.0.0.1"
+    webhookPort: int = Field(default=8443, gt=0, lt=65536)
+    textChunkLimit: int = Field(default=4000, ge=200, le=4096)
+    mediaMaxMb: float = Field(default=20, gt=0)
+
+
+class WhatsAppConfig(ChannelConfig):
+    sendReadReceipts: bool = True
+    mediaMaxMb: float = Field(default=50, gt=0)
+    catchUpMinutes: float = Field(default=10, ge=0)
+
+
+class ConsoleConfig(_Model):
+    enabled: bool = False  # ``palaver chat`` always runs it; ``run`` only when enabled
+    model: ModelSelection | None = None
+    systemPrompt: str | None = None
+
+
+class Channels(_Model):
+    telegram: TelegramConfig | None = None
+    whatsapp: WhatsAppConfig | None = None
+    console: ConsoleConfig | None = None
+
+
+# --------------------------------------------------------------------------- operations
+
+
+class HealthConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, gt=0, lt=65536)
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    logMessageText: bool = False
+
+
+# --------------------------------------------------------------------------- root
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """Everything a client needs to call one model (secrets kept as SecretStr)."""
+
+    ref: str  # "provider/model-id"
+    provider: str
+    model_id: str
+    api: Api
+    base_url: str
+    api_key: SecretStr | None
+    headers: dict[str, str]
+    name: str
+    alias: str | None
+    context_window: int
+    max_tokens: int
+    input: tuple[InputKind, ...]
+    reasoning: bool
+    timeouts: Timeouts
+
+    @property
+    def vision(self) -> bool:
+        return "image" in self.input
+
+
+class Config(_Model):
+    """The whole configuration; read attributes, never dict keys."""
+
+    dataDir: str = "~/.palaver"
+    models: ModelsSection = ModelsSection()
+    agents: Agents = Agents()
+    channels: Channels = Channels()
+    health: HealthConfig = HealthConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("dataDir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("dataDir must not be empty")
+        return v
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.dataDir).expanduser()
+
+    # -- model references ----------------------------------------------------------
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> canonical ref."""
+        return {
+            entry.alias: ref
+            for ref, entry in self.agents.defaults.models.items()
+            if entry.alias
+        }
+
+    def resolve_ref(self, text: str) -> str:
+        """Turn an alias or ``provider/model`` into a canonical ref; KeyError if unknown."""
+        from bridge.config.resolve import resolve_ref
+
+        return resolve_ref(self, text)
+
+    def model(self, ref_or_alias: str) -> ResolvedModel:
+        """Everything needed to call ``ref_or_alias``; KeyError if unknown."""
+        from bridge.config.resolve import resolve_model
+
+        return resolve_model(self, ref_or_alias)
+
+    def default_selection(self) -> ModelSelection:
+        """agents.defaults.model, or the first model of the first provider the file defines."""
+        from bridge.config.resolve import default_selection
+
+        return default_selection(self)
+
+    def selection_for(
+        self,
+        channel: str,
+        *,
+        chat_kind: str,
+        chat_id: str,
+        sender_id: str | None = None,
+        thread_id: str | None = None,
+    ) -> ModelSelection:
+        """Config precedence (most specific first): topic, group/direct, channel, defaults.
+
+        A chat's own ``/model`` choice (stored, not in config) outranks all of these; the
+        conversation core applies it.
+        """
+        from bridge.config.resolve import selection_for
+
+        return selection_for(
+            self, channel, chat_kind=chat_kind, chat_id=chat_id,
+            sender_id=sender_id, thread_id=thread_id,
+        )
+
+    def candidates(self, selection: ModelSelection) -> list[str]:
+        """Canonical refs: primary then fallbacks, in order, without duplicates."""
+        from bridge.config.resolve import candidates
+
+        return candidates(self, selection)
+
+    def system_prompt_for(
+        self,
+        channel: str,
+        *,
+        chat_kind: str,
+        chat_id: str,
+        sender_id: str | None = None,
+        thread_id: str | None = None,
+    ) -> str | None:
+        from bridge.config.resolve import system_prompt_for
+
+        return system_prompt_for(
+            self, channel, chat_kind=chat_kind, chat_id=chat_id,
+            sender_id=sender_id, thread_id=thread_id,
+        )
+
+    def channel(self, name: str) -> ChannelConfig | ConsoleConfig | None:
+        return getattr(self.channels, name, None)

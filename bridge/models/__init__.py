@@ -1,0 +1,1 @@
+"""Model clients (one per wire API), reasoning stripping and routing."""

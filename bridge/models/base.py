@@ -1,0 +1,150 @@
+"""Request, reply and error types shared by every model client and the router."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol
+
+
+class ErrorClass(StrEnum):
+    """The closed set of model failures; the router decides from these alone."""
+
+    UNREACHABLE = "unreachable"  # refused, reset, DNS
+    TIMEOUT = "timeout"  # connect, first token, idle gap, total
+    RATE_LIMITED = "rate_limited"  # 429
+    OVERLOADED = "overloaded"  # 503/529, model not loaded / loading
+    SERVER_ERROR = "server_error"  # other 5xx
+    AUTH = "auth"  # 401/403, missing key
+    NOT_FOUND = "not_found"  # 404 model
+    EMPTY_RESPONSE = "empty_response"  # nothing left after stripping reasoning
+    BAD_RESPONSE = "bad_response"  # malformed JSON/SSE
+    CONTEXT_OVERFLOW = "context_overflow"  # prompt too long for the model
+    BAD_REQUEST = "bad_request"  # other 4xx
+
+
+class ModelError(Exception):
+    """A classified failure of one model call.  ``str()`` never contains secrets."""
+
+    def __init__(
+        self,
+        error_class: ErrorClass,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{error_class.value}: {message}")
+        self.error_class = error_class
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """A prepared image (already normalised by bridge.media)."""
+
+    data: bytes
+    mime: str  # image/jpeg, image/png, image/gif, image/webp
+
+    def data_url(self) -> str:
+        import base64
+
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: Literal["user", "assistant"]
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def text(cls, role: Literal["user", "assistant"], text: str) -> Turn:
+        return cls(role, (TextPart(text),))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """Instructions (system prompt) plus the conversation, oldest turn first."""
+
+    instructions: str | None
+    turns: tuple[Turn, ...]
+    max_tokens: int | None = None  # None: the model's configured maxTokens
+    temperature: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What one client returns: only final text (reasoning already stripped)."""
+
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None  # stop, length, content_filter, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    model_ref: str
+    error_class: ErrorClass | None  # None: this attempt answered
+    duration_s: float
+    message: str = ""
+    skipped: bool = False  # cooling down, not called
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    """The router's answer for a turn."""
+
+    text: str
+    model_ref: str  # the model that answered
+    usage: Usage
+    finish_reason: str | None
+    attempts: tuple[Attempt, ...]
+
+    @property
+    def fell_back(self) -> bool:
+        return len([a for a in self.attempts if not a.skipped]) > 1 or any(
+            a.skipped for a in self.attempts
+        )
+
+
+class AllModelsFailed(Exception):
+    """Every candidate failed; lists each attempt."""
+
+    def __init__(self, attempts: tuple[Attempt, ...]) -> None:
+        self.attempts = attempts
+        lines = ", ".join(
+            f"{a.model_ref}: {'cooling down' if a.skipped else a.error_class}"
+            + (f" ({a.message})" if a.message else "")
+            for a in attempts
+        )
+        super().__init__(f"all models failed: {lines}")
+
+    @property
+    def context_overflow(self) -> bool:
+        """True when the turn stopped on a context overflow (compact and retry)."""
+        return bool(self.attempts) and self.attempts[-1].error_class is ErrorClass.CONTEXT_OVERFLOW
+
+
+class ModelClient(Protocol):
+    """One wire API.  Implementations: responses.py, completions.py, anthropic.py."""
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        """Stream a completion and return only the final text; raise ModelError."""
+        ...
