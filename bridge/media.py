@@ -67,3 +67,25 @@ class MediaStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return digest
+
+
+async def user_parts(
+    text: str,
+    media: tuple[MediaRef, ...] | list[MediaRef],
+    *,
+    store: MediaStore,
+    vision: bool,
+    include_images: bool = True,
+    settings=None,  # bridge.config.schema.AgentDefaults
+):
+    """The parts of one user message for a model: text with images (or placeholders).
+
+    Placeholder version; the images issue replaces it (same signature): image references
+    in ``text`` and images in ``media`` become ImageParts when ``vision`` and
+    ``include_images``, else placeholder text.
+    """
+    from bridge.models.base import TextPart
+
+    bits = [text] if text else []
+    bits.extend(ref.placeholder() for ref in media)
+    return (TextPart("\n".join(bits)),)
