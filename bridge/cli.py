@@ -29,16 +29,25 @@ _HANDLERS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options(default: object) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", metavar="PATH", help="config file (JSON5)")
-    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    common.add_argument("--log-format", choices=["text", "json"])
+    common.add_argument("--config", "-c", metavar="PATH", help="config file (JSON5)",
+                        default=default)
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default=default)
+    common.add_argument("--log-format", choices=["text", "json"], default=default)
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Subcommands SUPPRESS their defaults so `palaver -c X run` keeps X (argparse copies a
+    # subparser's defaults over the main parser's values otherwise).
+    common = _common_options(argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog="palaver",
         description="Bridge WhatsApp and Telegram chats to local and hosted language models.",
-        parents=[common],
+        parents=[_common_options(None)],
     )
     parser.add_argument("--version", action="version", version=f"palaver {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -102,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A config mistake is a user error: its message, never a traceback.
+        from bridge.config.load import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        print(exc, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

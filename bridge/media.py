@@ -1,34 +1,116 @@
-"""Media store: files named by content hash under ``<dataDir>/media``.
+"""Media store, image references in prompt text, and the image parts of a user message.
 
-(Image preparation and prompt image references arrive with the images issue.)
+- :class:`MediaStore` keeps files named by content hash under ``<dataDir>/media`` (never
+  by a name a user chose) and caches prepared (model-ready) images next to them.
+- :func:`find_references` detects image references written in a message.
+- :func:`user_parts` turns one stored user message into model parts: text, images or
+  placeholders.  Pillow work itself is in :mod:`bridge.images`.
+
+Safety: prompt text comes from strangers.  A reference is loaded only when its real path
+(symlinks followed) lies inside an allowed root — the media store plus
+``agents.defaults.imageRoots`` — and pillow decodes it within the limits.  Anything else
+stays plain text.  Remote ``http(s)`` URLs are never fetched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
+import re
+import stat
 import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from bridge import images
 from bridge.envelope import MediaKind, MediaRef
+from bridge.images import ImageLimits, ImageRefused, PreparedImage, Refusal
+from bridge.models.base import ImagePart, Part, TextPart
+
+log = logging.getLogger(__name__)
 
 _EXT = {
     "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
     "audio/ogg": ".ogg", "audio/mpeg": ".mp3", "video/mp4": ".mp4", "application/pdf": ".pdf",
 }
+_MEDIA_ID = re.compile(r"[0-9a-f]{64}")
+
+IMAGE_ALREADY_SEEN = "[image already seen]"
+MEDIA_REF_PREFIX = "media:"
+# A message may not make the bridge resolve or attach without bound.
+MAX_REFERENCES_PER_MESSAGE = 32  # candidates looked up on disk; the rest stay text
+MAX_IMAGES_PER_MESSAGE = 10  # images attached from one message (photos + references)
+
+_PREPARED_DIR = "prepared"
+_LRU_ENTRIES = 256
+_LRU_BYTES = 32 * 1024 * 1024
+
+
+def media_reference(media_id: str) -> str:
+    """The text form of a stored file that :func:`find_references` recognises."""
+    return MEDIA_REF_PREFIX + media_id
+
+
+class _LRU:
+    """A small thread-safe LRU bounded by entry count and total bytes."""
+
+    def __init__(self, max_entries: int, max_bytes: int = 0) -> None:
+        self._data: OrderedDict = OrderedDict()
+        self._sizes: dict = {}
+        self._bytes = 0
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key, value, size: int = 0) -> None:
+        with self._lock:
+            if key in self._data:
+                self._bytes -= self._sizes.pop(key, 0)
+                del self._data[key]
+            self._data[key] = value
+            self._sizes[key] = size
+            self._bytes += size
+            while len(self._data) > self._max_entries or (
+                self._max_bytes and self._bytes > self._max_bytes and len(self._data) > 1
+            ):
+                old, _ = self._data.popitem(last=False)
+                self._bytes -= self._sizes.pop(old, 0)
 
 
 class MediaStore:
-    """Content-addressed media files; never named by a user-chosen name."""
+    """Content-addressed media files; never named by a user-chosen name.
+
+    Prepared images are cached on disk under ``<root>/prepared/`` (keyed by the source's
+    sha256 and the preparation limits) and in a small in-memory LRU, so a session's images
+    are decoded once, not on every turn.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._prepared = _LRU(_LRU_ENTRIES, _LRU_BYTES)  # key -> PreparedImage | ImageRefused
+        self._hashes = _LRU(1024)  # (dev, ino, size, mtime_ns) -> sha256 of a referenced file
 
     def path_for(self, media_id: str) -> Path:
-        if not media_id or not all(c in "0123456789abcdef." for c in media_id[:64]):
+        """The stored file of ``media_id``; ValueError if malformed, FileNotFoundError."""
+        if not media_id or not _MEDIA_ID.fullmatch(media_id[:64]) or (
+            len(media_id) > 64 and not re.fullmatch(r"\.[a-z0-9]{1,8}", media_id[64:])
+        ):
             raise ValueError("invalid media id")
-        matches = sorted(self.root.glob(f"{media_id[:2]}/{media_id}*"))
+        digest = media_id[:64]
+        matches = sorted(self.root.glob(f"{digest[:2]}/{digest}*"))
         if not matches:
             raise FileNotFoundError(media_id)
         return matches[0]
@@ -57,16 +139,358 @@ class MediaStore:
         target = folder / (digest + _EXT.get(mime or "", ".bin"))
         if target.exists():
             return digest
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _atomic_write(folder, target, data)
         return digest
+
+    # -- prepared images ---------------------------------------------------------------
+
+    async def prepared_media(
+        self, media_id: str, limits: ImageLimits, *, need_data: bool = True
+    ) -> PreparedImage | None:
+        """The model-ready version of stored ``media_id``; raises ImageRefused.
+
+        With ``need_data=False`` only checks that it prepares (``None`` on a disk-cache hit,
+        so nothing is read).
+        """
+        return await asyncio.to_thread(self._prepared_media_sync, media_id, limits, need_data)
+
+    async def prepared_file(
+        self, path: str, roots: tuple[str, ...], limits: ImageLimits, *, need_data: bool = True
+    ) -> PreparedImage | None:
+        """The model-ready version of file ``path`` if its real path lies in ``roots``."""
+        return await asyncio.to_thread(self._prepared_file_sync, path, roots, limits, need_data)
+
+    async def prepared_reference(
+        self,
+        ref: ImageReference,
+        roots: tuple[str, ...],
+        limits: ImageLimits,
+        *,
+        base_dir: str | None = None,
+        need_data: bool = True,
+    ) -> PreparedImage | None:
+        """The model-ready image a text reference names (see :func:`user_parts`)."""
+        if ref.kind is RefKind.MEDIA:
+            return await self.prepared_media(ref.target, limits, need_data=need_data)
+
+        def resolve_and_prepare() -> PreparedImage | None:
+            path = reference_path(ref, base_dir)
+            return self._prepared_file_sync(path, roots, limits, need_data)
+
+        return await asyncio.to_thread(resolve_and_prepare)
+
+    def _prepared_media_sync(
+        self, media_id: str, limits: ImageLimits, need_data: bool
+    ) -> PreparedImage | None:
+        try:
+            path = self.path_for(media_id)
+        except (ValueError, OSError):
+            raise ImageRefused(Refusal.NOT_FOUND, "unknown media id") from None
+        # The store's file names are the sha256 of their content: no need to hash again.
+        key = self._key(media_id[:64], limits)
+        return self._from_cache_or(key, limits, need_data, lambda: _read_regular(str(path), limits))
+
+    def _prepared_file_sync(
+        self, path: str, roots: tuple[str, ...], limits: ImageLimits, need_data: bool
+    ) -> PreparedImage | None:
+        real_roots = _real_roots(roots)
+        real = os.path.realpath(path)
+        if not _inside(real, real_roots):
+            raise ImageRefused(Refusal.OUTSIDE_ROOTS)
+        fd = _open_checked(real, real_roots)
+        try:
+            st = os.fstat(fd)
+            if st.st_size > limits.max_source_bytes:
+                raise ImageRefused(
+                    Refusal.TOO_LARGE, f"{st.st_size} bytes > {limits.max_source_bytes}"
+                )
+            signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            digest = self._hashes.get(signature)
+            data = None
+            if digest is None:
+                data = _read_fd(fd, limits)
+                digest = hashlib.sha256(data).hexdigest()
+                self._hashes.put(signature, digest)
+            key = self._key(digest, limits)
+            return self._from_cache_or(
+                key, limits, need_data, lambda: data if data is not None else _read_fd(fd, limits)
+            )
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _key(digest: str, limits: ImageLimits) -> str:
+        return hashlib.sha256(f"{digest}|{limits.cache_tag()}".encode()).hexdigest()
+
+    def _from_cache_or(
+        self, key: str, limits: ImageLimits, need_data: bool, read_source
+    ) -> PreparedImage | None:
+        cached = self._prepared.get(key)
+        if isinstance(cached, ImageRefused):
+            raise cached
+        if cached is not None:
+            return cached
+        folder = self.root / _PREPARED_DIR / key[:2]
+        on_disk = sorted(folder.glob(f"{key}.*")) if folder.is_dir() else []
+        if on_disk:
+            if not need_data:
+                return None
+            hit = _load_prepared(on_disk[0])
+            if hit is not None:
+                self._prepared.put(key, hit, len(hit.data))
+                return hit
+        try:
+            prepared = images.prepare_image(read_source(), limits)
+        except ImageRefused as refused:
+            self._prepared.put(key, refused)
+            log.warning("image refused (%s)%s", refused.reason.value,
+                        f": {refused.detail}" if refused.detail else "")
+            raise
+        ext = "jpg" if prepared.mime == "image/jpeg" else "png"
+        try:
+            _atomic_write(folder, folder / f"{key}.{prepared.width}x{prepared.height}.{ext}",
+                          prepared.data)
+        except OSError as exc:  # a full disk costs a re-encode next turn, not the turn
+            log.warning("prepared image not cached: %s", type(exc).__name__)
+        self._prepared.put(key, prepared, len(prepared.data))
+        return prepared
+
+
+def _atomic_write(folder: Path, target: Path, data: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_prepared(path: Path) -> PreparedImage | None:
+    try:
+        _key, dims, ext = path.name.split(".")
+        width, height = (int(v) for v in dims.split("x"))
+        data = path.read_bytes()
+    except (ValueError, OSError):
+        return None
+    return PreparedImage(data, "image/jpeg" if ext == "jpg" else "image/png", width, height)
+
+
+def _real_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(os.path.realpath(os.path.expanduser(r)) for r in roots if r)
+
+
+def _inside(real: str, real_roots: tuple[str, ...]) -> bool:
+    for root in real_roots:
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def _open_checked(real: str, real_roots: tuple[str, ...]) -> int:
+    """Open a regular file without following a last-moment symlink; re-check the root."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(real, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise ImageRefused(Refusal.NOT_FOUND) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # directories, FIFOs, devices
+            raise ImageRefused(Refusal.NOT_FOUND, "not a regular file")
+        # A directory swapped for a symlink between realpath() and open(): the descriptor
+        # knows where it really points (Linux).
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = None
+        if opened is not None and not _inside(opened, real_roots):
+            raise ImageRefused(Refusal.OUTSIDE_ROOTS, "moved out of its root")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_fd(fd: int, limits: ImageLimits) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks, total = [], 0
+    while chunk := os.read(fd, 1 << 20):
+        total += len(chunk)
+        if total > limits.max_source_bytes:  # grew while we read it
+            raise ImageRefused(Refusal.TOO_LARGE, f"over {limits.max_source_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_regular(path: str, limits: ImageLimits) -> bytes:
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        raise ImageRefused(Refusal.NOT_FOUND) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageRefused(Refusal.NOT_FOUND, "not a regular file")
+        if st.st_size > limits.max_source_bytes:
+            raise ImageRefused(
+                Refusal.TOO_LARGE, f"{st.st_size} bytes > {limits.max_source_bytes}"
+            )
+        return _read_fd(fd, limits)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------- references in text
+
+
+class RefKind(StrEnum):
+    """How an image reference was written."""
+
+    ABSOLUTE = "absolute"  # /srv/photos/a.jpg
+    HOME = "home"  # ~/photos/a.jpg
+    RELATIVE = "relative"  # ./a.jpg, ../photos/a.jpg (against the first imageRoot)
+    FILE_URL = "file_url"  # file:///srv/photos/a%20b.jpg
+    MEDIA = "media"  # media:<sha256 of a stored file>
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReference:
+    """A reference found in message text; ``text[start:end]`` is how it was written."""
+
+    kind: RefKind
+    start: int
+    end: int
+    target: str  # the path, URL or media id, without surrounding quotes
+
+
+_PATH_START = r"(?:file://|~/|\.\.?/|/(?![/\s]))"
+_REFERENCE = re.compile(
+    # Only at the start of a word (or after an opening bracket/quote/comma), so the path
+    # part of an http(s) URL or of "and/or" is never taken for a file.
+    r"(?<![^\s(\[{\"'`,])(?:"
+    rf"(?P<q>[\"'`])(?P<quoted>{_PATH_START}[^\n]*?)(?P=q)"  # quoted: may hold spaces
+    r"|media:(?P<media>[0-9a-fA-F]{64})(?![0-9A-Za-z_])"
+    rf"|(?P<bare>{_PATH_START}[^\s\"'`<>]*)"
+    r")"
+)
+_TRAILING = ".,;:!?"
+_CLOSERS = {")": "(", "]": "[", "}": "{"}
+
+
+def find_references(text: str) -> list[ImageReference]:
+    """Image references in ``text``, in order: absolute, ``~/``, ``./``/``../`` paths,
+    ``file://`` URLs (quoted forms may contain spaces) and ``media:<sha256>``.
+
+    Only detection: whether a reference is loadable is decided later.  ``http(s)`` URLs
+    are never references.
+    """
+    found: list[ImageReference] = []
+    for match in _REFERENCE.finditer(text):
+        if match.group("media"):
+            found.append(ImageReference(
+                RefKind.MEDIA, match.start(), match.end(), match.group("media").lower()
+            ))
+            continue
+        if match.group("quoted") is not None:
+            target, start, end = match.group("quoted"), match.start(), match.end()
+        else:
+            target, start = _strip_trailing(match.group("bare")), match.start()
+            end = start + len(target)
+        kind = _kind_of(target)
+        if kind is None:
+            continue
+        found.append(ImageReference(kind, start, end, target))
+    return found
+
+
+def _strip_trailing(token: str) -> str:
+    while token:
+        last = token[-1]
+        if last in _TRAILING:
+            token = token[:-1]
+        elif last in _CLOSERS and token.count(_CLOSERS[last]) < token.count(last):
+            token = token[:-1]
+        else:
+            break
+    return token
+
+
+def _kind_of(target: str) -> RefKind | None:
+    for prefix, kind in (("file://", RefKind.FILE_URL), ("~/", RefKind.HOME),
+                         ("./", RefKind.RELATIVE), ("../", RefKind.RELATIVE),
+                         ("/", RefKind.ABSOLUTE)):
+        if target.startswith(prefix):
+            return kind if target[len(prefix):].strip("/") else None
+    return None
+
+
+def reference_path(ref: ImageReference, base_dir: str | None) -> str:
+    """The file system path a (non-media) reference names; raises ImageRefused.
+
+    ``~/`` expands to the bridge's own home; ``./`` and ``../`` join ``base_dir``; the
+    result is not yet checked against the roots (the loader does that on the real path).
+    """
+    target = ref.target
+    if ref.kind is RefKind.FILE_URL:
+        parts = urlsplit(target)
+        if parts.netloc not in ("", "localhost"):
+            raise ImageRefused(Refusal.UNSUPPORTED, "file URL on another host")
+        return unquote(parts.path)
+    if ref.kind is RefKind.HOME:
+        expanded = os.path.expanduser(target)
+        if expanded == target:  # no home directory known
+            raise ImageRefused(Refusal.NOT_FOUND, "no home directory")
+        return expanded
+    if ref.kind is RefKind.RELATIVE:
+        if base_dir is None:
+            raise ImageRefused(Refusal.OUTSIDE_ROOTS, "relative path without imageRoots")
+        return os.path.join(os.path.expanduser(base_dir), target)
+    return target
+
+
+# ------------------------------------------------------------------ parts of a message
+
+
+def images_included(turns_back: int, settings=None) -> bool:
+    """The ``include_images`` value for a user message ``turns_back`` completed turns old.
+
+    ``turns_back`` is 0 for the message(s) of the turn being answered now, 1 for the most
+    recent completed turn, and so on.  True for the current turn and the last
+    ``agents.defaults.imageHistoryTurns`` completed turns (default 3).
+    """
+    limit = settings.imageHistoryTurns if settings is not None else 3
+    return turns_back <= limit
+
+
+class _Parts:
+    """Collects parts, merging adjacent text."""
+
+    def __init__(self) -> None:
+        self.parts: list[Part] = []
+
+    def text(self, text: str, sep: str = "") -> None:
+        if not text:
+            return
+        if self.parts and isinstance(self.parts[-1], TextPart):
+            prev = self.parts[-1].text
+            self.parts[-1] = TextPart(prev + (sep if prev else "") + text)
+        else:
+            self.parts.append(TextPart(text))
+
+    def image(self, prepared: PreparedImage) -> None:
+        self.parts.append(ImagePart(prepared.data, prepared.mime))
+
+
+def _is_image_media(ref: MediaRef) -> bool:
+    if not ref.media_id:
+        return False
+    if ref.kind in (MediaKind.IMAGE, MediaKind.STICKER):
+        return True
+    # A photo sent "as a file": pillow decides, as for any other candidate.
+    return ref.kind is MediaKind.DOCUMENT and (ref.mime or "").startswith("image/")
 
 
 async def user_parts(
@@ -76,16 +500,96 @@ async def user_parts(
     store: MediaStore,
     vision: bool,
     include_images: bool = True,
-    settings=None,  # bridge.config.schema.AgentDefaults
-):
-    """The parts of one user message for a model: text with images (or placeholders).
+    settings=None,  # bridge.config.schema.AgentDefaults; None: the defaults
+) -> tuple[Part, ...]:
+    """The parts of one user message for a model: text with images or placeholders.
 
-    Placeholder version; the images issue replaces it (same signature): image references
-    in ``text`` and images in ``media`` become ImageParts when ``vision`` and
-    ``include_images``, else placeholder text.
+    Contract with the conversation core (bridge/prompt.py), called once per user message
+    when a prompt is built — the current one and every one of the history window:
+
+    - ``text``: the message text (or caption) as stored; ``media``: its MediaRefs.
+    - ``vision``: the model's ``input`` contains ``"image"`` (``ResolvedModel.vision``).
+      When False the result is exactly one TextPart: ``text`` (references untouched) then
+      each MediaRef's ``placeholder()``, joined with newlines; no file is touched.
+    - ``include_images``: pass ``images_included(turns_back, settings)`` — True for the
+      message(s) of the turn being answered and of the last ``imageHistoryTurns``
+      completed turns, False for older ones.
+    - ``settings``: ``config.agents.defaults`` (limits, ``imageRoots``).
+
+    With ``vision``: the text is split after each loadable reference (see
+    :func:`find_references`) and an ImagePart is inserted there, the reference text itself
+    kept; then attached images (IMAGE, STICKER, image/* DOCUMENT with a media_id) follow
+    as ImageParts and other media as placeholder text.  With ``include_images=False`` each
+    image that would be sent becomes ``[image already seen]`` instead (no bytes read when
+    the prepared copy is cached).  A refused reference stays plain text; a refused
+    attachment becomes its placeholder; refusals are logged with their reason and never
+    raise.  At most ``MAX_IMAGES_PER_MESSAGE`` images per message.  Never empty: a message
+    with nothing gives ``(TextPart(""),)``.
     """
-    from bridge.models.base import TextPart
+    if not vision:
+        bits = [text] if text else []
+        bits.extend(ref.placeholder() for ref in media)
+        return (TextPart("\n".join(bits)),)
 
-    bits = [text] if text else []
-    bits.extend(ref.placeholder() for ref in media)
-    return (TextPart("\n".join(bits)),)
+    limits = ImageLimits.from_settings(settings)
+    image_roots = tuple(r for r in (settings.imageRoots if settings is not None else ()) if r)
+    roots = (str(store.root), *image_roots)
+    base_dir = image_roots[0] if image_roots else None
+
+    out = _Parts()
+    budget = MAX_IMAGES_PER_MESSAGE
+    pos = 0
+    for ref in find_references(text)[:MAX_REFERENCES_PER_MESSAGE]:
+        out.text(text[pos:ref.end])
+        pos = ref.end
+        if budget <= 0:
+            continue
+        try:
+            prepared = await store.prepared_reference(
+                ref, roots, limits, base_dir=base_dir, need_data=include_images
+            )
+        except ImageRefused as refused:
+            _log_reference_refusal(ref, refused, include_images)
+            continue
+        except (OSError, ValueError) as exc:  # e.g. a NUL byte in the path
+            log.debug("image reference (%s) not loaded: %s", ref.kind.value,
+                      type(exc).__name__)
+            continue
+        budget -= 1
+        if include_images and prepared is not None:
+            out.image(prepared)
+        else:
+            out.text(" " + IMAGE_ALREADY_SEEN)
+    out.text(text[pos:])
+
+    for ref in media:
+        if _is_image_media(ref) and budget > 0:
+            try:
+                prepared = await store.prepared_media(
+                    ref.media_id, limits, need_data=include_images
+                )
+            except ImageRefused as refused:
+                log.info("attached %s not given to the model (%s)", ref.kind.value,
+                         refused.reason.value)
+            else:
+                budget -= 1
+                if include_images and prepared is not None:
+                    out.image(prepared)
+                else:
+                    out.text(IMAGE_ALREADY_SEEN, sep="\n")
+                continue
+        out.text(ref.placeholder(), sep="\n")
+
+    return tuple(out.parts) or (TextPart(""),)
+
+
+def _log_reference_refusal(
+    ref: ImageReference, refused: ImageRefused, include_images: bool
+) -> None:
+    # Content refusals (bomb, corrupt, ...) were logged once when computed.  Path refusals
+    # recur for every prompt built with that message, so only the live ones are at INFO;
+    # the path itself is user text and appears at DEBUG only.
+    if refused.reason in (Refusal.OUTSIDE_ROOTS, Refusal.NOT_FOUND, Refusal.UNSUPPORTED):
+        level = logging.INFO if include_images else logging.DEBUG
+        log.log(level, "image reference (%s) ignored: %s", ref.kind.value, refused.reason.value)
+    log.debug("image reference %r ignored: %s", ref.target[:200], refused)

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 Api = Literal["openai-responses", "openai-completions", "anthropic-messages"]
 InputKind = Literal["text", "image"]
@@ -88,6 +96,8 @@ class ModelSelection(_Model):
     def _from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"primary": value}
+        if not isinstance(value, dict | ModelSelection):
+            raise ValueError('expected a model ref string or {primary, fallbacks}')
         return value
 
 
@@ -174,6 +184,22 @@ class TelegramConfig(ChannelConfig):
     textChunkLimit: int = Field(default=4000, ge=200, le=4096)
     mediaMaxMb: float = Field(default=20, gt=0)
 
+    @field_validator("botToken")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        # Shape ^\d+:[A-Za-z0-9_-]{30,}$; the message never repeats the token.
+        head, _, tail = (value.get_secret_value() if value else "1:" + "x" * 30).partition(":")
+        if not (head.isascii() and head.isdigit() and len(tail) >= 30
+                and all(c.isascii() and (c.isalnum() or c in "_-") for c in tail)):
+            raise ValueError("does not look like a bot token from BotFather (<digits>:<secret>)")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_url_and_secret(self) -> TelegramConfig:
+        if self.mode == "webhook" and not (self.webhookUrl and self.webhookSecret):
+            raise ValueError('mode "webhook" requires webhookUrl and webhookSecret')
+        return self
+
 
 class WhatsAppConfig(ChannelConfig):
     sendReadReceipts: bool = True
@@ -244,6 +270,10 @@ class Config(_Model):
     channels: Channels = Channels()
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    # Provider ids the config FILE defined (set by ``load_config``; built-ins merged from the
+    # catalog are not in it).  None: unknown (built in code), every provider counts.
+    _file_provider_ids: frozenset[str] | None = PrivateAttr(default=None)
 
     @field_validator("dataDir")
     @classmethod

@@ -1,0 +1,229 @@
+"""Who may talk to the bot: DM policy, allowlists, pairing codes, group mention gating.
+
+The same rules for every channel.  ``AccessControl.check()`` returns a decision; the
+conversation core records refused and ignored messages and never sends them to a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from bridge.envelope import ChatKind, Inbound
+from bridge.store import Store
+
+if TYPE_CHECKING:
+    from bridge.config.schema import ChannelConfig, Config
+
+log = logging.getLogger(__name__)
+
+# No look-alikes: no 0/O, 1/I/L, and no U/V pair either.
+PAIRING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTWXYZ"
+PAIRING_CODE_LENGTH = 8
+PAIRING_TTL_S = 3600.0
+PAIRING_MAX_PENDING = 3
+# The operator's own terminal (``palaver chat``) is always allowed.
+OPERATOR_CHANNELS = frozenset({"console"})
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    REFUSE = "refuse"  # recorded as refused (reply, if any, is the pairing code)
+    IGNORE = "ignore"  # recorded as ignored (e.g. group message without a mention)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDecision:
+    verdict: Verdict
+    reason: str = ""
+    reply: str | None = None  # sent to the sender instead of an answer (pairing)
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+
+ALLOW = AccessDecision(Verdict.ALLOW)
+
+
+def new_pairing_code() -> str:
+    """Eight characters from an alphabet without look-alike characters."""
+    return "".join(secrets.choice(PAIRING_ALPHABET) for _ in range(PAIRING_CODE_LENGTH))
+
+
+def pairing_message(code: str, channel: str) -> str:
+    return (
+        f"Hi! I don't know you yet. Your pairing code is {code}\n"
+        f"Ask the operator of this bot to run: palaver pairing approve {channel} {code}\n"
+        "(The code is valid for one hour.)"
+    )
+
+
+def _matches(allow_from: tuple[str, ...], inbound: Inbound) -> bool:
+    if "*" in allow_from:
+        return True
+    ids = {inbound.sender_id, *inbound.sender_aliases}
+    folded = {i.casefold() for i in ids if i}
+    return any(entry.casefold() in folded for entry in allow_from)
+
+
+class AccessControl:
+    """Decides whether an inbound message may reach a model (reads the live config)."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: Callable[[], Config],
+        *,
+        clock: Callable[[], float] = time.time,
+        new_code: Callable[[], str] = new_pairing_code,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._clock = clock
+        self._new_code = new_code
+
+    async def check(self, inbound: Inbound) -> AccessDecision:
+        """The decision for ``inbound`` (may create a pairing request)."""
+        channel = inbound.address.channel
+        if channel in OPERATOR_CHANNELS:
+            return ALLOW
+        chan = self._config().channel(channel)
+        if chan is None or not hasattr(chan, "dmPolicy"):
+            return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is not configured")
+        if not chan.enabled:
+            return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is disabled")
+        if inbound.address.chat_kind is ChatKind.GROUP:
+            return self._check_group(chan, inbound)
+        return await self._check_direct(chan, inbound)
+
+    async def _check_direct(self, chan: ChannelConfig, inbound: Inbound) -> AccessDecision:
+        policy = chan.dmPolicy
+        if policy == "disabled":
+            return AccessDecision(Verdict.REFUSE, "direct messages are disabled")
+        if policy == "open" or _matches(chan.allowFrom, inbound):
+            direct = chan.direct.get(inbound.sender_id) or chan.direct.get("*")
+            if direct is not None and not direct.enabled:
+                return AccessDecision(Verdict.REFUSE, "this direct chat is disabled")
+            return ALLOW
+        if policy == "allowlist":
+            return AccessDecision(Verdict.REFUSE, "sender not in allowFrom")
+        # pairing
+        channel = inbound.address.channel
+        if await self._store.is_approved(channel, (inbound.sender_id, *inbound.sender_aliases)):
+            return ALLOW
+        request, created = await self._store.pairing_code_for(
+            channel, inbound.address.account, inbound.sender_id, inbound.sender_name,
+            new_code=self._new_code, ttl_s=PAIRING_TTL_S, max_pending=PAIRING_MAX_PENDING,
+            now=self._clock())
+        if request is None:
+            log.warning("pairing: %s already has %d pending requests; sender %s gets no code",
+                        channel, PAIRING_MAX_PENDING, inbound.sender_id)
+            return AccessDecision(Verdict.REFUSE, "unknown sender; pairing queue full")
+        if created:
+            log.info("pairing: new code for %s sender %s (%s); approve with "
+                     "`palaver pairing approve %s <code>`", channel, inbound.sender_id,
+                     inbound.sender_name or "?", channel)
+        return AccessDecision(Verdict.REFUSE, "unknown sender; pairing code sent",
+                              reply=pairing_message(request.code, channel))
+
+    def _check_group(self, chan: ChannelConfig, inbound: Inbound) -> AccessDecision:
+        policy = chan.groupPolicy
+        if policy == "disabled":
+            return AccessDecision(Verdict.REFUSE, "group messages are disabled")
+        chat_id = inbound.address.chat_id
+        group = chan.groups.get(chat_id) or chan.groups.get("*")
+        if policy == "allowlist" and group is None:
+            return AccessDecision(Verdict.REFUSE, f"group {chat_id} is not in groups")
+        require_mention = True
+        if group is not None:
+            if not group.enabled:
+                return AccessDecision(Verdict.REFUSE, f"group {chat_id} is disabled")
+            if group.allowFrom is not None and not _matches(group.allowFrom, inbound):
+                return AccessDecision(Verdict.REFUSE, "sender not in the group's allowFrom")
+            require_mention = group.requireMention
+            thread = inbound.address.thread_id
+            topic = group.topics.get(thread) if thread is not None else None
+            if topic is not None:
+                if not topic.enabled:
+                    return AccessDecision(Verdict.REFUSE, f"topic {thread} is disabled")
+                if topic.requireMention is not None:
+                    require_mention = topic.requireMention
+        if require_mention and not inbound.mentioned:
+            return AccessDecision(Verdict.IGNORE, "group message without a mention")
+        return ALLOW
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _data_dir_for(args):
+    from bridge.config.load import ConfigError, load_for_cli
+
+    try:
+        config, _path = load_for_cli(args)
+    except ConfigError as exc:
+        print(f"palaver: {exc}", file=sys.stderr)
+        return None
+    return config.data_dir
+
+
+def cmd_pairing_list(args) -> int:
+    """``palaver pairing list``: pending pairing requests (and approved senders)."""
+    data_dir = _data_dir_for(args)
+    if data_dir is None:
+        return 2
+
+    async def run() -> int:
+        store = await Store.open_in(data_dir)
+        try:
+            pending = await store.pending_pairings()
+            approved = await store.approvals()
+        finally:
+            await store.close()
+        now = time.time()
+        if not pending:
+            print("No pending pairing requests.")
+        else:
+            print(f"{'CHANNEL':<10} {'CODE':<9} {'SENDER':<24} {'NAME':<20} EXPIRES IN")
+            for r in pending:
+                minutes = max(0, int((r.expires_at - now) // 60))
+                print(f"{r.channel:<10} {r.code:<9} {r.sender_id:<24} "
+                      f"{(r.sender_name or '-')[:20]:<20} {minutes} min")
+        if approved:
+            print(f"\nApproved senders: {len(approved)}")
+            for channel, sender, name in approved:
+                print(f"  {channel:<10} {sender}" + (f" ({name})" if name else ""))
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_pairing_approve(args) -> int:
+    """``palaver pairing approve <channel> <code>``: admit the sender who got ``code``."""
+    data_dir = _data_dir_for(args)
+    if data_dir is None:
+        return 2
+
+    async def run() -> int:
+        store = await Store.open_in(data_dir)
+        try:
+            request = await store.approve_pairing(args.channel, args.code)
+        finally:
+            await store.close()
+        if request is None:
+            print(f"palaver: no pending, unexpired pairing code {args.code!r} on channel "
+                  f"{args.channel!r} (see `palaver pairing list`)", file=sys.stderr)
+            return 1
+        who = request.sender_id + (f" ({request.sender_name})" if request.sender_name else "")
+        print(f"Approved {who} on {request.channel}.")
+        return 0
+
+    return asyncio.run(run())

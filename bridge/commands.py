@@ -1,0 +1,251 @@
+"""Chat commands (/new /reset /model /models /status /help) and per-chat model choice.
+
+Commands are answered by Palaver itself and never reach a model.  ``/cmd@botname`` is
+accepted (the channel decides whether it was addressed to this bot).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bridge.store.records import StoredMessage
+
+if TYPE_CHECKING:
+    from bridge.config.schema import Config
+    from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+_COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]{0,31})(?:@[A-Za-z0-9_.+-]+)?(?:\s+(.*))?$", re.S)
+MODEL_SETTING = "model"
+
+HELP = {
+    "new": "start a fresh conversation (also /reset)",
+    "model": "show the model; /model <name> to choose one for this chat, /model default",
+    "models": "list the models you can choose",
+    "status": "the model in use, the one that answered last, context used",
+    "help": "this list",
+}
+
+
+def parse_command(text: str) -> tuple[str, str] | None:
+    """``("model", "Sonnet")`` for ``"/model@my_bot Sonnet"``; ``None`` if not a command."""
+    match = _COMMAND.match(text.strip())
+    if match is None:
+        return None
+    return match.group(1).lower(), (match.group(2) or "").strip()
+
+
+def is_command(text: str) -> bool:
+    return parse_command(text) is not None
+
+
+# ------------------------------------------------------------------------ model choice
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """The candidates for a chat's next turn and where the first one came from."""
+
+    candidates: tuple[str, ...]  # canonical refs, primary first
+    source: str  # "session override" | "this chat's /model choice" | "config"
+    chat_choice: str | None = None
+
+
+async def choose_models(
+    config: Config,
+    store: Store,
+    message: StoredMessage,
+    *,
+    override: str | None = None,
+) -> ModelChoice:
+    """Precedence: a session override (``palaver chat --model``), this chat's ``/model``
+    choice, then the config (topic, group/direct, channel, defaults).  The configured
+    fallbacks always follow the chosen model."""
+    a = message.address
+    selection = config.selection_for(
+        a.channel, chat_kind=a.chat_kind.value, chat_id=a.chat_id,
+        sender_id=message.sender_id, thread_id=a.thread_id)
+    try:
+        configured = config.candidates(selection)
+    except KeyError as exc:
+        log.warning("configured model for %s does not resolve: %s", message.session_key, exc)
+        configured = []
+    stored = await store.chat_setting(message.session_key, MODEL_SETTING)
+    for source, wanted in (("session override", override),
+                           ("this chat's /model choice", stored)):
+        if not wanted:
+            continue
+        try:
+            ref = config.resolve_ref(wanted)
+        except KeyError as exc:
+            log.warning("%s %r for %s no longer resolves (%s); using the config",
+                        source, wanted, message.session_key, exc)
+            continue
+        rest = [r for r in configured if r != ref]
+        return ModelChoice((ref, *rest), source, chat_choice=stored)
+    return ModelChoice(tuple(configured), "config", chat_choice=stored)
+
+
+def _label(config: Config, ref: str) -> str:
+    aliases = {v: k for k, v in config.aliases().items()}
+    return f"{aliases[ref]} ({ref})" if ref in aliases else ref
+
+
+def model_choices(config: Config, *, limit: int = 40) -> list[str]:
+    """Refs a user may pick: aliased ones first, then every listed model."""
+    refs = list(dict.fromkeys(config.aliases().values()))
+    for provider_id, provider in config.models.providers.items():
+        for m in provider.models:
+            ref = f"{provider_id}/{m.id}"
+            if ref not in refs:
+                refs.append(ref)
+    return refs[:limit]
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+@dataclass(slots=True)
+class CommandContext:
+    config: Config
+    store: Store
+    message: StoredMessage
+    override: str | None = None
+    # Called after /new so the core can drop anything it caches for the session.
+    on_reset: Callable[[], None] | None = None
+
+
+async def run_command(ctx: CommandContext, name: str, arg: str) -> str:
+    """The reply text for one command."""
+    handler = _HANDLERS.get(name)
+    if handler is None:
+        return f"Unknown command /{name}. Send /help for the list."
+    return await handler(ctx, arg)
+
+
+async def _new(ctx: CommandContext, _arg: str) -> str:
+    await ctx.store.end_session(ctx.message.session_key)
+    if ctx.on_reset:
+        ctx.on_reset()
+    return "Started a new conversation. Earlier messages are forgotten."
+
+
+async def _model(ctx: CommandContext, arg: str) -> str:
+    config, key = ctx.config, ctx.message.session_key
+    if not arg:
+        choice = await choose_models(config, ctx.store, ctx.message, override=ctx.override)
+        if not choice.candidates:
+            current = "none configured"
+        else:
+            current = f"{_label(config, choice.candidates[0])} — {choice.source}"
+        lines = [f"Current model: {current}"]
+        if len(choice.candidates) > 1:
+            lines.append("Fallbacks: " + ", ".join(choice.candidates[1:]))
+        choices = model_choices(config, limit=15)
+        if choices:
+            lines.append("Choose with /model <name>: " + ", ".join(
+                _label(config, r) for r in choices))
+        lines.append("/model default goes back to the configured model.")
+        return "\n".join(lines)
+    if arg.lower() in ("default", "reset", "clear"):
+        await ctx.store.set_chat_setting(key, MODEL_SETTING, None)
+        choice = await choose_models(config, ctx.store, ctx.message, override=ctx.override)
+        now = _label(config, choice.candidates[0]) if choice.candidates else "none configured"
+        return f"This chat uses the configured model again: {now}"
+    try:
+        ref = config.resolve_ref(arg)
+    except KeyError as exc:
+        msg = str(exc.args[0]) if exc.args else str(exc)
+        return f"Unknown model {arg!r}: {msg}. Send /models for the list."
+    await ctx.store.set_chat_setting(key, MODEL_SETTING, ref)
+    return f"This chat now uses {_label(config, ref)}."
+
+
+async def _models(ctx: CommandContext, _arg: str) -> str:
+    config = ctx.config
+    choice = await choose_models(config, ctx.store, ctx.message, override=ctx.override)
+    current = choice.candidates[0] if choice.candidates else None
+    aliases = {v: k for k, v in config.aliases().items()}
+    lines = ["Models:"]
+    count = 0
+    for provider_id, provider in config.models.providers.items():
+        for m in provider.models:
+            ref = f"{provider_id}/{m.id}"
+            marks = []
+            if ref in aliases:
+                marks.append(f"alias {aliases[ref]}")
+            if "image" in m.input:
+                marks.append("images")
+            if m.reasoning:
+                marks.append("reasoning")
+            prefix = "→" if ref == current else "•"
+            lines.append(f"{prefix} {ref}" + (f" ({', '.join(marks)})" if marks else ""))
+            count += 1
+    if count == 0:
+        return "No models are configured."
+    lines.append("Choose with /model <name or alias>.")
+    return "\n".join(lines)
+
+
+async def _status(ctx: CommandContext, _arg: str) -> str:
+    config, store, key = ctx.config, ctx.store, ctx.message.session_key
+    choice = await choose_models(config, store, ctx.message, override=ctx.override)
+    lines = []
+    if choice.candidates:
+        lines.append(f"Model: {_label(config, choice.candidates[0])} ({choice.source})")
+        if len(choice.candidates) > 1:
+            lines.append("Fallbacks: " + ", ".join(choice.candidates[1:]))
+    else:
+        lines.append("Model: none configured")
+    last = await store.last_turn(key)
+    if last is None:
+        lines.append("Last answer: none yet in this chat.")
+    elif last.status == "answered":
+        ago = _ago(time.time() - (last.finished_at or last.started_at))
+        lines.append(f"Last answer: {last.model_ref} ({ago} ago)")
+        failed = [a for a in last.attempts if a.error_class is not None or a.skipped]
+        if failed:
+            why = ", ".join(
+                f"{a.model_ref}: {'cooling down' if a.skipped else a.error_class.value}"
+                for a in failed)
+            lines.append(f"It was a fallback: {why}")
+    else:
+        lines.append(f"Last turn failed: {last.reason or 'every model failed'}")
+    if last is not None and last.prompt_tokens_estimate and last.context_window:
+        pct = 100 * last.prompt_tokens_estimate / last.context_window
+        lines.append(f"Context used: ~{last.prompt_tokens_estimate:,} of "
+                     f"{last.context_window:,} tokens ({pct:.0f}%)")
+    session = await store.active_session(key)
+    if session is not None:
+        stats = await store.session_stats(session.id)
+        summary = ", earlier turns summarised" if session.summary else ""
+        lines.append(f"Session: {stats['turns']} answered turns since "
+                     f"{_ago(time.time() - session.created_at)} ago{summary}")
+    return "\n".join(lines)
+
+
+async def _help(_ctx: CommandContext, _arg: str) -> str:
+    return "Commands:\n" + "\n".join(f"/{name} — {text}" for name, text in HELP.items())
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+_HANDLERS = {
+    "new": _new, "reset": _new, "model": _model, "models": _models, "status": _status,
+    "help": _help, "start": _help,
+}

@@ -1,0 +1,523 @@
+"""Find, parse and validate the JSON5 config into a frozen :class:`Config`.
+
+The steps, each of which reports user errors as a :class:`ConfigError` naming the file,
+the dotted path and what was expected:
+
+1. parse JSON5 (syntax errors as ``file:line:column``);
+2. replace ``${VAR}`` in every string from the environment (``$${`` is a literal ``${``);
+3. validate the file's own tree with pydantic (unknown keys get a "did you mean");
+4. merge the built-in hosted catalog (``models.mode: "merge"``), a provider in the file
+   overriding the built-in one of the same id field by field;
+5. check every model ref in the tree against the merged providers and aliases.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import json5
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from bridge.config.resolve import UnknownModelError, resolve_ref, split_ref
+from bridge.config.schema import (
+    ChannelConfig,
+    Config,
+    ModelSelection,
+    ModelsSection,
+    ProviderDef,
+)
+from bridge.models.catalog import BUILTIN_KEY_ENV, builtin_provider_data
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILENAME = "palaver.json5"
+CONFIG_ENV = "PALAVER_CONFIG"
+
+Loc = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a config: where (dotted path) and what was expected."""
+
+    where: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+
+class ConfigError(Exception):
+    """A user error in the configuration (shown as a message, never a traceback).
+
+    ``str(err)`` has one line per problem: ``file[:line:col]: dotted.path: message``.
+    """
+
+    def __init__(self, message: str = "", *, file: Path | str | None = None,
+                 where: str = "", problems: Sequence[Problem] | None = None) -> None:
+        self.file = str(file) if file is not None else None
+        self.problems: list[Problem] = list(problems) if problems else [Problem(where, message)]
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """Every problem, one per line, each naming the file and path."""
+        lines = []
+        for p in self.problems:
+            head = self.file or "<built-in defaults>"
+            if p.line is not None:
+                head += f":{p.line}:{p.column or 0}"
+            lines.append(f"{head}: {p.where}: {p.message}" if p.where else f"{head}: {p.message}")
+        return "\n".join(lines)
+
+
+def format_loc(loc: Loc) -> str:
+    """``("agents", "defaults", "model", "fallbacks", 1)`` -> ``agents.defaults.model.fallbacks[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def find_config_path(explicit: str | None, *, env: Mapping[str, str] | None = None,
+                     cwd: Path | None = None) -> Path | None:
+    """``--config``, else ``$PALAVER_CONFIG``, else ``./palaver.json5``, else
+    ``~/.palaver/palaver.json5``; None when there is no file (built-in defaults).
+
+    A path the user named (flag or variable) that does not exist is a :class:`ConfigError`.
+    """
+    env = os.environ if env is None else env
+    for named, source in ((explicit, "--config"), (env.get(CONFIG_ENV), f"${CONFIG_ENV}")):
+        if named:
+            path = Path(named).expanduser()
+            if not path.exists():
+                raise ConfigError(f"config file not found (named by {source})", file=path)
+            if path.is_dir():
+                raise ConfigError(f"is a directory, expected a JSON5 file (named by {source})",
+                                  file=path)
+            return path
+    for candidate in ((cwd or Path.cwd()) / CONFIG_FILENAME,
+                      Path("~/.palaver").expanduser() / CONFIG_FILENAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate ``path`` (None: built-in defaults) into a frozen Config.
+
+    Raises :class:`ConfigError` for anything wrong with the file.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        return _finish({}, file=None, env=env)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                          file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=path) from None
+    return load_config_text(text, file=path, env=env)
+
+
+def load_config_text(text: str, *, file: Path | str | None = None,
+                     env: Mapping[str, str] | None = None) -> Config:
+    """Like :func:`load_config` for JSON5 text already read (``file`` names it in errors)."""
+    env = os.environ if env is None else env
+    label = file if file is not None else "<config>"
+    raw = _parse_json5(text, label)
+    return _finish(raw, file=label, env=env)
+
+
+def load_for_cli(args: Any) -> tuple[Config, Path | None]:
+    """The config a CLI command should use (``args.config`` or the usual places)."""
+    path = find_config_path(getattr(args, "config", None))
+    return load_config(path), path
+
+
+def _parse_json5(text: str, file: Path | str) -> dict[str, Any]:
+    if not text.strip():
+        raise ConfigError("the file is empty (expected a JSON5 object: { ... })", file=file)
+    try:
+        data = json5.loads(text, allow_duplicate_keys=False)
+    except ValueError as exc:
+        raise ConfigError(file=file, problems=[_syntax_problem(str(exc), text)]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a JSON5 object at the top level, got {_kind(data)}",
+                          file=file)
+    return data
+
+
+def _syntax_problem(message: str, text: str) -> Problem:
+    m = re.fullmatch(r"<string>:(\d+) (.*) at column (\d+)", message, re.S)
+    if m:
+        return Problem("", f"invalid JSON5: {m.group(2)}", int(m.group(1)), int(m.group(3)))
+    m = re.fullmatch(r'Duplicate key "(.*)" found in object', message)
+    if m:
+        # json5 reports no position for duplicates; point at the second occurrence.
+        key = re.escape(m.group(1))
+        hits = list(re.finditer(rf"""(?<![\w$])(["']?){key}\1\s*:""", text))
+        if len(hits) >= 2:
+            line, col = _line_col(text, hits[1].start())
+            return Problem("", f"invalid JSON5: duplicate key {m.group(1)!r}", line, col)
+        return Problem("", f"invalid JSON5: duplicate key {m.group(1)!r}")
+    return Problem("", f"invalid JSON5: {message}")
+
+
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), "a value")
+
+
+def _finish(raw: dict[str, Any], *, file: Path | str | None, env: Mapping[str, str]) -> Config:
+    problems: list[Problem] = []
+    data = _interpolate(raw, (), env, problems)
+    if problems:
+        raise ConfigError(file=file, problems=problems)
+    try:
+        own = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(file=file, problems=_translate(exc)) from None
+    config = _merge_catalog(own, env)
+    problems = _check_refs(config, data)
+    if problems:
+        raise ConfigError(file=file, problems=problems)
+    return config
+
+
+# --------------------------------------------------------------------------- ${VAR}
+
+_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DROP = object()
+_BUILTIN_KEY_VARS = {var: pid for pid, var in BUILTIN_KEY_ENV.items()}
+
+
+def _interpolate(node: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            new = _interpolate(value, (*loc, key), env, problems)
+            if new is not _DROP:
+                out[key] = new
+        return out
+    if isinstance(node, list):
+        return [_interpolate(v, (*loc, i), env, problems) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    missing: list[str] = []
+
+    def substitute(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name is None:  # "$${" escapes a literal "${"
+            return "${"
+        if not _VAR_NAME.fullmatch(name):
+            problems.append(Problem(format_loc(loc), f"invalid variable name ${{{name}}} "
+                                    "(expected ${NAME} with letters, digits and _)"))
+            return ""
+        if name not in env:
+            missing.append(name)
+            return ""
+        return env[name]
+
+    result = _VAR.sub(substitute, node)
+    for name in missing:
+        if name in _BUILTIN_KEY_VARS and loc and isinstance(loc[-1], str):
+            log.warning("%s is not set: %s is left out, so provider %r has no credentials",
+                        name, format_loc(loc), _BUILTIN_KEY_VARS[name])
+            return _DROP
+        problems.append(Problem(format_loc(loc),
+                                f"environment variable {name} is not set (used as ${{{name}}})"))
+    return result
+
+
+# --------------------------------------------------------------------------- pydantic errors
+
+_SECRET_KEYS = {"apikey", "bottoken", "webhooksecret", "token", "password", "secret"}
+
+
+def _translate(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc: Loc = tuple(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            problems.append(_unknown_key(loc))
+            continue
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if kind == "missing":
+            message = f"missing required key {loc[-1]!r}" if loc else "missing required key"
+            loc = loc[:-1]
+        elif message.startswith("Input should be "):
+            message = "expected " + message.removeprefix("Input should be ")
+            message += _got(err.get("input"), loc)
+        problems.append(Problem(format_loc(loc) or "(top level)", message))
+    return problems
+
+
+def _got(value: Any, loc: Loc) -> str:
+    if loc and isinstance(loc[-1], str) and loc[-1].casefold() in _SECRET_KEYS:
+        return ""  # never echo something meant to be a secret
+    if isinstance(value, dict | list):
+        return f", got {_kind(value)}"
+    if isinstance(value, str) and len(value) > 40:
+        value = value[:37] + "..."
+    return f", got {value!r}" if isinstance(value, str | int | float | bool | None) else ""
+
+
+def _unknown_key(loc: Loc) -> Problem:
+    key = loc[-1]
+    assert isinstance(key, str)
+    model = _model_at(loc[:-1])
+    allowed = sorted(model.model_fields) if model is not None else []
+    hint = ""
+    if allowed:
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        if not close:  # a case slip: "baseURL"
+            by_fold = {a.casefold(): a for a in allowed}
+            close = [by_fold[key.casefold()]] if key.casefold() in by_fold else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint += f"; expected one of: {', '.join(allowed)}"
+    return Problem(format_loc(loc), f"unknown key {key!r}{hint}")
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model class that validates the object at ``loc`` (from Config)."""
+    current: Any = Config
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is tuple:
+            current = typing.get_args(current)[0]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+# --------------------------------------------------------------------------- catalog merge
+
+
+def _merge_catalog(own: Config, env: Mapping[str, str]) -> Config:
+    file_ids = frozenset(own.models.providers)
+    providers: dict[str, ProviderDef] = dict(own.models.providers)
+    if own.models.mode == "merge":
+        builtin = ModelsSection.model_validate(
+            {"providers": builtin_provider_data(env)}).providers
+        for pid, base in builtin.items():
+            providers[pid] = _overlay_provider(base, providers[pid]) if pid in providers else base
+    config = own.model_copy(update={"models": own.models.model_copy(
+        update={"providers": providers})})
+    config._file_provider_ids = file_ids
+    return config
+
+
+def _overlay_provider(base: ProviderDef, top: ProviderDef) -> ProviderDef:
+    merged = _overlay(base, top, skip={"models"})
+    if "models" not in top.model_fields_set:
+        return merged
+    models = {m.id: m for m in base.models}
+    for m in top.models:
+        models[m.id] = _overlay(models[m.id], m) if m.id in models else m
+    return merged.model_copy(update={"models": tuple(models.values())})
+
+
+def _overlay(base: BaseModel, top: BaseModel, skip: frozenset[str] | set[str] = frozenset()
+             ) -> Any:
+    """``base`` with every field ``top`` set explicitly, nested models and dicts merged."""
+    update: dict[str, Any] = {}
+    for name in top.model_fields_set - set(skip):
+        new, old = getattr(top, name), getattr(base, name)
+        if isinstance(new, BaseModel) and type(new) is type(old):
+            new = _overlay(old, new)
+        elif isinstance(new, dict) and isinstance(old, dict):
+            new = {**old, **new}
+        update[name] = new
+    return base.model_copy(update=update)
+
+
+# --------------------------------------------------------------------------- model refs
+
+
+def _check_refs(config: Config, raw: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def check(loc: Loc, text: str) -> str | None:
+        try:
+            return resolve_ref(config, text)
+        except UnknownModelError as exc:
+            problems.append(Problem(format_loc(loc), str(exc)))
+            return None
+
+    def check_selection(loc: Loc, sel: ModelSelection | None) -> None:
+        if sel is None:
+            return
+        seen: dict[str, str] = {}
+        if sel.primary is not None:
+            # A plain string on disk has no ".primary" to point at.
+            ploc = loc if isinstance(_raw_at(raw, loc), str) else (*loc, "primary")
+            ref = check(ploc, sel.primary)
+            if ref:
+                seen[ref] = "the primary"
+        for i, text in enumerate(sel.fallbacks):
+            floc = (*loc, "fallbacks", i)
+            ref = check(floc, text)
+            if ref is None:
+                continue
+            if ref in seen:
+                problems.append(Problem(format_loc(floc), f"{ref!r} is named twice "
+                                        f"(already {seen[ref]}); expected distinct models"))
+            else:
+                seen[ref] = f"fallbacks[{i}]"
+
+    defaults = config.agents.defaults
+    aliases: dict[str, str] = {}
+    for key, entry in defaults.models.items():
+        loc: Loc = ("agents", "defaults", "models", key)
+        try:
+            split_ref(key)
+        except UnknownModelError:
+            problems.append(Problem(format_loc(loc), f"{key!r} is not a model ref "
+                                    "(expected provider/model-id as the key)"))
+        else:
+            check(loc, key)
+        if entry.alias is not None:
+            aloc = format_loc((*loc, "alias"))
+            folded = entry.alias.strip().casefold()
+            if not folded or "/" in folded:
+                problems.append(Problem(aloc, f"alias {entry.alias!r} must be a non-empty "
+                                        "name without '/'"))
+            elif folded in aliases:
+                problems.append(Problem(aloc, f"alias {entry.alias!r} is already used by "
+                                        f"{aliases[folded]!r}; expected unique aliases"))
+            else:
+                aliases[folded] = key
+    check_selection(("agents", "defaults", "model"), defaults.model)
+    if defaults.compaction.model is not None:
+        check(("agents", "defaults", "compaction", "model"), defaults.compaction.model)
+
+    for name in type(config.channels).model_fields:
+        chan = getattr(config.channels, name)
+        if chan is None:
+            continue
+        base: Loc = ("channels", name)
+        check_selection((*base, "model"), getattr(chan, "model", None))
+        if not isinstance(chan, ChannelConfig):
+            continue
+        for gid, group in chan.groups.items():
+            check_selection((*base, "groups", gid, "model"), group.model)
+            for tid, topic in group.topics.items():
+                check_selection((*base, "groups", gid, "topics", tid, "model"), topic.model)
+        for pid, chat in chan.direct.items():
+            check_selection((*base, "direct", pid, "model"), chat.model)
+    return problems
+
+
+def _raw_at(raw: Any, loc: Loc) -> Any:
+    for part in loc:
+        if isinstance(raw, dict) and part in raw:
+            raw = raw[part]
+        elif isinstance(raw, list) and isinstance(part, int) and part < len(raw):
+            raw = raw[part]
+        else:
+            return None
+    return raw
+
+
+# --------------------------------------------------------------------------- redaction
+
+REDACTED = "***"
+_AUTH_HEADER = re.compile(r"auth|token|key|secret|cookie|session|signature|password", re.I)
+_AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|key)\s+\S", re.I)
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):([^/\s@]+)@")
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The whole config as JSON-ready data with every secret replaced by ``"***"``."""
+    secrets: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, SecretStr):
+            value = node.get_secret_value()
+            if len(value) >= 4:
+                secrets.append(value)
+        elif isinstance(node, dict):
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list | tuple):
+            for v in node:
+                collect(v)
+
+    dumped = config.model_dump()
+    collect(dumped)
+    secrets.sort(key=len, reverse=True)
+
+    def scrub_text(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, REDACTED)
+        return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+
+    def walk(node: Any, key: str | None, parent: str | None) -> Any:
+        if isinstance(node, SecretStr):
+            return REDACTED
+        if node is not None and key is not None and key.casefold() in _SECRET_KEYS:
+            return REDACTED
+        if isinstance(node, str) and parent == "headers" and key is not None and (
+                _AUTH_HEADER.search(key) or _AUTH_VALUE.match(node)):
+            return REDACTED
+        if isinstance(node, dict):
+            return {k: walk(v, str(k), key) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [walk(v, None, key) for v in node]
+        if isinstance(node, str):
+            return scrub_text(node)
+        return node
+
+    return walk(dumped, None, None)

@@ -1,0 +1,273 @@
+"""Logging set-up: text or one JSON object per line, and secrets redacted from every record.
+
+``setup_logging(level, fmt)`` installs one handler on the root logger.  Its filter
+(:class:`RedactingFilter`) rewrites each record before any formatter sees it: Telegram bot
+tokens (also inside ``/bot<token>/`` URLs), ``sk-…`` keys, ``Bearer …`` credentials,
+``x-api-key``/``api_key`` values and every secret registered at runtime with
+:func:`register_secret` are replaced by ``[REDACTED]`` in the message, its arguments, the
+exception text and ``extra`` fields.
+
+Structured context goes in ``extra``: ``log.info("turn answered", extra={"session": key,
+"model": ref, "attempts": 2, "duration_ms": 812})`` prints ``... session=… model=…`` in text
+format and separate keys in JSON format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import traceback
+import urllib.parse
+from datetime import UTC, datetime
+from typing import IO, Any
+
+__all__ = [
+    "JsonFormatter",
+    "RedactingFilter",
+    "TextFormatter",
+    "clear_secrets",
+    "redact",
+    "register_secret",
+    "setup_logging",
+]
+
+REDACTED = "[REDACTED]"
+
+# Secrets shorter than this are ignored by register_secret: redacting every "abc" in the
+# logs would destroy them without protecting anything worth protecting.
+MIN_SECRET_LENGTH = 6
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+# Libraries that log request URLs (the Telegram token is part of every Bot API URL) or one
+# line per request.  Quiet unless the operator asked for debug.
+_NOISY_LOGGERS = ("httpx", "httpcore", "aiohttp.access", "telegram.request", "hpack")
+
+# (pattern, replacement); order matters only for readability, the patterns do not overlap.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Telegram bot token "123456789:AA…" (35 chars after the colon), also in /bot<token>/.
+    (re.compile(r"(?<![0-9])[0-9]{3,}:[A-Za-z0-9_-]{30,}"), REDACTED),
+    # OpenAI / Anthropic / OpenRouter style keys: sk-…, sk-ant-…, sk-proj-…, sk-or-v1-…
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{12,}"), REDACTED),
+    # Bearer xxx anywhere; Basic xxx only after "Authorization" ("basic" is an English word).
+    (re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{4,}"), rf"\1\2{REDACTED}"),
+    (
+        re.compile(r"(?i)\b(authorization\\?[\"']?\s*[:=]\s*\\?[\"']?basic)(\s+)[A-Za-z0-9+/=]{4,}"),
+        rf"\1\2{REDACTED}",
+    ),
+    # x-api-key: xxx, "apiKey": "xxx", api_key=xxx, Authorization: xxx, token=xxx, ...
+    (
+        re.compile(
+            r"(?i)\b([\w-]*?(?:api[_-]?key|authorization|access[_-]?token|token|secret"
+            r"|password))(\\?[\"']?\s*[:=]\s*\\?[\"']?)"
+            r"(?!\[REDACTED\])(?!(?:bearer|basic)\s)([^\s\"'&,;}\\]{4,})"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+)
+
+_secrets_lock = threading.Lock()
+_secrets: set[str] = set()
+_secrets_re: re.Pattern[str] | None = None
+
+
+def register_secret(value: Any) -> None:
+    """Redact ``value`` (str or pydantic ``SecretStr``) from every log record from now on.
+
+    Its URL-encoded form is registered too.  Empty values and values shorter than
+    ``MIN_SECRET_LENGTH`` characters are ignored.
+    """
+    global _secrets_re
+    if value is None:
+        return
+    getter = getattr(value, "get_secret_value", None)
+    text = getter() if callable(getter) else str(value)
+    text = text.strip()
+    if len(text) < MIN_SECRET_LENGTH:
+        return
+    forms = {text, urllib.parse.quote(text, safe=""), urllib.parse.quote_plus(text)}
+    with _secrets_lock:
+        if forms <= _secrets:
+            return
+        _secrets.update(forms)
+        # Longest first so a secret containing another is removed whole.
+        alternatives = sorted(_secrets, key=len, reverse=True)
+        _secrets_re = re.compile("|".join(re.escape(s) for s in alternatives))
+
+
+def clear_secrets() -> None:
+    """Forget every registered secret (tests; a config reload re-registers the current ones)."""
+    global _secrets_re
+    with _secrets_lock:
+        _secrets.clear()
+        _secrets_re = None
+
+
+def redact(text: str) -> str:
+    """``text`` with every known secret shape and registered secret replaced."""
+    if not text:
+        return text
+    pattern = _secrets_re
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    for regex, replacement in _PATTERNS:
+        text = regex.sub(replacement, text)
+    return text
+
+
+# --------------------------------------------------------------------------- records
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))
+) | {"message", "asctime", "taskName"}
+
+
+def record_extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The ``extra=`` fields of ``record`` (names that are not standard LogRecord attributes)."""
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _STANDARD_ATTRS and not key.startswith("_")
+    }
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _redact_value(v) for k, v in value.items()}
+    return redact(str(value))
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrite a record so that no secret survives in msg, args, exception or extras.
+
+    The message is formatted once (``getMessage()``) and stored back with ``args=None``
+    so that an argument holding a secret cannot be re-inserted later.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken %-format must not lose the record
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact(exc_text)
+            # exc_text now carries the (redacted) traceback; formatters use it as is.
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in record_extras(record).items():
+            setattr(record, key, _redact_value(value))
+        return True
+
+
+# --------------------------------------------------------------------------- formatters
+
+
+def _format_extra_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if not text or any(c.isspace() for c in text) or '"' in text or "=" in text:
+        return json.dumps(text)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """``2025-01-02 10:00:00,123 INFO bridge.x: message key=value …`` (extras appended)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = record_extras(record)
+        if extras:
+            tail = " ".join(f"{k}={_format_extra_value(v)}" for k, v in extras.items())
+            head, sep, rest = line.partition("\n")  # extras belong on the message line
+            line = f"{head} {tail}{sep}{rest}"
+        return redact(line)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, extras, and exc when present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC)
+        payload: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        for key, value in record_extras(record).items():
+            payload.setdefault(key, _redact_value(value))
+        if record.exc_info and record.exc_info[0] is not None:
+            payload["exc"] = redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            payload["exc"] = redact(record.exc_text)
+        if record.stack_info:
+            payload["stack"] = redact(record.stack_info)
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+class _PalaverHandler(logging.StreamHandler):
+    """The handler setup_logging installs (recognised and replaced on a second call)."""
+
+
+def parse_level(level: str | int) -> int:
+    """``"info"`` (any case) or a logging constant -> the logging constant; ValueError else."""
+    if isinstance(level, int):
+        return level
+    try:
+        return _LEVELS[level.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown log level {level!r} (expected one of: {', '.join(_LEVELS)})"
+        ) from None
+
+
+def setup_logging(level: str = "info", fmt: str = "text", *, stream: IO[str] | None = None) -> None:
+    """Configure the root logger: ``fmt`` is ``text`` or ``json``; secrets always redacted.
+
+    Safe to call again (hot reload, ``--log-format`` after the config): the previous
+    Palaver handler is replaced.  Plain ``StreamHandler``s installed by ``basicConfig`` —
+    neonize calls it at import time — are removed so no unredacted copy of a record is
+    printed; other handlers (pytest's capture, a file handler an operator added) stay.
+    """
+    numeric = parse_level(level)
+    if fmt not in ("text", "json"):
+        raise ValueError(f"unknown log format {fmt!r} (expected text or json)")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _PalaverHandler) or type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    handler = _PalaverHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter())
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in _NOISY_LOGGERS:
+        # At debug the operator wants the request lines (still redacted), but not the
+        # byte-level traces of httpcore/hpack; otherwise warnings only.
+        if numeric > logging.DEBUG:
+            quiet = max(numeric, logging.WARNING)
+        else:
+            quiet = logging.INFO if name in ("httpcore", "hpack") else logging.NOTSET
+        logging.getLogger(name).setLevel(quiet)

@@ -1,0 +1,210 @@
+"""Prometheus metrics for one running App, in its own registry.
+
+The composition root creates one :class:`Metrics` and hands it to the core, the router and
+the health server; nothing uses prometheus_client's global registry, so tests and several
+Apps in one process never collide.  Call sites (all cheap, never raise)::
+
+    metrics.message_received("telegram")               # an Inbound reached the core
+    metrics.message_refused("telegram", "not_allowed") # access policy / gating said no
+    metrics.message_answered("telegram")               # the reply was delivered
+    metrics.turn_finished("answered", 1.84, reply=reply)             # ModelReply
+    metrics.turn_finished("failed", 30.2, attempts=exc.attempts)     # AllModelsFailed
+    metrics.set_pending_source(lambda: core.pending_count())         # read at scrape time
+
+``metrics.render()`` gives the Prometheus text exposition, ``metrics.content_type`` its
+HTTP content type.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from bridge.models.base import Attempt, ModelReply
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Metrics", "OUTCOMES"]
+
+# Documented turn outcomes (the label accepts any string; keep to these).
+OUTCOMES = (
+    "answered",  # a model replied and the reply was stored
+    "failed",  # every candidate model failed (AllModelsFailed)
+    "command",  # a /command was handled without a model call
+    "error",  # an unexpected exception in the turn
+    "cancelled",  # shutdown or /new interrupted the turn
+)
+
+# error_class label values beyond bridge.models.base.ErrorClass
+OK = "ok"  # the attempt answered
+SKIPPED = "skipped"  # the model was cooling down and was not called
+
+# Turns wait on models: from a few ms (cached, tiny local model) to minutes (cold load).
+_TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_MODEL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+
+class Metrics:
+    """Palaver's counters, histograms and the pending gauge, in a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages_received = Counter(
+            "palaver_messages_received", "Inbound messages that reached the core.",
+            ["channel"], registry=r,
+        )
+        self.messages_refused = Counter(
+            "palaver_messages_refused", "Inbound messages refused (access, gating, limits).",
+            ["channel", "reason"], registry=r,
+        )
+        self.messages_answered = Counter(
+            "palaver_messages_answered", "Replies delivered to a chat.",
+            ["channel"], registry=r,
+        )
+        self.turns = Counter(
+            "palaver_turns", "Conversation turns by outcome.", ["outcome"], registry=r,
+        )
+        self.model_attempts = Counter(
+            "palaver_model_attempts",
+            'Model calls by model and error class ("ok" when the model answered, '
+            '"skipped" when it was cooling down).',
+            ["model", "error_class"], registry=r,
+        )
+        self.fallbacks = Counter(
+            "palaver_fallbacks", "Times a turn moved on from one model to the next.",
+            ["from_model", "to_model"], registry=r,
+        )
+        self.turn_duration = Histogram(
+            "palaver_turn_duration_seconds", "Time from picking a message up to the reply.",
+            buckets=_TURN_BUCKETS, registry=r,
+        )
+        self.model_latency = Histogram(
+            "palaver_model_latency_seconds", "Duration of one model call (any outcome).",
+            ["model"], buckets=_MODEL_BUCKETS, registry=r,
+        )
+        self.pending_messages = Gauge(
+            "palaver_pending_messages", "Stored inbound messages not yet answered.",
+            registry=r,
+        )
+        self._pending_source: Callable[[], float] | None = None
+        self._pending_value = 0.0
+        self.pending_messages.set_function(self._read_pending)
+
+    # -- messages -----------------------------------------------------------------
+
+    def message_received(self, channel: str) -> None:
+        """One inbound message from ``channel`` reached the core."""
+        self.messages_received.labels(channel=channel).inc()
+
+    def message_refused(self, channel: str, reason: str) -> None:
+        """One inbound message refused; ``reason`` is a short fixed word (not_allowed, ...)."""
+        self.messages_refused.labels(channel=channel, reason=reason).inc()
+
+    def message_answered(self, channel: str) -> None:
+        """One reply delivered to a chat on ``channel``."""
+        self.messages_answered.labels(channel=channel).inc()
+
+    # -- turns and models ---------------------------------------------------------
+
+    def turn_finished(
+        self,
+        outcome: str,
+        duration_s: float,
+        reply: ModelReply | None = None,
+        attempts: Iterable[Attempt] = (),
+    ) -> None:
+        """Record a finished turn and its model attempts.
+
+        ``reply`` (a ModelReply) supplies the attempts when given; otherwise pass
+        ``attempts`` (e.g. ``AllModelsFailed.attempts``).  Each attempt counts in
+        model_attempts_total and model_latency_seconds; each change of model between
+        consecutive attempts counts as a fallback.
+        """
+        self.turns.labels(outcome=outcome).inc()
+        if duration_s >= 0 and math.isfinite(duration_s):
+            self.turn_duration.observe(duration_s)
+        self.record_attempts(reply.attempts if reply is not None else tuple(attempts))
+
+    def record_attempts(self, attempts: Iterable[Attempt]) -> None:
+        """Count model attempts and fallbacks (turn_finished calls this)."""
+        previous: str | None = None
+        for attempt in attempts:
+            if attempt.skipped:
+                error_class = SKIPPED
+            elif attempt.error_class is None:
+                error_class = OK
+            else:
+                error_class = str(attempt.error_class)
+            self.model_attempts.labels(model=attempt.model_ref, error_class=error_class).inc()
+            if not attempt.skipped and attempt.duration_s >= 0:
+                self.model_latency.labels(model=attempt.model_ref).observe(attempt.duration_s)
+            if previous is not None and previous != attempt.model_ref:
+                self.fallbacks.labels(from_model=previous, to_model=attempt.model_ref).inc()
+            previous = attempt.model_ref
+
+    # -- pending ------------------------------------------------------------------
+
+    def set_pending_source(self, source: Callable[[], float] | None) -> None:
+        """Read the pending-messages gauge from ``source()`` at every scrape.
+
+        ``source`` must be cheap and synchronous (an in-memory count); if it raises, the
+        gauge reads NaN for that scrape and the error is logged at debug.  ``None``
+        returns to the value given to :meth:`set_pending`.
+        """
+        self._pending_source = source
+
+    def set_pending(self, count: float) -> None:
+        """Set the pending-messages gauge directly (used when no source is set)."""
+        self._pending_value = float(count)
+
+    def _read_pending(self) -> float:
+        source = self._pending_source
+        if source is None:
+            return self._pending_value
+        try:
+            return float(source())
+        except Exception:
+            log.debug("pending-messages source failed", exc_info=True)
+            return math.nan
+
+    # -- exposition ---------------------------------------------------------------
+
+    @property
+    def content_type(self) -> str:
+        """The HTTP Content-Type of :meth:`render`'s output."""
+        return CONTENT_TYPE_LATEST
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric in this registry."""
+        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+
+
+class _WithoutCreated:
+    """A view of a registry without the ``*_created`` series.
+
+    prometheus_client adds a creation-timestamp gauge beside every counter and histogram;
+    Prometheus' text format does not need them and they double the series count.  The
+    library's switch for this is process-wide, hence this local filter.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family

@@ -1,0 +1,153 @@
+"""Anthropic Messages client (``POST {baseUrl}/v1/messages``).
+
+``thinking`` and ``redacted_thinking`` blocks are dropped, ``ping`` events ignored and
+``error`` events classified; only ``text`` blocks make the reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.models.base import (
+    Completion,
+    ErrorClass,
+    ImagePart,
+    ModelError,
+    ModelRequest,
+    TextPart,
+    Usage,
+)
+from bridge.models.errors import classify_payload, error_fields
+from bridge.models.http import ClientBase, api_key
+from bridge.models.reasoning import ReasoningFilter
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+def messages_path(base_url: str) -> str:
+    """``/v1/messages``, or ``/messages`` when the baseUrl already ends in ``/v1``."""
+    return "/messages" if base_url.rstrip("/").endswith("/v1") else "/v1/messages"
+
+
+class AnthropicClient(ClientBase):
+    """``anthropic-messages``: Anthropic, and servers that mimic its API."""
+
+    def build_payload(self, request: ModelRequest, *, stream: bool = True) -> dict[str, Any]:
+        """The JSON body for ``request`` (``max_tokens`` is required by the API)."""
+        messages: list[dict[str, Any]] = []
+        for turn in request.turns:
+            images = [p for p in turn.parts if isinstance(p, ImagePart)]
+            if turn.role == "assistant" or not images:
+                text = "".join(p.text for p in turn.parts if isinstance(p, TextPart))
+                messages.append({"role": turn.role, "content": text})
+                continue
+            content: list[dict[str, Any]] = []
+            for part in turn.parts:
+                if isinstance(part, TextPart):
+                    content.append({"type": "text", "text": part.text})
+                else:
+                    data = part.data_url().split(",", 1)[1]
+                    content.append({"type": "image", "source": {
+                        "type": "base64", "media_type": part.mime, "data": data}})
+            messages.append({"role": "user", "content": content})
+        payload: dict[str, Any] = {
+            "model": self.model.model_id,
+            "max_tokens": self._max_tokens(request.max_tokens),
+            "messages": messages,
+            "stream": stream,
+        }
+        if request.instructions:
+            payload["system"] = request.instructions
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        return payload
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.model.headers)
+        key = api_key(self.model)
+        if key:
+            headers["x-api-key"] = key
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        headers["accept"] = "text/event-stream, application/json"
+        return headers
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        """Stream a message and return its final text (thinking dropped)."""
+        headers = self._headers()
+        payload = self.build_payload(request)
+        path = messages_path(self.model.base_url)
+        async with self._post(path, payload, headers) as reply:
+            if reply.is_json:
+                return self._from_json(await reply.json())
+            filt = ReasoningFilter()
+            parts: list[str] = []
+            blocks: dict[int, str] = {}  # index -> block type
+            stop_reason: str | None = None
+            usage = {"input": 0, "output": 0}
+            async for ev in reply.events():
+                data = ev.json()
+                if not isinstance(data, dict):
+                    raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
+                kind = data.get("type") or ev.event
+                if kind == "ping":
+                    continue
+                if kind == "error":
+                    code, message = error_fields(data)
+                    raise classify_payload(code, message, secrets=self._secrets())
+                if kind == "message_start":
+                    u = (data.get("message") or {}).get("usage") or {}
+                    usage["input"] = int(u.get("input_tokens") or 0)
+                    usage["output"] = int(u.get("output_tokens") or 0)
+                elif kind == "content_block_start":
+                    block = data.get("content_block") or {}
+                    blocks[int(data.get("index", 0))] = block.get("type", "")
+                    if block.get("type") == "text" and block.get("text"):
+                        parts.append(filt.feed(block["text"]))
+                elif kind == "content_block_delta":
+                    delta = data.get("delta") or {}
+                    index = int(data.get("index", 0))
+                    if delta.get("type") == "text_delta" and blocks.get(index, "text") == "text":
+                        parts.append(filt.feed(delta.get("text") or ""))
+                elif kind == "message_delta":
+                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                    u = data.get("usage") or {}
+                    if u.get("output_tokens") is not None:
+                        usage["output"] = int(u["output_tokens"])
+                    if u.get("input_tokens"):
+                        usage["input"] = int(u["input_tokens"])
+                elif kind == "message_stop":
+                    parts.append(filt.finish())
+                    return _completion("".join(parts), stop_reason,
+                                       Usage(usage["input"], usage["output"]))
+            raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without message_stop")
+
+    def _from_json(self, data: Any) -> Completion:
+        if not isinstance(data, dict):
+            raise ModelError(ErrorClass.BAD_RESPONSE, "body is not an object")
+        if data.get("type") == "error" or "error" in data:
+            code, message = error_fields(data)
+            raise classify_payload(code, message, secrets=self._secrets())
+        content = data.get("content")
+        if not isinstance(content, list):
+            raise ModelError(ErrorClass.BAD_RESPONSE, "message has no content list")
+        text = "".join(
+            b.get("text") or "" for b in content
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        filt = ReasoningFilter()
+        u = data.get("usage") or {}
+        return _completion(
+            filt.feed(text) + filt.finish(), data.get("stop_reason"),
+            Usage(int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)),
+        )
+
+
+def _completion(text: str, stop_reason: str | None, usage: Usage) -> Completion:
+    if stop_reason == "model_context_window_exceeded":
+        raise ModelError(ErrorClass.CONTEXT_OVERFLOW, "stop_reason model_context_window_exceeded")
+    if not text:
+        raise ModelError(ErrorClass.EMPTY_RESPONSE,
+                         f"no text left after removing thinking (stop: {stop_reason})")
+    finish = {"end_turn": "stop", "max_tokens": "length", "stop_sequence": "stop"}.get(
+        stop_reason or "", stop_reason)
+    return Completion(text=text, usage=usage, finish_reason=finish)

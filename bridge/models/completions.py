@@ -1,0 +1,149 @@
+"""OpenAI Chat Completions client (``POST {baseUrl}/chat/completions``).
+
+``reasoning_content`` / ``reasoning`` fields are dropped; inline reasoning tags in
+``content`` are stripped by :class:`~bridge.models.reasoning.ReasoningFilter`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.models.base import (
+    Completion,
+    ErrorClass,
+    ImagePart,
+    ModelError,
+    ModelRequest,
+    TextPart,
+    Usage,
+)
+from bridge.models.errors import classify_payload, error_fields
+from bridge.models.http import ClientBase, api_key
+from bridge.models.reasoning import ReasoningFilter
+
+
+class CompletionsClient(ClientBase):
+    """``openai-completions``: any OpenAI-compatible server (the most widely implemented)."""
+
+    def build_payload(self, request: ModelRequest, *, stream: bool = True) -> dict[str, Any]:
+        """The JSON body for ``request``."""
+        messages: list[dict[str, Any]] = []
+        if request.instructions:
+            messages.append({"role": "system", "content": request.instructions})
+        for turn in request.turns:
+            texts = [p for p in turn.parts if isinstance(p, TextPart)]
+            images = [p for p in turn.parts if isinstance(p, ImagePart)]
+            if turn.role == "assistant" or not images:
+                # Plain strings: the form every local server understands.
+                messages.append({"role": turn.role, "content": "".join(p.text for p in texts)})
+                continue
+            content: list[dict[str, Any]] = []
+            for part in turn.parts:
+                if isinstance(part, TextPart):
+                    content.append({"type": "text", "text": part.text})
+                else:
+                    content.append({"type": "image_url", "image_url": {"url": part.data_url()}})
+            messages.append({"role": "user", "content": content})
+        payload: dict[str, Any] = {"model": self.model.model_id, "messages": messages}
+        # OpenAI's own reasoning models reject max_tokens; local servers know only it.
+        host = (urlsplit(self.model.base_url).hostname or "").lower()
+        limit_key = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+        payload[limit_key] = self._max_tokens(request.max_tokens)
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        payload["stream"] = stream
+        if stream:
+            payload["stream_options"] = {"include_usage": True}
+        return payload
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.model.headers)
+        key = api_key(self.model)
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        headers["accept"] = "text/event-stream, application/json"
+        return headers
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        """Stream a chat completion and return its final text (reasoning stripped)."""
+        headers = self._headers()
+        payload = self.build_payload(request)
+        async with self._post("/chat/completions", payload, headers) as reply:
+            if reply.is_json:
+                return self._from_json(await reply.json())
+            filt = ReasoningFilter()
+            parts: list[str] = []
+            finish: str | None = None
+            usage = Usage()
+            async for ev in reply.events():
+                if ev.data.strip() == "[DONE]":
+                    return self._done(parts, filt, finish, usage)
+                data = ev.json()
+                if not isinstance(data, dict):
+                    raise ModelError(ErrorClass.BAD_RESPONSE, "stream chunk is not an object")
+                if "error" in data or ev.event == "error":
+                    code, message = error_fields(data)
+                    raise classify_payload(code, message, secrets=self._secrets())
+                if data.get("usage"):
+                    usage = _usage(data["usage"])
+                for choice in data.get("choices") or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta") or {}
+                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(content, str):
+                        parts.append(filt.feed(content))
+                    elif isinstance(delta, dict) and isinstance(delta.get("refusal"), str):
+                        parts.append(filt.feed(delta["refusal"]))
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+            if finish is not None:
+                # Lenient: some servers close after the last chunk without "[DONE]".
+                return self._done(parts, filt, finish, usage)
+            raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without [DONE]")
+
+    def _done(self, parts: list[str], filt: ReasoningFilter, finish: str | None,
+              usage: Usage) -> Completion:
+        parts.append(filt.finish())
+        return _completion("".join(parts), finish, usage)
+
+    def _from_json(self, data: Any) -> Completion:
+        if not isinstance(data, dict):
+            raise ModelError(ErrorClass.BAD_RESPONSE, "body is not an object")
+        if "error" in data:
+            code, message = error_fields(data)
+            raise classify_payload(code, message, secrets=self._secrets())
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise ModelError(ErrorClass.BAD_RESPONSE, "no choices in the reply")
+        message = choices[0].get("message") or {}
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is None and isinstance(message, dict):
+            content = message.get("refusal")
+        if isinstance(content, list):  # some servers answer with content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content is not None and not isinstance(content, str):
+            raise ModelError(ErrorClass.BAD_RESPONSE, "message content is not text")
+        filt = ReasoningFilter()
+        text = filt.feed(content or "") + filt.finish()
+        return _completion(text, choices[0].get("finish_reason"), _usage(data.get("usage")))
+
+
+def _usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=int(raw.get("prompt_tokens") or 0),
+        output_tokens=int(raw.get("completion_tokens") or 0),
+        reasoning_tokens=int(details.get("reasoning_tokens") or 0)
+        if isinstance(details, dict) else 0,
+    )
+
+
+def _completion(text: str, finish: str | None, usage: Usage) -> Completion:
+    if not text:
+        raise ModelError(ErrorClass.EMPTY_RESPONSE,
+                         f"no text left after removing reasoning (finish: {finish})")
+    return Completion(text=text, usage=usage, finish_reason=finish)

@@ -1,0 +1,224 @@
+"""Every model failure is classified here, and only here, into an :class:`ErrorClass`.
+
+HTTP statuses and error bodies, error events inside a stream, and transport exceptions all
+go through these functions, so the router can decide from the class alone.  Messages are
+redacted: API keys and ``Authorization`` values never leave this module in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+
+from bridge.models.base import ErrorClass, ModelError
+
+# Longest server message kept in an error (bodies can be whole HTML pages).
+_MAX_MESSAGE = 300
+# Retry-After values beyond this are capped (a bogus header must not bench a model for days).
+MAX_RETRY_AFTER_S = 3600.0
+
+_CONTEXT_RE = re.compile(
+    r"context_length_exceeded|maximum context length|prompt is too long|context window"
+    r"|exceed_context_size|exceeds the available context size|context length exceeded"
+    r"|too many tokens in (the )?prompt|input is too long|reduce the length of the messages",
+    re.IGNORECASE,
+)
+_LOADING_RE = re.compile(
+    r"model (is )?(not loaded|loading|still loading|currently loading|being loaded)"
+    r"|loading model|model not yet loaded|no model loaded|unavailable_error",
+    re.IGNORECASE,
+)
+_SECRET_RE = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}"
+    r"|\b(sk-[A-Za-z0-9_-]{4,}|sk-ant-[A-Za-z0-9_-]{4,}|sk-or-[A-Za-z0-9_-]{4,})"
+)
+
+# Codes/types found in error bodies and stream error events.
+_CODE_CLASSES: dict[str, ErrorClass] = {
+    "context_length_exceeded": ErrorClass.CONTEXT_OVERFLOW,
+    "exceed_context_size_error": ErrorClass.CONTEXT_OVERFLOW,
+    "model_context_window_exceeded": ErrorClass.CONTEXT_OVERFLOW,
+    "rate_limit_exceeded": ErrorClass.RATE_LIMITED,
+    "rate_limit_error": ErrorClass.RATE_LIMITED,
+    "insufficient_quota": ErrorClass.RATE_LIMITED,
+    "overloaded_error": ErrorClass.OVERLOADED,
+    "server_is_overloaded": ErrorClass.OVERLOADED,
+    "slow_down": ErrorClass.OVERLOADED,
+    "unavailable_error": ErrorClass.OVERLOADED,
+    "server_error": ErrorClass.SERVER_ERROR,
+    "api_error": ErrorClass.SERVER_ERROR,
+    "internal_error": ErrorClass.SERVER_ERROR,
+    "authentication_error": ErrorClass.AUTH,
+    "permission_error": ErrorClass.AUTH,
+    "invalid_api_key": ErrorClass.AUTH,
+    "not_found_error": ErrorClass.NOT_FOUND,
+    "model_not_found": ErrorClass.NOT_FOUND,
+    "invalid_request_error": ErrorClass.BAD_REQUEST,
+    "invalid_prompt": ErrorClass.BAD_REQUEST,
+    "request_too_large": ErrorClass.BAD_REQUEST,
+}
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove known secrets and anything shaped like an API key or bearer token."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET_RE.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return min(max(float(ms) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER_S)
+
+
+def error_fields(payload: Any) -> tuple[str | None, str]:
+    """(code or type, message) from any of the error shapes the APIs use."""
+    if not isinstance(payload, dict):
+        return None, str(payload) if payload is not None else ""
+    err = payload.get("error", payload)
+    if isinstance(err, str):
+        return payload.get("code") or payload.get("type"), err
+    if not isinstance(err, dict):
+        return None, ""
+    code = err.get("code") or err.get("type")
+    if code is not None and not isinstance(code, str):
+        code = str(code)
+    if code == "error":  # Anthropic's envelope type, not the error's
+        code = None
+    message = err.get("message") or err.get("detail") or ""
+    return code, message if isinstance(message, str) else json.dumps(message)
+
+
+def classify_payload(
+    code: str | None,
+    message: str,
+    *,
+    status: int | None = None,
+    retry_after: float | None = None,
+    secrets: Iterable[str] = (),
+) -> ModelError:
+    """Classify an error given as code/type + message (+ HTTP status when there is one)."""
+    secrets = tuple(secrets)
+    text = f"{code or ''} {message}"
+    cls: ErrorClass | None = None
+    if _CONTEXT_RE.search(text):
+        cls = ErrorClass.CONTEXT_OVERFLOW
+    elif _LOADING_RE.search(text):
+        cls = ErrorClass.OVERLOADED
+    elif status is not None:
+        cls = _class_for_status(status)
+        if cls is ErrorClass.BAD_REQUEST and (code or "").lower() in _CODE_CLASSES:
+            cls = _CODE_CLASSES[(code or "").lower()]  # e.g. 400 rate_limit_exceeded from a proxy
+    elif code is not None:
+        cls = _CODE_CLASSES.get(code.lower())
+    if cls is None:
+        cls = ErrorClass.SERVER_ERROR  # an error event we don't know: the server failed
+    label = f"HTTP {status}" if status is not None else "error event"
+    detail = _clip(redact(f"{code}: {message}" if code else message or "(no message)", secrets))
+    return ModelError(cls, f"{label}: {detail}", status=status, retry_after=retry_after)
+
+
+def _class_for_status(status: int) -> ErrorClass:
+    if status < 400:
+        return ErrorClass.BAD_RESPONSE  # a redirect: baseUrl is probably wrong
+    if status == 429:
+        return ErrorClass.RATE_LIMITED
+    if status in (503, 529):
+        return ErrorClass.OVERLOADED
+    if status >= 500:
+        return ErrorClass.SERVER_ERROR
+    if status in (401, 403):
+        return ErrorClass.AUTH
+    if status in (404, 405):  # 405: the server has no such endpoint
+        return ErrorClass.NOT_FOUND
+    if status == 413:
+        return ErrorClass.CONTEXT_OVERFLOW
+    return ErrorClass.BAD_REQUEST
+
+
+def classify_http(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    secrets: Iterable[str] = (),
+) -> ModelError:
+    """Classify a non-2xx HTTP answer from its status, body and headers."""
+    text = body.decode("utf-8", "replace")
+    try:
+        code, message = error_fields(json.loads(text))
+    except ValueError:
+        code, message = None, text
+    retry_after = parse_retry_after(headers) if status in (429, 503, 529) else None
+    return classify_payload(code, message, status=status, retry_after=retry_after,
+                            secrets=secrets)
+
+
+def classify_exception(exc: BaseException, *, phase: str = "request") -> ModelError:
+    """Classify a transport exception (never includes request headers)."""
+    if isinstance(exc, ModelError):
+        return exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ModelError(ErrorClass.TIMEOUT, "connect timeout")
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return ModelError(ErrorClass.TIMEOUT, f"timeout during {phase}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ModelError(ErrorClass.UNREACHABLE, f"DNS lookup failed for {_host(exc)}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return ModelError(ErrorClass.UNREACHABLE, f"cannot connect to {_host(exc)}: {reason}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ModelError(ErrorClass.UNREACHABLE, f"server disconnected during {phase}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ModelError(ErrorClass.UNREACHABLE, f"connection lost during {phase}")
+    if isinstance(exc, (aiohttp.ClientOSError, ConnectionError, OSError)):
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        return ModelError(ErrorClass.UNREACHABLE, f"connection error during {phase}: {reason}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ModelError(ErrorClass.BAD_REQUEST, "invalid baseUrl")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ModelError(ErrorClass.BAD_RESPONSE, f"malformed HTTP response ({exc.status})")
+    if isinstance(exc, aiohttp.ClientError):
+        return ModelError(ErrorClass.BAD_RESPONSE, f"{type(exc).__name__} during {phase}")
+    if isinstance(exc, (ValueError, KeyError, TypeError)):
+        return ModelError(ErrorClass.BAD_RESPONSE, f"malformed response ({type(exc).__name__})")
+    return ModelError(ErrorClass.BAD_RESPONSE, f"unexpected {type(exc).__name__} during {phase}")
+
+
+def _host(exc: aiohttp.ClientConnectorError) -> str:
+    key = exc.conn_key
+    return f"{key.host}:{key.port}"

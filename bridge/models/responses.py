@@ -1,0 +1,152 @@
+"""OpenAI Responses API client (``POST {baseUrl}/responses``), stateless (``store: false``).
+
+Only ``output_text`` and ``refusal`` content of ``message`` items is kept: ``reasoning``
+items and the reasoning text / summary events are ignored, and inline reasoning tags are
+stripped by :class:`~bridge.models.reasoning.ReasoningFilter`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.models.base import (
+    Completion,
+    ErrorClass,
+    ImagePart,
+    ModelError,
+    ModelRequest,
+    TextPart,
+    Usage,
+)
+from bridge.models.errors import classify_payload, error_fields
+from bridge.models.http import ClientBase, api_key
+from bridge.models.reasoning import ReasoningFilter
+
+_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
+class ResponsesClient(ClientBase):
+    """``openai-responses``: LM Studio, vLLM, Ollama, LocalAI, llama.cpp, OpenAI."""
+
+    def build_payload(self, request: ModelRequest, *, stream: bool = True) -> dict[str, Any]:
+        """The JSON body for ``request`` (full history as ``input``)."""
+        items: list[dict[str, Any]] = []
+        for turn in request.turns:
+            if turn.role == "assistant":
+                text = "".join(p.text for p in turn.parts if isinstance(p, TextPart))
+                items.append({"role": "assistant", "content": text})
+                continue
+            content: list[dict[str, Any]] = []
+            for part in turn.parts:
+                if isinstance(part, TextPart):
+                    content.append({"type": "input_text", "text": part.text})
+                elif isinstance(part, ImagePart):
+                    content.append({"type": "input_image", "image_url": part.data_url(),
+                                    "detail": "auto"})
+            items.append({"role": "user", "content": content})
+        payload: dict[str, Any] = {
+            "model": self.model.model_id,
+            "input": items,
+            "max_output_tokens": self._max_tokens(request.max_tokens),
+            "store": False,
+            "stream": stream,
+        }
+        if request.instructions:
+            payload["instructions"] = request.instructions
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        return payload
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.model.headers)
+        key = api_key(self.model)
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        headers["accept"] = "text/event-stream, application/json"
+        return headers
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        """Stream a response and return its final text (reasoning stripped)."""
+        headers = self._headers()
+        payload = self.build_payload(request)
+        async with self._post("/responses", payload, headers) as reply:
+            if reply.is_json:
+                return self._from_response(await reply.json())
+            filt = ReasoningFilter()
+            parts: list[str] = []
+            streamed = False
+            async for ev in reply.events():
+                if ev.data.strip() == "[DONE]":
+                    continue
+                data = ev.json()
+                if not isinstance(data, dict):
+                    raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
+                kind = data.get("type") or ev.event
+                if kind in ("response.output_text.delta", "response.refusal.delta"):
+                    delta = data.get("delta")
+                    if isinstance(delta, str):
+                        streamed = True
+                        parts.append(filt.feed(delta))
+                elif kind == "error":
+                    code, message = error_fields(data)
+                    raise classify_payload(code, message, secrets=self._secrets())
+                elif kind in _TERMINAL:
+                    response = data.get("response")
+                    if not isinstance(response, dict):
+                        raise ModelError(ErrorClass.BAD_RESPONSE, f"{kind} without response")
+                    if kind == "response.failed" or not streamed:
+                        # Servers that send no deltas still carry the output here.
+                        return self._from_response(response)
+                    parts.append(filt.finish())
+                    return _completion("".join(parts), response)
+            raise ModelError(ErrorClass.BAD_RESPONSE,
+                             "stream ended without response.completed")
+
+    def _from_response(self, response: Any) -> Completion:
+        if not isinstance(response, dict):
+            raise ModelError(ErrorClass.BAD_RESPONSE, "response is not an object")
+        if response.get("object") not in (None, "response") and "output" not in response:
+            code, message = error_fields(response)
+            raise classify_payload(code, message or "unexpected body", secrets=self._secrets())
+        status = response.get("status")
+        if status == "failed" or (response.get("error") and status != "completed"):
+            code, message = error_fields({"error": response.get("error") or {}})
+            raise classify_payload(code or "server_error", message or "response failed",
+                                   secrets=self._secrets())
+        output = response.get("output")
+        if not isinstance(output, list):
+            raise ModelError(ErrorClass.BAD_RESPONSE, "response has no output list")
+        texts: list[str] = []
+        for item in output:
+            if not isinstance(item, dict) or item.get("type") != "message":
+                continue  # reasoning, function_call, ...
+            for part in item.get("content") or ():
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                    texts.append(part["refusal"])
+        filt = ReasoningFilter()
+        return _completion(filt.feed("".join(texts)) + filt.finish(), response)
+
+
+def _completion(text: str, response: dict[str, Any]) -> Completion:
+    finish = "stop"
+    if response.get("status") == "incomplete":
+        reason = (response.get("incomplete_details") or {}).get("reason")
+        finish = "length" if reason == "max_output_tokens" else (reason or "incomplete")
+    if not text:
+        raise ModelError(ErrorClass.EMPTY_RESPONSE,
+                         f"no text left after removing reasoning (finish: {finish})")
+    usage = response.get("usage") or {}
+    details = usage.get("output_tokens_details") or {}
+    return Completion(
+        text=text,
+        usage=Usage(
+            input_tokens=int(usage.get("input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+            reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+        ),
+        finish_reason=finish,
+    )

@@ -1,0 +1,234 @@
+"""Local-first routing: try each candidate model in order, cool down the ones that fail.
+
+Decisions come from :class:`~bridge.models.base.ErrorClass` alone:
+
+- ``context_overflow`` and ``bad_request`` stop at once (the request itself is at fault;
+  the conversation core compacts and retries on ``AllModelsFailed.context_overflow``);
+- every other class falls through to the next candidate, and the failed model is cooled
+  down for 30 s, then 60 s, then 300 s while it keeps failing (at least as long as a
+  ``Retry-After``).  While cooling it is skipped; when the cooldown ends one call probes
+  it, and a success resets it.  ``empty_response`` falls through without a cooldown: the
+  server answered, only this reply was empty.
+- if every candidate is cooling down, the one whose cooldown ends first is tried anyway
+  rather than failing a turn without calling anything.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bridge.config.schema import Config, ResolvedModel
+from bridge.models.base import (
+    AllModelsFailed,
+    Attempt,
+    ErrorClass,
+    ModelError,
+    ModelReply,
+    ModelRequest,
+)
+from bridge.models.clients import make_client
+from bridge.models.errors import MAX_RETRY_AFTER_S, classify_exception
+
+log = logging.getLogger("bridge.models.router")
+
+COOLDOWN_STEPS_S = (30.0, 60.0, 300.0)
+_STOP = frozenset({ErrorClass.CONTEXT_OVERFLOW, ErrorClass.BAD_REQUEST})
+_NO_COOLDOWN = frozenset({ErrorClass.EMPTY_RESPONSE}) | _STOP
+
+RequestSource = ModelRequest | Callable[[ResolvedModel], ModelRequest | Awaitable[ModelRequest]]
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0  # consecutive failures
+    until: float = 0.0  # cooling down until this clock value
+    probing: bool = False  # a call is testing it after its cooldown
+    last_error: ErrorClass | None = None
+    last_message: str = ""
+
+
+class ModelRouter:
+    """Calls the candidates of a turn in order, with fallback and cooldown."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._session = session
+        self._owns_session = session is None
+        self._health: dict[str, _Health] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if the router created it."""
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    # ------------------------------------------------------------------ routing
+
+    async def complete(
+        self,
+        candidates: Sequence[str],
+        request: RequestSource,
+    ) -> ModelReply:
+        """Answer ``request`` with the first candidate that succeeds.
+
+        ``request`` may be a callable given each candidate's ResolvedModel (to fit its
+        context window or vision support); it may be async.  Raises AllModelsFailed
+        listing every attempt (skipped ones included).
+        """
+        refs = list(dict.fromkeys(candidates))
+        if not refs:
+            raise ValueError("no candidate models")
+        config = self._config()
+        attempts: list[Attempt] = []
+        forced = self._forced_candidate(refs)
+        try:
+            for ref in refs:
+                health = self._health.get(ref)
+                now = self._clock()
+                if ref != forced and health is not None and (
+                    health.until > now or health.probing
+                ):
+                    left = max(health.until - now, 0.0)
+                    attempts.append(Attempt(
+                        ref, health.last_error, 0.0,
+                        f"cooling down, {left:.0f}s left" if left else "being probed",
+                        skipped=True,
+                    ))
+                    continue
+                reply_or_error = await self._attempt(config, ref, request)
+                if isinstance(reply_or_error, Attempt):
+                    attempts.append(reply_or_error)
+                    if reply_or_error.error_class in _STOP:
+                        break
+                    continue
+                completion, model, duration = reply_or_error
+                attempts.append(Attempt(ref, None, duration))
+                reply = ModelReply(
+                    text=completion.text, model_ref=model.ref, usage=completion.usage,
+                    finish_reason=completion.finish_reason, attempts=tuple(attempts),
+                )
+                self._log(reply.attempts, answered=ref)
+                return reply
+        except BaseException:
+            if attempts:
+                self._log(tuple(attempts), answered=None, level=logging.DEBUG)
+            raise
+        self._log(tuple(attempts), answered=None)
+        raise AllModelsFailed(tuple(attempts))
+
+    def _forced_candidate(self, refs: list[str]) -> str | None:
+        """When every candidate is cooling down: the one whose cooldown ends first."""
+        now = self._clock()
+        cooling = []
+        for ref in refs:
+            health = self._health.get(ref)
+            if health is None or (health.until <= now and not health.probing):
+                return None
+            cooling.append((health.until, ref))
+        return min(cooling)[1]
+
+    async def _attempt(self, config: Config, ref: str, request: RequestSource):
+        """One call; returns (Completion, ResolvedModel, duration) or a failed Attempt."""
+        start = self._clock()
+        try:
+            model = config.model(ref)
+        except KeyError as exc:
+            return Attempt(ref, ErrorClass.NOT_FOUND, 0.0, f"not configured: {exc.args[0]}")
+        try:
+            built = request(model) if callable(request) else request
+            if inspect.isawaitable(built):
+                built = await built
+        except ModelError as exc:  # the caller could not build a prompt for this model
+            return Attempt(ref, exc.error_class, self._clock() - start, exc.message)
+        health = self._health.setdefault(ref, _Health())
+        if health.failures:
+            health.probing = True
+        try:
+            client = make_client(model, self._get_session())
+            completion = await client.complete(built)
+        except Exception as exc:
+            error = classify_exception(exc, phase="the call")
+            if not isinstance(exc, ModelError):
+                log.warning("model %s raised %s; treated as bad_response",
+                            ref, type(exc).__name__, exc_info=True)
+            duration = self._clock() - start
+            self._failed(ref, error)
+            return Attempt(ref, error.error_class, duration, error.message)
+        finally:
+            health.probing = False
+        self._health.pop(ref, None)
+        return completion, model, self._clock() - start
+
+    def _failed(self, ref: str, error: ModelError) -> None:
+        health = self._health.setdefault(ref, _Health())
+        health.last_error = error.error_class
+        health.last_message = error.message
+        if error.error_class in _NO_COOLDOWN:
+            return
+        step = COOLDOWN_STEPS_S[min(health.failures, len(COOLDOWN_STEPS_S) - 1)]
+        health.failures += 1
+        if error.retry_after is not None:
+            step = max(step, min(error.retry_after, MAX_RETRY_AFTER_S))
+        health.until = self._clock() + step
+
+    # ------------------------------------------------------------------ reporting
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per model ref with a failure on record: state, cooldown left, last error."""
+        now = self._clock()
+        out: dict[str, dict[str, Any]] = {}
+        for ref, health in self._health.items():
+            if health.probing:
+                state = "probing"
+            elif health.until > now:
+                state = "cooling"
+            elif health.failures:
+                state = "probe-due"
+            else:
+                state = "ok"
+            out[ref] = {
+                "state": state,
+                "failures": health.failures,
+                "cooldown_remaining_s": round(max(health.until - now, 0.0), 1),
+                "last_error": health.last_error.value if health.last_error else None,
+                "last_message": health.last_message,
+            }
+        return out
+
+    def _log(self, attempts: tuple[Attempt, ...], *, answered: str | None,
+             level: int | None = None) -> None:
+        described = ", ".join(
+            f"{a.model_ref}={'skipped(' + (a.error_class or 'cooling') + ')' if a.skipped else (a.error_class or 'ok')}"
+            f" {a.duration_s * 1000:.0f}ms"
+            for a in attempts
+        )
+        if level is None:
+            level = logging.INFO if answered else logging.WARNING
+        log.log(
+            level, "model turn answered=%s attempts=[%s]", answered or "none", described,
+            extra={"event": "model_turn", "answered": answered, "attempts": [
+                {"model": a.model_ref, "error": a.error_class.value if a.error_class else None,
+                 "ms": round(a.duration_s * 1000), "skipped": a.skipped} for a in attempts
+            ]},
+        )

@@ -1,0 +1,194 @@
+"""The SQLite connection: pragmas, append-only migrations, one transaction at a time.
+
+All writes go through one aiosqlite connection guarded by an asyncio lock, so the
+statements of one transaction are never interleaved with another task's.  SQLite runs in
+WAL with foreign keys on and a busy timeout (another process, e.g. ``palaver pairing``,
+may open the same file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (message says what and where)."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer Palaver than this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """Every ``migrations/NNNN_name.sql`` shipped with the package, in version order."""
+    found: list[Migration] = []
+    folder = resources.files("bridge.store") / "migrations"
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            continue
+        found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise StoreError(f"migration {migration.version:04d} is out of sequence "
+                             f"(expected {expected:04d})")
+    return found
+
+
+class Database:
+    """Connection, pragmas, migrations and transaction helpers (the base of ``Store``)."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, migrations: list[Migration] | None = None
+    ):
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        Raises :class:`SchemaTooNewError` when the file is newer than this code.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        migrations = load_migrations() if migrations is None else migrations
+        try:
+            conn = await aiosqlite.connect(str(path), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await _migrate(conn, path, migrations)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(path, conn)
+
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            await self._conn.close()
+
+    # -- transactions --------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error), holding the lock."""
+        async with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            else:
+                await self._conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for reads (autocommit), holding the lock."""
+        async with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            yield self._conn
+
+    async def schema_version(self) -> int:
+        async with self.reading() as db:
+            return await _current_version(db)
+
+    async def check_writable(self) -> bool:
+        """True when a write transaction can be taken and committed (for health checks)."""
+        try:
+            async with self.transaction() as db:
+                await db.execute(
+                    "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
+                    ("palaver", "health", "ok", time.time()),
+                )
+            return True
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("store is not writable: %s", exc)
+            return False
+
+
+async def _current_version(db: aiosqlite.Connection) -> int:
+    cur = await db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    )
+    if await cur.fetchone() is None:
+        return 0
+    cur = await db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    row = await cur.fetchone()
+    return int(row[0])
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path, migrations: list[Migration]) -> None:
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+        "name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    current = await _current_version(db)
+    known = migrations[-1].version if migrations else 0
+    if current > known:
+        raise SchemaTooNewError(
+            f"database {path} has schema version {current}, but this Palaver only knows "
+            f"up to {known}: upgrade Palaver, or point dataDir at another directory"
+        )
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        # One transaction per migration: a failure leaves the previous version intact.
+        script = (
+            "BEGIN IMMEDIATE;\n"
+            + migration.sql
+            + "\n;INSERT INTO schema_version (version, name, applied_at) VALUES "
+            + f"({migration.version}, '{migration.name}', {time.time()!r});\nCOMMIT;"
+        )
+        try:
+            await db.executescript(script)
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise StoreError(
+                f"migration {migration.version:04d}_{migration.name} failed on {path}: {exc}"
+            ) from exc
+        log.info("store %s migrated to schema version %d", path, migration.version)

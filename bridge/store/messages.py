@@ -1,0 +1,422 @@
+"""Messages and turns: the durable queue every chat goes through.
+
+Inbound: ``record_inbound`` (idempotent) -> ``claim_next`` (a batch becomes one turn,
+``processing``) -> ``finish_turn`` (the reply is stored and the batch ``answered`` or
+``failed`` in one transaction) -> the reply is delivered and ``mark_delivered``.
+``recover`` puts back what a crash left half done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import aiosqlite
+
+from bridge.envelope import ChatAddress, Inbound
+from bridge.models.base import Attempt, Usage
+from bridge.store.db import Database
+from bridge.store.records import (
+    Claim,
+    HistoryTurn,
+    MessageKind,
+    MessageStatus,
+    RecoveryReport,
+    StoredMessage,
+    TurnRecord,
+    attempts_to_json,
+    media_to_json,
+    message_from_row,
+    quoted_to_json,
+    turn_from_row,
+)
+
+# Upper bound of messages answered together in one turn.
+MAX_BATCH = 50
+
+
+class MessageQueries(Database):
+    # -- inbound -------------------------------------------------------------------
+
+    async def record_inbound(
+        self,
+        inbound: Inbound,
+        *,
+        status: MessageStatus = MessageStatus.RECEIVED,
+        reason: str | None = None,
+        reply: str | None = None,
+        reply_kind: MessageKind = MessageKind.PAIRING,
+    ) -> int | None:
+        """Store ``inbound``; return its row id, or ``None`` if it was stored before.
+
+        ``reply`` (e.g. a pairing code for a refused sender) is stored in the same
+        transaction as a pending outbound message for the workers to deliver.
+        """
+        now = time.time()
+        a = inbound.address
+        key = str(inbound.session_key)
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO messages (direction, role, kind, session_key, channel, account,"
+                " chat_id, chat_kind, thread_id, platform_message_id, sender_id, sender_name,"
+                " mentioned, text, media, quoted, status, reason, platform_timestamp,"
+                " created_at, updated_at)"
+                " VALUES ('in', 'user', 'chat', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?)"
+                " ON CONFLICT (channel, account, platform_message_id) WHERE direction = 'in'"
+                " DO NOTHING",
+                (key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
+                 inbound.message_id, inbound.sender_id, inbound.sender_name,
+                 int(inbound.mentioned), inbound.text, media_to_json(inbound.media),
+                 quoted_to_json(inbound.quoted), status.value, reason, inbound.timestamp,
+                 now, now),
+            )
+            if cur.rowcount == 0:
+                return None
+            row_id = cur.lastrowid
+            for ref in inbound.media:
+                if ref.media_id:
+                    await db.execute(
+                        "INSERT OR IGNORE INTO media (media_id, kind, mime, size, width,"
+                        " height, first_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (ref.media_id, ref.kind.value, ref.mime, ref.size, ref.width,
+                         ref.height, now),
+                    )
+            if reply is not None:
+                await _insert_outbound(db, key=key, address=a, text=reply, kind=reply_kind,
+                                       session_id=None, turn_id=None, reply_to=None, now=now)
+        return row_id
+
+    async def has_inbound(self, channel: str, account: str, message_id: str) -> bool:
+        """Whether this platform message was stored already (any status)."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT 1 FROM messages WHERE direction = 'in' AND channel = ? AND account = ?"
+                " AND platform_message_id = ?", (channel, account, message_id))
+            return await cur.fetchone() is not None
+
+    async def message(self, row_id: int) -> StoredMessage | None:
+        async with self.reading() as db:
+            cur = await db.execute("SELECT * FROM messages WHERE id = ?", (row_id,))
+            row = await cur.fetchone()
+        return message_from_row(row) if row else None
+
+    async def inbound_by_platform_id(
+        self, channel: str, account: str, message_id: str
+    ) -> StoredMessage | None:
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT * FROM messages WHERE direction = 'in' AND channel = ? AND account = ?"
+                " AND platform_message_id = ?", (channel, account, message_id))
+            row = await cur.fetchone()
+        return message_from_row(row) if row else None
+
+    async def messages_for(self, session_key: str) -> list[StoredMessage]:
+        """Every message of a session key (all sessions), oldest first."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT * FROM messages WHERE session_key = ? ORDER BY id", (session_key,))
+            rows = await cur.fetchall()
+        return [message_from_row(r) for r in rows]
+
+    # -- the queue -------------------------------------------------------------------
+
+    async def claim_next(
+        self,
+        session_key: str,
+        *,
+        is_command: Callable[[str], bool] = lambda _text: False,
+        limit: int = MAX_BATCH,
+    ) -> Claim | None:
+        """Take the next batch of ``received`` messages of one session as a new turn.
+
+        A command is claimed alone; otherwise every message up to the next command
+        (at most ``limit``) is answered together.  ``None`` when nothing is waiting.
+        """
+        now = time.time()
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "SELECT * FROM messages WHERE session_key = ? AND direction = 'in'"
+                " AND status = 'received' ORDER BY id LIMIT ?", (session_key, limit))
+            rows = [message_from_row(r) for r in await cur.fetchall()]
+            if not rows:
+                return None
+            if is_command(rows[0].text):
+                batch, kind = rows[:1], MessageKind.COMMAND
+            else:
+                batch, kind = [], MessageKind.CHAT
+                for msg in rows:
+                    if is_command(msg.text):
+                        break
+                    batch.append(msg)
+            session_id = await _active_session_id(db, rows[0], now)
+            cur = await db.execute(
+                "INSERT INTO turns (session_id, session_key, kind, status, started_at)"
+                " VALUES (?, ?, ?, 'running', ?)",
+                (session_id, session_key, kind.value, now))
+            turn_id = cur.lastrowid
+            ids = [m.id for m in batch]
+            marks = ",".join("?" * len(ids))
+            await db.execute(
+                f"UPDATE messages SET status = 'processing', kind = ?, turn_id = ?,"
+                f" session_id = ?, updated_at = ? WHERE id IN ({marks})",
+                (kind.value, turn_id, session_id, now, *ids))
+        claimed = tuple(
+            _replace_msg(m, status=MessageStatus.PROCESSING, turn_id=turn_id,
+                         session_id=session_id, kind=kind)
+            for m in batch
+        )
+        return Claim(turn_id=turn_id, session_id=session_id, session_key=session_key,
+                     kind=kind, messages=claimed)
+
+    async def finish_turn(
+        self,
+        turn_id: int,
+        *,
+        reply: str,
+        answered: bool = True,
+        reason: str | None = None,
+        reply_kind: MessageKind = MessageKind.CHAT,
+        reply_to_message_id: str | None = None,
+        model_ref: str | None = None,
+        usage: Usage | None = None,
+        attempts: tuple[Attempt, ...] = (),
+        prompt_tokens_estimate: int | None = None,
+        context_window: int | None = None,
+    ) -> StoredMessage:
+        """Store the turn's reply (pending delivery) and close the turn, atomically.
+
+        ``answered=False`` marks the turn and its messages ``failed`` with ``reason``
+        (the reply is then the apology).  Returns the stored outbound message.
+        """
+        now = time.time()
+        status = MessageStatus.ANSWERED if answered else MessageStatus.FAILED
+        usage = usage or Usage()
+        async with self.transaction() as db:
+            cur = await db.execute("SELECT * FROM turns WHERE id = ?", (turn_id,))
+            turn = await cur.fetchone()
+            if turn is None:
+                raise KeyError(f"no turn {turn_id}")
+            cur = await db.execute(
+                "SELECT * FROM messages WHERE turn_id = ? AND direction = 'in' ORDER BY id"
+                " LIMIT 1", (turn_id,))
+            first = await cur.fetchone()
+            address = message_from_row(first).address
+            out_id = await _insert_outbound(
+                db, key=turn["session_key"], address=address, text=reply, kind=reply_kind,
+                session_id=turn["session_id"], turn_id=turn_id,
+                reply_to=reply_to_message_id, now=now, model_ref=model_ref, usage=usage)
+            await db.execute(
+                "UPDATE messages SET status = ?, reason = ?, model_ref = ?, updated_at = ?"
+                " WHERE turn_id = ? AND direction = 'in'",
+                (status.value, reason, model_ref, now, turn_id))
+            await db.execute(
+                "UPDATE turns SET status = ?, finished_at = ?, model_ref = ?, attempts = ?,"
+                " input_tokens = ?, output_tokens = ?, reasoning_tokens = ?,"
+                " prompt_tokens_estimate = ?, context_window = ?, reason = ? WHERE id = ?",
+                ("answered" if answered else "failed", now, model_ref,
+                 attempts_to_json(attempts), usage.input_tokens, usage.output_tokens,
+                 usage.reasoning_tokens, prompt_tokens_estimate, context_window, reason,
+                 turn_id))
+            cur = await db.execute("SELECT * FROM messages WHERE id = ?", (out_id,))
+            return message_from_row(await cur.fetchone())
+
+    async def add_outbound(
+        self,
+        session_key: str,
+        address: ChatAddress,
+        text: str,
+        *,
+        kind: MessageKind = MessageKind.CHAT,
+        reply_to_message_id: str | None = None,
+    ) -> StoredMessage:
+        """Store a reply that belongs to no turn (delivered by the session's worker)."""
+        now = time.time()
+        async with self.transaction() as db:
+            out_id = await _insert_outbound(db, key=session_key, address=address, text=text,
+                                            kind=kind, session_id=None, turn_id=None,
+                                            reply_to=reply_to_message_id, now=now)
+            cur = await db.execute("SELECT * FROM messages WHERE id = ?", (out_id,))
+            return message_from_row(await cur.fetchone())
+
+    async def undelivered(self, session_key: str) -> list[StoredMessage]:
+        """Replies of a session stored but not yet delivered, oldest first."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT * FROM messages WHERE session_key = ? AND direction = 'out'"
+                " AND status = 'pending' ORDER BY id", (session_key,))
+            rows = await cur.fetchall()
+        return [message_from_row(r) for r in rows]
+
+    async def mark_delivered(self, message_id: int, platform_ids: Iterable[str]) -> None:
+        """The channel sent the reply; remember the platform ids of its chunks."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE messages SET status = 'sent', delivered = 1, delivered_at = ?,"
+                " reply_platform_ids = ?, updated_at = ? WHERE id = ?",
+                (now, ",".join(platform_ids), now, message_id))
+
+    async def mark_send_failed(
+        self, message_id: int, reason: str, sent_ids: Iterable[str] = ()
+    ) -> None:
+        """The channel gave up on the reply (kept, with the reason, not retried)."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE messages SET status = 'failed', reason = ?, reply_platform_ids = ?,"
+                " updated_at = ? WHERE id = ?",
+                (reason[:500], ",".join(sent_ids), now, message_id))
+
+    # -- recovery --------------------------------------------------------------------
+
+    async def recover(self, channels: Iterable[str] | None = None) -> RecoveryReport:
+        """After a crash: put ``processing`` messages back to ``received``.
+
+        Only the given channels are touched (another process may own the others);
+        ``None`` means all.  Turns left ``running`` become ``interrupted``.
+        """
+        now = time.time()
+        where, params = _channel_filter(channels)
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "UPDATE turns SET status = 'interrupted', finished_at = ? WHERE status ="
+                " 'running' AND id IN (SELECT turn_id FROM messages WHERE status ="
+                f" 'processing' {where})", (now, *params))
+            interrupted = cur.rowcount
+            cur = await db.execute(
+                "UPDATE messages SET status = 'received', turn_id = NULL, updated_at = ?"
+                f" WHERE direction = 'in' AND status = 'processing' {where}", (now, *params))
+            requeued = cur.rowcount
+            cur = await db.execute(
+                "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND status = 'pending'"
+                f" {where}", params)
+            undelivered = (await cur.fetchone())[0]
+        return RecoveryReport(requeued=requeued, interrupted_turns=interrupted,
+                              undelivered=undelivered)
+
+    async def session_keys_with_work(self, channels: Iterable[str] | None = None) -> list[str]:
+        """Session keys with messages waiting (received inbound or pending outbound)."""
+        where, params = _channel_filter(channels)
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT session_key, MIN(id) AS first FROM messages WHERE"
+                " ((direction = 'in' AND status = 'received') OR"
+                f" (direction = 'out' AND status = 'pending')) {where}"
+                " GROUP BY session_key ORDER BY first", params)
+            return [r["session_key"] for r in await cur.fetchall()]
+
+    async def count_by_status(self) -> dict[str, int]:
+        """``{"in:received": n, "out:pending": n, ...}`` (for health and metrics)."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT direction, status, COUNT(*) AS n FROM messages GROUP BY 1, 2")
+            return {f"{r['direction']}:{r['status']}": r["n"] for r in await cur.fetchall()}
+
+    # -- history and turns -------------------------------------------------------------
+
+    async def history(
+        self, session_id: int, *, after_turn: int | None = None, max_turns: int = 200
+    ) -> list[HistoryTurn]:
+        """The session's answered chat turns after ``after_turn``, oldest first.
+
+        At most the newest ``max_turns`` (the prompt keeps fewer still).
+        """
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT id FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
+                " 'answered' AND id > ? ORDER BY id DESC LIMIT ?",
+                (session_id, after_turn or 0, max_turns))
+            turn_ids = sorted(r["id"] for r in await cur.fetchall())
+            if not turn_ids:
+                return []
+            marks = ",".join("?" * len(turn_ids))
+            cur = await db.execute(
+                f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id",
+                turn_ids)
+            rows = [message_from_row(r) for r in await cur.fetchall()]
+        users: dict[int, list[StoredMessage]] = {t: [] for t in turn_ids}
+        replies: dict[int, str] = {}
+        for msg in rows:
+            assert msg.turn_id is not None
+            if msg.direction == "in":
+                users[msg.turn_id].append(msg)
+            else:
+                replies[msg.turn_id] = msg.text
+        return [HistoryTurn(t, tuple(users[t]), replies.get(t, "")) for t in turn_ids]
+
+    async def turn(self, turn_id: int) -> TurnRecord | None:
+        async with self.reading() as db:
+            cur = await db.execute("SELECT * FROM turns WHERE id = ?", (turn_id,))
+            row = await cur.fetchone()
+        return turn_from_row(row) if row else None
+
+    async def last_turn(self, session_key: str, *, kind: str = "chat") -> TurnRecord | None:
+        """The newest finished turn of a session key (for ``/status``)."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT * FROM turns WHERE session_key = ? AND kind = ? AND status IN"
+                " ('answered', 'failed') ORDER BY id DESC LIMIT 1", (session_key, kind))
+            row = await cur.fetchone()
+        return turn_from_row(row) if row else None
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+async def _insert_outbound(
+    db: aiosqlite.Connection,
+    *,
+    key: str,
+    address: ChatAddress,
+    text: str,
+    kind: MessageKind,
+    session_id: int | None,
+    turn_id: int | None,
+    reply_to: str | None,
+    now: float,
+    model_ref: str | None = None,
+    usage: Usage | None = None,
+) -> int:
+    cur = await db.execute(
+        "INSERT INTO messages (direction, role, kind, session_key, session_id, turn_id,"
+        " channel, account, chat_id, chat_kind, thread_id, text, status, model_ref,"
+        " input_tokens, output_tokens, reply_to_message_id, created_at, updated_at)"
+        " VALUES ('out', 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+        (kind.value, key, session_id, turn_id, address.channel, address.account,
+         address.chat_id, address.chat_kind.value, address.thread_id, text, model_ref,
+         usage.input_tokens if usage else None, usage.output_tokens if usage else None,
+         reply_to, now, now),
+    )
+    return cur.lastrowid
+
+
+async def _active_session_id(db: aiosqlite.Connection, msg: StoredMessage, now: float) -> int:
+    cur = await db.execute(
+        "SELECT id FROM sessions WHERE session_key = ? AND ended_at IS NULL",
+        (msg.session_key,))
+    row = await cur.fetchone()
+    if row is not None:
+        return row["id"]
+    a = msg.address
+    cur = await db.execute(
+        "INSERT INTO sessions (session_key, channel, account, chat_id, chat_kind, thread_id,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (msg.session_key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
+         now))
+    return cur.lastrowid
+
+
+def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
+    if channels is None:
+        return "", ()
+    names = tuple(channels)
+    if not names:
+        return "AND 0", ()
+    return f"AND channel IN ({','.join('?' * len(names))})", names
+
+
+def _replace_msg(msg: StoredMessage, **changes) -> StoredMessage:
+    from dataclasses import replace
+
+    return replace(msg, **changes)

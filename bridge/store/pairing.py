@@ -1,0 +1,129 @@
+"""Pairing requests (a code given to an unknown sender) and the operator's approvals."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from bridge.store.db import Database
+from bridge.store.records import PairingRequest
+
+
+def _request(row) -> PairingRequest:
+    return PairingRequest(id=row["id"], channel=row["channel"], account=row["account"],
+                          sender_id=row["sender_id"], sender_name=row["sender_name"],
+                          code=row["code"], status=row["status"],
+                          created_at=row["created_at"], expires_at=row["expires_at"])
+
+
+class PairingQueries(Database):
+    async def pairing_code_for(
+        self,
+        channel: str,
+        account: str,
+        sender_id: str,
+        sender_name: str | None,
+        *,
+        new_code: Callable[[], str],
+        ttl_s: float,
+        max_pending: int,
+        now: float | None = None,
+    ) -> tuple[PairingRequest | None, bool]:
+        """The sender's unexpired pending request, or a new one if fewer than
+        ``max_pending`` are pending on the channel.
+
+        Returns ``(request, created)``; ``(None, False)`` when the channel is full.
+        """
+        now = time.time() if now is None else now
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "SELECT * FROM pairing_requests WHERE channel = ? AND sender_id = ? AND"
+                " status = 'pending' AND expires_at > ? ORDER BY id DESC LIMIT 1",
+                (channel, sender_id, now))
+            row = await cur.fetchone()
+            if row is not None:
+                return _request(row), False
+            cur = await db.execute(
+                "SELECT COUNT(*) FROM pairing_requests WHERE channel = ? AND status = 'pending'"
+                " AND expires_at > ?", (channel, now))
+            if (await cur.fetchone())[0] >= max_pending:
+                return None, False
+            cur = await db.execute(
+                "SELECT code FROM pairing_requests WHERE status = 'pending' AND expires_at > ?",
+                (now,))
+            taken = {r["code"] for r in await cur.fetchall()}
+            code = new_code()
+            while code in taken:
+                code = new_code()
+            cur = await db.execute(
+                "INSERT INTO pairing_requests (channel, account, sender_id, sender_name, code,"
+                " status, created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (channel, account, sender_id, sender_name, code, now, now + ttl_s))
+            cur = await db.execute("SELECT * FROM pairing_requests WHERE id = ?",
+                                   (cur.lastrowid,))
+            return _request(await cur.fetchone()), True
+
+    async def pending_pairings(
+        self, channel: str | None = None, *, now: float | None = None
+    ) -> list[PairingRequest]:
+        """Unexpired pending requests, oldest first."""
+        now = time.time() if now is None else now
+        sql = "SELECT * FROM pairing_requests WHERE status = 'pending' AND expires_at > ?"
+        params: tuple = (now,)
+        if channel is not None:
+            sql += " AND channel = ?"
+            params += (channel,)
+        async with self.reading() as db:
+            cur = await db.execute(sql + " ORDER BY id", params)
+            return [_request(r) for r in await cur.fetchall()]
+
+    async def approve_pairing(
+        self, channel: str, code: str, *, now: float | None = None
+    ) -> PairingRequest | None:
+        """Admit the sender of a pending, unexpired ``code``; ``None`` if there is none."""
+        now = time.time() if now is None else now
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "SELECT * FROM pairing_requests WHERE channel = ? AND code = ? AND"
+                " status = 'pending' AND expires_at > ?", (channel, code.strip().upper(), now))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            await db.execute(
+                "UPDATE pairing_requests SET status = 'approved', approved_at = ? WHERE id = ?",
+                (now, row["id"]))
+            await db.execute(
+                "INSERT INTO pairing_approvals (channel, sender_id, sender_name, approved_at,"
+                " code) VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel, sender_id) DO UPDATE SET"
+                " approved_at = excluded.approved_at, code = excluded.code",
+                (channel, row["sender_id"], row["sender_name"], now, row["code"]))
+            return _request(row)
+
+    async def approve_sender(self, channel: str, sender_id: str) -> None:
+        """Admit a sender directly (no code)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO pairing_approvals (channel, sender_id, approved_at)"
+                " VALUES (?, ?, ?)", (channel, sender_id, time.time()))
+
+    async def is_approved(self, channel: str, sender_ids: Iterable[str]) -> bool:
+        """Whether any of these identities of a sender was approved on ``channel``."""
+        ids = [s for s in sender_ids if s]
+        if not ids:
+            return False
+        async with self.reading() as db:
+            cur = await db.execute(
+                f"SELECT 1 FROM pairing_approvals WHERE channel = ? AND sender_id IN"
+                f" ({','.join('?' * len(ids))}) LIMIT 1", (channel, *ids))
+            return await cur.fetchone() is not None
+
+    async def approvals(self, channel: str | None = None) -> list[tuple[str, str, str | None]]:
+        """``(channel, sender_id, sender_name)`` of every approved sender."""
+        sql = "SELECT channel, sender_id, sender_name FROM pairing_approvals"
+        params: tuple = ()
+        if channel is not None:
+            sql += " WHERE channel = ?"
+            params = (channel,)
+        async with self.reading() as db:
+            cur = await db.execute(sql + " ORDER BY approved_at", params)
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]

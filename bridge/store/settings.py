@@ -1,0 +1,59 @@
+"""Per-chat settings (the ``/model`` choice) and a small key-value store for channels."""
+
+from __future__ import annotations
+
+import time
+
+from bridge.store.db import Database
+
+
+class SettingsQueries(Database):
+    async def chat_setting(self, session_key: str, name: str) -> str | None:
+        """A chat's stored setting, e.g. ``chat_setting(key, "model")``."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT value FROM chat_settings WHERE session_key = ? AND name = ?",
+                (session_key, name))
+            row = await cur.fetchone()
+        return row["value"] if row else None
+
+    async def set_chat_setting(self, session_key: str, name: str, value: str | None) -> None:
+        """Store (``None``: clear) a chat's setting."""
+        async with self.transaction() as db:
+            if value is None:
+                await db.execute(
+                    "DELETE FROM chat_settings WHERE session_key = ? AND name = ?",
+                    (session_key, name))
+            else:
+                await db.execute(
+                    "INSERT INTO chat_settings (session_key, name, value, updated_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (session_key, name) DO UPDATE SET"
+                    " value = excluded.value, updated_at = excluded.updated_at",
+                    (session_key, name, value, time.time()))
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        """A value a channel remembered (e.g. ``kv_get("whatsapp.lid", lid)``)."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
+            row = await cur.fetchone()
+        return row["value"] if row else None
+
+    async def kv_set(self, namespace: str, key: str, value: str | None) -> None:
+        """Remember (``None``: forget) a value under ``namespace``/``key``."""
+        async with self.transaction() as db:
+            if value is None:
+                await db.execute("DELETE FROM kv WHERE namespace = ? AND key = ?",
+                                 (namespace, key))
+            else:
+                await db.execute(
+                    "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    (namespace, key, value, time.time()))
+
+    async def kv_items(self, namespace: str) -> dict[str, str]:
+        async with self.reading() as db:
+            cur = await db.execute("SELECT key, value FROM kv WHERE namespace = ?",
+                                   (namespace,))
+            return {r["key"]: r["value"] for r in await cur.fetchall()}

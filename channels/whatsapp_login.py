@@ -1,0 +1,296 @@
+"""``palaver whatsapp login`` / ``logout``: link or unlink this bridge as a WhatsApp device.
+
+Login shows the QR codes WhatsApp rotates (about every 20 s) in the terminal, or with
+``--phone +E164`` asks for a pairing code to type on the phone.  The session database
+lives under ``<dataDir>/whatsapp/``; ``palaver run`` then connects with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from neonize.aioze.events import (
+    ConnectedEv,
+    ConnectFailureEv,
+    LoggedOutEv,
+    PairStatusEv,
+    TemporaryBanEv,
+)
+
+from channels.whatsapp import (
+    NeonizeClient,
+    WhatsAppClient,
+    _enum_name,
+    session_db_path,
+)
+
+LOGIN_TIMEOUT_S = 240.0  # WhatsApp offers about six QR codes, ~160 s, then gives up
+FINISH_TIMEOUT_S = 30.0  # after pairing, wait this long for the first real connection
+LOGOUT_CONNECT_TIMEOUT_S = 30.0
+
+ClientFactory = Callable[[Path], WhatsAppClient]
+
+
+def render_qr(code: str) -> str:
+    """The QR code for ``code`` as terminal text (light modules drawn, for dark terminals)."""
+    import qrcode
+
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    qr.add_data(code)
+    qr.make(fit=True)
+    buffer = io.StringIO()
+    qr.print_ascii(out=buffer, invert=True)
+    return buffer.getvalue()
+
+
+def normalise_phone(text: str) -> str | None:
+    """``+49 151 2345-678`` -> ``491512345678``; None when it is not an E.164 number."""
+    digits = re.sub(r"[\s\-().]", "", text or "")
+    if digits.startswith("+"):
+        digits = digits[1:]
+    return digits if re.fullmatch(r"[1-9]\d{6,14}", digits) else None
+
+
+async def run_login(
+    *,
+    data_dir: Path,
+    phone: str | None = None,
+    client_factory: ClientFactory | None = None,
+    out: TextIO = sys.stdout,
+    timeout: float = LOGIN_TIMEOUT_S,
+    finish_timeout: float = FINISH_TIMEOUT_S,
+) -> int:
+    """Link a device; 0 when linked, 1 on failure (with a clear message on ``out``)."""
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    digits = None
+    if phone is not None:
+        digits = normalise_phone(phone)
+        if digits is None:
+            say(f"error: --phone needs an international number like +4915123456789, "
+                f"got {phone!r}")
+            return 1
+    db_path = session_db_path(data_dir)
+    await asyncio.to_thread(db_path.parent.mkdir, parents=True, exist_ok=True)
+    client = (client_factory or NeonizeClient)(db_path)
+    try:
+        if await client.has_session():
+            say(f"This bridge is already linked (session in {db_path.parent}).")
+            say("Run `palaver whatsapp logout` first to link another account.")
+            return 0
+    except Exception as exc:
+        say(f"error: cannot read the WhatsApp session database {db_path}: {exc}")
+        return 1
+
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[tuple[bool, str]] = loop.create_future()
+    paired = asyncio.Event()
+    state = {"qr": 0, "pairing_requested": False}
+
+    def finish(ok: bool, message: str) -> None:
+        if not outcome.done():
+            outcome.set_result((ok, message))
+
+    async def on_qr(code: str) -> None:
+        if digits is not None:
+            if state["pairing_requested"]:
+                return
+            state["pairing_requested"] = True
+            try:
+                pairing_code = await client.pair_phone(digits)
+            except Exception as exc:
+                finish(False, f"could not get a pairing code for +{digits}: {exc}")
+                return
+            say(f"Pairing code for +{digits}:  {pairing_code}")
+            say("On the phone: WhatsApp > Settings > Linked devices > Link a device > "
+                "Link with phone number instead, then type the code.")
+            return
+        state["qr"] += 1
+        if state["qr"] > 1:
+            say("\n(WhatsApp rotated the code; scan this one)")
+        say(render_qr(code))
+        say("Scan with the phone: WhatsApp > Settings > Linked devices > Link a device.")
+
+    async def on_pair(event: Any) -> None:
+        if _enum_name(event, "Status") == "SUCCESS":
+            who = event.ID.User if event.HasField("ID") else ""
+            say(f"Linked{' to +' + who if who else ''}; finishing set-up…")
+            paired.set()
+        else:
+            finish(False, f"pairing failed: {event.Error or 'unknown error'}")
+
+    async def on_connected(_event: Any) -> None:
+        finish(True, "WhatsApp is linked. Start the bridge with `palaver run`.")
+
+    async def on_logged_out(event: Any) -> None:
+        finish(False, f"WhatsApp refused the login ({_enum_name(event, 'Reason')})")
+
+    async def on_failure(event: Any) -> None:
+        reason = _enum_name(event, "Reason")
+        if reason in ("LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT", "CLIENT_OUTDATED",
+                      "TEMP_BANNED", "BAD_USER_AGENT"):
+            finish(False, f"WhatsApp refused the connection ({reason})")
+
+    async def on_ban(event: Any) -> None:
+        finish(False, f"this account is temporarily banned ({_enum_name(event, 'Code')})")
+
+    client.on(PairStatusEv, on_pair)
+    client.on(ConnectedEv, on_connected)
+    client.on(LoggedOutEv, on_logged_out)
+    client.on(ConnectFailureEv, on_failure)
+    client.on(TemporaryBanEv, on_ban)
+    client.on_qr(on_qr)
+
+    try:
+        try:
+            session = asyncio.ensure_future(await client.connect())
+        except Exception as exc:
+            say(f"error: could not connect to WhatsApp: {exc}")
+            return 1
+        ok, message = await _wait_login(outcome, paired, session, timeout, finish_timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+    say(message if ok else f"error: {message}")
+    return 0 if ok else 1
+
+
+async def _wait_login(
+    outcome: asyncio.Future[tuple[bool, str]],
+    paired: asyncio.Event,
+    session: asyncio.Future[Any],
+    timeout: float,
+    finish_timeout: float,
+) -> tuple[bool, str]:
+    paired_wait = asyncio.ensure_future(paired.wait())
+    try:
+        done, _ = await asyncio.wait({outcome, session, paired_wait}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if outcome in done:
+            return outcome.result()
+        if paired_wait in done and not session.done():
+            # Paired: the keys are stored; whatsmeow reconnects once to finish.
+            done, _ = await asyncio.wait({outcome, session}, timeout=finish_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if outcome in done:
+                return outcome.result()
+            if not done:
+                return True, ("WhatsApp is linked (the first connection is still settling). "
+                              "Start the bridge with `palaver run`.")
+        if session.done():
+            if outcome.done():
+                return outcome.result()
+            error = None if session.cancelled() else session.exception()
+            if error is not None:
+                return False, f"could not connect to WhatsApp: {error}"
+            if paired.is_set():
+                return True, "WhatsApp is linked. Start the bridge with `palaver run`."
+            return False, "the WhatsApp connection ended before the device was linked"
+        if paired.is_set():
+            return True, "WhatsApp is linked. Start the bridge with `palaver run`."
+        return False, (f"no device was linked within {timeout:.0f} s; run "
+                       "`palaver whatsapp login` again")
+    finally:
+        paired_wait.cancel()
+
+
+def _remove_session_files(db_path: Path) -> list[Path]:
+    removed = []
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = db_path.with_name(db_path.name + suffix)
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+async def run_logout(
+    *,
+    data_dir: Path,
+    client_factory: ClientFactory | None = None,
+    out: TextIO = sys.stdout,
+    connect_timeout: float = LOGOUT_CONNECT_TIMEOUT_S,
+) -> int:
+    """Unlink the device (when WhatsApp is reachable) and delete the local session."""
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    db_path = session_db_path(data_dir)
+    if not db_path.exists():
+        say(f"No WhatsApp session under {db_path.parent}; nothing to unlink.")
+        return 0
+    client = (client_factory or NeonizeClient)(db_path)
+    unlinked = False
+    problem = None
+    try:
+        linked = await client.has_session()
+    except Exception as exc:
+        linked, problem = False, f"cannot read the session database: {exc}"
+    if linked:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[str] = loop.create_future()
+
+        async def on_connected(_event: Any) -> None:
+            if not ready.done():
+                ready.set_result("connected")
+
+        async def on_logged_out(_event: Any) -> None:
+            if not ready.done():
+                ready.set_result("logged out")
+
+        client.on(ConnectedEv, on_connected)
+        client.on(LoggedOutEv, on_logged_out)
+        try:
+            session = asyncio.ensure_future(await client.connect())
+            done, _ = await asyncio.wait({ready, session}, timeout=connect_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if ready in done and ready.result() == "logged out":
+                unlinked = True  # the phone had already removed this device
+            elif ready in done:
+                await client.logout()
+                unlinked = True
+            elif session in done and not session.cancelled() and session.exception():
+                problem = f"could not connect: {session.exception()}"
+            else:
+                problem = f"could not connect within {connect_timeout:.0f} s"
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+    removed = await asyncio.to_thread(_remove_session_files, db_path)
+    if problem:
+        say(f"error: could not unlink from WhatsApp ({problem}).")
+        if removed:
+            say("The local session was deleted anyway; also remove this device on the phone: "
+                "WhatsApp > Settings > Linked devices.")
+        return 1
+    say("Unlinked from WhatsApp and deleted the local session." if unlinked
+        else "Deleted the local WhatsApp session.")
+    return 0
+
+
+def _load_config(args: Any) -> Any:
+    from bridge.config.load import load_for_cli
+
+    return load_for_cli(args)
+
+
+def cmd_login(args: Any) -> int:
+    """``palaver whatsapp login [--phone +E164]``."""
+    config = _load_config(args)
+    return asyncio.run(run_login(data_dir=config.data_dir, phone=getattr(args, "phone", None)))
+
+
+def cmd_logout(args: Any) -> int:
+    """``palaver whatsapp logout``."""
+    config = _load_config(args)
+    return asyncio.run(run_logout(data_dir=config.data_dir))

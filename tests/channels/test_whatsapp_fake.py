@@ -1,0 +1,199 @@
+"""A recording fake of channels.whatsapp.WhatsAppClient and builders of REAL neonize events.
+
+Events are neonize protobufs serialised and parsed again, so a missing proto2 required
+field fails here exactly as it would on the bytes Go hands to Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from neonize.aioze.events import ConnectedEv, MessageEv
+from neonize.proto import Neonize_pb2 as N
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
+from neonize.utils.jid import Jid2String, build_jid
+
+BOT_PHONE = "15550001111"
+BOT_LID = "99000111"
+NOW = 1_750_000_000.0
+
+EMPTY_JID = N.JID(User="", Server="", RawAgent=0, Device=0, Integrator=0, IsEmpty=True)
+
+
+def jid(text: str) -> N.JID:
+    user, _, server = text.partition("@")
+    return build_jid(user, server)
+
+
+def message_event(
+    msg: E.Message,
+    *,
+    chat: str,
+    sender: str,
+    sender_alt: str | None = None,
+    from_me: bool = False,
+    msg_id: str = "3EB0A1B2C3D4",
+    timestamp_ms: int | None = None,
+    pushname: str = "Ann",
+    is_edit: bool = False,
+) -> MessageEv:
+    """A neonize MessageEv as the Go core encodes it (Timestamp in Unix milliseconds)."""
+    is_group = chat.endswith("@g.us")
+    source = N.MessageSource(
+        Chat=jid(chat),
+        Sender=jid(sender),
+        IsFromMe=from_me,
+        IsGroup=is_group,
+        AddressingMode=N.LID if sender.endswith("@lid") else N.PN,
+        SenderAlt=jid(sender_alt) if sender_alt else EMPTY_JID,
+        RecipientAlt=EMPTY_JID,
+        BroadcastListOwner=EMPTY_JID,
+    )
+    info = N.MessageInfo(
+        MessageSource=source,
+        ID=msg_id,
+        ServerID=0,
+        Type="text" if msg.HasField("conversation") or msg.HasField("extendedTextMessage")
+        else "media",
+        Pushname=pushname,
+        Timestamp=int(NOW * 1000) if timestamp_ms is None else timestamp_ms,
+        Category="",
+        Multicast=False,
+        MediaType="",
+        Edit="",
+    )
+    event = MessageEv(
+        Info=info, Message=msg, IsEphemeral=False, IsViewOnce=False, IsViewOnceV2=False,
+        IsViewOnceV2Extension=False, IsDocumentWithCaption=False, IsLottieSticker=False,
+        IsEdit=is_edit, UnavailableRequestID="", RetryCount=0,
+    )
+    return MessageEv.FromString(event.SerializeToString())
+
+
+def device(phone: str = BOT_PHONE, lid: str = BOT_LID) -> N.Device:
+    me = N.Device(
+        JID=N.JID(User=phone, Server="s.whatsapp.net", RawAgent=0, Device=7, Integrator=0,
+                  IsEmpty=False),
+        LID=N.JID(User=lid, Server="lid", RawAgent=0, Device=7, Integrator=0, IsEmpty=False),
+        Platform="", BussinessName="", PushName="Palaver", Initialized=True,
+    )
+    return N.Device.FromString(me.SerializeToString())
+
+
+class FakeWhatsAppClient:
+    """Records every call; tests drive it by emitting neonize events."""
+
+    def __init__(self, *, linked: bool = True, connect_errors: int = 0,
+                 auto_connect: bool = True) -> None:
+        self.linked = linked
+        self.connect_errors = connect_errors
+        self.auto_connect = auto_connect
+        self.handlers: dict[type, Any] = {}
+        self.qr_handler = None
+        self.connects = 0
+        self.disconnects = 0
+        self.session: asyncio.Future | None = None
+        self.sent: list[tuple[str, str, str | None]] = []
+        self.presence: list[tuple[str, bool]] = []
+        self.reads: list[tuple[list[str], str, str]] = []
+        self.downloads: list[E.Message] = []
+        self.download_data = b""
+        self.send_failures = 0
+        self.lid_to_pn: dict[str, str] = {}
+        self.pn_lookups: list[str] = []
+        self.paired_with: list[str] = []
+        self.pairing_code = "ABCD-EFGH"
+        self.logged_out = False
+        self.db_paths: list[Path] = []
+        self.on_connect = None  # async callable run (as a task) after each good connect
+
+    # registration
+    def on(self, event_type: type, handler: Any) -> None:
+        self.handlers[event_type] = handler
+
+    def on_qr(self, handler: Any) -> None:
+        self.qr_handler = handler
+
+    async def emit(self, event: Any) -> None:
+        await self.handlers[type(event)](event)
+
+    async def emit_qr(self, code: str) -> None:
+        await self.qr_handler(code)
+
+    # lifecycle
+    async def has_session(self) -> bool:
+        return self.linked
+
+    async def connect(self) -> asyncio.Future:
+        self.connects += 1
+        if self.connect_errors:
+            self.connect_errors -= 1
+            raise ConnectionError("dial tcp: connection refused")
+        loop = asyncio.get_running_loop()
+        self.session = loop.create_future()
+        if self.auto_connect:
+            loop.create_task(self.emit(ConnectedEv(status=True)))
+        if self.on_connect is not None:
+            loop.create_task(self.on_connect())
+        return self.session
+
+    async def disconnect(self) -> None:
+        self.disconnects += 1
+        if self.session is not None and not self.session.done():
+            self.session.set_result(None)
+
+    def drop(self, error: Exception | None = None) -> None:
+        """The Go session ends on its own."""
+        assert self.session is not None
+        if error:
+            self.session.set_exception(error)
+        else:
+            self.session.set_result(None)
+
+    # calls
+    async def send_text(self, chat: N.JID, text: str, *, quoted: Any = None) -> str:
+        if self.send_failures:
+            self.send_failures -= 1
+            raise RuntimeError("websocket not connected")
+        self.sent.append((Jid2String(chat), text, quoted.Info.ID if quoted else None))
+        return f"OUT{len(self.sent)}"
+
+    async def chat_presence(self, chat: N.JID, *, composing: bool) -> None:
+        self.presence.append((Jid2String(chat), composing))
+
+    async def mark_read(self, message_ids: Any, *, chat: N.JID, sender: N.JID) -> None:
+        self.reads.append((list(message_ids), Jid2String(chat), Jid2String(sender)))
+
+    async def download(self, message: E.Message) -> bytes:
+        self.downloads.append(message)
+        return self.download_data
+
+    async def get_me(self) -> N.Device:
+        return device()
+
+    async def pn_for_lid(self, lid: N.JID) -> N.JID | None:
+        self.pn_lookups.append(Jid2String(lid))
+        phone = self.lid_to_pn.get(lid.User)
+        return build_jid(phone) if phone else None
+
+    async def lid_for_pn(self, pn: N.JID) -> N.JID | None:
+        return None
+
+    async def pair_phone(self, phone_digits: str) -> str:
+        self.paired_with.append(phone_digits)
+        return self.pairing_code
+
+    async def logout(self) -> None:
+        self.logged_out = True
+
+
+async def until(predicate, timeout: float = 2.0) -> None:
+    """Wait (polling the loop) until ``predicate()`` is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)

@@ -1,0 +1,341 @@
+"""deploy/: what can be checked without Docker or systemd running.
+
+The compose file, the Dockerfile, the systemd unit and the config they mount must parse,
+validate and agree with each other and with the code's defaults (paths, ports, commands).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from bridge.cli import build_parser
+from bridge.config.load import CONFIG_ENV, ConfigError, load_config
+from bridge.config.schema import AgentDefaults, HealthConfig
+from bridge.health import HEALTH_PATH, HealthServer
+from bridge.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CONFIG_IN_CONTAINER = "/etc/palaver/palaver.json5"
+FAKE_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawQ"
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    assert not pending, "Dockerfile ends inside a continuation"
+    return out
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit: section -> key -> every value (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"line {number}: key outside a section"
+        key, sep, value = line.partition("=")
+        assert sep, f"line {number}: expected Key=Value, got {line!r}"
+        assert not value.rstrip().endswith("\\"), f"line {number}: continuation not expected"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+@pytest.fixture(scope="module")
+def docker() -> list[tuple[str, str]]:
+    return dockerfile_instructions((DEPLOY / "Dockerfile").read_text())
+
+
+def last(instructions: list[tuple[str, str]], keyword: str) -> str:
+    found = [args for kw, args in instructions if kw == keyword]
+    assert found, f"no {keyword} in the Dockerfile"
+    return found[-1]
+
+
+def runtime_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    starts = [i for i, (kw, _) in enumerate(instructions) if kw == "FROM"]
+    return instructions[starts[-1]:]
+
+
+def docker_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for kw, args in runtime_stage(instructions):
+        if kw == "ENV":
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def healthcheck_command(instructions: list[tuple[str, str]]) -> list[str]:
+    args = last(instructions, "HEALTHCHECK")
+    _, sep, command = args.partition("CMD ")
+    assert sep, "HEALTHCHECK without CMD"
+    return json.loads(command)
+
+
+def healthcheck_url(instructions: list[tuple[str, str]]) -> str:
+    command = healthcheck_command(instructions)
+    m = re.search(r"https?://[^'\"\s]+", " ".join(command))
+    assert m, f"no URL in the HEALTHCHECK: {command}"
+    return m.group(0)
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def deploy_config(**env: str):
+    return load_config(DEPLOY / "palaver.json5", env={"TELEGRAM_BOT_TOKEN": FAKE_TOKEN, **env})
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_compose_parses_and_names_the_services():
+    doc = compose()
+    assert set(doc["services"]) == {"palaver", "localai"}
+    localai = doc["services"]["localai"]
+    assert localai["image"].startswith("localai/localai:")
+    assert "gpu" not in localai["image"] and "cuda" not in localai["image"]  # CPU by default
+    assert localai["healthcheck"]["test"][0] == "CMD"
+    palaver = doc["services"]["palaver"]
+    assert palaver["depends_on"]["localai"]["condition"] == "service_healthy"
+    build = palaver["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    assert set(doc["volumes"]) >= {"palaver-data", "localai-models"}
+    raw = (DEPLOY / "compose.yaml").read_text()
+    assert "latest-gpu-nvidia-cuda" in raw and "capabilities: [gpu]" in raw  # the comment
+
+
+def test_compose_volume_equals_dockerfile_volume_and_config_datadir(docker):
+    palaver = compose()["services"]["palaver"]
+    mounts = {v.split(":")[1]: v for v in palaver["volumes"]}
+    assert json.loads(last(docker, "VOLUME")) == ["/data"]
+    assert deploy_config().dataDir == "/data"
+    assert mounts["/data"] == "palaver-data:/data"
+    config_mount = mounts[CONFIG_IN_CONTAINER].split(":")
+    assert config_mount[2] == "ro"
+    assert (DEPLOY / config_mount[0]).resolve() == DEPLOY / "palaver.json5"
+
+
+def test_compose_env_carries_secrets_and_config_path(docker):
+    env = compose()["services"]["palaver"]["environment"]
+    names = {item.split("=")[0] for item in env}
+    assert {"TELEGRAM_BOT_TOKEN", "ANTHROPIC_API_KEY", CONFIG_ENV} <= names
+    assert f"{CONFIG_ENV}={CONFIG_IN_CONTAINER}" in env
+    assert docker_env(docker)[CONFIG_ENV] == CONFIG_IN_CONTAINER
+    # No literal secret in the file: the token is required from the shell.
+    assert any(item.startswith("TELEGRAM_BOT_TOKEN=${TELEGRAM_BOT_TOKEN:?") for item in env)
+
+
+def test_config_points_at_the_localai_service_it_runs_beside():
+    doc = compose()
+    config = deploy_config()
+    primary, *fallbacks = config.candidates(config.default_selection())
+    assert fallbacks == ["anthropic/claude-sonnet-4-5"]
+    local = config.model(primary)
+    url = urlsplit(local.base_url)
+    assert (url.hostname, url.port, url.path) == ("localai", 8080, "/v1")
+    assert url.hostname in doc["services"]
+    # The model Palaver asks for is the one LocalAI is told to serve.
+    assert doc["services"]["localai"]["command"] == [local.model_id]
+    assert "8080" in " ".join(doc["services"]["localai"]["healthcheck"]["test"])
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_deploy_config_validates_and_keeps_secrets_in_the_environment():
+    config = deploy_config(ANTHROPIC_API_KEY="sk-ant-test-key-0123456789")
+    assert config.channels.telegram is not None
+    assert config.channels.telegram.botToken.get_secret_value() == FAKE_TOKEN
+    assert config.model("anthropic/claude-sonnet-4-5").api_key.get_secret_value() == (
+        "sk-ant-test-key-0123456789")
+    assert config.health == HealthConfig()  # the defaults the Dockerfile probes
+    assert config.logging.format == "json" and config.logging.logMessageText is False
+    text = (DEPLOY / "palaver.json5").read_text()
+    assert "sk-" not in text and not re.search(r"\d{6,}:[A-Za-z0-9_-]{30,}", text)
+
+
+def test_deploy_config_without_token_is_a_clear_error():
+    with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN is not set"):
+        load_config(DEPLOY / "palaver.json5", env={})
+
+
+def test_deploy_config_without_hosted_key_still_loads():
+    config = deploy_config()
+    assert config.model("anthropic/claude-sonnet-4-5").api_key is None
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_runs_as_non_root_with_volume_and_entrypoint(docker):
+    runtime = runtime_stage(docker)
+    users = [args for kw, args in runtime if kw == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    user_line = next(args for kw, args in runtime if kw == "RUN" and "useradd" in args)
+    assert f" {users[-1]}" in user_line and "--uid 0 " not in user_line
+    assert json.loads(last(docker, "ENTRYPOINT")) == ["palaver"]
+    assert json.loads(last(docker, "CMD")) == ["run"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "palaver" in pyproject["project"]["scripts"]
+    assert build_parser().parse_args(["run"]).path == ("run",)
+    assert last(docker, "FROM").startswith(("python:3.11-slim", "python:3.12-slim", "${"))
+    assert re.search(r"python:3\.1[12]-slim", (DEPLOY / "Dockerfile").read_text())
+    apt = next(args for kw, args in runtime if kw == "RUN" and "apt-get install" in args)
+    assert "libmagic1" in apt  # neonize imports python-magic, which loads libmagic
+
+
+def test_healthcheck_probes_the_default_health_address(docker):
+    url = urlsplit(healthcheck_url(docker))
+    defaults = HealthConfig()
+    assert (url.hostname, url.port, url.path) == (defaults.host, defaults.port, HEALTH_PATH)
+    assert healthcheck_command(docker)[0] == "python"  # no curl in the slim image
+
+
+async def test_healthcheck_command_passes_on_200_and_fails_on_503(docker):
+    """Run the HEALTHCHECK's own command against a real HealthServer."""
+    command = healthcheck_command(docker)
+    report = {"store": {"ok": True, "detail": ""}, "channels": {}}
+
+    async def check() -> dict:
+        return report
+
+    server = HealthServer("127.0.0.1", 0, check=check, metrics=Metrics())
+    async with server:
+        default_port = f":{HealthConfig().port}/"
+        argv = [sys.executable] + [a.replace(default_port, f":{server.port}/")
+                                   for a in command[1:]]
+
+        async def run() -> int:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            return await asyncio.wait_for(proc.wait(), 20)
+
+        assert await run() == 0
+        report["store"] = {"ok": False, "detail": "read-only"}
+        assert await run() != 0
+
+
+def test_dockerignore_lets_the_sources_in_and_keeps_secrets_out(docker):
+    lines = [x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines()
+             if x.strip() and not x.startswith("#")]
+    assert lines[0] == "*"  # allow-list
+    allowed = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
+    sources = []
+    for kw, args in docker:
+        if kw == "COPY" and "--from=" not in args:
+            sources += shlex.split(args)[:-1]
+    assert sources and set(sources) <= allowed
+    assert {"**/.env", "**/*.db"} <= set(lines)
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+@pytest.fixture(scope="module")
+def unit() -> dict[str, dict[str, list[str]]]:
+    return parse_unit((DEPLOY / "palaver.service").read_text())
+
+
+def test_unit_parses_with_the_expected_sections(unit):
+    assert set(unit) == {"Unit", "Service", "Install"}
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert "network-online.target" in unit["Unit"]["After"][0]
+
+
+def test_unit_hardening(unit):
+    svc = {k: v[-1] for k, v in unit["Service"].items()}
+    expected = {
+        "User": "palaver", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+        "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes", "LockPersonality": "yes",
+        "RestrictNamespaces": "yes", "RestrictSUIDSGID": "yes", "Restart": "on-failure",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "CapabilityBoundingSet": "",
+    }
+    assert {k: svc.get(k) for k in expected} == expected
+    assert unit["Service"]["ReadWritePaths"] == ["/var/lib/palaver"]  # the only writable path
+    assert "/var/lib/" + svc["StateDirectory"] == "/var/lib/palaver"
+    assert re.fullmatch(r"\d+s?", svc["RestartSec"])
+    assert svc["EnvironmentFile"].lstrip("-").startswith("/etc/palaver/")
+    assert "MemoryDenyWriteExecute" in svc  # a decision, explained in the unit's comment
+    stop = int(svc["TimeoutStopSec"].rstrip("s"))
+    assert stop > AgentDefaults().shutdownGraceSeconds  # turns may finish before SIGKILL
+
+
+def test_unit_execstart_is_a_valid_palaver_command(unit):
+    (exec_start,) = unit["Service"]["ExecStart"]
+    argv = shlex.split(exec_start)
+    assert argv[0] == "/opt/palaver/.venv/bin/palaver"
+    args = build_parser().parse_args(argv[1:])
+    assert args.path == ("run",)
+    assert args.config == "/etc/palaver/palaver.json5"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_unit_passes_systemd_analyze_verify():
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(DEPLOY / "palaver.service")],
+        capture_output=True, text=True, timeout=60,
+    )
+    complaints = [
+        line for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "is not executable" not in line  # /opt/palaver not installed here
+    ]
+    assert complaints == []
+
+
+# --------------------------------------------------------------------------- README
+
+
+def test_readme_operations_section_names_every_metric():
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- section:ops -->" not in readme
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = Metrics()
+    m.message_received("x")
+    m.message_refused("x", "y")
+    m.message_answered("x")
+    m.turn_finished("answered", 1, attempts=[])
+    m.record_attempts([])
+    names = {f.name + ("_total" if f.type == "counter" else "")
+             for f in text_string_to_metric_families(m.render().decode())}
+    assert len(names) == 9
+    for name in names:
+        assert name in readme, name
