@@ -21,8 +21,12 @@ import sys
 import threading
 import traceback
 import urllib.parse
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.models.base import Attempt, ModelReply
 
 __all__ = [
     "JsonFormatter",
@@ -32,6 +36,7 @@ __all__ = [
     "redact",
     "register_secret",
     "setup_logging",
+    "turn_fields",
 ]
 
 REDACTED = "[REDACTED]"
@@ -271,3 +276,37 @@ def setup_logging(level: str = "info", fmt: str = "text", *, stream: IO[str] | N
         else:
             quiet = logging.INFO if name in ("httpcore", "hpack") else logging.NOTSET
         logging.getLogger(name).setLevel(quiet)
+
+
+# --------------------------------------------------------------------------- turn line
+
+
+def turn_fields(
+    *,
+    session: str,
+    outcome: str,
+    duration_s: float,
+    reply: ModelReply | None = None,
+    attempts: Iterable[Attempt] = (),
+) -> dict[str, Any]:
+    """The ``extra`` for the one log line per turn (no message text in it).
+
+    ``log.info("turn %s", outcome, extra=turn_fields(session=str(key), outcome=outcome,
+    duration_s=elapsed, reply=reply))`` gives ``session``, ``outcome``, ``model`` (the
+    one that answered, or None), ``attempts`` (how many were made), ``duration_ms`` and
+    ``tried`` (``"ref:class:ms"`` per attempt, class ``ok`` or ``skipped`` when not an
+    error).
+    """
+    tried = tuple(reply.attempts if reply is not None else attempts)
+    parts = []
+    for a in tried:
+        cls = "skipped" if a.skipped else ("ok" if a.error_class is None else str(a.error_class))
+        parts.append(f"{a.model_ref}:{cls}:{round(a.duration_s * 1000)}")
+    return {
+        "session": session,
+        "outcome": outcome,
+        "model": reply.model_ref if reply is not None else None,
+        "attempts": len([a for a in tried if not a.skipped]),
+        "duration_ms": round(duration_s * 1000, 1),
+        "tried": ",".join(parts),
+    }

@@ -1063,7 +1063,7 @@ class WhatsAppChannel:
             self._recent.popitem(last=False)
 
     def _require_client(self) -> WhatsAppClient:
-        if self._client is None:
+        if self._client is None or self._terminal is not None:
             raise NotConnected(self._detail)
         return self._client
 

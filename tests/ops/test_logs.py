@@ -201,3 +201,23 @@ async def test_httpx_request_line_never_shows_the_bot_token():
         assert [x for x in _json_lines(stream) if x["logger"] == "httpx"] == []
     finally:
         await runner.cleanup()
+
+
+def test_turn_line_fields_in_json():
+    from bridge.logs import turn_fields
+    from bridge.models.base import Attempt, ErrorClass, ModelReply, Usage
+
+    reply = ModelReply("secret answer text", "anthropic/claude-sonnet-4-5", Usage(), "stop", (
+        Attempt("localai/llama", ErrorClass.TIMEOUT, 1.2),
+        Attempt("anthropic/claude-sonnet-4-5", None, 0.8),
+    ))
+    stream = _setup("info", "json")
+    logging.getLogger("bridge.conversation").info("turn answered", extra=turn_fields(
+        session="telegram:dm:42", outcome="answered", duration_s=2.0512, reply=reply))
+    (line,) = _json_lines(stream)
+    assert line["session"] == "telegram:dm:42"
+    assert line["model"] == "anthropic/claude-sonnet-4-5"
+    assert line["attempts"] == 2
+    assert line["duration_ms"] == 2051.2
+    assert line["tried"] == "localai/llama:timeout:1200,anthropic/claude-sonnet-4-5:ok:800"
+    assert "secret answer text" not in stream.getvalue()
