@@ -44,6 +44,9 @@ class AccessDecision:
     verdict: Verdict
     reason: str = ""
     reply: str | None = None  # sent to the sender instead of an answer (pairing)
+    # Short fixed word for metrics: not_allowed, pairing, pairing_full, dm_disabled,
+    # group_not_allowed, group_disabled, channel_disabled, no_mention.
+    code: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -97,9 +100,11 @@ class AccessControl:
             return ALLOW
         chan = self._config().channel(channel)
         if chan is None or not hasattr(chan, "dmPolicy"):
-            return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is not configured")
+            return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is not configured",
+                                  code="channel_disabled")
         if not chan.enabled:
-            return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is disabled")
+            return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is disabled",
+                                  code="channel_disabled")
         if inbound.address.chat_kind is ChatKind.GROUP:
             return self._check_group(chan, inbound)
         return await self._check_direct(chan, inbound)
@@ -107,14 +112,17 @@ class AccessControl:
     async def _check_direct(self, chan: ChannelConfig, inbound: Inbound) -> AccessDecision:
         policy = chan.dmPolicy
         if policy == "disabled":
-            return AccessDecision(Verdict.REFUSE, "direct messages are disabled")
+            return AccessDecision(Verdict.REFUSE, "direct messages are disabled",
+                                  code="dm_disabled")
         if policy == "open" or _matches(chan.allowFrom, inbound):
             direct = chan.direct.get(inbound.sender_id) or chan.direct.get("*")
             if direct is not None and not direct.enabled:
-                return AccessDecision(Verdict.REFUSE, "this direct chat is disabled")
+                return AccessDecision(Verdict.REFUSE, "this direct chat is disabled",
+                                      code="dm_disabled")
             return ALLOW
         if policy == "allowlist":
-            return AccessDecision(Verdict.REFUSE, "sender not in allowFrom")
+            return AccessDecision(Verdict.REFUSE, "sender not in allowFrom",
+                                  code="not_allowed")
         # pairing
         channel = inbound.address.channel
         if await self._store.is_approved(channel, (inbound.sender_id, *inbound.sender_aliases)):
@@ -126,38 +134,45 @@ class AccessControl:
         if request is None:
             log.warning("pairing: %s already has %d pending requests; sender %s gets no code",
                         channel, PAIRING_MAX_PENDING, inbound.sender_id)
-            return AccessDecision(Verdict.REFUSE, "unknown sender; pairing queue full")
+            return AccessDecision(Verdict.REFUSE, "unknown sender; pairing queue full",
+                                  code="pairing_full")
         if created:
             log.info("pairing: new code for %s sender %s (%s); approve with "
                      "`palaver pairing approve %s <code>`", channel, inbound.sender_id,
                      inbound.sender_name or "?", channel)
         return AccessDecision(Verdict.REFUSE, "unknown sender; pairing code sent",
-                              reply=pairing_message(request.code, channel))
+                              reply=pairing_message(request.code, channel), code="pairing")
 
     def _check_group(self, chan: ChannelConfig, inbound: Inbound) -> AccessDecision:
         policy = chan.groupPolicy
         if policy == "disabled":
-            return AccessDecision(Verdict.REFUSE, "group messages are disabled")
+            return AccessDecision(Verdict.REFUSE, "group messages are disabled",
+                                  code="group_disabled")
         chat_id = inbound.address.chat_id
         group = chan.groups.get(chat_id) or chan.groups.get("*")
         if policy == "allowlist" and group is None:
-            return AccessDecision(Verdict.REFUSE, f"group {chat_id} is not in groups")
+            return AccessDecision(Verdict.REFUSE, f"group {chat_id} is not in groups",
+                                  code="group_not_allowed")
         require_mention = True
         if group is not None:
             if not group.enabled:
-                return AccessDecision(Verdict.REFUSE, f"group {chat_id} is disabled")
+                return AccessDecision(Verdict.REFUSE, f"group {chat_id} is disabled",
+                                      code="group_disabled")
             if group.allowFrom is not None and not _matches(group.allowFrom, inbound):
-                return AccessDecision(Verdict.REFUSE, "sender not in the group's allowFrom")
+                return AccessDecision(Verdict.REFUSE, "sender not in the group's allowFrom",
+                                      code="not_allowed")
             require_mention = group.requireMention
             thread = inbound.address.thread_id
             topic = group.topics.get(thread) if thread is not None else None
             if topic is not None:
                 if not topic.enabled:
-                    return AccessDecision(Verdict.REFUSE, f"topic {thread} is disabled")
+                    return AccessDecision(Verdict.REFUSE, f"topic {thread} is disabled",
+                                          code="group_disabled")
                 if topic.requireMention is not None:
                     require_mention = topic.requireMention
         if require_mention and not inbound.mentioned:
-            return AccessDecision(Verdict.IGNORE, "group message without a mention")
+            return AccessDecision(Verdict.IGNORE, "group message without a mention",
+                                  code="no_mention")
         return ALLOW
 
 

@@ -53,6 +53,7 @@ class AcceptEvent:
     session_key: str
     status: AcceptStatus
     reason: str = ""
+    code: str = ""  # short fixed word for refused/ignored (see AccessDecision.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class ConversationCore:
         self._idle.set()
         self._started = False
         self._stopping = False
+        self._pending = 0  # inbound messages accepted and not yet answered or failed
 
     # -- wiring ------------------------------------------------------------------
 
@@ -145,7 +147,12 @@ class ConversationCore:
 
     @property
     def busy_sessions(self) -> int:
+        """Sessions with a worker running right now."""
         return len(self._workers)
+
+    def pending_count(self) -> int:
+        """Inbound messages accepted and not yet answered or failed (cheap, in memory)."""
+        return max(0, self._pending)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -157,6 +164,8 @@ class ConversationCore:
             log.info("recovery: %d message(s) requeued, %d turn(s) interrupted, "
                      "%d reply(ies) to deliver", report.requeued, report.interrupted_turns,
                      report.undelivered)
+        counts = await self.store.count_by_status()
+        self._pending = counts.get("in:received", 0) + counts.get("in:processing", 0)
         self._started = True
         self._stopping = False
         for key in await self.store.session_keys_with_work(names):
@@ -195,8 +204,9 @@ class ConversationCore:
         """Check access, persist (idempotent), wake the session's worker."""
         key = str(inbound.session_key)
         decision = await self.access.check(inbound)
+        code = decision.code
         if decision.allowed and not (inbound.text.strip() or inbound.media or inbound.quoted):
-            status, reason = MessageStatus.IGNORED, "empty message"
+            status, reason, code = MessageStatus.IGNORED, "empty message", "empty"
         elif decision.allowed:
             status, reason = MessageStatus.RECEIVED, None
         elif decision.verdict is Verdict.IGNORE:
@@ -210,6 +220,7 @@ class ConversationCore:
             result = AcceptStatus.DUPLICATE
         elif status is MessageStatus.RECEIVED:
             result = AcceptStatus.ACCEPTED
+            self._pending += 1
             self._wake(key)
         elif status is MessageStatus.REFUSED:
             result = AcceptStatus.REFUSED
@@ -222,7 +233,7 @@ class ConversationCore:
             result = AcceptStatus.IGNORED
             log.debug("ignored %s message %s in %s: %s", a.channel, inbound.message_id,
                       a.chat_id, reason)
-        self._emit(AcceptEvent(a.channel, key, result, reason or ""))
+        self._emit(AcceptEvent(a.channel, key, result, reason or "", code))
         return result
 
     # -- workers -----------------------------------------------------------------
@@ -280,6 +291,7 @@ class ConversationCore:
             delivered = await self._deliver(out)
             self._emit(_event(claim, answered=False, started=started, delivered=delivered,
                               reason="internal error", reply=out.text))
+        self._pending -= len(claim.messages)
 
     # -- commands ----------------------------------------------------------------
 
@@ -510,21 +522,29 @@ class ConversationCore:
                   attempts: tuple[Attempt, ...], started: float, model_duration: float, *,
                   answered: bool, delivered: bool, reason: str | None = None,
                   reply: str = "", compacted: bool = False) -> None:
+        """One line per turn: session, model that answered, attempts, durations."""
         tried = ",".join(
-            f"{at.model_ref}:{'skipped' if at.skipped else (at.error_class or 'ok')}"
-            f"({at.duration_s:.2f}s)" for at in attempts) or "-"
-        line = (f"turn session={claim.session_key} turn={claim.turn_id} "
-                f"messages={len(claim.messages)} outcome={'answered' if answered else 'failed'} "
-                f"model={model_ref or '-'} attempts={tried} model_s={model_duration:.2f} "
-                f"total_s={time.monotonic() - started:.2f} delivered={delivered}"
-                + (" compacted=yes" if compacted else ""))
+            f"{at.model_ref}:{'skipped' if at.skipped else (at.error_class or 'ok')}:"
+            f"{round(at.duration_s * 1000)}" for at in attempts)
+        outcome = "answered" if answered else "failed"
+        total = time.monotonic() - started
+        fields: dict[str, Any] = {
+            "session": claim.session_key, "turn": claim.turn_id, "outcome": outcome,
+            "model": model_ref, "attempts": len([at for at in attempts if not at.skipped]),
+            "tried": tried, "duration_ms": round(total * 1000, 1),
+            "model_ms": round(model_duration * 1000, 1), "batch": len(claim.messages),
+            "delivered": delivered,
+        }
+        if compacted:
+            fields["compacted"] = True
+        if reason and not answered:
+            fields["reason"] = reason[:300]
         if config.logging.logMessageText:
-            texts = " | ".join(m.text for m in claim.messages)
-            line += f" in={texts!r} out={reply!r}"
-        if answered:
-            log.info(line)
-        else:
-            log.warning(line + f" reason={reason!r}")
+            fields["text_in"] = " | ".join(m.text for m in claim.messages)
+            fields["text_out"] = reply
+        log.log(logging.INFO if answered else logging.WARNING,
+                "turn %s session=%s model=%s attempts=%s duration_ms=%.0f", outcome,
+                claim.session_key, model_ref or "-", tried or "-", total * 1000, extra=fields)
 
 
 def _quote_id(claim: Claim) -> str | None:

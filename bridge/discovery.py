@@ -101,16 +101,16 @@ class Discovery:
 
 
 async def _probe_one(session: aiohttp.ClientSession, target: ProbeTarget,
-                     timeout: float) -> ProbeResult:
+                     timeout_s: float) -> ProbeResult:
     url = f"{target.base_url}/models"
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             async with session.get(url) as resp:
                 if resp.status != 200:
                     return ProbeResult(target, error=f"HTTP {resp.status}")
                 data = await resp.json(content_type=None)
     except TimeoutError:
-        return ProbeResult(target, error=f"no answer within {timeout:g} s")
+        return ProbeResult(target, error=f"no answer within {timeout_s:g} s")
     except aiohttp.ClientConnectorError:
         return ProbeResult(target, error="connection refused")
     except (aiohttp.ClientError, ValueError) as exc:
@@ -127,10 +127,10 @@ async def _probe_one(session: aiohttp.ClientSession, target: ProbeTarget,
 
 
 async def probe(targets: Sequence[ProbeTarget] = DEFAULT_TARGETS, *,
-                timeout: float = PROBE_TIMEOUT_S) -> list[ProbeResult]:
+                timeout_s: float = PROBE_TIMEOUT_S) -> list[ProbeResult]:
     """Probe every target in parallel; results in the targets' order."""
     async with aiohttp.ClientSession(trust_env=False) as session:
-        return list(await asyncio.gather(*(_probe_one(session, t, timeout) for t in targets)))
+        return list(await asyncio.gather(*(_probe_one(session, t, timeout_s) for t in targets)))
 
 
 def hosted_fallbacks(config: Config) -> list[str]:
@@ -171,9 +171,9 @@ def with_discovered(config: Config, found: ProbeResult | None, hosted: list[str]
 
 
 async def discover(config: Config, *, targets: Sequence[ProbeTarget] = DEFAULT_TARGETS,
-                   timeout: float = PROBE_TIMEOUT_S) -> Discovery:
+                   timeout_s: float = PROBE_TIMEOUT_S) -> Discovery:
     """Probe the local servers and build the config to run with."""
-    results = await probe(targets, timeout=timeout)
+    results = await probe(targets, timeout_s=timeout_s)
     found = next((r for r in results if r.ok), None)
     hosted = hosted_fallbacks(config)
     if found is None and not hosted:

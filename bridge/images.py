@@ -59,6 +59,7 @@ class ImageRefused(Exception):
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
         self.detail = detail
+        self.logged = False  # set once the refusal has been logged with its reason
 
 
 @dataclass(frozen=True, slots=True)

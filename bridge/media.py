@@ -100,8 +100,12 @@ class MediaStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._prepared = _LRU(_LRU_ENTRIES, _LRU_BYTES)  # key -> PreparedImage | ImageRefused
+        # key -> PreparedImage, or (Refusal, detail) for an image that was refused
+        self._prepared = _LRU(_LRU_ENTRIES, _LRU_BYTES)
         self._hashes = _LRU(1024)  # (dev, ino, size, mtime_ns) -> sha256 of a referenced file
+        # Decoding a 12-megapixel photo holds ~50 MB: at most two at once (worker threads
+        # wait here, never the event loop).
+        self._decode_slots = threading.BoundedSemaphore(2)
 
     def path_for(self, media_id: str) -> Path:
         """The stored file of ``media_id``; ValueError if malformed, FileNotFoundError."""
@@ -226,8 +230,8 @@ class MediaStore:
         self, key: str, limits: ImageLimits, need_data: bool, read_source
     ) -> PreparedImage | None:
         cached = self._prepared.get(key)
-        if isinstance(cached, ImageRefused):
-            raise cached
+        if isinstance(cached, tuple):  # a refusal; a fresh exception, not a growing traceback
+            raise _logged(ImageRefused(*cached))
         if cached is not None:
             return cached
         folder = self.root / _PREPARED_DIR / key[:2]
@@ -240,12 +244,13 @@ class MediaStore:
                 self._prepared.put(key, hit, len(hit.data))
                 return hit
         try:
-            prepared = images.prepare_image(read_source(), limits)
+            with self._decode_slots:
+                prepared = images.prepare_image(read_source(), limits)
         except ImageRefused as refused:
-            self._prepared.put(key, refused)
+            self._prepared.put(key, (refused.reason, refused.detail))
             log.warning("image refused (%s)%s", refused.reason.value,
                         f": {refused.detail}" if refused.detail else "")
-            raise
+            raise _logged(refused) from None
         ext = "jpg" if prepared.mime == "image/jpeg" else "png"
         try:
             _atomic_write(folder, folder / f"{key}.{prepared.width}x{prepared.height}.{ext}",
@@ -254,6 +259,11 @@ class MediaStore:
             log.warning("prepared image not cached: %s", type(exc).__name__)
         self._prepared.put(key, prepared, len(prepared.data))
         return prepared
+
+
+def _logged(refused: ImageRefused) -> ImageRefused:
+    refused.logged = True  # reported once, when computed
+    return refused
 
 
 def _atomic_write(folder: Path, target: Path, data: bytes) -> None:
@@ -549,7 +559,8 @@ async def user_parts(
                 ref, roots, limits, base_dir=base_dir, need_data=include_images
             )
         except ImageRefused as refused:
-            _log_reference_refusal(ref, refused, include_images)
+            _log_refusal(f"image reference ({ref.kind.value})", refused, include_images)
+            log.debug("image reference %r ignored: %s", ref.target[:200], refused)
             continue
         except (OSError, ValueError) as exc:  # e.g. a NUL byte in the path
             log.debug("image reference (%s) not loaded: %s", ref.kind.value,
@@ -569,8 +580,7 @@ async def user_parts(
                     ref.media_id, limits, need_data=include_images
                 )
             except ImageRefused as refused:
-                log.info("attached %s not given to the model (%s)", ref.kind.value,
-                         refused.reason.value)
+                _log_refusal(f"attached {ref.kind.value}", refused, include_images)
             else:
                 budget -= 1
                 if include_images and prepared is not None:
@@ -583,13 +593,11 @@ async def user_parts(
     return tuple(out.parts) or (TextPart(""),)
 
 
-def _log_reference_refusal(
-    ref: ImageReference, refused: ImageRefused, include_images: bool
-) -> None:
-    # Content refusals (bomb, corrupt, ...) were logged once when computed.  Path refusals
-    # recur for every prompt built with that message, so only the live ones are at INFO;
-    # the path itself is user text and appears at DEBUG only.
-    if refused.reason in (Refusal.OUTSIDE_ROOTS, Refusal.NOT_FOUND, Refusal.UNSUPPORTED):
-        level = logging.INFO if include_images else logging.DEBUG
-        log.log(level, "image reference (%s) ignored: %s", ref.kind.value, refused.reason.value)
-    log.debug("image reference %r ignored: %s", ref.target[:200], refused)
+def _log_refusal(what: str, refused: ImageRefused, live: bool) -> None:
+    """Log a refusal once where it matters, with its reason, never the user's path.
+
+    Content refusals (bomb, corrupt, ...) were logged when computed; path refusals recur
+    every time a prompt holds the message, so only those of live messages are at INFO.
+    """
+    level = logging.DEBUG if refused.logged or not live else logging.INFO
+    log.log(level, "%s not given to the model: %s", what, refused.reason.value)

@@ -255,13 +255,18 @@ def compaction_request(
     *, group: bool,
 ) -> ModelRequest:
     """Ask ``model`` to summarise ``turns`` (and the previous summary) in a few hundred words."""
+    room = max(1000, prompt_budget(model) - estimate_tokens(COMPACTION_INSTRUCTIONS) - 600)
     body = transcript(turns, group=group)
+    if estimate_tokens(body) > room:
+        # Too long for the summariser: shorten every line alike (each turn keeps its
+        # start), and only then drop the oldest.
+        lines = body.split("\n")
+        share = max(120, (room * 3) // max(1, len(lines)))
+        body = "\n".join(line if len(line) <= share else line[:share] + "…" for line in lines)
+        if estimate_tokens(body) > room:
+            body = "…" + body[-room * 3:]
     if previous_summary:
         body = f"Earlier summary:\n{previous_summary}\n\nConversation since:\n{body}"
-    # Keep the newest part when even the transcript does not fit the summariser.
-    room = max(1000, prompt_budget(model) - estimate_tokens(COMPACTION_INSTRUCTIONS) - 600)
-    if estimate_tokens(body) > room:
-        body = "…" + body[-room * 3:]
     text = "Summarise this conversation:\n\n<transcript>\n" + body + "\n</transcript>"
     return ModelRequest(instructions=COMPACTION_INSTRUCTIONS,
                         turns=(Turn.text("user", text),), max_tokens=min(1024, model.max_tokens))

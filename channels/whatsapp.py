@@ -714,13 +714,14 @@ class WhatsAppChannel:
             return
         self._sink = sink
         self._stopping = False
-        await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
-        await self._lids.load()
-        client = self._client_factory(self._db_path)
+        self._terminal = None
         try:
+            await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
+            await self._lids.load()
+            client = self._client_factory(self._db_path)
             linked = await client.has_session()
         except Exception as exc:
-            self._detail = f"cannot read the session database: {exc}"
+            self._detail = f"cannot open the WhatsApp session: {type(exc).__name__}: {exc}"
             log.error("WhatsApp: %s (%s); the channel stays off", self._detail, self._db_path)
             return
         if not linked:

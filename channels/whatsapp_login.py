@@ -63,13 +63,13 @@ async def run_login(
     data_dir: Path,
     phone: str | None = None,
     client_factory: ClientFactory | None = None,
-    out: TextIO = sys.stdout,
-    timeout: float = LOGIN_TIMEOUT_S,
+    out: TextIO | None = None,
+    link_timeout: float = LOGIN_TIMEOUT_S,
     finish_timeout: float = FINISH_TIMEOUT_S,
 ) -> int:
     """Link a device; 0 when linked, 1 on failure (with a clear message on ``out``)."""
     def say(text: str = "") -> None:
-        print(text, file=out, flush=True)
+        print(text, file=out or sys.stdout, flush=True)
 
     digits = None
     if phone is not None:
@@ -155,7 +155,7 @@ async def run_login(
         except Exception as exc:
             say(f"error: could not connect to WhatsApp: {exc}")
             return 1
-        ok, message = await _wait_login(outcome, paired, session, timeout, finish_timeout)
+        ok, message = await _wait_login(outcome, paired, session, link_timeout, finish_timeout)
     finally:
         with contextlib.suppress(Exception):
             await client.disconnect()
@@ -167,12 +167,12 @@ async def _wait_login(
     outcome: asyncio.Future[tuple[bool, str]],
     paired: asyncio.Event,
     session: asyncio.Future[Any],
-    timeout: float,
+    link_timeout: float,
     finish_timeout: float,
 ) -> tuple[bool, str]:
     paired_wait = asyncio.ensure_future(paired.wait())
     try:
-        done, _ = await asyncio.wait({outcome, session, paired_wait}, timeout=timeout,
+        done, _ = await asyncio.wait({outcome, session, paired_wait}, timeout=link_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if outcome in done:
             return outcome.result()
@@ -196,7 +196,7 @@ async def _wait_login(
             return False, "the WhatsApp connection ended before the device was linked"
         if paired.is_set():
             return True, "WhatsApp is linked. Start the bridge with `palaver run`."
-        return False, (f"no device was linked within {timeout:.0f} s; run "
+        return False, (f"no device was linked within {link_timeout:.0f} s; run "
                        "`palaver whatsapp login` again")
     finally:
         paired_wait.cancel()
@@ -216,12 +216,12 @@ async def run_logout(
     *,
     data_dir: Path,
     client_factory: ClientFactory | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     connect_timeout: float = LOGOUT_CONNECT_TIMEOUT_S,
 ) -> int:
     """Unlink the device (when WhatsApp is reachable) and delete the local session."""
     def say(text: str) -> None:
-        print(text, file=out, flush=True)
+        print(text, file=out or sys.stdout, flush=True)
 
     db_path = session_db_path(data_dir)
     if not db_path.exists():
@@ -278,19 +278,30 @@ async def run_logout(
     return 0
 
 
-def _load_config(args: Any) -> Any:
-    from bridge.config.load import load_for_cli
+def _data_dir(args: Any) -> Path | None:
+    """``dataDir`` of the config the command should use; None (after a message) on error."""
+    from bridge.config.load import ConfigError, load_for_cli
 
-    return load_for_cli(args)
+    try:
+        loaded = load_for_cli(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    config = loaded[0] if isinstance(loaded, tuple) else loaded
+    return config.data_dir
 
 
 def cmd_login(args: Any) -> int:
     """``palaver whatsapp login [--phone +E164]``."""
-    config = _load_config(args)
-    return asyncio.run(run_login(data_dir=config.data_dir, phone=getattr(args, "phone", None)))
+    data_dir = _data_dir(args)
+    if data_dir is None:
+        return 1
+    return asyncio.run(run_login(data_dir=data_dir, phone=getattr(args, "phone", None)))
 
 
 def cmd_logout(args: Any) -> int:
     """``palaver whatsapp logout``."""
-    config = _load_config(args)
-    return asyncio.run(run_logout(data_dir=config.data_dir))
+    data_dir = _data_dir(args)
+    if data_dir is None:
+        return 1
+    return asyncio.run(run_logout(data_dir=data_dir))

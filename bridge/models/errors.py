@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -141,8 +142,9 @@ def classify_payload(
         cls = ErrorClass.OVERLOADED
     elif status is not None:
         cls = _class_for_status(status)
-        if cls is ErrorClass.BAD_REQUEST and (code or "").lower() in _CODE_CLASSES:
-            cls = _CODE_CLASSES[(code or "").lower()]  # e.g. 400 rate_limit_exceeded from a proxy
+        by_code = _CODE_CLASSES.get((code or "").lower())
+        if cls is ErrorClass.BAD_REQUEST and by_code not in (None, ErrorClass.SERVER_ERROR):
+            cls = by_code  # e.g. a 400 carrying rate_limit_exceeded from a proxy  # e.g. 400 rate_limit_exceeded from a proxy
     elif code is not None:
         cls = _CODE_CLASSES.get(code.lower())
     if cls is None:
@@ -199,7 +201,8 @@ def classify_exception(exc: BaseException, *, phase: str = "request") -> ModelEr
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return ModelError(ErrorClass.UNREACHABLE, f"DNS lookup failed for {_host(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        err = exc.os_error
+        reason = (os.strerror(err.errno) if err.errno else err.strerror) or type(err).__name__
         return ModelError(ErrorClass.UNREACHABLE, f"cannot connect to {_host(exc)}: {reason}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return ModelError(ErrorClass.UNREACHABLE, f"server disconnected during {phase}")
@@ -220,5 +223,4 @@ def classify_exception(exc: BaseException, *, phase: str = "request") -> ModelEr
 
 
 def _host(exc: aiohttp.ClientConnectorError) -> str:
-    key = exc.conn_key
-    return f"{key.host}:{key.port}"
+    return f"{exc.host}:{exc.port}"

@@ -154,10 +154,13 @@ class _Deadlines:
         if left <= 0:
             raise ModelError(ErrorClass.TIMEOUT, f"total timeout ({self.t.totalSeconds:g}s)")
         bound_by_total = left < limit
+        cm = asyncio.timeout(min(limit, left))
         try:
-            async with asyncio.timeout(min(limit, left)):
+            async with cm:
                 return await aw
         except TimeoutError:
+            if not cm.expired():
+                raise  # not ours: e.g. aiohttp's connect timeout, classified by the caller
             if bound_by_total:
                 raise ModelError(
                     ErrorClass.TIMEOUT, f"total timeout ({self.t.totalSeconds:g}s)"

@@ -28,7 +28,7 @@ _ALL_NAMES = _REASONING_NAMES + _FINAL_NAMES
 _MAX_TAG = 256
 
 _TAG_RE = re.compile(
-    r"<\s*(/?)\s*(antthinking|thinking|thought|think|final)(?=[\s/>])[^<>]{0,%d}>" % _MAX_TAG,
+    rf"<\s*(/?)\s*(antthinking|thinking|thought|think|final)(?=[\s/>])[^<>]{{0,{_MAX_TAG}}}>",
     re.IGNORECASE,
 )
 _TAG_START_RE = re.compile(r"<\s*/?\s*([A-Za-z]*)")

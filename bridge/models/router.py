@@ -141,12 +141,12 @@ class ModelRouter:
         """When every candidate is cooling down: the one whose cooldown ends first."""
         now = self._clock()
         cooling = []
-        for ref in refs:
+        for index, ref in enumerate(refs):
             health = self._health.get(ref)
             if health is None or (health.until <= now and not health.probing):
                 return None
-            cooling.append((health.until, ref))
-        return min(cooling)[1]
+            cooling.append((health.until, index, ref))
+        return min(cooling)[2]  # ties: candidate order
 
     async def _attempt(self, config: Config, ref: str, request: RequestSource):
         """One call; returns (Completion, ResolvedModel, duration) or a failed Attempt."""

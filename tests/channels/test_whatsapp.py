@@ -584,7 +584,8 @@ def test_split_plain_respects_limit_and_boundaries():
     text = "alpha beta\n\n" + "gamma " * 100 + "\nomega"
     chunks = split_plain(text, 200)
     assert all(len(c) <= 200 for c in chunks)
-    assert chunks[0] == "alpha beta"
+    assert chunks[0].startswith("alpha beta") and chunks[0].endswith("gamma")
+    assert split_plain("a " * 60 + "\n\n" + "b " * 60, 200) == ["a " * 59 + "a", "b " * 59 + "b"]
     assert " ".join(" ".join(chunks).split()) == " ".join(text.split())
     assert split_plain("x" * 450, 200) == ["x" * 200, "x" * 200, "x" * 50]
 
@@ -610,7 +611,7 @@ async def test_no_session_logs_how_to_log_in_and_health_says_so(tmp_path, caplog
     [
         (LoggedOutEv(OnConnect=False, Reason=N.ConnectFailureReason.Value("LOGGED_OUT")),
          "logged out"),
-        (TemporaryBanEv(Code=N.TempBanReason.Value("SENT_TOO_MANY_SAME_MESSAGE"), Expire=3600),
+        (TemporaryBanEv(Code=N.TemporaryBan.TempBanReason.Value("SENT_TOO_MANY_SAME_MESSAGE"), Expire=3600),
          "temporarily banned"),
         (StreamReplacedEv(), "session replaced"),
     ],
@@ -671,6 +672,37 @@ async def test_stop_is_idempotent_and_stops_the_session(rig):
     await rig.channel.stop()
     assert rig.fake.session.done() and rig.fake.disconnects >= 1
     assert not rig.channel.health().connected
+
+
+async def test_restart_after_logout_uses_a_fresh_client(tmp_path):
+    clients = [FakeWhatsAppClient(), FakeWhatsAppClient()]
+    channel, _, _ = make_channel(tmp_path, None)
+    channel._client_factory = lambda path: clients.pop(0)
+    await channel.start(RecordingSink())
+    first = channel._client
+    await until(lambda: channel.health().connected)
+    await first.emit(StreamReplacedEv())
+    await until(lambda: channel._supervisor.done())
+    await channel.stop()
+    await channel.start(RecordingSink())
+    try:
+        await until(lambda: channel.health().connected)
+        assert channel._client is not first and first.connects == 1
+    finally:
+        await channel.stop()
+
+
+async def test_client_that_cannot_be_built_only_disables_whatsapp(tmp_path, caplog):
+    channel, _, _ = make_channel(tmp_path, None)
+
+    def broken(path):
+        raise OSError("libneonize.so: cannot open shared object file")
+
+    channel._client_factory = broken
+    await channel.start(RecordingSink())  # does not raise
+    assert not channel.health().connected
+    assert "cannot open shared object" in channel.health().detail
+    await channel.stop()
 
 
 def test_backoff_unit():

@@ -189,10 +189,10 @@ class FakeWhatsAppClient:
         self.logged_out = True
 
 
-async def until(predicate, timeout: float = 2.0) -> None:
+async def until(predicate, limit_s: float = 2.0) -> None:
     """Wait (polling the loop) until ``predicate()`` is true."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit_s
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")

@@ -373,7 +373,8 @@ class FakeModelServer:
                                 content_type="application/json")
         message = err.message or f"fake error {err.status}"
         if api == "anthropic":
-            etype = err.type or _ANTHROPIC_ERR.get(err.status, "api_error")
+            etype = err.type or _ANTHROPIC_ERR.get(
+                err.status, "api_error" if err.status >= 500 else "invalid_request_error")
             payload: dict[str, Any] = {"type": "error",
                                        "error": {"type": etype, "message": message}}
         else:

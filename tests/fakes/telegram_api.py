@@ -83,7 +83,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -161,11 +161,6 @@ class _File:
     file_path: str
     data: bytes
     file_size: int
-
-
-@dataclass
-class _Waiter:
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def parse_telegram_html(text: str) -> str:
@@ -288,7 +283,8 @@ class FakeBotAPI:
         self._files: dict[str, _File] = {}
         self._failures: list[_Failure] = []
         self._poller: asyncio.Future | None = None
-        self._changed: asyncio.Condition | None = None
+        # Replaced (after being set) on every change: waiters hold the old one.
+        self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
@@ -297,7 +293,6 @@ class FakeBotAPI:
 
     async def start(self) -> FakeBotAPI:
         """Listen on 127.0.0.1 (ephemeral port); ``url`` is then the apiRoot."""
-        self._changed = asyncio.Condition()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
         app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file)
@@ -586,25 +581,20 @@ class FakeBotAPI:
         return [u["update_id"] for u in self._updates]
 
     def _notify(self) -> None:
-        if self._changed is None:
-            return
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
-        async def wake() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        asyncio.get_running_loop().create_task(wake())  # noqa: RUF006 - finishes at once
-
-    async def wait_until(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    async def wait_until(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:  # noqa: ASYNC109
         """Wait until ``predicate()`` is truthy; returns its value (TimeoutError otherwise)."""
-        assert self._changed is not None, "start() first"
         async with asyncio.timeout(timeout):
-            async with self._changed:
-                while not (value := predicate()):
-                    await self._changed.wait()
-                return value
+            while True:
+                changed = self._changed
+                value = predicate()
+                if value:
+                    return value
+                await changed.wait()
 
-    async def wait_for_sent(self, n: int, timeout: float = 5.0) -> list[SentMessage]:
+    async def wait_for_sent(self, n: int, timeout: float = 5.0) -> list[SentMessage]:  # noqa: ASYNC109
         """Wait until at least ``n`` messages were sent; returns all sent so far."""
         try:
             await self.wait_until(lambda: len(self.sent) >= n, timeout)
@@ -615,7 +605,7 @@ class FakeBotAPI:
             ) from None
         return list(self.sent)
 
-    async def wait_for_calls(self, method: str, n: int = 1, timeout: float = 5.0) -> list[Call]:
+    async def wait_for_calls(self, method: str, n: int = 1, timeout: float = 5.0) -> list[Call]:  # noqa: ASYNC109
         """Wait until ``method`` was called at least ``n`` times; returns those calls."""
         try:
             await self.wait_until(lambda: len(self.calls_to(method)) >= n, timeout)
@@ -812,16 +802,15 @@ class FakeBotAPI:
                 "one bot instance is running"))
         self._poller = poller = asyncio.get_running_loop().create_future()
         try:
-            assert self._changed is not None
             async with asyncio.timeout(timeout):
-                async with self._changed:
-                    while not self._deliverable(limit):
-                        waiter = asyncio.ensure_future(self._changed.wait())
-                        done, _ = await asyncio.wait({waiter, poller},
-                                                     return_when=asyncio.FIRST_COMPLETED)
-                        if poller in done:
-                            waiter.cancel()
-                            poller.result()  # raises the 409
+                while not self._deliverable(limit):
+                    waiter = asyncio.ensure_future(self._changed.wait())
+                    try:
+                        await asyncio.wait({waiter, poller}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                    if poller.done():
+                        poller.result()  # raises the 409
         except TimeoutError:
             pass
         finally:

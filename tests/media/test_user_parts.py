@@ -293,3 +293,12 @@ async def test_store_names_files_by_content_hash_only(files):
     for bad in ("../../etc/passwd", digest + "/../../x", "*", digest[:10], ""):
         with pytest.raises(ValueError):
             files.store.path_for(bad)
+
+
+async def test_hostile_text_never_raises(files):
+    text = (f"{files.at('ok.jpg')}\x00.png /{'a' * 5000}.png ~/../../../../etc/shadow "
+            + "/x " * 500 + files.at("ok.jpg"))
+    parts = await parts_of(files, text)
+    assert text_of(parts) == text
+    # Only the first MAX_REFERENCES_PER_MESSAGE candidates are looked up on disk.
+    assert not any(isinstance(p, ImagePart) for p in parts)

@@ -1,0 +1,721 @@
+"""Telegram channel (python-telegram-bot 22): Updates <-> envelopes.
+
+The adapter only translates.  An incoming ``Message`` becomes an
+:class:`~bridge.envelope.Inbound` (media downloaded into the media store, replies as
+:class:`~bridge.envelope.Quoted`, the ``mentioned`` flag computed); an
+:class:`~bridge.envelope.Outbound` becomes ``sendMessage`` calls (Markdown rendered to
+Telegram HTML and chunked by :mod:`bridge.formatting`).  Access policy, ordering across
+sessions and storage are the core's.
+
+Lifecycle: we own the event loop, so PTB runs with its manual API -- ``initialize`` (the
+``getMe`` that checks the token), ``start``, then either ``updater.start_polling`` or our
+own small aiohttp webhook server feeding ``application.update_queue``; ``stop`` undoes it
+in reverse.  A token Telegram rejects stops the channel for good (health says why); a
+network failure at start is retried in the background.
+
+Message ids: Telegram numbers messages per chat, so the envelope's ``message_id`` is
+``"<chat_id>:<message_id>"`` (unique per bot); :meth:`TelegramChannel.send` returns ids in
+the same form and accepts either form in ``Outbound.reply_to_message_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import html
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from telegram import (
+    BotCommand,
+    Message,
+    MessageEntity,
+    ReplyParameters,
+    Update,
+)
+from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+from telegram.request import HTTPXRequest
+
+from bridge.config.schema import TelegramConfig
+from bridge.envelope import (
+    ChatAddress,
+    ChatKind,
+    Inbound,
+    InboundSink,
+    MediaKind,
+    MediaRef,
+    Outbound,
+    Quoted,
+)
+from bridge.formatting import chunk_text, render
+from bridge.logs import RedactingFilter, register_secret
+from bridge.media import MediaStore
+from channels.base import Capabilities, ChannelHealth, Markup, SendError
+
+log = logging.getLogger(__name__)
+
+TOKEN_RE = re.compile(r"^\d+:[A-Za-z0-9_-]{30,}$")
+
+# The command menu (setMyCommands); the core implements them.
+COMMANDS = (
+    ("new", "Start a new conversation"),
+    ("reset", "Start over (same as /new)"),
+    ("model", "Show or switch this chat's model"),
+    ("models", "List the models you can use"),
+    ("status", "Session, model and usage"),
+    ("help", "What this bot can do"),
+)
+
+# Loggers that may print Bot API URLs (the token is part of every URL).
+_GUARDED_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
+_ALLOWED_UPDATES = ["message"]
+
+
+class TokenError(Exception):
+    """No usable bot token (missing, unreadable or malformed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Download:
+    """What to fetch for one attachment."""
+
+    file_id: str
+    size: int | None
+
+
+def resolve_token(config: TelegramConfig) -> str:
+    """The bot token from botToken, tokenFile or $TELEGRAM_BOT_TOKEN (in that order).
+
+    Raises :class:`TokenError` (never containing the token) when there is none or it
+    does not look like a BotFather token.
+    """
+    if config.botToken is not None:
+        token, source = config.botToken.get_secret_value().strip(), "botToken"
+    elif config.tokenFile:
+        path = Path(config.tokenFile).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TokenError(f"cannot read tokenFile {path}: {exc.strerror}") from None
+        source = f"tokenFile {path}"
+    elif os.environ.get("TELEGRAM_BOT_TOKEN"):
+        token, source = os.environ["TELEGRAM_BOT_TOKEN"].strip(), "$TELEGRAM_BOT_TOKEN"
+    else:
+        raise TokenError(
+            "no bot token: set channels.telegram.botToken, tokenFile or $TELEGRAM_BOT_TOKEN"
+        )
+    if not TOKEN_RE.match(token):
+        raise TokenError(f"the token in {source} does not look like a bot token from BotFather")
+    return token
+
+
+def _split_message_id(value: str | None) -> int | None:
+    """``"chat:id"`` or ``"id"`` -> the per-chat Telegram message id."""
+    if not value:
+        return None
+    tail = value.rsplit(":", 1)[-1]
+    return int(tail) if tail.lstrip("-").isdigit() else None
+
+
+def _html_to_plain(chunk: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", chunk))
+
+
+class TelegramChannel:
+    """The Telegram adapter (one bot account)."""
+
+    name = "telegram"
+    account = "default"
+
+    # Seconds; class attributes so tests can shorten them.
+    typing_interval = 4.0
+    poll_timeout = 30
+    max_send_attempts = 4
+    max_retry_after = 120.0
+    connect_retry_delays = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+    def __init__(self, config: TelegramConfig, *, media: MediaStore, data_dir: Path) -> None:
+        self.config = config
+        self.media = media
+        self.data_dir = Path(data_dir)
+        self.capabilities = Capabilities(config.textChunkLimit, Markup.TELEGRAM_HTML)
+        self._max_media_bytes = int(config.mediaMaxMb * 1024 * 1024)
+        self._sink: InboundSink | None = None
+        self._app: Application | None = None
+        self._requests: tuple[HTTPXRequest, ...] = ()
+        self._bot_id: int | None = None
+        self._bot_username = ""
+        self._state = "not started"  # not started | connecting | running | failed | stopped
+        self._detail = "not started"
+        self._webhook_runner: web.AppRunner | None = None
+        self.webhook_port: int | None = None  # the bound port (webhook mode)
+        self._connect_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._token: str | None = None
+        self._log_filter = RedactingFilter()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, sink: InboundSink) -> None:
+        """Connect (getMe, setMyCommands, polling or webhook) and hand messages to ``sink``.
+
+        Never raises for a bad or rejected token or an unreachable server: the channel
+        then reports it through :meth:`health` (and retries the network in the background).
+        """
+        if self._state in ("running", "connecting"):
+            return
+        self._sink = sink
+        self._guard_logs()
+        try:
+            self._token = await asyncio.to_thread(resolve_token, self.config)
+        except TokenError as exc:
+            self._fail(str(exc))
+            return
+        register_secret(self._token)
+        self._state, self._detail = "connecting", "connecting"
+        try:
+            await self._connect()
+        except InvalidToken:
+            self._fail(
+                "Telegram rejected the bot token (401 Unauthorized); the channel is stopped. "
+                "Check channels.telegram.botToken / tokenFile / $TELEGRAM_BOT_TOKEN"
+            )
+        except (NetworkError, TelegramError, OSError) as exc:
+            self._detail = f"connecting: {type(exc).__name__}: {exc}"
+            log.warning("telegram: cannot connect yet (%s); retrying in the background",
+                        self._detail)
+            self._connect_task = asyncio.create_task(self._connect_loop(),
+                                                     name="telegram-connect")
+
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        while self._state == "connecting":
+            delay = self.connect_retry_delays[min(attempt, len(self.connect_retry_delays) - 1)]
+            attempt += 1
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+                return
+            except InvalidToken:
+                self._fail("Telegram rejected the bot token (401 Unauthorized); the channel is "
+                           "stopped. Check channels.telegram.botToken / tokenFile / "
+                           "$TELEGRAM_BOT_TOKEN")
+                return
+            except (TelegramError, OSError) as exc:
+                self._detail = f"connecting: {type(exc).__name__}: {exc}"
+                log.warning("telegram: connect attempt %d failed: %s", attempt, self._detail)
+
+    def _build(self, token: str) -> Application:
+        root = self.config.apiRoot.rstrip("/")
+        request = HTTPXRequest(connection_pool_size=16, read_timeout=20.0, connect_timeout=10.0,
+                               media_write_timeout=60.0)
+        updates_request = HTTPXRequest(connection_pool_size=2, read_timeout=10.0,
+                                       connect_timeout=10.0)
+        self._requests = (request, updates_request)
+        builder = (
+            ApplicationBuilder()
+            .token(token)
+            .base_url(f"{root}/bot")
+            .base_file_url(f"{root}/file/bot")
+            .request(request)
+            .get_updates_request(updates_request)
+            .concurrent_updates(False)  # one update at a time: per-chat order preserved
+        )
+        if self.config.mode == "webhook":
+            builder = builder.updater(None)
+        app = builder.build()
+        app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
+        app.add_error_handler(self._on_error)
+        return app
+
+    async def _connect(self) -> None:
+        assert self._token is not None
+        app = self._build(self._token)
+        try:
+            await app.initialize()  # getMe: InvalidToken when Telegram says 401
+        except BaseException:
+            await self._close_requests()
+            raise
+        self._app = app
+        try:
+            self._bot_id = app.bot.id
+            self._bot_username = app.bot.username or ""
+            try:
+                await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
+            except (BadRequest, Forbidden, NetworkError) as exc:
+                log.warning("telegram: setMyCommands failed: %s", exc)
+            await app.start()
+            if self.config.mode == "webhook":
+                await self._start_webhook(app)
+                how = "webhook"
+            else:
+                assert app.updater is not None
+                await app.updater.start_polling(
+                    timeout=self.poll_timeout,
+                    allowed_updates=_ALLOWED_UPDATES,
+                    drop_pending_updates=False,
+                    error_callback=self._on_poll_error,
+                )
+                how = "polling"
+        except BaseException:
+            await self._teardown()
+            raise
+        self._state = "running"
+        self._detail = f"{how} as @{self._bot_username}"
+        log.info("telegram: connected as @%s (%s)", self._bot_username, how)
+
+    async def stop(self) -> None:
+        """Stop receiving (already fetched updates are still handed over), close; idempotent."""
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connect_task
+            self._connect_task = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._teardown()
+        if self._state != "failed":
+            self._state, self._detail = "stopped", "stopped"
+
+    async def _teardown(self) -> None:
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()
+            self._webhook_runner = None
+        app, self._app = self._app, None
+        if app is not None:
+            try:
+                if app.updater is not None and app.updater.running:
+                    await app.updater.stop()
+                if app.running:
+                    await app.stop()
+                await app.shutdown()
+            except Exception as exc:  # shutting down must not raise
+                log.warning("telegram: error while stopping: %s: %s", type(exc).__name__, exc)
+        await self._close_requests()
+
+    async def _close_requests(self) -> None:
+        for request in self._requests:
+            with contextlib.suppress(Exception):
+                await request.shutdown()
+        self._requests = ()
+
+    def _fail(self, detail: str) -> None:
+        self._state, self._detail = "failed", detail
+        log.error("telegram: %s", detail)
+
+    def health(self) -> ChannelHealth:
+        """Connected while polling/serving the webhook; the detail says why not otherwise."""
+        return ChannelHealth(self._state == "running", self._detail)
+
+    def _guard_logs(self) -> None:
+        # httpx logs every request URL at INFO, and the token is in every URL.
+        for name in ("httpx", "httpcore"):
+            logger = logging.getLogger(name)
+            if logger.getEffectiveLevel() < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+        names = set(_GUARDED_LOGGERS) | {
+            n for n in logging.root.manager.loggerDict if n.startswith(("telegram", "httpx"))
+        }
+        for name in names:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+                logger.addFilter(self._log_filter)
+
+    # ------------------------------------------------------------------ webhook
+
+    async def _start_webhook(self, app: Application) -> None:
+        cfg = self.config
+        secret = cfg.webhookSecret.get_secret_value() if cfg.webhookSecret else ""
+        path = cfg.webhookPath if cfg.webhookPath.startswith("/") else "/" + cfg.webhookPath
+
+        async def receive(request: web.Request) -> web.Response:
+            given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+            if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+                log.warning("telegram: webhook request with a wrong or missing secret refused")
+                return web.Response(status=403, text="forbidden")
+            try:
+                data = await request.json()
+                update = Update.de_json(data, app.bot)
+            except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+                return web.Response(status=400, text="bad update")
+            if update is None:
+                return web.Response(status=400, text="bad update")
+            await app.update_queue.put(update)
+            return web.Response(text="ok")
+
+        server = web.Application(client_max_size=2 * 1024 * 1024)
+        server.router.add_post(path, receive)
+        runner = web.AppRunner(server, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.webhookHost, cfg.webhookPort)
+        await site.start()
+        self._webhook_runner = runner
+        sockets = getattr(site._server, "sockets", None) or []
+        self.webhook_port = sockets[0].getsockname()[1] if sockets else cfg.webhookPort
+        await app.bot.set_webhook(
+            url=cfg.webhookUrl or "",
+            secret_token=secret,
+            allowed_updates=_ALLOWED_UPDATES,
+            drop_pending_updates=False,
+        )
+
+    # ------------------------------------------------------------------ inbound
+
+    def _on_poll_error(self, exc: TelegramError) -> None:
+        self._detail = f"polling as @{self._bot_username} (last error: {exc})"
+        log.warning("telegram: polling error: %s", exc)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        exc = context.error
+        log.error("telegram: error while handling an update: %s: %s",
+                  type(exc).__name__, exc, exc_info=exc)
+
+    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        msg = update.message
+        if msg is None or self._sink is None:
+            return
+        inbound = await self.translate(msg)
+        if inbound is None:
+            return
+        status = await self._sink.accept(inbound)
+        log.debug("telegram: inbound %s from %s: %s", inbound.message_id, inbound.sender_id,
+                  status)
+
+    async def translate(self, msg: Message) -> Inbound | None:
+        """A Telegram message -> an Inbound, or None when it is not for us.
+
+        Ignored: messages without a human sender (channels, anonymous admins, other
+        bots), channel chats, commands addressed to another bot, and messages with
+        nothing we understand.
+        """
+        user = msg.from_user
+        chat = msg.chat
+        if user is None or user.is_bot or chat.type == ChatType.CHANNEL:
+            return None
+        kind = ChatKind.DIRECT if chat.type == ChatType.PRIVATE else ChatKind.GROUP
+        text = msg.text or msg.caption or ""
+        text, for_other_bot = self._normalise_command(msg, text)
+        if for_other_bot:
+            return None
+        media = await self._media_of(msg, download=True)
+        if not text and not media:
+            return None
+        thread = str(msg.message_thread_id) if msg.is_topic_message and msg.message_thread_id else None
+        quoted = await self._quoted(msg)
+        aliases = (f"@{user.username}",) if user.username else ()
+        return Inbound(
+            address=ChatAddress(self.name, self.account, str(chat.id), kind, thread),
+            sender_id=str(user.id),
+            message_id=f"{chat.id}:{msg.message_id}",
+            timestamp=msg.date.timestamp(),
+            text=text,
+            sender_name=user.full_name or None,
+            sender_aliases=aliases,
+            media=tuple(media),
+            quoted=quoted,
+            mentioned=self._is_mentioned(msg),
+            extra={"chat_id": str(chat.id), "message_id": str(msg.message_id)},
+        )
+
+    def _command_entity(self, msg: Message) -> tuple[MessageEntity, str] | None:
+        parsed = (msg.parse_entities([MessageEntity.BOT_COMMAND]) if msg.text
+                  else msg.parse_caption_entities([MessageEntity.BOT_COMMAND]))
+        for entity, value in parsed.items():
+            if entity.offset == 0:
+                return entity, value
+        return None
+
+    def _normalise_command(self, msg: Message, text: str) -> tuple[str, bool]:
+        """Strip our ``@botname`` from a leading command; flag commands for other bots."""
+        found = self._command_entity(msg)
+        if not found:
+            return text, False
+        _, value = found
+        if "@" not in value:
+            return text, False
+        command, _, target = value.partition("@")
+        if target.lower() != self._bot_username.lower():
+            return text, True
+        return command + text[len(value):], False
+
+    def _is_mentioned(self, msg: Message) -> bool:
+        username = self._bot_username.lower()
+        types = [MessageEntity.MENTION, MessageEntity.TEXT_MENTION, MessageEntity.BOT_COMMAND]
+        parsed = {**msg.parse_entities(types), **msg.parse_caption_entities(types)}
+        for entity, value in parsed.items():
+            if entity.type == MessageEntity.MENTION and value[1:].lower() == username:
+                return True
+            if (entity.type == MessageEntity.TEXT_MENTION and entity.user is not None
+                    and entity.user.id == self._bot_id):
+                return True
+            if (entity.type == MessageEntity.BOT_COMMAND and "@" in value
+                    and value.split("@", 1)[1].lower() == username):
+                return True
+        reply = self._real_reply(msg)
+        return bool(reply and reply.from_user and reply.from_user.id == self._bot_id)
+
+    @staticmethod
+    def _real_reply(msg: Message) -> Message | None:
+        """The replied-to message, unless it is a forum topic's creation (Telegram adds it)."""
+        reply = msg.reply_to_message
+        if reply is None or reply.forum_topic_created is not None:
+            return None
+        return reply
+
+    async def _quoted(self, msg: Message) -> Quoted | None:
+        reply = self._real_reply(msg)
+        if reply is None:
+            return None
+        sender = reply.from_user
+        media = await self._media_of(reply, download=True, images_only=True)
+        return Quoted(
+            message_id=f"{reply.chat.id}:{reply.message_id}",
+            sender_id=str(sender.id) if sender else None,
+            sender_name=(sender.full_name or None) if sender else None,
+            text=reply.text or reply.caption or "",
+            media=tuple(media),
+            from_bot=bool(sender and sender.id == self._bot_id),
+        )
+
+    async def _media_of(self, msg: Message, *, download: bool,
+                        images_only: bool = False) -> list[MediaRef]:
+        """Attachments of ``msg`` as MediaRefs (bytes fetched up to mediaMaxMb)."""
+        refs: list[MediaRef] = []
+
+        async def add(kind: MediaKind, item: _Download | None, **meta: Any) -> None:
+            fetch = download and item is not None and (
+                not images_only or kind is MediaKind.IMAGE)
+            if not fetch:
+                refs.append(MediaRef(kind=kind, size=item.size if item else None, **meta))
+                return
+            assert item is not None
+            refs.append(await self._fetch(kind, item, **meta))
+
+        if msg.photo:
+            best = max(msg.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+            await add(MediaKind.IMAGE, _Download(best.file_id, best.file_size),
+                      mime="image/jpeg", width=best.width, height=best.height)
+        elif msg.animation:
+            a = msg.animation
+            await add(MediaKind.VIDEO, _Download(a.file_id, a.file_size),
+                      mime=a.mime_type or "video/mp4", filename=a.file_name,
+                      duration_s=_seconds(a),
+                      width=a.width, height=a.height, note="animation")
+        elif msg.document:
+            d = msg.document
+            is_image = (d.mime_type or "").startswith("image/")
+            await add(MediaKind.IMAGE if is_image else MediaKind.DOCUMENT,
+                      _Download(d.file_id, d.file_size), mime=d.mime_type, filename=d.file_name)
+        elif msg.voice:
+            v = msg.voice
+            await add(MediaKind.VOICE, _Download(v.file_id, v.file_size),
+                      mime=v.mime_type or "audio/ogg", duration_s=_seconds(v))
+        elif msg.audio:
+            a = msg.audio
+            await add(MediaKind.AUDIO, _Download(a.file_id, a.file_size),
+                      mime=a.mime_type or "audio/mpeg", filename=a.file_name or a.title,
+                      duration_s=_seconds(a))
+        elif msg.video or msg.video_note:
+            v = msg.video or msg.video_note
+            assert v is not None
+            width = getattr(v, "width", None) or getattr(v, "length", None)
+            height = getattr(v, "height", None) or getattr(v, "length", None)
+            await add(MediaKind.VIDEO, _Download(v.file_id, v.file_size),
+                      mime=getattr(v, "mime_type", None) or "video/mp4",
+                      duration_s=_seconds(v), width=width, height=height,
+                      note=None if msg.video else "round video")
+        elif msg.sticker:
+            s = msg.sticker
+            static = not (s.is_animated or s.is_video)
+            mime = "image/webp" if static else ("video/webm" if s.is_video
+                                                else "application/x-tgsticker")
+            await add(MediaKind.STICKER, _Download(s.file_id, s.file_size) if static else None,
+                      mime=mime, width=s.width, height=s.height, note=s.emoji or None)
+        if msg.venue:
+            v = msg.venue
+            refs.append(MediaRef(kind=MediaKind.LOCATION, note=(
+                f"{v.title}, {v.address} ({v.location.latitude:.5f}, "
+                f"{v.location.longitude:.5f})")))
+        elif msg.location:
+            loc = msg.location
+            refs.append(MediaRef(kind=MediaKind.LOCATION,
+                                 note=f"{loc.latitude:.5f}, {loc.longitude:.5f}"))
+        if msg.contact:
+            c = msg.contact
+            name = " ".join(p for p in (c.first_name, c.last_name) if p)
+            refs.append(MediaRef(kind=MediaKind.CONTACT, note=f"{name}, {c.phone_number}"))
+        return refs
+
+    async def _fetch(self, kind: MediaKind, item: _Download, **meta: Any) -> MediaRef:
+        """Download one file through getFile, within mediaMaxMb."""
+        limit = self._max_media_bytes
+        limit_mb = f"{self.config.mediaMaxMb:g} MB"
+
+        def too_large(size: int) -> MediaRef:
+            return MediaRef(kind=kind, size=size, note=(
+                f"not downloaded: {size / 1024 / 1024:.1f} MB is over the {limit_mb} limit"),
+                **{k: v for k, v in meta.items() if k != "note"})
+
+        if item.size is not None and item.size > limit:
+            return too_large(item.size)
+        assert self._app is not None
+        try:
+            file = await self._app.bot.get_file(item.file_id)
+            if file.file_size is not None and file.file_size > limit:
+                return too_large(file.file_size)
+            data = bytes(await file.download_as_bytearray())
+        except BadRequest as exc:
+            if "too big" in str(exc).lower():
+                return too_large(item.size or limit + 1)
+            log.warning("telegram: could not download a %s: %s", kind, exc)
+            return MediaRef(kind=kind, size=item.size, note="could not be downloaded", **{
+                k: v for k, v in meta.items() if k != "note"})
+        except (TelegramError, OSError) as exc:
+            log.warning("telegram: could not download a %s: %s", kind, exc)
+            return MediaRef(kind=kind, size=item.size, note="could not be downloaded", **{
+                k: v for k, v in meta.items() if k != "note"})
+        if len(data) > limit:
+            return too_large(len(data))
+        note = meta.pop("note", None)
+        ref = await self.media.put(data, kind=kind, **{
+            k: v for k, v in meta.items() if k in ("mime", "filename", "duration_s", "width",
+                                                   "height")})
+        return dataclasses.replace(ref, note=note) if note else ref
+
+    # ------------------------------------------------------------------ outbound
+
+    async def send(self, out: Outbound) -> list[str]:
+        """Render, chunk and send; returns ``"<chat_id>:<message_id>"`` per sent chunk.
+
+        A chunk Telegram's HTML parser rejects is re-sent as plain text; 429 waits
+        ``retry_after`` and retries (bounded).  Raises :class:`SendError` otherwise.
+        """
+        app = self._app
+        if app is None or self._state != "running":
+            raise SendError(f"telegram channel is not running ({self._detail})")
+        limit = self.capabilities.text_chunk_limit
+        if out.plain:
+            chunks, parse_mode = chunk_text(out.text, limit), None
+        else:
+            chunks, parse_mode = render(out.text, Markup.TELEGRAM_HTML, limit), ParseMode.HTML
+        chat_id = int(out.address.chat_id)
+        thread_id = int(out.address.thread_id) if out.address.thread_id else None
+        reply_to = (_split_message_id(out.reply_to_message_id)
+                    if out.address.chat_kind is ChatKind.GROUP else None)
+        sent: list[str] = []
+        for index, chunk in enumerate(chunks):
+            reply = (ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
+                     if index == 0 and reply_to is not None else None)
+            try:
+                message = await self._send_chunk(chat_id, chunk, parse_mode, thread_id, reply)
+            except SendError as exc:
+                exc.sent_ids = sent
+                raise
+            sent.append(f"{chat_id}:{message.message_id}")
+        return sent
+
+    async def _send_chunk(self, chat_id: int, text: str, parse_mode: str | None,
+                          thread_id: int | None, reply: ReplyParameters | None) -> Message:
+        assert self._app is not None
+        bot = self._app.bot
+        for attempt in range(1, self.max_send_attempts + 1):
+            try:
+                return await bot.send_message(
+                    chat_id=chat_id, text=text, parse_mode=parse_mode,
+                    message_thread_id=thread_id, reply_parameters=reply,
+                )
+            except RetryAfter as exc:
+                wait = _retry_after_seconds(exc)
+                if attempt == self.max_send_attempts or wait > self.max_retry_after:
+                    raise SendError(f"telegram rate limit: retry after {wait:g} s") from None
+                log.info("telegram: rate limited, retrying in %g s", wait)
+                await asyncio.sleep(wait)
+            except BadRequest as exc:
+                if parse_mode and "can't parse entities" in str(exc).lower():
+                    log.warning("telegram: HTML rejected (%s); sending the chunk as plain text",
+                                exc)
+                    text, parse_mode = _html_to_plain(text), None
+                    continue
+                raise SendError(f"telegram refused the message: {exc}") from None
+            except TimedOut as exc:
+                # The message may have gone out: retrying could duplicate it.
+                raise SendError(f"telegram send timed out: {exc}") from None
+            except NetworkError as exc:
+                if attempt == self.max_send_attempts:
+                    raise SendError(f"telegram unreachable: {exc}") from None
+                await asyncio.sleep(min(2.0 ** (attempt - 1), 8.0))
+            except (Forbidden, ChatMigrated, InvalidToken, TelegramError) as exc:
+                raise SendError(f"telegram refused the message: {type(exc).__name__}: {exc}"
+                                ) from None
+        raise SendError("telegram send failed after retries")
+
+    @contextlib.asynccontextmanager
+    async def typing(self, address: ChatAddress) -> AsyncIterator[None]:
+        """Show "typing…" now and about every ``typing_interval`` seconds until exit."""
+        task = asyncio.create_task(self._typing_loop(address), name="telegram-typing")
+        self._tasks.add(task)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._tasks.discard(task)
+
+    async def _typing_loop(self, address: ChatAddress) -> None:
+        chat_id = int(address.chat_id)
+        thread_id = int(address.thread_id) if address.thread_id else None
+        while True:
+            app = self._app
+            if app is not None and self._state == "running":
+                try:
+                    await app.bot.send_chat_action(chat_id, ChatAction.TYPING,
+                                                   message_thread_id=thread_id)
+                except TelegramError as exc:
+                    log.debug("telegram: sendChatAction failed: %s", exc)
+            await asyncio.sleep(self.typing_interval)
+
+
+def _seconds(media: Any) -> float | None:
+    """A media object's duration in seconds (read without PTB's int/timedelta warning)."""
+    value = getattr(media, "_duration", None)
+    if value is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = getattr(media, "duration", None)
+    if value is None:
+        return None
+    total = getattr(value, "total_seconds", None)
+    return float(total() if callable(total) else value)
+
+
+def _retry_after_seconds(exc: RetryAfter) -> float:
+    value = getattr(exc, "_retry_after", None)
+    total = getattr(value, "total_seconds", None)
+    if callable(total):
+        return float(total())
+    return float(value or 1)
+

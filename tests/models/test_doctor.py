@@ -1,0 +1,106 @@
+"""``palaver doctor`` against fake servers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bridge.models.doctor import check_paths, cmd_doctor, diagnose, render
+from tests.fakes.model_server import FakeModelServer
+from tests.models.conftest import closed_port, make_config, provider
+
+
+async def test_reachable_listed_and_warnings(server, session):
+    server.models = ["qwen", "other"]
+    local = provider(server.base_url, "openai-completions")
+    local["models"] = [{"id": "qwen"}, {"id": "missing", "maxTokens": 9000,
+                                         "contextWindow": 8192}]
+    cfg = make_config({"local": local}, "local/qwen")
+    rows = {r.model_ref: r for r in await diagnose(cfg, session=session)}
+    assert rows["local/qwen"].reachable and rows["local/qwen"].ok
+    assert rows["local/qwen"].listed is True and rows["local/qwen"].rtt_ms is not None
+    assert rows["local/qwen"].credentials == "not needed"
+    assert rows["local/missing"].listed is False and not rows["local/missing"].ok
+    assert any("maxTokens 9000 >= contextWindow 8192" in w for w in rows["local/missing"].warnings)
+    text, ok = render(cfg, list(rows.values()))
+    assert ok and "default: ok (local/qwen)" in text
+    assert "maxTokens 9000 >= contextWindow 8192" in text
+    assert server.requests[0].path == "/v1/models"
+
+
+async def test_unreachable_primary_with_working_fallback(server, session):
+    async with FakeModelServer(models=["claude"]) as hosted:
+        cfg = make_config({
+            "local": provider(f"http://127.0.0.1:{closed_port()}/v1", "openai-responses"),
+            "hosted": provider(hosted.root_url, "anthropic-messages", "claude",
+                               apiKey="sk-ant-DOCTORSECRET"),
+        }, "local/m", ("hosted/claude",))
+        rows = await diagnose(cfg, session=session)
+        text, ok = render(cfg, rows)
+        by = {r.model_ref: r for r in rows}
+        assert not by["local/m"].reachable and "unreachable" in by["local/m"].detail
+        assert by["hosted/claude"].ok and by["hosted/claude"].credentials == "present"
+        assert hosted.requests[0].headers["x-api-key"] == "sk-ant-DOCTORSECRET"
+        assert hosted.requests[0].path == "/v1/models"
+        assert ok and "DOCTORSECRET" not in text
+
+
+async def test_models_endpoint_missing_falls_back_to_a_minimal_request(server, session):
+    server.serve_models = False
+    server.reply("ok")
+    cfg = make_config({"local": provider(server.base_url, "openai-responses", "m")}, "local/m")
+    rows = await diagnose(cfg, session=session)
+    assert rows[0].ok and rows[0].listed is True
+    assert [r.path for r in server.requests] == ["/v1/models", "/v1/responses"]
+    assert server.requests[1].json["max_output_tokens"] == 16
+
+    server.error(404, "model 'm' not found")
+    rows = await diagnose(cfg, session=session)
+    assert not rows[0].ok and rows[0].listed is False
+
+
+async def test_missing_key_and_failing_channel_path(server, session):
+    server.models = ["m"]
+    cfg = make_config(
+        {"local": provider(server.base_url, "openai-completions", "m"),
+         "openai": provider("https://api.openai.com/v1", "openai-responses", "gpt-x")},
+        "local/m",
+        channels={"telegram": {"model": "openai/gpt-x"}},
+    )
+    rows = await diagnose(cfg, session=session)
+    by = {r.model_ref: r for r in rows}
+    assert by["openai/gpt-x"].credentials == "missing" and not by["openai/gpt-x"].ok
+    assert "OPENAI_API_KEY" in by["openai/gpt-x"].detail
+    paths = {name: answer for name, _, answer in check_paths(cfg, rows)}
+    assert paths == {"default": "local/m", "telegram": None}
+    text, ok = render(cfg, rows)
+    assert not ok and "telegram: FAIL" in text
+    # The hosted API was not called without a key.
+    assert by["openai/gpt-x"].rtt_ms is None and not by["openai/gpt-x"].reachable
+
+
+async def test_auth_rejected_is_reachable_but_not_working(session):
+    async with FakeModelServer(api_key="right") as server:
+        cfg = make_config({"local": provider(server.base_url, "openai-completions", "m",
+                                             apiKey="wrong-key-value")}, "local/m")
+        rows = await diagnose(cfg, session=session)
+        assert rows[0].reachable and not rows[0].ok and rows[0].detail.startswith("auth")
+        assert "wrong-key-value" not in rows[0].detail
+
+
+def test_cmd_doctor_exit_codes(tmp_path, capsys):
+    port = closed_port()
+    path = tmp_path / "palaver.json5"
+    path.write_text(json.dumps({
+        "models": {"mode": "replace", "providers": {
+            "local": {"baseUrl": f"http://127.0.0.1:{port}/v1", "api": "openai-completions",
+                      "models": [{"id": "m"}]}}},
+        "agents": {"defaults": {"model": "local/m"}},
+    }))
+    code = cmd_doctor(argparse.Namespace(config=str(path)))
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "local/m" in out and "FAIL" in out
+
+    code = cmd_doctor(argparse.Namespace(config=str(tmp_path / "missing.json5")))
+    assert code == 1
