@@ -189,10 +189,6 @@ def _bind_event_loop(loop: asyncio.AbstractEventLoop) -> None:
     raise RuntimeError("neonize already dispatches events to another running event loop")
 
 
-def _empty_jid() -> JID:
-    return JID(User="", Server="", RawAgent=0, Device=0, Integrator=0, IsEmpty=True)
-
-
 def _jid_or_none(jid: JID) -> JID | None:
     return jid if jid.User and jid.Server else None
 
@@ -274,6 +270,11 @@ class NeonizeClient:
         if self._live():
             raise RuntimeError("a WhatsApp session is already running")
         _bind_event_loop(asyncio.get_running_loop())
+        # whatsmeow's log level is taken from this logger at connect(); unset, neonize
+        # passes an empty level to Go.  Default to warnings (they surface as whatsmeow.*).
+        neonize_log = logging.getLogger("neonize.utils.log")
+        if neonize_log.level == logging.NOTSET:
+            neonize_log.setLevel(logging.WARNING)
         self._session = await self._client.connect()
         return self._session
 
@@ -653,7 +654,6 @@ class _Identity:
     sender_id: str
     jid: JID  # the sender JID as it arrived (device stripped)
     aliases: tuple[str, ...]
-    users: frozenset[str]  # every user part known for this sender (phone digits, LID)
 
 
 # --------------------------------------------------------------------------- channel
@@ -985,8 +985,7 @@ class WhatsAppChannel:
         if phone:
             aliases.append(f"{phone}@{PHONE_SERVER}")
         unique = tuple(dict.fromkeys(a for a in aliases if a != sender_id))
-        users = frozenset(u for u in (phone, lid, sender.User) if u)
-        return _Identity(sender_id, jid, unique, users)
+        return _Identity(sender_id, jid, unique)
 
     def _mentions_me(self, context: waE2E.ContextInfo | None) -> bool:
         if context is None or not self._me_users:

@@ -219,9 +219,7 @@ class ModelRouter:
     def _log(self, attempts: tuple[Attempt, ...], *, answered: str | None,
              level: int | None = None) -> None:
         described = ", ".join(
-            f"{a.model_ref}={'skipped(' + (a.error_class or 'cooling') + ')' if a.skipped else (a.error_class or 'ok')}"
-            f" {a.duration_s * 1000:.0f}ms"
-            for a in attempts
+            f"{a.model_ref}={_outcome(a)} {a.duration_s * 1000:.0f}ms" for a in attempts
         )
         if level is None:
             level = logging.INFO if answered else logging.WARNING
@@ -232,3 +230,9 @@ class ModelRouter:
                  "ms": round(a.duration_s * 1000), "skipped": a.skipped} for a in attempts
             ]},
         )
+
+
+def _outcome(attempt: Attempt) -> str:
+    if attempt.skipped:
+        return f"skipped({attempt.error_class or 'cooling'})"
+    return str(attempt.error_class or "ok")

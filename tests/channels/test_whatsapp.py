@@ -727,6 +727,41 @@ async def test_neonize_client_refuses_calls_without_a_session(tmp_path):
     await client.disconnect()  # nothing running: a no-op
 
 
+async def test_events_travel_neonizes_own_dispatch_path_to_our_loop(tmp_path):
+    """Feed wire bytes to neonize's Event.execute from a foreign thread, as Go does."""
+    import ctypes
+
+    from neonize.aioze import events as neonize_events
+    from neonize.events import EVENT_TO_INT
+
+    saved = neonize_events.event_global_loop
+    try:
+        _bind_event_loop(asyncio.get_running_loop())
+        client = NeonizeClient(tmp_path / "session.db")
+        got, codes = [], []
+
+        async def on_message(event):
+            got.append(event)
+
+        async def on_qr(code):
+            codes.append(code)
+
+        client.on(MessageEv, on_message)
+        client.on_qr(on_qr)
+        wire = message_event(E.Message(conversation="via Go"), chat=f"{ANN}@s.whatsapp.net",
+                             sender=f"{ANN}@s.whatsapp.net", msg_id="GO1").SerializeToString()
+        buf = ctypes.create_string_buffer(wire, len(wire))
+        await asyncio.to_thread(client._client.event.execute, 0, ctypes.addressof(buf),
+                                len(wire), EVENT_TO_INT[MessageEv])
+        qr = ctypes.create_string_buffer(b"2@qr-code")
+        await asyncio.to_thread(client._client._NewAClient__onQr, 0, ctypes.addressof(qr))
+        await until(lambda: got and codes)
+        assert got[0].Info.ID == "GO1" and got[0].Message.conversation == "via Go"
+        assert codes == ["2@qr-code"]
+    finally:
+        neonize_events.event_global_loop = saved
+
+
 async def test_bind_event_loop_replaces_a_dead_loop():
     from neonize.aioze import events as neonize_events
 

@@ -48,6 +48,8 @@ one (whatever the API).  Each method returns the server, so calls chain:
   stream that carries an error event (Responses ``error``, or ``response.failed`` with
   ``failed=True``; Anthropic ``error``; Chat Completions ``data: {"error": …}``).
 - ``hang()``: accept the request and never answer (until the server closes).
+- ``drop(text="partial answer", *, after_chunks=1)``: stream a little, then close the
+  connection mid-stream.
 - ``raw(status, body, content_type="application/json")``: arbitrary bytes.
 - ``default(text_or_fn=None, **reply_kwargs)``: what to answer when the queue is empty;
   initially ``"echo: <last user text>"``.  ``text_or_fn`` may be a function of the
@@ -275,6 +277,10 @@ class FakeModelServer:
         """Queue a request that is accepted and never answered."""
         self._queue.append(_Hang())
         return self
+
+    def drop(self, text: str = "partial answer", *, after_chunks: int = 1) -> FakeModelServer:
+        """Queue a stream that closes the connection after ``after_chunks`` text chunks."""
+        return self.reply(text, chunks=max(after_chunks + 1, 2), drop_after=after_chunks)
 
     def raw(self, status: int, body: bytes | str,
             content_type: str = "application/json") -> FakeModelServer:

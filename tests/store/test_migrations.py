@@ -1,0 +1,98 @@
+"""Migrations: append-only, one transaction each, fresh install == upgraded, newer refused."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bridge.envelope import ChatAddress, ChatKind, Inbound
+from bridge.store import Migration, SchemaTooNewError, Store, StoreError, load_migrations
+
+
+def _schema(path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            " ORDER BY type, name").fetchall()
+        columns = {}
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            columns[table] = conn.execute(f"PRAGMA table_info({table})").fetchall()
+        return [*rows, sorted(columns.items())]
+    finally:
+        conn.close()
+
+
+def test_migrations_are_numbered_in_sequence():
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert len(migrations) >= 2
+
+
+async def test_fresh_install_equals_upgraded(tmp_path):
+    fresh = tmp_path / "fresh.db"
+    store = await Store.open(fresh)
+    assert await store.schema_version() == len(load_migrations())
+    await store.close()
+
+    # An install made by an older Palaver (first migration only), with data in it.
+    old = tmp_path / "old.db"
+    first = load_migrations()[:1]
+    store = await Store.open(old, migrations=first)
+    assert await store.schema_version() == 1
+    inbound = Inbound(ChatAddress("telegram", "default", "1", ChatKind.DIRECT), "1", "m1",
+                      0.0, text="kept across the upgrade")
+    await store.record_inbound(inbound)
+    await store.close()
+
+    store = await Store.open(old)
+    try:
+        assert await store.schema_version() == len(load_migrations())
+        rows = await store.messages_for(str(inbound.session_key))
+        assert rows[0].text == "kept across the upgrade"
+    finally:
+        await store.close()
+    assert _schema(fresh) == _schema(old)
+
+
+async def test_database_newer_than_the_code_is_refused(tmp_path):
+    path = tmp_path / "p.db"
+    store = await Store.open(path)
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaTooNewError) as err:
+        await Store.open(path)
+    assert "999" in str(err.value) and str(path) in str(err.value)
+
+
+async def test_failing_migration_rolls_back_whole(tmp_path):
+    good = load_migrations()
+    bad = Migration(len(good) + 1, "broken",
+                    "CREATE TABLE half_done (x INTEGER);\nTHIS IS NOT SQL;")
+    path = tmp_path / "p.db"
+    with pytest.raises(StoreError, match="broken"):
+        await Store.open(path, migrations=[*good, bad])
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        version = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+    finally:
+        conn.close()
+    assert "half_done" not in tables and version == len(good)
+
+
+async def test_pragmas(tmp_path):
+    store = await Store.open(tmp_path / "p.db")
+    try:
+        async with store.reading() as db:
+            mode = (await (await db.execute("PRAGMA journal_mode")).fetchone())[0]
+            fk = (await (await db.execute("PRAGMA foreign_keys")).fetchone())[0]
+            busy = (await (await db.execute("PRAGMA busy_timeout")).fetchone())[0]
+        assert (mode, fk) == ("wal", 1) and busy >= 1000
+        assert await store.check_writable()
+    finally:
+        await store.close()

@@ -1,0 +1,130 @@
+"""The message queue: idempotent inbound, claiming batches, recovery, settings, pairing."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind, MediaRef, Quoted
+from bridge.models.base import Attempt, ErrorClass, Usage
+from bridge.store import MessageKind, MessageStatus, Store
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = await Store.open(tmp_path / "p.db")
+    yield s
+    await s.close()
+
+
+def _in(mid: str, text: str = "hi", sender: str = "1", channel: str = "telegram") -> Inbound:
+    return Inbound(ChatAddress(channel, "default", sender, ChatKind.DIRECT), sender, mid, 1.0,
+                   text=text)
+
+
+async def test_inbound_is_idempotent_per_channel_account_message(store):
+    assert await store.record_inbound(_in("a")) is not None
+    assert await store.record_inbound(_in("a", text="changed")) is None
+    assert await store.record_inbound(_in("a", channel="whatsapp")) is not None  # other channel
+    assert await store.has_inbound("telegram", "default", "a")
+    rows = await store.messages_for(str(_in("a").session_key))
+    assert [r.text for r in rows] == ["hi"]
+
+
+async def test_media_and_quote_round_trip(store):
+    ref = MediaRef(MediaKind.IMAGE, media_id="ab" * 32, mime="image/png", width=3, height=4)
+    quoted = Quoted("q", sender_name="Z", text="earlier", media=(ref,), from_bot=True)
+    inbound = Inbound(ChatAddress("telegram", "default", "1", ChatKind.DIRECT), "1", "m", 1.0,
+                      text="look", media=(ref,), quoted=quoted)
+    row_id = await store.record_inbound(inbound)
+    msg = await store.message(row_id)
+    assert msg.media == (ref,) and msg.quoted == quoted
+
+
+async def test_claim_batches_until_a_command(store):
+    for mid, text in (("1", "a"), ("2", "b"), ("3", "/status"), ("4", "c")):
+        await store.record_inbound(_in(mid, text))
+    key = str(_in("x").session_key)
+
+    def is_cmd(t):
+        return t.startswith("/")
+    first = await store.claim_next(key, is_command=is_cmd)
+    assert [m.text for m in first.messages] == ["a", "b"] and first.kind is MessageKind.CHAT
+    assert await store.claim_next(key, is_command=is_cmd) is not None  # the command alone
+    third = await store.claim_next(key, is_command=is_cmd)
+    assert [m.text for m in third.messages] == ["c"]
+    assert await store.claim_next(key, is_command=is_cmd) is None
+    assert first.session_id == third.session_id
+
+
+async def test_finish_turn_and_history(store):
+    await store.record_inbound(_in("1", "question"))
+    key = str(_in("x").session_key)
+    claim = await store.claim_next(key)
+    out = await store.finish_turn(
+        claim.turn_id, reply="answer", model_ref="p/m", usage=Usage(5, 7),
+        attempts=(Attempt("p/x", ErrorClass.TIMEOUT, 1.5, "slow"), Attempt("p/m", None, 0.2)))
+    assert out.status is MessageStatus.PENDING and not out.delivered
+    await store.mark_delivered(out.id, ["900", "901"])
+    history = await store.history(claim.session_id)
+    assert [(h.user[0].text, h.assistant) for h in history] == [("question", "answer")]
+    turn = await store.last_turn(key)
+    assert turn.model_ref == "p/m" and turn.attempts[0].error_class is ErrorClass.TIMEOUT
+    assert (await store.message(out.id)).delivered
+
+
+async def test_recover_only_touches_given_channels(store):
+    await store.record_inbound(_in("t", channel="telegram"))
+    await store.record_inbound(_in("w", channel="whatsapp"))
+    for channel in ("telegram", "whatsapp"):
+        await store.claim_next(str(_in("x", channel=channel).session_key))
+    report = await store.recover(["telegram"])
+    assert report.requeued == 1 and report.interrupted_turns == 1
+    counts = await store.count_by_status()
+    assert counts == {"in:received": 1, "in:processing": 1}
+    assert await store.session_keys_with_work(["telegram"]) == [str(_in("x").session_key)]
+
+
+async def test_end_session_and_summary(store):
+    await store.record_inbound(_in("1"))
+    key = str(_in("x").session_key)
+    claim = await store.claim_next(key)
+    await store.save_summary(claim.session_id, "sum", claim.turn_id)
+    assert (await store.active_session(key)).summary == "sum"
+    assert await store.end_session(key)
+    assert await store.active_session(key) is None
+    await store.record_inbound(_in("2"))
+    claim2 = await store.claim_next(key)
+    assert claim2.session_id != claim.session_id
+
+
+async def test_chat_settings_and_kv(store):
+    await store.set_chat_setting("k", "model", "p/m")
+    assert await store.chat_setting("k", "model") == "p/m"
+    await store.set_chat_setting("k", "model", None)
+    assert await store.chat_setting("k", "model") is None
+    await store.kv_set("whatsapp.lid", "123@lid", "+4912345")
+    assert await store.kv_get("whatsapp.lid", "123@lid") == "+4912345"
+    assert await store.kv_items("whatsapp.lid") == {"123@lid": "+4912345"}
+    await store.kv_set("whatsapp.lid", "123@lid", None)
+    assert await store.kv_get("whatsapp.lid", "123@lid") is None
+
+
+async def test_pairing_requests(store):
+    codes = iter(["AAAAAAAA", "AAAAAAAA", "BBBBBBBB"])
+    req, created = await store.pairing_code_for(
+        "telegram", "default", "1", "One", new_code=lambda: next(codes), ttl_s=60,
+        max_pending=3, now=0)
+    assert created and req.code == "AAAAAAAA"
+    again, created = await store.pairing_code_for(
+        "telegram", "default", "1", "One", new_code=lambda: "ZZZZZZZZ", ttl_s=60,
+        max_pending=3, now=10)
+    assert not created and again.code == "AAAAAAAA"
+    other, _ = await store.pairing_code_for(
+        "telegram", "default", "2", None, new_code=lambda: next(codes), ttl_s=60,
+        max_pending=3, now=10)
+    assert other.code == "BBBBBBBB"  # a code in use is never handed out twice
+    assert await store.approve_pairing("whatsapp", "AAAAAAAA", now=20) is None  # channel
+    assert (await store.approve_pairing("telegram", "aaaaaaaa", now=20)).sender_id == "1"
+    assert await store.is_approved("telegram", ["x", "1"])
+    assert not await store.is_approved("whatsapp", ["1"])
+    assert [p.sender_id for p in await store.pending_pairings(now=20)] == ["2"]
