@@ -324,9 +324,7 @@ class ConversationCore:
         if not choice.candidates:
             await self._fail(claim, started, AllModelsFailed(()), "no model is configured")
             return
-        session = await self.store.session(claim.session_id)
-        assert session is not None
-        history = await self.store.history(session.id, after_turn=session.summary_through_turn)
+        session, history = await self.store.session_with_history(claim.session_id)
         instructions = config.system_prompt_for(
             a.channel, chat_kind=a.chat_kind.value, chat_id=a.chat_id,
             sender_id=last.sender_id, thread_id=a.thread_id)

@@ -174,6 +174,7 @@ class TelegramChannel:
         self._tasks: set[asyncio.Task] = set()
         self._token: str | None = None
         self._log_filter = RedactingFilter()
+        self._groups_seen: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,7 +187,7 @@ class TelegramChannel:
         if self._state in ("running", "connecting"):
             return
         self._sink = sink
-        pass  # self._guard_logs()
+        self._guard_logs()
         try:
             self._token = await asyncio.to_thread(resolve_token, self.config)
         except TokenError as exc:
@@ -416,6 +417,9 @@ class TelegramChannel:
         if user is None or user.is_bot or chat.type == ChatType.CHANNEL:
             return None
         kind = ChatKind.DIRECT if chat.type == ChatType.PRIVATE else ChatKind.GROUP
+        if kind is ChatKind.GROUP and chat.id not in self._groups_seen:
+            self._groups_seen.add(chat.id)  # operators look the group id up here
+            log.info("telegram: message in group %r (chat %s)", chat.title or "", chat.id)
         text = msg.text or msg.caption or ""
         text, for_other_bot = self._normalise_command(msg, text)
         if for_other_bot:

@@ -8,10 +8,10 @@ Inbound: ``record_inbound`` (idempotent) -> ``claim_next`` (a batch becomes one 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
-
-import aiosqlite
+from dataclasses import replace
 
 from bridge.envelope import ChatAddress, Inbound
 from bridge.models.base import Attempt, Usage
@@ -22,12 +22,14 @@ from bridge.store.records import (
     MessageKind,
     MessageStatus,
     RecoveryReport,
+    SessionRecord,
     StoredMessage,
     TurnRecord,
     attempts_to_json,
     media_to_json,
     message_from_row,
     quoted_to_json,
+    session_from_row,
     turn_from_row,
 )
 
@@ -55,8 +57,14 @@ class MessageQueries(Database):
         now = time.time()
         a = inbound.address
         key = str(inbound.session_key)
-        async with self.transaction() as db:
-            cur = await db.execute(
+        params = (key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
+                  inbound.message_id, inbound.sender_id, inbound.sender_name,
+                  int(inbound.mentioned), inbound.text, media_to_json(inbound.media),
+                  quoted_to_json(inbound.quoted), status.value, reason, inbound.timestamp,
+                  now, now)
+
+        def tx(db: sqlite3.Connection) -> int | None:
+            cur = db.execute(
                 "INSERT INTO messages (direction, role, kind, session_key, channel, account,"
                 " chat_id, chat_kind, thread_id, platform_message_id, sender_id, sender_name,"
                 " mentioned, text, media, quoted, status, reason, platform_timestamp,"
@@ -64,28 +72,23 @@ class MessageQueries(Database):
                 " VALUES ('in', 'user', 'chat', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " ?, ?, ?)"
                 " ON CONFLICT (channel, account, platform_message_id) WHERE direction = 'in'"
-                " DO NOTHING",
-                (key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
-                 inbound.message_id, inbound.sender_id, inbound.sender_name,
-                 int(inbound.mentioned), inbound.text, media_to_json(inbound.media),
-                 quoted_to_json(inbound.quoted), status.value, reason, inbound.timestamp,
-                 now, now),
-            )
+                " DO NOTHING", params)
             if cur.rowcount == 0:
                 return None
             row_id = cur.lastrowid
             for ref in inbound.media:
                 if ref.media_id:
-                    await db.execute(
+                    db.execute(
                         "INSERT OR IGNORE INTO media (media_id, kind, mime, size, width,"
                         " height, first_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (ref.media_id, ref.kind.value, ref.mime, ref.size, ref.width,
-                         ref.height, now),
-                    )
+                         ref.height, now))
             if reply is not None:
-                await _insert_outbound(db, key=key, address=a, text=reply, kind=reply_kind,
-                                       session_id=None, turn_id=None, reply_to=None, now=now)
-        return row_id
+                _insert_outbound(db, key=key, address=a, text=reply, kind=reply_kind,
+                                 session_id=None, turn_id=None, reply_to=None, now=now)
+            return row_id
+
+        return await self.atomically(tx)
 
     async def has_inbound(self, channel: str, account: str, message_id: str) -> bool:
         """Whether this platform message was stored already (any status)."""
@@ -134,11 +137,11 @@ class MessageQueries(Database):
         (at most ``limit``) is answered together.  ``None`` when nothing is waiting.
         """
         now = time.time()
-        async with self.transaction() as db:
-            cur = await db.execute(
+
+        def tx(db: sqlite3.Connection) -> Claim | None:
+            rows = [message_from_row(r) for r in db.execute(
                 "SELECT * FROM messages WHERE session_key = ? AND direction = 'in'"
-                " AND status = 'received' ORDER BY id LIMIT ?", (session_key, limit))
-            rows = [message_from_row(r) for r in await cur.fetchall()]
+                " AND status = 'received' ORDER BY id LIMIT ?", (session_key, limit))]
             if not rows:
                 return None
             if is_command(rows[0].text):
@@ -149,25 +152,25 @@ class MessageQueries(Database):
                     if is_command(msg.text):
                         break
                     batch.append(msg)
-            session_id = await _active_session_id(db, rows[0], now)
-            cur = await db.execute(
+            session_id = _active_session_id(db, rows[0], now)
+            turn_id = db.execute(
                 "INSERT INTO turns (session_id, session_key, kind, status, started_at)"
                 " VALUES (?, ?, ?, 'running', ?)",
-                (session_id, session_key, kind.value, now))
-            turn_id = cur.lastrowid
+                (session_id, session_key, kind.value, now)).lastrowid
             ids = [m.id for m in batch]
             marks = ",".join("?" * len(ids))
-            await db.execute(
+            db.execute(
                 f"UPDATE messages SET status = 'processing', kind = ?, turn_id = ?,"
                 f" session_id = ?, updated_at = ? WHERE id IN ({marks})",
                 (kind.value, turn_id, session_id, now, *ids))
-        claimed = tuple(
-            _replace_msg(m, status=MessageStatus.PROCESSING, turn_id=turn_id,
-                         session_id=session_id, kind=kind)
-            for m in batch
-        )
-        return Claim(turn_id=turn_id, session_id=session_id, session_key=session_key,
-                     kind=kind, messages=claimed)
+            claimed = tuple(
+                replace(m, status=MessageStatus.PROCESSING, turn_id=turn_id,
+                        session_id=session_id, kind=kind)
+                for m in batch)
+            return Claim(turn_id=turn_id, session_id=session_id, session_key=session_key,
+                         kind=kind, messages=claimed)
+
+        return await self.atomically(tx)
 
     async def finish_turn(
         self,
@@ -192,34 +195,41 @@ class MessageQueries(Database):
         now = time.time()
         status = MessageStatus.ANSWERED if answered else MessageStatus.FAILED
         usage = usage or Usage()
-        async with self.transaction() as db:
-            cur = await db.execute("SELECT * FROM turns WHERE id = ?", (turn_id,))
-            turn = await cur.fetchone()
+        attempts_json = attempts_to_json(attempts)
+
+        def tx(db: sqlite3.Connection) -> StoredMessage:
+            turn = db.execute("SELECT session_id, session_key FROM turns WHERE id = ?",
+                              (turn_id,)).fetchone()
             if turn is None:
                 raise KeyError(f"no turn {turn_id}")
-            cur = await db.execute(
+            first = db.execute(
                 "SELECT * FROM messages WHERE turn_id = ? AND direction = 'in' ORDER BY id"
-                " LIMIT 1", (turn_id,))
-            first = await cur.fetchone()
+                " LIMIT 1", (turn_id,)).fetchone()
             address = message_from_row(first).address
-            out_id = await _insert_outbound(
+            out_id = _insert_outbound(
                 db, key=turn["session_key"], address=address, text=reply, kind=reply_kind,
                 session_id=turn["session_id"], turn_id=turn_id,
                 reply_to=reply_to_message_id, now=now, model_ref=model_ref, usage=usage)
-            await db.execute(
+            db.execute(
                 "UPDATE messages SET status = ?, reason = ?, model_ref = ?, updated_at = ?"
                 " WHERE turn_id = ? AND direction = 'in'",
                 (status.value, reason, model_ref, now, turn_id))
-            await db.execute(
+            db.execute(
                 "UPDATE turns SET status = ?, finished_at = ?, model_ref = ?, attempts = ?,"
                 " input_tokens = ?, output_tokens = ?, reasoning_tokens = ?,"
                 " prompt_tokens_estimate = ?, context_window = ?, reason = ? WHERE id = ?",
-                ("answered" if answered else "failed", now, model_ref,
-                 attempts_to_json(attempts), usage.input_tokens, usage.output_tokens,
-                 usage.reasoning_tokens, prompt_tokens_estimate, context_window, reason,
-                 turn_id))
-            cur = await db.execute("SELECT * FROM messages WHERE id = ?", (out_id,))
-            return message_from_row(await cur.fetchone())
+                ("answered" if answered else "failed", now, model_ref, attempts_json,
+                 usage.input_tokens, usage.output_tokens, usage.reasoning_tokens,
+                 prompt_tokens_estimate, context_window, reason, turn_id))
+            return StoredMessage(
+                id=out_id, direction="out", role="assistant", kind=reply_kind,
+                session_key=turn["session_key"], session_id=turn["session_id"],
+                turn_id=turn_id, address=address, platform_message_id=None, sender_id=None,
+                sender_name=None, mentioned=False, text=reply, media=(), quoted=None,
+                status=MessageStatus.PENDING, reason=None, model_ref=model_ref,
+                reply_to_message_id=reply_to_message_id, delivered=False, created_at=now)
+
+        return await self.atomically(tx)
 
     async def add_outbound(
         self,
@@ -232,41 +242,43 @@ class MessageQueries(Database):
     ) -> StoredMessage:
         """Store a reply that belongs to no turn (delivered by the session's worker)."""
         now = time.time()
-        async with self.transaction() as db:
-            out_id = await _insert_outbound(db, key=session_key, address=address, text=text,
-                                            kind=kind, session_id=None, turn_id=None,
-                                            reply_to=reply_to_message_id, now=now)
-            cur = await db.execute("SELECT * FROM messages WHERE id = ?", (out_id,))
-            return message_from_row(await cur.fetchone())
+
+        def tx(db: sqlite3.Connection) -> StoredMessage:
+            out_id = _insert_outbound(db, key=session_key, address=address, text=text,
+                                      kind=kind, session_id=None, turn_id=None,
+                                      reply_to=reply_to_message_id, now=now)
+            return message_from_row(
+                db.execute("SELECT * FROM messages WHERE id = ?", (out_id,)).fetchone())
+
+        return await self.atomically(tx)
 
     async def undelivered(self, session_key: str) -> list[StoredMessage]:
         """Replies of a session stored but not yet delivered, oldest first."""
-        async with self.reading() as db:
-            cur = await db.execute(
+        def read(db: sqlite3.Connection) -> list[StoredMessage]:
+            return [message_from_row(r) for r in db.execute(
                 "SELECT * FROM messages WHERE session_key = ? AND direction = 'out'"
-                " AND status = 'pending' ORDER BY id", (session_key,))
-            rows = await cur.fetchall()
-        return [message_from_row(r) for r in rows]
+                " AND status = 'pending' ORDER BY id", (session_key,))]
+
+        return await self.read_with(read)
 
     async def mark_delivered(self, message_id: int, platform_ids: Iterable[str]) -> None:
         """The channel sent the reply; remember the platform ids of its chunks."""
         now = time.time()
-        async with self.transaction() as db:
-            await db.execute(
-                "UPDATE messages SET status = 'sent', delivered = 1, delivered_at = ?,"
-                " reply_platform_ids = ?, updated_at = ? WHERE id = ?",
-                (now, ",".join(platform_ids), now, message_id))
+        ids = ",".join(platform_ids)
+        await self.atomically(lambda db: db.execute(
+            "UPDATE messages SET status = 'sent', delivered = 1, delivered_at = ?,"
+            " reply_platform_ids = ?, updated_at = ? WHERE id = ?",
+            (now, ids, now, message_id)))
 
     async def mark_send_failed(
         self, message_id: int, reason: str, sent_ids: Iterable[str] = ()
     ) -> None:
         """The channel gave up on the reply (kept, with the reason, not retried)."""
         now = time.time()
-        async with self.transaction() as db:
-            await db.execute(
-                "UPDATE messages SET status = 'failed', reason = ?, reply_platform_ids = ?,"
-                " updated_at = ? WHERE id = ?",
-                (reason[:500], ",".join(sent_ids), now, message_id))
+        ids = ",".join(sent_ids)
+        await self.atomically(lambda db: db.execute(
+            "UPDATE messages SET status = 'failed', reason = ?, reply_platform_ids = ?,"
+            " updated_at = ? WHERE id = ?", (reason[:500], ids, now, message_id)))
 
     # -- recovery --------------------------------------------------------------------
 
@@ -322,28 +334,24 @@ class MessageQueries(Database):
 
         At most the newest ``max_turns`` (the prompt keeps fewer still).
         """
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT id FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
-                " 'answered' AND id > ? ORDER BY id DESC LIMIT ?",
-                (session_id, after_turn or 0, max_turns))
-            turn_ids = sorted(r["id"] for r in await cur.fetchall())
-            if not turn_ids:
-                return []
-            marks = ",".join("?" * len(turn_ids))
-            cur = await db.execute(
-                f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id",
-                turn_ids)
-            rows = [message_from_row(r) for r in await cur.fetchall()]
-        users: dict[int, list[StoredMessage]] = {t: [] for t in turn_ids}
-        replies: dict[int, str] = {}
-        for msg in rows:
-            assert msg.turn_id is not None
-            if msg.direction == "in":
-                users[msg.turn_id].append(msg)
-            else:
-                replies[msg.turn_id] = msg.text
-        return [HistoryTurn(t, tuple(users[t]), replies.get(t, "")) for t in turn_ids]
+        turn_ids, rows = await self.read_with(
+            lambda db: _history_rows(db, session_id, after_turn, max_turns))
+        return _history(turn_ids, rows)
+
+    async def session_with_history(
+        self, session_id: int, *, max_turns: int = 200
+    ) -> tuple[SessionRecord, list[HistoryTurn]]:
+        """A session and its history after its summary, in one read."""
+        def read(db: sqlite3.Connection):
+            row = db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no session {session_id}")
+            session = session_from_row(row)
+            return session, _history_rows(db, session_id, session.summary_through_turn,
+                                          max_turns)
+
+        session, (turn_ids, rows) = await self.read_with(read)
+        return session, _history(turn_ids, rows)
 
     async def turn(self, turn_id: int) -> TurnRecord | None:
         async with self.reading() as db:
@@ -364,8 +372,8 @@ class MessageQueries(Database):
 # ------------------------------------------------------------------------------ helpers
 
 
-async def _insert_outbound(
-    db: aiosqlite.Connection,
+def _insert_outbound(
+    db: sqlite3.Connection,
     *,
     key: str,
     address: ChatAddress,
@@ -378,7 +386,7 @@ async def _insert_outbound(
     model_ref: str | None = None,
     usage: Usage | None = None,
 ) -> int:
-    cur = await db.execute(
+    cur = db.execute(
         "INSERT INTO messages (direction, role, kind, session_key, session_id, turn_id,"
         " channel, account, chat_id, chat_kind, thread_id, text, status, model_ref,"
         " input_tokens, output_tokens, reply_to_message_id, created_at, updated_at)"
@@ -391,20 +399,17 @@ async def _insert_outbound(
     return cur.lastrowid
 
 
-async def _active_session_id(db: aiosqlite.Connection, msg: StoredMessage, now: float) -> int:
-    cur = await db.execute(
-        "SELECT id FROM sessions WHERE session_key = ? AND ended_at IS NULL",
-        (msg.session_key,))
-    row = await cur.fetchone()
+def _active_session_id(db: sqlite3.Connection, msg: StoredMessage, now: float) -> int:
+    row = db.execute("SELECT id FROM sessions WHERE session_key = ? AND ended_at IS NULL",
+                     (msg.session_key,)).fetchone()
     if row is not None:
         return row["id"]
     a = msg.address
-    cur = await db.execute(
+    return db.execute(
         "INSERT INTO sessions (session_key, channel, account, chat_id, chat_kind, thread_id,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (msg.session_key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
-         now))
-    return cur.lastrowid
+         now)).lastrowid
 
 
 def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
@@ -416,7 +421,27 @@ def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...
     return f"AND channel IN ({','.join('?' * len(names))})", names
 
 
-def _replace_msg(msg: StoredMessage, **changes) -> StoredMessage:
-    from dataclasses import replace
+def _history_rows(db: sqlite3.Connection, session_id: int, after_turn: int | None,
+                  max_turns: int) -> tuple[list[int], list[StoredMessage]]:
+    turn_ids = sorted(r[0] for r in db.execute(
+        "SELECT id FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
+        " 'answered' AND id > ? ORDER BY id DESC LIMIT ?",
+        (session_id, after_turn or 0, max_turns)))
+    if not turn_ids:
+        return [], []
+    marks = ",".join("?" * len(turn_ids))
+    rows = [message_from_row(r) for r in db.execute(
+        f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id", turn_ids)]
+    return turn_ids, rows
 
-    return replace(msg, **changes)
+
+def _history(turn_ids: list[int], rows: list[StoredMessage]) -> list[HistoryTurn]:
+    users: dict[int, list[StoredMessage]] = {t: [] for t in turn_ids}
+    replies: dict[int, str] = {}
+    for msg in rows:
+        assert msg.turn_id is not None
+        if msg.direction == "in":
+            users[msg.turn_id].append(msg)
+        else:
+            replies[msg.turn_id] = msg.text
+    return [HistoryTurn(t, tuple(users[t]), replies.get(t, "")) for t in turn_ids]

@@ -224,3 +224,10 @@ def turn_from_row(row: sqlite3.Row) -> TurnRecord:
         prompt_tokens_estimate=row["prompt_tokens_estimate"],
         context_window=row["context_window"], reason=row["reason"],
     )
+
+
+def session_from_row(row: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(id=row["id"], session_key=row["session_key"],
+                         created_at=row["created_at"], ended_at=row["ended_at"],
+                         summary=row["summary"],
+                         summary_through_turn=row["summary_through_turn"])

@@ -5,14 +5,9 @@ from __future__ import annotations
 import time
 
 from bridge.store.db import Database
-from bridge.store.records import SessionRecord
+from bridge.store.records import SessionRecord, session_from_row
 
-
-def _session(row) -> SessionRecord:
-    return SessionRecord(id=row["id"], session_key=row["session_key"],
-                         created_at=row["created_at"], ended_at=row["ended_at"],
-                         summary=row["summary"],
-                         summary_through_turn=row["summary_through_turn"])
+_session = session_from_row
 
 
 class SessionQueries(Database):
@@ -26,9 +21,8 @@ class SessionQueries(Database):
         return _session(row) if row else None
 
     async def session(self, session_id: int) -> SessionRecord | None:
-        async with self.reading() as db:
-            cur = await db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,))
-            row = await cur.fetchone()
+        row = await self.read_with(lambda db: db.execute(
+            "SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone())
         return _session(row) if row else None
 
     async def end_session(self, session_key: str) -> bool:

@@ -8,17 +8,26 @@ from bridge.store.db import Database
 
 
 class SettingsQueries(Database):
+    # Read every turn, written by commands of this process only: cached in memory.
+    _settings_cache: dict[tuple[str, str], str | None]
+
     async def chat_setting(self, session_key: str, name: str) -> str | None:
         """A chat's stored setting, e.g. ``chat_setting(key, "model")``."""
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT value FROM chat_settings WHERE session_key = ? AND name = ?",
-                (session_key, name))
-            row = await cur.fetchone()
-        return row["value"] if row else None
+        cache = self.__dict__.setdefault("_settings_cache", {})
+        if (session_key, name) in cache:
+            return cache[(session_key, name)]
+        row = await self.read_with(lambda db: db.execute(
+            "SELECT value FROM chat_settings WHERE session_key = ? AND name = ?",
+            (session_key, name)).fetchone())
+        value = row["value"] if row else None
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[(session_key, name)] = value
+        return value
 
     async def set_chat_setting(self, session_key: str, name: str, value: str | None) -> None:
         """Store (``None``: clear) a chat's setting."""
+        self.__dict__.setdefault("_settings_cache", {}).pop((session_key, name), None)
         async with self.transaction() as db:
             if value is None:
                 await db.execute(

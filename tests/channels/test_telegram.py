@@ -404,7 +404,8 @@ async def test_messages_from_bots_ignored(started, fake):
 # --------------------------------------------------------------------------- groups
 
 
-async def test_group_mentions(started, fake):
+async def test_group_mentions(started, fake, caplog):
+    caplog.set_level(logging.INFO, logger="channels.telegram")
     _, sink = started
     group = -100123
     fake.push_text(group, 1001, "hello everyone")
@@ -433,6 +434,9 @@ async def test_group_mentions(started, fake):
     ]
     assert all(i.address.chat_kind is ChatKind.GROUP for i in inbounds)
     assert inbounds[0].session_key.scope == "group:-100123"
+    # Operators find a group's id in the log (once per group).
+    seen = [r for r in caplog.records if "message in group" in r.getMessage()]
+    assert len(seen) == 1 and "-100123" in seen[0].getMessage()
 
 
 async def test_reply_to_bot_is_a_mention_and_quoted(started, fake):
