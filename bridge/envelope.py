@@ -166,3 +166,12 @@ class InboundSink(Protocol):
     async def accept(self, inbound: Inbound) -> AcceptStatus:
         """Persist ``inbound`` (idempotent on channel+account+message id), then return."""
         ...
+
+    async def admits(self, inbound: Inbound) -> bool:
+        """Would ``accept`` answer this message?  No side effects.
+
+        Channels ask this before downloading media, so a stranger's file or an
+        unmentioned group photo is never fetched.  ``inbound`` carries the media
+        references without bytes (``media_id`` None).
+        """
+        ...

@@ -7,11 +7,14 @@ The adapter only translates.  An incoming ``Message`` becomes an
 Telegram HTML and chunked by :mod:`bridge.formatting`).  Access policy, ordering across
 sessions and storage are the core's.
 
-Lifecycle: we own the event loop, so PTB runs with its manual API -- ``initialize`` (the
-``getMe`` that checks the token), ``start``, then either ``updater.start_polling`` or our
-own small aiohttp webhook server feeding ``application.update_queue``; ``stop`` undoes it
-in reverse.  A token Telegram rejects stops the channel for good (health says why); a
-network failure at start is retried in the background.
+Lifecycle: we own the event loop, so PTB's ``Application`` runs without its ``Updater``:
+``initialize`` (the ``getMe`` that checks the token), then either our own ``getUpdates``
+loop or our own small aiohttp webhook server; ``stop`` undoes it in reverse.  Both hand
+one update at a time to the sink and confirm it to Telegram (the next ``getUpdates``
+offset, or the webhook's 200) only after ``sink.accept`` returned -- i.e. after the core
+stored it -- so a crash at any moment loses no update; the store drops the redelivered
+duplicates.  A token Telegram rejects (at start or later while polling) stops the channel
+for good (health says why); network failures are retried with a jittered, capped backoff.
 
 Message ids: Telegram numbers messages per chat, so the envelope's ``message_id`` is
 ``"<chat_id>:<message_id>"`` (unique per bot); :meth:`TelegramChannel.send` returns ids in
@@ -23,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import hmac
 import html
 import json
 import logging
 import os
+import random
 import re
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ from typing import Any
 
 from aiohttp import web
 from telegram import (
+    Bot,
     BotCommand,
     Message,
     MessageEntity,
@@ -47,6 +52,7 @@ from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import (
     BadRequest,
     ChatMigrated,
+    Conflict,
     Forbidden,
     InvalidToken,
     NetworkError,
@@ -54,7 +60,7 @@ from telegram.error import (
     TelegramError,
     TimedOut,
 )
-from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
 from bridge.config.schema import TelegramConfig
@@ -90,6 +96,14 @@ COMMANDS = (
 # Loggers that may print Bot API URLs (the token is part of every URL).
 _GUARDED_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
 _ALLOWED_UPDATES = ["message"]
+_FIX_TOKEN = "Check channels.telegram.botToken / tokenFile / $TELEGRAM_BOT_TOKEN"
+_REJECTED = (
+    f"Telegram rejected the bot token (401 Unauthorized); the channel is stopped. {_FIX_TOKEN}"
+)
+_REJECTED_WHILE_POLLING = (
+    "Telegram rejected the bot token while polling (401 Unauthorized: revoked or replaced in "
+    f"BotFather?); polling stopped until a restart. {_FIX_TOKEN}"
+)
 
 
 class TokenError(Exception):
@@ -142,6 +156,10 @@ def _html_to_plain(chunk: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", chunk))
 
 
+class _DeliveryAborted(Exception):
+    """The channel is stopping while an update was still being handed over."""
+
+
 class TelegramChannel:
     """The Telegram adapter (one bot account)."""
 
@@ -150,7 +168,13 @@ class TelegramChannel:
 
     # Seconds; class attributes so tests can shorten them.
     typing_interval = 4.0
-    poll_timeout = 30
+    poll_timeout = 30  # getUpdates long-poll
+    poll_limit = 100  # updates per getUpdates
+    poll_backoff_base = 1.0  # first delay after a failed getUpdates, doubled per failure
+    poll_backoff_max = 30.0
+    poll_failures_before_disconnected = 3  # consecutive network failures -> health not ok
+    sink_retry_delays = (0.5, 2.0, 5.0)  # an update the core could not store: retry, then skip
+    stop_timeout = 10.0  # how long stop() lets the update being handed over finish
     max_send_attempts = 4
     max_retry_after = 120.0
     connect_retry_delays = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -169,8 +193,15 @@ class TelegramChannel:
         self._state = "not started"  # not started | connecting | running | failed | stopped
         self._detail = "not started"
         self._webhook_runner: web.AppRunner | None = None
+        self._webhook_lock = asyncio.Lock()
         self.webhook_port: int | None = None  # the bound port (webhook mode)
         self._connect_task: asyncio.Task | None = None
+        self._poll_task: asyncio.Task | None = None
+        self._poll_idle = False  # the poll loop waits on getUpdates or a backoff
+        self._poll_problem: str | None = None  # set while polling does not work
+        self._next_offset: int | None = None  # update_id + 1 of the last update handed over
+        self._confirmed_offset: int | None = None  # the offset Telegram last saw
+        self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self._token: str | None = None
         self._log_filter = RedactingFilter()
@@ -187,6 +218,7 @@ class TelegramChannel:
         if self._state in ("running", "connecting"):
             return
         self._sink = sink
+        self._stopping = False
         self._guard_logs()
         try:
             self._token = await asyncio.to_thread(resolve_token, self.config)
@@ -198,10 +230,7 @@ class TelegramChannel:
         try:
             await self._connect()
         except InvalidToken:
-            self._fail(
-                "Telegram rejected the bot token (401 Unauthorized); the channel is stopped. "
-                "Check channels.telegram.botToken / tokenFile / $TELEGRAM_BOT_TOKEN"
-            )
+            self._fail(_REJECTED)
         except (NetworkError, TelegramError, OSError) as exc:
             self._detail = f"connecting: {type(exc).__name__}: {exc}"
             log.warning("telegram: cannot connect yet (%s); retrying in the background",
@@ -219,9 +248,7 @@ class TelegramChannel:
                 await self._connect()
                 return
             except InvalidToken:
-                self._fail("Telegram rejected the bot token (401 Unauthorized); the channel is "
-                           "stopped. Check channels.telegram.botToken / tokenFile / "
-                           "$TELEGRAM_BOT_TOKEN")
+                self._fail(_REJECTED)
                 return
             except (TelegramError, OSError) as exc:
                 self._detail = f"connecting: {type(exc).__name__}: {exc}"
@@ -231,24 +258,23 @@ class TelegramChannel:
         root = self.config.apiRoot.rstrip("/")
         request = HTTPXRequest(connection_pool_size=16, read_timeout=20.0, connect_timeout=10.0,
                                media_write_timeout=60.0)
+        # getUpdates gets its own pool; PTB adds the long-poll timeout to read_timeout.
         updates_request = HTTPXRequest(connection_pool_size=2, read_timeout=10.0,
                                        connect_timeout=10.0)
         self._requests = (request, updates_request)
-        builder = (
+        # No PTB Updater: it confirms a getUpdates offset as soon as updates are fetched,
+        # before they are stored, so a crash in between would lose them for good.  The
+        # channel polls itself (see _poll_loop) and uses the Application for its Bot.
+        return (
             ApplicationBuilder()
             .token(token)
             .base_url(f"{root}/bot")
             .base_file_url(f"{root}/file/bot")
             .request(request)
             .get_updates_request(updates_request)
-            .concurrent_updates(False)  # one update at a time: per-chat order preserved
+            .updater(None)
+            .build()
         )
-        if self.config.mode == "webhook":
-            builder = builder.updater(None)
-        app = builder.build()
-        app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
-        app.add_error_handler(self._on_error)
-        return app
 
     async def _connect(self) -> None:
         assert self._token is not None
@@ -266,33 +292,37 @@ class TelegramChannel:
                 await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
             except (BadRequest, Forbidden, NetworkError) as exc:
                 log.warning("telegram: setMyCommands failed: %s", exc)
-            await app.start()
             if self.config.mode == "webhook":
                 await self._start_webhook(app)
                 how = "webhook"
             else:
-                assert app.updater is not None
-                await app.updater.start_polling(
-                    timeout=self.poll_timeout,
-                    allowed_updates=_ALLOWED_UPDATES,
-                    drop_pending_updates=False,
-                    error_callback=self._on_poll_error,
-                )
+                # A webhook left from an earlier setup makes getUpdates answer 409.
+                await app.bot.delete_webhook(drop_pending_updates=False)
                 how = "polling"
         except BaseException:
             await self._teardown()
             raise
         self._state = "running"
         self._detail = f"{how} as @{self._bot_username}"
+        self._poll_problem = None
+        if how == "polling":
+            self._poll_task = asyncio.create_task(self._poll_loop(app.bot),
+                                                  name="telegram-poll")
         log.info("telegram: connected as @%s (%s)", self._bot_username, how)
 
     async def stop(self) -> None:
-        """Stop receiving (already fetched updates are still handed over), close; idempotent."""
+        """Stop receiving (the update being handed over is finished), close; idempotent.
+
+        The offset of every update the core has stored is confirmed to Telegram; the rest
+        is fetched again on the next start.
+        """
+        self._stopping = True
         if self._connect_task is not None:
             self._connect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connect_task
             self._connect_task = None
+        await self._stop_polling()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -301,6 +331,44 @@ class TelegramChannel:
         if self._state != "failed":
             self._state, self._detail = "stopped", "stopped"
 
+    async def _stop_polling(self) -> None:
+        task, self._poll_task = self._poll_task, None
+        if task is None:
+            return
+        try:
+            if self._poll_idle:
+                task.cancel()  # waiting on getUpdates or a backoff: nothing to finish
+            # Otherwise the loop is handing an update to the core: let that finish
+            # (it returns right after, seeing _stopping), within stop_timeout.
+            await asyncio.wait({task}, timeout=self.stop_timeout)
+            if not task.done():
+                log.warning("telegram: the core did not take an update within %g s; "
+                            "it is fetched again on the next start", self.stop_timeout)
+                task.cancel()
+                await asyncio.wait({task})
+        finally:
+            if not task.done():  # stop() itself was cancelled
+                task.cancel()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("telegram: the polling loop failed: %s: %s", type(exc).__name__, exc)
+        await self._confirm_offset()
+
+    async def _confirm_offset(self) -> None:
+        """Tell Telegram which updates are stored (the next getUpdates would have)."""
+        app, offset = self._app, self._next_offset
+        if app is None or offset is None or offset == self._confirmed_offset:
+            return
+        if self._state != "running":
+            return
+        try:
+            await asyncio.wait_for(app.bot.get_updates(
+                offset=offset, timeout=0, limit=1, allowed_updates=_ALLOWED_UPDATES), 5.0)
+            self._confirmed_offset = offset
+        except (TelegramError, OSError, TimeoutError) as exc:
+            # Harmless: those updates are fetched again and the store drops the duplicates.
+            log.info("telegram: could not confirm the update offset: %s", exc)
+
     async def _teardown(self) -> None:
         if self._webhook_runner is not None:
             await self._webhook_runner.cleanup()
@@ -308,8 +376,6 @@ class TelegramChannel:
         app, self._app = self._app, None
         if app is not None:
             try:
-                if app.updater is not None and app.updater.running:
-                    await app.updater.stop()
                 if app.running:
                     await app.stop()
                 await app.shutdown()
@@ -329,6 +395,8 @@ class TelegramChannel:
 
     def health(self) -> ChannelHealth:
         """Connected while polling/serving the webhook; the detail says why not otherwise."""
+        if self._state == "running" and self._poll_problem:
+            return ChannelHealth(False, f"{self._detail}: {self._poll_problem}")
         return ChannelHealth(self._state == "running", self._detail)
 
     def _guard_logs(self) -> None:
@@ -344,6 +412,112 @@ class TelegramChannel:
             logger = logging.getLogger(name)
             if not any(isinstance(f, RedactingFilter) for f in logger.filters):
                 logger.addFilter(self._log_filter)
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll_loop(self, bot: Bot) -> None:
+        """Fetch updates and hand them over in order; confirm only what the core stored.
+
+        Telegram drops an update once a getUpdates call passes an ``offset`` above its
+        ``update_id``.  ``_next_offset`` moves past an update only after ``sink.accept``
+        returned (the core has stored it durably) or the update was deliberately skipped,
+        so after a crash at any point the unconfirmed updates are fetched again and the
+        store's idempotency drops the ones it already has.
+        """
+        failures = 0
+        while not self._stopping and self._state == "running":
+            self._poll_idle = True
+            try:
+                updates = await bot.get_updates(
+                    offset=self._next_offset, timeout=self.poll_timeout,
+                    limit=self.poll_limit, allowed_updates=_ALLOWED_UPDATES)
+            except (InvalidToken, Forbidden):
+                self._poll_idle = False
+                self._fail(_REJECTED_WHILE_POLLING)
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure backs off, none ends the loop
+                failures += 1
+                await self._poll_backoff(exc, failures)
+                self._poll_idle = False
+                continue
+            self._poll_idle = False
+            self._confirmed_offset = self._next_offset
+            if failures or self._poll_problem:
+                log.info("telegram: polling works again")
+                failures, self._poll_problem = 0, None
+                self._detail = f"polling as @{self._bot_username}"
+            for update in updates:
+                try:
+                    await self._handle_update(update)
+                except _DeliveryAborted:
+                    return  # stopping: not confirmed, fetched again next time
+                self._next_offset = update.update_id + 1
+                if self._stopping:
+                    return
+
+    async def _poll_backoff(self, exc: Exception, failures: int) -> None:
+        """Log a failed getUpdates, update health, sleep before the next try."""
+        base = min(self.poll_backoff_max, self.poll_backoff_base * 2 ** (failures - 1))
+        delay = random.uniform(base / 2, base)  # jitter: restarted bots do not poll in step
+        if isinstance(exc, RetryAfter):
+            delay = min(_retry_after_seconds(exc), self.max_retry_after)
+            log.warning("telegram: getUpdates rate limited; retrying in %.1f s", delay)
+        elif isinstance(exc, Conflict):
+            self._poll_problem = ("another process is polling with this bot token "
+                                  "(409 Conflict); only one instance may run")
+            log.warning("telegram: %s; retrying in %.1f s", self._poll_problem, delay)
+        elif isinstance(exc, NetworkError):  # includes TimedOut
+            if failures >= self.poll_failures_before_disconnected:
+                self._poll_problem = f"cannot reach Telegram ({type(exc).__name__}: {exc})"
+            self._detail = f"polling as @{self._bot_username} (last error: {exc})"
+            log.warning("telegram: getUpdates failed (%s: %s); retrying in %.1f s",
+                        type(exc).__name__, exc, delay)
+        else:
+            # Not expected (a Bot API change, a bad answer): keep trying, loudly.
+            self._poll_problem = f"getUpdates failed: {type(exc).__name__}: {exc}"
+            log.error("telegram: getUpdates failed (%s: %s); retrying in %.1f s",
+                      type(exc).__name__, exc, delay, exc_info=exc)
+        await asyncio.sleep(delay)
+
+    async def _handle_update(self, update: Update) -> None:
+        """Translate one update and give it to the sink; returns once stored or skipped.
+
+        A failure (translation or the sink) is retried after each of
+        ``sink_retry_delays``; then the update is skipped with an ERROR log.  Retrying for
+        ever would let one update the core can never take (a bug, a poisoned message)
+        hold back every later message of every chat; the bounded retries cover the
+        transient cases (a locked database).  Raises :class:`_DeliveryAborted` instead of
+        retrying while the channel stops, so the update is not confirmed.
+        """
+        msg = update.message
+        sink = self._sink
+        if msg is None or sink is None:
+            return  # edits, channel posts, ...: confirmed and forgotten
+        inbound: Inbound | None = None
+        for attempt in range(len(self.sink_retry_delays) + 1):
+            try:
+                if inbound is None:
+                    inbound = await self.translate(msg)
+                    if inbound is None:
+                        return
+                status = await sink.accept(inbound)
+            except Exception as exc:
+                where = "translate" if inbound is None else "store"
+                if attempt == len(self.sink_retry_delays):
+                    log.error("telegram: could not %s update %s after %d attempts; skipped "
+                              "(%s: %s)", where, update.update_id, attempt + 1,
+                              type(exc).__name__, exc, exc_info=exc)
+                    return
+                if self._stopping:
+                    raise _DeliveryAborted from exc
+                delay = self.sink_retry_delays[attempt]
+                log.warning("telegram: could not %s update %s (%s: %s); retrying in %g s",
+                            where, update.update_id, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            log.debug("telegram: inbound %s from %s: %s", inbound.message_id,
+                      inbound.sender_id, status)
+            return
 
     # ------------------------------------------------------------------ webhook
 
@@ -364,7 +538,14 @@ class TelegramChannel:
                 return web.Response(status=400, text="bad update")
             if update is None:
                 return web.Response(status=400, text="bad update")
-            await app.update_queue.put(update)
+            # Answered only once the core has stored the update: Telegram re-sends
+            # anything not answered 2xx, so a crash here loses nothing.  One at a time,
+            # in arrival order (setWebhook asks for a single connection).
+            async with self._webhook_lock:
+                try:
+                    await self._handle_update(update)
+                except _DeliveryAborted:
+                    return web.Response(status=503, text="stopping")
             return web.Response(text="ok")
 
         server = web.Application(client_max_size=2 * 1024 * 1024)
@@ -381,29 +562,10 @@ class TelegramChannel:
             secret_token=secret,
             allowed_updates=_ALLOWED_UPDATES,
             drop_pending_updates=False,
+            max_connections=1,  # Telegram then sends updates one by one, in order
         )
 
     # ------------------------------------------------------------------ inbound
-
-    def _on_poll_error(self, exc: TelegramError) -> None:
-        self._detail = f"polling as @{self._bot_username} (last error: {exc})"
-        log.warning("telegram: polling error: %s", exc)
-
-    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        exc = context.error
-        log.error("telegram: error while handling an update: %s: %s",
-                  type(exc).__name__, exc, exc_info=exc)
-
-    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        msg = update.message
-        if msg is None or self._sink is None:
-            return
-        inbound = await self.translate(msg)
-        if inbound is None:
-            return
-        status = await self._sink.accept(inbound)
-        log.debug("telegram: inbound %s from %s: %s", inbound.message_id, inbound.sender_id,
-                  status)
 
     async def translate(self, msg: Message) -> Inbound | None:
         """A Telegram message -> an Inbound, or None when it is not for us.
@@ -703,23 +865,20 @@ class TelegramChannel:
             await asyncio.sleep(self.typing_interval)
 
 
-def _seconds(media: Any) -> float | None:
-    """A media object's duration in seconds (read without PTB's int/timedelta warning)."""
-    value = getattr(media, "_duration", None)
-    if value is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = getattr(media, "duration", None)
+def _period_seconds(value: int | float | dt.timedelta | None) -> float | None:
+    """A PTB time period in seconds: an int/float today, a timedelta with PTB_TIMEDELTA=1."""
     if value is None:
         return None
-    total = getattr(value, "total_seconds", None)
-    return float(total() if callable(total) else value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _seconds(media: Any) -> float | None:
+    """A media object's ``duration`` in seconds."""
+    return _period_seconds(getattr(media, "duration", None))
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float:
-    value = getattr(exc, "_retry_after", None)
-    total = getattr(value, "total_seconds", None)
-    if callable(total):
-        return float(total())
-    return float(value or 1)
-
+    """How long a :class:`RetryAfter` asks us to wait, in seconds."""
+    return _period_seconds(exc.retry_after) or 1.0

@@ -90,7 +90,11 @@ class AnthropicClient(ClientBase):
                     raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
                 kind = data.get("type") or ev.event
                 if kind == "ping":
-                    continue
+                    continue  # a keepalive: deadlines stay
+                if kind == "content_block_delta" and _delta_has_content(data.get("delta")):
+                    reply.content()  # text, thinking or tool input: the model is working
+                elif kind != "message_start":
+                    reply.progress()
                 if kind == "error":
                     code, message = error_fields(data)
                     raise classify_payload(code, message, secrets=self._secrets())
@@ -140,6 +144,12 @@ class AnthropicClient(ClientBase):
             filt.feed(text) + filt.finish(), data.get("stop_reason"),
             Usage(int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)),
         )
+
+
+def _delta_has_content(delta: Any) -> bool:
+    if not isinstance(delta, dict):
+        return False
+    return bool(delta.get("text") or delta.get("thinking") or delta.get("partial_json"))
 
 
 def _completion(text: str, stop_reason: str | None, usage: Usage) -> Completion:

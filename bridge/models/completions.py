@@ -87,6 +87,13 @@ class CompletionsClient(ClientBase):
                     raise classify_payload(code, message, secrets=self._secrets())
                 if data.get("usage"):
                     usage = _usage(data["usage"])
+                if _has_content(data):
+                    reply.content()
+                elif data.get("usage") or any(
+                        isinstance(c, dict) and c.get("finish_reason")
+                        for c in data.get("choices") or ()):
+                    reply.progress()
+                # else a role-only or empty delta: a keepalive, deadlines stay
                 for choice in data.get("choices") or ():
                     if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                         continue
@@ -128,6 +135,19 @@ class CompletionsClient(ClientBase):
         filt = ReasoningFilter()
         text = filt.feed(content or "") + filt.finish()
         return _completion(text, choices[0].get("finish_reason"), _usage(data.get("usage")))
+
+
+_CONTENT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning", "tool_calls",
+                   "function_call")
+
+
+def _has_content(chunk: dict[str, Any]) -> bool:
+    """True when a stream chunk carries generated output (reasoning included)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict) and any(delta.get(f) for f in _CONTENT_FIELDS):
+            return True
+    return False
 
 
 def _usage(raw: Any) -> Usage:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import os
 import re
 import time
@@ -26,14 +27,24 @@ _MAX_MESSAGE = 300
 MAX_RETRY_AFTER_S = 3600.0
 
 _CONTEXT_RE = re.compile(
-    r"context_length_exceeded|maximum context length|prompt is too long|context window"
+    r"context_length_exceeded|maximum context length|prompt is too long"
     r"|exceed_context_size|exceeds the available context size|context length exceeded"
+    r"|exceeds? (the )?(model'?s? )?(maximum )?context (length|window|size)"
+    r"|context window (exceeded|is too small)|larger than the context window"
     r"|too many tokens in (the )?prompt|input is too long|reduce the length of the messages",
     re.IGNORECASE,
 )
+# A local server that is up but has no (or not this) model in memory: LM Studio answers
+# 400 "No models loaded. Please load a model …", "Model is unloaded", 'model "x" is not
+# loaded'; llama.cpp 503 "Loading model"; Ollama/vLLM "model is loading".  Overloaded, so
+# the router falls through to the next candidate.
 _LOADING_RE = re.compile(
-    r"model (is )?(not loaded|loading|still loading|currently loading|being loaded)"
-    r"|loading model|model not yet loaded|no model loaded|unavailable_error",
+    r"\bmodel (is )?(not loaded|unloaded|loading|still loading|currently loading"
+    r"|being loaded)"
+    r"|\bmodel\b[^\n]{0,80}?\b(is|was|has been) (not |un)loaded"
+    r"|\bmodel\b[^\n]{0,80}?\bis (still |currently )?loading"
+    r"|\bloading (the )?model|model not yet loaded|\bno models? (is |are )?(currently )?loaded"
+    r"|unavailable_error",
     re.IGNORECASE,
 )
 _SECRET_RE = re.compile(
@@ -85,17 +96,22 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return min(max(float(ms) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
+            seconds = float(ms) / 1000.0
         except ValueError:
             pass
+        else:
+            if not math.isnan(seconds):
+                return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
     value = headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
     try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -144,7 +160,7 @@ def classify_payload(
         cls = _class_for_status(status)
         by_code = _CODE_CLASSES.get((code or "").lower())
         if cls is ErrorClass.BAD_REQUEST and by_code not in (None, ErrorClass.SERVER_ERROR):
-            cls = by_code  # e.g. a 400 carrying rate_limit_exceeded from a proxy  # e.g. 400 rate_limit_exceeded from a proxy
+            cls = by_code  # e.g. a 400 carrying rate_limit_exceeded from a proxy
     elif code is not None:
         cls = _CODE_CLASSES.get(code.lower())
     if cls is None:
@@ -163,8 +179,10 @@ def _class_for_status(status: int) -> ErrorClass:
         return ErrorClass.OVERLOADED
     if status >= 500:
         return ErrorClass.SERVER_ERROR
-    if status in (401, 403):
+    if status in (401, 402, 403):  # 402: out of credits (OpenRouter) needs the operator
         return ErrorClass.AUTH
+    if status == 408:  # a proxy gave up waiting for the model
+        return ErrorClass.TIMEOUT
     if status in (404, 405):  # 405: the server has no such endpoint
         return ErrorClass.NOT_FOUND
     if status == 413:
@@ -198,6 +216,10 @@ def classify_exception(exc: BaseException, *, phase: str = "request") -> ModelEr
         return ModelError(ErrorClass.TIMEOUT, "connect timeout")
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return ModelError(ErrorClass.TIMEOUT, f"timeout during {phase}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        # A broken baseUrl is this provider's problem, not the request's: fall through.
+        return ModelError(ErrorClass.UNREACHABLE,
+                          "invalid baseUrl (expected http(s)://host[:port]/path)")
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return ModelError(ErrorClass.UNREACHABLE, f"DNS lookup failed for {_host(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -211,8 +233,6 @@ def classify_exception(exc: BaseException, *, phase: str = "request") -> ModelEr
     if isinstance(exc, (aiohttp.ClientOSError, ConnectionError, OSError)):
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         return ModelError(ErrorClass.UNREACHABLE, f"connection error during {phase}: {reason}")
-    if isinstance(exc, aiohttp.InvalidURL):
-        return ModelError(ErrorClass.BAD_REQUEST, "invalid baseUrl")
     if isinstance(exc, aiohttp.ClientResponseError):
         return ModelError(ErrorClass.BAD_RESPONSE, f"malformed HTTP response ({exc.status})")
     if isinstance(exc, aiohttp.ClientError):

@@ -3,10 +3,20 @@
 Timeouts come from :class:`~bridge.config.schema.Timeouts`:
 
 - ``connectSeconds``: TCP (and TLS) connect;
-- ``firstTokenSeconds``: from sending the request until the first body byte arrives
-  (a cold-loading local model hangs here);
-- ``idleSeconds``: the longest gap between two body chunks;
+- ``firstTokenSeconds``: from sending the request until the first *content* arrives (a
+  cold-loading local model hangs here).  Content is generated output: answer text, a
+  refusal, a tool call, and also reasoning (a thinking model that streams its reasoning is
+  working, not hung).  Bytes that only keep the connection open do not count: SSE
+  comments (``: OPENROUTER PROCESSING``), ``ping`` events, ``response.created`` /
+  ``response.in_progress``, Chat Completions deltas carrying only a role, whitespace
+  before a JSON body;
+- ``idleSeconds``: once content has started, the longest gap between two meaningful
+  events (content or structural events such as ``content_block_stop``); keepalives do not
+  reset it;
 - ``totalSeconds``: the whole call.
+
+The wire clients report what they saw through :meth:`HttpReply.content` and
+:meth:`HttpReply.progress`; every other event leaves the deadlines where they are.
 
 Every failure leaves this module as a :class:`~bridge.models.base.ModelError` classified by
 :mod:`bridge.models.errors`.
@@ -148,13 +158,21 @@ class _Deadlines:
         self.start = self._loop.time()
         self.total_deadline = self.start + timeouts.totalSeconds
 
+    def now(self) -> float:
+        return self._loop.time()
+
     async def wait(self, aw: Awaitable[T], limit: float, what: str) -> T:
-        now = self._loop.time()
-        left = self.total_deadline - now
-        if left <= 0:
-            raise ModelError(ErrorClass.TIMEOUT, f"total timeout ({self.t.totalSeconds:g}s)")
-        bound_by_total = left < limit
-        cm = asyncio.timeout(min(limit, left))
+        """Await ``aw`` for at most ``limit`` seconds from now."""
+        return await self.wait_until(aw, self.now() + limit, what, limit)
+
+    async def wait_until(self, aw: Awaitable[T], deadline: float, what: str,
+                         configured: float) -> T:
+        """Await ``aw`` until ``deadline`` (loop time) or the total deadline, if earlier.
+
+        ``configured`` is the limit as set (for the message).
+        """
+        bound_by_total = self.total_deadline <= deadline
+        cm = asyncio.timeout_at(min(deadline, self.total_deadline))
         try:
             async with cm:
                 return await aw
@@ -165,10 +183,11 @@ class _Deadlines:
                 raise ModelError(
                     ErrorClass.TIMEOUT, f"total timeout ({self.t.totalSeconds:g}s)"
                 ) from None
-            raise ModelError(ErrorClass.TIMEOUT, f"{what} timeout ({limit:g}s)") from None
+            raise ModelError(ErrorClass.TIMEOUT, f"{what} timeout ({configured:g}s)") from None
 
-    def first_token_left(self) -> float:
-        return self.start + self.t.firstTokenSeconds - self._loop.time()
+    @property
+    def first_token_deadline(self) -> float:
+        return self.start + self.t.firstTokenSeconds
 
 
 # --------------------------------------------------------------------------- POST
@@ -196,7 +215,11 @@ def api_key(model: ResolvedModel) -> str | None:
 
 
 class HttpReply:
-    """A 2xx answer: either a JSON body (``.json``) or a stream of SSE events."""
+    """A 2xx answer: either a JSON body (``.json``) or a stream of SSE events.
+
+    While reading, the first-token deadline holds until :meth:`content` is called; after
+    that the idle deadline runs from the last :meth:`content` or :meth:`progress`.
+    """
 
     def __init__(self, resp: aiohttp.ClientResponse, deadlines: _Deadlines,
                  first: bytes, is_json: bool) -> None:
@@ -206,16 +229,34 @@ class HttpReply:
         self.status = resp.status
         self.headers = resp.headers
         self.is_json = is_json
+        self._content_seen = False
+        self._last_progress = deadlines.now()
+
+    def content(self) -> None:
+        """The server produced content (text, refusal, tool call or reasoning)."""
+        self._content_seen = True
+        self._last_progress = self._deadlines.now()
+
+    def progress(self) -> None:
+        """A meaningful non-content event (resets the idle timer once content started)."""
+        if self._content_seen:
+            self._last_progress = self._deadlines.now()
+
+    def _read_deadline(self) -> tuple[float, str, float]:
+        t = self._deadlines.t
+        if not self._content_seen:
+            return self._deadlines.first_token_deadline, "first token", t.firstTokenSeconds
+        return (self._last_progress + t.idleSeconds, "idle (gap between events)",
+                t.idleSeconds)
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         if self._first:
             yield self._first
-        idle = self._deadlines.t.idleSeconds
         while True:
+            deadline, what, configured = self._read_deadline()
             try:
-                chunk = await self._deadlines.wait(
-                    self._resp.content.readany(), idle, "idle (gap between chunks)"
-                )
+                chunk = await self._deadlines.wait_until(
+                    self._resp.content.readany(), deadline, what, configured)
             except ModelError:
                 raise
             except Exception as exc:
@@ -225,13 +266,18 @@ class HttpReply:
             yield chunk
 
     async def json(self) -> Any:
-        """The whole body parsed as JSON (ModelError(BAD_RESPONSE) if malformed)."""
+        """The whole body parsed as JSON (ModelError(BAD_RESPONSE) if malformed).
+
+        Whitespace before the body (a keepalive some servers send) is not content.
+        """
         parts: list[bytes] = []
         size = 0
         async for chunk in self._chunks():
             size += len(chunk)
             if size > _MAX_JSON_BODY:
                 raise ModelError(ErrorClass.BAD_RESPONSE, "response body too large")
+            if chunk.strip():
+                self.content()
             parts.append(chunk)
         try:
             return json.loads(b"".join(parts))
@@ -239,7 +285,7 @@ class HttpReply:
             raise ModelError(ErrorClass.BAD_RESPONSE, "malformed JSON body") from None
 
     async def events(self) -> AsyncIterator[SSEEvent]:
-        """Every SSE event of the body, in order."""
+        """Every SSE event of the body, in order (comments never reach the caller)."""
         parser = SSEParser()
         async for chunk in self._chunks():
             for event in parser.feed(chunk):
@@ -281,8 +327,9 @@ async def post(
             raw = await _read_error_body(resp, deadlines)
             raise classify_http(resp.status, raw, resp.headers, secrets=secrets)
         try:
-            first = await deadlines.wait(
-                resp.content.readany(), max(deadlines.first_token_left(), 0.001), "first token"
+            first = await deadlines.wait_until(
+                resp.content.readany(), deadlines.first_token_deadline, "first token",
+                t.firstTokenSeconds,
             )
         except ModelError:
             raise

@@ -23,6 +23,9 @@ from bridge.models.http import ClientBase, api_key
 from bridge.models.reasoning import ReasoningFilter
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+# Events a server may send while the model has produced nothing yet (see http.py).
+_KEEPALIVE = frozenset({"response.created", "response.in_progress", "response.queued",
+                        "keepalive", "ping"})
 
 
 class ResponsesClient(ClientBase):
@@ -82,6 +85,12 @@ class ResponsesClient(ClientBase):
                 if not isinstance(data, dict):
                     raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
                 kind = data.get("type") or ev.event
+                if kind in _KEEPALIVE:
+                    continue  # says nothing about the model working: deadlines stay
+                if isinstance(kind, str) and kind.endswith(".delta") and data.get("delta"):
+                    reply.content()  # text, refusal, reasoning, tool-call arguments
+                else:
+                    reply.progress()
                 if kind in ("response.output_text.delta", "response.refusal.delta"):
                     delta = data.get("delta")
                     if isinstance(delta, str):

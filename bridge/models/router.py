@@ -7,7 +7,8 @@ Decisions come from :class:`~bridge.models.base.ErrorClass` alone:
 - every other class falls through to the next candidate, and the failed model is cooled
   down for 30 s, then 60 s, then 300 s while it keeps failing (at least as long as a
   ``Retry-After``).  While cooling it is skipped; when the cooldown ends one call probes
-  it, and a success resets it.  ``empty_response`` falls through without a cooldown: the
+  it (claimed before that call's first await, so concurrent turns skip it meanwhile), and
+  a success resets it.  ``empty_response`` falls through without a cooldown: the
   server answered, only this reply was empty.
 - if every candidate is cooling down, the one whose cooldown ends first is tried anyway
   rather than failing a turn without calling anything.
@@ -106,17 +107,26 @@ class ModelRouter:
             for ref in refs:
                 health = self._health.get(ref)
                 now = self._clock()
-                if ref != forced and health is not None and (
-                    health.until > now or health.probing
-                ):
-                    left = max(health.until - now, 0.0)
+                if health is not None and health.probing:
+                    attempts.append(Attempt(ref, health.last_error, 0.0, "being probed",
+                                            skipped=True))
+                    continue
+                if ref != forced and health is not None and health.until > now:
                     attempts.append(Attempt(
                         ref, health.last_error, 0.0,
-                        f"cooling down, {left:.0f}s left" if left else "being probed",
-                        skipped=True,
+                        f"cooling down, {health.until - now:.0f}s left", skipped=True,
                     ))
                     continue
-                reply_or_error = await self._attempt(config, ref, request)
+                # A model with failures on record is probed by this call alone: claim it
+                # now, before any await, so concurrent turns skip it meanwhile.
+                probe = health if health is not None and health.failures else None
+                if probe is not None:
+                    probe.probing = True
+                try:
+                    reply_or_error = await self._attempt(config, ref, request)
+                finally:
+                    if probe is not None:
+                        probe.probing = False
                 if isinstance(reply_or_error, Attempt):
                     attempts.append(reply_or_error)
                     if reply_or_error.error_class in _STOP:
@@ -138,15 +148,19 @@ class ModelRouter:
         raise AllModelsFailed(tuple(attempts))
 
     def _forced_candidate(self, refs: list[str]) -> str | None:
-        """When every candidate is cooling down: the one whose cooldown ends first."""
+        """When no candidate is free to call: the cooling one whose cooldown ends first.
+
+        A candidate being probed by another turn is never forced (one probe at a time).
+        """
         now = self._clock()
         cooling = []
         for index, ref in enumerate(refs):
             health = self._health.get(ref)
             if health is None or (health.until <= now and not health.probing):
                 return None
-            cooling.append((health.until, index, ref))
-        return min(cooling)[2]  # ties: candidate order
+            if not health.probing:
+                cooling.append((health.until, index, ref))
+        return min(cooling)[2] if cooling else None  # ties: candidate order
 
     async def _attempt(self, config: Config, ref: str, request: RequestSource):
         """One call; returns (Completion, ResolvedModel, duration) or a failed Attempt."""
@@ -161,9 +175,6 @@ class ModelRouter:
                 built = await built
         except ModelError as exc:  # the caller could not build a prompt for this model
             return Attempt(ref, exc.error_class, self._clock() - start, exc.message)
-        health = self._health.setdefault(ref, _Health())
-        if health.failures:
-            health.probing = True
         try:
             client = make_client(model, self._get_session())
             completion = await client.complete(built)
@@ -175,8 +186,6 @@ class ModelRouter:
             duration = self._clock() - start
             self._failed(ref, error)
             return Attempt(ref, error.error_class, duration, error.message)
-        finally:
-            health.probing = False
         self._health.pop(ref, None)
         return completion, model, self._clock() - start
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import socket
@@ -10,6 +11,8 @@ import time
 
 import pytest
 from pydantic import ValidationError
+from telegram.error import RetryAfter
+from telegram.warnings import PTBDeprecationWarning
 
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import (
@@ -23,11 +26,23 @@ from bridge.envelope import (
 from bridge.formatting import utf16_len
 from bridge.media import MediaStore
 from channels.base import Markup, SendError
-from channels.telegram import COMMANDS, TelegramChannel
+from channels.telegram import COMMANDS, TelegramChannel, _period_seconds, _retry_after_seconds
 from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"fake-image-bytes"
 BOT = "palaver_test_bot"
+
+# Any PTB deprecation our code triggers fails the test (PTB_TIMEDELTA is opted into below).
+pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _ptb_timedelta(monkeypatch):
+    """Opt into PTB's future behaviour: durations and retry_after are timedeltas.
+
+    Without it PTB itself warns while *building* a RetryAfter (before our code sees it).
+    """
+    monkeypatch.setenv("PTB_TIMEDELTA", "1")
 
 
 class RecordingSink:
@@ -74,6 +89,9 @@ async def make_channel(fake, tmp_path):
                                   data_dir=tmp_path)
         channel.poll_timeout = 1
         channel.typing_interval = 0.1
+        channel.sink_retry_delays = (0.01, 0.02)
+        channel.poll_backoff_base = 0.1
+        channel.poll_backoff_max = 0.4
         made.append(channel)
         return channel
 
@@ -481,22 +499,33 @@ async def test_forum_topic_inbound_and_answer_in_topic(started, fake):
     assert sent.message["reply_to_message"]["message_id"] == msg["message_id"]
 
 
-async def test_sink_errors_do_not_stop_polling(make_channel, fake, caplog):
+async def test_sink_errors_retried_then_skipped(make_channel, fake, caplog):
+    """A transient sink error is retried; one that never clears is skipped, loudly."""
+    attempts: dict[str, int] = {}
+
     class Flaky(RecordingSink):
         async def accept(self, inbound):
-            if inbound.text == "boom":
+            attempts[inbound.text] = attempts.get(inbound.text, 0) + 1
+            if inbound.text == "boom" or (inbound.text == "blip" and attempts["blip"] == 1):
                 raise RuntimeError("db down")
             return await super().accept(inbound)
 
+    caplog.set_level(logging.WARNING, logger="channels.telegram")
     channel = make_channel()
     sink = Flaky()
     await channel.start(sink)
-    fake.push_text(1001, 1001, "boom")
+    fake.push_text(1001, 1001, "blip")
+    boom = fake.push_text(1001, 1001, "boom")
     fake.push_text(1001, 1001, "after")
-    await sink.wait_for(1)
-    assert sink.inbounds[0].text == "after"
+    await sink.wait_for(2)
+    assert [i.text for i in sink.inbounds] == ["blip", "after"]
+    assert attempts == {"blip": 2, "boom": 3, "after": 1}  # 1 + len(sink_retry_delays)
+    skipped = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(skipped) == 1 and "skipped" in skipped[0].getMessage()
     assert channel.health().connected
     await channel.stop()
+    assert fake.pending_updates == []  # the skipped update is not fetched for ever
+    assert boom["message_id"] not in [int(i.message_id.split(":")[1]) for i in sink.inbounds]
 
 
 # --------------------------------------------------------------------------- outbound
@@ -689,3 +718,206 @@ async def test_webhook_ignores_edits_and_bad_bodies(webhook_channel, fake):
     await asyncio.sleep(0.1)
     assert [i.text for i in sink.inbounds] == ["real"]
     assert channel.health().connected
+
+
+# --------------------------------------------------------------------------- polling: offsets
+
+
+class GatedSink(RecordingSink):
+    """Records what it is given; ``accept`` returns only once ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered: list[str] = []
+
+    async def accept(self, inbound: Inbound) -> AcceptStatus:
+        self.entered.append(inbound.text)
+        await self.gate.wait()
+        return await super().accept(inbound)
+
+
+async def _eventually(predicate, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - channel state has no event to wait on
+            await asyncio.sleep(0.01)
+
+
+async def test_offset_confirmed_only_after_the_sink_stored_it(make_channel, fake):
+    channel = make_channel()
+    sink = GatedSink()
+    await channel.start(sink)
+    fake.push_text(1001, 1001, "precious")
+    (update_id,) = fake.pending_updates
+    await _eventually(lambda: sink.entered == ["precious"])
+    await asyncio.sleep(0.2)  # PTB's Updater would have confirmed it by now
+    assert fake.pending_updates == [update_id]
+    polls = len(fake.calls_to("getUpdates"))
+    sink.gate.set()
+    await sink.wait_for(1)
+    # The next getUpdates confirms it (offset = update_id + 1).
+    (confirm, *_) = (await fake.wait_for_calls("getUpdates", polls + 1))[polls:]
+    assert confirm.params["offset"] == update_id + 1
+    assert fake.pending_updates == []
+
+
+async def test_crash_before_storage_redelivers(make_channel, fake):
+    """The process dies while the core is storing an update: the next run gets it again."""
+    first = make_channel()
+    hung = GatedSink()  # never opened: accept never completes
+    await first.start(hung)
+    sent = fake.push_text(1001, 1001, "do not lose me")
+    await _eventually(lambda: hung.entered == ["do not lose me"])
+    # A crash, not a graceful stop: the polling task just dies where it is.
+    first._poll_task.cancel()
+    await asyncio.wait({first._poll_task})
+    assert len(fake.pending_updates) == 1
+    second = make_channel()
+    sink = RecordingSink()
+    await second.start(sink)
+    (inbound,) = await sink.wait_for(1)
+    assert inbound.message_id == f"1001:{sent['message_id']}"
+    await second.stop()
+    assert fake.pending_updates == []
+    assert hung.inbounds == []
+
+
+async def test_graceful_stop_finishes_the_update_in_hand(make_channel, fake):
+    fake.push_text(1001, 1001, "first")
+    fake.push_text(1001, 1001, "second")  # same getUpdates batch
+    channel = make_channel()
+    sink = GatedSink()
+    await channel.start(sink)
+    await _eventually(lambda: sink.entered == ["first"])
+    stopping = asyncio.create_task(channel.stop())
+    await asyncio.sleep(0.1)
+    assert not stopping.done()  # waits for the core to take "first"
+    sink.gate.set()
+    await stopping
+    assert [i.text for i in sink.inbounds] == ["first"]
+    # "first" is confirmed; "second" was never handed over and stays with Telegram.
+    assert len(fake.pending_updates) == 1
+    again = make_channel()
+    later = RecordingSink()
+    await again.start(later)
+    assert [i.text for i in await later.wait_for(1)] == ["second"]
+
+
+async def test_order_preserved_across_batches_and_slow_sink(make_channel, fake):
+    class Slow(RecordingSink):
+        async def accept(self, inbound):
+            await asyncio.sleep(0.03 if inbound.text.endswith(("0", "3")) else 0)
+            return await super().accept(inbound)
+
+    channel = make_channel()
+    channel.poll_limit = 3
+    sink = Slow()
+    await channel.start(sink)
+    for i in range(10):
+        fake.push_text(1001 + i % 2, 1001 + i % 2, f"m{i}")
+        if i == 4:
+            await asyncio.sleep(0.05)
+    inbounds = await sink.wait_for(10)
+    assert [i.text for i in inbounds] == [f"m{i}" for i in range(10)]
+    for chat in ("1001", "1002"):
+        ids = [int(i.message_id.split(":")[1]) for i in inbounds if i.address.chat_id == chat]
+        assert ids == sorted(ids)
+    assert {c.params["limit"] for c in fake.calls_to("getUpdates")} == {3}
+
+
+async def test_token_revoked_while_polling(started, fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    channel, sink = started
+    await fake.wait_for_calls("getUpdates")
+    fake.revoke_token()
+    await _eventually(lambda: not channel.health().connected)
+    health = channel.health()
+    assert "rejected the bot token while polling" in health.detail and "401" in health.detail
+    assert channel._poll_task is not None and channel._poll_task.done()
+    # No crash loop: exactly one getUpdates got the 401, nothing is retried.
+    await asyncio.sleep(0.5)
+    assert fake.unauthorized == ["getUpdates"]
+    with pytest.raises(SendError, match="not running"):
+        await channel.send(Outbound(_address(1001), "hi"))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "rejected the bot token" in errors[0].getMessage()
+    await channel.stop()
+    assert "rejected the bot token" in channel.health().detail
+    assert fake.token not in caplog.text
+    assert fake.token.split(":")[1] not in caplog.text
+
+
+async def test_conflict_backs_off_and_recovers(make_channel, fake, caplog):
+    caplog.set_level(logging.WARNING, logger="channels.telegram")
+    fake.fail("getUpdates", 409, "Conflict: terminated by other getUpdates request; make sure "
+              "that only one bot instance is running", times=3)
+    channel = make_channel()
+    sink = RecordingSink()
+    await channel.start(sink)
+    await _eventually(lambda: not channel.health().connected)
+    assert "another process is polling with this bot token" in channel.health().detail
+    fake.push_text(1001, 1001, "after the conflict")
+    await sink.wait_for(1)
+    assert channel.health().connected
+    assert channel.health().detail == f"polling as @{BOT}"
+    calls = fake.calls_to("getUpdates")
+    gaps = [b.time - a.time for a, b in zip(calls, calls[1:4], strict=False)]
+    # Jittered exponential backoff: between half and all of 0.1, 0.2, 0.4 s.
+    for gap, base in zip(gaps, (0.1, 0.2, 0.4), strict=True):
+        assert base / 2 - 0.01 <= gap <= base + 0.15, gaps
+    warnings_ = [r.getMessage() for r in caplog.records if "409 Conflict" in r.getMessage()]
+    assert len(warnings_) == 3
+
+
+async def test_network_errors_back_off_then_health_degrades(make_channel, fake):
+    fake.fail("getUpdates", 502, "Bad Gateway", times=4)
+    channel = make_channel()
+    channel.poll_backoff_max = 0.1
+    sink = RecordingSink()
+    await channel.start(sink)
+    await fake.wait_until(lambda: len(fake.calls_to("getUpdates")) >= 2)
+    assert channel.health().connected  # one or two failures: still reported as connected
+    await _eventually(lambda: not channel.health().connected)
+    assert "cannot reach Telegram" in channel.health().detail
+    fake.push_text(1001, 1001, "through")
+    await sink.wait_for(1)
+    assert channel.health().connected
+
+
+async def test_rate_limited_get_updates_waits(make_channel, fake):
+    fake.rate_limit("getUpdates", 0.3)
+    channel = make_channel()
+    sink = RecordingSink()
+    await channel.start(sink)
+    first, second = await fake.wait_for_calls("getUpdates", 2)
+    assert second.time - first.time >= 0.28
+
+
+def test_retry_after_read_as_int_or_timedelta(monkeypatch):
+    assert _period_seconds(dt.timedelta(seconds=1.5)) == 1.5
+    assert _period_seconds(7) == 7.0 and _period_seconds(None) is None
+    assert _retry_after_seconds(RetryAfter(3)) == 3.0  # PTB_TIMEDELTA=1: a timedelta
+    assert isinstance(RetryAfter(3).retry_after, dt.timedelta)
+    monkeypatch.delenv("PTB_TIMEDELTA")
+    with pytest.warns(PTBDeprecationWarning):  # PTB's own warning, while building it
+        exc = RetryAfter(5)
+    with pytest.warns(PTBDeprecationWarning):
+        assert _retry_after_seconds(exc) == 5.0  # today's default: an int
+
+
+async def test_webhook_answers_only_once_stored(make_channel, fake):
+    port = free_port()
+    channel = make_channel(mode="webhook", webhookUrl=f"http://127.0.0.1:{port}/hook",
+                           webhookSecret="s3cret", webhookHost="127.0.0.1", webhookPort=port,
+                           webhookPath="/hook")
+    sink = GatedSink()
+    await channel.start(sink)
+    assert fake.webhook["max_connections"] == 1
+    fake.push_text(1001, 1001, "hooked")
+    delivery = asyncio.create_task(fake.deliver_webhook())
+    await _eventually(lambda: sink.entered == ["hooked"])
+    await asyncio.sleep(0.1)
+    assert not delivery.done() and len(fake.pending_updates) == 1
+    sink.gate.set()
+    assert await delivery == 200
+    assert fake.pending_updates == [] and [i.text for i in sink.inbounds] == ["hooked"]

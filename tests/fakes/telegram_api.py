@@ -16,7 +16,8 @@ Wire behaviour (what python-telegram-bot sees):
 - Every answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": N,
   "description": "...", "parameters"?: {"retry_after": S}}`` with the same HTTP status.
   A token other than ``fake.token`` (or after :meth:`revoke_token`) gets 401
-  ``Unauthorized``; an unknown method 404 ``Not Found``.
+  ``Unauthorized`` (such calls are not in ``calls`` but in ``unauthorized``); an unknown
+  method 404 ``Not Found``.
 - ``getUpdates`` long-polls for ``timeout`` seconds; an update stays pending until a later
   call passes ``offset`` > its ``update_id`` (negative offsets keep the last N);
   ``allowed_updates`` is remembered like Telegram does; a second concurrent call ends the
@@ -59,7 +60,8 @@ Test API (all synchronous unless marked async):
   ``sent`` (list of :class:`SentMessage`: chat_id, text, parse_mode, thread_id,
   reply_to_message_id, message_id, message), ``actions`` (sendChatAction calls),
   ``commands`` (last setMyCommands list), ``webhook`` (dict from setWebhook or None),
-  ``pending_updates`` (unconfirmed update ids), ``downloads`` (file paths fetched);
+  ``pending_updates`` (unconfirmed update ids), ``downloads`` (file paths fetched),
+  ``unauthorized`` (methods answered 401, in order);
   ``await wait_for_sent(n, timeout=5.0) -> list[SentMessage]``, ``await wait_for_calls(
   method, n=1, timeout=5.0) -> list[Call]``, ``await wait_until(predicate, timeout=5.0)``.
 - Failures: ``fail(method, code, description, *, retry_after=None, times=1, when=None)``
@@ -274,6 +276,7 @@ class FakeBotAPI:
         self.commands: list[dict] | None = None
         self.webhook: dict | None = None
         self.downloads: list[str] = []
+        self.unauthorized: list[str] = []
         self._token_valid = True
         self._updates: list[dict] = []
         self._update_ids = itertools.count(100_001)
@@ -692,6 +695,8 @@ class FakeBotAPI:
         method = request.match_info["method"]
         try:
             if token != self.token or not self._token_valid:
+                self.unauthorized.append(method)
+                self._notify()
                 raise BotAPIError(401, "Unauthorized")
             params = await self._params(request)
             self.calls.append(Call(method, params, time.monotonic()))

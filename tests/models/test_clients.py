@@ -221,13 +221,37 @@ STATUS_CASES = [
     (400, None, ErrorClass.BAD_REQUEST),
     (422, None, ErrorClass.BAD_REQUEST),
     (400, "model is not loaded yet", ErrorClass.OVERLOADED),
+    # Real bodies (dict: sent verbatim instead of the API's own error envelope).
+    # LM Studio, server up with nothing in memory:
+    (400, {"error": "No models loaded. Please load a model in the developer page or use "
+                    "the 'lms load' command."}, ErrorClass.OVERLOADED),
+    (400, {"error": "Model is unloaded."}, ErrorClass.OVERLOADED),
+    (400, {"error": {"message": 'Model "qwen2.5-7b" is not loaded.',
+                     "type": "invalid_request_error"}}, ErrorClass.OVERLOADED),
+    (500, {"error": "Error while loading model"}, ErrorClass.OVERLOADED),
+    # llama.cpp server while the weights load:
+    (503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}},
+     ErrorClass.OVERLOADED),
+    # Ollama:
+    (400, {"error": "input length exceeds the context length"}, ErrorClass.CONTEXT_OVERFLOW),
+    (404, {"error": 'model "llama9" not found, try pulling it first'}, ErrorClass.NOT_FOUND),
+    # OpenRouter out of credits; a proxy's request timeout:
+    (402, {"error": {"message": "Insufficient credits. Add more using "
+                                "https://openrouter.ai/credits", "code": 402}}, ErrorClass.AUTH),
+    (408, "<html><body><h1>408 Request Time-out</h1></body></html>", ErrorClass.TIMEOUT),
+    # A 5xx merely mentioning a context window is not an overflow (that would stop the chain).
+    (500, {"error": {"message": "internal error while computing context window cache",
+                     "type": "server_error"}}, ErrorClass.SERVER_ERROR),
 ]
 
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize(("status", "message", "expected"), STATUS_CASES)
 async def test_http_errors_classified(server, session, api, status, message, expected):
-    server.error(status, message, headers={"retry-after": "4"})
+    if message is None or (isinstance(message, str) and not message.startswith("<")):
+        server.error(status, message, headers={"retry-after": "4"})
+    else:
+        server.error(status, body=message, headers={"retry-after": "4"})
     err = await expect_error(client_for(server, api, session))
     assert err.error_class is expected
     assert err.status == status

@@ -320,3 +320,57 @@ async def test_only_one_probe_in_flight(server, server2, router_factory):
     assert other.attempts[0].skipped and other.attempts[0].message == "being probed"
     assert (await probe).model_ref == "local/qwen"
     assert len([r for r in server.requests if r.api != "models"]) == 2
+
+
+async def test_one_probe_with_async_request_builder_and_concurrent_turns(
+        server, server2, router_factory):
+    # The conversation core builds each request asynchronously (store, media): the probe
+    # must be claimed before that await, or every concurrent turn probes the model.
+    import asyncio
+
+    clock = FakeClock()
+    cfg = two_providers(server.base_url, server2.root_url)
+    router = router_factory(cfg, clock=clock)
+    server.error(500)
+    await router.complete(CANDS, REQ)
+    clock.advance(31)
+    server.default("recovered", chunks=2, delay=0.1)
+
+    async def build(model):
+        await asyncio.sleep(0.05)
+        return REQ
+
+    before = len([r for r in server.requests if r.api != "models"])
+    replies = await asyncio.gather(*(router.complete(CANDS, build) for _ in range(5)))
+    probes = len([r for r in server.requests if r.api != "models"]) - before
+    assert probes == 1
+    assert sorted(r.model_ref for r in replies) == ["hosted/claude"] * 4 + ["local/qwen"]
+    skipped = [r.attempts[0] for r in replies if r.model_ref == "hosted/claude"]
+    assert all(a.skipped and a.message == "being probed" for a in skipped)
+
+
+async def test_a_model_being_probed_is_never_forced(server, server2, router_factory):
+    # Every candidate cooling: the earliest is forced -- but not while another turn probes it.
+    import asyncio
+
+    clock = FakeClock()
+    cfg = make_config({"local": provider(server.base_url, "openai-completions", "qwen")},
+                      "local/qwen")
+    router = router_factory(cfg, clock=clock)
+    server.error(500)
+    with pytest.raises(AllModelsFailed):
+        await router.complete(["local/qwen"], REQ)
+    clock.advance(5)  # still cooling: forced anyway, as the only candidate
+
+    async def build(model):
+        await asyncio.sleep(0.05)
+        return REQ
+
+    server.default("ok", chunks=2, delay=0.1)
+    results = await asyncio.gather(*(router.complete(["local/qwen"], build)
+                                     for _ in range(3)), return_exceptions=True)
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    failed = [r for r in results if isinstance(r, AllModelsFailed)]
+    assert len(answered) == 1 and len(failed) == 2
+    assert all(f.attempts[0].message == "being probed" for f in failed)
+    assert len([r for r in server.requests if r.api != "models"]) == 2
