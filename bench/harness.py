@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -155,7 +156,7 @@ class InProcess:
         if self.logging_on:  # like `palaver run`: INFO, one line per turn (to /dev/null)
             from bridge.logs import setup_logging
 
-            self._devnull = open(os.devnull, "w")  # noqa: SIM115 - closed in stop()
+            self._devnull = open(os.devnull, "w")  # noqa: ASYNC230 - /dev/null never blocks
             setup_logging("info", "text", stream=self._devnull)
         config = Config.model_validate(self.raw_config)
         data_dir = config.data_dir
@@ -283,7 +284,7 @@ class Subprocess:
 
     async def start(self) -> dict:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "child",
+            sys.executable, str(HERE / "harness.py"), "child",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2 ** 26)
         self.pid = self.proc.pid
         return await self._call(self._hello, timeout=60)

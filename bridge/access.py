@@ -29,6 +29,9 @@ PAIRING_ALPHABET = "23456789ABCDEFGHJKMNPQRSTWXYZ"
 PAIRING_CODE_LENGTH = 8
 PAIRING_TTL_S = 3600.0
 PAIRING_MAX_PENDING = 3
+# The code is sent when it is created, and once more if the sender writes again at least
+# this long afterwards (not on every message: that would let anyone make the bot spam).
+PAIRING_REMIND_AFTER_S = 600.0
 # The operator's own terminal (``palaver chat``) is always allowed.
 OPERATOR_CHANNELS = frozenset({"console"})
 
@@ -93,8 +96,12 @@ class AccessControl:
         self._clock = clock
         self._new_code = new_code
 
-    async def check(self, inbound: Inbound) -> AccessDecision:
-        """The decision for ``inbound`` (may create a pairing request)."""
+    async def check(self, inbound: Inbound, *, dry_run: bool = False) -> AccessDecision:
+        """The decision for ``inbound`` (may create a pairing request).
+
+        ``dry_run``: the same verdict without side effects (no pairing request is created
+        or reminded; an unknown sender is simply refused).
+        """
         channel = inbound.address.channel
         if channel in OPERATOR_CHANNELS:
             return ALLOW
@@ -107,9 +114,10 @@ class AccessControl:
                                   code="channel_disabled")
         if inbound.address.chat_kind is ChatKind.GROUP:
             return self._check_group(chan, inbound)
-        return await self._check_direct(chan, inbound)
+        return await self._check_direct(chan, inbound, dry_run)
 
-    async def _check_direct(self, chan: ChannelConfig, inbound: Inbound) -> AccessDecision:
+    async def _check_direct(self, chan: ChannelConfig, inbound: Inbound,
+                            dry_run: bool = False) -> AccessDecision:
         policy = chan.dmPolicy
         if policy == "disabled":
             return AccessDecision(Verdict.REFUSE, "direct messages are disabled",
@@ -127,10 +135,13 @@ class AccessControl:
         channel = inbound.address.channel
         if await self._store.is_approved(channel, (inbound.sender_id, *inbound.sender_aliases)):
             return ALLOW
+        if dry_run:
+            return AccessDecision(Verdict.REFUSE, "unknown sender", code="pairing")
+        now = self._clock()
         request, created = await self._store.pairing_code_for(
             channel, inbound.address.account, inbound.sender_id, inbound.sender_name,
             new_code=self._new_code, ttl_s=PAIRING_TTL_S, max_pending=PAIRING_MAX_PENDING,
-            now=self._clock())
+            now=now)
         if request is None:
             log.warning("pairing: %s already has %d pending requests; sender %s gets no code",
                         channel, PAIRING_MAX_PENDING, inbound.sender_id)
@@ -140,6 +151,10 @@ class AccessControl:
             log.info("pairing: new code for %s sender %s (%s); approve with "
                      "`palaver pairing approve %s <code>`", channel, inbound.sender_id,
                      inbound.sender_name or "?", channel)
+        elif not await self._store.pairing_remind(request.id, after_s=PAIRING_REMIND_AFTER_S,
+                                                  now=now):
+            return AccessDecision(Verdict.REFUSE, "unknown sender; pairing code already sent",
+                                  code="pairing")
         return AccessDecision(Verdict.REFUSE, "unknown sender; pairing code sent",
                               reply=pairing_message(request.code, channel), code="pairing")
 

@@ -79,6 +79,7 @@ _AUTOLINK_RE = re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.I
 _LINK_TAIL_RE = re.compile(
     r"\(\s*<?((?:[^\s()<>]|\([^\s()<>]*\))*)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)"
 )
+_URL_TRAIL = ".,;:!?*_~)"  # trailing characters that usually belong to the sentence
 
 
 def _run_length(s: str, i: int, ch: str) -> int:
@@ -102,41 +103,50 @@ def _code_span_end(s: str, i: int) -> tuple[int, int]:
         j += r
 
 
+def _url_at(s: str, i: int) -> tuple[int, int] | None:
+    """A bare URL starting at ``i``: (end of the URL proper, end with trailing punctuation).
+
+    Trailing ``.,;:!?*_~`` and an unbalanced ``)`` are usually the sentence's, not the
+    URL's; the caller decides what to do with them.
+    """
+    if s[i] not in "hHfF" or (i > 0 and s[i - 1].isalnum()):
+        return None
+    m = _URL_RE.match(s, i)
+    if not m:
+        return None
+    url = m.group(0)
+    while url and url[-1] in _URL_TRAIL:
+        if url[-1] == ")" and url.count("(") >= url.count(")"):
+            break
+        url = url[:-1]
+    return i + len(url), m.end()
+
+
+def _closer_at(s: str, j: int, start: int, ch: str, dlen: int) -> tuple[int, int]:
+    """For the ``ch`` run at ``j``: (closer index or -1, run length)."""
+    run = _run_length(s, j, ch)
+    if run == dlen or (run == 3 and dlen < 3):
+        closer = j + run - dlen
+        before = s[j - 1] if j > 0 else " "
+        after = s[j + run] if j + run < len(s) else " "
+        ok = closer > start and not before.isspace()
+        if (ch == "_" or dlen == 1) and after.isalnum():
+            ok = False  # intraword: snake_case, 2*3*4
+        if ok:
+            return closer, run
+    return -1, run
+
+
 def _find_closer(s: str, start: int, ch: str, dlen: int) -> int:
-    """Index where a ``dlen``-long closing ``ch`` delimiter starts, or -1."""
+    """Index where a ``dlen``-long closing ``ch`` delimiter starts, or -1.
+
+    Code spans, links and bare URLs are opaque: a closer is never found inside them.
+    The exception is a URL's trailing ``_``/``*``, which closes the emphasis only if
+    nothing later does (``*see https://x.com/a*`` versus ``_see https://x.com/a_b_ now_``).
+    """
     n = len(s)
     j = start
-    while j < n:
-        c = s[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "`":
-            end, run = _code_span_end(s, j)
-            j = end + run if end >= 0 else j + run
-            continue
-        if c == ch:
-            run = _run_length(s, j, ch)
-            if run == dlen or (run == 3 and dlen < 3):
-                closer = j + run - dlen
-                before = s[j - 1] if j > 0 else " "
-                after = s[j + run] if j + run < n else " "
-                ok = closer > start and not before.isspace()
-                if ch == "_" and after.isalnum():
-                    ok = False
-                if ok:
-                    return closer
-            j += run
-            continue
-        j += 1
-    return -1
-
-
-def _match_link(s: str, i: int) -> tuple[str, str, int] | None:
-    """``[text](url)`` starting at ``i`` -> (text, url, end index) or None."""
-    depth = 0
-    j = i
-    n = len(s)
+    pending = -1  # first closer candidate at the end of a URL
     while j < n:
         c = s[j]
         if c == "\\":
@@ -147,15 +157,83 @@ def _match_link(s: str, i: int) -> tuple[str, str, int] | None:
             j = end + run if end >= 0 else j + run
             continue
         if c == "[":
-            depth += 1
-        elif c == "]":
-            depth -= 1
-            if depth == 0:
-                break
-        elif c == "\n" and j + 1 < n and s[j + 1] == "\n":
-            return None
+            found = _match_link(s, j)
+            if found:
+                j = found[2]
+                continue
+        elif c == "<":
+            m = _AUTOLINK_RE.match(s, j)
+            if m:
+                j = m.end()
+                continue
+        elif c in "hHfF":
+            url = _url_at(s, j)
+            if url:
+                core, full = url
+                k = core
+                while pending < 0 and k < full:
+                    if s[k] == ch:
+                        closer, run = _closer_at(s, k, start, ch, dlen)
+                        if closer >= 0 and closer + dlen <= full:
+                            pending = closer
+                        k += run
+                    else:
+                        k += 1
+                j = full
+                continue
+        if c == ch:
+            closer, run = _closer_at(s, j, start, ch, dlen)
+            if closer >= 0:
+                return closer
+            j += run
+            continue
         j += 1
-    else:
+    return pending
+
+
+_bracket_cache: dict[str, dict[int, int]] = {}
+
+
+def _bracket_map(s: str) -> dict[int, int]:
+    """Index of every ``[`` in ``s`` -> index of its matching ``]`` (one linear pass).
+
+    Escapes and code spans are skipped and a blank line ends every open bracket, so a
+    failed link costs nothing however many ``[`` the text holds.
+    """
+    cached = _bracket_cache.get(s)
+    if cached is not None:
+        return cached
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    n = len(s)
+    j = 0
+    while j < n:
+        c = s[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "`":
+            end, run = _code_span_end(s, j)
+            j = end + run if end >= 0 else j + run
+            continue
+        if c == "[":
+            stack.append(j)
+        elif c == "]":
+            if stack:
+                pairs[stack.pop()] = j
+        elif c == "\n" and j + 1 < n and s[j + 1] == "\n":
+            stack.clear()
+        j += 1
+    if len(_bracket_cache) >= 32:
+        _bracket_cache.clear()
+    _bracket_cache[s] = pairs
+    return pairs
+
+
+def _match_link(s: str, i: int) -> tuple[str, str, int] | None:
+    """``[text](url)`` starting at ``i`` -> (text, url, end index) or None."""
+    j = _bracket_map(s).get(i)
+    if j is None:
         return None
     m = _LINK_TAIL_RE.match(s, j + 1)
     if not m:
@@ -169,6 +247,10 @@ def _parse_inline(s: str) -> list:
     buf: list[str] = []
     n = len(s)
     i = 0
+    # (delimiter, length) -> start of a closer search that failed.  A later search for
+    # the same delimiter scans a suffix of the same text and fails too: skipping it keeps
+    # "*a *b *c ..." linear instead of quadratic.
+    failed: dict[tuple[str, int], int] = {}
 
     def flush() -> None:
         if buf:
@@ -194,17 +276,12 @@ def _parse_inline(s: str) -> list:
                 buf.append("`" * run)
                 i += run
             continue
-        if c in "hHfF" and (i == 0 or not s[i - 1].isalnum()):
-            m = _URL_RE.match(s, i)
-            if m:
-                url = m.group(0)
-                # Trailing punctuation belongs to the sentence, not the URL.
-                while url and url[-1] in ".,;:!?*_~)":
-                    if url[-1] == ")" and url.count("(") >= url.count(")"):
-                        break
-                    url = url[:-1]
-                buf.append(url)
-                i += len(url)
+        if c in "hHfF":
+            url = _url_at(s, i)
+            if url:
+                # A bare URL is opaque text; its trailing punctuation is parsed normally.
+                buf.append(s[i : url[0]])
+                i = url[0]
                 continue
         if c == "<":
             m = _AUTOLINK_RE.match(s, i)
@@ -232,11 +309,19 @@ def _parse_inline(s: str) -> list:
                 dlen = 2 if run == 2 else 0
             else:
                 dlen = min(run, 3)
-            opener_ok = dlen and not after.isspace() and not (c == "_" and before.isalnum())
-            if opener_ok:
+            # "_" and a single "*" never open inside a word (snake_case, 2*3*4).
+            intraword = before.isalnum() and (c == "_" or dlen == 1)
+            opener_ok = dlen and not after.isspace() and not intraword and run == dlen
+            key = (c, dlen)
+            if opener_ok and failed.get(key, n) > i:
                 closer = _find_closer(s, i + dlen, c, dlen)
-                if closer >= 0 and run == dlen:
-                    inner = _parse_inline(s[i + dlen : closer])
+                if closer < 0:
+                    failed[key] = i
+                inner_text = s[i + dlen : closer]
+                if closer >= 0 and before.isalnum() and any(ch.isspace() for ch in inner_text):
+                    closer = -1  # "2**3 = 8 and 3**2": arithmetic, not bold
+                if closer >= 0:
+                    inner = _parse_inline(inner_text)
                     flush()
                     if c == "~":
                         nodes.append(_Span("strike", inner))
@@ -533,6 +618,7 @@ class _Spec:
     link: Callable[[str], tuple[str, str] | None]
     pre: Callable[[str], list[_Open]]
     quote_tag: tuple[str, str] | None  # None: prefix lines with "> "
+    quote_prefix: str  # line prefix of a quote without a tag (or inside a quote tag)
     bullet: str
     rule: str
     table_pre: bool
@@ -545,7 +631,10 @@ _LANG_RE = re.compile(r"[^A-Za-z0-9_+#.-]")
 def _tg_link(url: str) -> tuple[str, str] | None:
     if not url.lower().startswith(_SAFE_SCHEMES):
         return None
-    return f'<a href="{html.escape(url, quote=True)}">', "</a>"
+    # Only &, <, > and " need escaping in a double-quoted attribute; the Bot API knows
+    # just the &lt; &gt; &amp; &quot; named entities, so "'" stays as it is.
+    href = html.escape(url, quote=False).replace('"', "&quot;")
+    return f'<a href="{href}">', "</a>"
 
 
 def _tg_pre(lang: str) -> list[_Open]:
@@ -568,6 +657,7 @@ _SPECS: dict[Markup, _Spec] = {
         link=_tg_link,
         pre=_tg_pre,
         quote_tag=("<blockquote>", "</blockquote>"),
+        quote_prefix="│ ",
         bullet="•",
         rule="──────────",
         table_pre=True,
@@ -581,6 +671,7 @@ _SPECS: dict[Markup, _Spec] = {
         link=lambda url: None,
         pre=lambda lang: [_Open("```", "```", pre=True)],
         quote_tag=None,
+        quote_prefix="> ",
         bullet="-",
         rule="──────────",
         table_pre=True,
@@ -594,6 +685,7 @@ _SPECS: dict[Markup, _Spec] = {
         link=lambda url: None,
         pre=lambda lang: [_Open("", "", pre=True)],
         quote_tag=None,
+        quote_prefix="> ",
         bullet="•",
         rule="──────────",
         table_pre=False,
@@ -601,13 +693,20 @@ _SPECS: dict[Markup, _Spec] = {
 }
 
 
+_MAX_QUOTE_DEPTH = 6
+
+
 class _Renderer:
     """Blocks -> token stream for one markup."""
 
-    def __init__(self, spec: _Spec) -> None:
+    def __init__(self, spec: _Spec, max_tag: int | None = None) -> None:
         self.spec = spec
+        self.max_tag = max_tag  # longest link markup worth using (a chunk must hold it)
         self.out: list = []
         self.newline = "\n"
+        self.spans: set[str] = set()  # span kinds open around the current text
+        self.in_link = False
+        self.quote_depth = 0
 
     def text(self, s: str) -> None:
         if s:
@@ -619,25 +718,48 @@ class _Renderer:
     def close(self) -> None:
         self.out.append(_CLOSE)
 
+    def span(self, kind: str, children: list) -> None:
+        """``children`` inside a ``kind`` span; a span already open is not reopened.
+
+        ``### **Step 1:** Install`` would otherwise give WhatsApp ``**Step 1:* Install*``
+        (and Telegram a redundant ``<b><b>``).
+        """
+        if kind in self.spans:
+            self.inline(children)
+            return
+        self.spans.add(kind)
+        self.open(getattr(self.spec, kind))
+        self.inline(children)
+        self.close()
+        self.spans.discard(kind)
+
     def inline(self, nodes: list) -> None:
         spec = self.spec
         for node in nodes:
             if isinstance(node, _Text):
                 self.text(node.text)
             elif isinstance(node, _Code):
-                self.open(spec.code)
-                self.text(node.text)
-                self.close()
+                if self.in_link:
+                    self.text(node.text)  # a link cannot contain a code entity
+                else:
+                    self.open(spec.code)
+                    self.text(node.text)
+                    self.close()
             elif isinstance(node, _Span):
-                self.open(getattr(spec, node.kind))
-                self.inline(node.children)
-                self.close()
+                self.span(node.kind, node.children)
+            elif self.in_link:
+                self.inline(node.children)  # a link inside link text: its label only
             else:
                 label = _plain_inline(node.children)
                 tag = spec.link(node.url)
+                if tag is not None and self.max_tag is not None:
+                    if utf16_len(tag[0]) + utf16_len(tag[1]) > self.max_tag:
+                        tag = None  # a URL too long for a chunk: "text (url)", splittable
                 if tag is not None:
                     self.open(tag)
+                    self.in_link = True
                     self.inline(node.children)
+                    self.in_link = False
                     self.close()
                 elif label == node.url or not label.strip():
                     self.text(node.url)
@@ -656,9 +778,7 @@ class _Renderer:
         if isinstance(block, _Para):
             self.inline(_parse_inline(block.text))
         elif isinstance(block, _Heading):
-            self.open(spec.bold)
-            self.inline(_parse_inline(block.text))
-            self.close()
+            self.span("bold", _parse_inline(block.text))
         elif isinstance(block, _CodeBlock):
             self.code_block(block.lang, block.text)
         elif isinstance(block, _Rule):
@@ -677,17 +797,24 @@ class _Renderer:
                 body = item.text.replace("\n", "\n" + indent + "  ")
                 self.inline(_parse_inline(body))
         elif isinstance(block, _Quote):
-            if spec.quote_tag is not None:
+            self.quote_depth += 1
+            if spec.quote_tag is not None and self.quote_depth == 1:
                 self.open(spec.quote_tag)
                 self.blocks(block.blocks)
                 self.close()
+            elif self.quote_depth > _MAX_QUOTE_DEPTH:
+                self.blocks(block.blocks)  # "> > > > ..." on and on: no more prefixes
             else:
+                # No quote tag, or a quote inside the quote (Telegram forbids nested
+                # blockquotes): prefix every line instead.
+                prefix = spec.quote_prefix
                 saved = self.newline
-                self.newline = saved + "> "
-                self.open(("> ", ""))
+                self.newline = saved + prefix
+                self.open((prefix, ""))
                 self.blocks(block.blocks)
                 self.close()
                 self.newline = saved
+            self.quote_depth -= 1
         elif isinstance(block, _Table):
             self.table(block.rows)
 
@@ -710,8 +837,8 @@ class _Renderer:
             self.text("\n".join(lines))
 
 
-def _tokens(markdown: str, markup: Markup) -> list:
-    renderer = _Renderer(_SPECS[Markup(markup)])
+def _tokens(markdown: str, markup: Markup, limit: int | None = None) -> list:
+    renderer = _Renderer(_SPECS[Markup(markup)], None if limit is None else limit // 2)
     renderer.blocks(_parse_blocks(markdown))
     return renderer.out
 
@@ -755,7 +882,11 @@ _SENTENCE_END = frozenset(".!?…。！？")
 
 
 def _mark_levels(atoms: list[_Atom]) -> None:
-    """Split preference before each atom: 1 paragraph, 2 line, 3 sentence, 4 space, 5 any."""
+    """Split preference before each atom: 1 paragraph, 2 line, 3 sentence, 4 space, 5 any.
+
+    Inside a code block whitespace is content like any other character (level 5): an
+    indentation run longer than a chunk must be split, never dropped.
+    """
     prev: str | None = None
     for index, atom in enumerate(atoms):
         ch = atom.char
@@ -770,7 +901,7 @@ def _mark_levels(atoms: list[_Atom]) -> None:
             atom.level = 3
         elif ch == " " and prev not in (" ", None):
             atom.level = 4
-        elif ch.isspace():
+        elif ch.isspace() and not atom.pre:
             atom.level = 8  # inside a whitespace run: split at its start instead
         else:
             atom.level = 5
@@ -793,15 +924,13 @@ def _skip_after(atoms: list[_Atom], pos: int) -> int:
     return pos
 
 
-def _emit(atoms: list[_Atom], stack: list[_Open], start: int, end: int) -> tuple[str, bool]:
+def _emit(atoms: list[_Atom], stack: list[_Open], start: int, end: int) -> str:
     """Render atoms[start:end] with ``stack`` reopened first and whatever is open closed.
 
-    Returns the text and whether it holds anything visible.  Markers opened and closed
-    with nothing between them are dropped.
+    Markers opened and closed with nothing between them are dropped.
     """
     pieces: list[str] = []
     open_stack: list[tuple[_Open, int]] = []  # (marker, index in pieces)
-    visible = False
 
     def push(marker: _Open) -> None:
         open_stack.append((marker, len(pieces)))
@@ -823,11 +952,28 @@ def _emit(atoms: list[_Atom], stack: list[_Open], start: int, end: int) -> tuple
             pop()
         else:
             pieces.append(atom.out)
-            if atom.char is not None and not atom.char.isspace():
-                visible = True
     while open_stack:
         pop()
-    return "".join(pieces), visible
+    return "".join(pieces)
+
+
+def _content_flags(atoms: list[_Atom]) -> list[bool]:
+    """Which atoms make a chunk worth sending.
+
+    Visible characters, and whitespace inside a code block (it is content) unless only
+    whitespace follows to the very end.  Other whitespace alone is dropped.
+    """
+    flags = [False] * len(atoms)
+    text_after = False
+    for index in range(len(atoms) - 1, -1, -1):
+        atom = atoms[index]
+        if atom.char is None:
+            continue
+        if not atom.char.isspace():
+            flags[index] = text_after = True
+        elif atom.pre and text_after:
+            flags[index] = True
+    return flags
 
 
 def _protect_code_blocks(atoms: list[_Atom], limit: int) -> None:
@@ -870,9 +1016,11 @@ def _chunk_atoms(atoms: list[_Atom], limit: int) -> list[str]:
     Within the room of one chunk the split goes to the last paragraph break, else the
     last line break, else sentence end, space, any character -- but a better-ranked
     split that would leave the chunk under 30% full gives way to a lower-ranked one
-    further on (so a heading is not sent alone).
+    further on (so a heading is not sent alone).  Sizes always include the closing
+    markup the chunk will need.
     """
     _protect_code_blocks(atoms, limit)
+    content = _content_flags(atoms)
     floor = limit * 3 // 10
     chunks: list[str] = []
     stack: list[_Open] = []
@@ -885,6 +1033,7 @@ def _chunk_atoms(atoms: list[_Atom], limit: int) -> list[str]:
         # level -> (position, chunk size there, stack there); the last one per level wins
         found: dict[int, tuple[int, int, list[_Open]]] = {}
         has_text = False
+        fit = pos  # atoms[pos:fit] fit, closers included
         k = pos
         while k < total:
             atom = atoms[k]
@@ -901,27 +1050,29 @@ def _chunk_atoms(atoms: list[_Atom], limit: int) -> list[str]:
             elif atom.char is not None and not atom.char.isspace():
                 has_text = True
             k += 1
+            if size + closers <= limit:
+                fit = k
         if k >= total and size + closers <= limit:
-            text, visible = _emit(atoms, stack, pos, total)
-            if visible:
-                chunks.append(text)
+            if any(content[pos:total]):
+                chunks.append(_emit(atoms, stack, pos, total))
             break
         if found:
             levels = sorted(found)
             level = next((lv for lv in levels if found[lv][1] >= floor), levels[0])
             end, _, end_stack = found[level]
         else:
-            # Nothing fits (absurdly small limit): take what fits, at least one atom.
-            end = max(k, pos + 1)
+            # No split point with text before it (a whitespace run inside a code block
+            # longer than a chunk, or a tiny limit): take as much as fits, at least one
+            # atom, so that nothing is lost.
+            end = max(fit, pos + 1)
             end_stack = list(stack)
             for atom in atoms[pos:end]:
                 if atom.open is not None:
                     end_stack.append(atom.open)
                 elif atom.close:
                     end_stack.pop()
-        text, visible = _emit(atoms, stack, pos, end)
-        if visible:
-            chunks.append(text)
+        if any(content[pos:end]):
+            chunks.append(_emit(atoms, stack, pos, end))
         pos = _skip_after(atoms, end) if end < total else end
         stack = end_stack
     return chunks
@@ -939,13 +1090,12 @@ def render(markdown: str, markup: Markup, limit: int) -> list[str]:
     if limit < 1:
         raise ValueError("limit must be positive")
     spec = _SPECS[Markup(markup)]
-    return _chunk_atoms(_atoms(_tokens(markdown, markup), spec.escape), limit)
+    return _chunk_atoms(_atoms(_tokens(markdown, markup, limit), spec.escape), limit)
 
 
 def _whole(markdown: str, markup: Markup) -> str:
     spec = _SPECS[markup]
-    text, _ = _emit(_atoms(_tokens(markdown, markup), spec.escape), [], 0, 10**12)
-    return text
+    return _emit(_atoms(_tokens(markdown, markup), spec.escape), [], 0, 10**12)
 
 
 def to_telegram_html(markdown: str) -> str:

@@ -24,12 +24,18 @@ neonize traits this file is designed around (checked against neonize 0.5.2's sou
   backoff (2 s doubling to 30 s, jittered) rebuilds the session when the Go call ends
   (connection refused at start, session died).
 - Protobufs are proto2 with required fields; JIDs are built with ``build_jid``.
+- ``download_any`` returns the whole file at once (no streaming, no size limit of its
+  own), so the size cap is checked on the declared ``fileLength`` before downloading and
+  on the bytes after; see :meth:`WhatsAppChannel._fetch`.
+- whatsmeow shows ``composing`` to others only once the account announced ``available``
+  presence, so the channel does that after every (re)connect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -55,6 +61,7 @@ from neonize.aioze.events import (
     StreamReplacedEv,
     TemporaryBanEv,
 )
+from neonize.exc import SendMessageError
 from neonize.proto.Neonize_pb2 import JID, Device
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 from neonize.utils.jid import build_jid
@@ -79,6 +86,7 @@ log = logging.getLogger(__name__)
 SESSION_DIR = "whatsapp"
 SESSION_DB = "session.db"
 LID_MAP_FILE = "lid-map.json"
+QUOTES_FILE = "quotes.jsonl"
 LOGIN_HINT = "run `palaver whatsapp login` to link this bridge as a device"
 
 PHONE_SERVER = "s.whatsapp.net"
@@ -90,6 +98,8 @@ __all__ = [
     "Backoff",
     "NeonizeClient",
     "NotConnected",
+    "NotSent",
+    "QuoteRef",
     "WhatsAppChannel",
     "WhatsAppClient",
     "build_text_message",
@@ -103,8 +113,37 @@ __all__ = [
 # --------------------------------------------------------------------------- client
 
 
-class NotConnected(Exception):
+class NotSent(Exception):
+    """A send failed before anything reached WhatsApp, so trying again cannot duplicate it."""
+
+
+class NotConnected(NotSent):
     """A call needs a live WhatsApp session and there is none."""
+
+
+# whatsmeow errors raised before the message node is written to the socket (the strings
+# are in neonize 0.5.2's Go library; where they arise follows whatsmeow's send.go:
+# SendMessage checks login, looks up devices or group members, encrypts, and only then
+# writes the node, wrapping a write failure as "failed to send message node: ...").
+# Anything else, notably
+# "timed out waiting for message send response", a bare "websocket not connected" (also
+# returned when the socket dropped AFTER the node went out) or "websocket disconnected
+# before message send returned response", may mean the message was delivered.
+_UNSENT_PREFIXES = (
+    "the store doesn't contain a device JID",  # ErrNotLoggedIn, checked first
+    "client is nil",  # ErrClientIsNil
+    "failed to get device list",  # usync of the recipient's devices, before encrypting
+    "failed to get group members",  # group participants, before encrypting
+)
+_UNSENT_NODE_ERRORS = ("websocket not connected", "frame socket is closed")
+
+
+def send_error_means_unsent(text: str) -> bool:
+    """Whether a whatsmeow send error proves that nothing was sent (safe to retry)."""
+    text = text.strip()
+    if text.startswith("failed to send message node:"):
+        return any(marker in text for marker in _UNSENT_NODE_ERRORS)
+    return text.startswith(_UNSENT_PREFIXES)
 
 
 EventHandler = Callable[[Any], Awaitable[None]]
@@ -133,8 +172,16 @@ class WhatsAppClient(Protocol):
         """Tell the session to stop and wait (bounded) for it to end; idempotent."""
         ...
 
-    async def send_text(self, chat: JID, text: str, *, quoted: MessageEv | None = None) -> str:
-        """Send ``text`` (quoting ``quoted`` when given); return the new message id."""
+    async def send_text(self, chat: JID, text: str, *, quoted: QuoteRef | None = None) -> str:
+        """Send ``text`` (quoting ``quoted`` when given); return the new message id.
+
+        Raises :class:`NotSent` when nothing reached WhatsApp (safe to retry); any other
+        error means the message may have been delivered.
+        """
+        ...
+
+    async def set_available(self) -> None:
+        """Announce ``available`` presence (whatsmeow shows "typing…" only after that)."""
         ...
 
     async def chat_presence(self, chat: JID, *, composing: bool) -> None:
@@ -193,7 +240,39 @@ def _jid_or_none(jid: JID) -> JID | None:
     return jid if jid.User and jid.Server else None
 
 
-def build_text_message(text: str, quoted: MessageEv | None = None) -> waE2E.Message:
+@dataclass(frozen=True)
+class QuoteRef:
+    """What a reply needs to quote a message.
+
+    WhatsApp finds the quoted message by ``message_id`` (stanza id) and ``participant``
+    (its sender's JID, needed in groups); ``message`` is the quoted content, which only
+    the bot account's own devices display (other clients use their own copy).
+    """
+
+    message_id: str
+    participant: str
+    message: waE2E.Message | None = None
+
+    @classmethod
+    def from_event(cls, ev: MessageEv) -> QuoteRef:
+        """Quote a received message (its content without nested quotes)."""
+        src = ev.Info.MessageSource
+        inner = waE2E.Message()
+        inner.CopyFrom(ev.Message)
+        for desc, value in inner.ListFields():
+            if (desc.message_type is not None
+                    and "contextInfo" in desc.message_type.fields_by_name):
+                value.ClearField("contextInfo")  # quotes do not nest
+        return cls(ev.Info.ID, _quote_participant(src.Sender, src.SenderAlt), inner)
+
+
+def _quote_participant(sender: JID, alt: JID) -> str:
+    if sender.Server == LID_SERVER and alt.User:
+        sender = alt  # as WhatsApp clients do: quote by phone JID when known
+    return f"{sender.User}@{sender.Server}"
+
+
+def build_text_message(text: str, quoted: QuoteRef | MessageEv | None = None) -> waE2E.Message:
     """The protobuf for a text message, quoting ``quoted`` when given.
 
     Built by hand rather than with neonize's ``build_reply_message``: that one clears the
@@ -202,20 +281,11 @@ def build_text_message(text: str, quoted: MessageEv | None = None) -> waE2E.Mess
     """
     if quoted is None:
         return waE2E.Message(conversation=text)
-    src = quoted.Info.MessageSource
-    sender = src.Sender
-    if sender.Server == LID_SERVER and src.SenderAlt.User:
-        sender = src.SenderAlt  # as WhatsApp clients do: quote by phone JID when known
-    inner = waE2E.Message()
-    inner.CopyFrom(quoted.Message)
-    for desc, value in inner.ListFields():
-        if desc.message_type is not None and "contextInfo" in desc.message_type.fields_by_name:
-            value.ClearField("contextInfo")  # quotes do not nest
-    context = waE2E.ContextInfo(
-        stanzaID=quoted.Info.ID,
-        participant=f"{sender.User}@{sender.Server}",
-        quotedMessage=inner,
-    )
+    if isinstance(quoted, MessageEv):
+        quoted = QuoteRef.from_event(quoted)
+    context = waE2E.ContextInfo(stanzaID=quoted.message_id, participant=quoted.participant)
+    if quoted.message is not None:
+        context.quotedMessage.CopyFrom(quoted.message)
     return waE2E.Message(
         extendedTextMessage=waE2E.ExtendedTextMessage(text=text, contextInfo=context)
     )
@@ -304,10 +374,22 @@ class NeonizeClient:
 
     # -- calls --------------------------------------------------------------------
 
-    async def send_text(self, chat: JID, text: str, *, quoted: MessageEv | None = None) -> str:
+    async def send_text(self, chat: JID, text: str, *, quoted: QuoteRef | None = None) -> str:
         self._require_live()
-        response = await self._client.send_message(chat, build_text_message(text, quoted))
+        try:
+            response = await self._client.send_message(chat, build_text_message(text, quoted))
+        except SendMessageError as exc:
+            detail = str(exc)
+            if send_error_means_unsent(detail):
+                raise NotSent(detail) from exc
+            raise
         return response.ID
+
+    async def set_available(self) -> None:
+        from neonize.utils.enum import Presence
+
+        self._require_live()
+        await self._client.send_presence(Presence.AVAILABLE)
 
     async def chat_presence(self, chat: JID, *, composing: bool) -> None:
         from neonize.utils.enum import ChatPresence, ChatPresenceMedia
@@ -649,6 +731,92 @@ class _LidMap:
             raise
 
 
+class _QuoteJournal:
+    """Recent group messages the bot may quote, kept in ``quotes.jsonl`` across restarts.
+
+    The core's store keeps the platform message id and chat of an inbound message but not
+    its sender JID, which WhatsApp needs to find a quoted message in a group.  One JSON
+    line per accepted group message (id, chat, participant, a clipped text for the bot's
+    own devices); the file is rewritten with the newest ``capacity`` entries when it holds
+    twice as many lines.
+    """
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        self.path = path
+        self.capacity = capacity
+        self._entries: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._lines = 0
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        def read() -> tuple[OrderedDict[str, dict[str, str]], int]:
+            entries: OrderedDict[str, dict[str, str]] = OrderedDict()
+            lines = 0
+            try:
+                with self.path.open(encoding="utf-8") as fh:
+                    for line in fh:
+                        lines += 1
+                        try:
+                            item = json.loads(line)
+                        except ValueError:
+                            continue  # a line cut short by a crash
+                        if isinstance(item, dict) and all(
+                            isinstance(item.get(k), str) for k in ("id", "chat", "participant")
+                        ):
+                            entries[item["id"]] = item
+                            entries.move_to_end(item["id"])
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("WhatsApp: ignoring unreadable %s: %s", self.path.name, exc)
+            while len(entries) > self.capacity:
+                entries.popitem(last=False)
+            return entries, lines
+
+        self._entries, self._lines = await asyncio.to_thread(read)
+
+    def get(self, message_id: str, chat: str) -> QuoteRef | None:
+        item = self._entries.get(message_id)
+        if item is None or item["chat"] != chat:
+            return None
+        text = item.get("text") or ""
+        return QuoteRef(message_id, item["participant"],
+                        waE2E.Message(conversation=text) if text else None)
+
+    async def add(self, message_id: str, chat: str, participant: str, text: str) -> None:
+        item = {"id": message_id, "chat": chat, "participant": participant,
+                "text": _clip(text, 200)}
+        async with self._lock:
+            self._entries[message_id] = item
+            self._entries.move_to_end(message_id)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            if self._lines + 1 > 2 * self.capacity:
+                snapshot = list(self._entries.values())
+                await asyncio.to_thread(self._rewrite, snapshot)
+                self._lines = len(snapshot)
+            else:
+                await asyncio.to_thread(self._append, item)
+                self._lines += 1
+
+    def _append(self, item: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+    def _rewrite(self, items: list[dict[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".quotes-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for item in items:
+                    fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
 @dataclass
 class _Identity:
     sender_id: str
@@ -668,6 +836,15 @@ class WhatsAppChannel:
     send_attempts = 3
     send_retry_delays = (0.5, 1.0)
     quote_cache_size = 512
+    # A download that takes longer is abandoned (the message gets a note) so one stuck
+    # transfer cannot hold up every later message.
+    download_timeout_s = 60.0
+    # stop() hands messages already received (and acknowledged to WhatsApp, which will
+    # not send them again) to the core for at most this long.
+    stop_drain_s = 10.0
+    # A message is "catch-up" (sent while Palaver was offline) when it is older than the
+    # moment this connection came up, less this allowance for clock differences.
+    catch_up_skew_s = 30.0
 
     def __init__(
         self,
@@ -692,6 +869,7 @@ class WhatsAppChannel:
         self._typing_interval = typing_interval
         self._backoff = Backoff(rng=rng or random.Random())
         self._lids = _LidMap(self._dir / LID_MAP_FILE)
+        self._quotes = _QuoteJournal(self._dir / QUOTES_FILE, self.quote_cache_size)
 
         self._client: WhatsAppClient | None = None
         self._sink: InboundSink | None = None
@@ -699,6 +877,8 @@ class WhatsAppChannel:
         self._worker: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._recent: OrderedDict[str, MessageEv] = OrderedDict()
+        self._online_since: float | None = None  # when the current connection came up
+        self._handling: str | None = None  # id of the message the worker is on
         self._me_users: frozenset[str] = frozenset()
         self._me_phone: str | None = None
         self._connected = False
@@ -718,6 +898,7 @@ class WhatsAppChannel:
         try:
             await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
             await self._lids.load()
+            await self._quotes.load()
             client = self._client_factory(self._db_path)
             linked = await client.has_session()
         except Exception as exc:
@@ -744,12 +925,22 @@ class WhatsAppChannel:
         self._supervisor = asyncio.create_task(self._supervise(), name="whatsapp-session")
 
     async def stop(self) -> None:
-        """Stop the session (tells Go to stop), the reconnect loop and the inbox worker."""
+        """Stop the session (tells Go to stop), the reconnect loop and the inbox worker.
+
+        Messages already received are handed to the core first (for at most
+        ``stop_drain_s``): WhatsApp has acknowledged them and will not deliver them again.
+        They are drained while the session is still up (so their media can be fetched),
+        then once more after it stopped for anything that arrived meanwhile.
+        """
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_drain_s
+        await self._drain(deadline)
         self._connected = False
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
+        await self._drain(deadline)
         for task in (self._supervisor, self._worker):
             if task is not None and not task.done():
                 task.cancel()
@@ -758,6 +949,7 @@ class WhatsAppChannel:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._supervisor = self._worker = None
+        self._discard_inbox()
         if self._terminal is None and self._detail != f"not linked: {LOGIN_HINT}":
             self._detail = "stopped"
 
@@ -769,10 +961,36 @@ class WhatsAppChannel:
         """Wait until every event received so far has been handled (tests, shutdown)."""
         await self._inbox.join()
 
+    async def _drain(self, deadline: float) -> None:
+        """Let the worker finish the inbox, until ``deadline`` (loop time)."""
+        if self._worker is None or self._worker.done():
+            return
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._inbox.join(), remaining)
+
+    def _discard_inbox(self) -> None:
+        """Empty the inbox after the worker stopped; log messages that were not handled."""
+        lost = [self._handling] if self._handling else []
+        self._handling = None
+        while not self._inbox.empty():
+            kind, payload = self._inbox.get_nowait()
+            self._inbox.task_done()
+            if kind == "message":
+                lost.append(payload.Info.ID)
+        if lost:
+            log.warning("WhatsApp: %d received message(s) not handed to the core within "
+                        "%.0f s of stopping; WhatsApp will not deliver them again: %s",
+                        len(lost), self.stop_drain_s, ", ".join(lost[:20]))
+
     async def _supervise(self) -> None:
         assert self._client is not None
         while not self._stopping and self._terminal is None:
             error: BaseException | None = None
+            # Until ConnectedEv says otherwise, the connection dates from this call.
+            self._inbox.put_nowait(("online", self._clock()))
             try:
                 session = await self._client.connect()
                 await session
@@ -812,7 +1030,8 @@ class WhatsAppChannel:
         self._backoff.reset()
         self._connected = True
         self._detail = "connected"
-        self._inbox.put_nowait(("connected", None))  # identity refresh, in order with messages
+        # Identity refresh, presence and the catch-up reference, in order with messages.
+        self._inbox.put_nowait(("connected", self._clock()))
 
     async def _on_disconnected(self, _event: Any) -> None:
         if self._stopping or self._terminal:
@@ -864,16 +1083,32 @@ class WhatsAppChannel:
         while True:
             kind, payload = await self._inbox.get()
             try:
-                if kind == "connected":
+                if kind == "online":
+                    self._online_since = payload
+                elif kind == "connected":
+                    self._online_since = payload
                     await self._refresh_identity()
+                    await self._announce_available()
                 else:
+                    self._handling = payload.Info.ID  # left set if stop() cancels us
                     await self._handle_message(payload)
+                    self._handling = None
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self._handling = None
                 log.exception("WhatsApp: failed to handle an inbound %s", kind)
             finally:
                 self._inbox.task_done()
+
+    async def _announce_available(self) -> None:
+        if self._client is None:
+            return
+        try:
+            await self._client.set_available()
+        except Exception as exc:  # cosmetic: only "typing…" depends on it
+            log.info("WhatsApp: could not announce available presence (\"typing…\" may not "
+                     "show): %s", _clip(str(exc), 200))
 
     async def _refresh_identity(self) -> None:
         if self._client is None:
@@ -915,10 +1150,10 @@ class WhatsAppChannel:
             log.debug("WhatsApp: skip %s (%s)", info.ID, content.skipped)
             return
         timestamp = _timestamp_s(info.Timestamp) if info.Timestamp else self._clock()
-        age = self._clock() - timestamp
-        if age > self.config.catchUpMinutes * 60:
-            log.info("WhatsApp: skip message %s: %.0f min old (catchUpMinutes=%s)",
-                     info.ID, age / 60, self.config.catchUpMinutes)
+        age = self._catch_up_age(timestamp)
+        if age is not None and age > self.config.catchUpMinutes * 60:
+            log.info("WhatsApp: skip message %s sent while offline: %.0f min old "
+                     "(catchUpMinutes=%s)", info.ID, age / 60, self.config.catchUpMinutes)
             return
 
         who = await self._identify(src.Sender, src.SenderAlt)
@@ -929,7 +1164,6 @@ class WhatsAppChannel:
             channel=self.name, account=self.account, chat_id=_jid_str(chat),
             chat_kind=ChatKind.GROUP if is_group else ChatKind.DIRECT,
         )
-        media = tuple([await self._fetch(spec, ev.Message) for spec in content.media])
         quoted, replied_to_bot = await self._quoted(content.context)
         mentioned = replied_to_bot or self._mentions_me(content.context)
         inbound = Inbound(
@@ -940,20 +1174,59 @@ class WhatsAppChannel:
             text=content.text,
             sender_name=_clip(info.Pushname, 80) or None,
             sender_aliases=who.aliases,
-            media=media,
+            media=tuple(_bare_ref(spec) for spec in content.media),
             quoted=quoted,
             mentioned=mentioned,
             extra={"chat_jid": _jid_str(chat), "sender_jid": _jid_str(who.jid)},
         )
+        # Decide first, download after: a stranger's file or an unmentioned group photo
+        # is never fetched.  A refused message still reaches accept() (pairing codes,
+        # refusal records), with its media described but not downloaded.
+        if any(spec.downloadable for spec in content.media) and await self._admits(inbound):
+            media = tuple([await self._fetch(spec, ev.Message) for spec in content.media])
+            inbound = dataclasses.replace(inbound, media=media)
         self._remember(ev)
         assert self._sink is not None
         status = await self._sink.accept(inbound)
         log.debug("WhatsApp: message %s -> %s", info.ID, status)
+        if status is AcceptStatus.ACCEPTED and is_group:
+            shown = content.text or (inbound.media[0].placeholder() if inbound.media else "")
+            try:
+                await self._quotes.add(info.ID, address.chat_id,
+                                       _quote_participant(src.Sender, src.SenderAlt), shown)
+            except OSError as exc:
+                log.warning("WhatsApp: cannot remember message %s for quoting: %s",
+                            info.ID, exc)
         if status is AcceptStatus.ACCEPTED and self.config.sendReadReceipts:
             try:
                 await self._require_client().mark_read([info.ID], chat=chat, sender=who.jid)
             except Exception as exc:
                 log.debug("WhatsApp: read receipt for %s failed: %s", info.ID, exc)
+
+    def _catch_up_age(self, timestamp: float) -> float | None:
+        """How old a message sent while offline was when we came online; None when live.
+
+        Live messages (sent after this connection came up) are always answered, however
+        long they waited in the inbox; ``catchUpMinutes`` only limits the backlog.
+        """
+        since = self._online_since
+        if since is None:  # no connection recorded (should not happen): judge by age
+            return self._clock() - timestamp
+        if timestamp >= since - self.catch_up_skew_s:
+            return None
+        return since - timestamp
+
+    async def _admits(self, inbound: Inbound) -> bool:
+        """Ask the core whether it would answer ``inbound`` (deny when it cannot say)."""
+        admits = getattr(self._sink, "admits", None)
+        if admits is None:  # a sink without the check: everything it gets is wanted
+            return True
+        try:
+            return bool(await admits(inbound))
+        except Exception as exc:
+            log.warning("WhatsApp: access check before downloading %s failed (%s); media "
+                        "not downloaded", inbound.message_id, _clip(str(exc), 200))
+            return False
 
     async def _identify(self, sender: JID, alt: JID) -> _Identity:
         """Map a sender (phone JID or LID) to ``+E164`` when possible; remember mappings."""
@@ -976,14 +1249,19 @@ class WhatsAppChannel:
             phone = sender.User
             if alt.Server == LID_SERVER and alt.User:
                 lid = alt.User
+        if phone is not None and not phone.isdigit():
+            phone = None
         if lid and phone:
             await self._lids.remember(lid, phone)
+        # "+E164" as the id; the bare digits too, so allowFrom entries written either way
+        # ("+15551234567" or "15551234567") match the core's literal comparison.
         sender_id = f"+{phone}" if phone else raw
         aliases = [raw]
         if lid:
             aliases.append(f"{lid}@{LID_SERVER}")
         if phone:
             aliases.append(f"{phone}@{PHONE_SERVER}")
+            aliases.append(phone)
         unique = tuple(dict.fromkeys(a for a in aliases if a != sender_id))
         return _Identity(sender_id, jid, unique)
 
@@ -1024,11 +1302,19 @@ class WhatsAppChannel:
         return quoted, from_bot
 
     async def _fetch(self, spec: _MediaSpec, message: waE2E.Message) -> MediaRef:
-        """Download one media item into the media store (bounded by ``mediaMaxMb``)."""
+        """Download one media item into the media store (bounded by ``mediaMaxMb``).
+
+        neonize cannot stream a download or stop it at a size, and ``fileLength`` is
+        whatever the sender's client wrote.  So: a declared size over the cap is not
+        fetched; a video, audio, voice note or document WITHOUT a declared size is not
+        fetched either (those can be large); an image or sticker without one is fetched
+        and dropped if the bytes exceed the cap.  A sender who understates the size can
+        still make Palaver hold one oversized file in memory until it is dropped; only
+        senders the core admits get that far.  Downloads are abandoned after
+        ``download_timeout_s`` (the worker thread finishes on its own, its bytes dropped).
+        """
         def ref(note: str | None, size: int | None = spec.size) -> MediaRef:
-            return MediaRef(kind=spec.kind, mime=spec.mime if spec.downloadable else None,
-                            filename=spec.filename, size=size, duration_s=spec.duration_s,
-                            width=spec.width, height=spec.height, note=note)
+            return _bare_ref(spec, note=note, size=size)
 
         if not spec.downloadable:
             return ref(spec.note)
@@ -1036,8 +1322,16 @@ class WhatsAppChannel:
         too_big = f"not downloaded: larger than the {self.config.mediaMaxMb:g} MB limit"
         if spec.size is not None and spec.size > limit:
             return ref(_join(spec.note, too_big))
+        if spec.size is None and spec.kind in _SIZE_REQUIRED:
+            log.info("WhatsApp: %s without a stated size not downloaded", spec.kind)
+            return ref(_join(spec.note, "not downloaded: size unknown"))
         try:
-            data = await self._require_client().download(_unwrap(message))
+            data = await asyncio.wait_for(self._require_client().download(_unwrap(message)),
+                                          self.download_timeout_s)
+        except TimeoutError:
+            log.warning("WhatsApp: %s download took longer than %.0f s; abandoned",
+                        spec.kind, self.download_timeout_s)
+            return ref(_join(spec.note, "download timed out"))
         except Exception as exc:
             log.warning("WhatsApp: %s download failed: %s", spec.kind, _clip(str(exc), 200))
             return ref(_join(spec.note, "download failed"))
@@ -1055,6 +1349,13 @@ class WhatsAppChannel:
                               duration_s=stored.duration_s, width=stored.width,
                               height=stored.height, note=spec.note)
         return stored
+
+    def _quote_for(self, message_id: str, chat_id: str) -> QuoteRef | None:
+        """The quote for a reply: the cached event, else what quotes.jsonl remembers."""
+        ev = self._recent.get(message_id)
+        if ev is not None and _jid_str(ev.Info.MessageSource.Chat) == chat_id:
+            return QuoteRef.from_event(ev)
+        return self._quotes.get(message_id, chat_id)
 
     def _remember(self, ev: MessageEv) -> None:
         self._recent[ev.Info.ID] = ev
@@ -1078,7 +1379,7 @@ class WhatsAppChannel:
         chunks = _render(out.text, self.capabilities.text_chunk_limit, out.plain)
         quoted = None
         if out.reply_to_message_id and out.address.chat_kind is ChatKind.GROUP:
-            quoted = self._recent.get(out.reply_to_message_id)
+            quoted = self._quote_for(out.reply_to_message_id, out.address.chat_id)
         sent: list[str] = []
         for index, chunk in enumerate(chunks):
             quote = quoted if index == 0 else None
@@ -1089,7 +1390,7 @@ class WhatsAppChannel:
                     sent.append(await client.send_text(chat, chunk, quoted=quote))
                     last_error = None
                     break
-                except Exception as exc:
+                except NotSent as exc:  # nothing went out: trying again cannot duplicate
                     last_error = exc
                     log.warning("WhatsApp: send to %s failed (attempt %d/%d): %s",
                                 out.address.chat_id, attempt + 1, self.send_attempts,
@@ -1097,6 +1398,16 @@ class WhatsAppChannel:
                     if attempt + 1 < self.send_attempts:
                         delays = self.send_retry_delays
                         await self._sleep(delays[min(attempt, len(delays) - 1)])
+                except Exception as exc:
+                    # The message may have reached WhatsApp (e.g. the server's ack timed
+                    # out): a retry could deliver it twice, so the core records a failure.
+                    log.warning("WhatsApp: send to %s failed and may have been delivered; "
+                                "not retried: %s", out.address.chat_id, _clip(str(exc), 200))
+                    raise SendError(
+                        f"WhatsApp send failed, possibly after delivery, not retried "
+                        f"({type(exc).__name__}: {_clip(str(exc), 200)})",
+                        sent_ids=sent,
+                    ) from None
             if last_error is not None:
                 raise SendError(
                     f"WhatsApp send failed after {self.send_attempts} attempts "
@@ -1132,6 +1443,20 @@ class WhatsAppChannel:
             await self._require_client().chat_presence(chat, composing=composing)
         except Exception as exc:  # typing is cosmetic: never let it break a turn
             log.debug("WhatsApp: presence update failed: %s", exc)
+
+
+# Media kinds that can be large: not downloaded when the sender states no size.
+_SIZE_REQUIRED = frozenset({MediaKind.VIDEO, MediaKind.AUDIO, MediaKind.VOICE,
+                            MediaKind.DOCUMENT})
+
+
+def _bare_ref(spec: _MediaSpec, *, note: str | None = None,
+              size: int | None = None) -> MediaRef:
+    """The description of a media item without its bytes (``media_id`` None)."""
+    return MediaRef(kind=spec.kind, mime=spec.mime if spec.downloadable else None,
+                    filename=spec.filename, size=spec.size if size is None else size,
+                    duration_s=spec.duration_s, width=spec.width, height=spec.height,
+                    note=spec.note if note is None else note)
 
 
 def _join(*notes: str | None) -> str | None:

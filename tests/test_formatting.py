@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import random
 import re
-from html.parser import HTMLParser
 
 import pytest
 
@@ -13,44 +12,98 @@ from bridge.formatting import chunk_text, render, to_plain, to_telegram_html, to
 from channels.base import Markup
 
 TG = Markup.TELEGRAM_HTML
-ALLOWED_TAGS = {"b", "i", "s", "code", "pre", "a", "blockquote"}
+WA = Markup.WHATSAPP
+
+# Telegram Bot API HTML (https://core.telegram.org/bots/api#html-style): only these
+# tags; only &lt; &gt; &amp; &quot; named entities; <, > and & escaped everywhere else;
+# entities properly nested, blockquotes never nested, nothing inside pre/code (except
+# the <code class="language-x"> of a <pre>), and a link containing no link, code or pre.
+_ALLOWED = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
+            "a", "code", "pre", "blockquote"}
+_INLINE_FMT = _ALLOWED - {"a", "code", "pre", "blockquote"}
+_TAG_RE = re.compile(r'<(/?)([a-zA-Z-]+)((?:\s+[a-z-]+(?:="[^"]*")?)*)\s*>')
+_ENTITY_RE = re.compile(r"&(lt|gt|amp|quot);")
 
 
-class _Balance(HTMLParser):
-    """Checks that a Telegram HTML chunk is balanced and uses only allowed tags."""
+def validate_html(chunk: str) -> tuple[list[str], str, list[str], str]:
+    """Check one chunk against the Bot API's HTML rules.
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
-        self.text: list[str] = []
-        self.errors: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag not in ALLOWED_TAGS:
-            self.errors.append(f"tag {tag}")
-        self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"unbalanced </{tag}> with {self.stack}")
+    Returns (errors, visible text, texts of the <pre> elements in order, visible text
+    outside them).
+    """
+    errors: list[str] = []
+    stack: list[str] = []
+    text: list[str] = []
+    pres: list[str] = []
+    outside: list[str] = []
+    i = 0
+    while i < len(chunk):
+        c = chunk[i]
+        if c == "<":
+            m = _TAG_RE.match(chunk, i)
+            if not m:
+                errors.append(f"raw < at {i}: {chunk[i:i + 20]!r}")
+                i += 1
+                continue
+            close, name, attrs = m.group(1), m.group(2), m.group(3).strip()
+            if name not in _ALLOWED:
+                errors.append(f"tag {name}")
+            if close:
+                if not stack or stack[-1] != name:
+                    errors.append(f"misnested </{name}> in {stack}")
+                else:
+                    stack.pop()
+            else:
+                if name == "a" and not re.fullmatch(r'href="[^"]*"', attrs):
+                    errors.append(f"<a {attrs}>")
+                if name == "code" and attrs and not (
+                    stack and stack[-1] == "pre" and re.fullmatch(r'class="language-[^"]+"', attrs)
+                ):
+                    errors.append(f"<code {attrs}> in {stack}")
+                if name not in ("a", "code") and attrs and attrs != "expandable":
+                    errors.append(f"attributes on <{name}>")
+                if any(n in ("pre", "code") for n in stack) and not (name == "code" and stack[-1] == "pre"):
+                    errors.append(f"<{name}> inside code/pre {stack}")
+                if name == "blockquote" and "blockquote" in stack:
+                    errors.append("nested blockquote")
+                if name in ("a", "code", "pre") and "a" in stack:
+                    errors.append(f"<{name}> inside <a>")
+                if name == "pre" and any(n in _INLINE_FMT for n in stack):
+                    errors.append(f"<pre> inside inline formatting {stack}")
+                if name == "pre":
+                    pres.append("")
+                stack.append(name)
+            for ent in re.findall(r"&[^;\s]*;?", attrs):
+                if not _ENTITY_RE.fullmatch(ent):
+                    errors.append(f"entity {ent!r} in attribute")
+            i = m.end()
+            continue
+        if c == ">":
+            errors.append(f"raw > at {i}")
+        ch = c
+        if c == "&":
+            m = _ENTITY_RE.match(chunk, i)
+            if not m:
+                errors.append(f"bad entity {chunk[i:i + 8]!r}")
+            else:
+                ch = html.unescape(m.group(0))
+                i = m.end() - 1
+        text.append(ch)
+        if "pre" in stack:
+            pres[-1] += ch
         else:
-            self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
+            outside.append(ch)
+        i += 1
+    if stack:
+        errors.append(f"unclosed {stack}")
+    return errors, "".join(text), pres, "".join(outside)
 
 
 def check_html(chunk: str) -> str:
-    """Assert ``chunk`` is balanced Telegram HTML; return its visible text."""
-    # Raw '<' or '&' that is not a tag or an entity would make Telegram reject it.
-    assert not re.search(r"<(?!/?(b|i|s|code|pre|a|blockquote)[ >])", chunk), chunk
-    assert not re.search(r"&(?!(amp|lt|gt|quot|#x27|#39);)", chunk), chunk
-    parser = _Balance()
-    parser.feed(chunk)
-    parser.close()
-    assert not parser.errors, (parser.errors, chunk)
-    assert not parser.stack, (parser.stack, chunk)
-    return "".join(parser.text)
+    """Assert ``chunk`` is valid Telegram HTML; return its visible text."""
+    errors, text, _, _ = validate_html(chunk)
+    assert not errors, (errors, chunk)
+    return text
 
 
 def squash(text: str) -> str:
@@ -324,3 +377,248 @@ def test_random_markdown_invariants(seed):
     wa = render(md, Markup.WHATSAPP, limit)
     assert all(utf16_len(c) <= limit for c in wa)
     assert all(c.count("```") % 2 == 0 for c in wa)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize(
+    ("md", "tg", "wa"),
+    [
+        ("2*3*4 = 24", "2*3*4 = 24", "2*3*4 = 24"),
+        ("Price: 3*x + 2*y", "Price: 3*x + 2*y", "Price: 3*x + 2*y"),
+        ("ls src/*.py and *.txt", "ls src/*.py and *.txt", "ls src/*.py and *.txt"),
+        ("a*b* and *c*d", "a*b* and *c*d", "a*b* and *c*d"),
+        ("2**3 = 8 and 3**2 = 9", "2**3 = 8 and 3**2 = 9", "2**3 = 8 and 3**2 = 9"),
+        ("*it* and *it*, ok", "<i>it</i> and <i>it</i>, ok", "_it_ and _it_, ok"),
+        ("**bold**text", "<b>bold</b>text", "*bold*text"),
+        ("foo**bar**baz", "foo<b>bar</b>baz", "foo*bar*baz"),
+    ],
+)
+def test_star_inside_a_word_is_not_emphasis(md, tg, wa):
+    assert to_telegram_html(md) == tg
+    assert to_whatsapp(md) == wa
+
+
+def test_bold_inside_bold_context_is_not_doubled():
+    md = "### **Step 1:** Install"
+    assert to_whatsapp(md) == "*Step 1: Install*"
+    assert to_telegram_html(md) == "<b>Step 1: Install</b>"
+    assert to_whatsapp("# ***Big*** deal") == "*_Big_ deal*"
+    assert to_whatsapp("*a _b_ c*") == "_a b c_"
+    assert to_whatsapp("**a __b__ c**") == "*a b c*"
+    # A heading split over chunks still opens and closes one bold per chunk.
+    chunks = render("# **" + ("Long heading words. " * 20).strip() + "**", WA, 120)
+    assert len(chunks) > 2 and all(c.count("*") == 2 for c in chunks)
+
+
+@pytest.mark.parametrize(
+    ("md", "expected"),
+    [
+        ("_read https://x.com/a_b_ now_", "<i>read https://x.com/a_b_ now</i>"),
+        ("*see https://x.com/a*b and more*", "<i>see https://x.com/a*b and more</i>"),
+        ("*visit https://x.com/foo_bar_baz*", "<i>visit https://x.com/foo_bar_baz</i>"),
+        ("_see https://x.com/a_b_", "<i>see https://x.com/a_b</i>"),
+        ("**see https://x.com/a**", "<b>see https://x.com/a</b>"),
+        ("_a <https://x.com/b_c> d_", '<i>a <a href="https://x.com/b_c">https://x.com/b_c</a> d</i>'),
+        ("*a [b*](https://x.com)", '*a <a href="https://x.com">b*</a>'),
+        ("_x [y](/p_q_) z_", '<i>x y (/p_q_) z</i>'),
+    ],
+)
+def test_urls_and_links_are_opaque_to_emphasis(md, expected):
+    assert to_telegram_html(md) == expected
+
+
+def test_nested_quotes_are_flattened_for_telegram():
+    md = "> outer **b**\n> > inner one\n> > inner two\n> back out"
+    out = to_telegram_html(md)
+    assert out == "<blockquote>outer <b>b</b>\n\n│ inner one\n│ inner two\n\nback out</blockquote>"
+    check_html(out)
+    deep = to_telegram_html("> " * 40 + "deep")
+    check_html(deep)
+    assert deep.count("│") <= 6 and deep.endswith("deep</blockquote>")
+    # WhatsApp and plain text keep "> " prefixes; a split keeps them on every line.
+    assert to_whatsapp("> > x\n> > y") == "> > x\n> > y"
+    chunks = render("> > " + "\n> > ".join(f"line {i} of the quote" for i in range(30)), TG, 150)
+    assert len(chunks) > 2
+    for c in chunks:
+        body = check_html(c)
+        assert c.startswith("<blockquote>") and all(line.startswith("│ ") for line in body.split("\n"))
+
+
+def test_links_contain_no_code_or_links():
+    out = to_telegram_html("[`f()`](https://e.com) and [**`g`** x](https://e.com/g)")
+    assert out == '<a href="https://e.com">f()</a> and <a href="https://e.com/g"><b>g</b> x</a>'
+    check_html(out)
+    out = to_telegram_html("[see <https://in.com> or [b](https://b.com)](https://out.com)")
+    assert out == '<a href="https://out.com">see https://in.com or b</a>'
+    # Outside links code stays code; WhatsApp keeps the backticks.
+    assert to_whatsapp("[`f()`](https://e.com)") == "`f()` (https://e.com)"
+
+
+def test_href_uses_only_entities_the_bot_api_knows():
+    out = to_telegram_html("[it's](https://x.com/it's?a=1&b=\"2\")")
+    assert out == '<a href="https://x.com/it\'s?a=1&amp;b=&quot;2&quot;">it\'s</a>'
+    check_html(out)
+
+
+def test_link_too_long_for_a_chunk_becomes_text():
+    url = "https://x.com/" + "y" * 300
+    chunks = render(f"[label]({url})", TG, 200)
+    assert all(utf16_len(c) <= 200 for c in chunks)
+    assert "".join(chunks) == f"label ({url})"
+    assert render(f"[label]({url})", TG, 4096) == [f'<a href="{url}">label</a>']
+
+
+def test_validator_rejects_what_telegram_rejects():
+    bad = [
+        "<blockquote>a<blockquote>b</blockquote></blockquote>",
+        '<a href="u"><code>x</code></a>',
+        "<code><b>x</b></code>",
+        "<b>a<pre>x</pre></b>",
+        "<b><i>x</b></i>",
+        "a > b",
+        "a &#x27; b",
+        '<a href="it&#x27;s">x</a>',
+        "<b>open",
+        "<u2>x</u2>",
+    ]
+    for chunk in bad:
+        assert validate_html(chunk)[0], chunk
+    ok = '<blockquote><b>q <a href="u?a=1&amp;b">l</a></b></blockquote><pre><code class="language-py">x</code></pre>'
+    assert validate_html(ok)[0] == []
+
+
+def _code_of(md: str, limit: int) -> tuple[list[str], list[list[str]]]:
+    """(<pre> texts of the unchunked HTML, <pre> texts of each chunk) for Telegram."""
+    whole = validate_html(to_telegram_html(md))[2]
+    per_chunk = [validate_html(c)[2] for c in render(md, TG, limit)]
+    return whole, per_chunk
+
+
+def code_preserved(blocks: list[str], per_chunk: list[list[str]]) -> bool:
+    """Whether the chunks' code pieces rebuild ``blocks`` exactly.
+
+    A block may be split between consecutive chunks; at a line split the chunker drops
+    exactly the one newline there, anywhere else nothing.  Empty blocks are invisible
+    and trailing whitespace at the very end of the message may be dropped.
+    """
+    blocks = [b for b in blocks if b]
+    pieces = [(k, t) for k, texts in enumerate(per_chunk) for t in texts if t]
+    memo: dict[tuple[int, int, int], bool] = {}
+
+    def go(p: int, b: int, off: int) -> bool:
+        key = (p, b, off)
+        if key not in memo:
+            memo[key] = _go(p, b, off)
+        return memo[key]
+
+    def _go(p: int, b: int, off: int) -> bool:
+        if b < len(blocks) and off == len(blocks[b]):
+            return go(p, b + 1, 0)
+        if p == len(pieces):
+            rest = (blocks[b][off:] if b < len(blocks) else "") + "".join(blocks[b + 1 :])
+            return not rest.strip()
+        if b == len(blocks):
+            return False
+        chunk, text = pieces[p]
+        remaining = blocks[b][off:]
+        if off == 0:
+            return remaining.startswith(text) and go(p + 1, b, len(text))
+        if p == 0 or pieces[p - 1][0] != chunk - 1:
+            return False  # a block continues only at the start of the next chunk
+        return any(
+            remaining.startswith(sep + text) and go(p + 1, b, off + len(sep) + len(text))
+            for sep in ("", "\n")
+        )
+
+    return go(0, 0, 0)
+
+
+def test_code_preserved_checker_can_fail():
+    assert code_preserved(["ab\ncd"], [["ab"], ["cd"]])
+    assert code_preserved(["a  b"], [["a "], [" b"]])
+    assert not code_preserved(["a  b"], [["a"], ["b"]])  # lost whitespace
+    assert not code_preserved(["ab", "cd"], [["ab", "c"]])
+
+
+@pytest.mark.parametrize(
+    ("md", "limit"),
+    [
+        ("```\nname" + " " * 246 + "| description\n```", 200),
+        ("```\na" + " " * 300 + "b\n```", 200),
+        ("```\n" + "a" * 150 + "\n" + " " * 195 + "| x\n```", 200),
+        ("```\n" + " " * 195 + "| x\n```", 200),
+        ("```\nb" + " " * 198 + "| x\n```", 200),
+        ("| name | description |\n|---|---|\n| " + "x" * 250 + " | a |\n| b | c |", 200),
+        ("```py\nx = 1\n\n\n\n" + "    y = 2\n" * 40 + "```", 120),
+    ],
+)
+def test_whitespace_inside_code_survives_chunking(md, limit):
+    chunks = render(md, TG, limit)
+    for c in chunks:
+        check_html(c)
+        assert utf16_len(c) <= limit, (utf16_len(c), c)
+    whole, per_chunk = _code_of(md, limit)
+    assert code_preserved(whole, per_chunk), chunks
+
+
+def test_fallback_split_counts_closing_tags():
+    md = "**" + "x" * 30 + "`" + "y" * 500 + "`**"
+    for limit in (50, 64, 100):
+        for c in render(md, TG, limit):
+            check_html(c)
+            assert utf16_len(c) <= limit
+
+
+_FUZZ_PIECES = [
+    "**", "*", "_", "__", "~~", "`", "```", "```py\n", "\n", "\n\n", "> ", "- ", "1. ", "   - ",
+    "# ", "[a](https://x.com/a_(b))", "<", ">", "&", "😀", "word ", "snake_case ", "2*3 ",
+    "| a | b |\n|---|---|\n| c | d |\n", "https://x.com/_a_ ", "text. ", "  ", " " * 60, "\\*",
+    "[`c`](http://y)", "> > ", "### **h** ", "\t", "'\"", "[l](https://e.com/'q'&r)",
+]
+
+
+def squash_prose(text: str) -> str:
+    """Text outside code without whitespace (free to move at splits) or quote bars."""
+    return re.sub(r"[\s│]+", "", text)
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_fuzz_every_chunk_is_valid_and_nothing_is_lost(block):
+    rng = random.Random(568_000 + block)
+    for _ in range(90):
+        md = "".join(rng.choice(_FUZZ_PIECES) for _ in range(rng.randint(1, 250)))
+        limit = rng.choice([200, 210, 256, 300, 4096])
+        chunks = render(md, TG, limit)
+        code: list[list[str]] = []
+        prose = ""
+        for c in chunks:
+            errors, _, pres, outside = validate_html(c)
+            assert not errors and utf16_len(c) <= limit, (md, limit, c, errors)
+            code.append(pres)
+            prose += outside
+        whole_errors, _, whole_pres, whole_outside = validate_html(to_telegram_html(md))
+        assert not whole_errors, (md, whole_errors)
+        assert code_preserved(whole_pres, code), (md, limit, chunks)
+        assert squash_prose(prose) == squash_prose(whole_outside), (md, limit, chunks)
+        for markup in (WA, Markup.PLAIN):
+            assert all(utf16_len(c) <= limit for c in render(md, markup, limit)), (markup, md, limit)
+
+
+def test_to_plain_renders_links_as_text_and_url():
+    md = (
+        "# Docs\n\nRead [**the** `guide`](https://e.com/a_b) or <https://e.com/x>, "
+        "[https://e.com/y](https://e.com/y), ![cat](https://e.com/c.png) and "
+        "[bad](javascript:alert(1)).\n\n> quoted [q](https://q.com)\n\n- [item](https://i.com) & <b>"
+    )
+    assert to_plain(md) == (
+        "Docs\n\nRead the guide (https://e.com/a_b) or https://e.com/x, "
+        "https://e.com/y, cat (https://e.com/c.png) and bad (javascript:alert(1)).\n\n"
+        "> quoted q (https://q.com)\n\n• item (https://i.com) & <b>"
+    )
+    # Plain chunks (Telegram's fallback) stay under the limit and keep every URL whole.
+    text = to_plain(" ".join(f"[link {i}](https://e.com/page/{i})" for i in range(200)))
+    chunks = chunk_text(text, 300)
+    assert all(utf16_len(c) <= 300 for c in chunks)
+    assert sum(c.count("https://e.com/page/") for c in chunks) == 200

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import json5
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -210,7 +211,7 @@ def _finish(raw: dict[str, Any], *, file: Path | str | None, env: Mapping[str, s
     except ValidationError as exc:
         raise ConfigError(file=file, problems=_translate(exc)) from None
     config = _merge_catalog(own, env)
-    problems = _check_refs(config, data)
+    problems = _check_providers(config) + _check_refs(config, data)
     if problems:
         raise ConfigError(file=file, problems=problems)
     return config
@@ -221,7 +222,6 @@ def _finish(raw: dict[str, Any], *, file: Path | str | None, env: Mapping[str, s
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DROP = object()
-_BUILTIN_KEY_VARS = {var: pid for pid, var in BUILTIN_KEY_ENV.items()}
 
 
 def _interpolate(node: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem]) -> Any:
@@ -253,20 +253,28 @@ def _interpolate(node: Any, loc: Loc, env: Mapping[str, str], problems: list[Pro
         return env[name]
 
     result = _VAR.sub(substitute, node)
-    for name in missing:
-        if name in _BUILTIN_KEY_VARS and loc and isinstance(loc[-1], str):
-            log.warning("%s is not set: %s is left out, so provider %r has no credentials",
-                        name, format_loc(loc), _BUILTIN_KEY_VARS[name])
-            return _DROP
+    if missing and _is_own_builtin_key(loc, missing):
+        # models.providers.<built-in>.apiKey: "${ITS_OWN_VAR}" unset just leaves that
+        # hosted provider without credentials (as if the file did not mention it).
+        log.warning("%s is not set: %s is left out, so provider %r has no credentials",
+                    missing[0], format_loc(loc), loc[2])
+        return _DROP
+    for name in dict.fromkeys(missing):
         problems.append(Problem(format_loc(loc),
                                 f"environment variable {name} is not set (used as ${{{name}}})"))
     return result
 
 
+def _is_own_builtin_key(loc: Loc, missing: list[str]) -> bool:
+    """``loc`` is models.providers.<built-in>.apiKey and the one missing variable is that
+    provider's own key variable."""
+    if len(loc) != 4 or loc[0] != "models" or loc[1] != "providers" or loc[3] != "apiKey":
+        return False
+    own = BUILTIN_KEY_ENV.get(loc[2]) if isinstance(loc[2], str) else None
+    return own is not None and set(missing) == {own}
+
+
 # --------------------------------------------------------------------------- pydantic errors
-
-_SECRET_KEYS = {"apikey", "bottoken", "webhooksecret", "token", "password", "secret"}
-
 
 def _translate(exc: ValidationError) -> list[Problem]:
     problems = []
@@ -288,7 +296,7 @@ def _translate(exc: ValidationError) -> list[Problem]:
 
 
 def _got(value: Any, loc: Loc) -> str:
-    if loc and isinstance(loc[-1], str) and loc[-1].casefold() in _SECRET_KEYS:
+    if any(isinstance(part, str) and _is_secret_key(part) for part in loc):
         return ""  # never echo something meant to be a secret
     if isinstance(value, dict | list):
         return f", got {_kind(value)}"
@@ -383,6 +391,40 @@ def _overlay(base: BaseModel, top: BaseModel, skip: frozenset[str] | set[str] = 
     return base.model_copy(update=update)
 
 
+# --------------------------------------------------------------------------- providers
+
+
+def _check_providers(config: Config) -> list[Problem]:
+    """Every provider (after the catalog merge) needs an http(s) baseUrl to be callable."""
+    problems = []
+    for pid, provider in config.models.providers.items():
+        loc = format_loc(("models", "providers", pid, "baseUrl"))
+        url = (provider.baseUrl or "").strip()
+        if not url:
+            builtin = ", ".join(sorted(BUILTIN_KEY_ENV))
+            problems.append(Problem(loc, (
+                "missing baseUrl: expected the server's URL, e.g. "
+                '"http://127.0.0.1:1234/v1" (only the built-in providers '
+                f"{builtin} have one by default)")))
+            continue
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            problems.append(Problem(loc, f"invalid port in baseUrl {_safe_url(url)!r}"))
+            continue
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(Problem(loc, f"expected an http:// or https:// URL with a host, "
+                                    f"got {_safe_url(url)!r}"))
+    return problems
+
+
+def _safe_url(url: str) -> str:
+    """``url`` for an error message: credentials and query removed, clipped."""
+    url = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", url).split("?", 1)[0]
+    return url if len(url) <= 60 else url[:57] + "..."
+
+
 # --------------------------------------------------------------------------- model refs
 
 
@@ -474,50 +516,156 @@ def _raw_at(raw: Any, loc: Loc) -> Any:
 # --------------------------------------------------------------------------- redaction
 
 REDACTED = "***"
+# Secrets shorter than this are only hidden in their own field, not searched for in other
+# strings (redacting every "abcd" would destroy the output without protecting anything).
+MIN_SECRET_LENGTH = 6
+# A key whose normalised name (casefolded, without "_", "-", ".", spaces) ends like this
+# holds a secret, at any depth: apiKey, api_key, x-api-key, botToken, access_token, ...
+_SECRET_NAME_ENDINGS = ("apikey", "token", "secret", "secretkey", "password", "passwd",
+                        "authorization", "accesskey", "privatekey", "credential",
+                        "credentials")
+# Header names whose value is a credential (inside any "...headers" object).
 _AUTH_HEADER = re.compile(r"auth|token|key|secret|cookie|session|signature|password", re.I)
-_AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|key)\s+\S", re.I)
+_AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|key)\s+(\S+)", re.I)
 _URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):([^/\s@]+)@")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:key|token|sig|signature|api[_-]?key|x-api-key|access[_-]?token"
+    r"|auth|password|secret)=)([^&#\s\"']+)")
+_BEARER_IN_TEXT = re.compile(r"(?i)\b(bearer|basic)\s+([A-Za-z0-9._~+/=-]{6,})")
+
+
+def _norm_key(key: str) -> str:
+    return re.sub(r"[\s_.-]", "", key.casefold())
+
+
+def _is_secret_key(key: str | None) -> bool:
+    if not key or "/" in key:  # "provider/model" keys are refs, not field names
+        return False
+    name = _norm_key(key)
+    return name == "key" or name.endswith(_SECRET_NAME_ENDINGS)
+
+
+def _is_headers(key: str | None) -> bool:
+    return bool(key) and _norm_key(key).endswith("headers")  # type: ignore[union-attr]
+
+
+def _is_auth_header(name: str, value: str) -> bool:
+    return bool(_AUTH_HEADER.search(name) or _AUTH_VALUE.match(value))
+
+
+def header_secrets(headers: Mapping[str, str]) -> list[str]:
+    """Credential values among HTTP ``headers`` (Authorization, x-api-key, api-key, …),
+    each with the bare token after a ``Bearer``/``Basic`` scheme too."""
+    out: list[str] = []
+    for name, value in headers.items():
+        if not isinstance(value, str) or not _is_auth_header(name, value):
+            continue
+        out.append(value.strip())
+        m = _AUTH_VALUE.match(value)
+        if m:
+            out.append(m.group(2))
+    return [v for v in dict.fromkeys(out) if v]
+
+
+def _collect_secrets(config: Config) -> list[str]:
+    """Every secret value in ``config`` (longest first): SecretStr fields, values under
+    secret-named keys, credential header values (and their token after "Bearer"),
+    passwords and secret query parameters in URLs, bearer tokens in any string."""
+    ignore = {pid.casefold() for pid in config.models.providers}
+    found: set[str] = set()
+
+    def add(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or isinstance(value, bool):
+            return
+        if isinstance(value, dict | list | tuple):
+            for v in value.values() if isinstance(value, dict) else value:
+                add(v)
+            return
+        text = str(value).strip()
+        # A placeholder key equal to a provider id ("lmstudio") is not worth hiding
+        # everywhere: it would blank every model ref of that provider.
+        if len(text) >= MIN_SECRET_LENGTH and text.casefold() not in ignore:
+            found.add(text)
+
+    def walk(node: Any, key: str | None, parent: str | None) -> None:
+        if isinstance(node, SecretStr) or (node is not None and _is_secret_key(key)):
+            add(node)
+            if isinstance(node, str | SecretStr):
+                text = node.get_secret_value() if isinstance(node, SecretStr) else node
+                m = _AUTH_VALUE.match(text)
+                if m:
+                    add(m.group(2))
+            return
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, str(k), key)
+        elif isinstance(node, list | tuple):
+            for v in node:
+                walk(v, key, parent)
+        elif isinstance(node, str):
+            if key is not None and _is_headers(parent) and _is_auth_header(key, node):
+                add(node)
+                m = _AUTH_VALUE.match(node)
+                if m:
+                    add(m.group(2))
+            for m in _URL_PASSWORD.finditer(node):
+                add(m.group(2))
+            for m in _SECRET_QUERY.finditer(node):
+                add(m.group(2))
+            for m in _BEARER_IN_TEXT.finditer(node):
+                add(m.group(2))
+
+    walk(config.model_dump(), None, None)
+    return sorted(found, key=lambda s: (-len(s), s))
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Every secret value in ``config``, longest first, for log redaction.
+
+    Covers every ``apiKey``, ``botToken``, ``webhookSecret`` and any other value under a
+    secret-named key (``api_key``, ``token``, ``password``, ... at any depth), credential
+    header values (``Authorization``, ``x-api-key``, ``api-key``, … and the token after
+    ``Bearer``), passwords and ``key``/``token``/``sig`` query parameters in URLs.  Values
+    shorter than ``MIN_SECRET_LENGTH`` or equal to a provider id are left out.  Call it
+    again after each reload: the set changes with the config.
+    """
+    return _collect_secrets(config)
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The whole config as JSON-ready data with every secret replaced by ``"***"``."""
-    secrets: list[str] = []
+    """The whole config as JSON-ready data with every secret replaced by ``"***"``.
 
-    def collect(node: Any) -> None:
-        if isinstance(node, SecretStr):
-            value = node.get_secret_value()
-            if len(value) >= 4:
-                secrets.append(value)
-        elif isinstance(node, dict):
-            for v in node.values():
-                collect(v)
-        elif isinstance(node, list | tuple):
-            for v in node:
-                collect(v)
-
-    dumped = config.model_dump()
-    collect(dumped)
-    secrets.sort(key=len, reverse=True)
+    Hidden: SecretStr fields; any value under a secret-named key at any depth (names are
+    compared casefolded without ``_``/``-``: apiKey, api_key, x-api-key, token, secret,
+    password, authorization, ...); credential values in any ``...headers`` object; URL
+    passwords and secret query parameters; and every secret value found anywhere, wherever
+    else it appears in a string.
+    """
+    secrets = _collect_secrets(config)
 
     def scrub_text(text: str) -> str:
         for secret in secrets:
             text = text.replace(secret, REDACTED)
-        return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+        text = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+        text = _SECRET_QUERY.sub(rf"\1{REDACTED}", text)
+        return _BEARER_IN_TEXT.sub(rf"\1 {REDACTED}", text)
 
     def walk(node: Any, key: str | None, parent: str | None) -> Any:
         if isinstance(node, SecretStr):
             return REDACTED
-        if node is not None and key is not None and key.casefold() in _SECRET_KEYS:
+        if node is not None and _is_secret_key(key):
             return REDACTED
-        if isinstance(node, str) and parent == "headers" and key is not None and (
-                _AUTH_HEADER.search(key) or _AUTH_VALUE.match(node)):
+        if isinstance(node, str) and key is not None and _is_headers(parent) \
+                and _is_auth_header(key, node):
             return REDACTED
         if isinstance(node, dict):
             return {k: walk(v, str(k), key) for k, v in node.items()}
         if isinstance(node, list | tuple):
-            return [walk(v, None, key) for v in node]
+            return [walk(v, key, parent) for v in node]
         if isinstance(node, str):
             return scrub_text(node)
         return node
 
-    return walk(dumped, None, None)
+    return walk(config.model_dump(), None, None)

@@ -125,6 +125,8 @@ class AgentDefaults(_Model):
     imageRoots: tuple[str, ...] = ()
     # Bounded wait for running turns on shutdown.
     shutdownGraceSeconds: float = Field(default=20, ge=0)
+    # Model turns running at once across all chats (0: no limit); commands are not limited.
+    maxConcurrentTurns: int = Field(default=4, ge=0)
 
 
 class Agents(_Model):

@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
 from bridge.config.load import ConfigError, load_config
 from bridge.config.schema import Config
@@ -44,7 +45,15 @@ class LiveConfig:
     """
 
     def __init__(self, config: Config, path: Path | None, *, interval: float = 1.0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 fingerprint: Fingerprint | Literal["now"] = "now") -> None:
+        """Wrap ``config``, loaded from ``path``.
+
+        ``fingerprint`` identifies the file content ``config`` came from: by default it
+        is taken now, so an edit made after this point (while the rest of the bridge
+        starts) is loaded by :meth:`start`.  Call this off the event loop, or use
+        :meth:`load`, which takes it just before reading the file.
+        """
         self._current = config
         self.path = Path(path) if path is not None else None
         self.interval = interval
@@ -54,14 +63,23 @@ class LiveConfig:
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._fingerprint: Fingerprint = None
+        if fingerprint == "now":
+            fingerprint = _fingerprint(self.path, None) if self.path is not None else None
+        self._fingerprint = fingerprint
         self._sighup_loop: asyncio.AbstractEventLoop | None = None
         self._missing_logged = False
 
     @classmethod
     def load(cls, path: Path | None, *, interval: float = 1.0,
              env: Mapping[str, str] | None = None) -> LiveConfig:
-        """Load ``path`` now (raising :class:`ConfigError`) and wrap it."""
-        return cls(load_config(path, env=env), path, interval=interval, env=env)
+        """Load ``path`` now (raising :class:`ConfigError`) and wrap it.
+
+        The file's fingerprint is taken before it is read, so any later edit differs
+        from it and is picked up by :meth:`start` or the poller.
+        """
+        seen = _fingerprint(Path(path), None) if path is not None else None
+        return cls(load_config(path, env=env), path, interval=interval, env=env,
+                   fingerprint=seen)
 
     @property
     def current(self) -> Config:
@@ -79,11 +97,21 @@ class LiveConfig:
         return unsubscribe
 
     async def start(self) -> None:
-        """Start polling the file and listen for SIGHUP (when the platform allows it)."""
+        """Start polling the file and listen for SIGHUP (when the platform allows it).
+
+        If the file changed since the running config was loaded (an edit made while the
+        bridge was starting), it is reloaded first.
+        """
         if self._poller is not None:
             return
         if self.path is not None:
-            self._fingerprint = await asyncio.to_thread(_fingerprint, self.path, None)
+            seen = await asyncio.to_thread(_fingerprint, self.path, None)
+            if seen is not None and (self._fingerprint is None
+                                     or seen[2] != self._fingerprint[2]):
+                log.info("config %s changed while starting; reloading it", self.path)
+                await self.reload()
+            elif seen is not None:
+                self._fingerprint = seen
         self._poller = asyncio.create_task(self._poll(), name="config-watch")
         loop = asyncio.get_running_loop()
         try:

@@ -91,7 +91,9 @@ class AnthropicClient(ClientBase):
                 kind = data.get("type") or ev.event
                 if kind == "ping":
                     continue  # a keepalive: deadlines stay
-                if kind == "content_block_delta" and _delta_has_content(data.get("delta")):
+                if (kind == "content_block_delta" and _delta_has_content(data.get("delta"))) \
+                        or (kind == "content_block_start"
+                            and _delta_has_content(data.get("content_block"))):
                     reply.content()  # text, thinking or tool input: the model is working
                 elif kind != "message_start":
                     reply.progress()

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from bridge.models.base import (
     Completion,
@@ -19,7 +18,7 @@ from bridge.models.base import (
     Usage,
 )
 from bridge.models.errors import classify_payload, error_fields
-from bridge.models.http import ClientBase, api_key
+from bridge.models.http import ClientBase, api_key, url_host
 from bridge.models.reasoning import ReasoningFilter
 
 
@@ -47,7 +46,7 @@ class CompletionsClient(ClientBase):
             messages.append({"role": "user", "content": content})
         payload: dict[str, Any] = {"model": self.model.model_id, "messages": messages}
         # OpenAI's own reasoning models reject max_tokens; local servers know only it.
-        host = (urlsplit(self.model.base_url).hostname or "").lower()
+        host = url_host(self.model.base_url)
         limit_key = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
         payload[limit_key] = self._max_tokens(request.max_tokens)
         if request.temperature is not None:

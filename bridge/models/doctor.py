@@ -25,7 +25,7 @@ from bridge.models.anthropic import ANTHROPIC_VERSION, messages_path
 from bridge.models.base import ErrorClass, ModelError, ModelRequest, Turn
 from bridge.models.catalog import BUILTIN_KEY_ENV, BUILTIN_PROVIDER_IDS
 from bridge.models.clients import make_client
-from bridge.models.http import get_json, needs_api_key
+from bridge.models.http import get_json, model_secrets, needs_api_key
 
 _PROBE_TIMEOUTS = Timeouts(connectSeconds=5, firstTokenSeconds=10, idleSeconds=10,
                            totalSeconds=15)
@@ -125,10 +125,13 @@ def _warnings(model: ResolvedModel) -> tuple[str, ...]:
     if t.firstTokenSeconds > t.totalSeconds:
         out.append(f"firstTokenSeconds {t.firstTokenSeconds:g} > totalSeconds "
                    f"{t.totalSeconds:g}")
-    parts = urlsplit(model.base_url)
+    try:
+        path = urlsplit(model.base_url).path
+    except ValueError:
+        path = "?"
     if not model.base_url:
         out.append("no baseUrl")
-    elif model.api != "anthropic-messages" and parts.path in ("", "/"):
+    elif model.api != "anthropic-messages" and path in ("", "/"):
         out.append("baseUrl has no path; OpenAI-style servers usually want …/v1")
     return tuple(out)
 
@@ -159,7 +162,7 @@ def _models_url(model: ResolvedModel) -> str:
 
 async def _probe(session: aiohttp.ClientSession, model: ResolvedModel) -> _Probe:
     """GET the provider's model list (``model`` supplies baseUrl, api, key, headers)."""
-    secrets = (model.api_key.get_secret_value(),) if model.api_key else ()
+    secrets = model_secrets(model)
     start = time.perf_counter()
     try:
         body = await get_json(session, _models_url(model), _auth_headers(model),

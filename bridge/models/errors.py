@@ -216,7 +216,7 @@ def classify_exception(exc: BaseException, *, phase: str = "request") -> ModelEr
         return ModelError(ErrorClass.TIMEOUT, "connect timeout")
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return ModelError(ErrorClass.TIMEOUT, f"timeout during {phase}")
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         # A broken baseUrl is this provider's problem, not the request's: fall through.
         return ModelError(ErrorClass.UNREACHABLE,
                           "invalid baseUrl (expected http(s)://host[:port]/path)")

@@ -193,11 +193,36 @@ class _Deadlines:
 # --------------------------------------------------------------------------- POST
 
 
+def url_host(url: str) -> str:
+    """The lower-case host of ``url``; "" when there is none or the URL is malformed."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def check_url(url: str) -> None:
+    """ModelError(UNREACHABLE) unless ``url`` is an http(s) URL with a host.
+
+    A broken baseUrl is the provider's problem, not the request's: the router falls
+    through to the next candidate.  The URL itself is never echoed (it may hold a key).
+    """
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ModelError(ErrorClass.UNREACHABLE,
+                         "invalid baseUrl (expected http(s)://host[:port]/path)")
+
+
 def needs_api_key(model: ResolvedModel) -> bool:
     """True for providers that refuse every call without a key (hosted APIs)."""
     if model.provider in BUILTIN_KEY_ENV:
         return True
-    host = (urlsplit(model.base_url).hostname or "").lower()
+    host = url_host(model.base_url)
     return any(host == h or host.endswith("." + h) for h in _KEYED_HOSTS)
 
 
@@ -212,6 +237,16 @@ def api_key(model: ResolvedModel) -> str | None:
             + (f" (set {hint})" if hint else ""),
         )
     return key or None
+
+
+def model_secrets(model: ResolvedModel) -> tuple[str, ...]:
+    """What must never appear in an error about ``model``: its API key and the values of
+    credential headers (``Authorization``, ``x-api-key``, ``api-key``, …) it sends."""
+    from bridge.config.load import header_secrets
+
+    key = model.api_key.get_secret_value() if model.api_key is not None else ""
+    values = ([key] if key else []) + header_secrets(model.headers)
+    return tuple(sorted(set(values), key=len, reverse=True))
 
 
 class HttpReply:
@@ -305,6 +340,7 @@ async def post(
     secrets: tuple[str, ...] = (),
 ) -> AsyncIterator[HttpReply]:
     """POST ``payload`` as JSON and yield the 2xx reply; raise a classified ModelError."""
+    check_url(url)
     deadlines = _Deadlines(model.timeouts)
     t = model.timeouts
     timeout = aiohttp.ClientTimeout(
@@ -371,6 +407,7 @@ async def get_json(
     secrets: tuple[str, ...] = (),
 ) -> Any:
     """GET a JSON document (used by ``palaver doctor``); raise a classified ModelError."""
+    check_url(url)
     deadlines = _Deadlines(timeouts)
     timeout = aiohttp.ClientTimeout(
         total=None, connect=timeouts.connectSeconds, sock_connect=timeouts.connectSeconds
@@ -405,8 +442,7 @@ class ClientBase:
         self.session = session
 
     def _secrets(self) -> tuple[str, ...]:
-        key = self.model.api_key.get_secret_value() if self.model.api_key else ""
-        return (key,) if key else ()
+        return model_secrets(self.model)
 
     def _max_tokens(self, requested: int | None) -> int:
         return max(1, min(requested or self.model.max_tokens, self.model.max_tokens))

@@ -5,11 +5,18 @@ Rules (see WIRE.md, "Inline reasoning in text"):
 - ``<think>``, ``<thinking>``, ``<thought>`` and ``<antthinking>`` blocks are removed
   (tag names case-insensitive, attributes tolerated, nesting counted);
 - ``<final>`` / ``</final>`` tags are removed and their content kept;
-- when the first reasoning tag in the text is a *closing* one (templates that open
-  ``<think>`` inside the prompt: Qwen3, DeepSeek-R1, MiniMax M2), everything before it
-  is reasoning;
+- a *lone* closing tag (templates that open ``<think>`` inside the prompt: Qwen3,
+  DeepSeek-R1, MiniMax M2) makes everything before it reasoning.  Unless the text starts
+  with an opening tag, the first closing reasoning tag is lone: reasoning is not markdown,
+  so backticks or fences in it do not hide the tag, and a ``<think>`` it merely mentions
+  does not pair with it.  The one exception is a code example: the closing tag sits in
+  code (a fence or an inline span) after an opening tag that is also in code, as in an
+  answer showing ``<think>…</think>`` in a code block; that text is the answer;
 - a reasoning block still open at the end is dropped;
-- tags inside fenced code blocks (```` ``` ```` / ``~~~``) or inline code are text;
+- otherwise tags inside fenced code blocks (```` ``` ```` / ``~~~``) or inline code are
+  text;
+- a tag is a bare name (``<think>``, ``</think>``) or a name with ``name="value"``-style
+  attributes (``<think mode=deep>``); ``<thought experiment>`` is prose;
 - whitespace is tidied: the result is stripped and the gap left by a removed block
   collapses to one space or at most one blank line.
 
@@ -27,8 +34,11 @@ _ALL_NAMES = _REASONING_NAMES + _FINAL_NAMES
 # Longest a tag with attributes may be before a "<think ..." is taken as plain text.
 _MAX_TAG = 256
 
+# Bare tags, or attributes of the form name="v", name='v' or name=v only.
+_ATTR = r"""[A-Za-z_:][\w:.-]*\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>=/`]+)"""
 _TAG_RE = re.compile(
-    rf"<\s*(/?)\s*(antthinking|thinking|thought|think|final)(?=[\s/>])[^<>]{{0,{_MAX_TAG}}}>",
+    r"<\s{0,8}(/?)\s{0,8}(antthinking|thinking|thought|think|final)"
+    rf"(?=[\s/>])(?=[^<>]{{0,{_MAX_TAG}}}>)(?:\s+{_ATTR})*\s*/?\s*>",
     re.IGNORECASE,
 )
 _TAG_START_RE = re.compile(r"<\s*/?\s*([A-Za-z]*)")
@@ -54,10 +64,12 @@ def _could_be_tag_prefix(s: str) -> bool:
 class ReasoningFilter:
     """Incremental reasoning stripper: ``feed(chunk)`` returns text safe to emit now.
 
-    With ``lone_close=True`` (the default) text before the first reasoning tag is held
-    back until it is known whether a lone ``</think>`` turns it into reasoning; pass
-    ``lone_close=False`` for models known not to open the tag in their template, so
-    text can flow at once.  ``finish()`` returns whatever remains.
+    With ``lone_close=True`` (the default) the text is held back until it is known
+    whether a lone ``</think>`` turns it into reasoning: until it starts with an opening
+    tag, or the first closing tag has arrived, or the stream ends.  Pass
+    ``lone_close=False`` for models known not to open the tag in their template, so text
+    can flow at once.  ``finish()`` returns whatever remains.  The result never depends
+    on how the text was split into chunks.
     """
 
     def __init__(self, *, lone_close: bool = True) -> None:
@@ -68,7 +80,8 @@ class ReasoningFilter:
         self._fence_first_line = False  # still on the opener's line (info string)
         self._line_start = True  # at the beginning of a line (only spaces since)
         self._resolved = not lone_close  # lone-close question answered
-        self._held: list[str] = []  # text before the first reasoning tag
+        self._raw = ""  # input held, unscanned, until the lone-close question is answered
+        self._search_from = 0  # no closing tag starts before this offset of _raw
         self._out: list[str] = []  # emitted since the last feed()/finish() returned
         self._started = False  # any non-whitespace emitted yet
         self._ws_tail = ""  # trailing whitespace not emitted yet
@@ -81,19 +94,63 @@ class ReasoningFilter:
         """Add a chunk; return the text that can be shown now (possibly empty)."""
         if self._finished:
             raise RuntimeError("ReasoningFilter.feed() after finish()")
-        self._buf += chunk
+        if self._resolved:
+            self._buf += chunk
+        else:
+            self._raw += chunk
+            self._decide(final=False)
         self._scan(final=False)
         return self._take()
 
     def finish(self) -> str:
         """End of stream: flush what is left (an unclosed reasoning block is dropped)."""
         if not self._finished:
+            if not self._resolved:
+                self._decide(final=True)
             self._scan(final=True)
             self._buf = ""
-            if not self._resolved:
-                self._resolve(drop_held=False)
             self._finished = True
         return self._take()
+
+    # ------------------------------------------------------------------ lone close
+
+    def _decide(self, *, final: bool) -> None:
+        """Answer the lone-close question from the raw text held so far, if possible.
+
+        Decided on raw text alone, the same way whatever the chunking, so the stream
+        gives exactly what :func:`strip_reasoning` gives.
+        """
+        raw = self._raw
+        head = raw.lstrip()
+        if not head:
+            if final:
+                self._resolve(0)
+            return
+        if head[0] == "<":
+            m = _TAG_RE.match(head)
+            if m is not None and not m.group(1) and m.group(2).lower() in _REASONING_NAMES:
+                self._resolve(0)  # the model opens its own tags: ordinary rules
+                return
+            if m is None and not final and _could_be_tag_prefix(head):
+                return  # wait: this may still become an opening tag
+        close = _first_close(raw, self._search_from)
+        if close is None:
+            if final:
+                self._resolve(0)
+            else:
+                self._search_from = max(self._search_from, len(raw) - (_MAX_TAG + 64))
+            return
+        example = _in_code_example(raw, close.start(), final=final)
+        if example is None:
+            return  # wait: a backtick's closer decides whether the tag is in code
+        self._resolve(0 if example else close.end(), lone=not example)
+
+    def _resolve(self, cut: int, *, lone: bool = False) -> None:
+        """Hand the held text, from ``cut`` on, to the ordinary scanner."""
+        self._resolved = True
+        self._buf, self._raw = self._raw[cut:] + self._buf, ""
+        if lone:
+            self._line_start = False  # like after any tag
 
     # ------------------------------------------------------------------ output
 
@@ -103,19 +160,9 @@ class ReasoningFilter:
         return text
 
     def _text(self, text: str) -> None:
-        """Answer text (may still be reasoning while the lone-close question is open)."""
-        if not text:
-            return
-        if self._resolved:
+        """Answer text."""
+        if text:
             self._emit(text)
-        else:
-            self._held.append(text)
-
-    def _resolve(self, *, drop_held: bool) -> None:
-        self._resolved = True
-        held, self._held = "".join(self._held), []
-        if not drop_held:
-            self._emit(held)
 
     def _emit(self, text: str) -> None:
         if not text:
@@ -257,6 +304,8 @@ class ReasoningFilter:
         closer = re.compile(r"(?<!`)" + "`" * run + r"(?!`)")
         m = closer.search(buf, run)
         para_end = buf.find("\n\n", run)
+        if m is not None and m.end() == len(buf) and not final:
+            return False  # the closing run may continue in the next chunk
         if m is not None and (para_end == -1 or m.start() < para_end):
             self._text(self._consume(m.end()))
             return True
@@ -281,18 +330,87 @@ class ReasoningFilter:
         if name in _FINAL_NAMES or m.group(0).endswith("/>"):
             return True  # unwrap: drop the tag, keep its content
         if closing:
-            if not self._resolved:
-                # A lone closing tag: everything before it was reasoning.
-                self._resolve(drop_held=True)
-                self._started = False
-                self._ws_tail = ""
-            self._block_removed()
+            self._block_removed()  # a stray closing tag in the answer: dropped
             return True
-        if not self._resolved:
-            self._resolve(drop_held=False)
         self._state = _REASONING
         self._depth = 1
         return True
+
+
+def _first_close(text: str, start: int) -> re.Match[str] | None:
+    """The first closing reasoning tag in ``text`` from ``start``, code or not."""
+    for m in _TAG_RE.finditer(text, start):
+        if m.group(1) and m.group(2).lower() in _REASONING_NAMES:
+            return m
+    return None
+
+
+def _has_open(text: str) -> bool:
+    return any(not m.group(1) and m.group(2).lower() in _REASONING_NAMES
+               for m in _TAG_RE.finditer(text))
+
+
+def _in_code_example(text: str, pos: int, *, final: bool) -> bool | None:
+    """Whether the closing tag at ``pos`` is part of a code example: it lies in code (a
+    fence or an inline span, by the rules the scanner uses) and an opening reasoning tag
+    appears in code before it.  None when a backtick whose closer has not arrived yet
+    decides it."""
+    i = 0
+    line_start = True
+    fence: str | None = None
+    open_in_code = False
+    while i < pos:
+        if fence is not None:
+            nl = text.find("\n", i)
+            if nl == -1 or nl >= pos:
+                return open_in_code or _has_open(text[i:pos])  # pos is in this fence
+            line = text[i:nl]
+            open_in_code = open_in_code or _has_open(line)
+            stripped = line.strip()
+            if (len(line) - len(line.lstrip(" ")) <= 3 and stripped.startswith(fence)
+                    and set(stripped) == {fence[0]}):
+                fence = None
+            i = nl + 1
+            line_start = True
+            continue
+        ch = text[i]
+        if ch == "\n":
+            line_start = True
+            i += 1
+            continue
+        if ch not in "`~":
+            if ch not in " \t":
+                line_start = False
+            i += 1
+            continue
+        run = len(text[i:]) - len(text[i:].lstrip(ch))
+        if i + run == len(text) and not final:
+            return None  # the run may grow
+        if line_start and run >= 3:  # a fence opener; its info string is code too
+            nl = text.find("\n", i)
+            if nl == -1 or nl >= pos:
+                return open_in_code or _has_open(text[i:pos])
+            fence = ch * run
+            i = nl + 1
+            continue
+        line_start = False
+        if ch == "~":
+            i += run
+            continue
+        closer = re.compile(r"(?<!`)" + "`" * run + r"(?!`)").search(text, i + run)
+        para_end = text.find("\n\n", i + run)
+        if closer is not None and closer.end() == len(text) and not final:
+            return None  # the closing run may grow into a longer one
+        if closer is not None and (para_end == -1 or closer.start() < para_end):
+            if closer.start() >= pos:  # pos is inside this inline span
+                return open_in_code or _has_open(text[i + run:pos])
+            open_in_code = open_in_code or _has_open(text[i + run:closer.start()])
+            i = closer.end()
+            continue
+        if para_end == -1 and not final:
+            return None  # the closer may still come
+        i += run  # unmatched backticks are literal
+    return fence is not None and open_in_code  # pos at the start of a line in a fence
 
 
 def strip_reasoning(text: str) -> str:

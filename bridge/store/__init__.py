@@ -14,8 +14,10 @@ from bridge.store.pairing import PairingQueries
 from bridge.store.records import (
     Claim,
     HistoryTurn,
+    HistoryWindow,
     MessageKind,
     MessageStatus,
+    OpenWork,
     PairingRequest,
     RecoveryReport,
     SessionRecord,
@@ -38,7 +40,7 @@ class Store(MessageQueries, SessionQueries, SettingsQueries, PairingQueries):
 
 
 __all__ = [
-    "DB_FILENAME", "Claim", "HistoryTurn", "MessageKind", "MessageStatus", "Migration",
-    "PairingRequest", "RecoveryReport", "SchemaTooNewError", "SessionRecord", "Store",
+    "DB_FILENAME", "Claim", "HistoryTurn", "HistoryWindow", "MessageKind", "MessageStatus",
+    "Migration", "OpenWork", "PairingRequest", "RecoveryReport", "SchemaTooNewError", "SessionRecord", "Store",
     "StoreError", "StoredMessage", "TurnRecord", "load_migrations",
 ]

@@ -27,6 +27,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+# FULL: in WAL mode every commit is synced to disk.  An inbound message is confirmed to
+# the platform (offset, receipt) right after it is stored, so a power loss must not undo
+# that commit.  Measured with bench/bench_pipeline.py, see the README.
+SYNCHRONOUS = "FULL"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -92,9 +96,9 @@ class Database:
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
             await conn.execute("PRAGMA foreign_keys = ON")
-            await _migrate(conn, path, migrations)
+            await conn._execute(_migrate, conn._conn, path, migrations)
         except BaseException:
             await conn.close()
             raise
@@ -165,8 +169,7 @@ class Database:
             return await self._conn._execute(fn, self._conn._conn)
 
     async def schema_version(self) -> int:
-        async with self.reading() as db:
-            return await _current_version(db)
+        return await self.read_with(_current_version)
 
     async def check_writable(self) -> bool:
         """True when a write transaction can be taken and committed (for health checks)."""
@@ -184,45 +187,78 @@ class Database:
             return False
 
 
-async def _current_version(db: aiosqlite.Connection) -> int:
-    cur = await db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    )
-    if await cur.fetchone() is None:
+def _current_version(db: sqlite3.Connection) -> int:
+    if db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name ="
+                  " 'schema_version'").fetchone() is None:
         return 0
-    cur = await db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-    row = await cur.fetchone()
-    return int(row[0])
+    return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
 
 
-async def _migrate(db: aiosqlite.Connection, path: Path, migrations: list[Migration]) -> None:
-    await db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-        "name TEXT NOT NULL, applied_at REAL NOT NULL)"
-    )
-    current = await _current_version(db)
+def _statements(sql: str) -> list[str]:
+    """Split a migration script into complete statements (comments kept, empties dropped)."""
+    out: list[str] = []
+    pending = ""
+    for line in sql.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip().rstrip(";").strip() and not _only_comments(pending):
+                out.append(pending)
+            pending = ""
+    if pending.strip() and not _only_comments(pending):
+        raise StoreError(f"incomplete SQL statement at the end of a migration: {pending[:80]!r}")
+    return out
+
+
+def _only_comments(sql: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") or line.strip() == ";"
+               for line in sql.splitlines())
+
+
+def _migrate(db: sqlite3.Connection, path: Path, migrations: list[Migration]) -> None:
+    """Apply the missing migrations, each in its own ``BEGIN IMMEDIATE`` transaction.
+
+    The version is read again inside each transaction: two processes opening a fresh
+    database at once serialise on the write lock, and the second one finds the
+    migration already applied instead of running it twice.
+    """
     known = migrations[-1].version if migrations else 0
-    if current > known:
-        raise SchemaTooNewError(
+
+    def too_new(current: int) -> SchemaTooNewError:
+        return SchemaTooNewError(
             f"database {path} has schema version {current}, but this Palaver only knows "
             f"up to {known}: upgrade Palaver, or point dataDir at another directory"
         )
+
+    current = _current_version(db)  # fast path: nothing to do, no write lock taken
+    if current > known:
+        raise too_new(current)
     for migration in migrations:
         if migration.version <= current:
             continue
-        # One transaction per migration: a failure leaves the previous version intact.
-        script = (
-            "BEGIN IMMEDIATE;\n"
-            + migration.sql
-            + "\n;INSERT INTO schema_version (version, name, applied_at) VALUES "
-            + f"({migration.version}, '{migration.name}', {time.time()!r});\nCOMMIT;"
-        )
         try:
-            await db.executescript(script)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+                    " name TEXT NOT NULL, applied_at REAL NOT NULL)")
+                current = _current_version(db)
+                if current > known:
+                    raise too_new(current)
+                if current >= migration.version:  # another process was quicker
+                    db.execute("COMMIT")
+                    continue
+                for statement in _statements(migration.sql):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version (version, name, applied_at)"
+                           " VALUES (?, ?, ?)", (migration.version, migration.name, time.time()))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
             raise StoreError(
                 f"migration {migration.version:04d}_{migration.name} failed on {path}: {exc}"
             ) from exc
+        current = migration.version
         log.info("store %s migrated to schema version %d", path, migration.version)

@@ -13,14 +13,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from bridge.envelope import ChatAddress, Inbound
+from bridge.envelope import ChatAddress, ChatKind, Inbound
 from bridge.models.base import Attempt, Usage
 from bridge.store.db import Database
 from bridge.store.records import (
     Claim,
     HistoryTurn,
+    HistoryWindow,
     MessageKind,
     MessageStatus,
+    OpenWork,
     RecoveryReport,
     SessionRecord,
     StoredMessage,
@@ -231,6 +233,21 @@ class MessageQueries(Database):
 
         return await self.atomically(tx)
 
+    async def requeue_turn(self, turn_id: int) -> int:
+        """Put a running turn's messages back to ``received`` (the turn becomes
+        ``interrupted``); returns how many.  For a turn that could not be finished."""
+        now = time.time()
+
+        def tx(db: sqlite3.Connection) -> int:
+            db.execute("UPDATE turns SET status = 'interrupted', finished_at = ? WHERE id = ?"
+                       " AND status = 'running'", (now, turn_id))
+            return db.execute(
+                "UPDATE messages SET status = 'received', turn_id = NULL, updated_at = ?"
+                " WHERE turn_id = ? AND direction = 'in' AND status = 'processing'",
+                (now, turn_id)).rowcount
+
+        return await self.atomically(tx)
+
     async def add_outbound(
         self,
         session_key: str,
@@ -253,7 +270,7 @@ class MessageQueries(Database):
         return await self.atomically(tx)
 
     async def undelivered(self, session_key: str) -> list[StoredMessage]:
-        """Replies of a session stored but not yet delivered, oldest first."""
+        """Replies of a session stored but not yet delivered (incl. retries), oldest first."""
         def read(db: sqlite3.Connection) -> list[StoredMessage]:
             return [message_from_row(r) for r in db.execute(
                 "SELECT * FROM messages WHERE session_key = ? AND direction = 'out'"
@@ -273,50 +290,99 @@ class MessageQueries(Database):
     async def mark_send_failed(
         self, message_id: int, reason: str, sent_ids: Iterable[str] = ()
     ) -> None:
-        """The channel gave up on the reply (kept, with the reason, not retried)."""
+        """The reply cannot be delivered (kept ``failed`` with the reason, not retried)."""
         now = time.time()
         ids = ",".join(sent_ids)
         await self.atomically(lambda db: db.execute(
             "UPDATE messages SET status = 'failed', reason = ?, reply_platform_ids = ?,"
-            " updated_at = ? WHERE id = ?", (reason[:500], ids, now, message_id)))
+            " send_attempts = send_attempts + 1, next_attempt_at = NULL, updated_at = ?"
+            " WHERE id = ?", (reason[:500], ids, now, message_id)))
+
+    async def mark_send_retry(
+        self, message_id: int, reason: str, *, next_attempt_at: float,
+        sent_ids: Iterable[str] = (),
+    ) -> int:
+        """A send failed for a passing reason: stays ``pending``; returns the attempts so far."""
+        now = time.time()
+        ids = ",".join(sent_ids)
+
+        def tx(db: sqlite3.Connection) -> int:
+            db.execute(
+                "UPDATE messages SET reason = ?, reply_platform_ids = ?,"
+                " send_attempts = send_attempts + 1, next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ? AND status = 'pending'",
+                (reason[:500], ids, next_attempt_at, now, message_id))
+            row = db.execute("SELECT send_attempts FROM messages WHERE id = ?",
+                             (message_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self.atomically(tx)
 
     # -- recovery --------------------------------------------------------------------
 
-    async def recover(self, channels: Iterable[str] | None = None) -> RecoveryReport:
+    async def recover(
+        self, channels: Iterable[str] | None = None, *,
+        session_keys: Iterable[str] | None = None,
+    ) -> RecoveryReport:
         """After a crash: put ``processing`` messages back to ``received``.
 
-        Only the given channels are touched (another process may own the others);
-        ``None`` means all.  Turns left ``running`` become ``interrupted``.
+        Only the given channels, and of those only ``session_keys`` when given, are
+        touched (another process may own the others); ``None`` means all.  Turns left
+        ``running`` become ``interrupted``.
         """
         now = time.time()
         where, params = _channel_filter(channels)
-        async with self.transaction() as db:
-            cur = await db.execute(
+        if session_keys is not None:
+            keys = tuple(session_keys)
+            if not keys:
+                return RecoveryReport(requeued=0, interrupted_turns=0, undelivered=0)
+            where += f" AND session_key IN ({','.join('?' * len(keys))})"
+            params = (*params, *keys)
+
+        def tx(db: sqlite3.Connection) -> RecoveryReport:
+            interrupted = db.execute(
                 "UPDATE turns SET status = 'interrupted', finished_at = ? WHERE status ="
                 " 'running' AND id IN (SELECT turn_id FROM messages WHERE status ="
-                f" 'processing' {where})", (now, *params))
-            interrupted = cur.rowcount
-            cur = await db.execute(
+                f" 'processing' {where})", (now, *params)).rowcount
+            requeued = db.execute(
                 "UPDATE messages SET status = 'received', turn_id = NULL, updated_at = ?"
-                f" WHERE direction = 'in' AND status = 'processing' {where}", (now, *params))
-            requeued = cur.rowcount
-            cur = await db.execute(
+                f" WHERE direction = 'in' AND status = 'processing' {where}",
+                (now, *params)).rowcount
+            undelivered = db.execute(
                 "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND status = 'pending'"
-                f" {where}", params)
-            undelivered = (await cur.fetchone())[0]
-        return RecoveryReport(requeued=requeued, interrupted_turns=interrupted,
-                              undelivered=undelivered)
+                f" {where}", params).fetchone()[0]
+            return RecoveryReport(requeued=requeued, interrupted_turns=interrupted,
+                                  undelivered=undelivered)
+
+        return await self.atomically(tx)
 
     async def session_keys_with_work(self, channels: Iterable[str] | None = None) -> list[str]:
         """Session keys with messages waiting (received inbound or pending outbound)."""
+        return [w.session_key for w in await self.open_work(channels)]
+
+    async def open_work(self, channels: Iterable[str] | None = None) -> list[OpenWork]:
+        """Session keys with inbound ``received``/``processing`` or replies ``pending``,
+        oldest work first, each with the address of its newest open message."""
         where, params = _channel_filter(channels)
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT session_key, MIN(id) AS first FROM messages WHERE"
-                " ((direction = 'in' AND status = 'received') OR"
-                f" (direction = 'out' AND status = 'pending')) {where}"
-                " GROUP BY session_key ORDER BY first", params)
-            return [r["session_key"] for r in await cur.fetchall()]
+
+        def read(db: sqlite3.Connection) -> list[OpenWork]:
+            rows = db.execute(
+                "SELECT session_key, MIN(id) AS first, MAX(id) AS last,"
+                " SUM(direction = 'in') AS inbound, SUM(direction = 'out') AS outbound"
+                " FROM messages WHERE ((direction = 'in' AND status IN ('received',"
+                f" 'processing')) OR (direction = 'out' AND status = 'pending')) {where}"
+                " GROUP BY session_key ORDER BY first", params).fetchall()
+            out = []
+            for r in rows:
+                a = db.execute("SELECT channel, account, chat_id, chat_kind, thread_id FROM"
+                               " messages WHERE id = ?", (r["last"],)).fetchone()
+                address = ChatAddress(a["channel"], a["account"], a["chat_id"],
+                                      ChatKind(a["chat_kind"]), a["thread_id"])
+                out.append(OpenWork(r["session_key"], address, int(r["inbound"]),
+                                    int(r["outbound"])))
+            return out
+
+        return await self.read_with(read)
 
     async def count_by_status(self) -> dict[str, int]:
         """``{"in:received": n, "out:pending": n, ...}`` (for health and metrics)."""
@@ -328,30 +394,36 @@ class MessageQueries(Database):
     # -- history and turns -------------------------------------------------------------
 
     async def history(
-        self, session_id: int, *, after_turn: int | None = None, max_turns: int = 200
+        self, session_id: int, *, after_turn: int | None = None,
+        through_turn: int | None = None, token_budget: int | None = None,
+        estimate: Callable[[str], int] | None = None,
     ) -> list[HistoryTurn]:
-        """The session's answered chat turns after ``after_turn``, oldest first.
-
-        At most the newest ``max_turns`` (the prompt keeps fewer still).
-        """
-        turn_ids, rows = await self.read_with(
-            lambda db: _history_rows(db, session_id, after_turn, max_turns))
-        return _history(turn_ids, rows)
+        """The session's answered chat turns in (``after_turn``, ``through_turn``], oldest
+        first: all of them, or the newest that fit ``token_budget`` (see ``history_window``)."""
+        window = await self.read_with(lambda db: _history_window(
+            db, session_id, after_turn, through_turn, token_budget, estimate))
+        return window.turns
 
     async def session_with_history(
-        self, session_id: int, *, max_turns: int = 200
-    ) -> tuple[SessionRecord, list[HistoryTurn]]:
-        """A session and its history after its summary, in one read."""
+        self, session_id: int, *, token_budget: int | None = None,
+        estimate: Callable[[str], int] | None = None,
+    ) -> tuple[SessionRecord, HistoryWindow]:
+        """A session and its history after its summary, in one read.
+
+        Turns are read newest first until their estimated tokens exceed ``token_budget``
+        (the turn that crosses it is included, so the prompt builder sees it does not
+        fit); ``HistoryWindow.left_out`` counts the older ones not read.  ``estimate``
+        counts tokens of a text (default: four characters per token).
+        """
         def read(db: sqlite3.Connection):
             row = db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no session {session_id}")
             session = session_from_row(row)
-            return session, _history_rows(db, session_id, session.summary_through_turn,
-                                          max_turns)
+            return session, _history_window(db, session_id, session.summary_through_turn,
+                                            None, token_budget, estimate)
 
-        session, (turn_ids, rows) = await self.read_with(read)
-        return session, _history(turn_ids, rows)
+        return await self.read_with(read)
 
     async def turn(self, turn_id: int) -> TurnRecord | None:
         async with self.reading() as db:
@@ -421,18 +493,62 @@ def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...
     return f"AND channel IN ({','.join('?' * len(names))})", names
 
 
-def _history_rows(db: sqlite3.Connection, session_id: int, after_turn: int | None,
-                  max_turns: int) -> tuple[list[int], list[StoredMessage]]:
-    turn_ids = sorted(r[0] for r in db.execute(
-        "SELECT id FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
-        " 'answered' AND id > ? ORDER BY id DESC LIMIT ?",
-        (session_id, after_turn or 0, max_turns)))
-    if not turn_ids:
-        return [], []
-    marks = ",".join("?" * len(turn_ids))
-    rows = [message_from_row(r) for r in db.execute(
-        f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id", turn_ids)]
-    return turn_ids, rows
+# Turns read per query while walking a session's history newest first.
+_HISTORY_PAGE = 64
+_TURN_OVERHEAD_TOKENS = 8
+
+
+def _default_estimate(text: str) -> int:
+    return len(text) // 4 + 1 if text else 0
+
+
+def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | None,
+                    through_turn: int | None, token_budget: int | None,
+                    estimate: Callable[[str], int] | None) -> HistoryWindow:
+    estimate = estimate or _default_estimate
+    after = after_turn or 0
+    upper = through_turn if through_turn is not None else -1  # -1: no upper bound
+    used = 0
+    turns: list[HistoryTurn] = []  # newest first while reading
+    full = False
+    before: int | None = None
+    while not full:
+        sql = ("SELECT id FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
+               " 'answered' AND id > ? AND (? < 0 OR id <= ?)")
+        params: list = [session_id, after, upper, upper]
+        if before is not None:
+            sql += " AND id < ?"
+            params.append(before)
+        ids = [r[0] for r in db.execute(sql + " ORDER BY id DESC LIMIT ?",
+                                        (*params, _HISTORY_PAGE))]
+        if not ids:
+            break
+        before = ids[-1]
+        marks = ",".join("?" * len(ids))
+        rows = [message_from_row(r) for r in db.execute(
+            f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id", ids)]
+        page = {t.turn_id: t for t in _history(sorted(ids), rows)}
+        for turn_id in ids:
+            turn = page[turn_id]
+            turns.append(turn)
+            if token_budget is None:
+                continue
+            used += _TURN_OVERHEAD_TOKENS + estimate(turn.assistant) + sum(
+                estimate(m.text) + (estimate(m.quoted.text) if m.quoted else 0)
+                for m in turn.user)
+            if used > token_budget:
+                full = True
+                break
+        if len(ids) < _HISTORY_PAGE:
+            break
+    left_out = 0
+    if full and turns:
+        left_out = db.execute(
+            "SELECT COUNT(*) FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
+            " 'answered' AND id > ? AND id < ?", (session_id, after, turns[-1].turn_id)
+        ).fetchone()[0]
+    turns.reverse()
+    return HistoryWindow(turns, left_out)
 
 
 def _history(turn_ids: list[int], rows: list[StoredMessage]) -> list[HistoryTurn]:

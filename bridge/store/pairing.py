@@ -63,6 +63,20 @@ class PairingQueries(Database):
                                    (cur.lastrowid,))
             return _request(await cur.fetchone()), True
 
+    async def pairing_remind(self, request_id: int, *, after_s: float,
+                             now: float | None = None) -> bool:
+        """Whether to send a pending request's code once more: True (and remembered) the
+        first time it is asked ``after_s`` seconds or more after the code was created."""
+        now = time.time() if now is None else now
+
+        def tx(db) -> bool:
+            return db.execute(
+                "UPDATE pairing_requests SET reminded_at = ? WHERE id = ? AND status ="
+                " 'pending' AND reminded_at IS NULL AND created_at <= ? AND expires_at > ?",
+                (now, request_id, now - after_s, now)).rowcount > 0
+
+        return await self.atomically(tx)
+
     async def pending_pairings(
         self, channel: str | None = None, *, now: float | None = None
     ) -> list[PairingRequest]:

@@ -54,6 +54,9 @@ class StoredMessage:
     reply_to_message_id: str | None
     delivered: bool
     created_at: float
+    # Outbound: failed send attempts so far, and when the next retry is due (None: now).
+    send_attempts: int = 0
+    next_attempt_at: float | None = None
 
     @property
     def plain(self) -> bool:
@@ -123,6 +126,28 @@ class PairingRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenWork:
+    """A session key with something to do: inbound waiting or replies to deliver."""
+
+    session_key: str
+    address: ChatAddress  # of its newest open message (decides which channel owns it)
+    inbound: int  # messages received or processing
+    outbound: int  # replies pending delivery
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    """The newest answered turns of a session that fit a token budget (oldest first).
+
+    ``left_out`` counts older turns after the summary that were not read: they did not
+    fit, so compaction must see them as omitted.
+    """
+
+    turns: list[HistoryTurn]
+    left_out: int
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveryReport:
     requeued: int  # inbound messages put back from processing to received
     interrupted_turns: int
@@ -188,6 +213,7 @@ def _compact(d: dict) -> dict:
 
 
 def message_from_row(row: sqlite3.Row) -> StoredMessage:
+    retry = "send_attempts" in row.keys()  # absent before migration 0003
     return StoredMessage(
         id=row["id"],
         direction=row["direction"],
@@ -211,6 +237,8 @@ def message_from_row(row: sqlite3.Row) -> StoredMessage:
         reply_to_message_id=row["reply_to_message_id"],
         delivered=bool(row["delivered"]),
         created_at=row["created_at"],
+        send_attempts=row["send_attempts"] if retry else 0,
+        next_attempt_at=row["next_attempt_at"] if retry else None,
     )
 
 

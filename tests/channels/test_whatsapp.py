@@ -321,9 +321,10 @@ async def test_download_reporting_more_bytes_than_limit_is_dropped(tmp_path):
                   "END:VCARD")),
          MediaKind.CONTACT, "Carol +4915111"),
         (E.Message(videoMessage=E.VideoMessage(mimetype="video/mp4", seconds=3,
-                                               gifPlayback=True)),
+                                               gifPlayback=True, fileLength=5)),
          MediaKind.VIDEO, "GIF"),
-        (E.Message(audioMessage=E.AudioMessage(PTT=False, seconds=200, mimetype="audio/mpeg")),
+        (E.Message(audioMessage=E.AudioMessage(PTT=False, seconds=200, mimetype="audio/mpeg",
+                                               fileLength=5)),
          MediaKind.AUDIO, None),
     ],
 )

@@ -15,6 +15,8 @@ from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
 from neonize.utils.jid import Jid2String, build_jid
 
+from channels.whatsapp import NotConnected, NotSent, QuoteRef
+
 BOT_PHONE = "15550001111"
 BOT_LID = "99000111"
 NOW = 1_750_000_000.0
@@ -96,11 +98,15 @@ class FakeWhatsAppClient:
         self.disconnects = 0
         self.session: asyncio.Future | None = None
         self.sent: list[tuple[str, str, str | None]] = []
+        self.quotes: list[QuoteRef | None] = []  # the QuoteRef of each sent message
         self.presence: list[tuple[str, bool]] = []
         self.reads: list[tuple[list[str], str, str]] = []
         self.downloads: list[E.Message] = []
         self.download_data = b""
-        self.send_failures = 0
+        self.download_gate: asyncio.Event | None = None  # downloads wait for it when set
+        self.send_failures = 0  # fail before sending (NotSent): safe to retry
+        self.ambiguous_failures = 0  # the message goes out, then the ack times out
+        self.available = 0  # set_available calls
         self.lid_to_pn: dict[str, str] = {}
         self.pn_lookups: list[str] = []
         self.paired_with: list[str] = []
@@ -153,12 +159,19 @@ class FakeWhatsAppClient:
             self.session.set_result(None)
 
     # calls
-    async def send_text(self, chat: N.JID, text: str, *, quoted: Any = None) -> str:
+    async def send_text(self, chat: N.JID, text: str, *, quoted: QuoteRef | None = None) -> str:
         if self.send_failures:
             self.send_failures -= 1
-            raise RuntimeError("websocket not connected")
-        self.sent.append((Jid2String(chat), text, quoted.Info.ID if quoted else None))
+            raise NotSent("failed to send message node: websocket not connected")
+        self.sent.append((Jid2String(chat), text, quoted.message_id if quoted else None))
+        self.quotes.append(quoted)
+        if self.ambiguous_failures:
+            self.ambiguous_failures -= 1
+            raise RuntimeError("timed out waiting for message send response")
         return f"OUT{len(self.sent)}"
+
+    async def set_available(self) -> None:
+        self.available += 1
 
     async def chat_presence(self, chat: N.JID, *, composing: bool) -> None:
         self.presence.append((Jid2String(chat), composing))
@@ -167,7 +180,11 @@ class FakeWhatsAppClient:
         self.reads.append((list(message_ids), Jid2String(chat), Jid2String(sender)))
 
     async def download(self, message: E.Message) -> bytes:
+        if self.session is None or self.session.done():  # as NeonizeClient refuses
+            raise NotConnected("no WhatsApp session is running")
         self.downloads.append(message)
+        if self.download_gate is not None:
+            await self.download_gate.wait()
         return self.download_data
 
     async def get_me(self) -> N.Device:

@@ -299,3 +299,126 @@ def test_redacted_hides_every_secret(tmp_path):
     assert shown["models"]["providers"]["local"]["headers"]["X-Plain"] == "hello"
     assert shown["channels"]["telegram"]["botToken"] == "***"
     assert shown["models"]["providers"]["anthropic"]["apiKey"] is None
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def test_custom_provider_without_base_url_is_an_error(tmp_path):
+    err = error_of(tmp_path, '{ models: { providers: { foo: { models: [{ id: "m" }] } } } }')
+    assert "models.providers.foo.baseUrl: missing baseUrl: expected the server's URL" \
+        in str(err)
+    # A built-in provider has its URL from the catalog, unless the file replaces the catalog.
+    config = load(tmp_path, '{ models: { providers: { anthropic: { apiKey: "k" } } } }')
+    assert config.model("anthropic/claude-sonnet-4-5").base_url == "https://api.anthropic.com"
+    err = error_of(tmp_path, '{ models: { mode: "replace", providers: { anthropic: '
+                             '{ apiKey: "k", models: [{ id: "c" }] } } } }')
+    assert "models.providers.anthropic.baseUrl: missing baseUrl" in str(err)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("localhost:1234/v1", "expected an http:// or https:// URL with a host, got "
+                          "'localhost:1234/v1'"),
+    ("ftp://h/v1", "expected an http:// or https:// URL"),
+    ("http://127.0.0.1:99999999/v1", "invalid port"),
+    ("http:///v1", "expected an http:// or https:// URL with a host"),
+])
+def test_base_url_must_be_http_with_a_host(tmp_path, url, expected):
+    err = error_of(tmp_path, f'{{ models: {{ providers: {{ foo: {{ baseUrl: "{url}", '
+                             'models: [{ id: "m" }] } } } }')
+    assert "models.providers.foo.baseUrl" in str(err) and expected in str(err)
+
+
+def test_base_url_error_never_shows_credentials(tmp_path):
+    err = error_of(tmp_path, '{ models: { providers: { foo: { baseUrl: '
+                             '"ftp://u:pw-SECRET@h/v1?key=q-SECRET", models: [{ id: "m" }] } } } }')
+    assert "SECRET" not in str(err) and "models.providers.foo.baseUrl" in str(err)
+
+
+SECRETS_FILE = """{
+  agents: { defaults: { model: "a/m", models: { "a/m": { alias: "M", params: {
+    api_key: "sk-param-SECRET1", "Access-Token": "SECRET13tok",
+    extra_headers: { Authorization: "Bearer SECRET2xyz", "X-Plain": "visible" },
+    nested: { deeper: { password: "SECRET14pw", note: "plain words" } } } } },
+    systemPrompt: "call https://x.example/hook?sig=SECRET15sig&v=1 with Bearer SECRET16brr" } },
+  models: { providers: {
+    a: { baseUrl: "http://user:SECRET3pw@h:1/v1?key=SECRET4q&token=SECRET17t", apiKey: "${MYKEY}",
+      headers: { Authorization: "Bearer SECRET6", "api-key": "SECRET18azure" },
+      models: [{ id: "m", headers: { "x-api-key": "SECRET8" } }] },
+    anthropic: { apiKey: "sk-ant-SECRET9" } } },
+  channels: { telegram: { botToken: "123456:SECRET10abcdefghijabcdefghijabcdef",
+    webhookSecret: "SECRET11", mode: "webhook",
+    webhookUrl: "https://h.example/hook/123456:SECRET10abcdefghijabcdefghijabcdef" } },
+}"""
+
+
+def test_config_show_hides_secrets_at_any_depth(tmp_path):
+    import json
+    config = load(tmp_path, SECRETS_FILE, env={"MYKEY": "SECRET0-from-env"})
+    shown = redacted(config)
+    text = json.dumps(shown)
+    assert "SECRET" not in text, [line for line in json.dumps(shown, indent=1).splitlines()
+                                  if "SECRET" in line]
+    params = shown["agents"]["defaults"]["models"]["a/m"]["params"]
+    assert params["api_key"] == "***" and params["Access-Token"] == "***"
+    assert params["extra_headers"] == {"Authorization": "***", "X-Plain": "visible"}
+    assert params["nested"]["deeper"]["password"] == "***"
+    assert shown["models"]["providers"]["a"]["baseUrl"] == \
+        "http://user:***@h:1/v1?key=***&token=***"
+    assert "sig=***&v=1" in shown["agents"]["defaults"]["systemPrompt"]
+    # Ordinary values stay readable.
+    assert shown["agents"]["defaults"]["model"]["primary"] == "a/m"
+    assert shown["models"]["providers"]["a"]["models"][0]["id"] == "m"
+
+
+def test_config_secrets_lists_every_secret_for_log_redaction(tmp_path):
+    from bridge.config.load import config_secrets
+    config = load(tmp_path, SECRETS_FILE, env={"MYKEY": "SECRET0-from-env"})
+    secrets = config_secrets(config)
+    for expected in ("SECRET0-from-env", "sk-ant-SECRET9", "SECRET11", "SECRET8",
+                     "Bearer SECRET6", "SECRET6", "SECRET18azure", "sk-param-SECRET1",
+                     "SECRET2xyz", "SECRET3pw", "SECRET4q", "SECRET17t", "SECRET14pw",
+                     "SECRET15sig", "123456:SECRET10abcdefghijabcdefghijabcdef"):
+        assert expected in secrets, expected
+    assert secrets == sorted(secrets, key=len, reverse=True)
+    assert "visible" not in secrets and "a/m" not in secrets
+
+
+def test_placeholder_key_equal_to_the_provider_id_is_not_blanked_everywhere(tmp_path):
+    from bridge.config.load import config_secrets
+    config = load(tmp_path, """{ models: { providers: { lmstudio: {
+        baseUrl: "http://127.0.0.1:1234/v1", apiKey: "lmstudio", models: [{ id: "q" }] } } },
+        agents: { defaults: { model: "lmstudio/q" } } }""")
+    shown = redacted(config)
+    assert shown["models"]["providers"]["lmstudio"]["apiKey"] == "***"
+    assert shown["agents"]["defaults"]["model"]["primary"] == "lmstudio/q"
+    assert "lmstudio" not in config_secrets(config)
+
+
+@pytest.mark.parametrize(("body", "where", "var"), [
+    # A hosted key variable used anywhere else is an ordinary variable.
+    ('{ models: { providers: { local: { baseUrl: "http://h/v1", apiKey: "${OPENAI_API_KEY}",'
+     ' models: [{ id: "m" }] } } } }', "models.providers.local.apiKey", "OPENAI_API_KEY"),
+    ('{ models: { providers: { local: { baseUrl: "http://h/v1", models: [{ id: "m" }],'
+     ' headers: { Authorization: "Bearer ${OPENROUTER_API_KEY}" } } } } }',
+     "models.providers.local.headers.Authorization", "OPENROUTER_API_KEY"),
+    ('{ dataDir: "/srv/${ANTHROPIC_API_KEY}" }', "dataDir", "ANTHROPIC_API_KEY"),
+    # On a built-in provider, only its own variable is exempt.
+    ('{ models: { providers: { openai: { apiKey: "${ANTHROPIC_API_KEY}" } } } }',
+     "models.providers.openai.apiKey", "ANTHROPIC_API_KEY"),
+    ('{ models: { providers: { openai: { apiKey: "${OPENAI_API_KEY}-${ORG_SUFFIX}" } } } }',
+     "models.providers.openai.apiKey", "ORG_SUFFIX"),
+])
+def test_hosted_key_variable_is_exempt_only_as_its_providers_own_key(tmp_path, body, where,
+                                                                      var):
+    err = error_of(tmp_path, body)
+    assert f"{where}: environment variable {var} is not set" in str(err)
+
+
+def test_every_missing_variable_is_reported(tmp_path):
+    err = error_of(tmp_path, '{ models: { providers: { a: { baseUrl: "http://${H}:${P}/v1",'
+                             ' apiKey: "${OPENAI_API_KEY}", models: [{ id: "m" }] } } } }')
+    text = str(err)
+    for var in ("H", "P", "OPENAI_API_KEY"):
+        assert f"environment variable {var} is not set" in text
+    assert len(err.problems) == 3

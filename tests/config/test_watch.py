@@ -147,3 +147,34 @@ async def test_stop_cancels_every_task(cfg_file):
     await live.stop()
     assert asyncio.all_tasks() == before
     await live.stop()  # idempotent
+
+
+@pytest.mark.parametrize("how", ["constructor", "load"])
+async def test_edit_made_while_starting_is_loaded_by_start(cfg_file, how):
+    # cmd_run loads the config, then discovery and channels start (seconds), then the
+    # watcher: an edit saved in between must not be lost.
+    if how == "constructor":
+        live = LiveConfig(load_config(cfg_file, env={}), cfg_file, interval=0.02, env={})
+    else:
+        live = LiveConfig.load(cfg_file, interval=0.02, env={})
+    cfg_file.write_text(BASE % ("b", "Bee"))
+    swapped = []
+    live.subscribe(swapped.append)
+    await live.start()
+    try:
+        assert live.current.default_selection().primary == "local/b"
+        assert len(swapped) == 1
+        await asyncio.sleep(0.1)
+        assert len(swapped) == 1  # and the poller does not load it a second time
+    finally:
+        await live.stop()
+
+
+async def test_start_without_an_edit_does_not_reload(cfg_file):
+    live = LiveConfig.load(cfg_file, interval=0.02, env={})
+    swapped = []
+    live.subscribe(swapped.append)
+    await live.start()
+    await asyncio.sleep(0.08)
+    await live.stop()
+    assert swapped == [] and live.current.default_selection().primary == "local/a"

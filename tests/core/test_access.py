@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from bridge.access import (
     PAIRING_ALPHABET,
+    PAIRING_REMIND_AFTER_S,
     cmd_pairing_approve,
     cmd_pairing_list,
     new_pairing_code,
@@ -34,7 +36,9 @@ def test_pairing_code_alphabet_has_no_look_alikes():
 
 
 async def test_pairing_unknown_sender_gets_code_and_nothing_else(harness):
+    now = [time.time()]
     await _config(harness)  # dmPolicy defaults to pairing
+    harness.core.access._clock = lambda: now[0]
     first = dm("hello bot", sender="555")
     assert await harness.say(first) is AcceptStatus.REFUSED
     assert harness.router.calls == []  # never reaches a model
@@ -45,13 +49,22 @@ async def test_pairing_unknown_sender_gets_code_and_nothing_else(harness):
     assert len(pending) == 1 and pending[0].code in reply.text
     rows = await harness.store.messages_for(str(first.session_key))
     assert rows[0].status is MessageStatus.REFUSED and "pairing" in rows[0].reason
-    # A repeat message gets the same code; a redelivery gets nothing.
+    # A repeat message soon after gets nothing (no code spam); a redelivery neither.
+    now[0] += 60
     assert await harness.say(dm("again?", sender="555")) is AcceptStatus.REFUSED
-    assert harness.channel.sent[1].text == reply.text
     assert await harness.say(first) is AcceptStatus.DUPLICATE
+    assert len(harness.channel.sent) == 1
+    # Ten minutes after the code was made: the same code once more, then nothing again.
+    now[0] += PAIRING_REMIND_AFTER_S
+    assert await harness.say(dm("hello??", sender="555")) is AcceptStatus.REFUSED
+    assert [o.text for o in harness.channel.sent] == [reply.text, reply.text]
+    now[0] += PAIRING_REMIND_AFTER_S
+    assert await harness.say(dm("anyone?", sender="555")) is AcceptStatus.REFUSED
     assert len(harness.channel.sent) == 2
+    assert len(await harness.store.pending_pairings("telegram", now=now[0])) == 1
     # Approved: the next message is answered.
-    approved = await harness.store.approve_pairing("telegram", pending[0].code.lower())
+    approved = await harness.store.approve_pairing("telegram", pending[0].code.lower(),
+                                                   now=now[0])
     assert approved is not None and approved.sender_id == "555"
     assert await harness.say(dm("now?", sender="555")) is AcceptStatus.ACCEPTED
     assert harness.channel.texts()[-1] == "echo: now?"

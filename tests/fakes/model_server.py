@@ -30,7 +30,8 @@ one (whatever the API).  Each method returns the server, so calls chain:
 - ``reply(text, *, reasoning=None, inline_think=False, chunks=3, delay=0.0,
   stream=None, finish="stop", refusal=None, reasoning_field="reasoning_content",
   redacted_thinking=False, stall_after=None, drop_after=None, terminal=True,
-  usage=None)``: a successful answer.  ``text`` may be a list of exact chunks.
+  usage=None, keepalive=None, keepalive_kind="comment", think=0.0)``: a successful
+  answer.  ``text`` may be a list of exact chunks.
   ``reasoning`` goes out in the API's own form (Responses reasoning item + summary and
   reasoning_text events; Chat Completions ``reasoning_field`` deltas; Anthropic
   ``thinking`` block); ``inline_think=True`` puts it in the text as ``<think>…</think>``
@@ -41,6 +42,13 @@ one (whatever the API).  Each method returns the server, so calls chain:
   ``stall_after=k`` sends k text chunks then stalls (idle timeout); ``drop_after=k``
   sends k chunks then closes the connection; ``terminal=False`` ends the stream cleanly
   without its terminal event.
+  ``keepalive=seconds`` makes every wait of the stream (``think``, ``delay``, a stall)
+  send keepalives at that interval instead of silence, as hosted proxies do:
+  ``keepalive_kind="comment"`` sends ``: OPENROUTER PROCESSING`` SSE comments,
+  ``"event"`` the API's own no-content event (Responses ``response.in_progress``, a
+  role-only Chat Completions delta, Anthropic ``ping``).  ``think=seconds`` waits after
+  the stream's preamble (``response.created`` / role delta / ``message_start``) before any
+  reasoning or text, like a model still loading or queued.
 - ``error(status, message=None, *, code=None, type=None, body=None, headers=None)``:
   an HTTP error with the API's error body (``body`` verbatim when given: dict, str or
   bytes).
@@ -135,6 +143,9 @@ class _Reply:
     drop_after: int | None = None
     terminal: bool = True
     usage: tuple[int, int] | None = None
+    keepalive: float | None = None
+    keepalive_kind: str = "comment"
+    think: float = 0.0
 
 
 @dataclass
@@ -497,15 +508,47 @@ class FakeModelServer:
 
         sent = 0
 
+        async def keepalive() -> None:
+            if rep.keepalive_kind == "comment":
+                await resp.write(b": OPENROUTER PROCESSING\n\n")
+            elif api == "responses":
+                await send("response.in_progress", {"response": self._response_obj(
+                    model, "", None, rep, tin, tout, "in_progress")})
+            elif api == "completions":
+                await send(None, {"id": "chatcmpl-keepalive", "object": "chat.completion.chunk",
+                                  "created": int(time.time()), "model": model,
+                                  "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                     "content": ""},
+                                               "logprobs": None, "finish_reason": None}]})
+            else:
+                await send("ping", {})
+
+        async def wait(seconds: float) -> None:
+            """Silence, or keepalives every ``rep.keepalive`` s, for ``seconds``."""
+            if not rep.keepalive:
+                if seconds == float("inf"):
+                    await self._closing.wait()
+                elif seconds:
+                    await asyncio.sleep(seconds)
+                return
+            end = time.monotonic() + seconds
+            while not self._closing.is_set() and time.monotonic() < end:
+                await keepalive()
+                await asyncio.sleep(min(rep.keepalive, max(end - time.monotonic(), 0)))
+
+        async def think() -> None:
+            if rep.think:
+                await wait(rep.think)
+
         async def text_chunk(emit: Callable[[str], Any], piece: str) -> bool:
             """Send one text chunk; False when the script ends the stream here."""
             nonlocal sent
             if rep.delay:
-                await asyncio.sleep(rep.delay)
+                await wait(rep.delay)
             await emit(piece)
             sent += 1
             if rep.stall_after is not None and sent >= rep.stall_after:
-                await self._closing.wait()
+                await wait(float("inf"))
                 return False
             if rep.drop_after is not None and sent >= rep.drop_after:
                 assert request.transport is not None
@@ -515,24 +558,25 @@ class FakeModelServer:
 
         try:
             if api == "responses":
-                await self._stream_responses(send, text_chunk, model, text, chunks, reasoning,
-                                             rep, tin, tout, error)
+                await self._stream_responses(send, text_chunk, think, model, text, chunks,
+                                             reasoning, rep, tin, tout, error)
             elif api == "completions":
-                await self._stream_completions(send, text_chunk, model, chunks, reasoning,
-                                               rep, tin, tout, rec, error)
+                await self._stream_completions(send, text_chunk, think, model, chunks,
+                                               reasoning, rep, tin, tout, rec, error)
             else:
-                await self._stream_anthropic(send, text_chunk, model, chunks, reasoning, rep,
-                                             tin, tout, error)
+                await self._stream_anthropic(send, text_chunk, think, model, chunks, reasoning,
+                                             rep, tin, tout, error)
             await resp.write_eof()
         except (ConnectionError, RuntimeError, _Stop):
             pass
         return resp
 
-    async def _stream_responses(self, send, text_chunk, model, text, chunks, reasoning, rep,
-                                tin, tout, error) -> None:
+    async def _stream_responses(self, send, text_chunk, think, model, text, chunks, reasoning,
+                                rep, tin, tout, error) -> None:
         base = self._response_obj(model, "", None, rep, tin, tout, "in_progress")
         await send("response.created", {"response": base})
         await send("response.in_progress", {"response": base})
+        await think()
         index = 0
         if reasoning is not None:
             item = {"type": "reasoning", "id": "rs_1", "summary": []}
@@ -583,8 +627,8 @@ class FakeModelServer:
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         await send(kind, {"response": final})
 
-    async def _stream_completions(self, send, text_chunk, model, chunks, reasoning, rep, tin,
-                                  tout, rec, error) -> None:
+    async def _stream_completions(self, send, text_chunk, think, model, chunks, reasoning, rep,
+                                  tin, tout, rec, error) -> None:
         cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -593,6 +637,7 @@ class FakeModelServer:
                                                  "logprobs": None, "finish_reason": finish}]}
 
         await send(None, chunk({"role": "assistant", "content": ""}))
+        await think()
         if reasoning is not None:
             for piece in _split(reasoning, 2):
                 await send(None, chunk({rep.reasoning_field: piece}))
@@ -615,13 +660,14 @@ class FakeModelServer:
                                         "total_tokens": tin + tout}})
         await send(None, "[DONE]")
 
-    async def _stream_anthropic(self, send, text_chunk, model, chunks, reasoning, rep, tin,
-                                tout, error) -> None:
+    async def _stream_anthropic(self, send, text_chunk, think, model, chunks, reasoning, rep,
+                                tin, tout, error) -> None:
         await send("message_start", {"message": {
             "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
             "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": tin, "output_tokens": 1}}})
         await send("ping", {})
+        await think()
         index = 0
         if reasoning is not None:
             await send("content_block_start", {"index": index, "content_block": {

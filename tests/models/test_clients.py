@@ -345,6 +345,80 @@ async def test_idle_timeout(server, session, api):
     assert err.error_class is ErrorClass.TIMEOUT and "idle" in err.message
 
 
+KEEPALIVE_LIMITS = {**FAST, "firstTokenSeconds": 0.2, "idleSeconds": 0.2}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", ["comment", "event"])
+async def test_keepalives_do_not_defeat_the_first_token_timeout(server, session, api, kind):
+    # A hosted proxy sends its preamble, then keepalives every 50 ms while the model
+    # produces nothing: the first-token deadline must still fire, not the total one.
+    server.reply("late", keepalive=0.03, keepalive_kind=kind, think=10)
+    start = time.monotonic()
+    err = await expect_error(client_for(server, api, session, timeouts=KEEPALIVE_LIMITS))
+    assert err.error_class is ErrorClass.TIMEOUT and "first token" in err.message
+    assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", ["comment", "event"])
+async def test_keepalives_do_not_reset_the_idle_timeout(server, session, api, kind):
+    server.reply("abcdef", chunks=3, stall_after=1, keepalive=0.03, keepalive_kind=kind)
+    start = time.monotonic()
+    err = await expect_error(client_for(server, api, session, timeouts=KEEPALIVE_LIMITS))
+    assert err.error_class is ErrorClass.TIMEOUT and "idle" in err.message
+    assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", ["comment", "event"])
+async def test_keepalives_within_the_limits_are_harmless(server, session, api, kind):
+    server.reply("fine answer", chunks=2, keepalive=0.03, keepalive_kind=kind, think=0.06,
+                 delay=0.05)
+    done = await client_for(server, api, session, timeouts=KEEPALIVE_LIMITS).complete(REQ)
+    assert done.text == "fine answer"
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_streamed_reasoning_counts_as_the_first_token(server, session, api):
+    # Decision (documented in bridge/models/http.py): reasoning is the model working, so it
+    # ends the first-token wait; the answer text then only has to keep within idleSeconds.
+    server.reply("answer text", reasoning="working on it", chunks=2, delay=0.15,
+                 keepalive=0.03)
+    timeouts = {**FAST, "firstTokenSeconds": 0.08, "idleSeconds": 0.3}
+    done = await client_for(server, api, session, timeouts=timeouts).complete(REQ)
+    assert done.text == "answer text"
+
+
+async def test_whitespace_before_a_json_body_is_not_the_first_token(session):
+    # Non-streamed replies: some proxies send whitespace while the model works.
+    from aiohttp import web
+
+    async def handler(request):
+        resp = web.StreamResponse(headers={"content-type": "application/json"})
+        await resp.prepare(request)
+        for _ in range(40):
+            await resp.write(b"\n")
+            await asyncio.sleep(0.05)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        start = time.monotonic()
+        err = await expect_error(client_for(f"http://127.0.0.1:{port}/v1",
+                                            "openai-completions", session, timeouts=FAST))
+        assert err.error_class is ErrorClass.TIMEOUT and "first token" in err.message
+        assert time.monotonic() - start < 1.5
+    finally:
+        await runner.cleanup()
+
+
 async def test_total_timeout(server, session):
     server.reply("abcdefghij", chunks=10, delay=0.1)
     timeouts = {**FAST, "totalSeconds": 0.35}

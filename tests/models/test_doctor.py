@@ -104,3 +104,19 @@ def test_cmd_doctor_exit_codes(tmp_path, capsys):
 
     code = cmd_doctor(argparse.Namespace(config=str(tmp_path / "missing.json5")))
     assert code == 1
+
+
+async def test_invalid_base_url_is_reported_unreachable(session):
+    cfg = make_config({"local": provider("localhost:1234/v1", "openai-completions", "m")},
+                      "local/m")
+    rows = await diagnose(cfg, session=session)
+    assert not rows[0].reachable and not rows[0].ok
+    assert "invalid baseUrl" in rows[0].detail
+
+
+def test_cmd_doctor_reports_a_provider_without_base_url(tmp_path, capsys):
+    path = tmp_path / "palaver.json5"
+    path.write_text('{ models: { providers: { foo: { models: [{ id: "m" }] } } } }')
+    assert cmd_doctor(argparse.Namespace(config=str(path))) == 1
+    err = capsys.readouterr().err
+    assert "models.providers.foo.baseUrl: missing baseUrl" in err

@@ -374,3 +374,46 @@ async def test_a_model_being_probed_is_never_forced(server, server2, router_fact
     assert len(answered) == 1 and len(failed) == 2
     assert all(f.attempts[0].message == "being probed" for f in failed)
     assert len([r for r in server.requests if r.api != "models"]) == 2
+
+
+@pytest.mark.parametrize("base_url", ["", "localhost:1234/v1", "http://[bad/v1"])
+async def test_invalid_base_url_is_unreachable_and_falls_through(server2, router_factory,
+                                                                 base_url):
+    # A config built in code (the loader rejects these): the chain must not stop here.
+    cfg = two_providers(base_url, server2.root_url)
+    server2.reply("from hosted")
+    reply = await router_factory(cfg).complete(CANDS, REQ)
+    assert reply.model_ref == "hosted/claude"
+    assert reply.attempts[0].error_class is ErrorClass.UNREACHABLE
+    assert "invalid baseUrl" in reply.attempts[0].message
+
+
+async def test_lm_studio_with_no_model_loaded_falls_through(server, server2, router_factory):
+    cfg = two_providers(server.base_url, server2.root_url)
+    server.error(400, body={"error": "No models loaded. Please load a model in the developer "
+                                     "page or use the 'lms load' command."})
+    server2.reply("from hosted")
+    reply = await router_factory(cfg).complete(CANDS, REQ)
+    assert reply.model_ref == "hosted/claude"
+    assert reply.attempts[0].error_class is ErrorClass.OVERLOADED
+
+
+@pytest.mark.parametrize("api", ["openai-responses", "openai-completions",
+                                 "anthropic-messages"])
+@pytest.mark.parametrize(("header", "value", "echoed"), [
+    ("api-key", "azure0123456789abcdef", "azure0123456789abcdef"),  # Azure OpenAI style
+    ("Authorization", "Bearer hdr-token-0123456789", "hdr-token-0123456789"),
+    ("X-Api-Key", "custom-key-0123456789", "custom-key-0123456789"),
+])
+async def test_keys_sent_as_headers_never_reach_the_error_or_logs(
+        server, router_factory, caplog, api, header, value, echoed):
+    cfg = make_config({"az": provider(server.url_for(api), api, "gpt",
+                                      headers={header: value})}, "az/gpt")
+    server.error(401, f"Access denied due to invalid subscription key '{echoed}'.")
+    with caplog.at_level(logging.DEBUG), pytest.raises(AllModelsFailed) as err:
+        await router_factory(cfg).complete(["az/gpt"], REQ)
+    assert server.requests[-1].headers[header.lower()] == value  # the header was sent
+    assert err.value.attempts[0].error_class is ErrorClass.AUTH
+    for text in (str(err.value), repr(err.value.attempts), caplog.text):
+        assert echoed not in text
+    assert "[redacted]" in str(err.value)

@@ -22,7 +22,7 @@ import yaml
 
 from bridge.cli import build_parser
 from bridge.config.load import CONFIG_ENV, ConfigError, load_config
-from bridge.config.schema import AgentDefaults, HealthConfig
+from bridge.config.schema import AgentDefaults, Config, HealthConfig
 from bridge.health import HEALTH_PATH, HealthServer
 from bridge.metrics import Metrics
 
@@ -117,8 +117,83 @@ def compose() -> dict:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
 
-def deploy_config(**env: str):
-    return load_config(DEPLOY / "palaver.json5", env={"TELEGRAM_BOT_TOKEN": FAKE_TOKEN, **env})
+class ComposeError(Exception):
+    """What `docker compose` would refuse: a required variable is unset (``${X:?msg}``)."""
+
+
+_COMPOSE_VAR = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])"
+    r"(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def compose_interpolate(text: str, shell: dict[str, str]) -> str:
+    """Compose's variable interpolation (the compose spec's subset of shell syntax)."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group("escaped"):
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg") or ""
+        value = shell.get(name)
+        unset_or_empty = not value
+        missing = unset_or_empty if op and op.startswith(":") else value is None
+        if op in (":-", "-"):
+            return arg if missing else value
+        if op in (":?", "?"):
+            if missing:
+                raise ComposeError(f"required variable {name} is missing a value: {arg}")
+            return value
+        if op in (":+", "+"):
+            return "" if missing else arg
+        return value or ""
+
+    return _COMPOSE_VAR.sub(sub, text)
+
+
+def interpolated(node, shell: dict[str, str]):
+    if isinstance(node, str):
+        return compose_interpolate(node, shell)
+    if isinstance(node, list):
+        return [interpolated(x, shell) for x in node]
+    if isinstance(node, dict):
+        return {k: interpolated(v, shell) for k, v in node.items()}
+    return node
+
+
+def container_env(shell: dict[str, str]) -> dict[str, str]:
+    """The palaver container's environment: the image's ENV, then compose's ``environment``
+    interpolated from ``shell`` (a bare ``NAME`` passes through only when set)."""
+    env = docker_env(dockerfile_instructions((DEPLOY / "Dockerfile").read_text()))
+    for item in interpolated(compose(), shell)["services"]["palaver"]["environment"]:
+        name, sep, value = item.partition("=")
+        if sep:
+            env[name] = value
+        elif name in shell:
+            env[name] = shell[name]
+    return env
+
+
+def deploy_config(**shell: str) -> Config:
+    """deploy/palaver.json5 as the container loads it under `docker compose up`."""
+    return load_config(DEPLOY / "palaver.json5",
+                       env=container_env({"TELEGRAM_BOT_TOKEN": FAKE_TOKEN, **shell}))
+
+
+def parse_duration(text: str) -> float:
+    """A compose duration (``45s``, ``1m30s``) or a systemd time span (``45s``, ``1min``)."""
+    units = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text.strip())
+    assert parts and "".join(n + u for n, u in parts) == text.replace(" ", ""), text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def worst_case_stop_s() -> float:
+    """shutdownGraceSeconds (the schema default, or the deploy config's own if larger) plus
+    20 s: WhatsApp's Go connect thread (up to 10 s), Telegram's shutdown, the store."""
+    grace = max(AgentDefaults().shutdownGraceSeconds,
+                deploy_config().agents.defaults.shutdownGraceSeconds)
+    return grace + 20
 
 
 # --------------------------------------------------------------------------- compose
@@ -157,8 +232,81 @@ def test_compose_env_carries_secrets_and_config_path(docker):
     assert {"TELEGRAM_BOT_TOKEN", "ANTHROPIC_API_KEY", CONFIG_ENV} <= names
     assert f"{CONFIG_ENV}={CONFIG_IN_CONTAINER}" in env
     assert docker_env(docker)[CONFIG_ENV] == CONFIG_IN_CONTAINER
-    # No literal secret in the file: the token is required from the shell.
-    assert any(item.startswith("TELEGRAM_BOT_TOKEN=${TELEGRAM_BOT_TOKEN:?") for item in env)
+    # No literal secret in the file: both come from the shell, as given.
+    shell = {"TELEGRAM_BOT_TOKEN": FAKE_TOKEN, "ANTHROPIC_API_KEY": "sk-ant-from-shell-0001"}
+    inside = container_env(shell)
+    assert inside["TELEGRAM_BOT_TOKEN"] == FAKE_TOKEN
+    assert inside["ANTHROPIC_API_KEY"] == "sk-ant-from-shell-0001"
+    assert "ANTHROPIC_API_KEY" not in container_env({})  # not even empty when unset
+
+
+def test_compose_interpolation_emulator_matches_the_spec():
+    """The helper the tests below rely on (so a broken helper cannot pass them)."""
+    shell = {"SET": "v", "EMPTY": ""}
+    assert compose_interpolate("${SET:-d}|${EMPTY:-d}|${UNSET:-d}|${EMPTY-d}|$$SET", shell) == (
+        "v|d|d||$SET")
+    assert compose_interpolate("$SET/${SET}/${UNSET}", shell) == "v/v/"
+    with pytest.raises(ComposeError, match="UNSET"):
+        compose_interpolate("${UNSET:?set it}", shell)
+    with pytest.raises(ComposeError, match="EMPTY"):
+        compose_interpolate("${EMPTY:?set it}", shell)
+
+
+def test_compose_needs_no_variable_so_whatsapp_login_runs_without_a_telegram_token(
+        monkeypatch):
+    """`docker compose run --rm palaver whatsapp login` with nothing exported: compose
+    interpolates, the config loads, and the login command finds the data directory."""
+    interpolated(compose(), {})  # raises ComposeError on a required ${X:?}
+    env = container_env({})
+    assert env["TELEGRAM_BOT_TOKEN"] == ""
+    config = load_config(DEPLOY / "palaver.json5", env=env)
+    assert config.channels.telegram is not None and config.channels.telegram.enabled
+    assert config.channels.whatsapp is not None and not config.channels.whatsapp.enabled
+    # The command itself, as the image runs it (ENTRYPOINT palaver, cwd /data).
+    from channels.whatsapp_login import _data_dir
+
+    args = build_parser().parse_args(["whatsapp", "login"])
+    assert args.path == ("whatsapp", "login")
+    for key in ("TELEGRAM_BOT_TOKEN", "PALAVER_TELEGRAM", "PALAVER_WHATSAPP"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv(CONFIG_ENV, str(DEPLOY / "palaver.json5"))  # the mount's source
+    assert _data_dir(args) == Path("/data")
+
+
+def test_whatsapp_only_is_chosen_from_the_environment():
+    config = deploy_config(TELEGRAM_BOT_TOKEN="", PALAVER_TELEGRAM="false",
+                           PALAVER_WHATSAPP="true")
+    assert not config.channels.telegram.enabled
+    assert config.channels.whatsapp.enabled
+    assert config.channels.whatsapp.dmPolicy == "pairing"
+    both = deploy_config(PALAVER_WHATSAPP="true")
+    assert both.channels.telegram.enabled and both.channels.whatsapp.enabled
+    default = deploy_config()
+    assert default.channels.telegram.enabled and not default.channels.whatsapp.enabled
+
+
+def test_a_bad_channel_switch_is_a_clear_config_error():
+    with pytest.raises(ConfigError, match=r"channels\.whatsapp\.enabled"):
+        deploy_config(PALAVER_WHATSAPP="maybe")
+
+
+def test_telegram_without_token_fails_at_start_naming_the_variable(monkeypatch):
+    """compose passes an empty TELEGRAM_BOT_TOKEN when none is exported: the channel says
+    which variable to set (and /healthz names telegram), the config itself stays valid."""
+    from channels.telegram import TokenError, resolve_token
+
+    config = deploy_config(TELEGRAM_BOT_TOKEN="")
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", container_env({})["TELEGRAM_BOT_TOKEN"])
+    with pytest.raises(TokenError, match=r"\$TELEGRAM_BOT_TOKEN"):
+        resolve_token(config.channels.telegram)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", container_env(
+        {"TELEGRAM_BOT_TOKEN": FAKE_TOKEN})["TELEGRAM_BOT_TOKEN"])
+    assert resolve_token(config.channels.telegram) == FAKE_TOKEN
+
+
+def test_compose_stop_grace_covers_the_worst_case_graceful_stop():
+    grace = parse_duration(compose()["services"]["palaver"]["stop_grace_period"])
+    assert grace > worst_case_stop_s()
 
 
 def test_config_points_at_the_localai_service_it_runs_beside():
@@ -181,7 +329,9 @@ def test_config_points_at_the_localai_service_it_runs_beside():
 def test_deploy_config_validates_and_keeps_secrets_in_the_environment():
     config = deploy_config(ANTHROPIC_API_KEY="sk-ant-test-key-0123456789")
     assert config.channels.telegram is not None
-    assert config.channels.telegram.botToken.get_secret_value() == FAKE_TOKEN
+    # Not in the config at all: the channel reads $TELEGRAM_BOT_TOKEN when it starts.
+    assert config.channels.telegram.botToken is None
+    assert config.channels.telegram.tokenFile is None
     assert config.model("anthropic/claude-sonnet-4-5").api_key.get_secret_value() == (
         "sk-ant-test-key-0123456789")
     assert config.health == HealthConfig()  # the defaults the Dockerfile probes
@@ -190,8 +340,8 @@ def test_deploy_config_validates_and_keeps_secrets_in_the_environment():
     assert "sk-" not in text and not re.search(r"\d{6,}:[A-Za-z0-9_-]{30,}", text)
 
 
-def test_deploy_config_without_token_is_a_clear_error():
-    with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN is not set"):
+def test_deploy_config_outside_compose_names_the_missing_switch():
+    with pytest.raises(ConfigError, match="PALAVER_TELEGRAM is not set"):
         load_config(DEPLOY / "palaver.json5", env={})
 
 
@@ -294,8 +444,9 @@ def test_unit_hardening(unit):
     assert re.fullmatch(r"\d+s?", svc["RestartSec"])
     assert svc["EnvironmentFile"].lstrip("-").startswith("/etc/palaver/")
     assert "MemoryDenyWriteExecute" in svc  # a decision, explained in the unit's comment
-    stop = int(svc["TimeoutStopSec"].rstrip("s"))
-    assert stop > AgentDefaults().shutdownGraceSeconds  # turns may finish before SIGKILL
+    # Turns, WhatsApp's connect thread, Telegram and the store all finish before SIGKILL.
+    assert parse_duration(svc["TimeoutStopSec"]) > worst_case_stop_s()
+    assert svc.get("KillSignal", "SIGTERM") == "SIGTERM"  # what `palaver run` handles
 
 
 def test_unit_execstart_is_a_valid_palaver_command(unit):
@@ -321,6 +472,57 @@ def test_unit_passes_systemd_analyze_verify():
 
 
 # --------------------------------------------------------------------------- README
+
+
+def operations_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("\n## Operations")
+    end = readme.find("\n## ", start + 1)
+    return readme[start:end if end != -1 else None]
+
+
+def host_palaver_commands(text: str) -> list[list[str]]:
+    """Every shell line (README code or a unit comment) that runs the installed
+    /opt/palaver/.venv/bin/palaver (continuation lines joined)."""
+    out = []
+    joined = re.sub(r"\\\n#?\s*", " ", text)
+    for raw in joined.splitlines():
+        line = raw.strip().lstrip("#").strip().rstrip(".").strip("`")
+        if line.startswith("ExecStart=") or "/opt/palaver/.venv/bin/palaver " not in line:
+            continue
+        out.append(shlex.split(line.split("  #")[0]))
+    return out
+
+
+@pytest.mark.parametrize("source", ["README.md", "deploy/palaver.service"])
+def test_cli_commands_for_the_service_run_as_the_palaver_user(source):
+    """pairing and whatsapp login write the store/session under the data dir: as root they
+    would leave root-owned SQLite -wal/-shm and session files the service cannot open."""
+    text = operations_section() if source == "README.md" else (ROOT / source).read_text()
+    commands = host_palaver_commands(text)
+    seen = set()
+    for argv in commands:
+        if "systemd-run" in argv:  # the documented variant that reads the env file
+            assert "User=palaver" in argv, argv
+        else:
+            assert argv[:3] == ["sudo", "-u", "palaver"], argv
+        binary = argv.index("/opt/palaver/.venv/bin/palaver")
+        args = build_parser().parse_args(argv[binary + 1:])
+        assert args.config == "/etc/palaver/palaver.json5", argv
+        seen.add(args.path)
+    assert {("pairing", "list"), ("pairing", "approve"), ("whatsapp", "login")} <= seen
+
+
+def test_readme_documents_the_stop_timeout_and_channel_switches():
+    section = operations_section()
+    stop = parse_duration(compose()["services"]["palaver"]["stop_grace_period"])
+    assert f"{stop:.0f} s" in section and f"--stop-timeout {stop:.0f}" in section
+    switches = {item.partition("=")[0]: item.partition("=")[2]
+                for item in interpolated(compose(), {})["services"]["palaver"]["environment"]}
+    for name, default in (("PALAVER_TELEGRAM", "true"), ("PALAVER_WHATSAPP", "false")):
+        assert switches[name] == default
+        assert f"`{name}` (default `{default}`)" in section
+    assert "run --rm palaver whatsapp login" in section
 
 
 def test_readme_operations_section_names_every_metric():
