@@ -7,10 +7,15 @@ loads a platform SDK).  ``palaver run`` and ``palaver chat`` are here too.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import hashlib
 import logging
+import os
+import re
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +147,7 @@ class App:
             return
         self._started = True
         config = self.config
+        register_config_secrets(config)
         data_dir = config.data_dir
         await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
         self._store = await Store.open_in(data_dir)
@@ -166,6 +172,7 @@ class App:
         if self._metrics is not None:
             self._core.add_observer(_metrics_observer(self._metrics))
             self._metrics.set_pending_source(self._core.pending_count)
+        started = []
         for channel in channels:
             self._core.attach(channel)
             try:
@@ -174,8 +181,14 @@ class App:
                 label = _channel_label(channel)
                 self._channel_errors[label] = f"failed to start: {exc}"
                 log.error("channel %s failed to start: %s", label, exc)
+            else:
+                started.append(channel)
             self._channels.append(channel)
         await self._core.start()
+        # start() recovered and queued what was left; a channel that connects later
+        # calls core.channel_ready(itself) again.
+        for channel in started:
+            self._core.channel_ready(channel)
         if self._live is not None:
             self._live.subscribe(self._on_reload)
             await self._live.start()
@@ -240,6 +253,7 @@ class App:
         return report
 
     def _on_reload(self, new: Config) -> None:
+        register_config_secrets(self.config)
         try:
             from bridge.logs import setup_logging
 
@@ -291,15 +305,80 @@ def _setup_logging(args: Any, config: Config | None, *, default_level: str | Non
     setup_logging(level, fmt, stream=sys.stderr)
 
 
-def _register_secrets(config: Config) -> None:
+def register_config_secrets(config: Config) -> None:
+    """Redact every secret of ``config`` from the logs (at start and on each reload)."""
+    from bridge.config.load import config_secrets
     from bridge.logs import register_secret
 
-    for provider in config.models.providers.values():
-        if provider.apiKey is not None:
-            register_secret(provider.apiKey.get_secret_value())
-    tg = config.channels.telegram
-    if tg is not None and tg.botToken is not None:
-        register_secret(tg.botToken.get_secret_value())
+    for secret in config_secrets(config):
+        register_secret(secret)
+
+
+_register_secrets = register_config_secrets
+
+
+# ------------------------------------------------------------------- one process per data
+
+
+class DataDirBusy(Exception):
+    """Another Palaver process holds the lock (message says which and what to do)."""
+
+
+class ProcessLock:
+    """An exclusive ``flock`` on a file in the data directory, held while running.
+
+    ``palaver run`` takes ``<dataDir>/palaver.lock``: two bridges on one store would
+    answer every message twice.  ``palaver chat --session S`` takes
+    ``<dataDir>/console-<S>.lock``: it may run beside ``palaver run`` (it only touches
+    its own console session) but not twice for one session.  The kernel drops the lock
+    when the process dies, so a crash never leaves a stale lock.
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`DataDirBusy` (never waits)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise DataDirBusy(
+                f"{self.what} is already in use by process {holder} (lock {self.path}); "
+                "stop that one first, or use another dataDir") from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def run_lock(data_dir: Path) -> ProcessLock:
+    return ProcessLock(Path(data_dir) / "palaver.lock",
+                       f"the data directory {data_dir} (a `palaver run`)")
+
+
+def console_lock(data_dir: Path, session: str) -> ProcessLock:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", session)[:40]
+    digest = hashlib.sha256(session.encode("utf-8")).hexdigest()[:8]
+    return ProcessLock(Path(data_dir) / f"console-{safe}-{digest}.lock",
+                       f"console session {session!r} (a `palaver chat`)")
 
 
 async def _prepare(config: Config, *, targets=None) -> tuple[Callable[[Config], Config] | None,
@@ -339,6 +418,19 @@ def cmd_run(args: Any) -> int:
 
 
 async def _run(live: LiveConfig, args: Any, *, ready: Callable[[App], Any] | None = None) -> int:
+    lock = run_lock(live.current.data_dir)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        print(f"palaver: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return await _run_locked(live, args, ready)
+    finally:
+        lock.release()
+
+
+async def _run_locked(live: LiveConfig, args: Any, ready: Callable[[App], Any] | None) -> int:
     adjust, error = await _prepare(live.current, targets=getattr(args, "probe_targets", None))
     if error:
         print(error, file=sys.stderr)
@@ -394,7 +486,27 @@ def cmd_chat(args: Any) -> int:
 async def chat(config: Config, *, session: str = "operator", model: str | None = None,
                stdin: Any = None, stdout: Any = None, interactive: bool | None = None,
                probe_targets=None) -> int:
-    """Run a console chat over ``stdin``/``stdout``; returns the exit status."""
+    """Run a console chat over ``stdin``/``stdout``; returns the exit status.
+
+    Ctrl-C (SIGINT) ends it at once, also while waiting for input: a running turn gets
+    a second to finish, else it is answered the next time this session is opened.
+    """
+    lock = console_lock(config.data_dir, session)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        print(f"palaver: {exc}; or pick another name with --session", file=sys.stderr)
+        return 2
+    try:
+        return await _chat_locked(config, session=session, model=model, stdin=stdin,
+                                  stdout=stdout, interactive=interactive,
+                                  probe_targets=probe_targets)
+    finally:
+        lock.release()
+
+
+async def _chat_locked(config: Config, *, session: str, model: str | None, stdin: Any,
+                       stdout: Any, interactive: bool | None, probe_targets) -> int:
     from channels.console import ConsoleChannel
 
     stdin = stdin or sys.stdin
@@ -426,21 +538,23 @@ async def chat(config: Config, *, session: str = "operator", model: str | None =
             failed.update(event.message_ids)
 
     app.core.add_observer(on_turn)
-    await app.core.wait_idle()  # anything recovered from an earlier run
     failures = 0
+    interrupted = False
+    lines = StdinLines(stdin)
     try:
+        await app.core.wait_idle()  # anything recovered from an earlier run
         if interactive:
             print("Palaver chat — /help for commands, Ctrl-D to quit.", file=sys.stderr)
         while True:
             if interactive:
                 print("you> ", end="", file=sys.stderr, flush=True)
-            line = await asyncio.to_thread(stdin.readline)
+            line = await lines.readline()
             if not line:
                 break
             text = line.rstrip("\r\n")
             if not text.strip():
                 continue
-            inbound, status = await console.submit(text)
+            _inbound, status = await console.submit(text)
             if status is not AcceptStatus.ACCEPTED:
                 print(f"palaver: message not accepted ({status})", file=sys.stderr)
                 failures += 1
@@ -449,6 +563,82 @@ async def chat(config: Config, *, session: str = "operator", model: str | None =
             await app.core.wait_idle()
             if len(failed) > before:
                 failures += 1
+    except asyncio.CancelledError:
+        interrupted = True  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt (130)
+        if interactive:
+            print("", file=sys.stderr)
+        raise
     finally:
-        await app.stop()
+        lines.close()
+        await app.stop(1.0 if interrupted else None)
     return 1 if failures else 0
+
+
+class StdinLines:
+    """Lines of a stream for the event loop, without a thread blocked in ``readline``.
+
+    A terminal or pipe is watched with ``loop.add_reader``, so cancelling ``readline()``
+    (Ctrl-C) returns at once and nothing keeps the process alive.  Streams the loop
+    cannot watch (regular files, ``StringIO``) are read in a worker thread; they never
+    block for long.  ``readline()`` returns ``""`` at end of input.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._loop = asyncio.get_running_loop()
+        self._lines: deque[str] = deque()
+        self._buffer = ""
+        self._eof = False
+        self._ready = asyncio.Event()
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._fd: int | None = None
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return
+        try:
+            self._loop.add_reader(fd, self._on_readable)
+        except (OSError, ValueError, NotImplementedError):
+            return  # e.g. a regular file (epoll refuses it)
+        self._fd = fd
+
+    def _on_readable(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._buffer += self._decoder.decode(data)
+            while "\n" in self._buffer:
+                line, self._buffer = self._buffer.split("\n", 1)
+                self._lines.append(line + "\n")
+        else:
+            self._buffer += self._decoder.decode(b"", final=True)
+            if self._buffer:
+                self._lines.append(self._buffer)
+                self._buffer = ""
+            self._eof = True
+            self.close()
+        self._ready.set()
+
+    async def readline(self) -> str:
+        """The next line (with its newline), ``""`` at end of input."""
+        if self._fd is None and not self._eof and not self._lines:
+            return await asyncio.to_thread(self._stream.readline)
+        while not self._lines:
+            if self._eof:
+                return ""
+            self._ready.clear()
+            await self._ready.wait()
+        return self._lines.popleft()
+
+    def close(self) -> None:
+        """Stop watching the stream (idempotent)."""
+        if self._fd is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+            self._fd = None

@@ -112,13 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        # A config mistake is a user error: its message, never a traceback.
+        # A config mistake or an unusable store is a user error: its message, never a
+        # traceback.
         from bridge.config.load import ConfigError
+        from bridge.store.db import StoreError
 
-        if not isinstance(exc, ConfigError):
-            raise
-        print(exc, file=sys.stderr)
-        return 1
+        if isinstance(exc, ConfigError):
+            print(exc, file=sys.stderr)
+            return 1
+        if isinstance(exc, StoreError):
+            print(f"palaver: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

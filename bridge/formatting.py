@@ -6,15 +6,21 @@ converter (no Markdown library) in three steps:
 
 1. :func:`_parse_blocks` splits the text into blocks (paragraphs, headings, fenced code,
    quotes, lists, tables, rules) and :func:`_parse_inline` parses emphasis, code spans
-   and links inside them; anything unmatched stays literal text.
+   and links inside them; anything unmatched stays literal text.  ``_`` and a single
+   ``*`` never open or close inside a word (``snake_case``, ``2*3*4``); code spans,
+   links and bare URLs are opaque to emphasis.
 2. A renderer turns blocks into a flat stream of tokens: text, and "open"/"close"
    markers that know their own opening and closing markup (``<b>``/``</b>``,
-   ``*``/``*``, ``<pre><code class="language-py">``...).
-3. :func:`_chunk` cuts that stream under the limit, preferring a paragraph break, then a
+   ``*``/``*``, ``<pre><code class="language-py">``...).  It keeps within the Bot
+   API's nesting rules: a span already open is not reopened (a bold heading with bold
+   inside), a quote inside a quote becomes "│ "-prefixed lines inside the one
+   ``<blockquote>``, and link text holds no code or link.
+3. :func:`_chunk_atoms` cuts that stream under the limit, preferring a paragraph break, then a
    line break, then a sentence end, then a space; every chunk closes the markup still
    open at its end and the next one reopens it (a code block split in two is closed and
    reopened with its language).  Splits never fall inside a tag or an HTML entity,
-   because only text positions are split points.
+   because only text positions are split points.  Whitespace inside code is content:
+   it may be split, never dropped (only the newline at a line split is).
 
 Lengths are measured in UTF-16 code units (how Telegram counts) over the whole chunk,
 markup included, which is a safe upper bound of what the platform counts.
@@ -912,7 +918,11 @@ def _skip_after(atoms: list[_Atom], pos: int) -> int:
     """First atom of the next chunk after splitting before ``pos`` (drop the separator)."""
     atom = atoms[pos]
     if atom.level == 2 and atom.pre:
-        return pos + 1  # one newline; keep the next code line's indentation
+        # Drop the one newline between two code lines (keep the next line's
+        # indentation); at the very start or end of the block it is kept as content.
+        prev_text = pos > 0 and atoms[pos - 1].char is not None
+        next_text = pos + 1 < len(atoms) and atoms[pos + 1].char is not None
+        return pos + 1 if prev_text and next_text else pos
     if atom.level in (1, 2):
         while pos < len(atoms) and atoms[pos].char == "\n":
             pos += 1
@@ -1021,6 +1031,11 @@ def _chunk_atoms(atoms: list[_Atom], limit: int) -> list[str]:
     """
     _protect_code_blocks(atoms, limit)
     content = _content_flags(atoms)
+    # more[k]: something worth sending at or after k (a split before trailing
+    # whitespace would only produce an empty chunk).
+    more = [False] * (len(atoms) + 1)
+    for index in range(len(atoms) - 1, -1, -1):
+        more[index] = content[index] or more[index + 1]
     floor = limit * 3 // 10
     chunks: list[str] = []
     stack: list[_Open] = []
@@ -1037,7 +1052,7 @@ def _chunk_atoms(atoms: list[_Atom], limit: int) -> list[str]:
         k = pos
         while k < total:
             atom = atoms[k]
-            if has_text and atom.level <= 5 and size + closers <= limit:
+            if has_text and atom.level <= 5 and more[k] and size + closers <= limit:
                 found[atom.level] = (k, size + closers, list(cur))
             size += atom.size
             if size > limit:

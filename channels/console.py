@@ -42,6 +42,12 @@ class ConsoleChannel:
     def address(self) -> ChatAddress:
         return ChatAddress(self.name, self.account, self.session, ChatKind.DIRECT)
 
+    def owns(self, address: ChatAddress) -> bool:
+        """Only this console session: ``palaver chat --session bob`` never recovers,
+        answers or prints alice's console messages."""
+        return (address.channel == self.name and address.account == self.account
+                and address.chat_id == self.session)
+
     async def start(self, sink: InboundSink) -> None:
         """Remember the sink; the console has nothing to connect."""
         self._sink = sink

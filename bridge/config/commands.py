@@ -7,11 +7,13 @@ never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bridge.config.load import CONFIG_FILENAME, ConfigError, load_for_cli, redacted
+from bridge.config.load import CONFIG_ENV, CONFIG_FILENAME, ConfigError, load_for_cli, redacted
 from bridge.config.resolve import UnknownModelError, split_ref
 from bridge.config.schema import Config
 
@@ -77,9 +79,18 @@ def _fail(message: str) -> int:
     return 1
 
 
+def init_path(args: Any, env: Mapping[str, str] | None = None) -> Path:
+    """Where ``palaver init`` writes: the PATH argument, else ``--config``, else
+    ``$PALAVER_CONFIG``, else ``./palaver.json5`` (the places ``run`` reads from)."""
+    env = os.environ if env is None else env
+    named = (getattr(args, "path_arg", None) or getattr(args, "config", None)
+             or env.get(CONFIG_ENV) or CONFIG_FILENAME)
+    return Path(named).expanduser()
+
+
 def cmd_init(args: Any) -> int:
     """Write the commented starter config; never overwrites an existing file."""
-    path = Path(getattr(args, "path_arg", None) or CONFIG_FILENAME).expanduser()
+    path = init_path(args)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("x", encoding="utf-8") as fh:

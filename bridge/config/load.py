@@ -175,7 +175,15 @@ def _parse_json5(text: str, file: Path | str) -> dict[str, Any]:
     return data
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (an error stays on one line)."""
+    return "".join(
+        c if c.isprintable() else (repr(c)[1:-1] if c in "\n\r\t" else f"\\x{ord(c):02x}")
+        for c in text)
+
+
 def _syntax_problem(message: str, text: str) -> Problem:
+    message = _printable(message)
     m = re.fullmatch(r"<string>:(\d+) (.*) at column (\d+)", message, re.S)
     if m:
         return Problem("", f"invalid JSON5: {m.group(2)}", int(m.group(1)), int(m.group(3)))

@@ -2,10 +2,13 @@
 
 For each provider that a model selection names: is it reachable (and if not, why), the
 round-trip time of ``GET {baseUrl}/models`` (``/v1/models`` for Anthropic; a minimal
-request where that endpoint is missing), whether each configured model is listed, whether
-credentials are present, and settings that look wrong.  Exit status 0 only when every
-primary candidate path (the default selection and each per-channel selection) has at
-least one working model.
+request where that endpoint is missing), whether each configured model is listed (and,
+on LM Studio, whose ``/v1/models`` lists unloaded models too, whether it is loaded, from
+``/api/v0/models``), whether credentials are present, and settings that look wrong.  Exit
+status 0 only when every primary candidate path (the default selection and each
+per-channel selection) has at least one working model.  With no model configured, the
+local-server discovery of ``palaver run`` (:mod:`bridge.discovery`) runs first and its
+result is checked.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Row:
     listed: bool | None  # None: the server gives no list
     credentials: str  # present | missing | not needed
     warnings: tuple[str, ...] = ()
+    loaded: bool | None = None  # LM Studio only: in memory now (None: not known)
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class _Probe:
     rtt_ms: float | None
     listed: set[str] | None
     minimal: bool  # no /models endpoint: judge each model by a minimal request
+    loaded: dict[str, bool] | None = None  # LM Studio: model id -> loaded now
 
 
 # --------------------------------------------------------------------------- what is in use
@@ -178,7 +183,32 @@ async def _probe(session: aiohttp.ClientSession, model: ResolvedModel) -> _Probe
     data = body.get("data") if isinstance(body, dict) else None
     if isinstance(data, list):
         listed = {m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
-    return _Probe(True, None, rtt, listed, minimal=False)
+    loaded = await _lmstudio_states(session, model) if listed is not None else None
+    return _Probe(True, None, rtt, listed, minimal=False, loaded=loaded)
+
+
+async def _lmstudio_states(session: aiohttp.ClientSession,
+                           model: ResolvedModel) -> dict[str, bool] | None:
+    """LM Studio lists every downloaded model on ``/v1/models``, loaded or not; its own
+    ``/api/v0/models`` says which are in memory (``state: "loaded"|"not-loaded"``).
+    None when the server is not LM Studio (or a hosted API, which is never asked)."""
+    if model.api == "anthropic-messages" or needs_api_key(model):
+        return None
+    base = model.base_url.rstrip("/")
+    if not base.endswith("/v1"):
+        return None
+    try:
+        body = await get_json(session, base[:-3] + "/api/v0/models", _auth_headers(model),
+                              _PROBE_TIMEOUTS, secrets=model_secrets(model))
+    except ModelError:
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    states = {m["id"]: m["state"] == "loaded" for m in data
+              if isinstance(m, dict) and isinstance(m.get("id"), str)
+              and m.get("state") in ("loaded", "not-loaded")}
+    return states or None
 
 
 async def _minimal(session: aiohttp.ClientSession, model: ResolvedModel) -> tuple[bool, str, float]:
@@ -263,9 +293,16 @@ def _row(ref: str, model: ResolvedModel | None, why: str, probes: dict[str, _Pro
         return Row(provider, ref, model.api, True, True, "ok (no model list)", probe.rtt_ms,
                    None, creds, warnings)
     listed = _is_listed(model.model_id, probe.listed)
-    return Row(provider, ref, model.api, True, listed,
-               "ok" if listed else "model not listed by the server", probe.rtt_ms, listed,
-               creds, warnings)
+    loaded = probe.loaded.get(model.model_id) if probe.loaded is not None else None
+    if not listed:
+        detail = "model not listed by the server"
+    elif loaded is False:
+        detail = ("ok: listed but not loaded (LM Studio loads it on first use when JIT "
+                  "loading is on; else `lms load " + model.model_id + "`)")
+    else:
+        detail = "ok"
+    return Row(provider, ref, model.api, True, listed, detail, probe.rtt_ms, listed,
+               creds, warnings, loaded)
 
 
 def check_paths(config: Config, rows: list[Row]) -> list[tuple[str, list[str], str | None]]:
@@ -286,13 +323,15 @@ def render(config: Config, rows: list[Row]) -> tuple[str, bool]:
     head = ("PROVIDER", "MODEL", "REACHABLE", "RTT", "LISTED", "KEY", "NOTES")
     table: list[tuple[str, ...]] = [head]
     for r in rows:
-        notes = "" if r.detail.startswith("ok") and r.ok else r.detail
+        notes = "" if r.detail in ("ok", "ok (answered)") and r.ok else r.detail
         notes = "; ".join(x for x in (notes, *r.warnings) if x)
+        listed = {True: "yes", False: "no", None: "?"}[r.listed]
+        if r.listed and r.loaded is not None:
+            listed = "loaded" if r.loaded else "not loaded"
         table.append((
             r.provider, r.model_ref, "yes" if r.reachable else "no",
             f"{r.rtt_ms:.0f} ms" if r.rtt_ms is not None else "-",
-            {True: "yes", False: "no", None: "?"}[r.listed], r.credentials,
-            notes or "ok",
+            listed, r.credentials, notes or "ok",
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
@@ -313,7 +352,11 @@ def render(config: Config, rows: list[Row]) -> tuple[str, bool]:
 
 
 def cmd_doctor(args: Any) -> int:
-    """Probe the providers in use; exit 0 only if every path has a working model."""
+    """Probe the providers in use; exit 0 only if every path has a working model.
+
+    With no model configured (no config file, say) it first runs the same local-server
+    discovery as ``palaver run`` and checks what that would use.
+    """
     from bridge.config.load import ConfigError, load_for_cli
 
     try:
@@ -321,7 +364,20 @@ def cmd_doctor(args: Any) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
-    rows = asyncio.run(diagnose(config))
+    return asyncio.run(_doctor(config, getattr(args, "probe_targets", None)))
+
+
+async def _doctor(config: Config, targets: Any = None) -> int:
+    from bridge.discovery import DEFAULT_TARGETS, discover, needs_discovery
+
+    if needs_discovery(config):
+        found = await discover(config, targets=targets or DEFAULT_TARGETS)
+        print(found.explain())
+        print()
+        if found.config is None:
+            return 1
+        config = found.config
+    rows = await diagnose(config)
     text, ok = render(config, rows)
     print(text)
     return 0 if ok else 1

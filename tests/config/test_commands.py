@@ -56,6 +56,27 @@ def test_init_to_a_named_path(tmp_path, capsys):
     assert target.exists() and str(target) in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv", [["-c", "{p}", "init"], ["init", "-c", "{p}"],
+                                  ["init", "--config", "{p}"]])
+def test_init_honours_config_flag(tmp_path, capsys, argv):
+    target = tmp_path / "my.json5"
+    assert main([a.format(p=target) for a in argv]) == 0
+    assert target.read_text() == STARTER_CONFIG
+    assert not (tmp_path / "palaver.json5").exists()
+
+
+def test_init_honours_palaver_config_and_the_argument_wins(tmp_path, monkeypatch, capsys):
+    env_target = tmp_path / "env.json5"
+    monkeypatch.setenv("PALAVER_CONFIG", str(env_target))
+    assert main(["init"]) == 0
+    assert env_target.read_text() == STARTER_CONFIG
+    flag_target, arg_target = tmp_path / "flag.json5", tmp_path / "arg.json5"
+    assert main(["init", "-c", str(flag_target)]) == 0 and flag_target.exists()
+    assert main(["init", str(arg_target), "-c", str(tmp_path / "unused.json5")]) == 0
+    assert arg_target.exists() and not (tmp_path / "unused.json5").exists()
+    assert not (tmp_path / "palaver.json5").exists()
+
+
 def test_validate_ok(good, capsys):
     assert main(["config", "validate", "--config", str(good)]) == 0
     assert capsys.readouterr().out.strip() == f"ok: {good}"

@@ -44,6 +44,15 @@ def test_json5_syntax_error_has_file_line_and_column(tmp_path):
     assert "invalid JSON5" in text
 
 
+@pytest.mark.parametrize("body", ['{\n  a: "unterminated\n}\n', '{ a: 1,\n  b\n}',
+                                  '{ a: "x"\t\x01 }', "{ a: 'x\r' }"])
+def test_json5_syntax_error_is_one_line_per_problem(tmp_path, body):
+    err = error_of(tmp_path, body)
+    assert len(err.problems) == 1 and "invalid JSON5" in str(err)
+    assert "\n" not in str(err) and "\r" not in str(err)
+    assert all(c.isprintable() for c in str(err))
+
+
 def test_duplicate_key_is_a_syntax_error_with_position(tmp_path):
     err = error_of(tmp_path, '{\n  dataDir: "/a",\n  dataDir: "/b",\n}\n')
     assert err.problems[0].line == 3

@@ -22,15 +22,20 @@ class Harness:
     channel: RecordingChannel | None = None
     events: list = field(default_factory=list)
 
-    async def start(self, *, behaviour=None, config: Config | None = None) -> ConversationCore:
-        """(Re)start a core over the same database, as a restarted process would."""
+    async def start(self, *, behaviour=None, config: Config | None = None,
+                    channel: RecordingChannel | None = None, **core_options
+                    ) -> ConversationCore:
+        """(Re)start a core over the same database, as a restarted process would.
+
+        ``core_options`` go to ConversationCore (e.g. short ``send_retry_delays``).
+        """
         if config is not None:
             self.config = config
         self.store = await Store.open(self.tmp_path / "palaver.db")
         self.router = FakeRouter(lambda: self.config, behaviour)
-        self.channel = RecordingChannel()
+        self.channel = channel or RecordingChannel()
         self.core = ConversationCore(self.store, lambda: self.config, self.router,
-                                     channels=[self.channel])
+                                     channels=[self.channel], **core_options)
         self.core.add_observer(self.events.append)
         await self.channel.start(self.core)
         await self.core.start()

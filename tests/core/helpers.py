@@ -169,6 +169,8 @@ class RecordingChannel:
         self.sent: list[Outbound] = []
         self.typing_count = 0
         self.fail_sends = 0  # raise SendError this many times
+        self.failures: list[BaseException] = []  # raised by the next sends, in order
+        self.attempts = 0  # send() calls
         self.sink = None
         self.started = False
         self.stopped = False
@@ -182,6 +184,9 @@ class RecordingChannel:
         self.stopped = True
 
     async def send(self, out: Outbound) -> list[str]:
+        self.attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
         if self.fail_sends:
             self.fail_sends -= 1
             raise SendError("chat not found", sent_ids=[])

@@ -187,3 +187,57 @@ async def test_cli_pairing_list_and_approve(harness, capsys):
         assert await store.pending_pairings() == []
     finally:
         await store.close()
+
+
+async def _admits_matches_accept(harness, inbound) -> bool:
+    """admits() must predict accept() == ACCEPTED, and leave nothing behind."""
+    before_rows = await harness.store.count_by_status()
+    before_pairing = await harness.store.pending_pairings()
+    sent = len(harness.channel.sent)
+    verdict = await harness.core.admits(inbound)
+    assert await harness.store.count_by_status() == before_rows  # nothing stored
+    assert await harness.store.pending_pairings() == before_pairing  # no code made
+    assert len(harness.channel.sent) == sent
+    status = await harness.say(inbound)
+    assert verdict == (status is AcceptStatus.ACCEPTED), (inbound.text, status)
+    return verdict
+
+
+async def test_admits_pairing_policy(harness):
+    from bridge.envelope import MediaKind, MediaRef
+
+    await _config(harness)  # pairing
+    stranger = dm("photo for you", sender="666",
+                  media=(MediaRef(MediaKind.IMAGE, mime="image/jpeg"),))
+    assert not await _admits_matches_accept(harness, stranger)
+    code = (await harness.store.pending_pairings())[0].code  # made by accept(), not admits
+    await harness.store.approve_pairing("telegram", code)
+    assert await _admits_matches_accept(harness, dm("hello", sender="666"))
+    # A redelivered message would not be answered again.
+    assert not await harness.core.admits(stranger)
+
+
+async def test_admits_allowlist_open_disabled(harness):
+    await _config(harness, dmPolicy="allowlist", allowFrom=["42"])
+    assert await _admits_matches_accept(harness, dm("in", sender="42"))
+    assert not await _admits_matches_accept(harness, dm("out", sender="43"))
+    assert not await _admits_matches_accept(harness, dm("   ", sender="42"))  # empty
+    harness.config = make_config(harness.tmp_path,
+                                 channels=_telegram(dmPolicy="open", allowFrom=["*"]))
+    assert await _admits_matches_accept(harness, dm("anyone", sender="99"))
+    harness.config = make_config(harness.tmp_path, channels=_telegram(dmPolicy="disabled"))
+    assert not await _admits_matches_accept(harness, dm("no", sender="42"))
+    assert await _admits_matches_accept(harness, dm("console", channel="console"))
+
+
+async def test_admits_groups_and_mentions(harness):
+    groups = {"-100": {"requireMention": True}, "-200": {"requireMention": False}}
+    await _config(harness, groupPolicy="allowlist", groups=groups)
+    assert await _admits_matches_accept(harness, group("hey @bot", chat="-100"))
+    assert not await _admits_matches_accept(harness, group("chatter", chat="-100",
+                                                           mentioned=False))
+    assert await _admits_matches_accept(harness, group("chatter", chat="-200",
+                                                       mentioned=False))
+    assert not await _admits_matches_accept(harness, group("unlisted", chat="-300"))
+    harness.config = make_config(harness.tmp_path, channels=_telegram(groupPolicy="disabled"))
+    assert not await _admits_matches_accept(harness, group("off", chat="-100"))

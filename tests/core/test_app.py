@@ -195,3 +195,248 @@ async def test_run_stops_gracefully_on_sigterm(tmp_path, server, monkeypatch):
     assert code == 0
     assert channel.texts() == ["slow answer"]  # the running turn finished first
     assert channel.stopped
+
+
+# ----------------------------------------------------------- console sessions, locks
+
+
+async def _interrupted_console_turn(config, session: str, text: str) -> None:
+    """Leave a console message of ``session`` processing, as a killed `palaver chat` does."""
+    from bridge.store import Store
+    from channels.console import ConsoleChannel
+
+    store = await Store.open_in(config.data_dir)
+    try:
+        inbound = ConsoleChannel(session=session).make_inbound(text)
+        await store.record_inbound(inbound)
+        assert await store.claim_next(str(inbound.session_key)) is not None
+    finally:
+        await store.close()
+
+
+async def test_chat_session_only_recovers_its_own_console_session(tmp_path, server):
+    config = load_config_text(_config_text(tmp_path, server))
+    await _interrupted_console_turn(config, "alice", "alice's secret question")
+    out_bob = io.StringIO()
+    assert await chat(config, session="bob", stdin=io.StringIO("hi from bob\n"),
+                      stdout=out_bob, interactive=False) == 0
+    assert out_bob.getvalue() == "echo: hi from bob\n"  # nothing of alice's
+    from bridge.store import Store
+
+    store = await Store.open_in(config.data_dir)
+    try:
+        counts = await store.count_by_status()
+        assert counts["in:processing"] == 1  # bob's process left it alone
+    finally:
+        await store.close()
+    out_alice = io.StringIO()
+    assert await chat(config, session="alice", stdin=io.StringIO(""), stdout=out_alice,
+                      interactive=False) == 0
+    assert out_alice.getvalue() == "echo: alice's secret question\n"
+
+
+async def test_console_channel_owns_only_its_session():
+    from bridge.envelope import ChatAddress, ChatKind
+    from channels.base import channel_owns
+    from channels.console import ConsoleChannel
+
+    bob = ConsoleChannel(session="bob")
+    assert channel_owns(bob, ChatAddress("console", "default", "bob", ChatKind.DIRECT))
+    assert not channel_owns(bob, ChatAddress("console", "default", "alice", ChatKind.DIRECT))
+    assert channel_owns(RecordingChannel(), ChatAddress("telegram", "default", "x",
+                                                        ChatKind.DIRECT))  # default: all
+
+
+async def test_second_run_on_one_data_dir_is_refused(tmp_path, server, capsys):
+    from bridge.config.watch import LiveConfig
+
+    path = tmp_path / "palaver.json5"
+    path.write_text(_config_text(tmp_path, server))
+    config = load_config(path)
+    lock = app_mod.run_lock(config.data_dir)
+    lock.acquire()  # a `palaver run` holds the data dir
+    try:
+        code = await app_mod._run(LiveConfig(config, path), object())
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "already in use by process" in err and str(os.getpid()) in err
+        # `palaver chat` may run beside it: it touches only its own console session.
+        assert await chat(config, session="side", stdin=io.StringIO("x\n"),
+                          stdout=io.StringIO(), interactive=False) == 0
+    finally:
+        lock.release()
+    # One console session cannot be open twice.
+    held = app_mod.console_lock(config.data_dir, "twice")
+    held.acquire()
+    try:
+        assert await chat(config, session="twice", stdin=io.StringIO("x\n"),
+                          stdout=io.StringIO(), interactive=False) == 2
+        assert "console session 'twice'" in capsys.readouterr().err
+    finally:
+        held.release()
+    assert await chat(config, session="twice", stdin=io.StringIO(""),
+                      stdout=io.StringIO(), interactive=False) == 0
+
+
+def test_store_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    import sqlite3
+
+    from bridge import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(data / "palaver.db")
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT, "
+                 "applied_at REAL)")
+    conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    path = tmp_path / "palaver.json5"
+    path.write_text(json.dumps({"dataDir": str(data)}))
+    assert cli.main(["-c", str(path), "pairing", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "schema version 999" in err and err.startswith("palaver: ")
+
+
+async def test_secrets_are_registered_at_start_and_on_reload(tmp_path, server):
+    from bridge.config.watch import LiveConfig
+    from bridge.logs import clear_secrets, redact
+
+    def text(key: str) -> str:
+        data = json.loads(_config_text(tmp_path, server))
+        data["models"]["providers"]["fake"]["apiKey"] = key
+        return json.dumps(data)
+
+    path = tmp_path / "palaver.json5"
+    path.write_text(text("first-secret-key-123456"))
+    clear_secrets()
+    app = App(LiveConfig(load_config(path), path), channels=[RecordingChannel()])
+    await app.start()
+    try:
+        assert "first-secret-key-123456" not in redact("key=first-secret-key-123456")
+        assert "second-secret-key-98765" in redact("second-secret-key-98765")
+        path.write_text(text("second-secret-key-98765"))
+        assert await app._live.reload()
+        assert "second-secret-key-98765" not in redact("x second-secret-key-98765 y")
+    finally:
+        await app.stop()
+        clear_secrets()
+
+
+async def test_channel_that_connects_later_gets_its_queued_replies(tmp_path, server):
+    from channels.base import SendError
+
+    config = load_config_text(_config_text(tmp_path, server))
+
+    class Connecting(RecordingChannel):
+        """Like Telegram: start() returns at once, sends fail until connected."""
+
+        async def start(self, sink) -> None:
+            await super().start(sink)
+            self.failures = [SendError("not running (connecting)", retryable=True)]
+            self.connected = asyncio.Event()
+
+        async def connect(self) -> None:
+            self.failures = []
+            ready = getattr(self.sink, "channel_ready", None)
+            if ready is not None:
+                ready(self)
+
+    channel = Connecting()
+    app = App(config, channels=[channel])
+    await app.start()
+    try:
+        server.reply("kept for later")
+        await app.core.accept(dm("hello"))
+        await app.core.wait_idle()
+        assert channel.texts() == [] and channel.attempts == 1  # next retry in 5 s
+        t0 = asyncio.get_running_loop().time()
+        await channel.connect()
+        for _ in range(300):
+            if channel.texts():
+                break
+            await asyncio.sleep(0.01)
+        assert channel.texts() == ["kept for later"]
+        assert asyncio.get_running_loop().time() - t0 < 2  # not the 5 s backoff
+    finally:
+        await app.stop(0)
+
+
+# ------------------------------------------------------------------------ Ctrl-C
+
+
+async def test_stdin_lines_reads_a_pipe_and_cancels_at_once():
+    read_fd, write_fd = os.pipe()
+    reader_file = os.fdopen(read_fd, "r", encoding="utf-8")
+    lines = app_mod.StdinLines(reader_file)
+    try:
+        os.write(write_fd, "one\ntw".encode())
+        assert await asyncio.wait_for(lines.readline(), 2) == "one\n"
+        pending = asyncio.ensure_future(lines.readline())
+        await asyncio.sleep(0.05)
+        assert not pending.done()  # "tw" is not a line yet
+        pending.cancel()  # what Ctrl-C does to `palaver chat`
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(pending, 1)
+        os.write(write_fd, "o\nthré".encode())
+        assert await asyncio.wait_for(lines.readline(), 2) == "two\n"
+        os.close(write_fd)
+        write_fd = -1
+        assert await asyncio.wait_for(lines.readline(), 2) == "thré"  # last, unterminated
+        assert await asyncio.wait_for(lines.readline(), 2) == ""
+    finally:
+        lines.close()
+        reader_file.close()
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+async def test_interactive_chat_exits_promptly_on_ctrl_c(tmp_path, server):
+    import pty
+
+    path = tmp_path / "palaver.json5"
+    path.write_text(_config_text(tmp_path, server))
+    server.reply("pong from the model")
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_PROXY": "127.0.0.1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "chat", "-c", str(path), stdin=slave, stdout=slave,
+        stderr=slave, env=env, cwd=str(tmp_path), start_new_session=True)
+    os.close(slave)
+    loop = asyncio.get_running_loop()
+    output = bytearray()
+    got = asyncio.Event()
+
+    def readable() -> None:
+        try:
+            output.extend(os.read(master, 65536))
+        except OSError:
+            loop.remove_reader(master)
+        got.set()
+
+    async def wait_for(text: bytes, timeout: float) -> None:
+        deadline = loop.time() + timeout
+        while text not in output:
+            got.clear()
+            await asyncio.wait_for(got.wait(), max(0.01, deadline - loop.time()))
+
+    loop.add_reader(master, readable)
+    try:
+        await wait_for(b"you> ", 30)
+        os.write(master, b"ping\n")
+        await wait_for(b"pong from the model", 20)
+        await wait_for(b"you> ", 5)  # waiting for input again
+        await asyncio.sleep(0.1)
+        t0 = loop.time()
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 5)  # no Enter needed
+        assert code == 130
+        assert loop.time() - t0 < 4
+    finally:
+        loop.remove_reader(master)
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"Traceback" not in output

@@ -9,6 +9,7 @@ from bridge.conversation import APOLOGY
 from bridge.envelope import AcceptStatus
 from bridge.models.base import ErrorClass, ModelError
 from bridge.store import MessageStatus
+from channels.base import SendError
 from tests.core.helpers import dm, group
 
 
@@ -160,15 +161,27 @@ async def test_every_model_failing_gives_one_apology_and_stores_attempts(harness
     assert turn.status == "failed"
     assert [a.model_ref for a in turn.attempts] == ["local/small", "backup/m"]
     assert all(a.error_class is ErrorClass.UNREACHABLE for a in turn.attempts)
-    assert "anyone there?" not in caplog.text  # logMessageText is off
-    assert any("turn failed" in r.getMessage() for r in caplog.records)
+    record = next(r for r in caplog.records if r.getMessage().startswith("turn failed"))
+    # logMessageText is off: the structured record carries no message text at all.
+    assert not hasattr(record, "text_in") and not hasattr(record, "text_out")
+    assert record.outcome == "failed" and record.attempts == 2
+    assert all("anyone there?" not in str(v) for v in vars(record).values())
     counts = await harness.store.count_by_status()
     assert counts.get("in:processing", 0) == 0
 
 
+async def _until(predicate, timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
 async def test_send_failure_is_recorded_not_lost(harness):
-    await harness.start()
-    harness.channel.fail_sends = 1
+    await harness.start(send_retry_delays=(0.05, 0.05))
+    # Permanent (the default kind): failed with the reason, never retried.
+    harness.channel.failures = [SendError("chat not found")]
     msg = dm("hi")
     await harness.say(msg)
     rows = await harness.store.messages_for(str(msg.session_key))
@@ -176,6 +189,113 @@ async def test_send_failure_is_recorded_not_lost(harness):
     assert out.direction == "out" and out.status is MessageStatus.FAILED
     assert out.reason == "chat not found" and out.text == "echo: hi"
     assert rows[0].status is MessageStatus.ANSWERED
+    await asyncio.sleep(0.15)
+    assert harness.channel.attempts == 1 and harness.channel.sent == []
+    # Retryable: stays pending with the attempt counted, then goes out on the retry.
+    harness.channel.failures = [SendError("not running (connecting)", retryable=True)]
+    msg2 = dm("again", sender="43")
+    await harness.say(msg2)
+    out2 = (await harness.store.messages_for(str(msg2.session_key)))[-1]
+    assert out2.status is MessageStatus.PENDING and out2.send_attempts == 1
+    assert out2.next_attempt_at is not None and "connecting" in out2.reason
+    await _until(lambda: harness.channel.texts() == ["echo: again"])
+    await _until(lambda: not harness.core._held)
+    out2 = (await harness.store.messages_for(str(msg2.session_key)))[-1]
+    assert out2.status is MessageStatus.SENT and out2.delivered
+
+
+async def test_retryable_send_backs_off_then_gives_up(harness, caplog):
+    delays = (0.05, 0.1, 0.2)
+    await harness.start(send_retry_delays=delays)
+    harness.channel.failures = [SendError("timed out", retryable=True) for _ in range(10)]
+    msg = dm("doomed")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with caplog.at_level(logging.WARNING, logger="bridge.conversation"):
+        await harness.say(msg)
+        await _until(lambda: harness.channel.attempts == len(delays) + 1)
+        elapsed = loop.time() - t0
+        await asyncio.sleep(0.3)
+    assert harness.channel.attempts == len(delays) + 1  # then no more
+    assert elapsed >= sum(delays) * 0.9  # the backoff was waited
+    out = (await harness.store.messages_for(str(msg.session_key)))[-1]
+    assert out.status is MessageStatus.FAILED and out.send_attempts == len(delays) + 1
+    assert out.reason.startswith("gave up after 4 attempts")
+    assert any("giving up on reply" in r.getMessage() for r in caplog.records)
+
+
+async def test_unknown_send_exception_is_not_retried(harness):
+    await harness.start(send_retry_delays=(0.01,))
+    harness.channel.failures = [ConnectionResetError("peer reset")]
+    msg = dm("maybe sent")
+    await harness.say(msg)
+    await asyncio.sleep(0.1)
+    out = (await harness.store.messages_for(str(msg.session_key)))[-1]
+    # It may have gone out: sending again could deliver it twice.
+    assert out.status is MessageStatus.FAILED and "ConnectionResetError" in out.reason
+    assert harness.channel.attempts == 1
+
+
+async def test_channel_ready_sends_queued_replies_at_once(harness):
+    await harness.start(send_retry_delays=(3600,))
+    harness.channel.failures = [SendError("not running", retryable=True)]
+    msg = dm("wait for me")
+    await harness.say(msg)
+    assert harness.channel.sent == []
+    harness.core.channel_ready(harness.channel)  # e.g. Telegram connected
+    await _until(lambda: harness.channel.texts() == ["echo: wait for me"])
+    assert harness.core._timers == {}  # the hour-long retry timer is gone
+
+
+async def test_channel_ready_from_another_thread(harness):
+    import threading
+
+    await harness.start(send_retry_delays=(3600,))
+    harness.channel.failures = [SendError("not running", retryable=True)]
+    await harness.say(dm("threads"))
+    t = threading.Thread(target=harness.core.channel_ready, args=(harness.channel,))
+    t.start()
+    t.join()
+    await _until(lambda: harness.channel.texts() == ["echo: threads"])
+
+
+async def test_later_replies_wait_behind_a_reply_being_retried(harness):
+    await harness.start(send_retry_delays=(0.2,))
+    harness.channel.failures = [SendError("flaky", retryable=True)]
+    await harness.say(dm("one"))
+    await harness.say(dm("two"))  # the channel works again, but "one" goes first
+    await _until(lambda: len(harness.channel.sent) == 2)
+    assert harness.channel.texts() == ["echo: one", "echo: two"]
+
+
+async def test_reply_lost_in_a_crash_survives_a_channel_still_connecting(harness):
+    """The audit's lost_reply: reply stored, process died; after the restart the channel
+    is not connected yet.  The reply must still go out once it is."""
+    await harness.start()
+    msg = dm("the answer please")
+    key = str(msg.session_key)
+    await harness.core.stop(grace=0)
+    await harness.store.record_inbound(msg)
+    claim = await harness.store.claim_next(key)
+    await harness.store.finish_turn(claim.turn_id, reply="the answer", model_ref="local/small")
+    await harness.store.close()
+
+    from tests.core.helpers import RecordingChannel
+
+    connecting = RecordingChannel()
+    connecting.failures = [SendError("telegram channel is not running (connecting)",
+                                     retryable=True)]
+    await harness.start(channel=connecting, send_retry_delays=(3600,))
+    await harness.core.wait_idle()
+    assert connecting.sent == [] and connecting.attempts == 1
+    rows = await harness.store.messages_for(key)
+    assert rows[-1].status is MessageStatus.PENDING
+    await harness.stop()
+    # Next start (connected now): delivered, once.
+    await harness.start()
+    await harness.core.wait_idle()
+    assert harness.channel.texts() == ["the answer"]
+    assert harness.router.calls == []
 
 
 async def test_group_reply_quotes_the_triggering_message(harness):
@@ -199,6 +319,7 @@ async def test_log_line_includes_text_only_when_enabled(harness, caplog):
     record = next(r for r in caplog.records if r.getMessage().startswith("turn answered"))
     assert record.model == "local/small" and record.session.startswith("telegram:")
     assert record.text_in == "secret words"
+    assert record.text_out == "echo: secret words"
 
 
 async def test_graceful_stop_lets_running_turn_finish(harness):
@@ -257,3 +378,137 @@ async def test_unexpected_error_in_turn_is_contained(harness, monkeypatch):
     monkeypatch.undo()
     await harness.say(dm("again"))  # the worker still serves the chat
     assert harness.channel.texts()[-1] == "echo: again"
+
+
+async def test_message_arriving_during_stop_waits_for_the_next_start(harness):
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow(ref, req):
+        started.set()
+        await gate.wait()
+        return "finished " + req.turns[-1].parts[0].text
+
+    await harness.start(behaviour=slow)
+    first = dm("running")
+    await harness.core.accept(first)
+    await started.wait()
+    stopping = asyncio.create_task(harness.core.stop(grace=5))
+    await asyncio.sleep(0.02)
+    # Same chat, while the running turn is still finishing: stored, not started now.
+    late = dm("arrived during stop")
+    assert await harness.core.accept(late) is AcceptStatus.ACCEPTED
+    gate.set()
+    await stopping
+    assert harness.channel.texts() == ["finished running"]
+    assert len(harness.router.calls) == 1
+    row = await harness.store.inbound_by_platform_id("telegram", "default", late.message_id)
+    assert row.status is MessageStatus.RECEIVED
+    await harness.store.close()
+    await harness.start()
+    await harness.core.wait_idle()
+    assert harness.channel.texts() == ["echo: arrived during stop"]
+
+
+async def test_turn_that_cannot_be_recorded_is_requeued_and_answered(harness, monkeypatch):
+    import sqlite3
+
+    await harness.start(worker_restart_s=0.05)
+    real = harness.store.finish_turn
+    fails = [2]  # the reply, then the apology: both writes fail once
+
+    async def flaky(*args, **kwargs):
+        if fails[0]:
+            fails[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(harness.store, "finish_turn", flaky)
+    msg = dm("keep me")
+    await harness.core.accept(msg)
+    await _until(lambda: harness.channel.texts() == ["echo: keep me"])
+    await harness.core.wait_idle()
+    assert harness.core.pending_count() == 0
+    counts = await harness.store.count_by_status()
+    assert counts.get("in:processing", 0) == 0 and counts.get("in:received", 0) == 0
+    assert counts["in:answered"] == 1
+    assert len(harness.router.calls) == 2  # asked again after the requeue
+
+
+async def test_store_error_after_the_reply_is_stored_does_not_answer_twice(harness,
+                                                                          monkeypatch):
+    import sqlite3
+
+    await harness.start()
+    real = harness.store.mark_delivered
+    fails = [1]
+
+    async def flaky(*args, **kwargs):
+        if fails[0]:
+            fails[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(harness.store, "mark_delivered", flaky)
+    msg = dm("once only")
+    await harness.say(msg)
+    assert harness.channel.texts() == ["echo: once only"]  # no apology after it
+    rows = await harness.store.messages_for(str(msg.session_key))
+    assert rows[0].status is MessageStatus.ANSWERED
+    assert harness.core.pending_count() == 0
+    await harness.say(dm("next"))
+    assert harness.channel.texts()[-1] == "echo: next"
+    assert harness.core.pending_count() == 0
+
+
+async def test_worker_stopped_by_a_store_error_restarts(harness, monkeypatch):
+    import sqlite3
+
+    await harness.start(worker_restart_s=0.05)
+    real = harness.store.claim_next
+    fails = [1]
+
+    async def flaky(*args, **kwargs):
+        if fails[0]:
+            fails[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(harness.store, "claim_next", flaky)
+    await harness.core.accept(dm("still answered"))
+    await _until(lambda: harness.channel.texts() == ["echo: still answered"])
+    await harness.core.wait_idle()
+    assert harness.core.pending_count() == 0
+
+
+async def test_concurrent_model_turns_are_limited(harness):
+    from tests.core.helpers import make_config
+
+    harness.config = make_config(harness.tmp_path, agents__defaults__maxConcurrentTurns=2)
+    in_flight = [0]
+    peak = [0]
+
+    async def slow(ref, req):
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        await asyncio.sleep(0.03)
+        in_flight[0] -= 1
+        return "ok"
+
+    await harness.start(behaviour=slow)
+    for i in range(8):
+        await harness.core.accept(dm(f"chat {i}", sender=f"s{i}"))
+    # Commands are not limited: answered while the model turns wait.
+    await harness.core.accept(dm("/help", sender="cmd"))
+    await harness.core.wait_idle()
+    assert peak[0] == 2
+    texts = harness.channel.texts()
+    assert len(texts) == 9
+    assert [i for i, t in enumerate(texts) if t != "ok"][0] <= 2  # /help did not queue
+
+    harness.config = make_config(harness.tmp_path, agents__defaults__maxConcurrentTurns=0)
+    peak[0] = 0
+    for i in range(6):
+        await harness.core.accept(dm(f"more {i}", sender=f"t{i}"))
+    await harness.core.wait_idle()
+    assert peak[0] == 6  # 0: unlimited

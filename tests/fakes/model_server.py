@@ -64,8 +64,12 @@ one (whatever the API).  Each method returns the server, so calls chain:
   RecordedRequest.
 
 Other knobs: ``FakeModelServer(api_key="k")`` answers 401 (per API) unless the request
-carries ``Authorization: Bearer k`` or ``x-api-key: k``; ``server.models`` (list of ids)
-feeds ``GET /v1/models``; ``server.serve_models = False`` makes it 404.
+carries ``Authorization: Bearer k`` or ``x-api-key: k``, and with ``echo_key=True`` its
+401 repeats the key it was given (``Incorrect API key provided: <key>``, as OpenAI does,
+unmasked, as some proxies do); ``server.models`` (list of ids)
+feeds ``GET /v1/models``; ``server.serve_models = False`` makes it 404;
+``server.lmstudio_states = {"id": "loaded" | "not-loaded"}`` makes the server answer LM
+Studio's ``GET /api/v0/models`` (404 while it is None, as other servers do).
 
 Inspection: ``server.requests`` is a list of :class:`RecordedRequest` (``method``,
 ``path``, ``headers`` with lower-case keys, ``json``, ``api``, ``last_user_text()``);
@@ -206,10 +210,13 @@ class FakeModelServer:
     """See the module docstring for the whole API."""
 
     def __init__(self, *, api_key: str | None = None,
-                 models: tuple[str, ...] | list[str] = ("fake-model",)) -> None:
+                 models: tuple[str, ...] | list[str] = ("fake-model",),
+                 echo_key: bool = False) -> None:
         self.api_key = api_key
+        self.echo_key = echo_key
         self.models = list(models)
         self.serve_models = True
+        self.lmstudio_states: dict[str, str] | None = None
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Any] = deque()
         self._default: Callable[[RecordedRequest], Any] = (
@@ -228,6 +235,7 @@ class FakeModelServer:
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/messages", self._handle)
         app.router.add_get("/v1/models", self._handle_models)
+        app.router.add_get("/api/v0/models", self._handle_lmstudio_models)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -328,6 +336,14 @@ class FakeModelServer:
         self.requests.append(rec)
         return rec
 
+    def _auth_error(self, rec: RecordedRequest) -> _Error:
+        if not self.echo_key:
+            return _Error(401, "invalid api key")
+        given = rec.headers.get("x-api-key") or rec.headers.get("authorization", "")
+        given = given.removeprefix("Bearer ")
+        return _Error(401, f"Incorrect API key provided: {given}. You can find your API key "
+                           "at https://platform.openai.com/account/api-keys.")
+
     def _authorized(self, rec: RecordedRequest) -> bool:
         if self.api_key is None:
             return True
@@ -352,13 +368,24 @@ class FakeModelServer:
                 for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
+    async def _handle_lmstudio_models(self, request: web.Request) -> web.StreamResponse:
+        """LM Studio's REST API: every downloaded model with its ``state``."""
+        await self._record(request)
+        if self.lmstudio_states is None:
+            return web.Response(status=404, text="Cannot GET /api/v0/models")
+        data = [{"id": mid, "object": "model", "type": "llm", "publisher": "fake",
+                 "arch": "qwen3", "compatibility_type": "gguf", "quantization": "Q4_K_M",
+                 "state": state, "max_context_length": 32768}
+                for mid, state in self.lmstudio_states.items()]
+        return web.json_response({"object": "list", "data": data})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
         api = rec.api
         if not isinstance(rec.json, dict):
             return self._error_response(api, _Error(400, "body is not valid JSON"))
         if not self._authorized(rec):
-            return self._error_response(api, _Error(401, "invalid api key"))
+            return self._error_response(api, self._auth_error(rec))
         behaviour = self._queue.popleft() if self._queue else self._default(rec)
         if isinstance(behaviour, _Hang):
             await self._closing.wait()

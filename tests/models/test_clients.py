@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import time
 
+import aiohttp
+import aiohttp.abc
 import pytest
 
 from bridge.models.base import ErrorClass, ImagePart, ModelError, ModelRequest, TextPart, Turn
@@ -318,12 +321,30 @@ async def test_connection_dropped_mid_stream(server, session, api):
     assert err.error_class is ErrorClass.UNREACHABLE
 
 
+class NoSuchHostResolver(aiohttp.abc.AbstractResolver):
+    """A resolver that knows no name: DNS failure without asking real DNS."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.asked.append(host)
+        raise OSError(socket.EAI_NONAME, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("api", APIS)
 async def test_refused_and_dns_are_unreachable(session, api):
     err = await expect_error(client_for(f"http://127.0.0.1:{closed_port()}/v1", api, session))
     assert err.error_class is ErrorClass.UNREACHABLE
-    err = await expect_error(client_for("http://no-such-host.invalid/v1", api, session))
-    assert err.error_class is ErrorClass.UNREACHABLE
+    resolver = NoSuchHostResolver()
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=resolver)) as stub_dns:
+        err = await expect_error(client_for("http://no-such-host.invalid/v1", api, stub_dns))
+    assert err.error_class is ErrorClass.UNREACHABLE and "DNS" in err.message
+    assert resolver.asked == ["no-such-host.invalid"]
 
 
 FAST = {"connectSeconds": 1, "firstTokenSeconds": 0.3, "idleSeconds": 0.3, "totalSeconds": 5}
@@ -448,18 +469,36 @@ async def test_missing_key_for_hosted_provider_is_auth_without_a_call(session, a
 
 @pytest.mark.parametrize("api", APIS)
 async def test_secrets_never_in_errors(session, api):
-    key = "sk-test-VERYSECRET-0123456789"
-    async with FakeModelServer(api_key="the-right-one") as server:
-        c = client_for(server, api, session, apiKey=key)
-        err = await expect_error(c)
-        assert err.error_class is ErrorClass.AUTH
-        server.error(400, f"bad key {key} from header Bearer {key}")
-        err = await expect_error(client_for(server, api, session, apiKey="the-right-one"))
-        server.error(401, f"Incorrect API key provided: {key}")
-        err2 = await expect_error(c)
-    for e in (err, err2):
-        for text in (str(e), repr(e), e.message):
-            assert "VERYSECRET" not in text and "the-right-one" not in text
+    wrong = "sk-test-VERYSECRET-0123456789"
+    right = "right-key-TOPSECRET-42"
+
+    def check(err: ModelError, expected: ErrorClass, *secrets: str) -> None:
+        assert err.error_class is expected, err
+        for text in (str(err), repr(err), err.message):
+            for secret in secrets:
+                assert secret not in text, text
+        assert "[redacted]" in err.message, err.message
+
+    async with FakeModelServer(api_key=right, echo_key=True) as server:
+        # 1. The server rejects the key and repeats it in its 401.
+        err = await expect_error(client_for(server, api, session, apiKey=wrong))
+        check(err, ErrorClass.AUTH, wrong, "VERYSECRET")
+        assert server.requests[-1].headers.get("x-api-key", "").endswith(wrong) or \
+            server.requests[-1].headers.get("authorization") == f"Bearer {wrong}"
+        authorized = client_for(server, api, session, apiKey=right)
+        # 2. An accepted key echoed in a later 401 (revoked upstream, say).
+        server.error(401, f"key {right} was revoked")
+        check(await expect_error(authorized), ErrorClass.AUTH, right, "TOPSECRET")
+        assert server.pending == 0
+        # 3. Echoed in another error status, with and without a Bearer prefix.
+        server.error(400, f"bad request from Authorization: Bearer {right} ({right})")
+        check(await expect_error(authorized), ErrorClass.BAD_REQUEST, right, "TOPSECRET")
+        server.error(500, f"upstream said no to {right}")
+        check(await expect_error(authorized), ErrorClass.SERVER_ERROR, right, "TOPSECRET")
+        # 4. Echoed in an error event inside a 200 stream.
+        server.stream_error(f"failed for key {right}", code="server_error")
+        check(await expect_error(authorized), ErrorClass.SERVER_ERROR, right, "TOPSECRET")
+        assert server.pending == 0
 
 
 async def test_cancellation_propagates(server, session):

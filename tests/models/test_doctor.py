@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import threading
+
+import pytest
 
 from bridge.models.doctor import check_paths, cmd_doctor, diagnose, render
 from tests.fakes.model_server import FakeModelServer
@@ -120,3 +124,80 @@ def test_cmd_doctor_reports_a_provider_without_base_url(tmp_path, capsys):
     assert cmd_doctor(argparse.Namespace(config=str(path))) == 1
     err = capsys.readouterr().err
     assert "models.providers.foo.baseUrl: missing baseUrl" in err
+
+
+async def test_lm_studio_loaded_state(server, session):
+    server.models = ["qwen3-8b", "gemma-3-4b"]  # /v1/models lists both, loaded or not
+    server.lmstudio_states = {"qwen3-8b": "loaded", "gemma-3-4b": "not-loaded"}
+    cfg = make_config({"lmstudio": provider(server.base_url, "openai-completions",
+                                            "qwen3-8b", "gemma-3-4b")}, "lmstudio/qwen3-8b")
+    rows = {r.model_ref: r for r in await diagnose(cfg, session=session)}
+    assert rows["lmstudio/qwen3-8b"].loaded is True
+    assert rows["lmstudio/gemma-3-4b"].loaded is False
+    assert "not loaded" in rows["lmstudio/gemma-3-4b"].detail
+    text, ok = render(cfg, list(rows.values()))
+    assert ok
+    line = next(x for x in text.splitlines() if "lmstudio/gemma-3-4b" in x)
+    assert "not loaded" in line
+    assert "/api/v0/models" in [r.path for r in server.requests]
+
+
+async def test_other_servers_keep_listed(server, session):
+    server.models = ["m"]  # no /api/v0/models here (404): not LM Studio
+    cfg = make_config({"vllm": provider(server.base_url, "openai-completions", "m")}, "vllm/m")
+    rows = await diagnose(cfg, session=session)
+    assert rows[0].ok and rows[0].listed is True and rows[0].loaded is None
+    text, _ = render(cfg, rows)
+    line = next(x for x in text.splitlines() if "vllm/m" in x)
+    assert " yes " in line and "loaded" not in line
+
+
+@pytest.fixture
+def threaded_server():
+    """A FakeModelServer on its own loop in a thread, for cmd_doctor's asyncio.run()."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FakeModelServer(models=["qwen3-8b"])
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def test_cmd_doctor_exit_0_when_every_path_works(tmp_path, capsys, threaded_server):
+    path = tmp_path / "palaver.json5"
+    path.write_text(json.dumps({
+        "models": {"mode": "replace", "providers": {"local": {
+            "baseUrl": threaded_server.base_url, "models": [{"id": "qwen3-8b"}]}}},
+    }))
+    code = cmd_doctor(argparse.Namespace(config=str(path)))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "default: ok (local/qwen3-8b)" in out
+
+
+def test_cmd_doctor_without_config_uses_discovery(capsys, threaded_server):
+    from bridge.discovery import ProbeTarget
+
+    threaded_server.lmstudio_states = {"qwen3-8b": "loaded"}
+    targets = [ProbeTarget("lmstudio", "LM Studio", threaded_server.port),
+               ProbeTarget("ollama", "Ollama", closed_port())]
+    code = cmd_doctor(argparse.Namespace(config=None, probe_targets=targets))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "LM Studio" in out and "lists 1 model(s)" in out
+    assert "lmstudio/qwen3-8b" in out and "loaded" in out
+    assert "default: ok (lmstudio/qwen3-8b)" in out
+
+
+def test_cmd_doctor_without_config_and_nothing_found(capsys):
+    from bridge.discovery import ProbeTarget
+
+    targets = [ProbeTarget("lmstudio", "LM Studio", closed_port())]
+    code = cmd_doctor(argparse.Namespace(config=None, probe_targets=targets))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "looked for a local model server" in out and "connection refused" in out

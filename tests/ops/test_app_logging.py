@@ -5,7 +5,8 @@ Palaver's own handler (bridge.logs.setup_logging) writing to a buffer.
   ``logging.logMessageText`` is on, and are on the turn line when it is;
 - an apiKey from the config never reaches a log line, even when a model server echoes
   it in its error body, because the CLI registers the config's secrets
-  (bridge.app._register_secrets -> bridge.logs.register_secret).
+  (bridge.app.register_config_secrets -> bridge.logs.register_secret), at start and
+  after each hot reload.
 
 The model clients already scrub *their own* key from the errors they raise
 (bridge.models.errors.redact), so the servers here echo the *other* provider's key: only
@@ -225,10 +226,27 @@ def test_palaver_run_registers_the_config_secrets_before_running(tmp_path, monke
     assert said and said[0]["msg"] == f"provider said {REDACTED} / {REDACTED}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bridge/app.py App._on_reload re-applies the log settings but does not register the "
-    "new config's secrets (only cmd_run/cmd_chat call _register_secrets, once at start): "
-    "a key that arrives by hot reload is logged in clear"))
+async def test_app_alone_redacts_its_config_keys(tmp_path, server):
+    """An embedded App (no CLI: bench harness, tests) registers its config's secrets too."""
+    stream = io.StringIO()
+    setup_logging("info", "json", stream=stream)
+    config = load_config(write_config(tmp_path / "palaver.json5",
+                                      config_data(tmp_path, server)))
+    channel = OpsChannel()
+    app = App(config, channels=[channel])
+    await app.start()
+    try:
+        server.error(502, f"upstream refused credentials {SPARE_KEY}")
+        server.error(401, f"key {CONFIG_KEY} is not allowed")
+        await app.core.accept(dm("hello"))
+        await answered(app, channel, 1)
+    finally:
+        await app.stop(grace=0)
+    logged = stream.getvalue()
+    assert "turn failed" in logged and REDACTED in logged
+    assert CONFIG_KEY not in logged and SPARE_KEY not in logged
+
+
 async def test_an_api_key_that_arrives_by_hot_reload_is_redacted(tmp_path, server,
                                                                   monkeypatch):
     # The reload re-runs setup_logging on sys.stderr: capture that.

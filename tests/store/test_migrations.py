@@ -96,3 +96,99 @@ async def test_pragmas(tmp_path):
         assert await store.check_writable()
     finally:
         await store.close()
+
+
+_OPENER = """
+import asyncio, sys
+from bridge.store import Store
+async def main():
+    store = await Store.open(sys.argv[1])
+    await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_migration_applied_by_another_process_meanwhile_is_skipped(tmp_path,
+                                                                         monkeypatch):
+    """The race of two first opens, made deterministic: right after this process read
+    "version 0", another process migrates the whole file.  This one must notice inside
+    its own transaction and not run the migrations a second time."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bridge.store import db as db_mod
+
+    path = tmp_path / "race.db"
+    repo = str(Path(__file__).resolve().parents[2])
+    original = db_mod._current_version
+    calls = [0]
+
+    def other_process_wins() -> None:
+        subprocess.run([sys.executable, "-c", _OPENER, str(path)], check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": repo}, capture_output=True)
+
+    if inspect.iscoroutinefunction(original):
+        async def racing(conn):
+            version = await original(conn)
+            calls[0] += 1
+            if calls[0] == 1:
+                other_process_wins()
+            return version
+    else:
+        def racing(conn):
+            version = original(conn)
+            calls[0] += 1
+            if calls[0] == 1:
+                other_process_wins()
+            return version
+
+    monkeypatch.setattr(db_mod, "_current_version", racing)
+    store = await Store.open(path)
+    try:
+        assert await store.schema_version() == len(load_migrations())
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_version")]
+    finally:
+        conn.close()
+    assert versions == list(range(1, len(load_migrations()) + 1))
+
+
+async def test_concurrent_opens_in_threads(tmp_path):
+    import asyncio
+    import threading
+
+    errors: list[BaseException] = []
+    path = tmp_path / "threads.db"
+    barrier = threading.Barrier(4)
+
+    def opener() -> None:
+        async def go() -> None:
+            barrier.wait()
+            store = await Store.open(path)
+            await store.close()
+        try:
+            asyncio.run(go())
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_migration_statements_split():
+    from bridge.store.db import _statements
+
+    sql = "-- c\nCREATE TABLE a (x TEXT DEFAULT ';');\n\n-- only a comment\n" \
+          "ALTER TABLE a ADD COLUMN y INTEGER;\n"
+    got = _statements(sql)
+    assert len(got) == 2 and "DEFAULT ';'" in got[0] and "ADD COLUMN y" in got[1]
