@@ -1,15 +1,18 @@
 """Pipeline benchmark: the conversation core alone, in process (not run by pytest).
 
-50 chats x 20 messages through the real SQLite store and a zero-latency fake model:
+50 chats x 20 messages through the real SQLite store and a fake model:
 
 - throughput: every message injected at once (as a busy bridge would see them), time
-  until every one is answered; messages/s and turns (messages arriving mid-turn are
-  batched, so turns <= messages);
+  until every one is answered, zero-latency model; messages/s and turns;
+- batching: the model takes ``--model-ms`` per call and the messages keep arriving
+  while turns run (one round of all chats every ``--gap-ms``); messages that arrive
+  mid-turn are answered together, so turns < messages.  Run with the default
+  ``maxConcurrentTurns`` (4) and unlimited (0); the peak of calls in flight is reported;
 - added latency: one message at a time, from ``accept()`` to the channel's ``send()``,
   p50/p95 (the pipeline's own cost: access check, store writes, prompt, delivery).
 
-Usage: ``python bench/bench_pipeline.py [--chats 50] [--messages 20]``.  Prints a table
-and one JSON line.
+Usage: ``python bench/bench_pipeline.py [--chats 50] [--messages 20] [--model-ms 20]
+[--synchronous FULL|NORMAL]``.  Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -35,17 +38,28 @@ from channels.base import Capabilities, ChannelHealth, Markup  # noqa: E402
 
 
 class ZeroLatencyRouter:
-    """Answers at once, building the real prompt for the model (as ModelRouter would)."""
+    """Answers at once (or after ``latency_s``), building the real prompt for the model
+    (as ModelRouter would); counts calls and the peak of calls in flight."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, latency_s: float = 0.0) -> None:
         self.config = config
+        self.latency_s = latency_s
         self.calls = 0
+        self.in_flight = 0
+        self.peak = 0
 
     async def complete(self, candidates, request):
         model = self.config.model(candidates[0])
         if callable(request):
             request = await request(model)
         self.calls += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+        finally:
+            self.in_flight -= 1
         return ModelReply("ok", model.ref, Usage(10, 2), "stop", (Attempt(model.ref, None, 0.0),))
 
     async def aclose(self) -> None:
@@ -82,12 +96,15 @@ class BenchChannel:
         return ChannelHealth(True)
 
 
-def _config(data_dir: Path) -> Config:
+def _config(data_dir: Path, max_concurrent: int | None = None) -> Config:
+    defaults: dict = {"model": "local/m"}
+    if max_concurrent is not None:
+        defaults["maxConcurrentTurns"] = max_concurrent
     return Config.model_validate({
         "dataDir": str(data_dir),
         "models": {"providers": {"local": {"baseUrl": "http://127.0.0.1:9/v1",
                                            "models": [{"id": "m"}]}}},
-        "agents": {"defaults": {"model": "local/m"}},
+        "agents": {"defaults": defaults},
         "channels": {"telegram": {"dmPolicy": "allowlist", "allowFrom": ["*"]}},
     })
 
@@ -98,10 +115,11 @@ def _inbound(chat: int, n: int, tag: str) -> Inbound:
                    timestamp=time.time(), text=f"message {n} from chat {chat}: hello there")
 
 
-async def _setup(data_dir: Path):
-    config = _config(data_dir)
+async def _setup(data_dir: Path, *, latency_s: float = 0.0,
+                 max_concurrent: int | None = None):
+    config = _config(data_dir, max_concurrent)
     store = await Store.open(data_dir / "palaver.db")
-    router = ZeroLatencyRouter(config)
+    router = ZeroLatencyRouter(config, latency_s)
     channel = BenchChannel()
     core = ConversationCore(store, config, router, channels=[channel])
     await core.start()
@@ -126,6 +144,30 @@ async def throughput(data_dir: Path, chats: int, messages: int) -> dict:
             "accept_s": round(accepted - t0, 3), "messages_per_s": round(total / elapsed, 1)}
 
 
+async def batching(data_dir: Path, chats: int, messages: int, *, model_ms: float,
+                   gap_ms: float, max_concurrent: int | None) -> dict:
+    """Messages keep arriving while turns run: how many turns answer them all."""
+    store, core, router, channel = await _setup(
+        data_dir, latency_s=model_ms / 1000, max_concurrent=max_concurrent)
+    total = chats * messages
+    t0 = time.perf_counter()
+    for n in range(messages):
+        for c in range(chats):
+            await core.accept(_inbound(c, n, "b"))
+        await asyncio.sleep(gap_ms / 1000)
+    await core.wait_idle()
+    elapsed = time.perf_counter() - t0
+    counts = await store.count_by_status()
+    await core.stop(1)
+    await store.close()
+    assert counts.get("in:answered", 0) == total, counts
+    return {"messages": total, "turns": router.calls,
+            "messages_per_turn": round(total / router.calls, 2),
+            "peak_in_flight": router.peak, "seconds": round(elapsed, 3),
+            "messages_per_s": round(total / elapsed, 1),
+            "max_concurrent_turns": 4 if max_concurrent is None else max_concurrent}
+
+
 async def latency(data_dir: Path, chats: int, messages: int) -> dict:
     store, core, router, channel = await _setup(data_dir)
     samples: list[float] = []
@@ -148,25 +190,52 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chats", type=int, default=50)
     parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--model-ms", type=float, default=20.0,
+                        help="model latency for the batching run")
+    parser.add_argument("--gap-ms", type=float, default=10.0,
+                        help="pause between rounds of messages in the batching run")
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default=None,
+                        help="override the store's PRAGMA synchronous (default: the store's)")
     args = parser.parse_args(argv)
+    if args.synchronous:
+        from bridge.store import db
+
+        db.SYNCHRONOUS = args.synchronous
+    from bridge.store.db import SYNCHRONOUS
+
     with tempfile.TemporaryDirectory() as tmp:
         tp = await throughput(Path(tmp) / "throughput", args.chats, args.messages)
+        batch = await batching(Path(tmp) / "batching", args.chats, args.messages,
+                               model_ms=args.model_ms, gap_ms=args.gap_ms,
+                               max_concurrent=None)
+        unlimited = await batching(Path(tmp) / "unlimited", args.chats, args.messages,
+                                   model_ms=args.model_ms, gap_ms=args.gap_ms,
+                                   max_concurrent=0)
         lat = await latency(Path(tmp) / "latency", args.chats, args.messages)
-    print(f"pipeline benchmark: {args.chats} chats x {args.messages} messages, real store, "
-          "zero-latency model")
-    print(f"{'metric':<34}{'value':>12}")
+    print(f"pipeline benchmark: {args.chats} chats x {args.messages} messages, real store "
+          f"(synchronous={SYNCHRONOUS})")
+    print(f"{'metric':<44}{'value':>12}")
     rows = [
-        ("throughput (messages/s)", tp["messages_per_s"]),
+        ("throughput, zero-latency model (messages/s)", tp["messages_per_s"]),
         ("  all answered in (s)", tp["seconds"]),
-        ("  turns (mid-turn batching)", tp["turns"]),
+        ("  turns", tp["turns"]),
+        (f"batching, {args.model_ms:g} ms model, limit 4 (messages/s)",
+         batch["messages_per_s"]),
+        ("  turns", batch["turns"]),
+        ("  messages per turn", batch["messages_per_turn"]),
+        ("  peak model calls in flight", batch["peak_in_flight"]),
+        ("batching, unlimited (messages/s)", unlimited["messages_per_s"]),
+        ("  turns", unlimited["turns"]),
+        ("  peak model calls in flight", unlimited["peak_in_flight"]),
         ("added latency p50 (ms)", lat["p50_ms"]),
         ("added latency p95 (ms)", lat["p95_ms"]),
         ("added latency max (ms)", lat["max_ms"]),
     ]
     for name, value in rows:
-        print(f"{name:<34}{value:>12}")
+        print(f"{name:<44}{value:>12}")
     print(json.dumps({"bench": "pipeline", "chats": args.chats, "messages": args.messages,
-                      "throughput": tp, "latency": lat}))
+                      "synchronous": SYNCHRONOUS, "throughput": tp, "batching": batch,
+                      "batching_unlimited": unlimited, "latency": lat}))
     return 0
 
 
