@@ -94,7 +94,11 @@ async def _sequential(fake: FakeBotAPI, chat: int, count: int, *,
         n = len(fake.sent)
         fake.push_text(chat, chat, f"question number {i}: what is the answer?")
         pushed.append(time.monotonic())
-        await fake.wait_until(lambda n=n: len(fake.sent) > n, timeout=30)
+        try:
+            await fake.wait_until(lambda n=n: len(fake.sent) > n, timeout=30)
+        except TimeoutError:
+            raise AssertionError(f"message {i} in chat {chat} got no reply within 30 s "
+                                 f"({len(fake.sent)} sendMessage so far)") from None
     times = [t for c, t in send_times(fake)[first:] if c == chat]
     if len(times) != count:
         raise AssertionError(f"expected {count} replies in chat {chat}, got {len(times)}")
@@ -396,7 +400,13 @@ async def main(args: argparse.Namespace) -> int:
     names = list(BENCHES) if args.which == "all" else [args.which]
     failed = False
     for name in names:
-        result = await BENCHES[name](args)
+        try:
+            result = await BENCHES[name](args)
+        except Exception as exc:  # report, go on with the next benchmark
+            print(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+            _emit({"bench": f"e2e-{name}", "mode": run_mode(args), "verified": False,
+                   "error": f"{type(exc).__name__}: {exc}", **machine()})
+            result = {"verified": False}
         failed |= result.get("verified") is False
         print()
     print(f"# process RSS at exit: {rss_kb() / 1024:.1f} MB", file=sys.stderr)

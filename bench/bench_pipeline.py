@@ -190,7 +190,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chats", type=int, default=50)
     parser.add_argument("--messages", type=int, default=20)
-    parser.add_argument("--model-ms", type=float, default=20.0,
+    parser.add_argument("--model-ms", type=float, default=100.0,
                         help="model latency for the batching run")
     parser.add_argument("--gap-ms", type=float, default=10.0,
                         help="pause between rounds of messages in the batching run")

@@ -27,10 +27,13 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
-# FULL: in WAL mode every commit is synced to disk.  An inbound message is confirmed to
-# the platform (offset, receipt) right after it is stored, so a power loss must not undo
-# that commit.  Measured with bench/bench_pipeline.py, see the README.
-SYNCHRONOUS = "FULL"
+# NORMAL in WAL mode: a commit is safe from a crash of the process, but the last ones can
+# be lost to a power cut.  Transactions that must survive even that — storing an inbound
+# message, which the channel confirms to the platform right after — ask for
+# ``atomically(..., durable=True)`` (synchronous FULL for that commit only).  FULL for
+# every commit costs ~45 % of pipeline throughput (bench/bench_pipeline.py); durable
+# inbound alone costs ~15 %.
+SYNCHRONOUS = "NORMAL"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -137,12 +140,14 @@ class Database:
                 raise StoreError("the store is closed")
             yield self._conn
 
-    async def atomically(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def atomically(self, fn: Callable[[sqlite3.Connection], T], *,
+                         durable: bool = False) -> T:
         """Run ``fn(conn)`` as one transaction inside the connection's thread.
 
         aiosqlite hops to its thread for every statement; the hot paths (record, claim,
         finish, deliver) run their few statements in one hop instead, which keeps the
-        lock short and the event loop free.
+        lock short and the event loop free.  ``durable``: the commit is synced to disk
+        (``PRAGMA synchronous = FULL`` for this transaction), surviving a power cut.
         """
         async with self._lock:
             if self._closed:
@@ -150,13 +155,19 @@ class Database:
 
             def run() -> T:
                 raw = self._conn._conn
-                raw.execute("BEGIN IMMEDIATE")
+                if durable and SYNCHRONOUS != "FULL":
+                    raw.execute("PRAGMA synchronous = FULL")
                 try:
-                    result = fn(raw)
-                except BaseException:
-                    raw.execute("ROLLBACK")
-                    raise
-                raw.execute("COMMIT")
+                    raw.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(raw)
+                    except BaseException:
+                        raw.execute("ROLLBACK")
+                        raise
+                    raw.execute("COMMIT")
+                finally:
+                    if durable and SYNCHRONOUS != "FULL":
+                        raw.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
                 return result
 
             return await self._conn._execute(run)

@@ -90,7 +90,9 @@ class MessageQueries(Database):
                                  session_id=None, turn_id=None, reply_to=None, now=now)
             return row_id
 
-        return await self.atomically(tx)
+        # Durable: the channel confirms the message to the platform (update offset, read
+        # receipt) right after this returns; a power cut must not lose it afterwards.
+        return await self.atomically(tx, durable=True)
 
     async def has_inbound(self, channel: str, account: str, message_id: str) -> bool:
         """Whether this platform message was stored already (any status)."""
