@@ -172,7 +172,6 @@ class App:
         if self._metrics is not None:
             self._core.add_observer(_metrics_observer(self._metrics))
             self._metrics.set_pending_source(self._core.pending_count)
-        started = []
         for channel in channels:
             self._core.attach(channel)
             try:
@@ -181,14 +180,11 @@ class App:
                 label = _channel_label(channel)
                 self._channel_errors[label] = f"failed to start: {exc}"
                 log.error("channel %s failed to start: %s", label, exc)
-            else:
-                started.append(channel)
             self._channels.append(channel)
+        # Recovers and sends every started channel's queued replies (so no separate
+        # channel_ready() here); a channel that connects only later calls
+        # sink.channel_ready(itself) then.
         await self._core.start()
-        # start() recovered and queued what was left; a channel that connects later
-        # calls core.channel_ready(itself) again.
-        for channel in started:
-            self._core.channel_ready(channel)
         if self._live is not None:
             self._live.subscribe(self._on_reload)
             await self._live.start()

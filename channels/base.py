@@ -18,8 +18,8 @@ Delivery contract (the core's side, ``bridge.conversation``):
 - When a channel (re)connects after ``start()`` returned, it calls
   ``sink.channel_ready(self)`` if the sink has that method (``ConversationCore`` does;
   call it on the event loop's thread or not, both work): the core then tries the
-  channel's queued replies at once instead of waiting for their backoff.  The composition
-  root also calls it after each successful ``start()``.
+  channel's queued replies at once instead of waiting for their backoff.  (Right after
+  ``start()`` there is no need: the core's own start sends every queued reply.)
 - ``owns(address)`` (optional, default: every address of the channel's name and
   account): whether this channel instance serves that chat.  The core recovers, resumes
   and delivers only the sessions a running channel owns (``palaver chat --session bob``

@@ -737,15 +737,30 @@ class GatedSink(RecordingSink):
         return await super().accept(inbound)
 
 
+@pytest.fixture
+async def gated_sink(make_channel):
+    """GatedSink factory; every gate is opened at teardown, before the channels stop, so a
+    regression fails the test instead of hanging its teardown."""
+    made: list[GatedSink] = []
+
+    def build() -> GatedSink:
+        made.append(GatedSink())
+        return made[-1]
+
+    yield build
+    for sink in made:
+        sink.gate.set()
+
+
 async def _eventually(predicate, timeout: float = 5.0) -> None:  # noqa: ASYNC109
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 - channel state has no event to wait on
             await asyncio.sleep(0.01)
 
 
-async def test_offset_confirmed_only_after_the_sink_stored_it(make_channel, fake):
+async def test_offset_confirmed_only_after_the_sink_stored_it(make_channel, fake, gated_sink):
     channel = make_channel()
-    sink = GatedSink()
+    sink = gated_sink()
     await channel.start(sink)
     fake.push_text(1001, 1001, "precious")
     (update_id,) = fake.pending_updates
@@ -761,13 +776,15 @@ async def test_offset_confirmed_only_after_the_sink_stored_it(make_channel, fake
     assert fake.pending_updates == []
 
 
-async def test_crash_before_storage_redelivers(make_channel, fake):
+async def test_crash_before_storage_redelivers(make_channel, fake, gated_sink):
     """The process dies while the core is storing an update: the next run gets it again."""
     first = make_channel()
-    hung = GatedSink()  # never opened: accept never completes
+    hung = gated_sink()  # never opened: accept never completes
     await first.start(hung)
     sent = fake.push_text(1001, 1001, "do not lose me")
     await _eventually(lambda: hung.entered == ["do not lose me"])
+    await asyncio.sleep(0.1)
+    assert len(fake.pending_updates) == 1  # not confirmed while the core has not stored it
     # A crash, not a graceful stop: the polling task just dies where it is.
     first._poll_task.cancel()
     await asyncio.wait({first._poll_task})
@@ -782,11 +799,11 @@ async def test_crash_before_storage_redelivers(make_channel, fake):
     assert hung.inbounds == []
 
 
-async def test_graceful_stop_finishes_the_update_in_hand(make_channel, fake):
+async def test_graceful_stop_finishes_the_update_in_hand(make_channel, fake, gated_sink):
     fake.push_text(1001, 1001, "first")
     fake.push_text(1001, 1001, "second")  # same getUpdates batch
     channel = make_channel()
-    sink = GatedSink()
+    sink = gated_sink()
     await channel.start(sink)
     await _eventually(lambda: sink.entered == ["first"])
     stopping = asyncio.create_task(channel.stop())
@@ -905,12 +922,12 @@ def test_retry_after_read_as_int_or_timedelta(monkeypatch):
         assert _retry_after_seconds(exc) == 5.0  # today's default: an int
 
 
-async def test_webhook_answers_only_once_stored(make_channel, fake):
+async def test_webhook_answers_only_once_stored(make_channel, fake, gated_sink):
     port = free_port()
     channel = make_channel(mode="webhook", webhookUrl=f"http://127.0.0.1:{port}/hook",
                            webhookSecret="s3cret", webhookHost="127.0.0.1", webhookPort=port,
                            webhookPath="/hook")
-    sink = GatedSink()
+    sink = gated_sink()
     await channel.start(sink)
     assert fake.webhook["max_connections"] == 1
     fake.push_text(1001, 1001, "hooked")

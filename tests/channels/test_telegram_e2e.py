@@ -17,6 +17,15 @@ from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 BOT = "palaver_test_bot"
 
+# Any PTB deprecation our code triggers fails the test (PTB_TIMEDELTA is opted into below).
+pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _ptb_timedelta(monkeypatch):
+    """Opt into PTB's future behaviour (timedelta durations and retry_after)."""
+    monkeypatch.setenv("PTB_TIMEDELTA", "1")
+
 
 @pytest.fixture
 async def fake():
@@ -209,6 +218,49 @@ async def test_restart_mid_turn_answered_once(fake, models, tmp_path, run_app):
     await asyncio.sleep(0.5)
     assert len(fake.sent) == 1
     assert [r.last_user_text() for r in models.requests].count("slow question") >= 1
+
+
+@pytest.mark.parametrize("crash", ["before storage", "after storage"])
+async def test_crash_while_handing_over_answered_once(fake, models, tmp_path, run_app, crash):
+    """The process dies while the core takes an update: it is fetched again, answered once.
+
+    "before storage": accept never completes, nothing is stored.  "after storage": the
+    inbound is stored (and its turn started) but accept never returns, so the offset was
+    never confirmed; the redelivered copy is a duplicate the store drops.
+    """
+    config = make_config(tmp_path, fake, models)
+    if crash == "after storage":
+        models.hang()  # the stored turn must not finish before the "crash"
+    first = await run_app(config)
+    (channel,) = first.channels
+    core, reached = first.core, asyncio.Event()
+    real_accept = core.accept
+
+    async def accept_then_die(inbound):
+        if crash == "after storage":
+            await real_accept(inbound)
+        reached.set()
+        await asyncio.Event().wait()  # the process dies here
+
+    core.accept = accept_then_die  # the channel calls sink.accept on this instance
+    fake.push_text(1001, 1001, "important question")
+    await asyncio.wait_for(reached.wait(), 10)
+    await asyncio.sleep(0.2)
+    # A crash, not a graceful stop: the polling task dies where it is; what remains of the
+    # process is then closed (its turn, if any, is cancelled like a killed process's).
+    channel._poll_task.cancel()
+    await asyncio.wait({channel._poll_task})
+    await first.stop(grace=0)
+    assert len(fake.pending_updates) == 1  # Telegram still holds it
+    assert fake.sent == []
+    models.reply("Answer after the crash")
+    second = await run_app(config)
+    (sent,) = await fake.wait_for_sent(1, timeout=10)
+    assert sent.text == "Answer after the crash"
+    await asyncio.sleep(0.5)
+    assert len(fake.sent) == 1
+    assert fake.pending_updates == []
+    assert second.core.pending_count() == 0
 
 
 async def _until(predicate) -> None:

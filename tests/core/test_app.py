@@ -371,7 +371,7 @@ async def test_stdin_lines_reads_a_pipe_and_cancels_at_once():
     reader_file = os.fdopen(read_fd, "r", encoding="utf-8")
     lines = app_mod.StdinLines(reader_file)
     try:
-        os.write(write_fd, "one\ntw".encode())
+        os.write(write_fd, b"one\ntw")
         assert await asyncio.wait_for(lines.readline(), 2) == "one\n"
         pending = asyncio.ensure_future(lines.readline())
         await asyncio.sleep(0.05)
@@ -415,8 +415,8 @@ async def test_interactive_chat_exits_promptly_on_ctrl_c(tmp_path, server):
             loop.remove_reader(master)
         got.set()
 
-    async def wait_for(text: bytes, timeout: float) -> None:
-        deadline = loop.time() + timeout
+    async def wait_for(text: bytes, seconds: float) -> None:
+        deadline = loop.time() + seconds
         while text not in output:
             got.clear()
             await asyncio.wait_for(got.wait(), max(0.01, deadline - loop.time()))

@@ -170,9 +170,9 @@ async def test_every_model_failing_gives_one_apology_and_stores_attempts(harness
     assert counts.get("in:processing", 0) == 0
 
 
-async def _until(predicate, timeout: float = 3.0) -> None:
+async def _until(predicate, seconds: float = 3.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     while not predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)

@@ -122,7 +122,7 @@ async def test_migration_applied_by_another_process_meanwhile_is_skipped(tmp_pat
     from bridge.store import db as db_mod
 
     path = tmp_path / "race.db"
-    repo = str(Path(__file__).resolve().parents[2])
+    repo = str(Path(__file__).parents[2])
     original = db_mod._current_version
     calls = [0]
 

@@ -128,3 +128,73 @@ async def test_pairing_requests(store):
     assert await store.is_approved("telegram", ["x", "1"])
     assert not await store.is_approved("whatsapp", ["1"])
     assert [p.sender_id for p in await store.pending_pairings(now=20)] == ["2"]
+
+
+async def test_inbound_commit_is_durable_others_normal(store):
+    statements: list[str] = []
+    raw = store._conn._conn
+    await store._conn._execute(raw.set_trace_callback, statements.append)
+    try:
+        await store.record_inbound(_in("d1"))
+        inbound = list(statements)
+        statements.clear()
+        await store.claim_next(str(_in("x").session_key))
+    finally:
+        await store._conn._execute(raw.set_trace_callback, None)
+    pragmas = [s for s in inbound if s.startswith("PRAGMA synchronous")]
+    assert pragmas == ["PRAGMA synchronous = FULL", "PRAGMA synchronous = NORMAL"]
+    assert inbound.index("COMMIT") < inbound.index("PRAGMA synchronous = NORMAL")
+    assert not any(s.startswith("PRAGMA") for s in statements)  # a claim: NORMAL
+
+
+async def test_history_window_reads_newest_first_until_the_budget(store):
+    key = str(_in("x").session_key)
+    for i in range(150):
+        await store.record_inbound(_in(f"h{i}", text=f"t{i:03d} " + "w" * 36))  # ~10 tokens
+        claim = await store.claim_next(key)
+        await store.finish_turn(claim.turn_id, reply="r" * 40)
+    session = await store.active_session(key)
+    _s, everything = await store.session_with_history(session.id)
+    assert len(everything.turns) == 150 and everything.left_out == 0  # no 200-style cap
+    _s, window = await store.session_with_history(session.id, token_budget=300)
+    texts = [t.user[0].text[:4] for t in window.turns]
+    # 8 + 11 + 11 tokens a turn: the 10 newest fill 300, the 11th crosses it (kept so
+    # the prompt builder sees an omission); the 139 older ones are counted, not read.
+    assert texts == [f"t{i:03d}" for i in range(139, 150)]
+    assert window.left_out == 139
+    # Compaction reads what it summarises, bounded the same way.
+    older = await store.history(session.id, through_turn=window.turns[0].turn_id - 1,
+                                token_budget=60)
+    assert [t.user[0].text[:4] for t in older] == ["t136", "t137", "t138"]
+
+
+async def test_send_retry_requeue_and_open_work(store):
+    await store.record_inbound(_in("q1", text="one"))
+    await store.record_inbound(_in("w1", channel="whatsapp"))
+    key = str(_in("x").session_key)
+    claim = await store.claim_next(key)
+    out = await store.finish_turn(claim.turn_id, reply="answer")
+    assert await store.mark_send_retry(out.id, "connecting", next_attempt_at=123.0) == 1
+    assert await store.mark_send_retry(out.id, "still", next_attempt_at=456.0) == 2
+    msg = await store.message(out.id)
+    assert (msg.status, msg.send_attempts, msg.next_attempt_at, msg.reason) == (
+        MessageStatus.PENDING, 2, 456.0, "still")
+    assert [m.id for m in await store.undelivered(key)] == [out.id]
+    work = {w.session_key: w for w in await store.open_work(["telegram"])}
+    assert list(work) == [key] and (work[key].inbound, work[key].outbound) == (0, 1)
+    assert work[key].address.channel == "telegram"
+    await store.mark_send_failed(out.id, "gave up")
+    assert (await store.message(out.id)).send_attempts == 3
+    assert await store.undelivered(key) == []
+    # A turn that cannot be finished goes back to the queue.
+    await store.record_inbound(_in("q2", text="two"))
+    claim2 = await store.claim_next(key)
+    assert await store.requeue_turn(claim2.turn_id) == 1
+    assert (await store.turn(claim2.turn_id)).status == "interrupted"
+    again = await store.claim_next(key)
+    assert [m.text for m in again.messages] == ["two"]
+    # Recovery can be limited to some sessions of a channel.
+    report = await store.recover(["telegram"], session_keys=["telegram:default:direct:9"])
+    assert report.requeued == 0
+    report = await store.recover(["telegram"], session_keys=[key])
+    assert report.requeued == 1
