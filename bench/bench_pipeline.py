@@ -9,10 +9,16 @@
   mid-turn are answered together, so turns < messages.  Run with the default
   ``maxConcurrentTurns`` (4) and unlimited (0); the peak of calls in flight is reported;
 - added latency: one message at a time, from ``accept()`` to the channel's ``send()``,
-  p50/p95 (the pipeline's own cost: access check, store writes, prompt, delivery).
+  p50/p95 (the pipeline's own cost: access check, store writes, prompt, delivery);
+- long history: one chat, ``--history`` (300) messages one after the other, each turn's
+  prompt holding the whole session so far (a 32k window, a real media store, a text-only
+  model): accept→send p50 of the first and of the last 50 messages, and messages/s.
+  The two p50s should be close: a turn's cost should not grow with the history.
+  ``--profile FILE`` writes cProfile stats of this run and prints the top functions.
 
 Usage: ``python bench/bench_pipeline.py [--chats 50] [--messages 20] [--model-ms 20]
-[--synchronous FULL|NORMAL]``.  Prints a table and one JSON line.
+[--synchronous FULL|NORMAL] [--history 300] [--only history] [--profile FILE]``.
+Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import sys
 import tempfile
@@ -32,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bridge.config.schema import Config  # noqa: E402
 from bridge.conversation import ConversationCore  # noqa: E402
 from bridge.envelope import ChatAddress, ChatKind, Inbound, Outbound  # noqa: E402
+from bridge.media import MediaStore  # noqa: E402
 from bridge.models.base import Attempt, ModelReply, Usage  # noqa: E402
 from bridge.store import Store  # noqa: E402
 from channels.base import Capabilities, ChannelHealth, Markup  # noqa: E402
@@ -103,7 +113,7 @@ def _config(data_dir: Path, max_concurrent: int | None = None) -> Config:
     return Config.model_validate({
         "dataDir": str(data_dir),
         "models": {"providers": {"local": {"baseUrl": "http://127.0.0.1:9/v1",
-                                           "models": [{"id": "m"}]}}},
+                                           "models": [{"id": "m", "contextWindow": 32000}]}}},
         "agents": {"defaults": defaults},
         "channels": {"telegram": {"dmPolicy": "allowlist", "allowFrom": ["*"]}},
     })
@@ -116,12 +126,13 @@ def _inbound(chat: int, n: int, tag: str) -> Inbound:
 
 
 async def _setup(data_dir: Path, *, latency_s: float = 0.0,
-                 max_concurrent: int | None = None):
+                 max_concurrent: int | None = None, media: bool = False):
     config = _config(data_dir, max_concurrent)
     store = await Store.open(data_dir / "palaver.db")
     router = ZeroLatencyRouter(config, latency_s)
     channel = BenchChannel()
-    core = ConversationCore(store, config, router, channels=[channel])
+    core = ConversationCore(store, config, router, channels=[channel],
+                            media=MediaStore(data_dir / "media") if media else None)
     await core.start()
     return store, core, router, channel
 
@@ -186,6 +197,52 @@ async def latency(data_dir: Path, chats: int, messages: int) -> dict:
             "p95_ms": round(q[94] * 1000, 2), "max_ms": round(samples[-1] * 1000, 2)}
 
 
+async def long_history(data_dir: Path, messages: int, profile: str | None = None) -> dict:
+    """One chat, ``messages`` messages one after the other: does a turn cost more as the
+    session's history grows?  (The whole history fits the window, as in bench_e2e.py.)"""
+    store, core, router, channel = await _setup(data_dir, media=True)
+    samples: list[float] = []
+    prompt_turns = 0
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
+    t0 = time.perf_counter()
+    cpu0, loop_cpu0 = time.process_time(), time.thread_time()
+    for n in range(messages):
+        inbound = _inbound(0, n, "h")
+        t1 = time.perf_counter()
+        await core.accept(inbound)
+        await core.wait_idle()
+        samples.append(channel.sent_at[inbound.address.chat_id] - t1)
+    elapsed = time.perf_counter() - t0
+    cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop_cpu0
+    if profiler is not None:
+        profiler.disable()
+    session = await store.active_session(str(inbound.session_key))
+    if session is not None:
+        _s, window = await store.session_with_history(session.id)
+        prompt_turns = len(window.turns)
+    await core.stop(1)
+    await store.close()
+    assert router.calls == messages, router.calls
+    top = ""
+    if profiler is not None:
+        profiler.dump_stats(profile)
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
+        top = out.getvalue()
+    k = min(50, len(samples))
+    return {"messages": messages, "history_turns_at_end": prompt_turns,
+            "p50_first_ms": round(statistics.median(samples[:k]) * 1000, 2),
+            "p50_last_ms": round(statistics.median(samples[-k:]) * 1000, 2),
+            "p50_ms": round(statistics.median(samples) * 1000, 2),
+            "seconds": round(elapsed, 3), "messages_per_s": round(messages / elapsed, 1),
+            # CPU per message: the event loop's thread, and the others (the SQLite thread)
+            "loop_cpu_ms": round(loop_cpu / messages * 1000, 3),
+            "other_threads_cpu_ms": round((cpu - loop_cpu) / messages * 1000, 3),
+            "profile_top": top}
+
+
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chats", type=int, default=50)
@@ -196,12 +253,29 @@ async def main(argv: list[str] | None = None) -> int:
                         help="pause between rounds of messages in the batching run")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default=None,
                         help="override the store's PRAGMA synchronous (default: the store's)")
+    parser.add_argument("--history", type=int, default=300,
+                        help="messages in the one-chat long-history run")
+    parser.add_argument("--only", choices=["history"], default=None,
+                        help="run only the long-history scenario")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="cProfile the long-history run; stats to FILE, top printed")
     args = parser.parse_args(argv)
     if args.synchronous:
         from bridge.store import db
 
         db.SYNCHRONOUS = args.synchronous
     from bridge.store.db import SYNCHRONOUS
+
+    if args.only == "history":
+        with tempfile.TemporaryDirectory() as tmp:
+            hist = await long_history(Path(tmp) / "history", args.history, args.profile)
+        _print_history(hist)
+        top = hist.pop("profile_top")
+        if top:
+            print(top)
+        print(json.dumps({"bench": "pipeline-history", "synchronous": SYNCHRONOUS,
+                          "history": hist}))
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         tp = await throughput(Path(tmp) / "throughput", args.chats, args.messages)
@@ -212,6 +286,7 @@ async def main(argv: list[str] | None = None) -> int:
                                    model_ms=args.model_ms, gap_ms=args.gap_ms,
                                    max_concurrent=0)
         lat = await latency(Path(tmp) / "latency", args.chats, args.messages)
+        hist = await long_history(Path(tmp) / "history", args.history, args.profile)
     print(f"pipeline benchmark: {args.chats} chats x {args.messages} messages, real store "
           f"(synchronous={SYNCHRONOUS})")
     print(f"{'metric':<44}{'value':>12}")
@@ -233,10 +308,28 @@ async def main(argv: list[str] | None = None) -> int:
     ]
     for name, value in rows:
         print(f"{name:<44}{value:>12}")
+    _print_history(hist)
+    top = hist.pop("profile_top")
+    if top:
+        print(top)
     print(json.dumps({"bench": "pipeline", "chats": args.chats, "messages": args.messages,
                       "synchronous": SYNCHRONOUS, "throughput": tp, "batching": batch,
-                      "batching_unlimited": unlimited, "latency": lat}))
+                      "batching_unlimited": unlimited, "latency": lat, "history": hist}))
     return 0
+
+
+def _print_history(hist: dict) -> None:
+    rows = [
+        (f"one chat, {hist['messages']} messages (messages/s)", hist["messages_per_s"]),
+        ("  history turns at the end", hist["history_turns_at_end"]),
+        ("  latency p50, first 50 (ms)", hist["p50_first_ms"]),
+        ("  latency p50, last 50 (ms)", hist["p50_last_ms"]),
+        ("  latency p50, all (ms)", hist["p50_ms"]),
+        ("  CPU/message, event loop thread (ms)", hist["loop_cpu_ms"]),
+        ("  CPU/message, other threads: SQLite (ms)", hist["other_threads_cpu_ms"]),
+    ]
+    for name, value in rows:
+        print(f"{name:<44}{value:>12}")
 
 
 if __name__ == "__main__":

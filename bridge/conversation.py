@@ -34,6 +34,7 @@ from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, Outbou
 from bridge.models.base import AllModelsFailed, Attempt, ModelReply, ModelRequest
 from bridge.prompt import (
     BuiltPrompt,
+    PromptCache,
     build_request,
     compaction_request,
     estimate_tokens,
@@ -157,6 +158,8 @@ class ConversationCore:
         self._started = False
         self._stopping = False
         self._pending = 0  # inbound messages accepted and not yet answered or failed
+        # History turns rendered for prompts (text-only ones), reused turn after turn.
+        self.prompt_cache = PromptCache()
 
     # -- wiring ------------------------------------------------------------------
 
@@ -588,7 +591,7 @@ class ConversationCore:
         return await build_request(
             model=model, instructions=instructions, summary=session.summary, history=history,
             current=claim.messages, group=group, media_store=self.media,
-            settings=config.agents.defaults)
+            settings=config.agents.defaults, cache=self.prompt_cache)
 
     async def _complete(self, config: Config, choice: ModelChoice, instructions: str | None,
                         session: SessionRecord, history: list[HistoryTurn], claim: Claim,

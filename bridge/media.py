@@ -503,6 +503,16 @@ def _is_image_media(ref: MediaRef) -> bool:
     return ref.kind is MediaKind.DOCUMENT and (ref.mime or "").startswith("image/")
 
 
+def reads_files(text: str, media: tuple[MediaRef, ...] | list[MediaRef]) -> bool:
+    """Whether :func:`user_parts` with ``vision=True`` would look at any file for this
+    message: an image reference in ``text`` or an image attachment.
+
+    When False, its parts depend on ``text`` and ``media`` alone (not on files, settings
+    or ``include_images``), so a caller may cache them.
+    """
+    return any(_is_image_media(ref) for ref in media) or bool(find_references(text))
+
+
 async def user_parts(
     text: str,
     media: tuple[MediaRef, ...] | list[MediaRef],

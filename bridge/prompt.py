@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -217,11 +218,31 @@ async def user_parts(
     include_images: bool,
 ) -> tuple[Part, ...]:
     """The parts of a user turn made of one or more inbound messages."""
+    parts, _plain = await _user_parts(
+        messages, group=group, model=model, media_store=media_store, settings=settings,
+        include_images=include_images)
+    return parts
+
+
+async def _user_parts(
+    messages: Sequence[StoredMessage],
+    *,
+    group: bool,
+    model: ResolvedModel,
+    media_store: MediaStore | None,
+    settings: AgentDefaults | None,
+    include_images: bool,
+) -> tuple[tuple[Part, ...], bool]:
+    """:func:`user_parts`, and whether they depend on the messages alone (no file was
+    looked at, so neither ``include_images``, the settings nor the files matter)."""
     parts: list[Part] = []
+    plain = True
     for msg in messages:
         text = user_text(msg, group=group)
         media = _safe_media(msg.media)
         if media_store is not None:
+            if model.vision and plain and media_mod.reads_files(text, media):
+                plain = False
             got = await media_mod.user_parts(
                 text, media, store=media_store, vision=model.vision,
                 include_images=include_images, settings=settings)
@@ -232,7 +253,7 @@ async def user_parts(
         if parts and got:
             parts.append(TextPart("\n\n"))
         parts.extend(got)
-    return _join_text(parts)
+    return _join_text(parts), plain
 
 
 def _join_text(parts: Sequence[Part]) -> tuple[Part, ...]:
@@ -258,6 +279,58 @@ def merge_adjacent(turns: Sequence[Turn]) -> tuple[Turn, ...]:
         else:
             out.append(turn)
     return tuple(out)
+
+
+# History turns a PromptCache keeps rendered (a few hundred bytes each when text-only).
+PROMPT_CACHE_TURNS = 4096
+
+
+class PromptCache:
+    """History turns as :func:`build_request` rendered them: the user turn, the assistant
+    turn and their estimated tokens — an LRU, so that a turn is rendered once rather than
+    on every prompt that holds it.
+
+    Only renderings that depend on nothing but the stored messages are kept: every turn
+    for a model without vision (or without a media store), and text-only turns for one
+    with vision (no image attachment or reference: ``bridge.media.reads_files``).  Turns
+    with images are rendered each time, through the media store's prepared-image caches:
+    their parts depend on ``include_images``, the image settings and the files.
+
+    Keys are ``(turn id, *message ids, group, vision)``: answered turns never change, and
+    a new session (``/new``) or a compaction only changes which turns are asked for.
+    One cache serves the turns of one store (ids are the store's row ids).
+    """
+
+    def __init__(self, max_turns: int = PROMPT_CACHE_TURNS) -> None:
+        self.max_turns = max_turns
+        self._data: OrderedDict[tuple, tuple[Turn, Turn, int]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: tuple) -> tuple[Turn, Turn, int] | None:
+        """The rendered ``(user, assistant, tokens)`` of a turn, or ``None``."""
+        found = self._data.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return found
+
+    def put(self, key: tuple, value: tuple[Turn, Turn, int]) -> None:
+        """Remember a rendering (the least recently used ones go beyond ``max_turns``)."""
+        if self.max_turns <= 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_turns:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,12 +373,14 @@ async def build_request(
     group: bool,
     media_store: MediaStore | None = None,
     settings: AgentDefaults | None = None,
+    cache: PromptCache | None = None,
 ) -> BuiltPrompt:
     """The request for ``model``: instructions, summary, newest history that fits, current.
 
     The current messages are always included (a prompt that is still too long comes back
     from the model as ``context_overflow``, which triggers compaction).  At most
-    ``MAX_IMAGES_PER_REQUEST`` images are sent, the newest first.
+    ``MAX_IMAGES_PER_REQUEST`` images are sent, the newest first.  With ``cache``, history
+    turns rendered before (text-only ones, see :class:`PromptCache`) are taken from it.
     """
     budget = prompt_budget(model)
     image_turns = settings.imageHistoryTurns if settings is not None else 3
@@ -323,16 +398,29 @@ async def build_request(
 
     kept: list[tuple[HistoryTurn, Turn, Turn, int]] = []
     omitted: list[int] = []
+    vision = model.vision and media_store is not None
     for index, past in enumerate(reversed(history)):
         if omitted:
             omitted.append(past.turn_id)
             continue
-        u_parts, n_images = cap_images(await user_parts(
-            past.user, group=group, model=model, media_store=media_store, settings=settings,
-            include_images=index < image_turns and images_left > 0), images_left)
-        u = Turn("user", u_parts)
-        a = Turn.text("assistant", strip_control_tokens(past.assistant))
-        cost = estimate_parts(u.parts) + estimate_parts(a.parts)
+        key = None
+        rendered = None
+        if cache is not None:
+            key = (past.turn_id, *[m.id for m in past.user], group, vision)
+            rendered = cache.get(key)
+        if rendered is not None:
+            u, a, cost = rendered
+            n_images = 0  # only turns without images are cached
+        else:
+            u_parts, plain = await _user_parts(
+                past.user, group=group, model=model, media_store=media_store,
+                settings=settings, include_images=index < image_turns and images_left > 0)
+            u_parts, n_images = cap_images(u_parts, images_left)
+            u = Turn("user", u_parts)
+            a = Turn.text("assistant", strip_control_tokens(past.assistant))
+            cost = estimate_parts(u.parts) + estimate_parts(a.parts)
+            if key is not None and plain and not n_images:
+                cache.put(key, (u, a, cost))
         if used + cost > budget:
             omitted.append(past.turn_id)
             continue

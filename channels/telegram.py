@@ -435,7 +435,7 @@ class TelegramChannel:
                 self._poll_idle = False
                 self._fail(_REJECTED_WHILE_POLLING)
                 return
-            except Exception as exc:  # noqa: BLE001 - every failure backs off, none ends the loop
+            except Exception as exc:  # any other failure backs off; none ends the loop
                 failures += 1
                 await self._poll_backoff(exc, failures)
                 self._poll_idle = False

@@ -19,7 +19,10 @@ neonize traits this file is designed around (checked against neonize 0.5.2's sou
   handler here catches and logs.
 - After ``Stop(uuid)`` (or before the first connect) Go has no client for the uuid and
   any call that reaches it dereferences nil and aborts the whole process, so
-  :class:`NeonizeClient` refuses calls while no session is live.
+  :class:`NeonizeClient` refuses calls while no session is live and lets calls in flight
+  finish before it stops one; :meth:`WhatsAppChannel.send` does not even try while the
+  channel is not connected (``SendError(retryable=True)``: the core keeps the reply) and
+  every ``ConnectedEv`` calls the core's ``channel_ready`` so kept replies go out then.
 - whatsmeow reconnects a dropped socket by itself inside a session; this adapter's
   backoff (2 s doubling to 30 s, jittered) rebuilds the session when the Go call ends
   (connection refused at start, session died).
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -295,6 +299,9 @@ class NeonizeClient:
     """:class:`WhatsAppClient` backed by ``neonize.aioze.client.NewAClient``."""
 
     stop_timeout_s = 10.0
+    # disconnect() lets calls already on their way to Go finish (for at most this long)
+    # before it tells Go to drop the client: a call arriving after that would crash.
+    call_drain_s = 5.0
 
     def __init__(self, db_path: Path) -> None:
         from neonize.aioze.client import NewAClient
@@ -309,6 +316,9 @@ class NeonizeClient:
             uuid=f"palaver-{uuid4().hex}",
         )
         self._session: asyncio.Task | None = None
+        self._calls = 0  # calls between the liveness check and their return
+        self._calls_done = asyncio.Event()
+        self._calls_done.set()
 
     # -- registration -------------------------------------------------------------
 
@@ -353,6 +363,12 @@ class NeonizeClient:
         if task is None:
             return
         if not task.done():
+            # New calls are refused from here on (no session); the ones in flight may
+            # not have reached Go yet, so Stop(uuid) waits for them (bounded).
+            try:
+                await asyncio.wait_for(self._calls_done.wait(), self.call_drain_s)
+            except TimeoutError:
+                log.warning("WhatsApp: %d call(s) still running at disconnect", self._calls)
             with contextlib.suppress(Exception):
                 await self._client.stop()  # Go: Disconnect() and cancel -> Neonize() returns
             try:
@@ -372,70 +388,85 @@ class NeonizeClient:
         if not self._live():
             raise NotConnected("no WhatsApp session is running")
 
+    @asynccontextmanager
+    async def _live_call(self) -> AsyncIterator[None]:
+        """Around every call into Go: refuse without a session, count it while it runs."""
+        self._require_live()
+        self._calls += 1
+        self._calls_done.clear()
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._calls_done.set()
+
     # -- calls --------------------------------------------------------------------
 
     async def send_text(self, chat: JID, text: str, *, quoted: QuoteRef | None = None) -> str:
-        self._require_live()
-        try:
-            response = await self._client.send_message(chat, build_text_message(text, quoted))
-        except SendMessageError as exc:
-            detail = str(exc)
-            if send_error_means_unsent(detail):
-                raise NotSent(detail) from exc
-            raise
+        async with self._live_call():
+            try:
+                response = await self._client.send_message(chat,
+                                                           build_text_message(text, quoted))
+            except SendMessageError as exc:
+                detail = str(exc)
+                if send_error_means_unsent(detail):
+                    raise NotSent(detail) from exc
+                raise
         return response.ID
 
     async def set_available(self) -> None:
         from neonize.utils.enum import Presence
 
-        self._require_live()
-        await self._client.send_presence(Presence.AVAILABLE)
+        async with self._live_call():
+            await self._client.send_presence(Presence.AVAILABLE)
 
     async def chat_presence(self, chat: JID, *, composing: bool) -> None:
         from neonize.utils.enum import ChatPresence, ChatPresenceMedia
 
-        self._require_live()
         state = (ChatPresence.CHAT_PRESENCE_COMPOSING if composing
                  else ChatPresence.CHAT_PRESENCE_PAUSED)
-        await self._client.send_chat_presence(
-            chat, state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
-        )
+        async with self._live_call():
+            await self._client.send_chat_presence(
+                chat, state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+            )
 
     async def mark_read(self, message_ids: Sequence[str], *, chat: JID, sender: JID) -> None:
         from neonize.utils.enum import ReceiptType
 
-        self._require_live()
-        await self._client.mark_read(*message_ids, chat=chat, sender=sender,
-                                     receipt=ReceiptType.READ)
+        async with self._live_call():
+            await self._client.mark_read(*message_ids, chat=chat, sender=sender,
+                                         receipt=ReceiptType.READ)
 
     async def download(self, message: waE2E.Message) -> bytes:
         # neonize's aioze wraps every Go call in asyncio.to_thread, so the download and
         # decryption run in a worker thread, never on the event loop.
-        self._require_live()
-        data = await self._client.download_any(message)
+        async with self._live_call():
+            data = await self._client.download_any(message)
         return bytes(data or b"")
 
     async def get_me(self) -> Device:
-        self._require_live()
-        return await self._client.get_me()
+        async with self._live_call():
+            return await self._client.get_me()
 
     async def pn_for_lid(self, lid: JID) -> JID | None:
-        self._require_live()
-        return _jid_or_none(await self._client.get_pn_from_lid(lid))
+        async with self._live_call():
+            return _jid_or_none(await self._client.get_pn_from_lid(lid))
 
     async def lid_for_pn(self, pn: JID) -> JID | None:
-        self._require_live()
-        return _jid_or_none(await self._client.get_lid_from_pn(pn))
+        async with self._live_call():
+            return _jid_or_none(await self._client.get_lid_from_pn(pn))
 
     async def pair_phone(self, phone_digits: str) -> str:
         from neonize.utils.enum import ClientName
 
-        self._require_live()
-        return await self._client.PairPhone(phone_digits, True, client_name=ClientName.LINUX)
+        async with self._live_call():
+            return await self._client.PairPhone(phone_digits, True,
+                                                client_name=ClientName.LINUX)
 
     async def logout(self) -> None:
-        self._require_live()
-        await self._client.logout()
+        async with self._live_call():
+            await self._client.logout()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1027,11 +1058,29 @@ class WhatsAppChannel:
     # -- connection events (run on the loop, straight from Go) ---------------------
 
     async def _on_connected(self, _event: Any) -> None:
+        if self._stopping or self._terminal is not None:
+            return  # a late event: sends stay refused
         self._backoff.reset()
         self._connected = True
         self._detail = "connected"
         # Identity refresh, presence and the catch-up reference, in order with messages.
         self._inbox.put_nowait(("connected", self._clock()))
+        # Every connection comes up after start() returned (the session is built in the
+        # background), so tell the core each time: replies it queued while WhatsApp was
+        # away go out now instead of after their backoff.
+        await self._report_ready()
+
+    async def _report_ready(self) -> None:
+        """Call ``sink.channel_ready(self)`` when the sink has it (sync or async)."""
+        ready = getattr(self._sink, "channel_ready", None)
+        if ready is None:
+            return
+        try:
+            result = ready(self)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("WhatsApp: telling the core that WhatsApp is connected failed")
 
     async def _on_disconnected(self, _event: Any) -> None:
         if self._stopping or self._terminal:
@@ -1371,7 +1420,15 @@ class WhatsAppChannel:
     # -- outbound -----------------------------------------------------------------
 
     async def send(self, out: Outbound) -> list[str]:
-        """Render to WhatsApp markup, chunk, send in order (retrying); return message ids."""
+        """Render to WhatsApp markup, chunk, send in order (retrying); return message ids.
+
+        Raises ``SendError(retryable=True)`` when nothing more can have gone out: the
+        channel is not connected (connecting, reconnecting, stopped, logged out: no call
+        reaches neonize then) or every attempt failed before the message left
+        (:class:`NotSent`).  A plain ``SendError`` when the chat id is not a JID or a
+        send failed in a way that may have delivered it (a retry could duplicate it).
+        ``sent_ids`` always lists the chunks that did go out.
+        """
         try:
             chat = _parse_jid(out.address.chat_id)
         except ValueError as exc:
@@ -1383,38 +1440,52 @@ class WhatsAppChannel:
         sent: list[str] = []
         for index, chunk in enumerate(chunks):
             quote = quoted if index == 0 else None
-            last_error: Exception | None = None
-            for attempt in range(self.send_attempts):
-                try:
-                    client = self._require_client()
-                    sent.append(await client.send_text(chat, chunk, quoted=quote))
-                    last_error = None
-                    break
-                except NotSent as exc:  # nothing went out: trying again cannot duplicate
-                    last_error = exc
-                    log.warning("WhatsApp: send to %s failed (attempt %d/%d): %s",
-                                out.address.chat_id, attempt + 1, self.send_attempts,
-                                _clip(str(exc), 200))
-                    if attempt + 1 < self.send_attempts:
-                        delays = self.send_retry_delays
-                        await self._sleep(delays[min(attempt, len(delays) - 1)])
-                except Exception as exc:
-                    # The message may have reached WhatsApp (e.g. the server's ack timed
-                    # out): a retry could deliver it twice, so the core records a failure.
-                    log.warning("WhatsApp: send to %s failed and may have been delivered; "
-                                "not retried: %s", out.address.chat_id, _clip(str(exc), 200))
-                    raise SendError(
-                        f"WhatsApp send failed, possibly after delivery, not retried "
-                        f"({type(exc).__name__}: {_clip(str(exc), 200)})",
-                        sent_ids=sent,
-                    ) from None
-            if last_error is not None:
-                raise SendError(
-                    f"WhatsApp send failed after {self.send_attempts} attempts "
-                    f"({type(last_error).__name__}: {_clip(str(last_error), 200)})",
-                    sent_ids=sent,
-                )
+            sent.append(await self._send_chunk(out.address.chat_id, chat, chunk, quote, sent))
         return sent
+
+    async def _send_chunk(self, chat_id: str, chat: JID, chunk: str, quote: QuoteRef | None,
+                          sent: list[str]) -> str:
+        """Send one chunk, retrying failures that provably sent nothing (see :meth:`send`)."""
+        last_error: Exception | None = None
+        for attempt in range(self.send_attempts):
+            client = self._client_for_send(sent)
+            try:
+                return await client.send_text(chat, chunk, quoted=quote)
+            except NotSent as exc:  # nothing went out: trying again cannot duplicate
+                last_error = exc
+                log.warning("WhatsApp: send to %s failed (attempt %d/%d): %s", chat_id,
+                            attempt + 1, self.send_attempts, _clip(str(exc), 200))
+                if attempt + 1 < self.send_attempts:
+                    delays = self.send_retry_delays
+                    await self._sleep(delays[min(attempt, len(delays) - 1)])
+            except Exception as exc:
+                # The message may have reached WhatsApp (e.g. the server's ack timed
+                # out): a retry could deliver it twice, so the core records a failure.
+                log.warning("WhatsApp: send to %s failed and may have been delivered; "
+                            "not retried: %s", chat_id, _clip(str(exc), 200))
+                raise SendError(
+                    f"WhatsApp send failed, possibly after delivery, not retried "
+                    f"({type(exc).__name__}: {_clip(str(exc), 200)})",
+                    sent_ids=list(sent),
+                ) from None
+        assert last_error is not None
+        raise SendError(
+            f"WhatsApp send failed after {self.send_attempts} attempts, before reaching WhatsApp "
+            f"({type(last_error).__name__}: {_clip(str(last_error), 200)})",
+            sent_ids=list(sent), retryable=True,
+        )
+
+    def _client_for_send(self, sent: list[str]) -> WhatsAppClient:
+        """The client when a session is connected, else a retryable :class:`SendError`.
+
+        Checked before every call: after ``stop()`` or before the first connect, Go has
+        no client for the session and a call reaching it would abort the process.
+        """
+        client = self._client
+        if client is None or self._terminal is not None or not self._connected:
+            raise SendError(f"WhatsApp is not connected ({self._detail})",
+                            sent_ids=list(sent), retryable=True)
+        return client
 
     @asynccontextmanager
     async def typing(self, address: ChatAddress) -> AsyncIterator[None]:

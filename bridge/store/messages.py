@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
@@ -40,6 +41,14 @@ MAX_BATCH = 50
 
 
 class MessageQueries(Database):
+    @property
+    def turn_cache(self) -> TurnCache:
+        """The answered turns this store has read (see :class:`TurnCache`)."""
+        cache = self.__dict__.get("_turn_cache")
+        if cache is None:
+            cache = self.__dict__["_turn_cache"] = TurnCache()
+        return cache
+
     # -- inbound -------------------------------------------------------------------
 
     async def record_inbound(
@@ -402,8 +411,9 @@ class MessageQueries(Database):
     ) -> list[HistoryTurn]:
         """The session's answered chat turns in (``after_turn``, ``through_turn``], oldest
         first: all of them, or the newest that fit ``token_budget`` (see ``history_window``)."""
+        cache = self.turn_cache
         window = await self.read_with(lambda db: _history_window(
-            db, session_id, after_turn, through_turn, token_budget, estimate))
+            db, session_id, after_turn, through_turn, token_budget, estimate, cache))
         return window.turns
 
     async def session_with_history(
@@ -417,13 +427,15 @@ class MessageQueries(Database):
         fit); ``HistoryWindow.left_out`` counts the older ones not read.  ``estimate``
         counts tokens of a text (default: four characters per token).
         """
+        cache = self.turn_cache
+
         def read(db: sqlite3.Connection):
             row = db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no session {session_id}")
             session = session_from_row(row)
             return session, _history_window(db, session_id, session.summary_through_turn,
-                                            None, token_budget, estimate)
+                                            None, token_budget, estimate, cache)
 
         return await self.read_with(read)
 
@@ -495,25 +507,86 @@ def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...
     return f"AND channel IN ({','.join('?' * len(names))})", names
 
 
-# Turns read per query while walking a session's history newest first.
+# Turn ids read per query while walking a session's history newest first: the first
+# page is small (most windows are), later ones bigger (fewer round trips for long ones).
 _HISTORY_PAGE = 64
+_HISTORY_PAGE_MAX = 1024
 _TURN_OVERHEAD_TOKENS = 8
+# Answered turns kept in memory (their messages and reply never change once answered).
+HISTORY_CACHE_TURNS = 4096
 
 
 def _default_estimate(text: str) -> int:
     return len(text) // 4 + 1 if text else 0
 
 
+class TurnCache:
+    """Answered turns by id, with their estimated tokens per estimator: an LRU.
+
+    An answered turn is immutable (its inbound rows and its reply are final), so a cached
+    one never goes stale; a session's history read then fetches from SQLite only the
+    rows of turns it has not seen yet.  Used from the connection's thread only, under
+    the store's lock.
+    """
+
+    def __init__(self, max_turns: int = HISTORY_CACHE_TURNS) -> None:
+        self.max_turns = max_turns
+        # turn id -> (the turn, {estimator: its estimated tokens})
+        self._turns: OrderedDict[int, tuple[HistoryTurn, dict]] = OrderedDict()
+        self.rows_read = 0  # message rows fetched from SQLite (for tests and benchmarks)
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def get(self, turn_id: int) -> HistoryTurn | None:
+        entry = self._turns.get(turn_id)
+        if entry is None:
+            return None
+        self._turns.move_to_end(turn_id)
+        return entry[0]
+
+    def put(self, turn: HistoryTurn) -> None:
+        if self.max_turns <= 0:
+            return
+        self._turns[turn.turn_id] = (turn, {})
+        self._turns.move_to_end(turn.turn_id)
+        while len(self._turns) > self.max_turns:
+            self._turns.popitem(last=False)
+
+    def cost(self, turn: HistoryTurn, estimate: Callable[[str], int]) -> int:
+        """Estimated tokens of ``turn`` (text only; images are the prompt's business)."""
+        entry = self._turns.get(turn.turn_id)
+        costs = entry[1] if entry is not None and entry[0] is turn else None
+        if costs is not None:
+            cost = costs.get(estimate)
+            if cost is not None:
+                return cost
+        cost = _TURN_OVERHEAD_TOKENS + estimate(turn.assistant) + sum(
+            estimate(m.text) + (estimate(m.quoted.text) if m.quoted else 0)
+            for m in turn.user)
+        if costs is not None:
+            costs[estimate] = cost
+        return cost
+
+    def clear(self) -> None:
+        self._turns.clear()
+
+
 def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | None,
                     through_turn: int | None, token_budget: int | None,
-                    estimate: Callable[[str], int] | None) -> HistoryWindow:
+                    estimate: Callable[[str], int] | None,
+                    cache: TurnCache | None = None) -> HistoryWindow:
+    """Newest first, a page of turn ids at a time; only the rows of turns not in
+    ``cache`` are read, and reading stops at the page where the budget is crossed."""
     estimate = estimate or _default_estimate
+    cache = cache if cache is not None else TurnCache(0)
     after = after_turn or 0
     upper = through_turn if through_turn is not None else -1  # -1: no upper bound
     used = 0
     turns: list[HistoryTurn] = []  # newest first while reading
     full = False
     before: int | None = None
+    page_size = _HISTORY_PAGE
     while not full:
         sql = ("SELECT id FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
                " 'answered' AND id > ? AND (? < 0 OR id <= ?)")
@@ -522,27 +595,40 @@ def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | N
             sql += " AND id < ?"
             params.append(before)
         ids = [r[0] for r in db.execute(sql + " ORDER BY id DESC LIMIT ?",
-                                        (*params, _HISTORY_PAGE))]
+                                        (*params, page_size))]
         if not ids:
             break
         before = ids[-1]
-        marks = ",".join("?" * len(ids))
-        rows = [message_from_row(r) for r in db.execute(
-            f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id", ids)]
-        page = {t.turn_id: t for t in _history(sorted(ids), rows)}
+        page: dict[int, HistoryTurn] = {}
+        missing: list[int] = []
+        for turn_id in ids:
+            hit = cache.get(turn_id)
+            if hit is None:
+                missing.append(turn_id)
+            else:
+                page[turn_id] = hit
+        if missing:
+            missing.sort()
+            marks = ",".join("?" * len(missing))
+            rows = [message_from_row(r) for r in db.execute(
+                f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id",
+                missing)]
+            cache.rows_read += len(rows)
+            for turn in _history(missing, rows):
+                page[turn.turn_id] = turn
+                cache.put(turn)
         for turn_id in ids:
             turn = page[turn_id]
             turns.append(turn)
             if token_budget is None:
                 continue
-            used += _TURN_OVERHEAD_TOKENS + estimate(turn.assistant) + sum(
-                estimate(m.text) + (estimate(m.quoted.text) if m.quoted else 0)
-                for m in turn.user)
+            used += cache.cost(turn, estimate)
             if used > token_budget:
                 full = True
                 break
-        if len(ids) < _HISTORY_PAGE:
+        if len(ids) < page_size:
             break
+        page_size = min(page_size * 4, _HISTORY_PAGE_MAX)
     left_out = 0
     if full and turns:
         left_out = db.execute(

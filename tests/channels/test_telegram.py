@@ -881,7 +881,7 @@ async def test_conflict_backs_off_and_recovers(make_channel, fake, caplog):
     gaps = [b.time - a.time for a, b in zip(calls, calls[1:4], strict=False)]
     # Jittered exponential backoff: between half and all of 0.1, 0.2, 0.4 s.
     for gap, base in zip(gaps, (0.1, 0.2, 0.4), strict=True):
-        assert base / 2 - 0.01 <= gap <= base + 0.15, gaps
+        assert base / 2 - 0.01 <= gap <= base + 0.3, gaps
     warnings_ = [r.getMessage() for r in caplog.records if "409 Conflict" in r.getMessage()]
     assert len(warnings_) == 3
 

@@ -233,23 +233,27 @@ async def test_crash_while_handing_over_answered_once(fake, models, tmp_path, ru
         models.hang()  # the stored turn must not finish before the "crash"
     first = await run_app(config)
     (channel,) = first.channels
-    core, reached = first.core, asyncio.Event()
+    core, reached, dead = first.core, asyncio.Event(), asyncio.Event()
     real_accept = core.accept
 
     async def accept_then_die(inbound):
         if crash == "after storage":
             await real_accept(inbound)
         reached.set()
-        await asyncio.Event().wait()  # the process dies here
+        await dead.wait()  # the process dies here (set only if the test fails early)
 
     core.accept = accept_then_die  # the channel calls sink.accept on this instance
-    fake.push_text(1001, 1001, "important question")
-    await asyncio.wait_for(reached.wait(), 10)
-    await asyncio.sleep(0.2)
-    # A crash, not a graceful stop: the polling task dies where it is; what remains of the
-    # process is then closed (its turn, if any, is cancelled like a killed process's).
-    channel._poll_task.cancel()
-    await asyncio.wait({channel._poll_task})
+    try:
+        fake.push_text(1001, 1001, "important question")
+        await asyncio.wait_for(reached.wait(), 10)
+        await asyncio.sleep(0.2)
+        assert len(fake.pending_updates) == 1  # not confirmed: the core did not return
+        # A crash, not a graceful stop: the polling task dies where it is; what remains of
+        # the process is then closed (its turn, if any, is cancelled like a killed one's).
+        channel._poll_task.cancel()
+        await asyncio.wait({channel._poll_task})
+    finally:
+        dead.set()
     await first.stop(grace=0)
     assert len(fake.pending_updates) == 1  # Telegram still holds it
     assert fake.sent == []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from neonize.aioze.events import (
+    ConnectedEv,
     DisconnectedEv,
     LoggedOutEv,
     MessageEv,
@@ -516,13 +517,15 @@ async def test_send_gives_up_after_three_attempts(rig):
     with pytest.raises(SendError) as info:
         await rig.channel.send(Outbound(DM, "never"))
     assert "3 attempts" in str(info.value) and info.value.sent_ids == []
-    assert rig.fake.sent == []
+    assert info.value.retryable  # nothing went out: the core tries again later
+    assert rig.fake.sent == [] and rig.fake.send_calls == 3
 
 
 async def test_send_error_reports_chunks_already_sent(tmp_path):
     fake = FakeWhatsAppClient()
     channel, _, _ = make_channel(tmp_path, fake, textChunkLimit=200)
     await channel.start(RecordingSink())
+    await until(lambda: channel.health().connected)
     try:
         original = fake.send_text
 
@@ -535,6 +538,7 @@ async def test_send_error_reports_chunks_already_sent(tmp_path):
         with pytest.raises(SendError) as info:
             await channel.send(Outbound(DM, ("x " * 90 + "\n\n") * 3, plain=True))
         assert info.value.sent_ids == ["OUT1"]
+        assert not info.value.retryable  # "boom" may have delivered chunk 2
     finally:
         await channel.stop()
 
@@ -543,8 +547,10 @@ async def test_send_without_session_raises_send_error(tmp_path):
     fake = FakeWhatsAppClient(linked=False)
     channel, _, _ = make_channel(tmp_path, fake)
     await channel.start(RecordingSink())
-    with pytest.raises(SendError):
+    with pytest.raises(SendError) as info:
         await channel.send(Outbound(DM, "hi"))
+    assert info.value.retryable and "not linked" in str(info.value)
+    assert fake.send_calls == 0
     await channel.stop()
 
 
@@ -626,9 +632,12 @@ async def test_terminal_events_stop_only_the_channel(rig, event, words, caplog):
     assert words in caplog.text and "everything else keeps running" in caplog.text
     assert rig.fake.connects == 1  # no reconnect after a terminal event
     assert rig.fake.disconnects >= 1
-    with pytest.raises(SendError):
+    with pytest.raises(SendError) as info:
         await rig.channel.send(Outbound(DM, "hi"))
-    assert rig.fake.sent == []
+    assert info.value.retryable and words in str(info.value)  # kept for after a restart
+    assert rig.fake.sent == [] and rig.fake.send_calls == 0
+    await rig.fake.emit(ConnectedEv(status=True))  # a late event does not revive it
+    assert not rig.channel.health().connected
 
 
 async def test_qr_during_run_means_not_linked(rig):

@@ -98,6 +98,7 @@ class FakeWhatsAppClient:
         self.disconnects = 0
         self.session: asyncio.Future | None = None
         self.sent: list[tuple[str, str, str | None]] = []
+        self.send_calls = 0  # every send_text call, failed or not
         self.quotes: list[QuoteRef | None] = []  # the QuoteRef of each sent message
         self.presence: list[tuple[str, bool]] = []
         self.reads: list[tuple[list[str], str, str]] = []
@@ -160,6 +161,7 @@ class FakeWhatsAppClient:
 
     # calls
     async def send_text(self, chat: N.JID, text: str, *, quoted: QuoteRef | None = None) -> str:
+        self.send_calls += 1
         if self.send_failures:
             self.send_failures -= 1
             raise NotSent("failed to send message node: websocket not connected")

@@ -296,7 +296,7 @@ async def test_send_failure_after_the_message_went_out_is_not_retried(tmp_path):
             await channel.send(Outbound(DM, "hello"))
         assert [text for _, text, _ in fake.sent] == ["hello"]  # exactly one copy
         assert sleeps == [] and "not retried" in str(info.value)
-        assert info.value.sent_ids == []
+        assert info.value.sent_ids == [] and not info.value.retryable
     finally:
         await channel.stop()
 
