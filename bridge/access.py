@@ -72,12 +72,7 @@ def pairing_message(code: str, channel: str) -> str:
     )
 
 
-def _matches(allow_from: tuple[str, ...], inbound: Inbound) -> bool:
-    if "*" in allow_from:
-        return True
-    ids = {inbound.sender_id, *inbound.sender_aliases}
-    folded = {i.casefold() for i in ids if i}
-    return any(entry.casefold() in folded for entry in allow_from)
+USERNAME_PINS = "access.username"  # kv namespace: "<channel>:@name" -> sender id
 
 
 class AccessControl:
@@ -95,6 +90,47 @@ class AccessControl:
         self._config = config
         self._clock = clock
         self._new_code = new_code
+        self._pins: dict[str, str | None] = {}  # cache of USERNAME_PINS
+
+    async def _allowed(self, allow_from: tuple[str, ...], inbound: Inbound, *,
+                       dry_run: bool) -> bool:
+        """Does ``allow_from`` admit the sender?
+
+        An ``@username`` entry is resolved when first seen: it is pinned to the numeric id
+        of the sender who had that username then, so whoever later takes over a released
+        username is not let in.
+        """
+        if "*" in allow_from:
+            return True
+        sender = inbound.sender_id.casefold()
+        aliases = {a.casefold() for a in inbound.sender_aliases if a}
+        for entry in allow_from:
+            folded = entry.casefold()
+            if folded == sender:
+                return True
+            if not folded.startswith("@"):
+                if folded in aliases:
+                    return True
+                continue
+            key = f"{inbound.address.channel}:{folded}"
+            if key not in self._pins:
+                self._pins[key] = await self._store.kv_get(USERNAME_PINS, key)
+            pinned = self._pins[key]
+            if pinned == inbound.sender_id:
+                return True  # the pinned account, whatever its username is now
+            if folded not in aliases:
+                continue
+            if pinned is None:
+                if dry_run:
+                    return True
+                await self._store.kv_set(USERNAME_PINS, key, inbound.sender_id)
+                self._pins[key] = inbound.sender_id
+                log.info("allowFrom %s resolved to %s id %s", entry,
+                         inbound.address.channel, inbound.sender_id)
+                return True
+            log.warning("allowFrom %s is pinned to id %s; sender %s now uses that username "
+                        "and is not admitted", entry, pinned, inbound.sender_id)
+        return False
 
     async def check(self, inbound: Inbound, *, dry_run: bool = False) -> AccessDecision:
         """The decision for ``inbound`` (may create a pairing request).
@@ -113,7 +149,7 @@ class AccessControl:
             return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is disabled",
                                   code="channel_disabled")
         if inbound.address.chat_kind is ChatKind.GROUP:
-            return self._check_group(chan, inbound)
+            return await self._check_group(chan, inbound, dry_run)
         return await self._check_direct(chan, inbound, dry_run)
 
     async def _check_direct(self, chan: ChannelConfig, inbound: Inbound,
@@ -122,7 +158,8 @@ class AccessControl:
         if policy == "disabled":
             return AccessDecision(Verdict.REFUSE, "direct messages are disabled",
                                   code="dm_disabled")
-        if policy == "open" or _matches(chan.allowFrom, inbound):
+        if policy == "open" or await self._allowed(chan.allowFrom, inbound,
+                                                     dry_run=dry_run):
             direct = chan.direct.get(inbound.sender_id) or chan.direct.get("*")
             if direct is not None and not direct.enabled:
                 return AccessDecision(Verdict.REFUSE, "this direct chat is disabled",
@@ -158,7 +195,8 @@ class AccessControl:
         return AccessDecision(Verdict.REFUSE, "unknown sender; pairing code sent",
                               reply=pairing_message(request.code, channel), code="pairing")
 
-    def _check_group(self, chan: ChannelConfig, inbound: Inbound) -> AccessDecision:
+    async def _check_group(self, chan: ChannelConfig, inbound: Inbound,
+                           dry_run: bool = False) -> AccessDecision:
         policy = chan.groupPolicy
         if policy == "disabled":
             return AccessDecision(Verdict.REFUSE, "group messages are disabled",
@@ -173,7 +211,8 @@ class AccessControl:
             if not group.enabled:
                 return AccessDecision(Verdict.REFUSE, f"group {chat_id} is disabled",
                                       code="group_disabled")
-            if group.allowFrom is not None and not _matches(group.allowFrom, inbound):
+            if group.allowFrom is not None and not await self._allowed(
+                    group.allowFrom, inbound, dry_run=dry_run):
                 return AccessDecision(Verdict.REFUSE, "sender not in the group's allowFrom",
                                       code="not_allowed")
             require_mention = group.requireMention

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -241,3 +242,31 @@ async def test_admits_groups_and_mentions(harness):
     assert not await _admits_matches_accept(harness, group("unlisted", chat="-300"))
     harness.config = make_config(harness.tmp_path, channels=_telegram(groupPolicy="disabled"))
     assert not await _admits_matches_accept(harness, group("off", chat="-100"))
+
+
+async def test_allow_from_username_is_pinned_to_the_first_id_seen(harness):
+    await _config(harness, dmPolicy="allowlist", allowFrom=["@Alice"])
+    # admits() is a dry run: it answers yes but pins nothing.
+    assert await harness.core.admits(dm("hi", sender="100", aliases=("@alice",)))
+    assert await harness.store.kv_get("access.username", "telegram:@alice") is None
+    assert await harness.say(dm("hi", sender="100", aliases=("@alice",))) \
+        is AcceptStatus.ACCEPTED
+    assert await harness.store.kv_get("access.username", "telegram:@alice") == "100"
+    # Alice renames; someone else takes the released username: not let in.
+    assert await harness.say(dm("me too", sender="200", aliases=("@alice",))) \
+        is AcceptStatus.REFUSED
+    # Alice under a new username is still Alice (pinned by id), across a restart too.
+    harness.core.access._pins.clear()
+    assert await harness.say(dm("still me", sender="100", aliases=("@alice2",))) \
+        is AcceptStatus.ACCEPTED
+    assert await harness.say(dm("again", sender="200", aliases=("@alice",))) \
+        is AcceptStatus.REFUSED
+
+
+async def test_allow_from_username_in_group_allow_list(harness):
+    await _config(harness, groups={"-100": {"requireMention": False, "allowFrom": ["@bob"]}})
+    def bob(sender):
+        return dataclasses.replace(group("yo", sender=sender), sender_aliases=("@bob",))
+
+    assert await harness.say(bob("7")) is AcceptStatus.ACCEPTED
+    assert await harness.say(bob("8")) is AcceptStatus.REFUSED
