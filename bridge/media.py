@@ -24,7 +24,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -503,14 +503,28 @@ def _is_image_media(ref: MediaRef) -> bool:
     return ref.kind is MediaKind.DOCUMENT and (ref.mime or "").startswith("image/")
 
 
-def reads_files(text: str, media: tuple[MediaRef, ...] | list[MediaRef]) -> bool:
-    """Whether :func:`user_parts` with ``vision=True`` would look at any file for this
-    message: an image reference in ``text`` or an image attachment.
+class FileUse(IntEnum):
+    """What :func:`user_parts` with ``vision=True`` looks at for a message, beyond its
+    text and media (see :func:`file_use`)."""
 
-    When False, its parts depend on ``text`` and ``media`` alone (not on files, settings
-    or ``include_images``), so a caller may cache them.
+    NONE = 0  # nothing: the parts depend on the text and media alone
+    STORE = 1  # image attachments only: media-store files, named by their content
+    FILES = 2  # image references in the text: paths or ids whose files may change
+
+
+def file_use(text: str, media: tuple[MediaRef, ...] | list[MediaRef]) -> FileUse:
+    """What :func:`user_parts` with ``vision=True`` would look at for this message.
+
+    ``NONE``: its parts depend on ``text`` and ``media`` alone (not on files, settings or
+    ``include_images``).  ``STORE``: on the attached images too, which are content-
+    addressed, so for a given ``include_images`` and image limits they do not change.
+    ``FILES``: the text names files; only a fresh call can tell.
     """
-    return any(_is_image_media(ref) for ref in media) or bool(find_references(text))
+    if find_references(text):
+        return FileUse.FILES
+    if any(_is_image_media(ref) for ref in media):
+        return FileUse.STORE
+    return FileUse.NONE
 
 
 async def user_parts(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bridge import media as media_mod
 from bridge.envelope import MediaRef
+from bridge.images import ImageLimits
 from bridge.models.base import ImagePart, ModelRequest, Part, TextPart, Turn
 from bridge.store.records import HistoryTurn, StoredMessage
 
@@ -218,7 +219,7 @@ async def user_parts(
     include_images: bool,
 ) -> tuple[Part, ...]:
     """The parts of a user turn made of one or more inbound messages."""
-    parts, _plain = await _user_parts(
+    parts, _use = await _user_parts(
         messages, group=group, model=model, media_store=media_store, settings=settings,
         include_images=include_images)
     return parts
@@ -232,17 +233,17 @@ async def _user_parts(
     media_store: MediaStore | None,
     settings: AgentDefaults | None,
     include_images: bool,
-) -> tuple[tuple[Part, ...], bool]:
-    """:func:`user_parts`, and whether they depend on the messages alone (no file was
-    looked at, so neither ``include_images``, the settings nor the files matter)."""
+) -> tuple[tuple[Part, ...], media_mod.FileUse]:
+    """:func:`user_parts`, and what besides the messages they depend on (the most of
+    ``bridge.media.file_use`` over the messages; ``NONE`` without vision)."""
     parts: list[Part] = []
-    plain = True
+    use = media_mod.FileUse.NONE
     for msg in messages:
         text = user_text(msg, group=group)
         media = _safe_media(msg.media)
         if media_store is not None:
-            if model.vision and plain and media_mod.reads_files(text, media):
-                plain = False
+            if model.vision and use is not media_mod.FileUse.FILES:
+                use = max(use, media_mod.file_use(text, media))
             got = await media_mod.user_parts(
                 text, media, store=media_store, vision=model.vision,
                 include_images=include_images, settings=settings)
@@ -253,7 +254,7 @@ async def _user_parts(
         if parts and got:
             parts.append(TextPart("\n\n"))
         parts.extend(got)
-    return _join_text(parts), plain
+    return _join_text(parts), use
 
 
 def _join_text(parts: Sequence[Part]) -> tuple[Part, ...]:
@@ -281,29 +282,39 @@ def merge_adjacent(turns: Sequence[Turn]) -> tuple[Turn, ...]:
     return tuple(out)
 
 
-# History turns a PromptCache keeps rendered (a few hundred bytes each when text-only).
+# History turns a PromptCache keeps rendered, and about how many characters in all.
 PROMPT_CACHE_TURNS = 4096
+PROMPT_CACHE_CHARS = 8_000_000
+_TURN_CHARS = 200  # what a cached turn costs besides its text
 
 
 class PromptCache:
     """History turns as :func:`build_request` rendered them: the user turn, the assistant
-    turn and their estimated tokens — an LRU, so that a turn is rendered once rather than
-    on every prompt that holds it.
+    turn and their estimated tokens — an LRU (bounded by turns and by characters), so
+    that a turn is rendered once rather than on every prompt that holds it.
 
-    Only renderings that depend on nothing but the stored messages are kept: every turn
-    for a model without vision (or without a media store), and text-only turns for one
-    with vision (no image attachment or reference: ``bridge.media.reads_files``).  Turns
-    with images are rendered each time, through the media store's prepared-image caches:
-    their parts depend on ``include_images``, the image settings and the files.
+    Only renderings that cannot change are kept (``bridge.media.file_use``):
 
-    Keys are ``(turn id, *message ids, group, vision)``: answered turns never change, and
-    a new session (``/new``) or a compaction only changes which turns are asked for.
-    One cache serves the turns of one store (ids are the store's row ids).
+    - turns that need no file: every turn for a model without vision (or without a media
+      store), and text-only turns for one with vision — under ``(turn id, *message ids,
+      group, vision)``, for any ``include_images`` and image settings;
+    - turns whose only images are attachments (content-addressed media-store files),
+      rendered without their images (``[image already seen]``, older than
+      ``imageHistoryTurns``) — under that key plus the image limits' fingerprint, so a
+      reloaded image setting renders them again.
+
+    Turns whose images are sent, and turns that name files in their text, are rendered
+    each time (through the media store's prepared-image caches).  Answered turns never
+    change, and a new session (``/new``) or a compaction only changes which turns are
+    asked for.  One cache serves the turns of one store (ids are the store's row ids).
     """
 
-    def __init__(self, max_turns: int = PROMPT_CACHE_TURNS) -> None:
+    def __init__(self, max_turns: int = PROMPT_CACHE_TURNS,
+                 max_chars: int = PROMPT_CACHE_CHARS) -> None:
         self.max_turns = max_turns
-        self._data: OrderedDict[tuple, tuple[Turn, Turn, int]] = OrderedDict()
+        self.max_chars = max_chars
+        self._data: OrderedDict[tuple, tuple[Turn, Turn, int, int]] = OrderedDict()
+        self._chars = 0
         self.hits = 0
         self.misses = 0
 
@@ -318,19 +329,27 @@ class PromptCache:
             return None
         self._data.move_to_end(key)
         self.hits += 1
-        return found
+        return found[:3]
 
     def put(self, key: tuple, value: tuple[Turn, Turn, int]) -> None:
-        """Remember a rendering (the least recently used ones go beyond ``max_turns``)."""
-        if self.max_turns <= 0:
+        """Remember a rendering (the least recently used ones go beyond the bounds)."""
+        user, assistant, _cost = value
+        size = _TURN_CHARS + sum(len(p.text) for t in (user, assistant) for p in t.parts
+                                 if isinstance(p, TextPart))
+        if self.max_turns <= 0 or size > self.max_chars // 4:
             return
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_turns:
-            self._data.popitem(last=False)
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._chars -= old[3]
+        self._data[key] = (*value, size)
+        self._chars += size
+        while len(self._data) > self.max_turns or self._chars > self.max_chars:
+            _key, dropped = self._data.popitem(last=False)
+            self._chars -= dropped[3]
 
     def clear(self) -> None:
         self._data.clear()
+        self._chars = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,28 +418,36 @@ async def build_request(
     kept: list[tuple[HistoryTurn, Turn, Turn, int]] = []
     omitted: list[int] = []
     vision = model.vision and media_store is not None
+    seen_tag = ImageLimits.from_settings(settings).cache_tag() if vision else ""
     for index, past in enumerate(reversed(history)):
         if omitted:
             omitted.append(past.turn_id)
             continue
-        key = None
+        include_images = index < image_turns and images_left > 0
+        key = seen_key = None
         rendered = None
         if cache is not None:
             key = (past.turn_id, *[m.id for m in past.user], group, vision)
             rendered = cache.get(key)
+            if rendered is None and vision and not include_images:
+                seen_key = (*key, seen_tag)
+                rendered = cache.get(seen_key)
         if rendered is not None:
             u, a, cost = rendered
-            n_images = 0  # only turns without images are cached
+            n_images = 0  # no cached turn holds an image
         else:
-            u_parts, plain = await _user_parts(
+            u_parts, use = await _user_parts(
                 past.user, group=group, model=model, media_store=media_store,
-                settings=settings, include_images=index < image_turns and images_left > 0)
+                settings=settings, include_images=include_images)
             u_parts, n_images = cap_images(u_parts, images_left)
             u = Turn("user", u_parts)
             a = Turn.text("assistant", strip_control_tokens(past.assistant))
             cost = estimate_parts(u.parts) + estimate_parts(a.parts)
-            if key is not None and plain and not n_images:
-                cache.put(key, (u, a, cost))
+            if cache is not None and not n_images:
+                if use is media_mod.FileUse.NONE:
+                    cache.put(key, (u, a, cost))
+                elif use is media_mod.FileUse.STORE and seen_key is not None:
+                    cache.put(seen_key, (u, a, cost))
         if used + cost > budget:
             omitted.append(past.turn_id)
             continue

@@ -512,16 +512,26 @@ def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...
 _HISTORY_PAGE = 64
 _HISTORY_PAGE_MAX = 1024
 _TURN_OVERHEAD_TOKENS = 8
-# Answered turns kept in memory (their messages and reply never change once answered).
+# Answered turns kept in memory (their messages and reply never change once answered),
+# and about how many characters of text they may hold in all.
 HISTORY_CACHE_TURNS = 4096
+HISTORY_CACHE_CHARS = 8_000_000
+_ROW_CHARS = 400  # what a cached message costs besides its text (fields, objects)
 
 
 def _default_estimate(text: str) -> int:
     return len(text) // 4 + 1 if text else 0
 
 
+def _turn_chars(turn: HistoryTurn) -> int:
+    return len(turn.assistant) + sum(
+        _ROW_CHARS + len(m.text) + (len(m.quoted.text or "") if m.quoted else 0)
+        for m in turn.user)
+
+
 class TurnCache:
-    """Answered turns by id, with their estimated tokens per estimator: an LRU.
+    """Answered turns by id, with their estimated tokens per estimator: an LRU bounded
+    by turns and by characters.
 
     An answered turn is immutable (its inbound rows and its reply are final), so a cached
     one never goes stale; a session's history read then fetches from SQLite only the
@@ -529,10 +539,13 @@ class TurnCache:
     the store's lock.
     """
 
-    def __init__(self, max_turns: int = HISTORY_CACHE_TURNS) -> None:
+    def __init__(self, max_turns: int = HISTORY_CACHE_TURNS,
+                 max_chars: int = HISTORY_CACHE_CHARS) -> None:
         self.max_turns = max_turns
-        # turn id -> (the turn, {estimator: its estimated tokens})
-        self._turns: OrderedDict[int, tuple[HistoryTurn, dict]] = OrderedDict()
+        self.max_chars = max_chars
+        # turn id -> (the turn, its size in characters, {estimator: its tokens})
+        self._turns: OrderedDict[int, tuple[HistoryTurn, int, dict]] = OrderedDict()
+        self._chars = 0
         self.rows_read = 0  # message rows fetched from SQLite (for tests and benchmarks)
 
     def __len__(self) -> int:
@@ -546,17 +559,22 @@ class TurnCache:
         return entry[0]
 
     def put(self, turn: HistoryTurn) -> None:
-        if self.max_turns <= 0:
+        size = _turn_chars(turn)
+        if self.max_turns <= 0 or size > self.max_chars // 4:
             return
-        self._turns[turn.turn_id] = (turn, {})
-        self._turns.move_to_end(turn.turn_id)
-        while len(self._turns) > self.max_turns:
-            self._turns.popitem(last=False)
+        old = self._turns.pop(turn.turn_id, None)
+        if old is not None:
+            self._chars -= old[1]
+        self._turns[turn.turn_id] = (turn, size, {})
+        self._chars += size
+        while len(self._turns) > self.max_turns or self._chars > self.max_chars:
+            _id, (_turn, dropped, _costs) = self._turns.popitem(last=False)
+            self._chars -= dropped
 
     def cost(self, turn: HistoryTurn, estimate: Callable[[str], int]) -> int:
         """Estimated tokens of ``turn`` (text only; images are the prompt's business)."""
         entry = self._turns.get(turn.turn_id)
-        costs = entry[1] if entry is not None and entry[0] is turn else None
+        costs = entry[2] if entry is not None and entry[0] is turn else None
         if costs is not None:
             cost = costs.get(estimate)
             if cost is not None:
@@ -570,6 +588,7 @@ class TurnCache:
 
     def clear(self) -> None:
         self._turns.clear()
+        self._chars = 0
 
 
 def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | None,
