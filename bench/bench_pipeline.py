@@ -34,13 +34,14 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.config.schema import Config  # noqa: E402
 from bridge.conversation import ConversationCore  # noqa: E402
-from bridge.envelope import ChatAddress, ChatKind, Inbound, Outbound  # noqa: E402
+from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind, Outbound  # noqa: E402
 from bridge.media import MediaStore  # noqa: E402
 from bridge.models.base import Attempt, ModelReply, Usage  # noqa: E402
 from bridge.store import Store  # noqa: E402
@@ -106,14 +107,17 @@ class BenchChannel:
         return ChannelHealth(True)
 
 
-def _config(data_dir: Path, max_concurrent: int | None = None) -> Config:
+def _config(data_dir: Path, max_concurrent: int | None = None, vision: bool = False) -> Config:
     defaults: dict = {"model": "local/m"}
+    model: dict = {"id": "m", "contextWindow": 32000}
+    if vision:
+        model["input"] = ["text", "image"]
     if max_concurrent is not None:
         defaults["maxConcurrentTurns"] = max_concurrent
     return Config.model_validate({
         "dataDir": str(data_dir),
         "models": {"providers": {"local": {"baseUrl": "http://127.0.0.1:9/v1",
-                                           "models": [{"id": "m", "contextWindow": 32000}]}}},
+                                           "models": [model]}}},
         "agents": {"defaults": defaults},
         "channels": {"telegram": {"dmPolicy": "allowlist", "allowFrom": ["*"]}},
     })
@@ -126,8 +130,9 @@ def _inbound(chat: int, n: int, tag: str) -> Inbound:
 
 
 async def _setup(data_dir: Path, *, latency_s: float = 0.0,
-                 max_concurrent: int | None = None, media: bool = False):
-    config = _config(data_dir, max_concurrent)
+                 max_concurrent: int | None = None, media: bool = False,
+                 vision: bool = False):
+    config = _config(data_dir, max_concurrent, vision)
     store = await Store.open(data_dir / "palaver.db")
     router = ZeroLatencyRouter(config, latency_s)
     channel = BenchChannel()
@@ -197,10 +202,22 @@ async def latency(data_dir: Path, chats: int, messages: int) -> dict:
             "p95_ms": round(q[94] * 1000, 2), "max_ms": round(samples[-1] * 1000, 2)}
 
 
-async def long_history(data_dir: Path, messages: int, profile: str | None = None) -> dict:
+def _photo(n: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (320, 240), (n % 256, (n * 7) % 256, 90)).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+async def long_history(data_dir: Path, messages: int, profile: str | None = None, *,
+                       photo_every: int = 0) -> dict:
     """One chat, ``messages`` messages one after the other: does a turn cost more as the
-    session's history grows?  (The whole history fits the window, as in bench_e2e.py.)"""
-    store, core, router, channel = await _setup(data_dir, media=True)
+    session's history grows?  (The whole history fits the window, as in bench_e2e.py.)
+    ``photo_every``: every so many messages carry a (distinct, small) photo, for a model
+    with vision; 0: text only, text-only model."""
+    store, core, router, channel = await _setup(data_dir, media=True,
+                                                vision=photo_every > 0)
     samples: list[float] = []
     prompt_turns = 0
     profiler = cProfile.Profile() if profile else None
@@ -210,6 +227,9 @@ async def long_history(data_dir: Path, messages: int, profile: str | None = None
     cpu0, loop_cpu0 = time.process_time(), time.thread_time()
     for n in range(messages):
         inbound = _inbound(0, n, "h")
+        if photo_every and n % photo_every == 0:
+            ref = await core.media.put(_photo(n), kind=MediaKind.IMAGE, mime="image/jpeg")
+            inbound = replace(inbound, media=(ref,))
         t1 = time.perf_counter()
         await core.accept(inbound)
         await core.wait_idle()
@@ -232,12 +252,13 @@ async def long_history(data_dir: Path, messages: int, profile: str | None = None
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
         top = out.getvalue()
     k = min(50, len(samples))
-    return {"messages": messages, "history_turns_at_end": prompt_turns,
+    return {"messages": messages, "photo_every": photo_every, "history_turns_at_end": prompt_turns,
             "p50_first_ms": round(statistics.median(samples[:k]) * 1000, 2),
             "p50_last_ms": round(statistics.median(samples[-k:]) * 1000, 2),
             "p50_ms": round(statistics.median(samples) * 1000, 2),
             "seconds": round(elapsed, 3), "messages_per_s": round(messages / elapsed, 1),
-            # CPU per message: the event loop's thread, and the others (the SQLite thread)
+            # CPU per message: the event loop's thread, and the others (SQLite's, and
+            # the media store's workers preparing images)
             "loop_cpu_ms": round(loop_cpu / messages * 1000, 3),
             "other_threads_cpu_ms": round((cpu - loop_cpu) / messages * 1000, 3),
             "profile_top": top}
@@ -257,6 +278,9 @@ async def main(argv: list[str] | None = None) -> int:
                         help="messages in the one-chat long-history run")
     parser.add_argument("--only", choices=["history"], default=None,
                         help="run only the long-history scenario")
+    parser.add_argument("--photo-every", type=int, default=0, metavar="K",
+                        help="long-history run: every K-th message carries a photo "
+                             "(vision model); 0: text only")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="cProfile the long-history run; stats to FILE, top printed")
     args = parser.parse_args(argv)
@@ -268,7 +292,8 @@ async def main(argv: list[str] | None = None) -> int:
 
     if args.only == "history":
         with tempfile.TemporaryDirectory() as tmp:
-            hist = await long_history(Path(tmp) / "history", args.history, args.profile)
+            hist = await long_history(Path(tmp) / "history", args.history, args.profile,
+                                      photo_every=args.photo_every)
         _print_history(hist)
         top = hist.pop("profile_top")
         if top:
@@ -286,7 +311,8 @@ async def main(argv: list[str] | None = None) -> int:
                                    model_ms=args.model_ms, gap_ms=args.gap_ms,
                                    max_concurrent=0)
         lat = await latency(Path(tmp) / "latency", args.chats, args.messages)
-        hist = await long_history(Path(tmp) / "history", args.history, args.profile)
+        hist = await long_history(Path(tmp) / "history", args.history, args.profile,
+                                      photo_every=args.photo_every)
     print(f"pipeline benchmark: {args.chats} chats x {args.messages} messages, real store "
           f"(synchronous={SYNCHRONOUS})")
     print(f"{'metric':<44}{'value':>12}")
@@ -321,12 +347,13 @@ async def main(argv: list[str] | None = None) -> int:
 def _print_history(hist: dict) -> None:
     rows = [
         (f"one chat, {hist['messages']} messages (messages/s)", hist["messages_per_s"]),
+        ("  a photo every ... messages (0: none)", hist["photo_every"]),
         ("  history turns at the end", hist["history_turns_at_end"]),
         ("  latency p50, first 50 (ms)", hist["p50_first_ms"]),
         ("  latency p50, last 50 (ms)", hist["p50_last_ms"]),
         ("  latency p50, all (ms)", hist["p50_ms"]),
         ("  CPU/message, event loop thread (ms)", hist["loop_cpu_ms"]),
-        ("  CPU/message, other threads: SQLite (ms)", hist["other_threads_cpu_ms"]),
+        ("  CPU/message, other threads (ms)", hist["other_threads_cpu_ms"]),
     ]
     for name, value in rows:
         print(f"{name:<44}{value:>12}")

@@ -158,7 +158,8 @@ class ConversationCore:
         self._started = False
         self._stopping = False
         self._pending = 0  # inbound messages accepted and not yet answered or failed
-        # History turns rendered for prompts (text-only ones), reused turn after turn.
+        # History turns rendered for prompts (those that cannot change), reused turn
+        # after turn; the store keeps the turns it read (Store.turn_cache).
         self.prompt_cache = PromptCache()
 
     # -- wiring ------------------------------------------------------------------

@@ -539,7 +539,9 @@ async def user_parts(
     """The parts of one user message for a model: text with images or placeholders.
 
     Contract with the conversation core (bridge/prompt.py), called once per user message
-    when a prompt is built — the current one and every one of the history window:
+    when a prompt is built — the current one and every one of the history window (but
+    history turns that :func:`file_use` shows cannot change come from the core's
+    ``PromptCache`` after their first rendering):
 
     - ``text``: the message text (or caption) as stored; ``media``: its MediaRefs.
     - ``vision``: the model's ``input`` contains ``"image"`` (``ResolvedModel.vision``).

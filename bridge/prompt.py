@@ -284,7 +284,7 @@ def merge_adjacent(turns: Sequence[Turn]) -> tuple[Turn, ...]:
 
 # History turns a PromptCache keeps rendered, and about how many characters in all.
 PROMPT_CACHE_TURNS = 4096
-PROMPT_CACHE_CHARS = 8_000_000
+PROMPT_CACHE_CHARS = 4_000_000
 _TURN_CHARS = 200  # what a cached turn costs besides its text
 
 
@@ -399,7 +399,8 @@ async def build_request(
     The current messages are always included (a prompt that is still too long comes back
     from the model as ``context_overflow``, which triggers compaction).  At most
     ``MAX_IMAGES_PER_REQUEST`` images are sent, the newest first.  With ``cache``, history
-    turns rendered before (text-only ones, see :class:`PromptCache`) are taken from it.
+    turns rendered before are taken from it (those that cannot change: see
+    :class:`PromptCache`).
     """
     budget = prompt_budget(model)
     image_turns = settings.imageHistoryTurns if settings is not None else 3

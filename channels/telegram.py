@@ -1,11 +1,16 @@
 """Telegram channel (python-telegram-bot 22): Updates <-> envelopes.
 
 The adapter only translates.  An incoming ``Message`` becomes an
-:class:`~bridge.envelope.Inbound` (media downloaded into the media store, replies as
-:class:`~bridge.envelope.Quoted`, the ``mentioned`` flag computed); an
+:class:`~bridge.envelope.Inbound` (replies as :class:`~bridge.envelope.Quoted`, the
+``mentioned`` flag computed; media downloaded into the media store only once
+``sink.admits`` says the core will answer it); an
 :class:`~bridge.envelope.Outbound` becomes ``sendMessage`` calls (Markdown rendered to
 Telegram HTML and chunked by :mod:`bridge.formatting`).  Access policy, ordering across
 sessions and storage are the core's.
+
+HTTP goes through :class:`channels.telegram_http.AiohttpRequest` (cheaper than PTB's httpx
+transport, and it tells "nothing was sent" failures apart, so a send is retried only
+when it cannot show up twice).
 
 Lifecycle: we own the event loop, so PTB's ``Application`` runs without its ``Updater``:
 ``initialize`` (the ``getMe`` that checks the token), then either our own ``getUpdates``
@@ -58,10 +63,8 @@ from telegram.error import (
     NetworkError,
     RetryAfter,
     TelegramError,
-    TimedOut,
 )
 from telegram.ext import Application, ApplicationBuilder
-from telegram.request import HTTPXRequest
 
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import (
@@ -74,14 +77,16 @@ from bridge.envelope import (
     Outbound,
     Quoted,
 )
-from bridge.formatting import chunk_text, render
+from bridge.formatting import chunk_text, render, to_plain
 from bridge.logs import RedactingFilter, register_secret
 from bridge.media import MediaStore
 from channels.base import Capabilities, ChannelHealth, Markup, SendError
+from channels.telegram_http import AiohttpRequest, NotSent, RateLimited, ServerError
 
 log = logging.getLogger(__name__)
 
 TOKEN_RE = re.compile(r"^\d+:[A-Za-z0-9_-]{30,}$")
+_TELEGRAM_SERVICE_ID = 777000  # "Telegram": posts forwarded from linked channels, notices
 
 # The command menu (setMyCommands); the core implements them.
 COMMANDS = (
@@ -94,7 +99,8 @@ COMMANDS = (
 )
 
 # Loggers that may print Bot API URLs (the token is part of every URL).
-_GUARDED_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
+_GUARDED_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request",
+                    "aiohttp", "aiohttp.client")
 _ALLOWED_UPDATES = ["message"]
 _FIX_TOKEN = "Check channels.telegram.botToken / tokenFile / $TELEGRAM_BOT_TOKEN"
 _REJECTED = (
@@ -116,6 +122,29 @@ class _Download:
 
     file_id: str
     size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """A download still to do for one MediaRef (``meta``: the MediaRef's fields)."""
+
+    kind: MediaKind
+    item: _Download
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """An Inbound whose media are not downloaded yet, and the downloads (None: nothing),
+    in the order of ``inbound.media`` and ``inbound.quoted.media``."""
+
+    inbound: Inbound
+    media: list[_Fetch | None]
+    quoted_media: list[_Fetch | None]
+
+    @property
+    def has_downloads(self) -> bool:
+        return any(self.media) or any(self.quoted_media)
 
 
 def resolve_token(config: TelegramConfig) -> str:
@@ -152,12 +181,26 @@ def _split_message_id(value: str | None) -> int | None:
     return int(tail) if tail.lstrip("-").isdigit() else None
 
 
+_LINK_RE = re.compile(r'<a href="([^"]*)">(.*?)</a>', re.S)
+
+
 def _html_to_plain(chunk: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", chunk))
+    """One rendered Telegram-HTML chunk as plain text; links become "text (url)"."""
+
+    def link(match: re.Match[str]) -> str:
+        url, text = html.unescape(match.group(1)), match.group(2)
+        plain_text = html.unescape(re.sub(r"<[^>]+>", "", text))
+        return match.group(2) if plain_text == url else f"{text} ({html.escape(url)})"
+
+    return html.unescape(re.sub(r"<[^>]+>", "", _LINK_RE.sub(link, chunk)))
 
 
 class _DeliveryAborted(Exception):
     """The channel is stopping while an update was still being handed over."""
+
+
+class _EntitiesRejected(Exception):  # noqa: N818 - a signal, not an error to report
+    """Telegram could not parse the HTML of a chunk ("can't parse entities")."""
 
 
 class TelegramChannel:
@@ -167,7 +210,10 @@ class TelegramChannel:
     account = "default"
 
     # Seconds; class attributes so tests can shorten them.
+    typing_delay = 1.0  # before the first sendChatAction: fast turns send none
     typing_interval = 4.0
+    typing_request_timeout = 5.0  # read timeout of one sendChatAction
+    typing_exit_wait = 1.0  # how long leaving typing() waits for a sendChatAction in flight
     poll_timeout = 30  # getUpdates long-poll
     poll_limit = 100  # updates per getUpdates
     poll_backoff_base = 1.0  # first delay after a failed getUpdates, doubled per failure
@@ -175,9 +221,12 @@ class TelegramChannel:
     poll_failures_before_disconnected = 3  # consecutive network failures -> health not ok
     sink_retry_delays = (0.5, 2.0, 5.0)  # an update the core could not store: retry, then skip
     stop_timeout = 10.0  # how long stop() lets the update being handed over finish
-    max_send_attempts = 4
+    max_send_attempts = 4  # per chunk: 429 and failures before anything was sent
+    send_retry_delays = (0.5, 1.0, 2.0)  # between attempts that failed before sending
     max_retry_after = 120.0
     connect_retry_delays = (1.0, 2.0, 5.0, 10.0, 30.0)
+    http_read_timeout = 20.0  # Bot API calls other than getUpdates
+    http_connect_timeout = 10.0
 
     def __init__(self, config: TelegramConfig, *, media: MediaStore, data_dir: Path) -> None:
         self.config = config
@@ -187,7 +236,7 @@ class TelegramChannel:
         self._max_media_bytes = int(config.mediaMaxMb * 1024 * 1024)
         self._sink: InboundSink | None = None
         self._app: Application | None = None
-        self._requests: tuple[HTTPXRequest, ...] = ()
+        self._requests: tuple[AiohttpRequest, ...] = ()
         self._bot_id: int | None = None
         self._bot_username = ""
         self._state = "not started"  # not started | connecting | running | failed | stopped
@@ -203,6 +252,8 @@ class TelegramChannel:
         self._confirmed_offset: int | None = None  # the offset Telegram last saw
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self._typing_stops: dict[asyncio.Task, asyncio.Event] = {}
+        self._ready_due = False  # a send failed for a passing reason: tell the core on recovery
         self._token: str | None = None
         self._log_filter = RedactingFilter()
         self._groups_seen: set[int] = set()
@@ -246,21 +297,26 @@ class TelegramChannel:
             await asyncio.sleep(delay)
             try:
                 await self._connect()
-                return
             except InvalidToken:
                 self._fail(_REJECTED)
                 return
             except (TelegramError, OSError) as exc:
                 self._detail = f"connecting: {type(exc).__name__}: {exc}"
                 log.warning("telegram: connect attempt %d failed: %s", attempt, self._detail)
+                continue
+            self._notify_ready()  # start() returned long ago: queued replies can go now
+            return
 
     def _build(self, token: str) -> Application:
         root = self.config.apiRoot.rstrip("/")
-        request = HTTPXRequest(connection_pool_size=16, read_timeout=20.0, connect_timeout=10.0,
-                               media_write_timeout=60.0)
-        # getUpdates gets its own pool; PTB adds the long-poll timeout to read_timeout.
-        updates_request = HTTPXRequest(connection_pool_size=2, read_timeout=10.0,
-                                       connect_timeout=10.0)
+        request = AiohttpRequest(connection_pool_size=16, read_timeout=self.http_read_timeout,
+                                 connect_timeout=self.http_connect_timeout, pool_timeout=5.0,
+                                 media_write_timeout=60.0)
+        # getUpdates gets its own pool; PTB adds the long-poll timeout (poll_timeout) to
+        # this read timeout, so the answer may take up to 10 s longer than the poll.
+        updates_request = AiohttpRequest(connection_pool_size=2, read_timeout=10.0,
+                                         connect_timeout=self.http_connect_timeout,
+                                         pool_timeout=5.0)
         self._requests = (request, updates_request)
         # No PTB Updater: it confirms a getUpdates offset as soon as updates are fetched,
         # before they are stored, so a crash in between would lose them for good.  The
@@ -323,13 +379,32 @@ class TelegramChannel:
                 await self._connect_task
             self._connect_task = None
         await self._stop_polling()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_tasks()
         await self._teardown()
         if self._state != "failed":
             self._state, self._detail = "stopped", "stopped"
+
+    async def _stop_tasks(self) -> None:
+        """End the typing loops (a request in flight may finish), then anything left."""
+        for event in self._typing_stops.values():
+            event.set()
+        tasks = set(self._tasks)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.typing_exit_wait)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _notify_ready(self) -> None:
+        """Tell the core (``sink.channel_ready``) that sending works again."""
+        self._ready_due = False
+        ready = getattr(self._sink, "channel_ready", None)
+        if ready is None or self._state != "running":
+            return
+        try:
+            ready(self)
+        except Exception:  # the core's problem must not stop polling
+            log.exception("telegram: channel_ready failed")
 
     async def _stop_polling(self) -> None:
         task, self._poll_task = self._poll_task, None
@@ -446,6 +521,9 @@ class TelegramChannel:
                 log.info("telegram: polling works again")
                 failures, self._poll_problem = 0, None
                 self._detail = f"polling as @{self._bot_username}"
+                self._notify_ready()
+            elif self._ready_due:
+                self._notify_ready()  # the Bot API answers: retry the replies waiting
             for update in updates:
                 try:
                     await self._handle_update(update)
@@ -497,9 +575,15 @@ class TelegramChannel:
         for attempt in range(len(self.sink_retry_delays) + 1):
             try:
                 if inbound is None:
-                    inbound = await self.translate(msg)
-                    if inbound is None:
+                    draft = self._draft(msg)
+                    if draft is None:
                         return
+                    # Media are fetched only for a message the core will answer: a
+                    # stranger's file or an unmentioned group photo is never downloaded.
+                    if draft.has_downloads and await _admits(sink, draft.inbound):
+                        inbound = await self._materialise(draft)
+                    else:
+                        inbound = draft.inbound
                 status = await sink.accept(inbound)
             except Exception as exc:
                 where = "translate" if inbound is None else "store"
@@ -538,6 +622,8 @@ class TelegramChannel:
                 return web.Response(status=400, text="bad update")
             if update is None:
                 return web.Response(status=400, text="bad update")
+            if self._ready_due:
+                self._notify_ready()  # Telegram reaches us, so we can likely reach it
             # Answered only once the core has stored the update: Telegram re-sends
             # anything not answered 2xx, so a crash here loses nothing.  One at a time,
             # in arrival order (setWebhook asks for a single connection).
@@ -568,17 +654,39 @@ class TelegramChannel:
     # ------------------------------------------------------------------ inbound
 
     async def translate(self, msg: Message) -> Inbound | None:
-        """A Telegram message -> an Inbound, or None when it is not for us.
+        """A Telegram message -> an Inbound with its media downloaded, or None when it is
+        not for us (see :meth:`_draft`; no access check: the channel itself asks
+        ``sink.admits`` before downloading)."""
+        draft = self._draft(msg)
+        return None if draft is None else await self._materialise(draft)
 
-        Ignored: messages without a human sender (channels, anonymous admins, other
-        bots), channel chats, commands addressed to another bot, and messages with
-        nothing we understand.
+    def _draft(self, msg: Message) -> _Draft | None:
+        """A Telegram message -> an Inbound whose media are not downloaded yet, or None.
+
+        Ignored: channel chats, automatic forwards of a linked channel's posts into its
+        discussion group, messages sent on behalf of a channel, other bots and
+        Telegram's service account, commands addressed to another bot, and messages with
+        nothing we understand.  An anonymous group admin (``sender_chat`` is the group
+        itself) is a sender whose id is the group's id, named by its signature or the
+        group's title.
         """
         user = msg.from_user
         chat = msg.chat
-        if user is None or user.is_bot or chat.type == ChatType.CHANNEL:
+        if chat.type == ChatType.CHANNEL or msg.is_automatic_forward:
             return None
         kind = ChatKind.DIRECT if chat.type == ChatType.PRIVATE else ChatKind.GROUP
+        sender = msg.sender_chat
+        if sender is not None:
+            if kind is ChatKind.DIRECT or sender.id != chat.id:
+                return None  # a channel speaking (its own post forwarded, or "send as")
+            sender_id = str(chat.id)
+            sender_name = msg.author_signature or chat.title or None
+            aliases: tuple[str, ...] = ()
+        elif user is None or user.is_bot or user.id == _TELEGRAM_SERVICE_ID:
+            return None
+        else:
+            sender_id, sender_name = str(user.id), user.full_name or None
+            aliases = (f"@{user.username}",) if user.username else ()
         if kind is ChatKind.GROUP and chat.id not in self._groups_seen:
             self._groups_seen.add(chat.id)  # operators look the group id up here
             log.info("telegram: message in group %r (chat %s)", chat.title or "", chat.id)
@@ -586,25 +694,44 @@ class TelegramChannel:
         text, for_other_bot = self._normalise_command(msg, text)
         if for_other_bot:
             return None
-        media = await self._media_of(msg, download=True)
+        media = self._media_of(msg)
         if not text and not media:
             return None
         thread = str(msg.message_thread_id) if msg.is_topic_message and msg.message_thread_id else None
-        quoted = await self._quoted(msg)
-        aliases = (f"@{user.username}",) if user.username else ()
-        return Inbound(
+        quoted, quoted_media = self._quoted(msg)
+        inbound = Inbound(
             address=ChatAddress(self.name, self.account, str(chat.id), kind, thread),
-            sender_id=str(user.id),
+            sender_id=sender_id,
             message_id=f"{chat.id}:{msg.message_id}",
             timestamp=msg.date.timestamp(),
             text=text,
-            sender_name=user.full_name or None,
+            sender_name=sender_name,
             sender_aliases=aliases,
-            media=tuple(media),
+            media=tuple(ref for ref, _ in media),
             quoted=quoted,
             mentioned=self._is_mentioned(msg),
             extra={"chat_id": str(chat.id), "message_id": str(msg.message_id)},
         )
+        return _Draft(inbound, [job for _, job in media], quoted_media)
+
+    async def _materialise(self, draft: _Draft) -> Inbound:
+        """Download the draft's media (within mediaMaxMb); the Inbound with media ids."""
+        inbound = draft.inbound
+        if not draft.has_downloads:
+            return inbound
+
+        async def fetched(refs: tuple[MediaRef, ...], jobs: list[_Fetch | None]
+                          ) -> tuple[MediaRef, ...]:
+            return tuple([ref if job is None else await self._fetch(job.kind, job.item,
+                                                                    **job.meta)
+                          for ref, job in zip(refs, jobs, strict=True)])
+
+        media = await fetched(inbound.media, draft.media)
+        quoted = inbound.quoted
+        if quoted is not None and any(draft.quoted_media):
+            quoted = dataclasses.replace(quoted, media=await fetched(quoted.media,
+                                                                     draft.quoted_media))
+        return dataclasses.replace(inbound, media=media, quoted=quoted)
 
     def _command_entity(self, msg: Message) -> tuple[MessageEntity, str] | None:
         parsed = (msg.parse_entities([MessageEntity.BOT_COMMAND]) if msg.text
@@ -651,88 +778,84 @@ class TelegramChannel:
             return None
         return reply
 
-    async def _quoted(self, msg: Message) -> Quoted | None:
+    def _quoted(self, msg: Message) -> tuple[Quoted | None, list[_Fetch | None]]:
         reply = self._real_reply(msg)
         if reply is None:
-            return None
+            return None, []
         sender = reply.from_user
-        media = await self._media_of(reply, download=True, images_only=True)
+        media = self._media_of(reply, images_only=True)
         return Quoted(
             message_id=f"{reply.chat.id}:{reply.message_id}",
             sender_id=str(sender.id) if sender else None,
             sender_name=(sender.full_name or None) if sender else None,
             text=reply.text or reply.caption or "",
-            media=tuple(media),
+            media=tuple(ref for ref, _ in media),
             from_bot=bool(sender and sender.id == self._bot_id),
-        )
+        ), [job for _, job in media]
 
-    async def _media_of(self, msg: Message, *, download: bool,
-                        images_only: bool = False) -> list[MediaRef]:
-        """Attachments of ``msg`` as MediaRefs (bytes fetched up to mediaMaxMb)."""
-        refs: list[MediaRef] = []
+    def _media_of(self, msg: Message, *, images_only: bool = False
+                  ) -> list[tuple[MediaRef, _Fetch | None]]:
+        """Attachments of ``msg``: a MediaRef without bytes and what to download for it."""
+        refs: list[tuple[MediaRef, _Fetch | None]] = []
 
-        async def add(kind: MediaKind, item: _Download | None, **meta: Any) -> None:
-            fetch = download and item is not None and (
-                not images_only or kind is MediaKind.IMAGE)
-            if not fetch:
-                refs.append(MediaRef(kind=kind, size=item.size if item else None, **meta))
-                return
-            assert item is not None
-            refs.append(await self._fetch(kind, item, **meta))
+        def add(kind: MediaKind, item: _Download | None, **meta: Any) -> None:
+            ref = MediaRef(kind=kind, size=item.size if item else None, **meta)
+            fetch = item is not None and (not images_only or kind is MediaKind.IMAGE)
+            refs.append((ref, _Fetch(kind, item, meta) if fetch and item else None))
 
         if msg.photo:
             best = max(msg.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
-            await add(MediaKind.IMAGE, _Download(best.file_id, best.file_size),
-                      mime="image/jpeg", width=best.width, height=best.height)
+            add(MediaKind.IMAGE, _Download(best.file_id, best.file_size),
+                mime="image/jpeg", width=best.width, height=best.height)
         elif msg.animation:
             a = msg.animation
-            await add(MediaKind.VIDEO, _Download(a.file_id, a.file_size),
-                      mime=a.mime_type or "video/mp4", filename=a.file_name,
-                      duration_s=_seconds(a),
-                      width=a.width, height=a.height, note="animation")
+            add(MediaKind.VIDEO, _Download(a.file_id, a.file_size),
+                mime=a.mime_type or "video/mp4", filename=a.file_name,
+                duration_s=_seconds(a), width=a.width, height=a.height, note="animation")
         elif msg.document:
             d = msg.document
             is_image = (d.mime_type or "").startswith("image/")
-            await add(MediaKind.IMAGE if is_image else MediaKind.DOCUMENT,
-                      _Download(d.file_id, d.file_size), mime=d.mime_type, filename=d.file_name)
+            add(MediaKind.IMAGE if is_image else MediaKind.DOCUMENT,
+                _Download(d.file_id, d.file_size), mime=d.mime_type, filename=d.file_name)
         elif msg.voice:
             v = msg.voice
-            await add(MediaKind.VOICE, _Download(v.file_id, v.file_size),
-                      mime=v.mime_type or "audio/ogg", duration_s=_seconds(v))
+            add(MediaKind.VOICE, _Download(v.file_id, v.file_size),
+                mime=v.mime_type or "audio/ogg", duration_s=_seconds(v))
         elif msg.audio:
             a = msg.audio
-            await add(MediaKind.AUDIO, _Download(a.file_id, a.file_size),
-                      mime=a.mime_type or "audio/mpeg", filename=a.file_name or a.title,
-                      duration_s=_seconds(a))
+            add(MediaKind.AUDIO, _Download(a.file_id, a.file_size),
+                mime=a.mime_type or "audio/mpeg", filename=a.file_name or a.title,
+                duration_s=_seconds(a))
         elif msg.video or msg.video_note:
             v = msg.video or msg.video_note
             assert v is not None
             width = getattr(v, "width", None) or getattr(v, "length", None)
             height = getattr(v, "height", None) or getattr(v, "length", None)
-            await add(MediaKind.VIDEO, _Download(v.file_id, v.file_size),
-                      mime=getattr(v, "mime_type", None) or "video/mp4",
-                      duration_s=_seconds(v), width=width, height=height,
-                      note=None if msg.video else "round video")
+            add(MediaKind.VIDEO, _Download(v.file_id, v.file_size),
+                mime=getattr(v, "mime_type", None) or "video/mp4",
+                duration_s=_seconds(v), width=width, height=height,
+                note=None if msg.video else "round video")
         elif msg.sticker:
             s = msg.sticker
             static = not (s.is_animated or s.is_video)
             mime = "image/webp" if static else ("video/webm" if s.is_video
                                                 else "application/x-tgsticker")
-            await add(MediaKind.STICKER, _Download(s.file_id, s.file_size) if static else None,
-                      mime=mime, width=s.width, height=s.height, note=s.emoji or None)
+            add(MediaKind.STICKER, _Download(s.file_id, s.file_size) if static else None,
+                mime=mime, width=s.width, height=s.height, note=s.emoji or None)
         if msg.venue:
             v = msg.venue
-            refs.append(MediaRef(kind=MediaKind.LOCATION, note=(
+            refs.append((MediaRef(kind=MediaKind.LOCATION, note=(
                 f"{v.title}, {v.address} ({v.location.latitude:.5f}, "
-                f"{v.location.longitude:.5f})")))
+                f"{v.location.longitude:.5f})")), None))
         elif msg.location:
             loc = msg.location
-            refs.append(MediaRef(kind=MediaKind.LOCATION,
-                                 note=f"{loc.latitude:.5f}, {loc.longitude:.5f}"))
+            refs.append((MediaRef(kind=MediaKind.LOCATION,
+                                  note=f"{loc.latitude:.5f}, {loc.longitude:.5f}"), None))
         if msg.contact:
             c = msg.contact
             name = " ".join(p for p in (c.first_name, c.last_name) if p)
-            refs.append(MediaRef(kind=MediaKind.CONTACT, note=f"{name}, {c.phone_number}"))
+            refs.append((MediaRef(kind=MediaKind.CONTACT,
+                                  note=f"{name}, {c.phone_number}"), None))
         return refs
 
     async def _fetch(self, kind: MediaKind, item: _Download, **meta: Any) -> MediaRef:
@@ -776,38 +899,62 @@ class TelegramChannel:
     async def send(self, out: Outbound) -> list[str]:
         """Render, chunk and send; returns ``"<chat_id>:<message_id>"`` per sent chunk.
 
-        A chunk Telegram's HTML parser rejects is re-sent as plain text; 429 waits
-        ``retry_after`` and retries (bounded).  Raises :class:`SendError` otherwise.
+        A chunk Telegram's HTML parser rejects is sent again as plain text, links kept as
+        "text (url)": the whole reply rendered by :func:`~bridge.formatting.to_plain`
+        when it was the first chunk, else that chunk alone.  Raises :class:`SendError`:
+        ``retryable=True`` when nothing of the failed chunk went out (not running, no
+        connection after the in-channel retries, 502/503, a rate limit longer than
+        ``max_retry_after``, token refused); ``retryable=False`` when Telegram refused it
+        or when it may have been delivered (timeout or connection lost after sending).
         """
         app = self._app
         if app is None or self._state != "running":
-            raise SendError(f"telegram channel is not running ({self._detail})")
+            self._ready_due = True
+            raise SendError(f"telegram channel is not running ({self._detail})",
+                            retryable=True)
         limit = self.capabilities.text_chunk_limit
+        pieces: list[tuple[str, str | None]]
         if out.plain:
-            chunks, parse_mode = chunk_text(out.text, limit), None
+            pieces = [(c, None) for c in chunk_text(out.text, limit)]
         else:
-            chunks, parse_mode = render(out.text, Markup.TELEGRAM_HTML, limit), ParseMode.HTML
+            pieces = [(c, ParseMode.HTML) for c in render(out.text, Markup.TELEGRAM_HTML, limit)]
         chat_id = int(out.address.chat_id)
         thread_id = int(out.address.thread_id) if out.address.thread_id else None
         reply_to = (_split_message_id(out.reply_to_message_id)
                     if out.address.chat_kind is ChatKind.GROUP else None)
         sent: list[str] = []
-        for index, chunk in enumerate(chunks):
+        index = 0
+        while index < len(pieces):
+            text, parse_mode = pieces[index]
             reply = (ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
-                     if index == 0 and reply_to is not None else None)
+                     if not sent and reply_to is not None else None)
             try:
-                message = await self._send_chunk(chat_id, chunk, parse_mode, thread_id, reply)
+                message = await self._send_chunk(chat_id, text, parse_mode, thread_id, reply)
+            except _EntitiesRejected as exc:
+                log.warning("telegram: HTML rejected (%s); sending it as plain text", exc)
+                plain = chunk_text(to_plain(out.text), limit) if not sent else []
+                if plain:
+                    pieces, index = [(c, None) for c in plain], 0
+                else:
+                    pieces[index:index + 1] = [
+                        (c, None) for c in chunk_text(_html_to_plain(text), limit)]
+                continue
             except SendError as exc:
-                exc.sent_ids = sent
+                exc.sent_ids = list(sent)
+                if exc.retryable:
+                    self._ready_due = True
                 raise
             sent.append(f"{chat_id}:{message.message_id}")
+            index += 1
         return sent
 
     async def _send_chunk(self, chat_id: int, text: str, parse_mode: str | None,
                           thread_id: int | None, reply: ReplyParameters | None) -> Message:
+        """One sendMessage; retried here only when nothing went out (or on 429)."""
         assert self._app is not None
         bot = self._app.bot
         for attempt in range(1, self.max_send_attempts + 1):
+            last = attempt == self.max_send_attempts
             try:
                 return await bot.send_message(
                     chat_id=chat_id, text=text, parse_mode=parse_mode,
@@ -815,54 +962,99 @@ class TelegramChannel:
                 )
             except RetryAfter as exc:
                 wait = _retry_after_seconds(exc)
-                if attempt == self.max_send_attempts or wait > self.max_retry_after:
-                    raise SendError(f"telegram rate limit: retry after {wait:g} s") from None
+                if last or wait > self.max_retry_after:
+                    raise SendError(f"telegram rate limit: retry after {wait:g} s",
+                                    retryable=True) from None
                 log.info("telegram: rate limited, retrying in %g s", wait)
                 await asyncio.sleep(wait)
             except BadRequest as exc:
                 if parse_mode and "can't parse entities" in str(exc).lower():
-                    log.warning("telegram: HTML rejected (%s); sending the chunk as plain text",
-                                exc)
-                    text, parse_mode = _html_to_plain(text), None
-                    continue
+                    raise _EntitiesRejected(str(exc)) from None
                 raise SendError(f"telegram refused the message: {exc}") from None
-            except TimedOut as exc:
-                # The message may have gone out: retrying could duplicate it.
-                raise SendError(f"telegram send timed out: {exc}") from None
-            except NetworkError as exc:
-                if attempt == self.max_send_attempts:
-                    raise SendError(f"telegram unreachable: {exc}") from None
-                await asyncio.sleep(min(2.0 ** (attempt - 1), 8.0))
-            except (Forbidden, ChatMigrated, InvalidToken, TelegramError) as exc:
+            except (NotSent, ServerError) as exc:
+                if isinstance(exc, ServerError) and exc.status not in (502, 503):
+                    # 500, 504...: the Bot API may have sent it before failing.
+                    raise SendError(f"telegram server error, the message may have been "
+                                    f"sent: {exc}") from None
+                if last:
+                    raise SendError(f"telegram unreachable: {exc}", retryable=True) from None
+                delay = self.send_retry_delays[min(attempt, len(self.send_retry_delays)) - 1]
+                log.info("telegram: sendMessage not sent (%s); retrying in %g s", exc, delay)
+                await asyncio.sleep(delay)
+            except InvalidToken as exc:
+                # 401: refused before anything was sent; a restart with a good token helps.
+                raise SendError(f"telegram refused the bot token: {exc}",
+                                retryable=True) from None
+            except NetworkError as exc:  # includes TimedOut
+                # The request was (maybe partly) sent: it may have been delivered, and
+                # sending it again could show it twice.
+                raise SendError(f"telegram send failed after the request went out, it may "
+                                f"have been delivered: {type(exc).__name__}: {exc}") from None
+            except (Forbidden, ChatMigrated, TelegramError) as exc:
                 raise SendError(f"telegram refused the message: {type(exc).__name__}: {exc}"
                                 ) from None
-        raise SendError("telegram send failed after retries")
+        raise SendError("telegram send failed after retries")  # pragma: no cover
 
     @contextlib.asynccontextmanager
     async def typing(self, address: ChatAddress) -> AsyncIterator[None]:
-        """Show "typing…" now and about every ``typing_interval`` seconds until exit."""
-        task = asyncio.create_task(self._typing_loop(address), name="telegram-typing")
+        """Show "typing…" after ``typing_delay`` s, then about every ``typing_interval`` s.
+
+        Leaving the context stops the loop without cancelling a ``sendChatAction`` in
+        flight (a cancelled request can leave the HTTP pool in a bad state, and a late
+        action would show "typing…" after the answer): that call may finish, up to
+        ``typing_exit_wait`` s; after that it finishes in the background (``stop`` awaits it).
+        """
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._typing_loop(address, stop), name="telegram-typing")
         self._tasks.add(task)
+        self._typing_stops[task] = stop
+
+        def forget(done: asyncio.Task) -> None:
+            self._tasks.discard(done)
+            self._typing_stops.pop(done, None)
+
+        task.add_done_callback(forget)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._tasks.discard(task)
+            stop.set()
+            # asyncio.wait never cancels the task, even when we are cancelled here.
+            await asyncio.wait({task}, timeout=self.typing_exit_wait)
 
-    async def _typing_loop(self, address: ChatAddress) -> None:
+    async def _typing_loop(self, address: ChatAddress, stop: asyncio.Event) -> None:
         chat_id = int(address.chat_id)
         thread_id = int(address.thread_id) if address.thread_id else None
+        if await _stopped_within(stop, self.typing_delay):
+            return
         while True:
             app = self._app
             if app is not None and self._state == "running":
                 try:
-                    await app.bot.send_chat_action(chat_id, ChatAction.TYPING,
-                                                   message_thread_id=thread_id)
+                    await app.bot.send_chat_action(
+                        chat_id, ChatAction.TYPING, message_thread_id=thread_id,
+                        read_timeout=self.typing_request_timeout)
                 except TelegramError as exc:
                     log.debug("telegram: sendChatAction failed: %s", exc)
-            await asyncio.sleep(self.typing_interval)
+            if await _stopped_within(stop, self.typing_interval):
+                return
+
+
+async def _admits(sink: InboundSink, inbound: Inbound) -> bool:
+    """``sink.admits(inbound)``; True for a sink without that method."""
+    admits = getattr(sink, "admits", None)
+    return True if admits is None else bool(await admits(inbound))
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``stop``; True when it was set."""
+    if stop.is_set():
+        return True
+    if seconds <= 0:
+        return False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    return stop.is_set()
 
 
 def _period_seconds(value: int | float | dt.timedelta | None) -> float | None:
@@ -875,10 +1067,17 @@ def _period_seconds(value: int | float | dt.timedelta | None) -> float | None:
 
 
 def _seconds(media: Any) -> float | None:
-    """A media object's ``duration`` in seconds."""
-    return _period_seconds(getattr(media, "duration", None))
+    """A media object's ``duration`` in seconds.
+
+    Read from its wire form: PTB 22's ``duration`` property warns (PTBDeprecationWarning)
+    unless $PTB_TIMEDELTA is set.
+    """
+    value = media.to_dict().get("duration")
+    return None if value is None else _period_seconds(value)
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float:
     """How long a :class:`RetryAfter` asks us to wait, in seconds."""
+    if isinstance(exc, RateLimited):
+        return exc.seconds or 1.0
     return _period_seconds(exc.retry_after) or 1.0

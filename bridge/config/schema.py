@@ -196,6 +196,16 @@ class TelegramConfig(ChannelConfig):
             raise ValueError("does not look like a bot token from BotFather (<digits>:<secret>)")
         return value
 
+    @field_validator("webhookSecret")
+    @classmethod
+    def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's secret_token rule; setWebhook answers 400 otherwise.  Never echoed.
+        secret = value.get_secret_value() if value is not None else "x"
+        if not (1 <= len(secret) <= 256
+                and all(c.isascii() and (c.isalnum() or c in "_-") for c in secret)):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
     @model_validator(mode="after")
     def _webhook_needs_url_and_secret(self) -> TelegramConfig:
         if self.mode == "webhook" and not (self.webhookUrl and self.webhookSecret):

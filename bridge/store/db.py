@@ -99,7 +99,7 @@ class Database:
         conn.row_factory = sqlite3.Row
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA journal_mode = WAL")
+            await _set_wal(conn)
             await conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn._execute(_migrate, conn._conn, path, migrations)
@@ -197,6 +197,24 @@ class Database:
         except (sqlite3.Error, StoreError) as exc:
             log.warning("store is not writable: %s", exc)
             return False
+
+
+async def _set_wal(conn: aiosqlite.Connection) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting like the busy timeout when another
+    connection holds a lock: SQLite answers this pragma "database is locked" at once
+    (no busy handler) while another process opens the same new file."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _current_version(db: sqlite3.Connection) -> int:

@@ -508,14 +508,15 @@ def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...
 
 
 # Turn ids read per query while walking a session's history newest first: the first
-# page is small (most windows are), later ones bigger (fewer round trips for long ones).
+# page is small (most windows are), later ones bigger (fewer round trips for long ones);
+# message rows are read for at most _HISTORY_PAGE turns at a time.
 _HISTORY_PAGE = 64
 _HISTORY_PAGE_MAX = 1024
 _TURN_OVERHEAD_TOKENS = 8
 # Answered turns kept in memory (their messages and reply never change once answered),
 # and about how many characters of text they may hold in all.
 HISTORY_CACHE_TURNS = 4096
-HISTORY_CACHE_CHARS = 8_000_000
+HISTORY_CACHE_CHARS = 4_000_000
 _ROW_CHARS = 400  # what a cached message costs besides its text (fields, objects)
 
 
@@ -596,7 +597,8 @@ def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | N
                     estimate: Callable[[str], int] | None,
                     cache: TurnCache | None = None) -> HistoryWindow:
     """Newest first, a page of turn ids at a time; only the rows of turns not in
-    ``cache`` are read, and reading stops at the page where the budget is crossed."""
+    ``cache`` are read, and reading stops at the chunk of turns where the budget is
+    crossed."""
     estimate = estimate or _default_estimate
     cache = cache if cache is not None else TurnCache(0)
     after = after_turn or 0
@@ -618,32 +620,38 @@ def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | N
         if not ids:
             break
         before = ids[-1]
-        page: dict[int, HistoryTurn] = {}
-        missing: list[int] = []
-        for turn_id in ids:
-            hit = cache.get(turn_id)
-            if hit is None:
-                missing.append(turn_id)
-            else:
-                page[turn_id] = hit
-        if missing:
-            missing.sort()
-            marks = ",".join("?" * len(missing))
-            rows = [message_from_row(r) for r in db.execute(
-                f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id",
-                missing)]
-            cache.rows_read += len(rows)
-            for turn in _history(missing, rows):
-                page[turn.turn_id] = turn
-                cache.put(turn)
-        for turn_id in ids:
-            turn = page[turn_id]
-            turns.append(turn)
-            if token_budget is None:
-                continue
-            used += cache.cost(turn, estimate)
-            if used > token_budget:
-                full = True
+        # Rows are fetched a chunk of turns at a time, so that a budget crossed early in
+        # a big page of ids does not read the rows of turns that cannot fit.
+        for at in range(0, len(ids), _HISTORY_PAGE):
+            chunk = ids[at:at + _HISTORY_PAGE]
+            page: dict[int, HistoryTurn] = {}
+            missing: list[int] = []
+            for turn_id in chunk:
+                hit = cache.get(turn_id)
+                if hit is None:
+                    missing.append(turn_id)
+                else:
+                    page[turn_id] = hit
+            if missing:
+                missing.sort()
+                marks = ",".join("?" * len(missing))
+                rows = [message_from_row(r) for r in db.execute(
+                    f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id",
+                    missing)]
+                cache.rows_read += len(rows)
+                for turn in _history(missing, rows):
+                    page[turn.turn_id] = turn
+                    cache.put(turn)
+            for turn_id in chunk:
+                turn = page[turn_id]
+                turns.append(turn)
+                if token_budget is None:
+                    continue
+                used += cache.cost(turn, estimate)
+                if used > token_budget:
+                    full = True
+                    break
+            if full:
                 break
         if len(ids) < page_size:
             break

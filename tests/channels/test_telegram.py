@@ -27,22 +27,21 @@ from bridge.formatting import utf16_len
 from bridge.media import MediaStore
 from channels.base import Markup, SendError
 from channels.telegram import COMMANDS, TelegramChannel, _period_seconds, _retry_after_seconds
+from channels.telegram_http import RateLimited
 from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"fake-image-bytes"
 BOT = "palaver_test_bot"
 
-# Any PTB deprecation our code triggers fails the test (PTB_TIMEDELTA is opted into below).
+# Any PTB deprecation our code triggers fails the test -- without opting into
+# $PTB_TIMEDELTA: the channel reads durations and rate limits without PTB's warnings.
 pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
 
 
 @pytest.fixture(autouse=True)
-def _ptb_timedelta(monkeypatch):
-    """Opt into PTB's future behaviour: durations and retry_after are timedeltas.
-
-    Without it PTB itself warns while *building* a RetryAfter (before our code sees it).
-    """
-    monkeypatch.setenv("PTB_TIMEDELTA", "1")
+def _no_ptb_timedelta(monkeypatch):
+    """Run as a default install does (PTB 22 then warns on int time periods)."""
+    monkeypatch.delenv("PTB_TIMEDELTA", raising=False)
 
 
 class RecordingSink:
@@ -88,6 +87,7 @@ async def make_channel(fake, tmp_path):
         channel = TelegramChannel(TelegramConfig(**fields), media=MediaStore(tmp_path / "media"),
                                   data_dir=tmp_path)
         channel.poll_timeout = 1
+        channel.typing_delay = 0
         channel.typing_interval = 0.1
         channel.sink_retry_delays = (0.01, 0.02)
         channel.poll_backoff_base = 0.1
@@ -584,7 +584,7 @@ async def test_entity_rejection_falls_back_to_plain(started, fake):
     (sent,) = await fake.wait_for_sent(1)
     assert len(ids) == 1
     assert sent.parse_mode is None
-    assert sent.text == "Bold <tag> & link"
+    assert sent.text == "Bold <tag> & link (https://e.com)"  # the link target is kept
     assert len(fake.calls_to("sendMessage")) == 2
 
 
@@ -913,13 +913,34 @@ async def test_rate_limited_get_updates_waits(make_channel, fake):
 def test_retry_after_read_as_int_or_timedelta(monkeypatch):
     assert _period_seconds(dt.timedelta(seconds=1.5)) == 1.5
     assert _period_seconds(7) == 7.0 and _period_seconds(None) is None
-    assert _retry_after_seconds(RetryAfter(3)) == 3.0  # PTB_TIMEDELTA=1: a timedelta
-    assert isinstance(RetryAfter(3).retry_after, dt.timedelta)
+    # Ours (built by the transport for a 429): no PTB warning, with or without the opt-in.
+    assert _retry_after_seconds(RateLimited(3)) == 3.0
+    assert _retry_after_seconds(RateLimited(0.5)) == 0.5
+    monkeypatch.setenv("PTB_TIMEDELTA", "1")  # PTB's own, with the opt-in: a timedelta
+    assert _retry_after_seconds(RetryAfter(4)) == 4.0
     monkeypatch.delenv("PTB_TIMEDELTA")
     with pytest.warns(PTBDeprecationWarning):  # PTB's own warning, while building it
         exc = RetryAfter(5)
     with pytest.warns(PTBDeprecationWarning):
         assert _retry_after_seconds(exc) == 5.0  # today's default: an int
+
+
+def test_webhook_secret_must_be_what_telegram_accepts():
+    TelegramConfig(webhookSecret="Ab-_9" * 51 + "x")  # 256 characters
+    for bad in ("has space", "semi;colon", "ümlaut", "x" * 257, ""):
+        with pytest.raises(ValidationError, match="1-256 characters of A-Z"):
+            TelegramConfig(webhookSecret=bad)
+
+
+def test_bad_webhook_secret_error_does_not_echo_it():
+    from bridge.config.load import ConfigError, load_config_text
+
+    with pytest.raises(ConfigError) as err:
+        load_config_text('{channels: {telegram: {mode: "webhook", webhookUrl: '
+                         '"https://x.example/hook", webhookSecret: "s3cr3t!value"}}}', env={})
+    message = str(err.value)
+    assert "channels.telegram.webhookSecret" in message and "1-256 characters" in message
+    assert "s3cr3t" not in message
 
 
 async def test_webhook_answers_only_once_stored(make_channel, fake, gated_sink):

@@ -17,14 +17,14 @@ from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 BOT = "palaver_test_bot"
 
-# Any PTB deprecation our code triggers fails the test (PTB_TIMEDELTA is opted into below).
+# Any PTB deprecation our code triggers fails the test (without $PTB_TIMEDELTA).
 pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
 
 
 @pytest.fixture(autouse=True)
-def _ptb_timedelta(monkeypatch):
-    """Opt into PTB's future behaviour (timedelta durations and retry_after)."""
-    monkeypatch.setenv("PTB_TIMEDELTA", "1")
+def _no_ptb_timedelta(monkeypatch):
+    """Run as a default install does (PTB 22 then warns on int time periods)."""
+    monkeypatch.delenv("PTB_TIMEDELTA", raising=False)
 
 
 @pytest.fixture
@@ -42,6 +42,7 @@ async def models():
 @pytest.fixture(autouse=True)
 def _fast_polls(monkeypatch):
     monkeypatch.setattr(TelegramChannel, "poll_timeout", 1)
+    monkeypatch.setattr(TelegramChannel, "typing_delay", 0)  # the fake model answers at once
 
 
 def make_config(tmp_path, fake, models, *, primary="local/text", telegram=None) -> Config:

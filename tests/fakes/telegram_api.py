@@ -28,8 +28,9 @@ Wire behaviour (what python-telegram-bot sees):
   unbalanced tag or a bad ``&`` entity 400 ``can't parse entities``.
 
 Methods: getMe, logOut, close, deleteWebhook, setWebhook, getWebhookInfo, getUpdates,
-sendMessage, sendChatAction, getFile, setMyCommands, getMyCommands, deleteMyCommands,
-setMyDescription, setMyShortDescription, setChatMenuButton.
+sendMessage, sendChatAction, sendDocument, sendPhoto (multipart uploads), getFile,
+setMyCommands, getMyCommands, deleteMyCommands, setMyDescription, setMyShortDescription,
+setChatMenuButton.
 
 Test API (all synchronous unless marked async):
 
@@ -61,7 +62,10 @@ Test API (all synchronous unless marked async):
   reply_to_message_id, message_id, message), ``actions`` (sendChatAction calls),
   ``commands`` (last setMyCommands list), ``webhook`` (dict from setWebhook or None),
   ``pending_updates`` (unconfirmed update ids), ``downloads`` (file paths fetched),
-  ``unauthorized`` (methods answered 401, in order);
+  ``unauthorized`` (methods answered 401, in order), ``uploads`` (list of :class:`Upload`:
+  method, field, filename, content_type, data -- every file part of a multipart body),
+  ``requests`` (list of :class:`RawRequest`: method, http_method, content_type, headers
+  -- every Bot API request as it came in);
   ``await wait_for_sent(n, timeout=5.0) -> list[SentMessage]``, ``await wait_for_calls(
   method, n=1, timeout=5.0) -> list[Call]``, ``await wait_until(predicate, timeout=5.0)``.
 - Failures: ``fail(method, code, description, *, retry_after=None, times=1, when=None)``
@@ -70,6 +74,12 @@ Test API (all synchronous unless marked async):
   calls with a parse_mode), ``rate_limit(method, retry_after, times=1)`` (429 ``Too Many
   Requests: retry after N`` with ``parameters.retry_after``), ``revoke_token()`` (every
   call 401 ``Unauthorized``).
+- Transport: ``slow(method, seconds, *, times=None)`` answers the next ``times`` calls
+  (all when None) of ``method`` only after ``seconds`` (the call is recorded at once);
+  ``drop(method, *, times=1)`` records the call, then closes the connection without an
+  answer (the request reached the server: did it work?); ``await go_down()`` stops
+  listening and closes every connection (clients get "connection refused") and ``await
+  come_back()`` listens again on the same port.
 - Webhook delivery (what Telegram does once setWebhook was called): ``await
   deliver_webhook(update_or_message_dict=None, *, secret=<the registered one>) -> int``
   POSTs the next update (or the given one) to the registered URL with the
@@ -144,6 +154,34 @@ class SentMessage:
     reply_to_message_id: int | None
     message_id: int
     message: dict
+
+
+@dataclass
+class Upload:
+    """One file part of a multipart request."""
+
+    method: str
+    field: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class RawRequest:
+    """How one Bot API request arrived (before its parameters were parsed)."""
+
+    method: str
+    http_method: str
+    content_type: str
+    headers: dict[str, str]
+
+
+@dataclass
+class _Slow:
+    method: str
+    seconds: float
+    times: int | None
 
 
 @dataclass
@@ -277,6 +315,12 @@ class FakeBotAPI:
         self.webhook: dict | None = None
         self.downloads: list[str] = []
         self.unauthorized: list[str] = []
+        self.uploads: list[Upload] = []
+        self.requests: list[RawRequest] = []
+        self._slow: list[_Slow] = []
+        self._drops: dict[str, int] = {}
+        self._site: web.TCPSite | None = None
+        self._port = 0
         self._token_valid = True
         self._updates: list[dict] = []
         self._update_ids = itertools.count(100_001)
@@ -303,9 +347,30 @@ class FakeBotAPI:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._site = site
+        self._port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{self._port}"
         return self
+
+    async def go_down(self) -> None:
+        """Stop listening and close every open connection (long polls included)."""
+        assert self._runner is not None and self._site is not None, "not running"
+        await self._site.stop()
+        self._site = None
+        if self._poller is not None and not self._poller.done():
+            self._poller.cancel()
+        server = self._runner.server
+        for handler in list(server.connections) if server is not None else []:
+            handler.force_close()
+        self._notify()
+
+    async def come_back(self) -> None:
+        """Listen again on the same port after :meth:`go_down`."""
+        assert self._runner is not None and self._site is None, "not down"
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await site.start()
+        self._site = site
+        self._notify()
 
     async def stop(self) -> None:
         """Stop serving; pending long polls end."""
@@ -568,6 +633,14 @@ class FakeBotAPI:
         self.fail(method, 429, f"Too Many Requests: retry after {retry_after}",
                   retry_after=retry_after, times=times)
 
+    def slow(self, method: str, seconds: float, *, times: int | None = None) -> None:
+        """Answer ``method`` only after ``seconds`` (the next ``times`` calls, or all)."""
+        self._slow.append(_Slow(method, seconds, times))
+
+    def drop(self, method: str, *, times: int = 1) -> None:
+        """Record the next ``times`` calls of ``method``, then close without answering."""
+        self._drops[method] = self._drops.get(method, 0) + times
+
     def revoke_token(self) -> None:
         """From now on every call answers 401 Unauthorized."""
         self._token_valid = False
@@ -672,7 +745,13 @@ class FakeBotAPI:
             else:
                 form = await request.post()
                 for key, value in form.items():
-                    params[key] = value if isinstance(value, str) else value.file.read()
+                    if isinstance(value, str):
+                        params[key] = value
+                        continue
+                    data = value.file.read()
+                    params[key] = data
+                    self.uploads.append(Upload(request.match_info.get("method", ""), key,
+                                               value.filename, value.content_type, data))
         for key in list(params):
             value = params[key]
             if key in _JSON_PARAMS and isinstance(value, str):
@@ -698,9 +777,22 @@ class FakeBotAPI:
                 self.unauthorized.append(method)
                 self._notify()
                 raise BotAPIError(401, "Unauthorized")
+            self.requests.append(RawRequest(method, request.method, request.content_type,
+                                            dict(request.headers)))
             params = await self._params(request)
             self.calls.append(Call(method, params, time.monotonic()))
             self._notify()
+            if self._drops.get(method):
+                self._drops[method] -= 1
+                assert request.transport is not None
+                request.transport.abort()  # the request arrived; no answer ever will
+                raise web.HTTPInternalServerError  # never seen by the client
+            for slow in self._slow:
+                if slow.method == method and slow.times != 0:
+                    if slow.times is not None:
+                        slow.times -= 1
+                    await asyncio.sleep(slow.seconds)
+                    break
             self._maybe_fail(method, params)
             handler = getattr(self, "_m_" + method, None)
             if handler is None:
@@ -881,6 +973,36 @@ class FakeBotAPI:
             raise BotAPIError(400, "Bad Request: wrong parameter action in request")
         self.actions.append(self.calls[-1])
         return True
+
+    def _file_message(self, params: dict, field: str) -> dict:
+        chat_id = params.get("chat_id")
+        if chat_id in (None, ""):
+            raise BotAPIError(400, "Bad Request: chat_id is empty")
+        data = params.get(field)
+        if isinstance(data, str) and data.startswith("attach://"):
+            data = params.get(data.removeprefix("attach://"))
+        if not isinstance(data, bytes):
+            raise BotAPIError(400, f"Bad Request: there is no {field} in the request")
+        chat_id = int(chat_id)
+        file_id, unique = self.add_file(data)
+        sender = {"id": 0, "first_name": ""}
+        message: dict[str, Any] = {
+            "message_id": self._next_message_id(chat_id), "date": int(time.time()),
+            "chat": self._chat(chat_id, sender, None, False),
+            "from": {k: self.bot_user[k] for k in ("id", "is_bot", "first_name", "username")},
+        }
+        item = {"file_id": file_id, "file_unique_id": unique, "file_size": len(data)}
+        message[field] = [dict(item, width=1, height=1)] if field == "photo" else item
+        if params.get("caption"):
+            message["caption"] = params["caption"]
+        self._messages[(chat_id, message["message_id"])] = message
+        return message
+
+    async def _m_sendDocument(self, params: dict) -> dict:
+        return self._file_message(params, "document")
+
+    async def _m_sendPhoto(self, params: dict) -> dict:
+        return self._file_message(params, "photo")
 
     async def _m_getFile(self, params: dict) -> dict:
         item = self._files.get(params.get("file_id", ""))
