@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +66,19 @@ def _palaver(split: bool, config: dict, **kwargs: Any) -> InProcess | Subprocess
     return (Subprocess if split else InProcess)(config, **kwargs)
 
 
-def _save_profile(args: argparse.Namespace, name: str, summary: str) -> None:
-    (Path(args.profile) / f"{name}-{run_mode(args)}.txt").write_text(summary)
+@contextlib.asynccontextmanager
+async def _profiled(args: argparse.Namespace, palaver: InProcess | Subprocess,
+                    name: str) -> AsyncIterator[None]:
+    """With ``--profile DIR``: cProfile Palaver's process around the block, into
+    ``DIR/<name>-<mode>.prof`` and its summary ``.txt`` (nothing saved if the block fails)."""
+    if not args.profile:
+        yield
+        return
+    await palaver.profile(True)
+    yield
+    stem = Path(args.profile) / f"{name}-{run_mode(args)}"
+    summary = await palaver.profile(False, str(stem.with_suffix(".prof")))
+    stem.with_suffix(".txt").write_text(summary)
 
 
 def _cpu_whose(args: argparse.Namespace) -> str:
@@ -120,12 +133,8 @@ async def bench_latency(args: argparse.Namespace) -> dict:
             try:
                 await _sequential(fake, 1001, warmup)
                 cpu0 = (await palaver.stats())["cpu_s"]
-                if args.profile:
-                    await palaver.profile(True)
-                samples = await _sequential(fake, 1001, count)
-                if args.profile:
-                    _save_profile(args, "latency", await palaver.profile(
-                        False, str(Path(args.profile) / f"latency-{run_mode(args)}.prof")))
+                async with _profiled(args, palaver, "latency"):
+                    samples = await _sequential(fake, 1001, count)
                 cpu = (await palaver.stats())["cpu_s"] - cpu0
             finally:
                 await palaver.stop()
@@ -198,12 +207,8 @@ async def bench_throughput(args: argparse.Namespace) -> dict:
                 # Warm the connections and code paths once (not counted).
                 await _sequential(fake, 999, 3)
                 await palaver.wait_answered(3)
-                if args.profile:
-                    await palaver.profile(True)
-                run = await _burst(fake, palaver, chats, per_chat)
-                if args.profile:
-                    _save_profile(args, "throughput", await palaver.profile(
-                        False, str(Path(args.profile) / f"throughput-{run_mode(args)}.prof")))
+                async with _profiled(args, palaver, "throughput"):
+                    run = await _burst(fake, palaver, chats, per_chat)
             finally:
                 await palaver.stop()
             expected = {2001 + c: per_chat for c in range(chats)} | {999: 3}

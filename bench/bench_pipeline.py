@@ -290,33 +290,28 @@ async def main(argv: list[str] | None = None) -> int:
         db.SYNCHRONOUS = args.synchronous
     from bridge.store.db import SYNCHRONOUS
 
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only != "history":
+            tp = await throughput(Path(tmp) / "throughput", args.chats, args.messages)
+            batch = await batching(Path(tmp) / "batching", args.chats, args.messages,
+                                   model_ms=args.model_ms, gap_ms=args.gap_ms,
+                                   max_concurrent=None)
+            unlimited = await batching(Path(tmp) / "unlimited", args.chats, args.messages,
+                                       model_ms=args.model_ms, gap_ms=args.gap_ms,
+                                       max_concurrent=0)
+            lat = await latency(Path(tmp) / "latency", args.chats, args.messages)
+        hist = await long_history(Path(tmp) / "history", args.history, args.profile,
+                                  photo_every=args.photo_every)
     if args.only == "history":
-        with tempfile.TemporaryDirectory() as tmp:
-            hist = await long_history(Path(tmp) / "history", args.history, args.profile,
-                                      photo_every=args.photo_every)
         _print_history(hist)
-        top = hist.pop("profile_top")
-        if top:
-            print(top)
         print(json.dumps({"bench": "pipeline-history", "synchronous": SYNCHRONOUS,
                           "history": hist}))
         return 0
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tp = await throughput(Path(tmp) / "throughput", args.chats, args.messages)
-        batch = await batching(Path(tmp) / "batching", args.chats, args.messages,
-                               model_ms=args.model_ms, gap_ms=args.gap_ms,
-                               max_concurrent=None)
-        unlimited = await batching(Path(tmp) / "unlimited", args.chats, args.messages,
-                                   model_ms=args.model_ms, gap_ms=args.gap_ms,
-                                   max_concurrent=0)
-        lat = await latency(Path(tmp) / "latency", args.chats, args.messages)
-        hist = await long_history(Path(tmp) / "history", args.history, args.profile,
-                                      photo_every=args.photo_every)
     print(f"pipeline benchmark: {args.chats} chats x {args.messages} messages, real store "
           f"(synchronous={SYNCHRONOUS})")
     print(f"{'metric':<44}{'value':>12}")
-    rows = [
+    _print_rows([
         ("throughput, zero-latency model (messages/s)", tp["messages_per_s"]),
         ("  all answered in (s)", tp["seconds"]),
         ("  turns", tp["turns"]),
@@ -331,21 +326,22 @@ async def main(argv: list[str] | None = None) -> int:
         ("added latency p50 (ms)", lat["p50_ms"]),
         ("added latency p95 (ms)", lat["p95_ms"]),
         ("added latency max (ms)", lat["max_ms"]),
-    ]
-    for name, value in rows:
-        print(f"{name:<44}{value:>12}")
+    ])
     _print_history(hist)
-    top = hist.pop("profile_top")
-    if top:
-        print(top)
     print(json.dumps({"bench": "pipeline", "chats": args.chats, "messages": args.messages,
                       "synchronous": SYNCHRONOUS, "throughput": tp, "batching": batch,
                       "batching_unlimited": unlimited, "latency": lat, "history": hist}))
     return 0
 
 
+def _print_rows(rows: list[tuple[str, object]]) -> None:
+    for name, value in rows:
+        print(f"{name:<44}{value:>12}")
+
+
 def _print_history(hist: dict) -> None:
-    rows = [
+    """The long-history rows, then the profile's top functions (taken out of ``hist``)."""
+    _print_rows([
         (f"one chat, {hist['messages']} messages (messages/s)", hist["messages_per_s"]),
         ("  a photo every ... messages (0: none)", hist["photo_every"]),
         ("  history turns at the end", hist["history_turns_at_end"]),
@@ -354,9 +350,10 @@ def _print_history(hist: dict) -> None:
         ("  latency p50, all (ms)", hist["p50_ms"]),
         ("  CPU/message, event loop thread (ms)", hist["loop_cpu_ms"]),
         ("  CPU/message, other threads (ms)", hist["other_threads_cpu_ms"]),
-    ]
-    for name, value in rows:
-        print(f"{name:<44}{value:>12}")
+    ])
+    top = hist.pop("profile_top")
+    if top:
+        print(top)
 
 
 if __name__ == "__main__":

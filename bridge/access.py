@@ -11,7 +11,7 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -233,30 +233,33 @@ class AccessControl:
 # ------------------------------------------------------------------------------ CLI
 
 
-def _data_dir_for(args):
+def _with_store(args, body: Callable[[Store], Awaitable[int]]) -> int:
+    """Open the store of the config the command should use, run ``body`` on it, close it;
+    exit 2 (after a message) when the config does not load."""
     from bridge.config.load import ConfigError, load_for_cli
 
     try:
         config, _path = load_for_cli(args)
     except ConfigError as exc:
         print(f"palaver: {exc}", file=sys.stderr)
-        return None
-    return config.data_dir
+        return 2
+
+    async def run() -> int:
+        store = await Store.open_in(config.data_dir)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def cmd_pairing_list(args) -> int:
     """``palaver pairing list``: pending pairing requests (and approved senders)."""
-    data_dir = _data_dir_for(args)
-    if data_dir is None:
-        return 2
 
-    async def run() -> int:
-        store = await Store.open_in(data_dir)
-        try:
-            pending = await store.pending_pairings()
-            approved = await store.approvals()
-        finally:
-            await store.close()
+    async def show(store: Store) -> int:
+        pending = await store.pending_pairings()
+        approved = await store.approvals()
         now = time.time()
         if not pending:
             print("No pending pairing requests.")
@@ -272,21 +275,14 @@ def cmd_pairing_list(args) -> int:
                 print(f"  {channel:<10} {sender}" + (f" ({name})" if name else ""))
         return 0
 
-    return asyncio.run(run())
+    return _with_store(args, show)
 
 
 def cmd_pairing_approve(args) -> int:
     """``palaver pairing approve <channel> <code>``: admit the sender who got ``code``."""
-    data_dir = _data_dir_for(args)
-    if data_dir is None:
-        return 2
 
-    async def run() -> int:
-        store = await Store.open_in(data_dir)
-        try:
-            request = await store.approve_pairing(args.channel, args.code)
-        finally:
-            await store.close()
+    async def approve(store: Store) -> int:
+        request = await store.approve_pairing(args.channel, args.code)
         if request is None:
             print(f"palaver: no pending, unexpired pairing code {args.code!r} on channel "
                   f"{args.channel!r} (see `palaver pairing list`)", file=sys.stderr)
@@ -295,4 +291,4 @@ def cmd_pairing_approve(args) -> int:
         print(f"Approved {who} on {request.channel}.")
         return 0
 
-    return asyncio.run(run())
+    return _with_store(args, approve)

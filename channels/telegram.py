@@ -253,7 +253,9 @@ class TelegramChannel:
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self._typing_stops: dict[asyncio.Task, asyncio.Event] = {}
-        self._ready_due = False  # a send failed for a passing reason: tell the core on recovery
+        # A send found no connection (or the channel not running): tell the core once the
+        # Bot API answers again, so the queued reply does not wait for its backoff.
+        self._ready_due = False
         self._token: str | None = None
         self._log_filter = RedactingFilter()
         self._groups_seen: set[int] = set()
@@ -941,8 +943,6 @@ class TelegramChannel:
                 continue
             except SendError as exc:
                 exc.sent_ids = list(sent)
-                if exc.retryable:
-                    self._ready_due = True
                 raise
             sent.append(f"{chat_id}:{message.message_id}")
             index += 1
@@ -977,6 +977,9 @@ class TelegramChannel:
                     raise SendError(f"telegram server error, the message may have been "
                                     f"sent: {exc}") from None
                 if last:
+                    # Not 5xx: the next getUpdates that works shows Telegram is reachable.
+                    if isinstance(exc, NotSent):
+                        self._ready_due = True
                     raise SendError(f"telegram unreachable: {exc}", retryable=True) from None
                 delay = self.send_retry_delays[min(attempt, len(self.send_retry_delays)) - 1]
                 log.info("telegram: sendMessage not sent (%s); retrying in %g s", exc, delay)

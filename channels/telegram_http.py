@@ -96,10 +96,10 @@ class AiohttpRequest(BaseRequest):
     Timeouts (seconds, ``None`` = no limit) are the defaults for calls that do not pass
     their own: ``connect_timeout`` for the TCP/TLS connect, ``pool_timeout`` for waiting
     for a free connection when all ``connection_pool_size`` are busy, ``read_timeout``
-    for the answer once the request is written (PTB adds the long-poll ``timeout`` to it
-    for ``getUpdates``), ``write_timeout`` / ``media_write_timeout`` (requests with
-    files) bound the whole call together with the others, since aiohttp has no per-write
-    timeout.
+    for each wait for data once the request is written (PTB adds the long-poll ``timeout``
+    to it for ``getUpdates``).  ``write_timeout`` (``media_write_timeout`` by default for
+    requests with files): aiohttp has no per-write timeout, so it bounds only uploads, as
+    part of a limit on the whole request (the sum of the four).
     """
 
     __slots__ = (
@@ -159,15 +159,18 @@ class AiohttpRequest(BaseRequest):
             await session.close()
 
     def _timeout(self, read: float | None, write: float | None, connect: float | None,
-                 pool: float | None) -> aiohttp.ClientTimeout:
-        key = (read, write, connect, pool)
+                 pool: float | None, upload: bool) -> aiohttp.ClientTimeout:
+        key = (read, write, connect, pool, upload)
         timeout = self._timeouts.get(key)
         if timeout is None:
             # aiohttp's ``connect`` covers waiting for a pooled connection plus making one;
-            # ``sock_connect`` the connect alone; ``sock_read`` starts once the body is out.
+            # ``sock_connect`` the connect alone; ``sock_read`` starts once the body is out
+            # and bounds each wait for data (a long download keeps going while data flows).
+            # No per-write timeout exists: an upload is bounded as a whole instead.
             acquire = None if connect is None or pool is None else connect + pool
             parts = (read, write, connect, pool)
-            total = None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
+            total = (sum(parts) if upload and all(p is not None for p in parts)  # type: ignore[misc]
+                     else None)
             timeout = aiohttp.ClientTimeout(total=total, connect=acquire, sock_connect=connect,
                                             sock_read=read)
             if len(self._timeouts) < 64:
@@ -217,7 +220,8 @@ class AiohttpRequest(BaseRequest):
             pool_timeout = self._pool_timeout
         if isinstance(write_timeout, DefaultValue):
             write_timeout = self._media_write_timeout if files else self._write_timeout
-        timeout = self._timeout(read_timeout, write_timeout, connect_timeout, pool_timeout)
+        timeout = self._timeout(read_timeout, write_timeout, connect_timeout, pool_timeout,
+                                files)
         try:
             body, headers = self._body(request_data)
             async with session.request(method, url, data=body, headers=headers,

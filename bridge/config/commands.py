@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bridge.config.load import CONFIG_ENV, CONFIG_FILENAME, ConfigError, load_for_cli, redacted
+from bridge.config.load import CONFIG_ENV, CONFIG_FILENAME, load_for_cli_or_report, redacted
 from bridge.config.resolve import UnknownModelError, split_ref
 from bridge.config.schema import Config
 
@@ -106,11 +106,9 @@ def cmd_init(args: Any) -> int:
 
 def cmd_config_validate(args: Any) -> int:
     """Exit 0 with ``ok: <path>`` when the config is valid, else 1 with the errors."""
-    try:
-        config, path = load_for_cli(args)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
+    if (loaded := load_for_cli_or_report(args)) is None:
         return 1
+    config, path = loaded
     if path is None:
         print("ok: no config file found; built-in defaults")
     else:
@@ -123,11 +121,9 @@ def cmd_config_validate(args: Any) -> int:
 
 def cmd_config_show(args: Any) -> int:
     """Print the resolved config (catalog merged, ``${VAR}`` replaced) as JSON, secrets redacted."""
-    try:
-        config, _path = load_for_cli(args)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
+    if (loaded := load_for_cli_or_report(args)) is None:
         return 1
+    config, _path = loaded
     print(json.dumps(redacted(config), indent=2))
     return 0
 
@@ -178,11 +174,9 @@ def model_rows(config: Config) -> list[dict[str, str]]:
 
 def cmd_models_list(args: Any) -> int:
     """A table of every model: ref, alias, provider, api, context window, input, credentials."""
-    try:
-        config, _path = load_for_cli(args)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
+    if (loaded := load_for_cli_or_report(args)) is None:
         return 1
+    config, _path = loaded
     rows = model_rows(config)
     headers = {"default": "DEFAULT", "ref": "REF", "alias": "ALIAS", "provider": "PROVIDER",
                "api": "API", "context": "CONTEXT", "input": "INPUT", "credentials": "CREDENTIALS"}

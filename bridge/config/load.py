@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -160,6 +161,16 @@ def load_for_cli(args: Any) -> tuple[Config, Path | None]:
     """The config a CLI command should use (``args.config`` or the usual places)."""
     path = find_config_path(getattr(args, "config", None))
     return load_config(path), path
+
+
+def load_for_cli_or_report(args: Any) -> tuple[Config, Path | None] | None:
+    """Like :func:`load_for_cli`; on a ConfigError, None after printing the rendered
+    error to stderr (the command then exits 1)."""
+    try:
+        return load_for_cli(args)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return None
 
 
 def _parse_json5(text: str, file: Path | str) -> dict[str, Any]:

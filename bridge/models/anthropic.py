@@ -11,14 +11,14 @@ from typing import Any
 from bridge.models.base import (
     Completion,
     ErrorClass,
-    ImagePart,
     ModelError,
     ModelRequest,
+    Part,
     TextPart,
     Usage,
 )
 from bridge.models.errors import classify_payload, error_fields
-from bridge.models.http import ClientBase, api_key
+from bridge.models.http import ClientBase, HttpReply
 from bridge.models.reasoning import ReasoningFilter
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -34,26 +34,10 @@ class AnthropicClient(ClientBase):
 
     def build_payload(self, request: ModelRequest, *, stream: bool = True) -> dict[str, Any]:
         """The JSON body for ``request`` (``max_tokens`` is required by the API)."""
-        messages: list[dict[str, Any]] = []
-        for turn in request.turns:
-            images = [p for p in turn.parts if isinstance(p, ImagePart)]
-            if turn.role == "assistant" or not images:
-                text = "".join(p.text for p in turn.parts if isinstance(p, TextPart))
-                messages.append({"role": turn.role, "content": text})
-                continue
-            content: list[dict[str, Any]] = []
-            for part in turn.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                else:
-                    data = part.data_url().split(",", 1)[1]
-                    content.append({"type": "image", "source": {
-                        "type": "base64", "media_type": part.mime, "data": data}})
-            messages.append({"role": "user", "content": content})
         payload: dict[str, Any] = {
             "model": self.model.model_id,
             "max_tokens": self._max_tokens(request.max_tokens),
-            "messages": messages,
+            "messages": self.wire_turns(request.turns),
             "stream": stream,
         }
         if request.instructions:
@@ -62,70 +46,71 @@ class AnthropicClient(ClientBase):
             payload["temperature"] = request.temperature
         return payload
 
-    def _headers(self) -> dict[str, str]:
-        headers = dict(self.model.headers)
-        key = api_key(self.model)
-        if key:
-            headers["x-api-key"] = key
+    def _wire_part(self, part: Part) -> dict[str, Any]:
+        if isinstance(part, TextPart):
+            return {"type": "text", "text": part.text}
+        data = part.data_url().split(",", 1)[1]
+        return {"type": "image", "source": {
+            "type": "base64", "media_type": part.mime, "data": data}}
+
+    def _path(self) -> str:
+        return messages_path(self.model.base_url)
+
+    @classmethod
+    def key_headers(cls, key: str | None) -> dict[str, str]:
+        """``x-api-key`` (when there is a key) and ``anthropic-version``."""
+        headers = {"x-api-key": key} if key else {}
         headers["anthropic-version"] = ANTHROPIC_VERSION
-        headers["accept"] = "text/event-stream, application/json"
         return headers
 
-    async def complete(self, request: ModelRequest) -> Completion:
-        """Stream a message and return its final text (thinking dropped)."""
-        headers = self._headers()
-        payload = self.build_payload(request)
-        path = messages_path(self.model.base_url)
-        async with self._post(path, payload, headers) as reply:
-            if reply.is_json:
-                return self._from_json(await reply.json())
-            filt = ReasoningFilter()
-            parts: list[str] = []
-            blocks: dict[int, str] = {}  # index -> block type
-            stop_reason: str | None = None
-            usage = {"input": 0, "output": 0}
-            async for ev in reply.events():
-                data = ev.json()
-                if not isinstance(data, dict):
-                    raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
-                kind = data.get("type") or ev.event
-                if kind == "ping":
-                    continue  # a keepalive: deadlines stay
-                if (kind == "content_block_delta" and _delta_has_content(data.get("delta"))) \
-                        or (kind == "content_block_start"
-                            and _delta_has_content(data.get("content_block"))):
-                    reply.content()  # text, thinking or tool input: the model is working
-                elif kind != "message_start":
-                    reply.progress()
-                if kind == "error":
-                    code, message = error_fields(data)
-                    raise classify_payload(code, message, secrets=self._secrets())
-                if kind == "message_start":
-                    u = (data.get("message") or {}).get("usage") or {}
-                    usage["input"] = int(u.get("input_tokens") or 0)
-                    usage["output"] = int(u.get("output_tokens") or 0)
-                elif kind == "content_block_start":
-                    block = data.get("content_block") or {}
-                    blocks[int(data.get("index", 0))] = block.get("type", "")
-                    if block.get("type") == "text" and block.get("text"):
-                        parts.append(filt.feed(block["text"]))
-                elif kind == "content_block_delta":
-                    delta = data.get("delta") or {}
-                    index = int(data.get("index", 0))
-                    if delta.get("type") == "text_delta" and blocks.get(index, "text") == "text":
-                        parts.append(filt.feed(delta.get("text") or ""))
-                elif kind == "message_delta":
-                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                    u = data.get("usage") or {}
-                    if u.get("output_tokens") is not None:
-                        usage["output"] = int(u["output_tokens"])
-                    if u.get("input_tokens"):
-                        usage["input"] = int(u["input_tokens"])
-                elif kind == "message_stop":
-                    parts.append(filt.finish())
-                    return _completion("".join(parts), stop_reason,
-                                       Usage(usage["input"], usage["output"]))
-            raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without message_stop")
+    async def _from_stream(self, reply: HttpReply) -> Completion:
+        filt = ReasoningFilter()
+        parts: list[str] = []
+        blocks: dict[int, str] = {}  # index -> block type
+        stop_reason: str | None = None
+        usage = {"input": 0, "output": 0}
+        async for ev in reply.events():
+            data = ev.json()
+            if not isinstance(data, dict):
+                raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
+            kind = data.get("type") or ev.event
+            if kind == "ping":
+                continue  # a keepalive: deadlines stay
+            if (kind == "content_block_delta" and _delta_has_content(data.get("delta"))) \
+                    or (kind == "content_block_start"
+                        and _delta_has_content(data.get("content_block"))):
+                reply.content()  # text, thinking or tool input: the model is working
+            elif kind != "message_start":
+                reply.progress()
+            if kind == "error":
+                code, message = error_fields(data)
+                raise classify_payload(code, message, secrets=self._secrets())
+            if kind == "message_start":
+                u = (data.get("message") or {}).get("usage") or {}
+                usage["input"] = int(u.get("input_tokens") or 0)
+                usage["output"] = int(u.get("output_tokens") or 0)
+            elif kind == "content_block_start":
+                block = data.get("content_block") or {}
+                blocks[int(data.get("index", 0))] = block.get("type", "")
+                if block.get("type") == "text" and block.get("text"):
+                    parts.append(filt.feed(block["text"]))
+            elif kind == "content_block_delta":
+                delta = data.get("delta") or {}
+                index = int(data.get("index", 0))
+                if delta.get("type") == "text_delta" and blocks.get(index, "text") == "text":
+                    parts.append(filt.feed(delta.get("text") or ""))
+            elif kind == "message_delta":
+                stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                u = data.get("usage") or {}
+                if u.get("output_tokens") is not None:
+                    usage["output"] = int(u["output_tokens"])
+                if u.get("input_tokens"):
+                    usage["input"] = int(u["input_tokens"])
+            elif kind == "message_stop":
+                parts.append(filt.finish())
+                return _completion("".join(parts), stop_reason,
+                                   Usage(usage["input"], usage["output"]))
+        raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without message_stop")
 
     def _from_json(self, data: Any) -> Completion:
         if not isinstance(data, dict):

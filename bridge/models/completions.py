@@ -11,14 +11,14 @@ from typing import Any
 from bridge.models.base import (
     Completion,
     ErrorClass,
-    ImagePart,
     ModelError,
     ModelRequest,
+    Part,
     TextPart,
     Usage,
 )
 from bridge.models.errors import classify_payload, error_fields
-from bridge.models.http import ClientBase, api_key, url_host
+from bridge.models.http import ClientBase, HttpReply, url_host
 from bridge.models.reasoning import ReasoningFilter
 
 
@@ -30,20 +30,7 @@ class CompletionsClient(ClientBase):
         messages: list[dict[str, Any]] = []
         if request.instructions:
             messages.append({"role": "system", "content": request.instructions})
-        for turn in request.turns:
-            texts = [p for p in turn.parts if isinstance(p, TextPart)]
-            images = [p for p in turn.parts if isinstance(p, ImagePart)]
-            if turn.role == "assistant" or not images:
-                # Plain strings: the form every local server understands.
-                messages.append({"role": turn.role, "content": "".join(p.text for p in texts)})
-                continue
-            content: list[dict[str, Any]] = []
-            for part in turn.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                else:
-                    content.append({"type": "image_url", "image_url": {"url": part.data_url()}})
-            messages.append({"role": "user", "content": content})
+        messages += self.wire_turns(request.turns)
         payload: dict[str, Any] = {"model": self.model.model_id, "messages": messages}
         # OpenAI's own reasoning models reject max_tokens; local servers know only it.
         host = url_host(self.model.base_url)
@@ -56,58 +43,52 @@ class CompletionsClient(ClientBase):
             payload["stream_options"] = {"include_usage": True}
         return payload
 
-    def _headers(self) -> dict[str, str]:
-        headers = dict(self.model.headers)
-        key = api_key(self.model)
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        headers["accept"] = "text/event-stream, application/json"
-        return headers
+    def _wire_part(self, part: Part) -> dict[str, Any]:
+        if isinstance(part, TextPart):
+            return {"type": "text", "text": part.text}
+        return {"type": "image_url", "image_url": {"url": part.data_url()}}
 
-    async def complete(self, request: ModelRequest) -> Completion:
-        """Stream a chat completion and return its final text (reasoning stripped)."""
-        headers = self._headers()
-        payload = self.build_payload(request)
-        async with self._post("/chat/completions", payload, headers) as reply:
-            if reply.is_json:
-                return self._from_json(await reply.json())
-            filt = ReasoningFilter()
-            parts: list[str] = []
-            finish: str | None = None
-            usage = Usage()
-            async for ev in reply.events():
-                if ev.data.strip() == "[DONE]":
-                    return self._done(parts, filt, finish, usage)
-                data = ev.json()
-                if not isinstance(data, dict):
-                    raise ModelError(ErrorClass.BAD_RESPONSE, "stream chunk is not an object")
-                if "error" in data or ev.event == "error":
-                    code, message = error_fields(data)
-                    raise classify_payload(code, message, secrets=self._secrets())
-                if data.get("usage"):
-                    usage = _usage(data["usage"])
-                if _has_content(data):
-                    reply.content()
-                elif data.get("usage") or any(
-                        isinstance(c, dict) and c.get("finish_reason")
-                        for c in data.get("choices") or ()):
-                    reply.progress()
-                # else a role-only or empty delta: a keepalive, deadlines stay
-                for choice in data.get("choices") or ():
-                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                        continue
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content") if isinstance(delta, dict) else None
-                    if isinstance(content, str):
-                        parts.append(filt.feed(content))
-                    elif isinstance(delta, dict) and isinstance(delta.get("refusal"), str):
-                        parts.append(filt.feed(delta["refusal"]))
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-            if finish is not None:
-                # Lenient: some servers close after the last chunk without "[DONE]".
+    def _path(self) -> str:
+        return "/chat/completions"
+
+    async def _from_stream(self, reply: HttpReply) -> Completion:
+        filt = ReasoningFilter()
+        parts: list[str] = []
+        finish: str | None = None
+        usage = Usage()
+        async for ev in reply.events():
+            if ev.data.strip() == "[DONE]":
                 return self._done(parts, filt, finish, usage)
-            raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without [DONE]")
+            data = ev.json()
+            if not isinstance(data, dict):
+                raise ModelError(ErrorClass.BAD_RESPONSE, "stream chunk is not an object")
+            if "error" in data or ev.event == "error":
+                code, message = error_fields(data)
+                raise classify_payload(code, message, secrets=self._secrets())
+            if data.get("usage"):
+                usage = _usage(data["usage"])
+            if _has_content(data):
+                reply.content()
+            elif data.get("usage") or any(
+                    isinstance(c, dict) and c.get("finish_reason")
+                    for c in data.get("choices") or ()):
+                reply.progress()
+            # else a role-only or empty delta: a keepalive, deadlines stay
+            for choice in data.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                content = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(content, str):
+                    parts.append(filt.feed(content))
+                elif isinstance(delta, dict) and isinstance(delta.get("refusal"), str):
+                    parts.append(filt.feed(delta["refusal"]))
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        if finish is not None:
+            # Lenient: some servers close after the last chunk without "[DONE]".
+            return self._done(parts, filt, finish, usage)
+        raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without [DONE]")
 
     def _done(self, parts: list[str], filt: ReasoningFilter, finish: str | None,
               usage: Usage) -> Completion:

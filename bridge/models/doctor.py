@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from bridge.config.schema import Config, ModelSelection, ResolvedModel, Timeouts
-from bridge.models.anthropic import ANTHROPIC_VERSION, messages_path
+from bridge.models.anthropic import messages_path
 from bridge.models.base import ErrorClass, ModelError, ModelRequest, Turn
 from bridge.models.catalog import BUILTIN_KEY_ENV, BUILTIN_PROVIDER_IDS
-from bridge.models.clients import make_client
+from bridge.models.clients import client_class, make_client
 from bridge.models.http import get_json, model_secrets, needs_api_key
 
 _PROBE_TIMEOUTS = Timeouts(connectSeconds=5, firstTokenSeconds=10, idleSeconds=10,
@@ -148,15 +147,8 @@ def _credentials(model: ResolvedModel) -> str:
 
 
 def _auth_headers(model: ResolvedModel) -> dict[str, str]:
-    headers = dict(model.headers)
     key = model.api_key.get_secret_value() if model.api_key is not None else ""
-    if model.api == "anthropic-messages":
-        headers["anthropic-version"] = ANTHROPIC_VERSION
-        if key:
-            headers["x-api-key"] = key
-    elif key:
-        headers["authorization"] = f"Bearer {key}"
-    return headers
+    return {**model.headers, **client_class(model.api).key_headers(key)}
 
 
 def _models_url(model: ResolvedModel) -> str:
@@ -357,13 +349,11 @@ def cmd_doctor(args: Any) -> int:
     With no model configured (no config file, say) it first runs the same local-server
     discovery as ``palaver run`` and checks what that would use.
     """
-    from bridge.config.load import ConfigError, load_for_cli
+    from bridge.config.load import load_for_cli_or_report
 
-    try:
-        config, _path = load_for_cli(args)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
+    if (loaded := load_for_cli_or_report(args)) is None:
         return 1
+    config, _path = loaded
     return asyncio.run(_doctor(config, getattr(args, "probe_targets", None)))
 
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,7 +37,16 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from bridge.config.schema import ResolvedModel, Timeouts
-from bridge.models.base import ErrorClass, ModelError
+from bridge.models.base import (
+    Completion,
+    ErrorClass,
+    ImagePart,
+    ModelError,
+    ModelRequest,
+    Part,
+    TextPart,
+    Turn,
+)
 from bridge.models.catalog import BUILTIN_KEY_ENV
 from bridge.models.errors import classify_exception, classify_http
 
@@ -289,13 +299,10 @@ class HttpReply:
             yield self._first
         while True:
             deadline, what, configured = self._read_deadline()
-            try:
-                chunk = await self._deadlines.wait_until(
-                    self._resp.content.readany(), deadline, what, configured)
-            except ModelError:
-                raise
-            except Exception as exc:
-                raise classify_exception(exc, phase="the response stream") from None
+            chunk = await _classified(
+                self._deadlines.wait_until(self._resp.content.readany(), deadline, what,
+                                           configured),
+                "the response stream")
             if not chunk:
                 return
             yield chunk
@@ -343,34 +350,15 @@ async def post(
     check_url(url)
     deadlines = _Deadlines(model.timeouts)
     t = model.timeouts
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=t.connectSeconds, sock_connect=t.connectSeconds
-    )
-    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    body = encode_json(payload)
     all_headers = {"content-type": "application/json", **headers}
+    resp = await _send(session, "POST", url, deadlines, "first token", secrets,
+                       data=body, headers=all_headers)
     try:
-        resp = await deadlines.wait(
-            session.post(url, data=body, headers=all_headers, timeout=timeout,
-                         allow_redirects=False),
-            t.firstTokenSeconds, "first token",
-        )
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise classify_exception(exc, phase="connect") from None
-    try:
-        if resp.status >= 300:
-            raw = await _read_error_body(resp, deadlines)
-            raise classify_http(resp.status, raw, resp.headers, secrets=secrets)
-        try:
-            first = await deadlines.wait_until(
-                resp.content.readany(), deadlines.first_token_deadline, "first token",
-                t.firstTokenSeconds,
-            )
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise classify_exception(exc, phase="the first token") from None
+        first = await _classified(
+            deadlines.wait_until(resp.content.readany(), deadlines.first_token_deadline,
+                                 "first token", t.firstTokenSeconds),
+            "the first token")
         ctype = resp.content_type or ""
         if ctype == "text/event-stream":
             is_json = False
@@ -409,37 +397,222 @@ async def get_json(
     """GET a JSON document (used by ``palaver doctor``); raise a classified ModelError."""
     check_url(url)
     deadlines = _Deadlines(timeouts)
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=timeouts.connectSeconds, sock_connect=timeouts.connectSeconds
-    )
+    resp = await _send(session, "GET", url, deadlines, "first byte", secrets,
+                       headers=dict(headers))
     try:
-        resp = await deadlines.wait(
-            session.get(url, headers=dict(headers), timeout=timeout, allow_redirects=False),
-            timeouts.firstTokenSeconds, "first byte",
-        )
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise classify_exception(exc, phase="connect") from None
-    try:
-        if resp.status >= 300:
-            raw = await _read_error_body(resp, deadlines)
-            raise classify_http(resp.status, raw, resp.headers, secrets=secrets)
         reply = HttpReply(resp, deadlines, b"", True)
         return await reply.json()
     finally:
         resp.release()
 
 
+async def _send(session: aiohttp.ClientSession, method: str, url: str,
+                deadlines: _Deadlines, what: str, secrets: tuple[str, ...],
+                **kwargs: Any) -> aiohttp.ClientResponse:
+    """Send the request and return its 2xx response (the caller releases it).
+
+    The response must start within ``firstTokenSeconds`` (named ``what``); a non-2xx
+    answer is released and raised as a ModelError classified from its status and body.
+    """
+    t = deadlines.t
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=t.connectSeconds, sock_connect=t.connectSeconds
+    )
+    resp = await _classified(
+        deadlines.wait(
+            session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs),
+            t.firstTokenSeconds, what,
+        ),
+        "connect")
+    if resp.status >= 300:
+        try:
+            raw = await _read_error_body(resp, deadlines)
+        finally:
+            resp.release()
+        raise classify_http(resp.status, raw, resp.headers, secrets=secrets)
+    return resp
+
+
+async def _classified(aw: Awaitable[T], phase: str) -> T:
+    """Await ``aw``; a failure that is not a ModelError yet is classified (``phase`` names
+    where it happened, for the message)."""
+    try:
+        return await aw
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise classify_exception(exc, phase=phase) from None
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+class WireJSON(dict):
+    """A wire-format JSON object that carries its own encoding (:attr:`encoded`, UTF-8),
+    so that :func:`encode_json` encodes it once however many requests it goes into.
+    Read-only by convention (the clients share one per history turn): a change would not
+    reach :attr:`encoded`."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, value: Mapping[str, Any]) -> None:
+        super().__init__(value)
+        self.encoded = json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def encode_json(value: Any) -> bytes:
+    """``json.dumps(value, ensure_ascii=False).encode("utf-8")``, reusing the encoding of
+    every :class:`WireJSON` held in a list (at any depth of lists and str-keyed objects)."""
+    if isinstance(value, WireJSON):
+        return value.encoded
+    if isinstance(value, list) and any(isinstance(v, WireJSON) for v in value):
+        return b"[" + b", ".join(map(encode_json, value)) + b"]"
+    if (isinstance(value, dict) and all(isinstance(k, str) for k in value)
+            and any(isinstance(v, (list, dict)) for v in value.values())):
+        return b"{" + b", ".join(encode_json(k) + b": " + encode_json(v)
+                                 for k, v in value.items()) + b"}"
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+# Converted history turns kept per client class (see ClientBase.wire_turns).
+WIRE_CACHE_TURNS = 4096
+WIRE_CACHE_BYTES = 4_000_000
+
+
+class _WireTurnCache:
+    """Text-only turns in one API's wire form, an LRU keyed by the Turn object's ``id``.
+
+    Each entry holds its Turn, so the ``id`` cannot be reused while the entry lives (Turn
+    has ``__slots__`` and no weakref); the identity check guards the rest.  Turns with
+    images are converted every time: hashing or keeping their bytes costs more than it
+    saves, and the core builds them anew for each prompt anyway.
+    """
+
+    def __init__(self, max_turns: int = WIRE_CACHE_TURNS,
+                 max_bytes: int = WIRE_CACHE_BYTES) -> None:
+        self.max_turns = max_turns
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[int, tuple[Turn, WireJSON]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, turn: Turn, convert: Callable[[Turn], dict[str, Any]]) -> dict[str, Any]:
+        """``convert(turn)``, remembered when the turn is text only."""
+        key = id(turn)
+        found = self._data.get(key)
+        if found is not None and found[0] is turn:
+            self._data.move_to_end(key)  # most recently used last
+            return found[1]
+        wire = convert(turn)
+        if all(type(p) is TextPart for p in turn.parts):
+            wire = WireJSON(wire)
+            self._put(key, turn, wire)
+        return wire
+
+    def _put(self, key: int, turn: Turn, wire: WireJSON) -> None:
+        size = len(wire.encoded)
+        if self.max_turns <= 0 or size > self.max_bytes // 4:
+            return
+        self._data[key] = (turn, wire)
+        self._bytes += size
+        while len(self._data) > self.max_turns or self._bytes > self.max_bytes:
+            _key, (_turn, dropped) = self._data.popitem(last=False)
+            self._bytes -= len(dropped.encoded)
+
+    def clear(self) -> None:
+        """Forget every turn."""
+        self._data.clear()
+        self._bytes = 0
+
+
 # --------------------------------------------------------------------------- clients
 
 
 class ClientBase:
-    """What the three wire clients share: the model, the session, keys and limits."""
+    """What the three wire clients share: the model and session, keys and limits, the
+    request/response driving of :meth:`complete`, and the memo of converted turns.
+
+    A client supplies its wire format: :meth:`build_payload` (using :meth:`wire_turns`),
+    :meth:`_wire_part` (and ``_TEXT_ONLY_AS_STRING``), :meth:`_path`, :meth:`key_headers`,
+    :meth:`_from_json` and :meth:`_from_stream`.
+    """
+
+    _turn_cache: _WireTurnCache = _WireTurnCache()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._turn_cache = _WireTurnCache()  # one per wire format
 
     def __init__(self, model: ResolvedModel, session: aiohttp.ClientSession) -> None:
         self.model = model
         self.session = session
+
+    # -- the wire format (each client)
+
+    def build_payload(self, request: ModelRequest, *, stream: bool = True) -> dict[str, Any]:
+        """The JSON body for ``request``."""
+        raise NotImplementedError
+
+    # Whether a user turn without images goes as a plain string (the form every local
+    # OpenAI-compatible server understands) rather than a list of parts.
+    _TEXT_ONLY_AS_STRING = True
+
+    def _wire_part(self, part: Part) -> dict[str, Any]:
+        """One text or image part of a user turn in the wire format."""
+        raise NotImplementedError
+
+    def _path(self) -> str:
+        """The endpoint, appended to the model's baseUrl."""
+        raise NotImplementedError
+
+    @classmethod
+    def key_headers(cls, key: str | None) -> dict[str, str]:
+        """The headers carrying the API key (none without one) and the API's own."""
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def _from_json(self, data: Any) -> Completion:
+        """The completion in a whole JSON reply (not streamed)."""
+        raise NotImplementedError
+
+    async def _from_stream(self, reply: HttpReply) -> Completion:
+        """The completion in an SSE reply."""
+        raise NotImplementedError
+
+    # -- shared
+
+    def _wire_turn(self, turn: Turn) -> dict[str, Any]:
+        """One history turn in the wire format (depends on the turn alone): assistant
+        turns as their text, user turns as a list of parts (see _TEXT_ONLY_AS_STRING)."""
+        if turn.role == "assistant" or (
+                self._TEXT_ONLY_AS_STRING
+                and not any(isinstance(p, ImagePart) for p in turn.parts)):
+            text = "".join(p.text for p in turn.parts if isinstance(p, TextPart))
+            return {"role": turn.role, "content": text}
+        return {"role": "user", "content": [self._wire_part(p) for p in turn.parts]}
+
+    def wire_turns(self, turns: Sequence[Turn]) -> list[dict[str, Any]]:
+        """``turns`` in the wire format; text-only turns are converted (and JSON-encoded)
+        once per Turn object.  The objects are shared between requests: do not change them.
+        """
+        get, convert = self._turn_cache.get, self._wire_turn
+        return [get(turn, convert) for turn in turns]
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        """Send ``request`` (streamed) and return the final text (reasoning stripped)."""
+        headers = self._headers()
+        payload = self.build_payload(request)
+        async with self._post(self._path(), payload, headers) as reply:
+            if reply.is_json:
+                return self._from_json(await reply.json())
+            return await self._from_stream(reply)
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.model.headers)
+        headers.update(self.key_headers(api_key(self.model)))
+        headers["accept"] = "text/event-stream, application/json"
+        return headers
 
     def _secrets(self) -> tuple[str, ...]:
         return model_secrets(self.model)

@@ -12,14 +12,14 @@ from typing import Any
 from bridge.models.base import (
     Completion,
     ErrorClass,
-    ImagePart,
     ModelError,
     ModelRequest,
+    Part,
     TextPart,
     Usage,
 )
 from bridge.models.errors import classify_payload, error_fields
-from bridge.models.http import ClientBase, api_key
+from bridge.models.http import ClientBase, HttpReply
 from bridge.models.reasoning import ReasoningFilter
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -33,23 +33,9 @@ class ResponsesClient(ClientBase):
 
     def build_payload(self, request: ModelRequest, *, stream: bool = True) -> dict[str, Any]:
         """The JSON body for ``request`` (full history as ``input``)."""
-        items: list[dict[str, Any]] = []
-        for turn in request.turns:
-            if turn.role == "assistant":
-                text = "".join(p.text for p in turn.parts if isinstance(p, TextPart))
-                items.append({"role": "assistant", "content": text})
-                continue
-            content: list[dict[str, Any]] = []
-            for part in turn.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "input_text", "text": part.text})
-                elif isinstance(part, ImagePart):
-                    content.append({"type": "input_image", "image_url": part.data_url(),
-                                    "detail": "auto"})
-            items.append({"role": "user", "content": content})
         payload: dict[str, Any] = {
             "model": self.model.model_id,
-            "input": items,
+            "input": self.wire_turns(request.turns),
             "max_output_tokens": self._max_tokens(request.max_tokens),
             "store": False,
             "stream": stream,
@@ -60,58 +46,56 @@ class ResponsesClient(ClientBase):
             payload["temperature"] = request.temperature
         return payload
 
-    def _headers(self) -> dict[str, str]:
-        headers = dict(self.model.headers)
-        key = api_key(self.model)
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        headers["accept"] = "text/event-stream, application/json"
-        return headers
+    # A user turn is always a list of parts (``input_text``, ``input_image``).
+    _TEXT_ONLY_AS_STRING = False
 
-    async def complete(self, request: ModelRequest) -> Completion:
-        """Stream a response and return its final text (reasoning stripped)."""
-        headers = self._headers()
-        payload = self.build_payload(request)
-        async with self._post("/responses", payload, headers) as reply:
-            if reply.is_json:
-                return self._from_response(await reply.json())
-            filt = ReasoningFilter()
-            parts: list[str] = []
-            streamed = False
-            async for ev in reply.events():
-                if ev.data.strip() == "[DONE]":
-                    continue
-                data = ev.json()
-                if not isinstance(data, dict):
-                    raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
-                kind = data.get("type") or ev.event
-                if kind in _KEEPALIVE:
-                    continue  # says nothing about the model working: deadlines stay
-                if isinstance(kind, str) and kind.endswith(".delta") and data.get("delta"):
-                    reply.content()  # text, refusal, reasoning, tool-call arguments
-                else:
-                    reply.progress()
-                if kind in ("response.output_text.delta", "response.refusal.delta"):
-                    delta = data.get("delta")
-                    if isinstance(delta, str):
-                        streamed = True
-                        parts.append(filt.feed(delta))
-                elif kind == "error":
-                    code, message = error_fields(data)
-                    raise classify_payload(code, message, secrets=self._secrets())
-                elif kind in _TERMINAL:
-                    response = data.get("response")
-                    if not isinstance(response, dict):
-                        raise ModelError(ErrorClass.BAD_RESPONSE, f"{kind} without response")
-                    if kind == "response.failed" or not streamed:
-                        # Servers that send no deltas still carry the output here.
-                        return self._from_response(response)
-                    parts.append(filt.finish())
-                    return _completion("".join(parts), response)
-            raise ModelError(ErrorClass.BAD_RESPONSE,
-                             "stream ended without response.completed")
+    def _wire_part(self, part: Part) -> dict[str, Any]:
+        if isinstance(part, TextPart):
+            return {"type": "input_text", "text": part.text}
+        return {"type": "input_image", "image_url": part.data_url(), "detail": "auto"}
 
-    def _from_response(self, response: Any) -> Completion:
+    def _path(self) -> str:
+        return "/responses"
+
+    async def _from_stream(self, reply: HttpReply) -> Completion:
+        filt = ReasoningFilter()
+        parts: list[str] = []
+        streamed = False
+        async for ev in reply.events():
+            if ev.data.strip() == "[DONE]":
+                continue
+            data = ev.json()
+            if not isinstance(data, dict):
+                raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
+            kind = data.get("type") or ev.event
+            if kind in _KEEPALIVE:
+                continue  # says nothing about the model working: deadlines stay
+            if isinstance(kind, str) and kind.endswith(".delta") and data.get("delta"):
+                reply.content()  # text, refusal, reasoning, tool-call arguments
+            else:
+                reply.progress()
+            if kind in ("response.output_text.delta", "response.refusal.delta"):
+                delta = data.get("delta")
+                if isinstance(delta, str):
+                    streamed = True
+                    parts.append(filt.feed(delta))
+            elif kind == "error":
+                code, message = error_fields(data)
+                raise classify_payload(code, message, secrets=self._secrets())
+            elif kind in _TERMINAL:
+                response = data.get("response")
+                if not isinstance(response, dict):
+                    raise ModelError(ErrorClass.BAD_RESPONSE, f"{kind} without response")
+                if kind == "response.failed" or not streamed:
+                    # Servers that send no deltas still carry the output here.
+                    return self._from_json(response)
+                parts.append(filt.finish())
+                return _completion("".join(parts), response)
+        raise ModelError(ErrorClass.BAD_RESPONSE,
+                         "stream ended without response.completed")
+
+    def _from_json(self, response: Any) -> Completion:
+        """A response object: the whole JSON body, or the one a terminal event carries."""
         if not isinstance(response, dict):
             raise ModelError(ErrorClass.BAD_RESPONSE, "response is not an object")
         if response.get("object") not in (None, "response") and "output" not in response:

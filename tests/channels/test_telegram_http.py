@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 
 import pytest
 from telegram import Bot, InputFile, ReplyParameters
@@ -53,12 +52,6 @@ async def make_bot(fake):
     yield build
     for bot in bots:
         await bot.shutdown()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _assert_no_token(exc: BaseException, token: str) -> None:
