@@ -284,6 +284,54 @@ async def test_later_chunk_unreachable_reports_sent_ids(make_channel, fake):
     assert err.value.sent_ids == [f"1001:{fake.sent[0].message_id}"]
 
 
+# --------------------------------------------------------------------------- channel_ready
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - channel state has no event
+            await asyncio.sleep(0.01)
+
+
+async def test_channel_ready_after_a_late_connect(make_channel, fake):
+    fake.fail("getMe", 502, "Bad Gateway", times=2)
+    sink = AdmittingSink()
+    channel = await make_channel(sink)
+    assert not channel.health().connected and sink.ready == []  # start() has returned
+    await _until(lambda: sink.ready == [channel])
+    assert channel.health().connected
+
+
+async def test_channel_ready_when_polling_recovers(make_channel, fake):
+    sink = AdmittingSink()
+    channel = await make_channel(sink)
+    await fake.wait_for_calls("getUpdates")
+    assert sink.ready == []  # start() itself: the core sends its queue on its own start
+    fake.fail("getUpdates", 502, "Bad Gateway", times=2)
+    fake.push_text(1001, 1001, "wake the poll")  # ends the pending long poll
+    await _until(lambda: len(fake.calls_to("getUpdates")) >= 4 and sink.ready)
+    await asyncio.sleep(0.2)
+    assert sink.ready == [channel]  # once per recovery
+
+
+async def test_channel_ready_after_a_send_found_no_connection(make_channel, fake):
+    sink = AdmittingSink()
+    channel = await make_channel(sink)
+    channel.max_send_attempts = 1
+    fake.fail("sendMessage", 502, "Bad Gateway")  # 5xx: no early retry is asked for
+    with pytest.raises(SendError):
+        await channel.send(Outbound(_address(1001), "x"))
+    fake.push_text(1001, 1001, "a poll answers")
+    await sink.wait_for(1)
+    assert sink.ready == []
+    await fake.go_down()
+    with pytest.raises(SendError) as err:  # connection refused: retryable, ready later
+        await channel.send(Outbound(_address(1001), "y"))
+    assert err.value.retryable
+    await fake.come_back()
+    await _until(lambda: sink.ready == [channel])
+
+
 # --------------------------------------------------------------------------- plain fallback
 
 
