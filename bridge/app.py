@@ -93,6 +93,7 @@ class App:
         self._health_server: Any = None
         self._started = False
         self._stopped = False
+        self._applied: Config | None = None  # the file config last applied (hot reload)
 
     # -- accessors -----------------------------------------------------------------
 
@@ -186,6 +187,7 @@ class App:
         # sink.channel_ready(itself) then.
         await self._core.start()
         if self._live is not None:
+            self._applied = self._live.current
             self._live.subscribe(self._on_reload)
             await self._live.start()
         if self._serve_health and config.health.enabled and self._metrics is not None:
@@ -249,18 +251,44 @@ class App:
         return report
 
     def _on_reload(self, new: Config) -> None:
+        old, self._applied = self._applied, new
         register_config_secrets(self.config)
-        try:
-            from bridge.logs import setup_logging
+        if old is None or old.logging != new.logging:
+            try:
+                from bridge.logs import setup_logging
 
-            setup_logging(new.logging.level, new.logging.format)
-        except Exception:
-            log.debug("log settings not re-applied", exc_info=True)
-        old = {c.name for c in self._channels}
-        enabled = {n for n in ("telegram", "whatsapp")
-                   if (cfg := getattr(new.channels, n)) is not None and cfg.enabled}
-        if enabled - old or (old - {"console"}) - enabled:
-            log.warning("channels enabled/disabled in the config take effect after a restart")
+                # Flags given on the command line keep outranking the file.
+                setup_logging(_LOG_FLAGS.get("level") or new.logging.level,
+                              _LOG_FLAGS.get("format") or new.logging.format, stream=sys.stderr)
+            except Exception:
+                log.debug("log settings not re-applied", exc_info=True)
+        if old is not None:
+            later = restart_only_changes(old, new)
+            if later:
+                log.warning("config reloaded; these changes take effect after a restart: %s",
+                            ", ".join(later))
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """Dotted paths whose change a running Palaver cannot apply (they need a restart)."""
+    changed: list[str] = []
+    if old.dataDir != new.dataDir:
+        changed.append("dataDir")
+    if old.health != new.health:
+        changed.append("health")
+    for name, fields in (("telegram", ("enabled", "botToken", "tokenFile", "apiRoot", "mode",
+                                       "webhookUrl", "webhookSecret", "webhookPath",
+                                       "webhookHost", "webhookPort")),
+                         ("whatsapp", ("enabled",))):
+        before, after = getattr(old.channels, name), getattr(new.channels, name)
+        if (before is None) != (after is None):
+            changed.append(f"channels.{name}")
+            continue
+        if before is None:
+            continue
+        changed.extend(f"channels.{name}.{f}" for f in fields
+                       if getattr(before, f) != getattr(after, f))
+    return changed
 
 
 def _channel_label(channel: Channel) -> str:
@@ -295,10 +323,15 @@ def _setup_logging(args: Any, config: Config | None, *, default_level: str | Non
                    ) -> None:
     from bridge.logs import setup_logging
 
-    level = getattr(args, "log_level", None) or default_level or (
-        config.logging.level if config else "info")
-    fmt = getattr(args, "log_format", None) or (config.logging.format if config else "text")
+    _LOG_FLAGS["level"] = getattr(args, "log_level", None) or default_level
+    _LOG_FLAGS["format"] = getattr(args, "log_format", None)
+    level = _LOG_FLAGS["level"] or (config.logging.level if config else "info")
+    fmt = _LOG_FLAGS["format"] or (config.logging.format if config else "text")
     setup_logging(level, fmt, stream=sys.stderr)
+
+
+# --log-level / --log-format of this process (they outrank the config, also on reload).
+_LOG_FLAGS: dict[str, str | None] = {}
 
 
 def register_config_secrets(config: Config) -> None:

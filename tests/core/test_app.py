@@ -440,3 +440,45 @@ async def test_interactive_chat_exits_promptly_on_ctrl_c(tmp_path, server):
             proc.kill()
             await proc.wait()
     assert b"Traceback" not in output
+
+
+async def test_reload_keeps_command_line_log_flags_and_names_restart_only_changes(
+        tmp_path, server, monkeypatch, caplog):
+    import argparse
+    import logging
+
+    from bridge.config.watch import LiveConfig
+    from bridge.logs import JsonFormatter
+
+    def text(**changes) -> str:
+        data = json.loads(_config_text(tmp_path, server))
+        data.update(changes)
+        return json.dumps(data)
+
+    path = tmp_path / "palaver.json5"
+    path.write_text(text())
+    config = load_config(path)
+    app_mod._setup_logging(argparse.Namespace(log_level="debug", log_format="json"), config)
+
+    def palaver_handler():
+        return next(h for h in logging.getLogger().handlers
+                    if isinstance(h.formatter, JsonFormatter))
+
+    assert logging.getLogger().level == logging.DEBUG
+    app = App(LiveConfig(config, path), channels=[RecordingChannel()])
+    await app.start()
+    try:
+        # The file changes its logging section and two things only a restart applies.
+        path.write_text(text(logging={"level": "warning", "format": "text"},
+                             health={"port": 18999}))
+        with caplog.at_level(logging.WARNING, logger="bridge.app"):
+            assert await app._live.reload()
+        assert palaver_handler() is not None  # still JSON, as --log-format said
+        assert logging.getLogger().level == logging.DEBUG  # still --log-level debug
+        warning = [r.getMessage() for r in caplog.records if "after a restart" in r.getMessage()]
+        assert warning and "health" in warning[0]
+    finally:
+        await app.stop()
+        app_mod._LOG_FLAGS.clear()
+        from bridge.logs import setup_logging
+        setup_logging("info", "text")
