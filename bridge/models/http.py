@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -79,6 +80,10 @@ class SSEEvent:
             ) from None
 
 
+# A line ending: CRLF, LF or a lone CR.
+_EOL = re.compile(r"\r\n?|\n")
+
+
 class SSEParser:
     """Incremental parser for ``text/event-stream`` (WHATWG rules).
 
@@ -105,16 +110,11 @@ class SSEParser:
         events: list[SSEEvent] = []
         start = 0
         n = len(buf)
-        while True:
-            i = start
-            while i < n and buf[i] not in "\r\n":
-                i += 1
-            if i >= n:
-                break
-            if buf[i] == "\r" and i + 1 >= n:
+        for eol in _EOL.finditer(buf):
+            if eol.end() >= n and eol.group() == "\r":
                 break  # a CR at the end may be the first half of CRLF
-            line = buf[start:i]
-            start = i + 2 if buf[i] == "\r" and buf[i + 1] == "\n" else i + 1
+            line = buf[start:eol.start()]
+            start = eol.end()
             event = self._line(line)
             if event is not None:
                 events.append(event)

@@ -221,3 +221,25 @@ def test_turn_line_fields_in_json():
     assert line["duration_ms"] == 2051.2
     assert line["tried"] == "localai/llama:timeout:1200,anthropic/claude-sonnet-4-5:ok:800"
     assert "secret answer text" not in stream.getvalue()
+
+
+def test_redact_fast_path_matches_every_pattern_applied():
+    """redact() skips patterns whose literals are absent; the result must not change."""
+    import bridge.logs as logs
+
+    def reference(text: str) -> str:
+        for regex, replacement in logs._PATTERNS:
+            text = regex.sub(replacement, text)
+        return text
+
+    samples = [
+        "turn answered session=telegram:dm:1 model=local/qwen attempts=1 duration_ms=4",
+        "GET /bot123456789:AAbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb/getMe",
+        "key sk-proj-abcdefghijklmnop used", "Authorization: Bearer abc.def-ghi",
+        'AUTHORIZATION: "Basic dXNlcjpwYXNz"', "X-API-KEY: 0123456789abcdef",
+        "ACCESS_TOKEN=zzzzzzzz&x=1", "my Secret: hunter2hunter2", "PassWord=abcdefg",
+        "nothing to see here", "tokens: many", "apikey=[REDACTED] again",
+    ]
+    for text in samples:
+        assert logs.redact(text) == reference(text), text
+    assert logs.redact(samples[1]) != samples[1]
