@@ -435,6 +435,14 @@ def _check_providers(config: Config) -> list[Problem]:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append(Problem(loc, f"expected an http:// or https:// URL with a host, "
                                     f"got {_safe_url(url)!r}"))
+        elif parts.username is not None or parts.password is not None:
+            # aiohttp refuses URL credentials next to an Authorization header.
+            problems.append(Problem(loc, "credentials in baseUrl are not supported: "
+                                    "put the key in apiKey, or a header in headers"))
+        elif parts.query or parts.fragment:
+            # The API path (/chat/completions ...) is appended to baseUrl.
+            problems.append(Problem(loc, "expected a URL without ?query or #fragment "
+                                    f"(the API path is appended to it), got {_safe_url(url)!r}"))
     return problems
 
 

@@ -294,11 +294,11 @@ def test_unlisted_hosted_model_gets_default_metadata(tmp_path):
 
 def test_redacted_hides_every_secret(tmp_path):
     config = load(tmp_path, """{
-      models: { providers: { local: { baseUrl: "http://user:pw-secret-1@127.0.0.1/v1",
+      models: { providers: { local: { baseUrl: "http://127.0.0.1/v1",
         apiKey: "sk-secret-2", headers: { Authorization: "Bearer sk-secret-3",
         "X-Trace": "token sk-secret-4", "X-Plain": "hello" }, models: [{ id: "m" }] } } },
       channels: { telegram: { botToken: "12345:AAsk-secret-5-abcdefghijklmnopqrstuvwxyz",
-        webhookSecret: "sk-secret-6", webhookUrl: "https://h.example/12345:AAsk-secret-5-abcdefghijklmnopqrstuvwxyz" } },
+        apiRoot: "http://user:pw-secret-1@127.0.0.1:8081", webhookSecret: "sk-secret-6", webhookUrl: "https://h.example/12345:AAsk-secret-5-abcdefghijklmnopqrstuvwxyz" } },
     }""", env={"OPENAI_API_KEY": "sk-secret-7"})
     import json
     text = json.dumps(redacted(config))
@@ -351,11 +351,12 @@ SECRETS_FILE = """{
     nested: { deeper: { password: "SECRET14pw", note: "plain words" } } } } },
     systemPrompt: "call https://x.example/hook?sig=SECRET15sig&v=1 with Bearer SECRET16brr" } },
   models: { providers: {
-    a: { baseUrl: "http://user:SECRET3pw@h:1/v1?key=SECRET4q&token=SECRET17t", apiKey: "${MYKEY}",
+    a: { baseUrl: "http://h:1/v1", apiKey: "${MYKEY}",
       headers: { Authorization: "Bearer SECRET6", "api-key": "SECRET18azure" },
       models: [{ id: "m", headers: { "x-api-key": "SECRET8" } }] },
     anthropic: { apiKey: "sk-ant-SECRET9" } } },
   channels: { telegram: { botToken: "123456:SECRET10abcdefghijabcdefghijabcdef",
+    apiRoot: "http://user:SECRET3pw@h:1/?key=SECRET4q&token=SECRET17t",
     webhookSecret: "SECRET11", mode: "webhook",
     webhookUrl: "https://h.example/hook/123456:SECRET10abcdefghijabcdefghijabcdef" } },
 }"""
@@ -372,8 +373,8 @@ def test_config_show_hides_secrets_at_any_depth(tmp_path):
     assert params["api_key"] == "***" and params["Access-Token"] == "***"
     assert params["extra_headers"] == {"Authorization": "***", "X-Plain": "visible"}
     assert params["nested"]["deeper"]["password"] == "***"
-    assert shown["models"]["providers"]["a"]["baseUrl"] == \
-        "http://user:***@h:1/v1?key=***&token=***"
+    assert shown["channels"]["telegram"]["apiRoot"] == \
+        "http://user:***@h:1/?key=***&token=***"
     assert "sig=***&v=1" in shown["agents"]["defaults"]["systemPrompt"]
     # Ordinary values stay readable.
     assert shown["agents"]["defaults"]["model"]["primary"] == "a/m"
@@ -431,3 +432,17 @@ def test_every_missing_variable_is_reported(tmp_path):
     for var in ("H", "P", "OPENAI_API_KEY"):
         assert f"environment variable {var} is not set" in text
     assert len(err.problems) == 3
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://user:pw@127.0.0.1:1234/v1", "credentials in baseUrl are not supported"),
+    ("http://127.0.0.1:1234/v1?api-version=1", "without ?query or #fragment"),
+    ("http://127.0.0.1:1234/v1#x", "without ?query or #fragment"),
+])
+def test_base_url_with_credentials_or_query_is_refused(tmp_path, url, expected):
+    # Both used to validate and then fail every call (aiohttp refuses URL credentials
+    # beside an Authorization header; the API path was appended after the query).
+    err = error_of(tmp_path, f'{{ models: {{ providers: {{ foo: {{ baseUrl: "{url}", '
+                             'models: [{ id: "m" }] } } } }')
+    assert "models.providers.foo.baseUrl" in str(err) and expected in str(err)
+    assert "pw@" not in str(err)
