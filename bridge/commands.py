@@ -225,7 +225,8 @@ async def _status(ctx: CommandContext, _arg: str) -> str:
     if session is not None:
         stats = await store.session_stats(session.id)
         summary = ", earlier turns summarised" if session.summary else ""
-        lines.append(f"Session: {stats['turns']} answered turns since "
+        n = stats["turns"]
+        lines.append(f"Session: {n} answered turn{'' if n == 1 else 's'} since "
                      f"{_ago(time.time() - session.created_at)} ago{summary}")
     return "\n".join(lines)
 

@@ -505,8 +505,11 @@ class TelegramChannel:
         while not self._stopping and self._state == "running":
             self._poll_idle = True
             try:
+                # After failures, a short poll first: health turns good as soon as the
+                # Bot API answers, not when the next long poll returns (up to 30 s).
+                recovering = bool(failures or self._poll_problem)
                 updates = await bot.get_updates(
-                    offset=self._next_offset, timeout=self.poll_timeout,
+                    offset=self._next_offset, timeout=0 if recovering else self.poll_timeout,
                     limit=self.poll_limit, allowed_updates=_ALLOWED_UPDATES)
             except (InvalidToken, Forbidden):
                 self._poll_idle = False

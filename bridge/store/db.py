@@ -9,7 +9,9 @@ may open the same file).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -90,7 +92,12 @@ class Database:
         Raises :class:`SchemaTooNewError` when the file is newer than this code.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Chat text and pairing codes live here: owner-only for a new data dir and file
+        # (SQLite gives its -wal/-shm files the database file's mode).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         migrations = load_migrations() if migrations is None else migrations
         try:
             conn = await aiosqlite.connect(str(path), isolation_level=None)

@@ -901,6 +901,20 @@ async def test_network_errors_back_off_then_health_degrades(make_channel, fake):
     assert channel.health().connected
 
 
+async def test_health_recovers_without_waiting_for_a_long_poll(make_channel, fake):
+    fake.fail("getUpdates", 502, "Bad Gateway", times=3)
+    channel = make_channel()
+    channel.poll_backoff_max = 0.05
+    channel.poll_timeout = 30  # a long poll would hold the recovery back for 30 s
+    await channel.start(RecordingSink())
+    await _eventually(lambda: not channel.health().connected)
+    # No update arrives: the first poll after the failures must not be a long one.
+    await _eventually(lambda: channel.health().connected)
+    assert "last error" not in channel.health().detail
+    timeouts = [c.params.get("timeout") for c in fake.calls_to("getUpdates")]
+    assert str(timeouts[-1]) == "30" and "0" in [str(t) for t in timeouts]
+
+
 async def test_rate_limited_get_updates_waits(make_channel, fake):
     fake.rate_limit("getUpdates", 0.3)
     channel = make_channel()

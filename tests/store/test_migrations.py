@@ -192,3 +192,18 @@ def test_migration_statements_split():
           "ALTER TABLE a ADD COLUMN y INTEGER;\n"
     got = _statements(sql)
     assert len(got) == 2 and "DEFAULT ';'" in got[0] and "ADD COLUMN y" in got[1]
+
+
+async def test_new_database_and_data_dir_are_owner_only(tmp_path):
+    import stat
+
+    data = tmp_path / "fresh" / "data"
+    store = await Store.open_in(data)
+    try:
+        await store.check_writable()
+    finally:
+        await store.close()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for f in data.iterdir():
+        if f.name.startswith("palaver.db"):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
