@@ -67,7 +67,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # x-api-key: xxx, "apiKey": "xxx", api_key=xxx, Authorization: xxx, token=xxx, ...
     (
         re.compile(
-            r"(?i)\b([\w-]*?(?:api[_-]?key|authorization|access[_-]?token|token|secret"
+            # (not an error code such as "invalid_api_key: Incorrect API key provided")
+            r"(?i)\b(?!(?:invalid|incorrect|missing|expired|revoked)[_-])"
+            r"([\w-]*?(?:api[_-]?key|authorization|access[_-]?token|token|secret"
             r"|password))(\\?[\"']?\s*[:=]\s*\\?[\"']?)"
             r"(?!\[REDACTED\])(?!(?:bearer|basic)\s)([^\s\"'&,;}\\]{4,})"
         ),
@@ -227,7 +229,10 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         extras = record_extras(record)
         if extras:
-            tail = " ".join(f"{k}={_format_extra_value(v)}" for k, v in extras.items())
+            # A field the message already spells out (``session=...``) is not repeated.
+            message = record.getMessage()
+            tail = " ".join(f"{k}={_format_extra_value(v)}" for k, v in extras.items()
+                            if f"{k}=" not in message)
             head, sep, rest = line.partition("\n")  # extras belong on the message line
             line = f"{head} {tail}{sep}{rest}"
         return redact(line)

@@ -243,3 +243,17 @@ def test_redact_fast_path_matches_every_pattern_applied():
     for text in samples:
         assert logs.redact(text) == reference(text), text
     assert logs.redact(samples[1]) != samples[1]
+
+
+def test_error_codes_are_not_taken_for_secrets_and_fields_are_not_repeated():
+    import logging
+
+    from bridge.logs import TextFormatter, redact
+
+    text = redact("HTTP 401: invalid_api_key: Incorrect API key provided: sk-abc123456789xyz.")
+    assert text == "HTTP 401: invalid_api_key: Incorrect API key provided: [REDACTED]."
+    record = logging.LogRecord("bridge.conversation", logging.INFO, __file__, 1,
+                               "turn answered session=%s model=%s", ("s1", "m1"), None)
+    record.session, record.model, record.turn = "s1", "m1", 7
+    line = TextFormatter().format(record)
+    assert line.count("session=") == 1 and line.count("model=") == 1 and "turn=7" in line
