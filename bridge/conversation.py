@@ -400,6 +400,10 @@ class ConversationCore:
                 if progress.requeued:
                     self._wake_later(key, self._worker_restart_s)
                     break
+                if not claim.more and key not in self._dirty and key not in self._outbox:
+                    # Nothing was left behind this claim and nothing was accepted since
+                    # (accept marks the session dirty): skip the empty claim_next.
+                    break
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -1096,6 +1096,11 @@ def _chunk_atoms(atoms: list[_Atom], limit: int) -> list[str]:
 # =========================================================================== public API
 
 
+# What may make a text more than escaped plain text (see render's fast path).
+_UNSAFE_FOR_FAST = re.compile(
+    r"[*_~`\[\]<>\\|\t\r\x00-\x08\x0b-\x1f]|://|mailto:|\n\n\n|  |\s$|\s\n|\n\s|\n[^A-Za-z]")
+
+
 def render(markdown: str, markup: Markup, limit: int) -> list[str]:
     """Convert a model's Markdown to ``markup`` and cut it into chunks ready to send.
 
@@ -1105,6 +1110,14 @@ def render(markdown: str, markup: Markup, limit: int) -> list[str]:
     if limit < 1:
         raise ValueError("limit must be positive")
     spec = _SPECS[Markup(markup)]
+    if markdown[:1].isascii() and markdown[:1].isalpha() and not _UNSAFE_FOR_FAST.search(
+            markdown):
+        # Fast path: nothing Markdown could act on (every line starts with a letter, no
+        # emphasis/code/link/table characters, no URL, no odd whitespace): the result is
+        # the escaped text itself, in one chunk when it fits.
+        out = spec.escape(markdown)
+        if len(out) <= limit and utf16_len(out) <= limit:
+            return [out]
     return _chunk_atoms(_atoms(_tokens(markdown, markup, limit), spec.escape), limit)
 
 

@@ -50,7 +50,6 @@ from telegram import (
     BotCommand,
     Message,
     MessageEntity,
-    ReplyParameters,
     Update,
 )
 from telegram.constants import ChatAction, ChatType, ParseMode
@@ -65,6 +64,8 @@ from telegram.error import (
     TelegramError,
 )
 from telegram.ext import Application, ApplicationBuilder
+from telegram.request import RequestData
+from telegram.request._requestparameter import RequestParameter
 
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import (
@@ -931,10 +932,11 @@ class TelegramChannel:
         index = 0
         while index < len(pieces):
             text, parse_mode = pieces[index]
-            reply = (ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
+            reply = (_reply_parameters(reply_to)
                      if not sent and reply_to is not None else None)
             try:
-                message = await self._send_chunk(chat_id, text, parse_mode, thread_id, reply)
+                message_id = await self._send_chunk(chat_id, text, parse_mode, thread_id,
+                                                    reply)
             except _EntitiesRejected as exc:
                 log.warning("telegram: HTML rejected (%s); sending it as plain text", exc)
                 plain = chunk_text(to_plain(out.text), limit) if not sent else []
@@ -947,22 +949,34 @@ class TelegramChannel:
             except SendError as exc:
                 exc.sent_ids = list(sent)
                 raise
-            sent.append(f"{chat_id}:{message.message_id}")
+            sent.append(f"{chat_id}:{message_id}")
             index += 1
         return sent
 
     async def _send_chunk(self, chat_id: int, text: str, parse_mode: str | None,
-                          thread_id: int | None, reply: ReplyParameters | None) -> Message:
-        """One sendMessage; retried here only when nothing went out (or on 429)."""
+                          thread_id: int | None, reply: str | None) -> int:
+        """One sendMessage; retried here only when nothing went out (or on 429).
+
+        Posted through the bot's transport directly (PTB's error mapping, no
+        ``telegram.Message`` built from the answer): returns ``result.message_id``.
+        ``reply`` is the ``reply_parameters`` JSON (:func:`_reply_parameters`).
+        """
         assert self._app is not None
         bot = self._app.bot
+        params: list[RequestParameter] = [RequestParameter("chat_id", chat_id, None),
+                                          RequestParameter("text", text, None)]
+        if parse_mode:
+            params.append(RequestParameter("parse_mode", parse_mode, None))
+        if thread_id is not None:
+            params.append(RequestParameter("message_thread_id", thread_id, None))
+        if reply is not None:
+            params.append(RequestParameter("reply_parameters", reply, None))
+        url = f"{bot.base_url}/sendMessage"
         for attempt in range(1, self.max_send_attempts + 1):
             last = attempt == self.max_send_attempts
             try:
-                return await bot.send_message(
-                    chat_id=chat_id, text=text, parse_mode=parse_mode,
-                    message_thread_id=thread_id, reply_parameters=reply,
-                )
+                result = await bot.request.post(url, RequestData(params))
+                return _message_id(result)
             except RetryAfter as exc:
                 wait = _retry_after_seconds(exc)
                 if last or wait > self.max_retry_after:
@@ -1035,10 +1049,15 @@ class TelegramChannel:
         while True:
             app = self._app
             if app is not None and self._state == "running":
+                params = [RequestParameter("chat_id", chat_id, None),
+                          RequestParameter("action", ChatAction.TYPING.value, None)]
+                if thread_id is not None:
+                    params.append(RequestParameter("message_thread_id", thread_id, None))
                 try:
-                    await app.bot.send_chat_action(
-                        chat_id, ChatAction.TYPING, message_thread_id=thread_id,
-                        read_timeout=self.typing_request_timeout)
+                    # Through the transport directly, as sendMessage (see _send_chunk).
+                    await app.bot.request.post(f"{app.bot.base_url}/sendChatAction",
+                                               RequestData(params),
+                                               read_timeout=self.typing_request_timeout)
                 except TelegramError as exc:
                     log.debug("telegram: sendChatAction failed: %s", exc)
             if await _stopped_within(stop, self.typing_interval):
@@ -1080,6 +1099,20 @@ def _seconds(media: Any) -> float | None:
     """
     value = media.to_dict().get("duration")
     return None if value is None else _period_seconds(value)
+
+
+def _reply_parameters(message_id: int) -> str:
+    """``reply_parameters`` for sendMessage, as JSON (what PTB's ReplyParameters sends)."""
+    return json.dumps({"message_id": message_id, "allow_sending_without_reply": True})
+
+
+def _message_id(result: Any) -> int:
+    """``result.message_id`` of a sendMessage answer (raises SendError when absent)."""
+    message_id = result.get("message_id") if isinstance(result, dict) else None
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        raise SendError("telegram answered sendMessage without a message_id; the message "
+                        "may have been delivered")
+    return message_id
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float:

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from bridge import formatting
 from bridge.formatting import chunk_text, render, to_plain, to_telegram_html, to_whatsapp, utf16_len
 from channels.base import Markup
 
@@ -631,3 +632,33 @@ def test_to_plain_renders_links_as_text_and_url():
     chunks = chunk_text(text, 300)
     assert all(utf16_len(c) <= 300 for c in chunks)
     assert sum(c.count("https://e.com/page/") for c in chunks) == 200
+
+
+def _slow_render(text: str, markup: Markup, limit: int) -> list[str]:
+    """render() without its fast path for plain text."""
+    spec = formatting._SPECS[markup]
+    return formatting._chunk_atoms(
+        formatting._atoms(formatting._tokens(text, markup, limit), spec.escape), limit)
+
+
+def test_render_fast_path_matches_the_full_renderer():
+    """Plain replies skip the Markdown parser; the result must be the same, byte for byte."""
+    rng = random.Random(1234)
+    words = ["hello", "World", "I", "it's", "e.g.", "x-ray", "(see", "this)", "100%", "&",
+             "A&B", "#tag", "x=1", "é", "日本", "😀", "Q:", "ok!", "www.example.com", "1.",
+             "2)", "-", "+", ">", "<b>", "'q'", '"q"', "a\u00a0b", "\u2028", "*x*", "_y_",
+             "http://e.com", "~z~", "`c`", "[l](u)", "|t|", "\\", "  ", "\t"]
+    fast = 0
+    for _ in range(800):
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+                 for _ in range(rng.randint(1, 3))]
+        text = rng.choice(["\n", "\n\n", " "]).join(lines)
+        for markup in (Markup.TELEGRAM_HTML, Markup.PLAIN, Markup.WHATSAPP):
+            for limit in (4096, 20):
+                if formatting._UNSAFE_FOR_FAST.search(text) is None:
+                    fast += 1
+                assert formatting.render(text, markup, limit) == \
+                    _slow_render(text, markup, limit), (text, markup, limit)
+    assert fast > 300  # the fast path was exercised
+    assert formatting.render("Tom & Jerry <3", Markup.TELEGRAM_HTML, 100) == \
+        ["Tom &amp; Jerry &lt;3"]

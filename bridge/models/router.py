@@ -227,11 +227,21 @@ class ModelRouter:
 
     def _log(self, attempts: tuple[Attempt, ...], *, answered: str | None,
              level: int | None = None) -> None:
+        """One line per call: DEBUG when the first candidate answered with no failed or
+        skipped attempt (the core's per-turn INFO line already says it all), INFO when a
+        fallback answered, WARNING when every candidate failed."""
+        if level is None:
+            if not answered:
+                level = logging.WARNING
+            elif len(attempts) == 1:
+                level = logging.DEBUG
+            else:
+                level = logging.INFO
+        if not log.isEnabledFor(level):
+            return
         described = ", ".join(
             f"{a.model_ref}={_outcome(a)} {a.duration_s * 1000:.0f}ms" for a in attempts
         )
-        if level is None:
-            level = logging.INFO if answered else logging.WARNING
         log.log(
             level, "model turn answered=%s attempts=[%s]", answered or "none", described,
             extra={"event": "model_turn", "answered": answered, "attempts": [

@@ -181,7 +181,8 @@ class MessageQueries(Database):
                         session_id=session_id, kind=kind)
                 for m in batch)
             return Claim(turn_id=turn_id, session_id=session_id, session_key=session_key,
-                         kind=kind, messages=claimed)
+                         kind=kind, messages=claimed,
+                         more=len(batch) < len(rows) or len(rows) >= limit)
 
         return await self.atomically(tx)
 

@@ -73,6 +73,9 @@ class Claim:
     session_key: str
     kind: MessageKind  # CHAT (one or more messages) or COMMAND (exactly one)
     messages: tuple[StoredMessage, ...]
+    # True when ``received`` messages of the session may be left behind this claim (a
+    # command after the batch, or the batch limit reached): claim again after the turn.
+    more: bool = True
 
 
 @dataclass(frozen=True, slots=True)

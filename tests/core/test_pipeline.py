@@ -8,7 +8,7 @@ import logging
 from bridge.conversation import APOLOGY
 from bridge.envelope import AcceptStatus
 from bridge.models.base import ErrorClass, ModelError
-from bridge.store import MessageStatus
+from bridge.store import MessageStatus, Store
 from channels.base import SendError
 from tests.core.helpers import dm, group
 
@@ -512,3 +512,43 @@ async def test_concurrent_model_turns_are_limited(harness):
         await harness.core.accept(dm(f"more {i}", sender=f"t{i}"))
     await harness.core.wait_idle()
     assert peak[0] == 6  # 0: unlimited
+
+
+def _count_claims(monkeypatch, store) -> list[str]:
+    calls: list[str] = []
+    claim_next = store.claim_next
+
+    async def counting(key, **kwargs):
+        calls.append(key)
+        return await claim_next(key, **kwargs)
+
+    monkeypatch.setattr(store, "claim_next", counting)
+    return calls
+
+
+async def test_no_empty_claim_after_a_turn_when_nothing_arrived(harness, monkeypatch):
+    """One claim per turn: the worker stops without asking the store again when no
+    message of its session was accepted during the turn."""
+    await harness.start()
+    calls = _count_claims(monkeypatch, harness.store)
+    for text in ("one", "two", "three"):
+        await harness.say(dm(text))
+    assert harness.channel.texts() == ["echo: one", "echo: two", "echo: three"]
+    assert len(calls) == 3
+
+
+async def test_work_left_behind_a_claim_is_still_answered(harness, monkeypatch):
+    """Messages waiting at start (chat, command, chat: three claims) are all answered
+    though nothing is accepted meanwhile: a claim that left messages behind is followed
+    by another."""
+    await harness.start()
+    await harness.stop()
+    store = await Store.open(harness.tmp_path / "palaver.db")
+    for text in ("first", "/help", "second"):
+        await store.record_inbound(dm(text), status=MessageStatus.RECEIVED)
+    await store.close()
+    harness.core = harness.store = None
+    await harness.start()
+    await harness.core.wait_idle()
+    texts = harness.channel.texts()
+    assert texts[0] == "echo: first" and texts[-1] == "echo: second" and len(texts) == 3

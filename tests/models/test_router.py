@@ -283,6 +283,31 @@ async def test_one_info_log_line_per_turn(server, server2, router_factory, caplo
     assert "hosted/claude=ok" in msg
 
 
+async def test_router_log_level_follows_the_outcome(server, server2, router_factory, caplog):
+    """First candidate answers: DEBUG only (the core's turn line is the INFO one);
+    every candidate fails: one WARNING."""
+    cfg = two_providers(server.base_url, server2.root_url)
+    router = router_factory(cfg)
+    with caplog.at_level(logging.DEBUG, logger="bridge.models.router"):
+        await router.complete(CANDS, REQ)
+    lines = [r for r in caplog.records if r.name == "bridge.models.router"]
+    assert [r.levelno for r in lines] == [logging.DEBUG]
+    assert "answered=local/qwen" in lines[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bridge.models.router"):
+        await router.complete(CANDS, REQ)
+    assert not [r for r in caplog.records if r.name == "bridge.models.router"]
+    caplog.clear()
+    server.error(400)
+    server2.error(400)
+    with caplog.at_level(logging.INFO, logger="bridge.models.router"), \
+            pytest.raises(AllModelsFailed):
+        await router.complete(CANDS, REQ)
+    lines = [r for r in caplog.records if r.name == "bridge.models.router"]
+    assert [r.levelno for r in lines] == [logging.WARNING]
+    assert "answered=none" in lines[0].getMessage()
+
+
 async def test_session_ownership(server):
     cfg = make_config({"local": provider(server.base_url, "openai-responses", "m")})
     own = ModelRouter(lambda: cfg)
