@@ -44,8 +44,8 @@ from bridge.conversation import ConversationCore  # noqa: E402
 from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind, Outbound  # noqa: E402
 from bridge.media import MediaStore  # noqa: E402
 from bridge.models.base import Attempt, ModelReply, Usage  # noqa: E402
+from bridge.ports import Capabilities, Channel, ChannelHealth, Markup  # noqa: E402
 from bridge.store import Store  # noqa: E402
-from channels.base import Capabilities, ChannelHealth, Markup  # noqa: E402
 
 
 class ZeroLatencyRouter:
@@ -77,7 +77,7 @@ class ZeroLatencyRouter:
         pass
 
 
-class BenchChannel:
+class BenchChannel(Channel):
     name = "telegram"
     account = "default"
     capabilities = Capabilities(text_chunk_limit=4000, markup=Markup.PLAIN)

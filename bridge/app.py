@@ -29,7 +29,7 @@ from bridge.store import Store
 if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
     from bridge.metrics import Metrics
-    from channels.base import Channel
+    from bridge.ports import Channel
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from bridge.commands import (
 )
 from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, Outbound
 from bridge.models.base import AllModelsFailed, Attempt, ModelReply, ModelRequest
+from bridge.ports import InboundSink, SendError
 from bridge.prompt import (
     BuiltPrompt,
     PromptCache,
@@ -45,12 +46,11 @@ from bridge.prompt import (
 )
 from bridge.store import Claim, MessageKind, MessageStatus, Store, StoredMessage
 from bridge.store.records import HistoryTurn, RecoveryReport, SessionRecord
-from channels.base import SendError, channel_owns
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config, ResolvedModel
     from bridge.media import MediaStore
-    from channels.base import Channel
+    from bridge.ports import Channel
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class _Progress:
     requeued: bool = False  # the claim went back to the queue; pause the worker
 
 
-class ConversationCore:
+class ConversationCore(InboundSink):
     """The :class:`~bridge.envelope.InboundSink` every channel hands messages to.
 
     ``config`` is a callable returning the live config (read at every turn), or a
@@ -198,7 +198,7 @@ class ConversationCore:
     def _owner(self, address: ChatAddress) -> Channel | None:
         """The attached channel serving ``address`` (``None``: not this process's chat)."""
         channel = self._channels.get((address.channel, address.account))
-        if channel is None or not channel_owns(channel, address):
+        if channel is None or not channel.owns(address):
             return None
         return channel
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
 
 class ChatKind(StrEnum):
@@ -158,20 +157,3 @@ class AcceptStatus(StrEnum):
     DUPLICATE = "duplicate"  # already stored earlier; not answered again
     REFUSED = "refused"  # access policy said no; recorded, never sent to a model
     IGNORED = "ignored"  # e.g. group message without a mention
-
-
-class InboundSink(Protocol):
-    """What a channel hands inbound messages to (the conversation core)."""
-
-    async def accept(self, inbound: Inbound) -> AcceptStatus:
-        """Persist ``inbound`` (idempotent on channel+account+message id), then return."""
-        ...
-
-    async def admits(self, inbound: Inbound) -> bool:
-        """Would ``accept`` answer this message?  No side effects.
-
-        Channels ask this before downloading media, so a stranger's file or an
-        unmentioned group photo is never fetched.  ``inbound`` carries the media
-        references without bytes (``media_id`` None).
-        """
-        ...

@@ -37,7 +37,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from channels.base import Markup
+from bridge.ports import Markup
 
 __all__ = [
     "chunk_text",

@@ -15,11 +15,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TextIO
 
-from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, InboundSink, Outbound
-from channels.base import Capabilities, ChannelHealth, Markup, SendError
+from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, Outbound
+from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
 
 
-class ConsoleChannel:
+class ConsoleChannel(Channel):
     """A Channel whose chat is the terminal; ``submit(text)`` is the operator typing."""
 
     name = "console"

@@ -72,7 +72,6 @@ from bridge.envelope import (
     ChatAddress,
     ChatKind,
     Inbound,
-    InboundSink,
     MediaKind,
     MediaRef,
     Outbound,
@@ -81,7 +80,7 @@ from bridge.envelope import (
 from bridge.formatting import chunk_text, render, to_plain
 from bridge.logs import RedactingFilter, register_secret
 from bridge.media import MediaStore
-from channels.base import Capabilities, ChannelHealth, Markup, SendError
+from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
 from channels.telegram_http import AiohttpRequest, NotSent, RateLimited, ServerError
 
 log = logging.getLogger(__name__)
@@ -204,7 +203,7 @@ class _EntitiesRejected(Exception):  # noqa: N818 - a signal, not an error to re
     """Telegram could not parse the HTML of a chunk ("can't parse entities")."""
 
 
-class TelegramChannel:
+class TelegramChannel(Channel):
     """The Telegram adapter (one bot account)."""
 
     name = "telegram"
@@ -401,11 +400,10 @@ class TelegramChannel:
     def _notify_ready(self) -> None:
         """Tell the core (``sink.channel_ready``) that sending works again."""
         self._ready_due = False
-        ready = getattr(self._sink, "channel_ready", None)
-        if ready is None or self._state != "running":
+        if self._sink is None or self._state != "running":
             return
         try:
-            ready(self)
+            self._sink.channel_ready(self)
         except Exception:  # the core's problem must not stop polling
             log.exception("telegram: channel_ready failed")
 
@@ -586,7 +584,7 @@ class TelegramChannel:
                         return
                     # Media are fetched only for a message the core will answer: a
                     # stranger's file or an unmentioned group photo is never downloaded.
-                    if draft.has_downloads and await _admits(sink, draft.inbound):
+                    if draft.has_downloads and await sink.admits(draft.inbound):
                         inbound = await self._materialise(draft)
                     else:
                         inbound = draft.inbound
@@ -1062,12 +1060,6 @@ class TelegramChannel:
                     log.debug("telegram: sendChatAction failed: %s", exc)
             if await _stopped_within(stop, self.typing_interval):
                 return
-
-
-async def _admits(sink: InboundSink, inbound: Inbound) -> bool:
-    """``sink.admits(inbound)``; True for a sink without that method."""
-    admits = getattr(sink, "admits", None)
-    return True if admits is None else bool(await admits(inbound))
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

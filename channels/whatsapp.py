@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import os
@@ -76,14 +75,13 @@ from bridge.envelope import (
     ChatAddress,
     ChatKind,
     Inbound,
-    InboundSink,
     MediaKind,
     MediaRef,
     Outbound,
     Quoted,
 )
 from bridge.media import MediaStore
-from channels.base import Capabilities, ChannelHealth, Markup, SendError
+from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
 
 log = logging.getLogger(__name__)
 
@@ -858,7 +856,7 @@ class _Identity:
 # --------------------------------------------------------------------------- channel
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(Channel):
     """WhatsApp adapter: a linked device of the operator's account."""
 
     name = "whatsapp"
@@ -1071,14 +1069,11 @@ class WhatsAppChannel:
         await self._report_ready()
 
     async def _report_ready(self) -> None:
-        """Call ``sink.channel_ready(self)`` when the sink has it (sync or async)."""
-        ready = getattr(self._sink, "channel_ready", None)
-        if ready is None:
+        """Tell the core (``sink.channel_ready``) that WhatsApp is connected."""
+        if self._sink is None:
             return
         try:
-            result = ready(self)
-            if inspect.isawaitable(result):
-                await result
+            self._sink.channel_ready(self)
         except Exception:
             log.exception("WhatsApp: telling the core that WhatsApp is connected failed")
 
@@ -1267,11 +1262,10 @@ class WhatsAppChannel:
 
     async def _admits(self, inbound: Inbound) -> bool:
         """Ask the core whether it would answer ``inbound`` (deny when it cannot say)."""
-        admits = getattr(self._sink, "admits", None)
-        if admits is None:  # a sink without the check: everything it gets is wanted
-            return True
+        if self._sink is None:
+            return False
         try:
-            return bool(await admits(inbound))
+            return bool(await self._sink.admits(inbound))
         except Exception as exc:
             log.warning("WhatsApp: access check before downloading %s failed (%s); media "
                         "not downloaded", inbound.message_id, _clip(str(exc), 200))

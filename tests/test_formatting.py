@@ -10,7 +10,7 @@ import pytest
 
 from bridge import formatting
 from bridge.formatting import chunk_text, render, to_plain, to_telegram_html, to_whatsapp, utf16_len
-from channels.base import Markup
+from bridge.ports import Markup
 
 TG = Markup.TELEGRAM_HTML
 WA = Markup.WHATSAPP

@@ -25,7 +25,7 @@ from bridge.envelope import (
 )
 from bridge.formatting import utf16_len
 from bridge.media import MediaStore
-from channels.base import Markup, SendError
+from bridge.ports import InboundSink, Markup, SendError
 from channels.telegram import COMMANDS, TelegramChannel, _period_seconds, _retry_after_seconds
 from channels.telegram_http import RateLimited
 from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
@@ -44,7 +44,7 @@ def _no_ptb_timedelta(monkeypatch):
     monkeypatch.delenv("PTB_TIMEDELTA", raising=False)
 
 
-class RecordingSink:
+class RecordingSink(InboundSink):
     """An InboundSink that records what it is given."""
 
     def __init__(self, status: AcceptStatus = AcceptStatus.ACCEPTED) -> None:

@@ -14,7 +14,7 @@ from bridge.app import App
 from bridge.config.schema import Config, TelegramConfig
 from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, MediaKind, Outbound
 from bridge.media import MediaStore
-from channels.base import Markup, SendError
+from bridge.ports import InboundSink, Markup, SendError
 from channels.telegram import TelegramChannel
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.telegram_api import FakeBotAPI
@@ -41,7 +41,7 @@ def _no_ptb_timedelta(monkeypatch):
     monkeypatch.delenv("PTB_TIMEDELTA", raising=False)
 
 
-class Sink:
+class Sink(InboundSink):
     """Records accepted inbounds; ``admit`` decides ``admits`` (None: no such method)."""
 
     def __init__(self) -> None:

@@ -30,7 +30,7 @@ from bridge.envelope import (
     Outbound,
 )
 from bridge.media import MediaStore
-from channels.base import Markup, SendError
+from bridge.ports import InboundSink, Markup, SendError
 from channels.whatsapp import (
     Backoff,
     NeonizeClient,
@@ -55,7 +55,7 @@ GROUP = "120363041234567890@g.us"
 JPEG = b"\xff\xd8\xff\xe0" + b"fake-jpeg-bytes" * 50
 
 
-class RecordingSink:
+class RecordingSink(InboundSink):
     """Stands in for the core: records envelopes, idempotent on message id like the store."""
 
     def __init__(self) -> None:

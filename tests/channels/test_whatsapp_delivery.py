@@ -11,7 +11,7 @@ from neonize.aioze.events import ConnectedEv, DisconnectedEv
 from neonize.proto import Neonize_pb2 as N
 
 from bridge.envelope import ChatAddress, ChatKind, Outbound
-from channels.base import SendError
+from bridge.ports import SendError
 from channels.whatsapp import NeonizeClient, NotConnected, WhatsAppChannel
 from tests.channels.test_whatsapp import ANN, DM, RecordingSink, make_channel
 from tests.channels.test_whatsapp_fake import FakeWhatsAppClient, until
@@ -164,25 +164,6 @@ async def test_channel_ready_after_every_connection_including_rebuilt_sessions(t
         await channel.stop()
     await fake.emit(ConnectedEv(status=True))  # a straggler after stop
     assert len(sink.ready) == 2 and not channel.health().connected
-
-
-async def test_async_channel_ready_is_awaited(tmp_path):
-    class AsyncReadySink(RecordingSink):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ready = 0
-
-        async def channel_ready(self, channel) -> None:
-            await asyncio.sleep(0)
-            self.ready += 1
-
-    fake = FakeWhatsAppClient()
-    sink = AsyncReadySink()
-    channel, _, _ = await start(tmp_path, fake, sink=sink)
-    try:
-        await until(lambda: sink.ready == 1)
-    finally:
-        await channel.stop()
 
 
 async def test_failing_channel_ready_is_logged_and_harmless(tmp_path, caplog):

@@ -18,8 +18,8 @@ from neonize.utils.enum import Presence
 from bridge.access import AccessControl
 from bridge.config.schema import Config
 from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, MediaKind, Outbound
+from bridge.ports import SendError
 from bridge.store import Store
-from channels.base import SendError
 from channels.whatsapp import (
     NeonizeClient,
     NotSent,

@@ -24,7 +24,7 @@ from bridge.models.base import (
     TextPart,
     Usage,
 )
-from channels.base import Capabilities, ChannelHealth, Markup, SendError
+from bridge.ports import Capabilities, Channel, ChannelHealth, Markup, SendError
 
 
 def make_config(tmp_path=None, **sections: Any) -> Config:
@@ -159,7 +159,7 @@ def _last_user(req: ModelRequest) -> str:
     return ""
 
 
-class RecordingChannel:
+class RecordingChannel(Channel):
     """A Channel that records what it is asked to send."""
 
     def __init__(self, name: str = "telegram", account: str = "default") -> None:

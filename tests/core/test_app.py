@@ -237,14 +237,13 @@ async def test_chat_session_only_recovers_its_own_console_session(tmp_path, serv
 
 async def test_console_channel_owns_only_its_session():
     from bridge.envelope import ChatAddress, ChatKind
-    from channels.base import channel_owns
     from channels.console import ConsoleChannel
 
     bob = ConsoleChannel(session="bob")
-    assert channel_owns(bob, ChatAddress("console", "default", "bob", ChatKind.DIRECT))
-    assert not channel_owns(bob, ChatAddress("console", "default", "alice", ChatKind.DIRECT))
-    assert channel_owns(RecordingChannel(), ChatAddress("telegram", "default", "x",
-                                                        ChatKind.DIRECT))  # default: all
+    assert bob.owns(ChatAddress("console", "default", "bob", ChatKind.DIRECT))
+    assert not bob.owns(ChatAddress("console", "default", "alice", ChatKind.DIRECT))
+    assert RecordingChannel().owns(ChatAddress("telegram", "default", "x",
+                                               ChatKind.DIRECT))  # default: all
 
 
 async def test_second_run_on_one_data_dir_is_refused(tmp_path, server, capsys):
@@ -325,7 +324,7 @@ async def test_secrets_are_registered_at_start_and_on_reload(tmp_path, server):
 
 
 async def test_channel_that_connects_later_gets_its_queued_replies(tmp_path, server):
-    from channels.base import SendError
+    from bridge.ports import SendError
 
     config = load_config_text(_config_text(tmp_path, server))
 

@@ -8,8 +8,8 @@ import logging
 from bridge.conversation import APOLOGY
 from bridge.envelope import AcceptStatus
 from bridge.models.base import ErrorClass, ModelError
+from bridge.ports import SendError
 from bridge.store import MessageStatus, Store
-from channels.base import SendError
 from tests.core.helpers import dm, group
 
 

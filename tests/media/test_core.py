@@ -14,8 +14,8 @@ from bridge.conversation import ConversationCore  # noqa: E402
 from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind  # noqa: E402
 from bridge.media import IMAGE_ALREADY_SEEN  # noqa: E402
 from bridge.models.router import ModelRouter  # noqa: E402
+from bridge.ports import Capabilities, Channel, ChannelHealth, Markup  # noqa: E402
 from bridge.store import Store  # noqa: E402
-from channels.base import Capabilities, ChannelHealth, Markup  # noqa: E402
 from tests.fakes.model_server import FakeModelServer  # noqa: E402
 from tests.media.imaging import decode, encode  # noqa: E402
 from tests.media.test_wire import wire_images, wire_text  # noqa: E402
@@ -23,7 +23,7 @@ from tests.media.test_wire import wire_images, wire_text  # noqa: E402
 ADDRESS = ChatAddress("console", "default", "local", ChatKind.DIRECT)
 
 
-class RecordingChannel:
+class RecordingChannel(Channel):
     name = "console"
     account = "default"
     capabilities = Capabilities(text_chunk_limit=4000, markup=Markup.PLAIN)

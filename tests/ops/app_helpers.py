@@ -10,7 +10,7 @@ from typing import Any
 
 from bridge.app import App
 from bridge.envelope import ChatAddress, Outbound
-from channels.base import Capabilities, ChannelHealth, Markup
+from bridge.ports import Capabilities, Channel, ChannelHealth, Markup
 
 __all__ = ["OpsChannel", "answered", "free_port"]
 
@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class OpsChannel:
+class OpsChannel(Channel):
     """A minimal Channel: records replies, reports the health it is told to."""
 
     def __init__(self, name: str = "telegram", *, connected: bool = True, detail: str = "",

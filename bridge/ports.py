@@ -1,10 +1,13 @@
-"""The Channel protocol every adapter implements.
+"""The contract between the core and the channels: what each side offers the other.
+
+The core owns it; channel adapters (``channels/``) implement :class:`Channel` and call
+an :class:`InboundSink` (the conversation core).  Nothing here knows a platform SDK.
 
 An adapter only translates (platform event -> :class:`~bridge.envelope.Inbound`,
-:class:`~bridge.envelope.Outbound` -> platform call).  Access policy, ordering, retries of
-model calls and of deliveries, and storage live in the core.
+:class:`~bridge.envelope.Outbound` -> platform call).  Access policy, ordering, retries
+of model calls and of deliveries, and storage live in the core.
 
-Delivery contract (the core's side, ``bridge.conversation``):
+Delivery contract (the core's side, ``bridge.delivery``):
 
 - ``send()`` raising ``SendError(..., retryable=True)`` (still connecting, timeout,
   network down, 5xx, rate limit outlasting the adapter's own wait): the reply stays
@@ -16,14 +19,15 @@ Delivery contract (the core's side, ``bridge.conversation``):
 - Any other exception: treated as not retryable (the message may have gone out; a
   retry could send it twice), marked ``failed`` and logged with its traceback.
 - When a channel (re)connects after ``start()`` returned, it calls
-  ``sink.channel_ready(self)`` if the sink has that method (``ConversationCore`` does;
-  call it on the event loop's thread or not, both work): the core then tries the
-  channel's queued replies at once instead of waiting for their backoff.  (Right after
-  ``start()`` there is no need: the core's own start sends every queued reply.)
-- ``owns(address)`` (optional, default: every address of the channel's name and
-  account): whether this channel instance serves that chat.  The core recovers, resumes
-  and delivers only the sessions a running channel owns (``palaver chat --session bob``
-  never answers alice's console session).
+  ``sink.channel_ready(self)`` (from the event loop's thread or not, both work): the
+  core then tries the channel's queued replies at once instead of waiting for their
+  backoff.  (Right after ``start()`` there is no need: the core's own start sends every
+  queued reply.)
+- ``owns(address)`` (default: every address): whether this channel instance serves that
+  chat.  The core recovers, resumes and delivers only the sessions a running channel
+  owns (``palaver chat --session bob`` never answers alice's console session).
+
+Adapters and sinks subclass these protocols explicitly, so they inherit the defaults.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from bridge.envelope import ChatAddress, InboundSink, Outbound
+from bridge.envelope import AcceptStatus, ChatAddress, Inbound, Outbound
 
 
 class Markup(StrEnum):
+    """The text markup a channel renders a reply's Markdown into."""
+
     PLAIN = "plain"
     TELEGRAM_HTML = "telegram-html"
     WHATSAPP = "whatsapp"
@@ -70,7 +76,33 @@ class SendError(Exception):
         self.retryable = retryable
 
 
+class InboundSink(Protocol):
+    """What a channel hands inbound messages to (the conversation core)."""
+
+    async def accept(self, inbound: Inbound) -> AcceptStatus:
+        """Persist ``inbound`` (idempotent on channel+account+message id), then return."""
+        ...
+
+    async def admits(self, inbound: Inbound) -> bool:
+        """Would ``accept`` answer this message?  No side effects.
+
+        Channels ask this before downloading media, so a stranger's file or an
+        unmentioned group photo is never fetched.  ``inbound`` carries the media
+        references without bytes (``media_id`` None).  The default admits everything.
+        """
+        return True
+
+    def channel_ready(self, channel: Channel) -> None:
+        """``channel`` is connected (again): its queued replies may go out now.
+
+        Callable from any thread.  The default does nothing.
+        """
+        return None
+
+
 class Channel(Protocol):
+    """A chat platform adapter, as the core sees it."""
+
     name: str  # "telegram", "whatsapp", "console"
     account: str  # "default" unless a channel runs several accounts
     capabilities: Capabilities
@@ -97,13 +129,6 @@ class Channel(Protocol):
     def health(self) -> ChannelHealth:
         ...
 
-    # Optional (looked up with getattr; absent means "every address of my name/account"):
-    #
-    #     def owns(self, address: ChatAddress) -> bool:
-    #         """Whether this instance serves ``address`` (e.g. one console session)."""
-
-
-def channel_owns(channel: object, address: ChatAddress) -> bool:
-    """``channel.owns(address)`` when the channel defines it, else True."""
-    owns = getattr(channel, "owns", None)
-    return True if owns is None else bool(owns(address))
+    def owns(self, address: ChatAddress) -> bool:
+        """Whether this instance serves ``address`` (e.g. one console session)."""
+        return True
