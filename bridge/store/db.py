@@ -109,7 +109,9 @@ class Database:
             await _set_wal(conn)
             await conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
             await conn.execute("PRAGMA foreign_keys = ON")
-            await conn._execute(_migrate, conn._conn, path, migrations)
+            # On a connection of its own in a worker thread: aiosqlite offers no public
+            # way to run a function on its connection's thread.
+            await asyncio.to_thread(_migrate_file, path, migrations)
         except BaseException:
             await conn.close()
             raise
@@ -249,6 +251,17 @@ def _statements(sql: str) -> list[str]:
 def _only_comments(sql: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") or line.strip() == ";"
                for line in sql.splitlines())
+
+
+def _migrate_file(path: Path, migrations: list[Migration]) -> None:
+    """:func:`_migrate` on a short-lived connection of its own."""
+    db = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db, path, migrations)
+    finally:
+        db.close()
 
 
 def _migrate(db: sqlite3.Connection, path: Path, migrations: list[Migration]) -> None:
