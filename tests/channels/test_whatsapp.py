@@ -31,7 +31,7 @@ from bridge.envelope import (
 )
 from bridge.media import MediaStore
 from bridge.ports import InboundSink, Markup, SendError
-from channels.whatsapp import (
+from channels.whatsapp.channel import (
     Backoff,
     NeonizeClient,
     NotConnected,

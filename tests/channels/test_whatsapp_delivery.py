@@ -12,7 +12,7 @@ from neonize.proto import Neonize_pb2 as N
 
 from bridge.envelope import ChatAddress, ChatKind, Outbound
 from bridge.ports import SendError
-from channels.whatsapp import NeonizeClient, NotConnected, WhatsAppChannel
+from channels.whatsapp.channel import NeonizeClient, NotConnected, WhatsAppChannel
 from tests.channels.test_whatsapp import ANN, DM, RecordingSink, make_channel
 from tests.channels.test_whatsapp_fake import FakeWhatsAppClient, until
 

@@ -15,7 +15,7 @@ from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
 from neonize.utils.jid import Jid2String, build_jid
 
-from channels.whatsapp import NotConnected, NotSent, QuoteRef
+from channels.whatsapp.channel import NotConnected, NotSent, QuoteRef
 
 BOT_PHONE = "15550001111"
 BOT_LID = "99000111"

@@ -20,7 +20,7 @@ from bridge.config.schema import Config
 from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, MediaKind, Outbound
 from bridge.ports import SendError
 from bridge.store import Store
-from channels.whatsapp import (
+from channels.whatsapp.channel import (
     NeonizeClient,
     NotSent,
     _QuoteJournal,

@@ -24,7 +24,7 @@ from neonize.aioze.events import (
     TemporaryBanEv,
 )
 
-from channels.whatsapp import (
+from channels.whatsapp.channel import (
     NeonizeClient,
     WhatsAppClient,
     _enum_name,

@@ -1545,13 +1545,13 @@ def _enum_name(event: Any, field_name: str) -> str:
 
 def cmd_login(args: Any) -> int:
     """``palaver whatsapp login``: link this bridge (QR code or ``--phone`` pairing code)."""
-    from channels.whatsapp_login import cmd_login as run
+    from channels.whatsapp.login import cmd_login as run
 
     return run(args)
 
 
 def cmd_logout(args: Any) -> int:
     """``palaver whatsapp logout``: unlink this device and remove the session."""
-    from channels.whatsapp_login import cmd_logout as run
+    from channels.whatsapp.login import cmd_logout as run
 
     return run(args)
