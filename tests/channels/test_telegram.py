@@ -26,8 +26,9 @@ from bridge.envelope import (
 from bridge.formatting import utf16_len
 from bridge.media import MediaStore
 from bridge.ports import InboundSink, Markup, SendError
-from channels.telegram import COMMANDS, TelegramChannel, _period_seconds, _retry_after_seconds
-from channels.telegram_http import RateLimited
+from channels.telegram import COMMANDS, TelegramChannel
+from channels.telegram.channel import _period_seconds, _retry_after_seconds
+from channels.telegram.http import RateLimited
 from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"fake-image-bytes"

@@ -1,4 +1,4 @@
-"""channels.telegram_http.AiohttpRequest: PTB's Bot on aiohttp, against FakeBotAPI."""
+"""channels.telegram.http.AiohttpRequest: PTB's Bot on aiohttp, against FakeBotAPI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from telegram import Bot, InputFile, ReplyParameters
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
 
-from channels.telegram_http import (
+from channels.telegram.http import (
     AiohttpRequest,
     ConnectFailed,
     ConnectTimedOut,

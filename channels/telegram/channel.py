@@ -8,7 +8,7 @@ The adapter only translates.  An incoming ``Message`` becomes an
 Telegram HTML and chunked by :mod:`bridge.formatting`).  Access policy, ordering across
 sessions and storage are the core's.
 
-HTTP goes through :class:`channels.telegram_http.AiohttpRequest` (cheaper than PTB's httpx
+HTTP goes through :class:`channels.telegram.http.AiohttpRequest` (cheaper than PTB's httpx
 transport, and it tells "nothing was sent" failures apart, so a send is retried only
 when it cannot show up twice).
 
@@ -81,7 +81,7 @@ from bridge.formatting import chunk_text, render, to_plain
 from bridge.logs import RedactingFilter, register_secret
 from bridge.media import MediaStore
 from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
-from channels.telegram_http import AiohttpRequest, NotSent, RateLimited, ServerError
+from channels.telegram.http import AiohttpRequest, NotSent, RateLimited, ServerError
 
 log = logging.getLogger(__name__)
 
