@@ -1,24 +1,19 @@
 """The composition root: config, store, media, router, core and channels, and their lifecycle.
 
 This is the one place that knows which channels exist (imported lazily, so the core never
-loads a platform SDK).  ``palaver run`` and ``palaver chat`` are here too.
+loads a platform SDK).  The processes around it — ``palaver run`` and ``palaver chat`` —
+are in :mod:`bridge.run`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
-import hashlib
 import logging
-import os
-import re
-import signal
 import sys
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bridge.config.schema import Config
 from bridge.conversation import AcceptEvent, ConversationCore, TurnEvent
@@ -30,6 +25,7 @@ if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
     from bridge.metrics import Metrics
     from bridge.ports import Channel
+    from channels.console import ConsoleChannel
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +51,16 @@ def build_channels(config: Config, *, media: MediaStore, data_dir: Path) -> list
         log.info("channels.console is used by `palaver chat`; `palaver run` does not read "
                  "the terminal")
     return out
+
+
+def console_app(config: Config, *, session: str, out: TextIO,
+                adjust: Callable[[Config], Config] | None = None,
+                ) -> tuple[App, ConsoleChannel]:
+    """An App whose one channel is the terminal (``palaver chat``), and that channel."""
+    from channels.console import ConsoleChannel
+
+    console = ConsoleChannel(session=session, out=out)
+    return App(config, channels=[console], adjust=adjust), console
 
 
 class App:
@@ -158,12 +164,9 @@ class App:
 
             self._router = ModelRouter(lambda: self.config)
         if self._metrics is None:
-            try:
-                from bridge.metrics import Metrics
+            from bridge.metrics import Metrics
 
-                self._metrics = Metrics()
-            except ImportError:  # pragma: no cover - metrics are optional
-                self._metrics = None
+            self._metrics = Metrics()
         if self._given_channels is not None:
             channels = self._given_channels
         else:
@@ -255,11 +258,11 @@ class App:
         register_config_secrets(self.config)
         if old is None or old.logging != new.logging:
             try:
-                from bridge.logs import setup_logging
+                from bridge.logs import setup_logging_with_flags
 
                 # Flags given on the command line keep outranking the file.
-                setup_logging(_LOG_FLAGS.get("level") or new.logging.level,
-                              _LOG_FLAGS.get("format") or new.logging.format, stream=sys.stderr)
+                setup_logging_with_flags(new.logging.level, new.logging.format,
+                                         stream=sys.stderr)
             except Exception:
                 log.debug("log settings not re-applied", exc_info=True)
         if old is not None:
@@ -316,24 +319,6 @@ def _metrics_observer(metrics: Metrics) -> Callable[[AcceptEvent | TurnEvent], N
     return observe
 
 
-# ------------------------------------------------------------------------------ CLI
-
-
-def _setup_logging(args: Any, config: Config | None, *, default_level: str | None = None,
-                   ) -> None:
-    from bridge.logs import setup_logging
-
-    _LOG_FLAGS["level"] = getattr(args, "log_level", None) or default_level
-    _LOG_FLAGS["format"] = getattr(args, "log_format", None)
-    level = _LOG_FLAGS["level"] or (config.logging.level if config else "info")
-    fmt = _LOG_FLAGS["format"] or (config.logging.format if config else "text")
-    setup_logging(level, fmt, stream=sys.stderr)
-
-
-# --log-level / --log-format of this process (they outrank the config, also on reload).
-_LOG_FLAGS: dict[str, str | None] = {}
-
-
 def register_config_secrets(config: Config) -> None:
     """Redact every secret of ``config`` from the logs (at start and on each reload)."""
     from bridge.config.load import config_secrets
@@ -341,333 +326,3 @@ def register_config_secrets(config: Config) -> None:
 
     for secret in config_secrets(config):
         register_secret(secret)
-
-
-_register_secrets = register_config_secrets
-
-
-# ------------------------------------------------------------------- one process per data
-
-
-class DataDirBusy(Exception):
-    """Another Palaver process holds the lock (message says which and what to do)."""
-
-
-class ProcessLock:
-    """An exclusive ``flock`` on a file in the data directory, held while running.
-
-    ``palaver run`` takes ``<dataDir>/palaver.lock``: two bridges on one store would
-    answer every message twice.  ``palaver chat --session S`` takes
-    ``<dataDir>/console-<S>.lock``: it may run beside ``palaver run`` (it only touches
-    its own console session) but not twice for one session.  The kernel drops the lock
-    when the process dies, so a crash never leaves a stale lock.
-    """
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path = path
-        self.what = what
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise :class:`DataDirBusy` (never waits)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise DataDirBusy(
-                f"{self.what} is already in use by process {holder} (lock {self.path}); "
-                "stop that one first, or use another dataDir") from None
-        except OSError:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode("ascii"))
-        self._fd = fd
-
-    def release(self) -> None:
-        """Drop the lock (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def run_lock(data_dir: Path) -> ProcessLock:
-    return ProcessLock(Path(data_dir) / "palaver.lock",
-                       f"the data directory {data_dir} (a `palaver run`)")
-
-
-def console_lock(data_dir: Path, session: str) -> ProcessLock:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", session)[:40]
-    digest = hashlib.sha256(session.encode("utf-8")).hexdigest()[:8]
-    return ProcessLock(Path(data_dir) / f"console-{safe}-{digest}.lock",
-                       f"console session {session!r} (a `palaver chat`)")
-
-
-async def _prepare(config: Config, *, targets=None) -> tuple[Callable[[Config], Config] | None,
-                                                             str | None]:
-    """Discovery when the config names no model: ``(adjust, None)`` or ``(None, error)``."""
-    from bridge.discovery import DEFAULT_TARGETS, discover, hosted_fallbacks, needs_discovery
-    from bridge.discovery import with_discovered as add
-
-    if not needs_discovery(config):
-        return None, None
-    found = await discover(config, targets=targets or DEFAULT_TARGETS)
-    if found.config is None:
-        return None, found.explain()
-    print(found.explain(), file=sys.stderr)
-    local = found.local
-
-    def adjust(cfg: Config) -> Config:
-        return add(cfg, local, hosted_fallbacks(cfg)) if needs_discovery(cfg) else cfg
-
-    return adjust, None
-
-
-def cmd_run(args: Any) -> int:
-    """``palaver run``: every enabled channel, hot reload, graceful stop on SIGINT/SIGTERM."""
-    from bridge.config.load import ConfigError, load_for_cli
-    from bridge.config.watch import LiveConfig
-
-    try:
-        config, path = load_for_cli(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    _setup_logging(args, config)
-    _register_secrets(config)
-    live = LiveConfig(config, path)
-    return asyncio.run(_run(live, args))
-
-
-async def _run(live: LiveConfig, args: Any, *, ready: Callable[[App], Any] | None = None) -> int:
-    lock = run_lock(live.current.data_dir)
-    try:
-        lock.acquire()
-    except DataDirBusy as exc:
-        print(f"palaver: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return await _run_locked(live, args, ready)
-    finally:
-        lock.release()
-
-
-async def _run_locked(live: LiveConfig, args: Any, ready: Callable[[App], Any] | None) -> int:
-    adjust, error = await _prepare(live.current, targets=getattr(args, "probe_targets", None))
-    if error:
-        print(error, file=sys.stderr)
-        return 2
-    app = App(live, adjust=adjust, serve_health=True)
-    await app.start()
-    if not app.channels:
-        print("palaver: no channel is enabled — set channels.telegram or channels.whatsapp "
-              "in the config (or try `palaver chat`)", file=sys.stderr)
-        await app.stop(0)
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    if ready is not None:
-        ready(app)
-    try:
-        await stop.wait()
-        log.info("stopping (signal received)")
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await app.stop()
-    return 0
-
-
-def cmd_chat(args: Any) -> int:
-    """``palaver chat``: the console channel through the same pipeline.
-
-    Not a terminal: one message per line, each final reply on stdout, diagnostics on
-    stderr, exit at end of input (status 1 if a turn failed).
-    """
-    from bridge.config.load import ConfigError, load_for_cli
-
-    try:
-        config, _path = load_for_cli(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    _setup_logging(args, config, default_level="warning")
-    _register_secrets(config)
-    return asyncio.run(chat(config, session=getattr(args, "session", None) or "operator",
-                            model=getattr(args, "model", None),
-                            probe_targets=getattr(args, "probe_targets", None)))
-
-
-async def chat(config: Config, *, session: str = "operator", model: str | None = None,
-               stdin: Any = None, stdout: Any = None, interactive: bool | None = None,
-               probe_targets=None) -> int:
-    """Run a console chat over ``stdin``/``stdout``; returns the exit status.
-
-    Ctrl-C (SIGINT) ends it at once, also while waiting for input: a running turn gets
-    a second to finish, else it is answered the next time this session is opened.
-    """
-    lock = console_lock(config.data_dir, session)
-    try:
-        lock.acquire()
-    except DataDirBusy as exc:
-        print(f"palaver: {exc}; or pick another name with --session", file=sys.stderr)
-        return 2
-    try:
-        return await _chat_locked(config, session=session, model=model, stdin=stdin,
-                                  stdout=stdout, interactive=interactive,
-                                  probe_targets=probe_targets)
-    finally:
-        lock.release()
-
-
-async def _chat_locked(config: Config, *, session: str, model: str | None, stdin: Any,
-                       stdout: Any, interactive: bool | None, probe_targets) -> int:
-    from channels.console import ConsoleChannel
-
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
-    if interactive is None:
-        interactive = bool(getattr(stdin, "isatty", lambda: False)())
-    adjust, error = await _prepare(config, targets=probe_targets)
-    if error:
-        print(error, file=sys.stderr)
-        return 2
-    effective = adjust(config) if adjust else config
-    override = None
-    if model:
-        try:
-            override = effective.resolve_ref(model)
-        except KeyError as exc:
-            print(f"palaver: --model: {exc}", file=sys.stderr)
-            return 2
-    console = ConsoleChannel(session=session, out=stdout)
-    app = App(config, channels=[console], adjust=adjust)
-    await app.start()
-    key = str(console.make_inbound("").session_key)
-    if override:
-        app.core.set_model_override(key, override)
-    failed: set[int] = set()
-
-    def on_turn(event: AcceptEvent | TurnEvent) -> None:
-        if isinstance(event, TurnEvent) and event.session_key == key and not event.answered:
-            failed.update(event.message_ids)
-
-    app.core.add_observer(on_turn)
-    failures = 0
-    interrupted = False
-    lines = StdinLines(stdin)
-    try:
-        await app.core.wait_idle()  # anything recovered from an earlier run
-        if interactive:
-            print("Palaver chat — /help for commands, Ctrl-D to quit.", file=sys.stderr)
-        while True:
-            if interactive:
-                print("you> ", end="", file=sys.stderr, flush=True)
-            line = await lines.readline()
-            if not line:
-                break
-            text = line.rstrip("\r\n")
-            if not text.strip():
-                continue
-            _inbound, status = await console.submit(text)
-            if status is not AcceptStatus.ACCEPTED:
-                print(f"palaver: message not accepted ({status})", file=sys.stderr)
-                failures += 1
-                continue
-            before = len(failed)
-            await app.core.wait_idle()
-            if len(failed) > before:
-                failures += 1
-    except asyncio.CancelledError:
-        interrupted = True  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt (130)
-        if interactive:
-            print("", file=sys.stderr)
-        raise
-    finally:
-        lines.close()
-        await app.stop(1.0 if interrupted else None)
-    return 1 if failures else 0
-
-
-class StdinLines:
-    """Lines of a stream for the event loop, without a thread blocked in ``readline``.
-
-    A terminal or pipe is watched with ``loop.add_reader``, so cancelling ``readline()``
-    (Ctrl-C) returns at once and nothing keeps the process alive.  Streams the loop
-    cannot watch (regular files, ``StringIO``) are read in a worker thread; they never
-    block for long.  ``readline()`` returns ``""`` at end of input.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._loop = asyncio.get_running_loop()
-        self._lines: deque[str] = deque()
-        self._buffer = ""
-        self._eof = False
-        self._ready = asyncio.Event()
-        encoding = getattr(stream, "encoding", None) or "utf-8"
-        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-        self._fd: int | None = None
-        try:
-            fd = stream.fileno()
-        except (AttributeError, OSError, ValueError):
-            return
-        try:
-            self._loop.add_reader(fd, self._on_readable)
-        except (OSError, ValueError, NotImplementedError):
-            return  # e.g. a regular file (epoll refuses it)
-        self._fd = fd
-
-    def _on_readable(self) -> None:
-        assert self._fd is not None
-        try:
-            data = os.read(self._fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._buffer += self._decoder.decode(data)
-            while "\n" in self._buffer:
-                line, self._buffer = self._buffer.split("\n", 1)
-                self._lines.append(line + "\n")
-        else:
-            self._buffer += self._decoder.decode(b"", final=True)
-            if self._buffer:
-                self._lines.append(self._buffer)
-                self._buffer = ""
-            self._eof = True
-            self.close()
-        self._ready.set()
-
-    async def readline(self) -> str:
-        """The next line (with its newline), ``""`` at end of input."""
-        if self._fd is None and not self._eof and not self._lines:
-            return await asyncio.to_thread(self._stream.readline)
-        while not self._lines:
-            if self._eof:
-                return ""
-            self._ready.clear()
-            await self._ready.wait()
-        return self._lines.popleft()
-
-    def close(self) -> None:
-        """Stop watching the stream (idempotent)."""
-        if self._fd is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._fd)
-            self._fd = None

@@ -13,6 +13,27 @@ import sys
 
 from bridge import __version__
 
+# Exit statuses, the same for every subcommand:
+#
+#   0    EXIT_OK           done; for checks (config validate, doctor): all good
+#   1    EXIT_FAILURE      it ran and failed: a turn failed (chat), no working model
+#                          (doctor), linking failed (whatsapp login), init would overwrite
+#   1    EXIT_CONFIG       the config file is missing or invalid (one message, no
+#                          traceback; `config validate` has always exited 1 for it)
+#   2    EXIT_UNUSABLE     it could not run as asked: bad arguments or no subcommand
+#                          (argparse's own status), the store cannot be used, another
+#                          process holds the data directory, no channel is enabled, no
+#                          model was found, an unknown --model
+#   130  EXIT_INTERRUPTED  Ctrl-C
+#
+# A handler raises ConfigError or StoreError rather than choosing a status for them;
+# main() reports both.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 1
+EXIT_UNUSABLE = 2
+EXIT_INTERRUPTED = 130
+
 # subcommand path -> "module:function"
 _HANDLERS = {
     ("init",): "bridge.config.commands:cmd_init",
@@ -20,8 +41,8 @@ _HANDLERS = {
     ("config", "show"): "bridge.config.commands:cmd_config_show",
     ("models", "list"): "bridge.config.commands:cmd_models_list",
     ("doctor",): "bridge.models.doctor:cmd_doctor",
-    ("run",): "bridge.app:cmd_run",
-    ("chat",): "bridge.app:cmd_chat",
+    ("run",): "bridge.run:cmd_run",
+    ("chat",): "bridge.run:cmd_chat",
     ("pairing", "list"): "bridge.access:cmd_pairing_list",
     ("pairing", "approve"): "bridge.access:cmd_pairing_approve",
     ("whatsapp", "login"): "channels.whatsapp:cmd_login",
@@ -99,18 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the subcommand, return its exit status (see the table above)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     path = getattr(args, "path", None)
     if path is None:
         parser.print_help()
-        return 2
+        return EXIT_UNUSABLE
     module_name, func_name = _HANDLERS[path].split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         # A config mistake or an unusable store is a user error: its message, never a
         # traceback.
@@ -119,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, ConfigError):
             print(exc, file=sys.stderr)
-            return 1
+            return EXIT_CONFIG
         if isinstance(exc, StoreError):
             print(f"palaver: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_UNUSABLE
         raise
 
 

@@ -35,7 +35,9 @@ __all__ = [
     "clear_secrets",
     "redact",
     "register_secret",
+    "set_log_flags",
     "setup_logging",
+    "setup_logging_with_flags",
     "turn_fields",
 ]
 
@@ -307,6 +309,22 @@ def setup_logging(level: str = "info", fmt: str = "text", *, stream: IO[str] | N
         else:
             quiet = logging.INFO if name in ("httpcore", "hpack") else logging.NOTSET
         logging.getLogger(name).setLevel(quiet)
+
+
+# --log-level / --log-format given to this process (None: not given).  They outrank the
+# config file, also when a reload re-applies its logging section.
+_flags: dict[str, str | None] = {"level": None, "format": None}
+
+
+def set_log_flags(level: str | None, fmt: str | None) -> None:
+    """Remember this process's ``--log-level`` / ``--log-format`` (None: not given)."""
+    _flags["level"], _flags["format"] = level, fmt
+
+
+def setup_logging_with_flags(level: str, fmt: str, *, stream: IO[str] | None = None) -> None:
+    """:func:`setup_logging` with the config's ``level`` and ``fmt``, except where a
+    command-line flag (:func:`set_log_flags`) outranks them."""
+    setup_logging(_flags["level"] or level, _flags["format"] or fmt, stream=stream)
 
 
 # --------------------------------------------------------------------------- turn line

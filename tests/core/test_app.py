@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 
 from bridge import app as app_mod
-from bridge.app import App, chat
+from bridge import lock as lock_mod
+from bridge import run as run_mod
+from bridge.app import App
 from bridge.config.load import load_config, load_config_text
 from bridge.discovery import ProbeTarget, discover
+from bridge.run import chat
+from bridge.stdin import StdinLines
 from tests.core.helpers import RecordingChannel, dm
 from tests.fakes.model_server import FakeModelServer
 
@@ -190,7 +194,7 @@ async def test_run_stops_gracefully_on_sigterm(tmp_path, server, monkeypatch):
         seen["task"] = asyncio.get_running_loop().create_task(drive())
 
     live = LiveConfig(load_config(path), path)
-    code = await app_mod._run(live, object(), ready=ready)
+    code = await run_mod._run(live, object(), ready=ready)
     await seen["task"]
     assert code == 0
     assert channel.texts() == ["slow answer"]  # the running turn finished first
@@ -252,10 +256,10 @@ async def test_second_run_on_one_data_dir_is_refused(tmp_path, server, capsys):
     path = tmp_path / "palaver.json5"
     path.write_text(_config_text(tmp_path, server))
     config = load_config(path)
-    lock = app_mod.run_lock(config.data_dir)
+    lock = lock_mod.run_lock(config.data_dir)
     lock.acquire()  # a `palaver run` holds the data dir
     try:
-        code = await app_mod._run(LiveConfig(config, path), object())
+        code = await run_mod._run(LiveConfig(config, path), object())
         assert code == 2
         err = capsys.readouterr().err
         assert "already in use by process" in err and str(os.getpid()) in err
@@ -265,7 +269,7 @@ async def test_second_run_on_one_data_dir_is_refused(tmp_path, server, capsys):
     finally:
         lock.release()
     # One console session cannot be open twice.
-    held = app_mod.console_lock(config.data_dir, "twice")
+    held = lock_mod.console_lock(config.data_dir, "twice")
     held.acquire()
     try:
         assert await chat(config, session="twice", stdin=io.StringIO("x\n"),
@@ -368,7 +372,7 @@ async def test_channel_that_connects_later_gets_its_queued_replies(tmp_path, ser
 async def test_stdin_lines_reads_a_pipe_and_cancels_at_once():
     read_fd, write_fd = os.pipe()
     reader_file = os.fdopen(read_fd, "r", encoding="utf-8")
-    lines = app_mod.StdinLines(reader_file)
+    lines = StdinLines(reader_file)
     try:
         os.write(write_fd, b"one\ntw")
         assert await asyncio.wait_for(lines.readline(), 2) == "one\n"
@@ -457,7 +461,7 @@ async def test_reload_keeps_command_line_log_flags_and_names_restart_only_change
     path = tmp_path / "palaver.json5"
     path.write_text(text())
     config = load_config(path)
-    app_mod._setup_logging(argparse.Namespace(log_level="debug", log_format="json"), config)
+    run_mod._setup_logging(argparse.Namespace(log_level="debug", log_format="json"), config)
 
     def palaver_handler():
         return next(h for h in logging.getLogger().handlers
@@ -478,6 +482,6 @@ async def test_reload_keeps_command_line_log_flags_and_names_restart_only_change
         assert warning and "health" in warning[0]
     finally:
         await app.stop()
-        app_mod._LOG_FLAGS.clear()
-        from bridge.logs import setup_logging
+        from bridge.logs import set_log_flags, setup_logging
+        set_log_flags(None, None)
         setup_logging("info", "text")

@@ -205,7 +205,7 @@ async def test_config_api_key_never_logged_when_the_server_echoes_it(
 def test_palaver_run_registers_the_config_secrets_before_running(tmp_path, monkeypatch):
     """`palaver run` registers every provider key before anything runs (checked at the
     moment the run loop starts, then on a log line printed by it)."""
-    from bridge import app as app_mod
+    from bridge import run as run_mod
 
     path = write_config(tmp_path / "palaver.json5",
                         config_data(tmp_path, "http://127.0.0.1:9/v1"))
@@ -216,7 +216,7 @@ def test_palaver_run_registers_the_config_secrets_before_running(tmp_path, monke
         logging.getLogger("bridge.app").warning("provider said %s / %s", CONFIG_KEY, SPARE_KEY)
         return 0
 
-    monkeypatch.setattr(app_mod, "_run", fake_run)
+    monkeypatch.setattr(run_mod, "_run", fake_run)
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     assert main(["run", "--config", str(path), "--log-format", "json"]) == 0
