@@ -14,13 +14,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from bridge.cli import EXIT_FAILURE, EXIT_OK
+from bridge.config.schema import ChannelConfig
 from bridge.envelope import ChatKind, Inbound
 from bridge.store import Store
 
 if TYPE_CHECKING:
-    from bridge.config.schema import ChannelConfig, Config
+    from bridge.config.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class AccessControl:
         if channel in OPERATOR_CHANNELS:
             return ALLOW
         chan = self._config().channel(channel)
-        if chan is None or not hasattr(chan, "dmPolicy"):
+        if not isinstance(chan, ChannelConfig):  # not configured, or the console's
             return AccessDecision(Verdict.REFUSE, f"channel {channel!r} is not configured",
                                   code="channel_disabled")
         if not chan.enabled:
@@ -233,16 +235,14 @@ class AccessControl:
 # ------------------------------------------------------------------------------ CLI
 
 
-def _with_store(args, body: Callable[[Store], Awaitable[int]]) -> int:
-    """Open the store of the config the command should use, run ``body`` on it, close it;
-    exit 2 (after a message) when the config does not load."""
-    from bridge.config.load import ConfigError, load_for_cli
+def _with_store(args: Any, body: Callable[[Store], Awaitable[int]]) -> int:
+    """Open the store of the config the command should use, run ``body`` on it, close it.
 
-    try:
-        config, _path = load_for_cli(args)
-    except ConfigError as exc:
-        print(f"palaver: {exc}", file=sys.stderr)
-        return 2
+    A config that does not load raises ConfigError: ``cli.main`` reports it with the
+    status every command uses for it."""
+    from bridge.config.load import load_for_cli
+
+    config, _path = load_for_cli(args)
 
     async def run() -> int:
         store = await Store.open_in(config.data_dir)
@@ -254,7 +254,7 @@ def _with_store(args, body: Callable[[Store], Awaitable[int]]) -> int:
     return asyncio.run(run())
 
 
-def cmd_pairing_list(args) -> int:
+def cmd_pairing_list(args: Any) -> int:
     """``palaver pairing list``: pending pairing requests (and approved senders)."""
 
     async def show(store: Store) -> int:
@@ -273,12 +273,12 @@ def cmd_pairing_list(args) -> int:
             print(f"\nApproved senders: {len(approved)}")
             for channel, sender, name in approved:
                 print(f"  {channel:<10} {sender}" + (f" ({name})" if name else ""))
-        return 0
+        return EXIT_OK
 
     return _with_store(args, show)
 
 
-def cmd_pairing_approve(args) -> int:
+def cmd_pairing_approve(args: Any) -> int:
     """``palaver pairing approve <channel> <code>``: admit the sender who got ``code``."""
 
     async def approve(store: Store) -> int:
@@ -286,9 +286,9 @@ def cmd_pairing_approve(args) -> int:
         if request is None:
             print(f"palaver: no pending, unexpired pairing code {args.code!r} on channel "
                   f"{args.channel!r} (see `palaver pairing list`)", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
         who = request.sender_id + (f" ({request.sender_name})" if request.sender_name else "")
         print(f"Approved {who} on {request.channel}.")
-        return 0
+        return EXIT_OK
 
     return _with_store(args, approve)

@@ -1,7 +1,8 @@
 """``palaver init``, ``config validate``, ``config show`` and ``models list``.
 
-Each returns an exit code; a user error is one clear message on stderr and exit 1,
-never a traceback.
+Each returns an exit status (the table is in :mod:`bridge.cli`); a user error is one clear
+message on stderr, never a traceback.  A config that does not load raises ConfigError,
+which ``cli.main`` reports.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bridge.config.load import CONFIG_ENV, CONFIG_FILENAME, load_for_cli_or_report, redacted
+from bridge.cli import EXIT_FAILURE, EXIT_OK
+from bridge.config.load import CONFIG_ENV, CONFIG_FILENAME, load_for_cli, redacted
 from bridge.config.resolve import UnknownModelError, split_ref
 from bridge.config.schema import Config
 
@@ -76,7 +78,7 @@ STARTER_CONFIG = """\
 
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 1
+    return EXIT_FAILURE
 
 
 def init_path(args: Any, env: Mapping[str, str] | None = None) -> Path:
@@ -101,14 +103,13 @@ def cmd_init(args: Any) -> int:
         return _fail(f"cannot write {path}: {exc.strerror or exc}")
     print(f"wrote {path}")
     print(f"next: edit it, then `palaver config validate --config {path}`")
-    return 0
+    return EXIT_OK
 
 
 def cmd_config_validate(args: Any) -> int:
-    """Exit 0 with ``ok: <path>`` when the config is valid, else 1 with the errors."""
-    if (loaded := load_for_cli_or_report(args)) is None:
-        return 1
-    config, path = loaded
+    """Exit 0 with ``ok: <path>`` when the config is valid, else (from ``cli.main``)
+    EXIT_CONFIG with the errors."""
+    config, path = load_for_cli(args)
     if path is None:
         print("ok: no config file found; built-in defaults")
     else:
@@ -116,16 +117,14 @@ def cmd_config_validate(args: Any) -> int:
     if config.default_selection().primary is None:
         print("note: no default model; Palaver will look for a local model server",
               file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_config_show(args: Any) -> int:
     """Print the resolved config (catalog merged, ``${VAR}`` replaced) as JSON, secrets redacted."""
-    if (loaded := load_for_cli_or_report(args)) is None:
-        return 1
-    config, _path = loaded
+    config, _path = load_for_cli(args)
     print(json.dumps(redacted(config), indent=2))
-    return 0
+    return EXIT_OK
 
 
 def model_rows(config: Config) -> list[dict[str, str]]:
@@ -174,9 +173,7 @@ def model_rows(config: Config) -> list[dict[str, str]]:
 
 def cmd_models_list(args: Any) -> int:
     """A table of every model: ref, alias, provider, api, context window, input, credentials."""
-    if (loaded := load_for_cli_or_report(args)) is None:
-        return 1
-    config, _path = loaded
+    config, _path = load_for_cli(args)
     rows = model_rows(config)
     headers = {"default": "DEFAULT", "ref": "REF", "alias": "ALIAS", "provider": "PROVIDER",
                "api": "API", "context": "CONTEXT", "input": "INPUT", "credentials": "CREDENTIALS"}
@@ -192,4 +189,4 @@ def cmd_models_list(args: Any) -> int:
         print(line(row))
     if not any(r["default"] == "primary" for r in rows):
         print("\nno default model: Palaver will look for a local model server", file=sys.stderr)
-    return 0
+    return EXIT_OK

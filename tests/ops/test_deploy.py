@@ -263,7 +263,7 @@ def test_compose_needs_no_variable_so_whatsapp_login_runs_without_a_telegram_tok
     assert config.channels.telegram is not None and config.channels.telegram.enabled
     assert config.channels.whatsapp is not None and not config.channels.whatsapp.enabled
     # The command itself, as the image runs it (ENTRYPOINT palaver, cwd /data).
-    from channels.whatsapp_login import _data_dir
+    from channels.whatsapp.login import _data_dir
 
     args = build_parser().parse_args(["whatsapp", "login"])
     assert args.path == ("whatsapp", "login")
