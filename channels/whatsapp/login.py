@@ -13,6 +13,7 @@ import io
 import re
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,18 +25,21 @@ from neonize.aioze.events import (
     TemporaryBanEv,
 )
 
-from channels.whatsapp.channel import (
-    NeonizeClient,
-    WhatsAppClient,
-    _enum_name,
-    session_db_path,
-)
+from channels.whatsapp.client import NeonizeClient, WhatsAppClient, session_db_path
+from channels.whatsapp.content import enum_name
 
 LOGIN_TIMEOUT_S = 240.0  # WhatsApp offers about six QR codes, ~160 s, then gives up
 FINISH_TIMEOUT_S = 30.0  # after pairing, wait this long for the first real connection
 LOGOUT_CONNECT_TIMEOUT_S = 30.0
 
 ClientFactory = Callable[[Path], WhatsAppClient]
+
+
+class _Reached(StrEnum):
+    """How far a logout's connection got before it could unlink."""
+
+    CONNECTED = "connected"
+    LOGGED_OUT = "logged out"  # the phone had already removed this device
 
 
 def render_qr(code: str) -> str:
@@ -120,7 +124,7 @@ async def run_login(
         say("Scan with the phone: WhatsApp > Settings > Linked devices > Link a device.")
 
     async def on_pair(event: Any) -> None:
-        if _enum_name(event, "Status") == "SUCCESS":
+        if enum_name(event, "Status") == "SUCCESS":
             who = event.ID.User if event.HasField("ID") else ""
             say(f"Linked{' to +' + who if who else ''}; finishing set-up…")
             paired.set()
@@ -131,16 +135,16 @@ async def run_login(
         finish(True, "WhatsApp is linked. Start the bridge with `palaver run`.")
 
     async def on_logged_out(event: Any) -> None:
-        finish(False, f"WhatsApp refused the login ({_enum_name(event, 'Reason')})")
+        finish(False, f"WhatsApp refused the login ({enum_name(event, 'Reason')})")
 
     async def on_failure(event: Any) -> None:
-        reason = _enum_name(event, "Reason")
+        reason = enum_name(event, "Reason")
         if reason in ("LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT", "CLIENT_OUTDATED",
                       "TEMP_BANNED", "BAD_USER_AGENT"):
             finish(False, f"WhatsApp refused the connection ({reason})")
 
     async def on_ban(event: Any) -> None:
-        finish(False, f"this account is temporarily banned ({_enum_name(event, 'Code')})")
+        finish(False, f"this account is temporarily banned ({enum_name(event, 'Code')})")
 
     client.on(PairStatusEv, on_pair)
     client.on(ConnectedEv, on_connected)
@@ -236,24 +240,25 @@ async def run_logout(
         linked, problem = False, f"cannot read the session database: {exc}"
     if linked:
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[str] = loop.create_future()
+        ready: asyncio.Future[_Reached] = loop.create_future()
 
         async def on_connected(_event: Any) -> None:
             if not ready.done():
-                ready.set_result("connected")
+                ready.set_result(_Reached.CONNECTED)
 
         async def on_logged_out(_event: Any) -> None:
             if not ready.done():
-                ready.set_result("logged out")
+                ready.set_result(_Reached.LOGGED_OUT)
 
         client.on(ConnectedEv, on_connected)
         client.on(LoggedOutEv, on_logged_out)
         try:
             session = asyncio.ensure_future(await client.connect())
-            done, _ = await asyncio.wait({ready, session}, timeout=connect_timeout,
+            waiting: set[asyncio.Future[Any]] = {ready, session}
+            done, _ = await asyncio.wait(waiting, timeout=connect_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
-            if ready in done and ready.result() == "logged out":
-                unlinked = True  # the phone had already removed this device
+            if ready in done and ready.result() is _Reached.LOGGED_OUT:
+                unlinked = True
             elif ready in done:
                 await client.logout()
                 unlinked = True

@@ -31,15 +31,10 @@ from bridge.envelope import (
 )
 from bridge.media import MediaStore
 from bridge.ports import InboundSink, Markup, SendError
-from channels.whatsapp.channel import (
-    Backoff,
-    NeonizeClient,
-    NotConnected,
-    WhatsAppChannel,
-    _bind_event_loop,
-    build_text_message,
-    split_plain,
-)
+from channels.whatsapp import WhatsAppChannel
+from channels.whatsapp.channel import Backoff, split_plain
+from channels.whatsapp.client import NeonizeClient, NotConnected, _bind_event_loop
+from channels.whatsapp.content import build_text_message
 from tests.channels.test_whatsapp_fake import (
     BOT_LID,
     BOT_PHONE,

@@ -12,7 +12,8 @@ from neonize.proto import Neonize_pb2 as N
 
 from bridge.envelope import ChatAddress, ChatKind, Outbound
 from bridge.ports import SendError
-from channels.whatsapp.channel import NeonizeClient, NotConnected, WhatsAppChannel
+from channels.whatsapp import WhatsAppChannel
+from channels.whatsapp.client import NeonizeClient, NotConnected
 from tests.channels.test_whatsapp import ANN, DM, RecordingSink, make_channel
 from tests.channels.test_whatsapp_fake import FakeWhatsAppClient, until
 

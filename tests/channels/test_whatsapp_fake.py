@@ -1,4 +1,4 @@
-"""A recording fake of channels.whatsapp.WhatsAppClient and builders of REAL neonize events.
+"""A recording fake of channels.whatsapp.client.WhatsAppClient and builders of REAL neonize events.
 
 Events are neonize protobufs serialised and parsed again, so a missing proto2 required
 field fails here exactly as it would on the bytes Go hands to Python.
@@ -15,7 +15,8 @@ from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
 from neonize.utils.jid import Jid2String, build_jid
 
-from channels.whatsapp.channel import NotConnected, NotSent, QuoteRef
+from channels.whatsapp.client import NotConnected, NotSent
+from channels.whatsapp.content import QuoteRef
 
 BOT_PHONE = "15550001111"
 BOT_LID = "99000111"
@@ -196,9 +197,6 @@ class FakeWhatsAppClient:
         self.pn_lookups.append(Jid2String(lid))
         phone = self.lid_to_pn.get(lid.User)
         return build_jid(phone) if phone else None
-
-    async def lid_for_pn(self, pn: N.JID) -> N.JID | None:
-        return None
 
     async def pair_phone(self, phone_digits: str) -> str:
         self.paired_with.append(phone_digits)

@@ -12,7 +12,7 @@ from neonize.proto import Neonize_pb2 as N
 
 import channels.whatsapp.login as login
 from bridge.cli import main as palaver_main
-from channels.whatsapp.channel import session_db_path
+from channels.whatsapp.client import session_db_path
 from channels.whatsapp.login import normalise_phone, render_qr, run_login, run_logout
 from tests.channels.test_whatsapp_fake import FakeWhatsAppClient, jid
 

@@ -20,13 +20,9 @@ from bridge.config.schema import Config
 from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, MediaKind, Outbound
 from bridge.ports import SendError
 from bridge.store import Store
-from channels.whatsapp.channel import (
-    NeonizeClient,
-    NotSent,
-    _QuoteJournal,
-    build_text_message,
-    send_error_means_unsent,
-)
+from channels.whatsapp.client import NeonizeClient, NotSent, send_error_means_unsent
+from channels.whatsapp.content import build_text_message
+from channels.whatsapp.quotes import QuoteJournal
 from tests.channels.test_whatsapp import (
     ANN,
     BOB_LID,
@@ -547,14 +543,14 @@ async def test_refused_group_messages_are_not_remembered_for_quoting(tmp_path):
 
 async def test_quote_journal_is_bounded_and_survives_a_torn_line(tmp_path):
     path = tmp_path / "quotes.jsonl"
-    journal = _QuoteJournal(path, capacity=3)
+    journal = QuoteJournal(path, capacity=3)
     await journal.load()
     for i in range(7):
         await journal.add(f"M{i}", GROUP, f"{BOB_PHONE}@s.whatsapp.net", f"text {i}")
     assert len(path.read_text().splitlines()) <= 6
     with path.open("a") as fh:
         fh.write('{"id": "M9", "chat')  # a crash mid-write
-    again = _QuoteJournal(path, capacity=3)
+    again = QuoteJournal(path, capacity=3)
     await again.load()
     assert again.get("M3", GROUP) is None  # evicted
     quote = again.get("M6", GROUP)
