@@ -1,8 +1,12 @@
 """The Telegram channel (python-telegram-bot 22): Updates <-> envelopes.
 
-Rooms: :mod:`.channel` (lifecycle, outbound), :mod:`.http` (the aiohttp transport).
+Rooms: :mod:`.channel` (lifecycle, outbound), :mod:`.intake` (poll loop, webhook),
+:mod:`.translate` (Message -> Inbound draft, pure), :mod:`.download` (getFile into the
+media store), :mod:`.token` (where the bot token comes from), :mod:`.http` (the aiohttp
+transport; the one module using PTB's private request API).
 """
 
-from channels.telegram.channel import COMMANDS, TelegramChannel, TokenError, resolve_token
+from channels.telegram.channel import COMMANDS, TelegramChannel
+from channels.telegram.token import TokenError, resolve_token
 
 __all__ = ["COMMANDS", "TelegramChannel", "TokenError", "resolve_token"]

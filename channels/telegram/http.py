@@ -17,6 +17,10 @@ pool timeout) are :class:`ConnectFailed` / :class:`ConnectTimedOut` (both
 is :class:`RateLimited` (a ``RetryAfter`` that does not trigger PTB 22's deprecation
 warning about ``retry_after``).
 
+:func:`post` makes one Bot API call through a bot's transport without building PTB
+objects from the answer (the channel's sendMessage and sendChatAction); it is the one
+place that uses PTB's private ``RequestParameter``.
+
 The bot token is part of every Bot API URL, so no message raised here contains the URL
 (the token is replaced by ``<token>`` wherever it could appear) and aiohttp's own
 exceptions are never chained.
@@ -27,8 +31,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -36,9 +41,15 @@ from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import BaseRequest, RequestData
+from telegram.request._requestparameter import RequestParameter
+
+from channels.telegram.translate import period_seconds
+
+if TYPE_CHECKING:
+    from telegram import Bot
 
 __all__ = ["AiohttpRequest", "ConnectFailed", "ConnectTimedOut", "NotSent", "RateLimited",
-           "ServerError"]
+           "ServerError", "post", "retry_after_seconds"]
 
 # "/bot<token>/<method>" and "/file/bot<token>/<path>": the token segment of a URL.
 _TOKEN_SEGMENT = re.compile(r"/bot([^/]+)/")
@@ -80,6 +91,24 @@ class ServerError(NetworkError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+def retry_after_seconds(exc: RetryAfter) -> float:
+    """How long a :class:`RetryAfter` asks us to wait, in seconds."""
+    if isinstance(exc, RateLimited):
+        return exc.seconds or 1.0
+    return period_seconds(exc.retry_after) or 1.0
+
+
+async def post(bot: Bot, method: str, params: Mapping[str, object], *,
+               read_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE) -> Any:
+    """One Bot API call through ``bot``'s transport; returns the answer's ``result`` JSON.
+
+    PTB's error mapping applies (``BadRequest``, ``RetryAfter``...), but no PTB object
+    is built from the answer: cheaper, and the caller reads only what it needs.
+    """
+    data = RequestData([RequestParameter(name, value, None) for name, value in params.items()])
+    return await bot.request.post(f"{bot.base_url}/{method}", data, read_timeout=read_timeout)
 
 
 def _redact(text: str, url: str) -> str:
@@ -168,9 +197,8 @@ class AiohttpRequest(BaseRequest):
             # and bounds each wait for data (a long download keeps going while data flows).
             # No per-write timeout exists: an upload is bounded as a whole instead.
             acquire = None if connect is None or pool is None else connect + pool
-            parts = (read, write, connect, pool)
-            total = (sum(parts) if upload and all(p is not None for p in parts)  # type: ignore[misc]
-                     else None)
+            parts = [p for p in (read, write, connect, pool) if p is not None]
+            total = sum(parts) if upload and len(parts) == 4 else None
             timeout = aiohttp.ClientTimeout(total=total, connect=acquire, sock_connect=connect,
                                             sock_read=read)
             if len(self._timeouts) < 64:

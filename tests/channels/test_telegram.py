@@ -27,8 +27,8 @@ from bridge.formatting import utf16_len
 from bridge.media import MediaStore
 from bridge.ports import InboundSink, Markup, SendError
 from channels.telegram import COMMANDS, TelegramChannel
-from channels.telegram.channel import _period_seconds, _retry_after_seconds
-from channels.telegram.http import RateLimited
+from channels.telegram.http import RateLimited, retry_after_seconds
+from channels.telegram.translate import period_seconds
 from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"fake-image-bytes"
@@ -787,8 +787,8 @@ async def test_crash_before_storage_redelivers(make_channel, fake, gated_sink):
     await asyncio.sleep(0.1)
     assert len(fake.pending_updates) == 1  # not confirmed while the core has not stored it
     # A crash, not a graceful stop: the polling task just dies where it is.
-    first._poll_task.cancel()
-    await asyncio.wait({first._poll_task})
+    first._intake.poll_task.cancel()
+    await asyncio.wait({first._intake.poll_task})
     assert len(fake.pending_updates) == 1
     second = make_channel()
     sink = RecordingSink()
@@ -851,7 +851,7 @@ async def test_token_revoked_while_polling(started, fake, caplog):
     await _eventually(lambda: not channel.health().connected)
     health = channel.health()
     assert "rejected the bot token while polling" in health.detail and "401" in health.detail
-    assert channel._poll_task is not None and channel._poll_task.done()
+    assert channel._intake.poll_task is not None and channel._intake.poll_task.done()
     # No crash loop: exactly one getUpdates got the 401, nothing is retried.
     await asyncio.sleep(0.5)
     assert fake.unauthorized == ["getUpdates"]
@@ -926,18 +926,18 @@ async def test_rate_limited_get_updates_waits(make_channel, fake):
 
 
 def test_retry_after_read_as_int_or_timedelta(monkeypatch):
-    assert _period_seconds(dt.timedelta(seconds=1.5)) == 1.5
-    assert _period_seconds(7) == 7.0 and _period_seconds(None) is None
+    assert period_seconds(dt.timedelta(seconds=1.5)) == 1.5
+    assert period_seconds(7) == 7.0 and period_seconds(None) is None
     # Ours (built by the transport for a 429): no PTB warning, with or without the opt-in.
-    assert _retry_after_seconds(RateLimited(3)) == 3.0
-    assert _retry_after_seconds(RateLimited(0.5)) == 0.5
+    assert retry_after_seconds(RateLimited(3)) == 3.0
+    assert retry_after_seconds(RateLimited(0.5)) == 0.5
     monkeypatch.setenv("PTB_TIMEDELTA", "1")  # PTB's own, with the opt-in: a timedelta
-    assert _retry_after_seconds(RetryAfter(4)) == 4.0
+    assert retry_after_seconds(RetryAfter(4)) == 4.0
     monkeypatch.delenv("PTB_TIMEDELTA")
     with pytest.warns(PTBDeprecationWarning):  # PTB's own warning, while building it
         exc = RetryAfter(5)
     with pytest.warns(PTBDeprecationWarning):
-        assert _retry_after_seconds(exc) == 5.0  # today's default: an int
+        assert retry_after_seconds(exc) == 5.0  # today's default: an int
 
 
 def test_webhook_secret_must_be_what_telegram_accepts():

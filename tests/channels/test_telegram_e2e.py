@@ -251,8 +251,8 @@ async def test_crash_while_handing_over_answered_once(fake, models, tmp_path, ru
         assert len(fake.pending_updates) == 1  # not confirmed: the core did not return
         # A crash, not a graceful stop: the polling task dies where it is; what remains of
         # the process is then closed (its turn, if any, is cancelled like a killed one's).
-        channel._poll_task.cancel()
-        await asyncio.wait({channel._poll_task})
+        channel._intake.poll_task.cancel()
+        await asyncio.wait({channel._intake.poll_task})
     finally:
         dead.set()
     await first.stop(grace=0)
