@@ -160,9 +160,6 @@ def _render(text: str, limit: int, plain: bool) -> list[str]:
     return [chunk for chunk in render(text, Markup.WHATSAPP, limit) if chunk.strip()]
 
 
-# --------------------------------------------------------------------------- channel
-
-
 class WhatsAppChannel(Channel):
     """WhatsApp adapter: a linked device of the operator's account."""
 
@@ -806,5 +803,3 @@ class WhatsAppChannel(Channel):
 # Media kinds that can be large: not downloaded when the sender states no size.
 _SIZE_REQUIRED = frozenset({MediaKind.VIDEO, MediaKind.AUDIO, MediaKind.VOICE,
                             MediaKind.DOCUMENT})
-
-
