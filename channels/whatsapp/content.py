@@ -58,7 +58,7 @@ def quote_participant(sender: JID, alt: JID) -> str:
     return f"{sender.User}@{sender.Server}"
 
 
-def build_text_message(text: str, quoted: QuoteRef | MessageEv | None = None) -> waE2E.Message:
+def build_text_message(text: str, quoted: QuoteRef | None = None) -> waE2E.Message:
     """The protobuf for a text message, quoting ``quoted`` when given.
 
     Built by hand rather than with neonize's ``build_reply_message``: that one clears the
@@ -67,8 +67,6 @@ def build_text_message(text: str, quoted: QuoteRef | MessageEv | None = None) ->
     """
     if quoted is None:
         return waE2E.Message(conversation=text)
-    if isinstance(quoted, MessageEv):
-        quoted = QuoteRef.from_event(quoted)
     context = waE2E.ContextInfo(stanzaID=quoted.message_id, participant=quoted.participant)
     if quoted.message is not None:
         context.quotedMessage.CopyFrom(quoted.message)

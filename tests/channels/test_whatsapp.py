@@ -34,7 +34,7 @@ from bridge.ports import InboundSink, Markup, SendError
 from channels.whatsapp import WhatsAppChannel
 from channels.whatsapp.channel import Backoff, split_plain
 from channels.whatsapp.client import NeonizeClient, NotConnected, _bind_event_loop
-from channels.whatsapp.content import build_text_message
+from channels.whatsapp.content import QuoteRef, build_text_message
 from tests.channels.test_whatsapp_fake import (
     BOT_LID,
     BOT_PHONE,
@@ -570,7 +570,7 @@ def test_build_text_message_quotes_by_phone_jid_without_nesting():
     trigger = message_event(E.Message(imageMessage=E.ImageMessage(caption="hi", contextInfo=ctx)),
                             chat=GROUP, sender=f"{BOB_LID}@lid",
                             sender_alt=f"{BOB_PHONE}@s.whatsapp.net", msg_id="T1")
-    msg = build_text_message("reply", trigger)
+    msg = build_text_message("reply", QuoteRef.from_event(trigger))
     quote = msg.extendedTextMessage.contextInfo
     assert msg.extendedTextMessage.text == "reply"
     assert quote.stanzaID == "T1" and quote.participant == f"{BOB_PHONE}@s.whatsapp.net"
