@@ -1,22 +1,65 @@
-"""Model references, aliases and per-chat precedence over a loaded :class:`Config`."""
+"""Model references, aliases and per-chat precedence over a loaded :class:`Config`.
+
+Resolution turns what a config or a user names (``provider/model-id`` or an alias) into
+a :class:`ResolvedModel`: everything a client needs to call one model.  This module reads
+the config tree and never builds one: it needs ``bridge.config.schema`` for types only, so
+the schema may import it (``Config.model()`` and friends delegate here) without a cycle.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
 
 from bridge.models.catalog import BUILTIN_PROVIDER_IDS
 
 if TYPE_CHECKING:
-    from bridge.config.schema import ChatConfig, Config, ModelSelection, ResolvedModel
+    from bridge.config.schema import (
+        Api,
+        ChatConfig,
+        Config,
+        InputKind,
+        ModelSelection,
+        Timeouts,
+    )
 
 
 class UnknownModelError(KeyError):
-    """A ref or alias that names no configured model (a KeyError with a readable str)."""
+    """A ref or alias that names no configured model (a KeyError with a readable str).
+
+    Catch this, not ``KeyError``, where "unknown model" is meant.
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """Everything a client needs to call one model (secrets kept as SecretStr)."""
+
+    ref: str  # "provider/model-id"
+    provider: str
+    model_id: str
+    api: Api
+    base_url: str
+    api_key: SecretStr | None
+    headers: dict[str, str]
+    name: str
+    alias: str | None
+    context_window: int
+    max_tokens: int
+    input: tuple[InputKind, ...]
+    reasoning: bool
+    timeouts: Timeouts
+
+    @property
+    def vision(self) -> bool:
+        return "image" in self.input
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -71,15 +114,13 @@ def resolve_ref(config: Config, text: str) -> str:
 
 def resolve_model(config: Config, ref_or_alias: str) -> ResolvedModel:
     """Everything needed to call one model; :class:`UnknownModelError` if unknown."""
-    from bridge.config.schema import ModelDef, ResolvedModel, Timeouts
-
     ref = resolve_ref(config, ref_or_alias)
     provider_id, model_id = split_ref(ref)
-    provider = config.models.providers[provider_id]
-    mdef = next((m for m in provider.models if m.id == model_id), None) or ModelDef(id=model_id)
-    timeouts = provider.timeouts or config.agents.defaults.timeouts
-    if provider.timeoutSeconds is not None:
-        timeouts = Timeouts(**{**timeouts.model_dump(), "totalSeconds": provider.timeoutSeconds})
+    provider = config.models.providers.get(provider_id)
+    if provider is None:  # an alias naming a provider that does not exist
+        raise UnknownModelError(f"unknown provider {provider_id!r} in {ref!r}")
+    mdef = provider.model_def(model_id)
+    timeouts = provider.effective_timeouts(config.agents.defaults.timeouts)
     entry = config.agents.defaults.models.get(ref)
     return ResolvedModel(
         ref=ref,
@@ -97,33 +138,6 @@ def resolve_model(config: Config, ref_or_alias: str) -> ResolvedModel:
         reasoning=mdef.reasoning,
         timeouts=timeouts,
     )
-
-
-def default_selection(config: Config) -> ModelSelection:
-    """agents.defaults.model, else the first model of the first provider the FILE defines.
-
-    Built-in catalog providers never become the implicit primary; with none in the file
-    the primary stays None (the conversation core then discovers a local model).
-    """
-    from bridge.config.schema import ModelSelection
-
-    chosen = config.agents.defaults.model
-    if chosen is not None and chosen.primary:
-        return chosen
-    from_file = _file_providers(config)
-    for provider_id, provider in config.models.providers.items():
-        if provider_id not in from_file:
-            continue
-        if provider.models:
-            fallbacks = chosen.fallbacks if chosen else ()
-            return ModelSelection(primary=f"{provider_id}/{provider.models[0].id}",
-                                  fallbacks=fallbacks)
-    return chosen or ModelSelection()
-
-
-def _file_providers(config: Config) -> frozenset[str]:
-    ids = config._file_provider_ids
-    return frozenset(config.models.providers) if ids is None else ids
 
 
 def _chat_chain(config: Config, channel: str, chat_kind: str, chat_id: str,
@@ -159,7 +173,7 @@ def selection_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,
         sel = getattr(block, "model", None)
         if sel is not None and sel.primary:
             return sel
-    return default_selection(config)
+    return config.default_selection()
 
 
 def system_prompt_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,
@@ -180,5 +194,17 @@ def candidates(config: Config, selection: ModelSelection) -> list[str]:
             continue
         ref = resolve_ref(config, text)
         if ref not in out:
+            out.append(ref)
+    return out
+
+
+def resolve_candidates(config: Config, refs: Iterable[str]) -> list[ResolvedModel | str]:
+    """Each ref resolved, in order; one that does not resolve stays a plain ref (the
+    router then records it as ``not_found``).  A turn does this once."""
+    out: list[ResolvedModel | str] = []
+    for ref in refs:
+        try:
+            out.append(resolve_model(config, ref))
+        except UnknownModelError:
             out.append(ref)
     return out

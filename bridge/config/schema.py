@@ -7,7 +7,6 @@ merging the built-in catalog, error messages with file and dotted path) is in ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+# One direction: resolution reads this tree and imports it for types only.  ResolvedModel
+# lives there and stays importable from here.
+from bridge.config import resolve
+from bridge.config.resolve import ResolvedModel
 
 Api = Literal["openai-responses", "openai-completions", "anthropic-messages"]
 InputKind = Literal["text", "image"]
@@ -75,6 +79,17 @@ class ProviderDef(_Model):
     def effective_api(self) -> Api:
         # A custom provider with a baseUrl and no api speaks Chat Completions.
         return self.api or "openai-completions"
+
+    def model_def(self, model_id: str) -> ModelDef:
+        """The listed definition of ``model_id``, or defaults for one it does not list."""
+        return next((m for m in self.models if m.id == model_id), None) or ModelDef(id=model_id)
+
+    def effective_timeouts(self, defaults: Timeouts) -> Timeouts:
+        """``timeouts`` (else ``defaults``), with ``timeoutSeconds`` as the total if set."""
+        timeouts = self.timeouts or defaults
+        if self.timeoutSeconds is not None:
+            timeouts = Timeouts(**{**timeouts.model_dump(), "totalSeconds": self.timeoutSeconds})
+        return timeouts
 
 
 class ModelsSection(_Model):
@@ -249,30 +264,6 @@ class LoggingConfig(_Model):
 # --------------------------------------------------------------------------- root
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedModel:
-    """Everything a client needs to call one model (secrets kept as SecretStr)."""
-
-    ref: str  # "provider/model-id"
-    provider: str
-    model_id: str
-    api: Api
-    base_url: str
-    api_key: SecretStr | None
-    headers: dict[str, str]
-    name: str
-    alias: str | None
-    context_window: int
-    max_tokens: int
-    input: tuple[InputKind, ...]
-    reasoning: bool
-    timeouts: Timeouts
-
-    @property
-    def vision(self) -> bool:
-        return "image" in self.input
-
-
 class Config(_Model):
     """The whole configuration; read attributes, never dict keys."""
 
@@ -309,22 +300,38 @@ class Config(_Model):
         }
 
     def resolve_ref(self, text: str) -> str:
-        """Turn an alias or ``provider/model`` into a canonical ref; KeyError if unknown."""
-        from bridge.config.resolve import resolve_ref
+        """Turn an alias or ``provider/model`` into a canonical ref.
 
-        return resolve_ref(self, text)
+        Raises :class:`~bridge.config.resolve.UnknownModelError` (a KeyError) if unknown.
+        """
+        return resolve.resolve_ref(self, text)
 
     def model(self, ref_or_alias: str) -> ResolvedModel:
-        """Everything needed to call ``ref_or_alias``; KeyError if unknown."""
-        from bridge.config.resolve import resolve_model
+        """Everything needed to call ``ref_or_alias``.
 
-        return resolve_model(self, ref_or_alias)
+        Raises :class:`~bridge.config.resolve.UnknownModelError` (a KeyError) if unknown.
+        """
+        return resolve.resolve_model(self, ref_or_alias)
 
     def default_selection(self) -> ModelSelection:
-        """agents.defaults.model, or the first model of the first provider the file defines."""
-        from bridge.config.resolve import default_selection
+        """agents.defaults.model, else the first model of the first provider the FILE defines.
 
-        return default_selection(self)
+        Built-in catalog providers never become the implicit primary; with none in the file
+        the primary stays None (the conversation core then discovers a local model).
+        """
+        chosen = self.agents.defaults.model
+        if chosen is not None and chosen.primary:
+            return chosen
+        ids = self._file_provider_ids
+        from_file = frozenset(self.models.providers) if ids is None else ids
+        for provider_id, provider in self.models.providers.items():
+            if provider_id not in from_file:
+                continue
+            if provider.models:
+                fallbacks = chosen.fallbacks if chosen else ()
+                return ModelSelection(primary=f"{provider_id}/{provider.models[0].id}",
+                                      fallbacks=fallbacks)
+        return chosen or ModelSelection()
 
     def selection_for(
         self,
@@ -340,18 +347,17 @@ class Config(_Model):
         A chat's own ``/model`` choice (stored, not in config) outranks all of these; the
         conversation core applies it.
         """
-        from bridge.config.resolve import selection_for
-
-        return selection_for(
+        return resolve.selection_for(
             self, channel, chat_kind=chat_kind, chat_id=chat_id,
             sender_id=sender_id, thread_id=thread_id,
         )
 
     def candidates(self, selection: ModelSelection) -> list[str]:
-        """Canonical refs: primary then fallbacks, in order, without duplicates."""
-        from bridge.config.resolve import candidates
+        """Canonical refs: primary then fallbacks, in order, without duplicates.
 
-        return candidates(self, selection)
+        Raises :class:`~bridge.config.resolve.UnknownModelError` if one does not resolve.
+        """
+        return resolve.candidates(self, selection)
 
     def system_prompt_for(
         self,
@@ -362,9 +368,8 @@ class Config(_Model):
         sender_id: str | None = None,
         thread_id: str | None = None,
     ) -> str | None:
-        from bridge.config.resolve import system_prompt_for
-
-        return system_prompt_for(
+        """The most specific configured system prompt (same precedence as models)."""
+        return resolve.system_prompt_for(
             self, channel, chat_kind=chat_kind, chat_id=chat_id,
             sender_id=sender_id, thread_id=thread_id,
         )
