@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from bridge.config.resolve import ResolvedModel
 
 
 class ErrorClass(StrEnum):
@@ -147,4 +151,33 @@ class ModelClient(Protocol):
 
     async def complete(self, request: ModelRequest) -> Completion:
         """Stream a completion and return only the final text; raise ModelError."""
+        ...
+
+
+# What a router is asked to answer: a request, or a callable building one for each
+# candidate (to fit its context window or vision support), possibly async.
+RequestSource = (
+    ModelRequest | Callable[["ResolvedModel"], ModelRequest | Awaitable[ModelRequest]]
+)
+
+
+class Router(Protocol):
+    """What the conversation core and the composition root need from a model router.
+
+    Implementation: :class:`bridge.models.router.ModelRouter`; tests pass fakes.
+    """
+
+    async def complete(self, candidates: Sequence[ResolvedModel | str],
+                       request: RequestSource) -> ModelReply:
+        """Answer ``request`` with the first candidate that succeeds (in order).
+
+        A candidate is resolved already (the conversation core resolves a turn's
+        candidates once) or a ref the router resolves against the live config.
+
+        Raises :class:`AllModelsFailed` listing every attempt.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the router holds (its HTTP session)."""
         ...

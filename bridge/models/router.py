@@ -19,23 +19,29 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
 
-from bridge.config.schema import Config, ResolvedModel
+from bridge.config.resolve import ResolvedModel, UnknownModelError
+from bridge.config.schema import Config
 from bridge.models.base import (
     AllModelsFailed,
     Attempt,
+    Completion,
     ErrorClass,
     ModelError,
     ModelReply,
-    ModelRequest,
+    RequestSource,
+    Router,
 )
 from bridge.models.clients import make_client
 from bridge.models.errors import MAX_RETRY_AFTER_S, classify_exception
+
+__all__ = ["COOLDOWN_STEPS_S", "ModelRouter", "RequestSource", "Router"]
 
 log = logging.getLogger("bridge.models.router")
 
@@ -43,7 +49,14 @@ COOLDOWN_STEPS_S = (30.0, 60.0, 300.0)
 _STOP = frozenset({ErrorClass.CONTEXT_OVERFLOW, ErrorClass.BAD_REQUEST})
 _NO_COOLDOWN = frozenset({ErrorClass.EMPTY_RESPONSE}) | _STOP
 
-RequestSource = ModelRequest | Callable[[ResolvedModel], ModelRequest | Awaitable[ModelRequest]]
+
+class HealthState(StrEnum):
+    """A model's state in :meth:`ModelRouter.status`."""
+
+    OK = "ok"
+    COOLING = "cooling"  # failed lately; skipped until its cooldown ends
+    PROBE_DUE = "probe-due"  # cooldown over; the next call probes it
+    PROBING = "probing"  # a call is testing it now
 
 
 @dataclass(slots=True)
@@ -55,7 +68,7 @@ class _Health:
     last_message: str = ""
 
 
-class ModelRouter:
+class ModelRouter(Router):
     """Calls the candidates of a turn in order, with fallback and cooldown."""
 
     def __init__(
@@ -88,19 +101,24 @@ class ModelRouter:
 
     async def complete(
         self,
-        candidates: Sequence[str],
+        candidates: Sequence[ResolvedModel | str],
         request: RequestSource,
     ) -> ModelReply:
         """Answer ``request`` with the first candidate that succeeds.
 
-        ``request`` may be a callable given each candidate's ResolvedModel (to fit its
-        context window or vision support); it may be async.  Raises AllModelsFailed
-        listing every attempt (skipped ones included).
+        A candidate is a ResolvedModel, or a ref resolved here against the live config
+        (one that names no model is recorded as a ``not_found`` attempt).  ``request``
+        may be a callable given each candidate's ResolvedModel (to fit its context window
+        or vision support); it may be async.  Raises AllModelsFailed listing every
+        attempt (skipped ones included).
         """
-        refs = list(dict.fromkeys(candidates))
+        by_ref: dict[str, ResolvedModel | str] = {}
+        for candidate in candidates:
+            by_ref.setdefault(candidate if isinstance(candidate, str) else candidate.ref,
+                              candidate)
+        refs = list(by_ref)
         if not refs:
             raise ValueError("no candidate models")
-        config = self._config()
         attempts: list[Attempt] = []
         forced = self._forced_candidate(refs)
         try:
@@ -123,7 +141,7 @@ class ModelRouter:
                 if probe is not None:
                     probe.probing = True
                 try:
-                    reply_or_error = await self._attempt(config, ref, request)
+                    reply_or_error = await self._attempt(by_ref[ref], request)
                 finally:
                     if probe is not None:
                         probe.probing = False
@@ -162,17 +180,25 @@ class ModelRouter:
                 cooling.append((health.until, index, ref))
         return min(cooling)[2] if cooling else None  # ties: candidate order
 
-    async def _attempt(self, config: Config, ref: str, request: RequestSource):
+    async def _attempt(
+        self, candidate: ResolvedModel | str, request: RequestSource,
+    ) -> tuple[Completion, ResolvedModel, float] | Attempt:
         """One call; returns (Completion, ResolvedModel, duration) or a failed Attempt."""
         start = self._clock()
+        if isinstance(candidate, str):
+            ref = candidate
+            try:
+                model = self._config().model(ref)
+            except UnknownModelError as exc:
+                return Attempt(ref, ErrorClass.NOT_FOUND, 0.0, f"not configured: {exc}")
+        else:
+            model, ref = candidate, candidate.ref
         try:
-            model = config.model(ref)
-        except KeyError as exc:
-            return Attempt(ref, ErrorClass.NOT_FOUND, 0.0, f"not configured: {exc.args[0]}")
-        try:
-            built = request(model) if callable(request) else request
-            if inspect.isawaitable(built):
-                built = await built
+            if callable(request):
+                made = request(model)
+                built = await made if inspect.isawaitable(made) else made
+            else:
+                built = request
         except ModelError as exc:  # the caller could not build a prompt for this model
             return Attempt(ref, exc.error_class, self._clock() - start, exc.message)
         try:
@@ -209,13 +235,13 @@ class ModelRouter:
         out: dict[str, dict[str, Any]] = {}
         for ref, health in self._health.items():
             if health.probing:
-                state = "probing"
+                state = HealthState.PROBING
             elif health.until > now:
-                state = "cooling"
+                state = HealthState.COOLING
             elif health.failures:
-                state = "probe-due"
+                state = HealthState.PROBE_DUE
             else:
-                state = "ok"
+                state = HealthState.OK
             out[ref] = {
                 "state": state,
                 "failures": health.failures,
