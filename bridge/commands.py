@@ -1,7 +1,9 @@
 """Chat commands (/new /reset /model /models /status /help) and per-chat model choice.
 
 Commands are answered by Palaver itself and never reach a model.  ``/cmd@botname`` is
-accepted (the channel decides whether it was addressed to this bot).
+accepted (the channel decides whether it was addressed to this bot).  :data:`COMMANDS` is
+the one table of them: the handlers, the ``/help`` text and the command menu a chat app
+shows (:data:`COMMAND_MENU`, Telegram's ``setMyCommands``) all come from it.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bridge.config.resolve import UnknownModelError
 from bridge.store.records import StoredMessage
 
 if TYPE_CHECKING:
@@ -24,14 +27,6 @@ log = logging.getLogger(__name__)
 _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]{0,31})(?:@[A-Za-z0-9_.+-]+)?(?:\s+(.*))?$", re.S)
 MODEL_SETTING = "model"
 
-HELP = {
-    "new": "start a fresh conversation (also /reset)",
-    "model": "show the model; /model <name> to choose one for this chat, /model default",
-    "models": "list the models you can choose",
-    "status": "the model in use, the one that answered last, context used",
-    "help": "this list",
-}
-
 
 def parse_command(text: str) -> tuple[str, str] | None:
     """``("model", "Sonnet")`` for ``"/model@my_bot Sonnet"``; ``None`` if not a command."""
@@ -42,6 +37,7 @@ def parse_command(text: str) -> tuple[str, str] | None:
 
 
 def is_command(text: str) -> bool:
+    """Is ``text`` a command (answered by Palaver, batched alone)?"""
     return parse_command(text) is not None
 
 
@@ -73,7 +69,7 @@ async def choose_models(
         sender_id=message.sender_id, thread_id=a.thread_id)
     try:
         configured = config.candidates(selection)
-    except KeyError as exc:
+    except UnknownModelError as exc:
         log.warning("configured model for %s does not resolve: %s", message.session_key, exc)
         configured = []
     stored = await store.chat_setting(message.session_key, MODEL_SETTING)
@@ -83,7 +79,7 @@ async def choose_models(
             continue
         try:
             ref = config.resolve_ref(wanted)
-        except KeyError as exc:
+        except UnknownModelError as exc:
             log.warning("%s %r for %s no longer resolves (%s); using the config",
                         source, wanted, message.session_key, exc)
             continue
@@ -113,26 +109,43 @@ def model_choices(config: Config, *, limit: int = 40) -> list[str]:
 
 @dataclass(slots=True)
 class CommandContext:
+    """What a command handler may read: the live config, the store, the message."""
+
     config: Config
     store: Store
     message: StoredMessage
-    override: str | None = None
-    # Called after /new so the core can drop anything it caches for the session.
-    on_reset: Callable[[], None] | None = None
+    override: str | None = None  # the session's model override (``palaver chat --model``)
+
+
+Handler = Callable[[CommandContext, str], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One chat command: its name, what it does, and the handler answering it."""
+
+    name: str
+    handler: Handler
+    menu: str | None  # one line for a chat app's command menu; None: not in the menu
+    help: str | None  # its /help line; None: not listed (covered by another's line)
 
 
 async def run_command(ctx: CommandContext, name: str, arg: str) -> str:
     """The reply text for one command."""
-    handler = _HANDLERS.get(name)
-    if handler is None:
+    command = _BY_NAME.get(name)
+    if command is None:
         return f"Unknown command /{name}. Send /help for the list."
-    return await handler(ctx, arg)
+    return await command.handler(ctx, arg)
+
+
+def help_text() -> str:
+    """The reply to /help: every listed command with its line."""
+    return "Commands:\n" + "\n".join(
+        f"/{c.name} — {c.help}" for c in COMMANDS if c.help is not None)
 
 
 async def _new(ctx: CommandContext, _arg: str) -> str:
     await ctx.store.end_session(ctx.message.session_key)
-    if ctx.on_reset:
-        ctx.on_reset()
     return "Started a new conversation. Earlier messages are forgotten."
 
 
@@ -160,9 +173,8 @@ async def _model(ctx: CommandContext, arg: str) -> str:
         return f"This chat uses the configured model again: {now}"
     try:
         ref = config.resolve_ref(arg)
-    except KeyError as exc:
-        msg = str(exc.args[0]) if exc.args else str(exc)
-        return f"Unknown model {arg!r}: {msg}. Send /models for the list."
+    except UnknownModelError as exc:
+        return f"Unknown model {arg!r}: {exc}. Send /models for the list."
     await ctx.store.set_chat_setting(key, MODEL_SETTING, ref)
     return f"This chat now uses {_label(config, ref)}."
 
@@ -212,7 +224,8 @@ async def _status(ctx: CommandContext, _arg: str) -> str:
         failed = [a for a in last.attempts if a.error_class is not None or a.skipped]
         if failed:
             why = ", ".join(
-                f"{a.model_ref}: {'cooling down' if a.skipped else a.error_class.value}"
+                f"{a.model_ref}: "
+                f"{'cooling down' if a.skipped or a.error_class is None else a.error_class.value}"
                 for a in failed)
             lines.append(f"It was a fallback: {why}")
     else:
@@ -232,7 +245,7 @@ async def _status(ctx: CommandContext, _arg: str) -> str:
 
 
 async def _help(_ctx: CommandContext, _arg: str) -> str:
-    return "Commands:\n" + "\n".join(f"/{name} — {text}" for name, text in HELP.items())
+    return help_text()
 
 
 def _ago(seconds: float) -> str:
@@ -246,7 +259,24 @@ def _ago(seconds: float) -> str:
     return f"{seconds // 86400} days"
 
 
-_HANDLERS = {
-    "new": _new, "reset": _new, "model": _model, "models": _models, "status": _status,
-    "help": _help, "start": _help,
-}
+# The one table of chat commands, in menu and /help order.
+COMMANDS: tuple[Command, ...] = (
+    Command("new", _new, menu="Start a new conversation",
+            help="start a fresh conversation (also /reset)"),
+    Command("reset", _new, menu="Start over (same as /new)", help=None),
+    Command("model", _model, menu="Show or switch this chat's model",
+            help="show the model; /model <name> to choose one for this chat, /model default"),
+    Command("models", _models, menu="List the models you can use",
+            help="list the models you can choose"),
+    Command("status", _status, menu="Session, model and usage",
+            help="the model in use, the one that answered last, context used"),
+    Command("help", _help, menu="What this bot can do", help="this list"),
+    # Telegram sends /start when someone opens a chat with the bot.
+    Command("start", _help, menu=None, help=None),
+)
+
+# (command, description) pairs for a chat app's command menu (Telegram setMyCommands).
+COMMAND_MENU: tuple[tuple[str, str], ...] = tuple(
+    (c.name, c.menu) for c in COMMANDS if c.menu is not None)
+
+_BY_NAME = {c.name: c for c in COMMANDS}
