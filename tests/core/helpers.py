@@ -109,6 +109,9 @@ Behaviour = Callable[[str, ModelRequest], Any]
 class FakeRouter:
     """``complete(candidates, request)`` like ModelRouter, answering from ``behaviour``.
 
+    Candidates are ResolvedModels or refs (like the router's); ``Call.candidates`` lists
+    their refs.
+
     ``behaviour(ref, request)`` returns the reply text (or awaitable of it) or raises
     ModelError; the default echoes the last user text.  Fallback and stop rules follow
     the router: context_overflow and bad_request stop at once.
@@ -122,12 +125,13 @@ class FakeRouter:
 
     async def complete(self, candidates, request) -> ModelReply:
         attempts: list[Attempt] = []
-        for ref in candidates:
-            model = self._config().model(ref)
+        refs = [c if isinstance(c, str) else c.ref for c in candidates]
+        for candidate, ref in zip(candidates, refs, strict=True):
+            model = self._config().model(ref) if isinstance(candidate, str) else candidate
             req = request(model) if callable(request) else request
             if inspect.isawaitable(req):
                 req = await req
-            call = Call(list(candidates), ref, req)
+            call = Call(refs, ref, req)
             self.calls.append(call)
             started = time.monotonic()
             try:

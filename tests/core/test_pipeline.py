@@ -199,7 +199,7 @@ async def test_send_failure_is_recorded_not_lost(harness):
     assert out2.status is MessageStatus.PENDING and out2.send_attempts == 1
     assert out2.next_attempt_at is not None and "connecting" in out2.reason
     await _until(lambda: harness.channel.texts() == ["echo: again"])
-    await _until(lambda: not harness.core._held)
+    await _until(lambda: not harness.core.outbox.held)
     out2 = (await harness.store.messages_for(str(msg2.session_key)))[-1]
     assert out2.status is MessageStatus.SENT and out2.delivered
 
@@ -244,7 +244,7 @@ async def test_channel_ready_sends_queued_replies_at_once(harness):
     assert harness.channel.sent == []
     harness.core.channel_ready(harness.channel)  # e.g. Telegram connected
     await _until(lambda: harness.channel.texts() == ["echo: wait for me"])
-    assert harness.core._timers == {}  # the hour-long retry timer is gone
+    assert all(s.timer is None for s in harness.core._sessions.values())  # retry timer gone
 
 
 async def test_channel_ready_from_another_thread(harness):
@@ -364,7 +364,7 @@ async def test_stop_grace_bounds_the_wait(harness):
 
 async def test_unexpected_error_in_turn_is_contained(harness, monkeypatch):
     await harness.start()
-    import bridge.conversation as conv
+    import bridge.turn as conv
 
     async def broken(**kwargs):
         raise RuntimeError("boom")

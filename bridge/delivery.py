@@ -1,0 +1,143 @@
+"""The outbox: replies go out in order, a passing failure is retried with backoff.
+
+A reply is stored before it is sent (``Store.finish_turn``) and marked delivered after.
+:class:`Outbox` sends a session's stored replies oldest first; a send that fails for a
+passing reason (``SendError(retryable=True)``) is marked for a retry after the next of
+:data:`SEND_RETRY_DELAYS` and the session is *held*: later replies queue behind it until
+it goes out (the scheduler wakes the session when the delay has passed, or at once when
+the channel reports it is ready again).  Any other failure marks the reply failed — an
+exception that is not a ``SendError`` may have left the message half sent, so it is never
+sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from bridge.envelope import ChatAddress, Outbound
+from bridge.ports import SendError
+
+if TYPE_CHECKING:
+    from bridge.ports import Channel
+    from bridge.store import Store, StoredMessage
+
+# The delivery lines keep the logger name they always had (operators filter on it).
+log = logging.getLogger("bridge.conversation")
+
+# Waits before the 2nd, 3rd ... attempt to send a reply after a retryable SendError; after
+# the last one fails (about an hour in all) the reply is marked failed.
+SEND_RETRY_DELAYS: tuple[float, ...] = (5, 15, 60, 300, 600, 900, 900, 900)
+
+
+class SendResult(StrEnum):
+    """What became of one attempt to send a stored reply."""
+
+    SENT = "sent"
+    RETRY = "retry"  # marked for a retry later; the session is held
+    FAILED = "failed"  # marked failed for good
+    NO_CHANNEL = "no channel"  # no attached channel serves the chat; stays queued
+
+
+class Outbox:
+    """Sends stored replies through the channel serving their chat, in order.
+
+    ``route(address)`` is the attached channel serving a chat (or None);
+    ``retry_later(session_key, delay)`` asks the scheduler to flush that session again
+    after ``delay`` seconds.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        route: Callable[[ChatAddress], Channel | None],
+        retry_later: Callable[[str, float], None],
+        *,
+        retry_delays: Sequence[float] = SEND_RETRY_DELAYS,
+    ) -> None:
+        self._store = store
+        self._route = route
+        self._retry_later_cb = retry_later
+        self._retry_delays = tuple(retry_delays)
+        # Sessions with a reply waiting for a retry: later replies queue behind it.  The
+        # outbox's own state, not the scheduler's.
+        self.held: set[str] = set()
+
+    def release_all(self) -> None:
+        """Forget which sessions are held (on stop: the next start flushes from the store)."""
+        self.held.clear()
+
+    async def deliver(self, out: StoredMessage) -> bool:
+        """Send a reply just stored; behind earlier replies of its chat still waiting."""
+        if out.session_key in self.held:
+            return (await self.flush(out.session_key)).get(out.id) == SendResult.SENT
+        return await self.send(out) == SendResult.SENT
+
+    async def flush(self, key: str) -> dict[int, SendResult]:
+        """Send a session's undelivered replies in order; stop at one that must wait."""
+        results: dict[int, SendResult] = {}
+        for msg in await self._store.undelivered(key):
+            result = results[msg.id] = await self.send(msg)
+            if result in (SendResult.RETRY, SendResult.NO_CHANNEL):
+                break
+        else:
+            self.held.discard(key)
+        return results
+
+    async def queued_sessions(self, channel: Channel) -> list[str]:
+        """Sessions served by ``channel`` with replies waiting to be sent (oldest work first)."""
+        work = await self._store.open_work([channel.name])
+        return [w.session_key for w in work
+                if w.outbound and self._route(w.address) is channel]
+
+    async def send(self, msg: StoredMessage) -> SendResult:
+        """Send one stored reply; mark it delivered, retried later, or failed."""
+        channel = self._route(msg.address)
+        if channel is None:
+            log.warning("no %s/%s channel serves %s; reply %d stays queued",
+                        msg.address.channel, msg.address.account, msg.session_key, msg.id)
+            return SendResult.NO_CHANNEL
+        out = Outbound(msg.address, msg.text, reply_to_message_id=msg.reply_to_message_id,
+                       plain=msg.plain)
+        try:
+            ids = await channel.send(out)
+        except asyncio.CancelledError:
+            raise
+        except SendError as exc:
+            if exc.retryable:
+                return await self._retry_later(msg, str(exc), exc.sent_ids)
+            log.warning("could not deliver reply %d to %s %s: %s", msg.id, msg.address.channel,
+                        msg.address.chat_id, exc)
+            await self._store.mark_send_failed(msg.id, str(exc), exc.sent_ids)
+            return SendResult.FAILED
+        except Exception as exc:
+            # Not a SendError: the message may or may not have gone out, and sending it
+            # again could deliver it twice — so it is not retried.
+            log.exception("channel %s failed sending reply %d", msg.address.channel, msg.id)
+            await self._store.mark_send_failed(msg.id, f"{type(exc).__name__}: {exc}")
+            return SendResult.FAILED
+        await self._store.mark_delivered(msg.id, [str(i) for i in ids])
+        return SendResult.SENT
+
+    async def _retry_later(self, msg: StoredMessage, reason: str,
+                           sent_ids: list[str]) -> SendResult:
+        attempts = msg.send_attempts + 1
+        where = f"{msg.address.channel} {msg.address.chat_id}"
+        if attempts > len(self._retry_delays):
+            log.warning("giving up on reply %d to %s after %d attempts: %s", msg.id, where,
+                        attempts, reason)
+            await self._store.mark_send_failed(
+                msg.id, f"gave up after {attempts} attempts: {reason}", sent_ids)
+            return SendResult.FAILED
+        delay = self._retry_delays[attempts - 1]
+        log.info("reply %d to %s not sent (%s); attempt %d failed, next in %g s", msg.id,
+                 where, reason, attempts, delay)
+        await self._store.mark_send_retry(msg.id, reason, next_attempt_at=time.time() + delay,
+                                          sent_ids=sent_ids)
+        self.held.add(msg.session_key)
+        self._retry_later_cb(msg.session_key, delay)
+        return SendResult.RETRY

@@ -1,0 +1,435 @@
+"""One turn: the answer to one claim of a session's queue.
+
+A turn is a command (answered by :mod:`bridge.commands`) or a model call: choose and
+resolve the candidates (once), read the history within the largest candidate's prompt
+budget, compact it first when the primary's context window cannot hold it, call the
+router, and on a context overflow compact and retry once.  The reply — or an apology when
+every model failed, or an internal-error note when the turn itself broke — is stored with
+the turn (``Store.finish_turn``) and handed to the outbox.  A turn that cannot even be
+recorded goes back to the queue.  Every turn ends with one log line and a
+:class:`TurnEvent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bridge.commands import CommandContext, choose_models, parse_command, run_command
+from bridge.config.resolve import ResolvedModel, UnknownModelError, resolve_candidates
+from bridge.envelope import ChatAddress, ChatKind
+from bridge.models.base import AllModelsFailed, Attempt, ModelReply, ModelRequest
+from bridge.prompt import (
+    BuiltPrompt,
+    PromptCache,
+    build_request,
+    compaction_request,
+    estimate_tokens,
+    plan_compaction,
+    prompt_budget,
+    summary_token_cap,
+    truncate_to_tokens,
+)
+from bridge.store import Claim, MessageKind, Store, StoredMessage
+from bridge.store.records import HistoryTurn, SessionRecord
+
+if TYPE_CHECKING:
+    from bridge.config.schema import Config
+    from bridge.delivery import Outbox
+    from bridge.media import MediaStore
+    from bridge.models.base import Router
+    from bridge.ports import Channel
+
+# The per-turn line keeps the logger name it always had (operators filter on it).
+log = logging.getLogger("bridge.conversation")
+
+APOLOGY = "The model is unavailable right now — please try again shortly."
+INTERNAL_ERROR = "Something went wrong on my side — please try again shortly."
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    """A turn finished (for metrics, logs and ``palaver chat``)."""
+
+    session_key: str
+    turn_id: int
+    kind: str  # "chat" | "command"
+    answered: bool
+    message_ids: tuple[int, ...]  # store row ids of the inbound messages
+    platform_message_ids: tuple[str, ...]
+    model_ref: str | None
+    attempts: tuple[Attempt, ...]
+    duration_s: float
+    model_duration_s: float
+    delivered: bool
+    reason: str | None = None
+    compacted: bool = False
+    reply: str = ""
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far a turn got, for the scheduler."""
+
+    finished: bool = False  # finish_turn stored the reply (the claim is closed)
+    requeued: bool = False  # the claim went back to the queue; pause the worker
+
+
+class TurnSlots:
+    """At most ``maxConcurrentTurns`` model turns at once, across every chat."""
+
+    def __init__(self) -> None:
+        self._slots: asyncio.Semaphore | None = None
+        self._limit = 0
+
+    def slot(self, limit: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A place among ``limit`` model turns (0: unlimited)."""
+        if limit <= 0:
+            return contextlib.nullcontext()
+        if self._slots is None or self._limit != limit:
+            # A reload changes the limit: turns holding the old semaphore release it.
+            self._slots = asyncio.Semaphore(limit)
+            self._limit = limit
+        return self._slots
+
+
+@dataclass(slots=True)
+class TurnRunner:
+    """What every turn needs from the conversation core; one per core.
+
+    ``route(address)`` is the attached channel serving a chat (for typing);
+    ``answered(n)`` is told when ``n`` inbound messages stop being pending.
+    """
+
+    store: Store
+    config: Callable[[], Config]
+    router: Router
+    media: MediaStore | None
+    prompt_cache: PromptCache
+    outbox: Outbox
+    route: Callable[[ChatAddress], Channel | None]
+    emit: Callable[[TurnEvent], None]
+    answered: Callable[[int], None]
+    slots: TurnSlots = field(default_factory=TurnSlots)
+
+    async def run(self, claim: Claim, *, override: str | None = None) -> Progress:
+        """Answer ``claim`` (``override``: the session's model override, if any)."""
+        return await Turn(self, claim, override).run()
+
+
+class Turn:
+    """One claim being answered; holds what its steps share."""
+
+    def __init__(self, runner: TurnRunner, claim: Claim, override: str | None) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.claim = claim
+        self.override = override
+        self.config = runner.config()
+        self.started = time.monotonic()
+        self.progress = Progress()
+        last = claim.messages[-1]
+        self.group = last.address.chat_kind is ChatKind.GROUP
+        # Filled in by a chat turn:
+        self.candidates: list[ResolvedModel | str] = []  # resolved once, primary first
+        self.models: list[ResolvedModel] = []  # the candidates that resolve
+        self.instructions: str | None = None
+        self.session: SessionRecord | None = None
+        self.history: list[HistoryTurn] = []
+        self.built: dict[str, BuiltPrompt] = {}  # by model ref, for this history
+        self.compacted = False
+
+    async def run(self) -> Progress:
+        """Answer the claim; contain any failure as an internal-error reply."""
+        claim = self.claim
+        try:
+            if claim.kind is MessageKind.COMMAND:
+                await self._command()
+            else:
+                await self._chat()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("turn %d of %s failed unexpectedly", claim.turn_id, claim.session_key)
+            if self.progress.finished:
+                # The reply is stored (pending); a failure after that (e.g. marking it
+                # delivered) must not answer the turn a second time.
+                return self.progress
+            try:
+                out = await self._finish(
+                    reply=INTERNAL_ERROR, answered=False,
+                    reason=f"internal error: {type(exc).__name__}",
+                    reply_kind=MessageKind.APOLOGY, reply_to_message_id=self._quote_id())
+            except Exception:
+                log.exception("turn %d of %s could not be recorded; its messages go back to "
+                              "the queue", claim.turn_id, claim.session_key)
+                await self._requeue()
+                return self.progress
+            delivered = await self.runner.outbox.deliver(out)
+            self._emit(answered=False, delivered=delivered, reason="internal error",
+                       reply=out.text)
+        return self.progress
+
+    # -- commands ----------------------------------------------------------------
+
+    async def _command(self) -> None:
+        claim = self.claim
+        msg = claim.messages[0]
+        parsed = parse_command(msg.text)
+        assert parsed is not None
+        name, arg = parsed
+        ctx = CommandContext(config=self.config, store=self.store, message=msg,
+                             override=self.override)
+        reply = await run_command(ctx, name, arg)
+        out = await self._finish(reply=reply, reply_kind=MessageKind.COMMAND,
+                                 reply_to_message_id=self._quote_id())
+        delivered = await self.runner.outbox.deliver(out)
+        log.info("command session=%s turn=%d /%s duration=%.3fs", claim.session_key,
+                 claim.turn_id, name, time.monotonic() - self.started)
+        self._emit(answered=True, delivered=delivered, reply=reply)
+
+    # -- chat turns ----------------------------------------------------------------
+
+    async def _chat(self) -> None:
+        config, claim = self.config, self.claim
+        last = claim.messages[-1]
+        a = last.address
+        choice = await choose_models(config, self.store, last, override=self.override)
+        if not choice.candidates:
+            await self._fail(AllModelsFailed(()), "no model is configured")
+            return
+        self.candidates = resolve_candidates(config, choice.candidates)
+        self.models = [c for c in self.candidates if isinstance(c, ResolvedModel)]
+        read_budget = max((prompt_budget(m) for m in self.models), default=None)
+        session, window = await self.store.session_with_history(
+            claim.session_id, token_budget=read_budget, estimate=estimate_tokens)
+        self.session, self.history = session, window.turns
+        self.instructions = config.system_prompt_for(
+            a.channel, chat_kind=a.chat_kind.value, chat_id=a.chat_id,
+            sender_id=last.sender_id, thread_id=a.thread_id)
+        compaction = config.agents.defaults.compaction
+        reply: ModelReply | None = None
+        failure: AllModelsFailed | None = None
+        earlier: tuple[Attempt, ...] = ()
+
+        channel = self.runner.route(a)
+        typing = channel.typing(a) if channel is not None else contextlib.nullcontext()
+        async with typing, self.runner.slots.slot(config.agents.defaults.maxConcurrentTurns):
+            model_started = time.monotonic()
+            first = self.candidates[0]
+            primary = first if isinstance(first, ResolvedModel) else None
+            # Proactive compaction: the primary's window cannot hold the whole history.
+            if compaction.enabled and primary is not None and (self.history
+                                                               or window.left_out):
+                built = await self._build(primary)
+                through = None
+                if built.omitted_turn_ids or window.left_out:
+                    through = plan_compaction(
+                        built, keep_recent=compaction.keepRecentTurns,
+                        summary_tokens=summary_token_cap(primary), left_out=window.left_out)
+                if through is not None and await self._compact(
+                        through, left_out=window.left_out, read_budget=read_budget):
+                    self.compacted = True  # the prompt is built again from the summary
+                else:
+                    self.built[primary.ref] = built
+            try:
+                reply = await self._complete()
+            except AllModelsFailed as exc:
+                failure = exc
+                if exc.context_overflow and compaction.enabled and self.history:
+                    log.info("context overflow in %s: compacting and retrying once",
+                             claim.session_key)
+                    if await self._compact(self.history[-1].turn_id):
+                        self.built.clear()
+                        self.compacted = True
+                        earlier = exc.attempts
+                        try:
+                            reply = await self._complete()
+                            failure = None
+                        except AllModelsFailed as exc2:
+                            failure = exc2
+            model_duration = time.monotonic() - model_started
+
+        if reply is None:
+            assert failure is not None
+            await self._fail(failure, None, model_duration=model_duration, earlier=earlier)
+            return
+        built_for_reply = self.built.get(reply.model_ref)
+        window_size = next(
+            (m.context_window for m in self.models if m.ref == reply.model_ref), None)
+        out = await self._finish(
+            reply=reply.text, model_ref=reply.model_ref, usage=reply.usage,
+            attempts=reply.attempts, reply_to_message_id=self._quote_id(),
+            prompt_tokens_estimate=built_for_reply.prompt_tokens if built_for_reply else None,
+            context_window=window_size)
+        delivered = await self.runner.outbox.deliver(out)
+        self._log(reply.model_ref, reply.attempts, model_duration, answered=True,
+                  delivered=delivered, reply=reply.text, compacted=self.compacted)
+        self._emit(answered=True, delivered=delivered, model_ref=reply.model_ref,
+                   attempts=reply.attempts, model_duration=model_duration, reply=reply.text,
+                   compacted=self.compacted)
+
+    async def _build(self, model: ResolvedModel) -> BuiltPrompt:
+        """The prompt for ``model`` from the turn's current summary and history."""
+        assert self.session is not None
+        return await build_request(
+            model=model, instructions=self.instructions, summary=self.session.summary,
+            history=self.history, current=self.claim.messages,
+            group=self.group, media_store=self.runner.media,
+            settings=self.config.agents.defaults, cache=self.runner.prompt_cache)
+
+    async def _complete(self) -> ModelReply:
+        """Ask the router; an empty answer counts as every model failing."""
+        async def request_for(model: ResolvedModel) -> ModelRequest:
+            built = self.built.get(model.ref)
+            if built is None:
+                built = self.built[model.ref] = await self._build(model)
+            return built.request
+
+        reply = await self.runner.router.complete(self.candidates, request_for)
+        if not reply.text.strip():
+            raise AllModelsFailed(reply.attempts)
+        return reply
+
+    async def _compact(self, through: int, *, left_out: int = 0,
+                       read_budget: int | None = None) -> bool:
+        """Summarise the turns up to ``through`` (with the previous summary) and store it;
+        on success the turn continues from the new session and the history after
+        ``through``.  False: nothing to summarise, or compaction failed."""
+        session, history = self.session, self.history
+        assert session is not None
+        if left_out:
+            # Some of them were never read (they did not fit): read what the summariser
+            # can take, newest first.
+            older = await self.store.history(
+                session.id, after_turn=session.summary_through_turn, through_turn=through,
+                token_budget=2 * read_budget if read_budget else None,
+                estimate=estimate_tokens)
+        else:
+            older = [t for t in history if t.turn_id <= through]
+        if not older:
+            return False
+        compaction = self.config.agents.defaults.compaction
+        candidates = list(self.candidates)
+        first = candidates[0]
+        cap = summary_token_cap(first) if isinstance(first, ResolvedModel) else 1024
+        if compaction.model:
+            try:
+                ref = self.config.resolve_ref(compaction.model)
+            except UnknownModelError as exc:
+                log.warning("compaction.model does not resolve (%s); using the session's", exc)
+            else:
+                chosen = resolve_candidates(self.config, [ref])[0]
+                candidates = [chosen, *[c for c in candidates if _ref(c) != ref]]
+
+        def request_for(model: ResolvedModel) -> ModelRequest:
+            return compaction_request(model, session.summary, older, group=self.group,
+                                      summary_tokens=cap)
+
+        started = time.monotonic()
+        try:
+            reply = await self.runner.router.complete(candidates, request_for)
+        except AllModelsFailed as exc:
+            log.warning("compaction of %s failed: %s", session.session_key, exc)
+            return False
+        summary = truncate_to_tokens(reply.text.strip(), cap)
+        if not summary:
+            return False
+        await self.store.save_summary(session.id, summary, through)
+        log.info("compacted session=%s turns=%d model=%s duration=%.2fs", session.session_key,
+                 len(older) + left_out, reply.model_ref, time.monotonic() - started)
+        new_session = await self.store.session(session.id)
+        assert new_session is not None
+        self.session = new_session
+        self.history = [t for t in history if t.turn_id > through]
+        return True
+
+    async def _fail(self, exc: AllModelsFailed, reason: str | None, *,
+                    model_duration: float = 0.0, earlier: tuple[Attempt, ...] = ()) -> None:
+        """Answer with the apology; the turn is recorded as failed, with every attempt."""
+        attempts = (*earlier, *exc.attempts)
+        reason = reason or str(AllModelsFailed(attempts))
+        out = await self._finish(
+            reply=APOLOGY, answered=False, reason=reason[:1000],
+            reply_kind=MessageKind.APOLOGY, attempts=attempts,
+            reply_to_message_id=self._quote_id())
+        delivered = await self.runner.outbox.deliver(out)
+        self._log(None, attempts, model_duration, answered=False, delivered=delivered,
+                  reason=reason, config=self.runner.config())
+        self._emit(answered=False, delivered=delivered, attempts=attempts,
+                   model_duration=model_duration, reason=reason, reply=out.text)
+
+    # -- recording -----------------------------------------------------------------
+
+    async def _finish(self, **kwargs: Any) -> StoredMessage:
+        """``store.finish_turn`` — and the claim's messages stop counting as pending."""
+        out = await self.store.finish_turn(self.claim.turn_id, **kwargs)
+        self.progress.finished = True
+        self.runner.answered(len(self.claim.messages))
+        return out
+
+    async def _requeue(self) -> None:
+        self.progress.requeued = True
+        try:
+            await self.store.requeue_turn(self.claim.turn_id)
+        except Exception:
+            log.exception("turn %d of %s stays processing until the next start",
+                          self.claim.turn_id, self.claim.session_key)
+
+    def _quote_id(self) -> str | None:
+        """In groups the reply quotes the (last) triggering message."""
+        last = self.claim.messages[-1]
+        if last.address.chat_kind is ChatKind.GROUP:
+            return last.platform_message_id
+        return None
+
+    def _emit(self, *, answered: bool, delivered: bool, model_ref: str | None = None,
+              attempts: tuple[Attempt, ...] = (), model_duration: float = 0.0,
+              reason: str | None = None, reply: str = "", compacted: bool = False) -> None:
+        claim = self.claim
+        self.runner.emit(TurnEvent(
+            session_key=claim.session_key, turn_id=claim.turn_id, kind=claim.kind.value,
+            answered=answered, message_ids=tuple(m.id for m in claim.messages),
+            platform_message_ids=tuple(m.platform_message_id or "" for m in claim.messages),
+            model_ref=model_ref, attempts=attempts,
+            duration_s=time.monotonic() - self.started, model_duration_s=model_duration,
+            delivered=delivered, reason=reason, compacted=compacted, reply=reply))
+
+    def _log(self, model_ref: str | None, attempts: tuple[Attempt, ...],
+             model_duration: float, *, answered: bool, delivered: bool,
+             reason: str | None = None, reply: str = "", compacted: bool = False,
+             config: Config | None = None) -> None:
+        """One line per turn: session, model that answered, attempts, durations."""
+        claim = self.claim
+        config = config or self.config
+        tried = ",".join(
+            f"{at.model_ref}:{'skipped' if at.skipped else (at.error_class or 'ok')}:"
+            f"{round(at.duration_s * 1000)}" for at in attempts)
+        outcome = "answered" if answered else "failed"
+        total = time.monotonic() - self.started
+        fields: dict[str, Any] = {
+            "session": claim.session_key, "turn": claim.turn_id, "outcome": outcome,
+            "model": model_ref, "attempts": len([at for at in attempts if not at.skipped]),
+            "tried": tried, "duration_ms": round(total * 1000, 1),
+            "model_ms": round(model_duration * 1000, 1), "batch": len(claim.messages),
+            "delivered": delivered,
+        }
+        if compacted:
+            fields["compacted"] = True
+        if reason and not answered:
+            fields["reason"] = reason[:300]
+        if config.logging.logMessageText:
+            fields["text_in"] = " | ".join(m.text for m in claim.messages)
+            fields["text_out"] = reply
+        log.log(logging.INFO if answered else logging.WARNING,
+                "turn %s session=%s model=%s attempts=%s duration_ms=%.0f", outcome,
+                claim.session_key, model_ref or "-", tried or "-", total * 1000, extra=fields)
+
+
+def _ref(candidate: ResolvedModel | str) -> str:
+    return candidate if isinstance(candidate, str) else candidate.ref
