@@ -5,7 +5,7 @@
 tokens (also inside ``/bot<token>/`` URLs), ``sk-…`` keys, ``Bearer …`` credentials,
 ``x-api-key``/``api_key`` values and every secret registered at runtime with
 :func:`register_secret` are replaced by ``[REDACTED]`` in the message, its arguments, the
-exception text and ``extra`` fields.
+exception text and ``extra`` fields (the rules are :mod:`bridge.secrets`).
 
 Structured context goes in ``extra``: ``log.info("turn answered", extra={"session": key,
 "model": ref, "attempts": 2, "duration_ms": 812})`` prints ``... session=… model=…`` in text
@@ -18,17 +18,21 @@ import json
 import logging
 import re
 import sys
-import threading
 import traceback
-import urllib.parse
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
+
+# The secret rules and the marker live in bridge.secrets; these names stay importable
+# from here because every log user reaches for them with the handler.
+from bridge.secrets import REDACTED, clear_secrets, redact, register_secret
 
 if TYPE_CHECKING:
     from bridge.models.base import Attempt, ModelReply
 
 __all__ = [
+    "NOISY_LOGGERS",
+    "REDACTED",
     "JsonFormatter",
     "RedactingFilter",
     "TextFormatter",
@@ -41,113 +45,12 @@ __all__ = [
     "turn_fields",
 ]
 
-REDACTED = "[REDACTED]"
-
-# Secrets shorter than this are ignored by register_secret: redacting every "abc" in the
-# logs would destroy them without protecting anything worth protecting.
-MIN_SECRET_LENGTH = 6
-
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
 # Libraries that log request URLs (the Telegram token is part of every Bot API URL) or one
 # line per request.  Quiet unless the operator asked for debug.
-_NOISY_LOGGERS = ("httpx", "httpcore", "aiohttp.access", "telegram.request", "hpack")
-
-# (pattern, replacement); order matters only for readability, the patterns do not overlap.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Telegram bot token "123456789:AA…" (35 chars after the colon), also in /bot<token>/.
-    (re.compile(r"(?<![0-9])[0-9]{3,}:[A-Za-z0-9_-]{30,}"), REDACTED),
-    # OpenAI / Anthropic / OpenRouter style keys: sk-…, sk-ant-…, sk-proj-…, sk-or-v1-…
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{12,}"), REDACTED),
-    # Bearer xxx anywhere; Basic xxx only after "Authorization" ("basic" is an English word).
-    (re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{4,}"), rf"\1\2{REDACTED}"),
-    (
-        re.compile(r"(?i)\b(authorization\\?[\"']?\s*[:=]\s*\\?[\"']?basic)(\s+)[A-Za-z0-9+/=]{4,}"),
-        rf"\1\2{REDACTED}",
-    ),
-    # x-api-key: xxx, "apiKey": "xxx", api_key=xxx, Authorization: xxx, token=xxx, ...
-    (
-        re.compile(
-            # (not an error code such as "invalid_api_key: Incorrect API key provided")
-            r"(?i)\b(?!(?:invalid|incorrect|missing|expired|revoked)[_-])"
-            r"([\w-]*?(?:api[_-]?key|authorization|access[_-]?token|token|secret"
-            r"|password))(\\?[\"']?\s*[:=]\s*\\?[\"']?)"
-            r"(?!\[REDACTED\])(?!(?:bearer|basic)\s)([^\s\"'&,;}\\]{4,})"
-        ),
-        rf"\1\2{REDACTED}",
-    ),
-)
-
-
-_secrets_lock = threading.Lock()
-_secrets: set[str] = set()
-_secrets_re: re.Pattern[str] | None = None
-
-
-def register_secret(value: Any) -> None:
-    """Redact ``value`` (str or pydantic ``SecretStr``) from every log record from now on.
-
-    Its URL-encoded form is registered too.  Empty values and values shorter than
-    ``MIN_SECRET_LENGTH`` characters are ignored.
-    """
-    global _secrets_re
-    if value is None:
-        return
-    getter = getattr(value, "get_secret_value", None)
-    text = getter() if callable(getter) else str(value)
-    text = text.strip()
-    if len(text) < MIN_SECRET_LENGTH:
-        return
-    forms = {text, urllib.parse.quote(text, safe=""), urllib.parse.quote_plus(text)}
-    with _secrets_lock:
-        if forms <= _secrets:
-            return
-        _secrets.update(forms)
-        # Longest first so a secret containing another is removed whole.
-        alternatives = sorted(_secrets, key=len, reverse=True)
-        _secrets_re = re.compile("|".join(re.escape(s) for s in alternatives))
-
-
-def clear_secrets() -> None:
-    """Forget every registered secret (tests; a config reload re-registers the current ones)."""
-    global _secrets_re
-    with _secrets_lock:
-        _secrets.clear()
-        _secrets_re = None
-
-
-def redact(text: str) -> str:
-    """``text`` with every known secret shape and registered secret replaced."""
-    if not text:
-        return text
-    pattern = _secrets_re
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
-    if not text.isascii():
-        for regex, replacement in _PATTERNS:
-            text = regex.sub(replacement, text)
-        return text
-    # ASCII text, where lower() is exactly what (?i) matches: each pattern runs only when
-    # a literal it cannot match without is present (most log text holds none, and these
-    # substring tests are far cheaper than the searches).  A substitution only inserts
-    # "[REDACTED]", which holds none of the literals, so they are checked on the original.
-    lower = text.lower()
-    (token_re, token_sub), (sk_re, sk_sub), (bearer_re, bearer_sub), \
-        (basic_re, basic_sub), (keyword_re, keyword_sub) = _PATTERNS
-    if ":" in text:
-        text = token_re.sub(token_sub, text)
-    if "sk-" in text:
-        text = sk_re.sub(sk_sub, text)
-    if "bearer" in lower:
-        text = bearer_re.sub(bearer_sub, text)
-    has_authorization = "authorization" in lower
-    if has_authorization and "basic" in lower:
-        text = basic_re.sub(basic_sub, text)
-    if (has_authorization or "key" in lower or "token" in lower or "secret" in lower
-            or "password" in lower):
-        text = keyword_re.sub(keyword_sub, text)
-    return text
+NOISY_LOGGERS = ("httpx", "httpcore", "aiohttp.access", "telegram.request", "hpack")
 
 
 # --------------------------------------------------------------------------- records
@@ -301,7 +204,7 @@ def setup_logging(level: str = "info", fmt: str = "text", *, stream: IO[str] | N
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(numeric)
-    for name in _NOISY_LOGGERS:
+    for name in NOISY_LOGGERS:
         # At debug the operator wants the request lines (still redacted), but not the
         # byte-level traces of httpcore/hpack; otherwise warnings only.
         if numeric > logging.DEBUG:

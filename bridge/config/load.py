@@ -39,6 +39,17 @@ from bridge.config.schema import (
     ProviderDef,
 )
 from bridge.models.catalog import BUILTIN_KEY_ENV, builtin_provider_data
+from bridge.secrets import (
+    AUTH_VALUE,
+    BEARER_IN_TEXT,
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    SECRET_QUERY,
+    URL_PASSWORD,
+    is_auth_header,
+    is_headers_key,
+    is_secret_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +326,7 @@ def _translate(exc: ValidationError) -> list[Problem]:
 
 
 def _got(value: Any, loc: Loc) -> str:
-    if any(isinstance(part, str) and _is_secret_key(part) for part in loc):
+    if any(isinstance(part, str) and is_secret_key(part) for part in loc):
         return ""  # never echo something meant to be a secret
     if isinstance(value, dict | list):
         return f", got {_kind(value)}"
@@ -448,7 +459,7 @@ def _check_providers(config: Config) -> list[Problem]:
 
 def _safe_url(url: str) -> str:
     """``url`` for an error message: credentials and query removed, clipped."""
-    url = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", url).split("?", 1)[0]
+    url = URL_PASSWORD.sub(rf"\1:{REDACTED}@", url).split("?", 1)[0]
     return url if len(url) <= 60 else url[:57] + "..."
 
 
@@ -542,56 +553,8 @@ def _raw_at(raw: Any, loc: Loc) -> Any:
 
 # --------------------------------------------------------------------------- redaction
 
-REDACTED = "***"
-# Secrets shorter than this are only hidden in their own field, not searched for in other
-# strings (redacting every "abcd" would destroy the output without protecting anything).
-MIN_SECRET_LENGTH = 6
-# A key whose normalised name (casefolded, without "_", "-", ".", spaces) ends like this
-# holds a secret, at any depth: apiKey, api_key, x-api-key, botToken, access_token, ...
-_SECRET_NAME_ENDINGS = ("apikey", "token", "secret", "secretkey", "password", "passwd",
-                        "authorization", "accesskey", "privatekey", "credential",
-                        "credentials")
-# Header names whose value is a credential (inside any "...headers" object).
-_AUTH_HEADER = re.compile(r"auth|token|key|secret|cookie|session|signature|password", re.I)
-_AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|key)\s+(\S+)", re.I)
-_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):([^/\s@]+)@")
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&](?:key|token|sig|signature|api[_-]?key|x-api-key|access[_-]?token"
-    r"|auth|password|secret)=)([^&#\s\"']+)")
-_BEARER_IN_TEXT = re.compile(r"(?i)\b(bearer|basic)\s+([A-Za-z0-9._~+/=-]{6,})")
-
-
-def _norm_key(key: str) -> str:
-    return re.sub(r"[\s_.-]", "", key.casefold())
-
-
-def _is_secret_key(key: str | None) -> bool:
-    if not key or "/" in key:  # "provider/model" keys are refs, not field names
-        return False
-    name = _norm_key(key)
-    return name == "key" or name.endswith(_SECRET_NAME_ENDINGS)
-
-
-def _is_headers(key: str | None) -> bool:
-    return bool(key) and _norm_key(key).endswith("headers")  # type: ignore[union-attr]
-
-
-def _is_auth_header(name: str, value: str) -> bool:
-    return bool(_AUTH_HEADER.search(name) or _AUTH_VALUE.match(value))
-
-
-def header_secrets(headers: Mapping[str, str]) -> list[str]:
-    """Credential values among HTTP ``headers`` (Authorization, x-api-key, api-key, …),
-    each with the bare token after a ``Bearer``/``Basic`` scheme too."""
-    out: list[str] = []
-    for name, value in headers.items():
-        if not isinstance(value, str) or not _is_auth_header(name, value):
-            continue
-        out.append(value.strip())
-        m = _AUTH_VALUE.match(value)
-        if m:
-            out.append(m.group(2))
-    return [v for v in dict.fromkeys(out) if v]
+# The marker, the secret-named keys, the credential headers and the secret shapes in URLs
+# and text are bridge.secrets'; this part walks the config tree with them.
 
 
 def _collect_secrets(config: Config) -> list[str]:
@@ -617,11 +580,11 @@ def _collect_secrets(config: Config) -> list[str]:
             found.add(text)
 
     def walk(node: Any, key: str | None, parent: str | None) -> None:
-        if isinstance(node, SecretStr) or (node is not None and _is_secret_key(key)):
+        if isinstance(node, SecretStr) or (node is not None and is_secret_key(key)):
             add(node)
             if isinstance(node, str | SecretStr):
                 text = node.get_secret_value() if isinstance(node, SecretStr) else node
-                m = _AUTH_VALUE.match(text)
+                m = AUTH_VALUE.match(text)
                 if m:
                     add(m.group(2))
             return
@@ -632,16 +595,16 @@ def _collect_secrets(config: Config) -> list[str]:
             for v in node:
                 walk(v, key, parent)
         elif isinstance(node, str):
-            if key is not None and _is_headers(parent) and _is_auth_header(key, node):
+            if key is not None and is_headers_key(parent) and is_auth_header(key, node):
                 add(node)
-                m = _AUTH_VALUE.match(node)
+                m = AUTH_VALUE.match(node)
                 if m:
                     add(m.group(2))
-            for m in _URL_PASSWORD.finditer(node):
+            for m in URL_PASSWORD.finditer(node):
                 add(m.group(2))
-            for m in _SECRET_QUERY.finditer(node):
+            for m in SECRET_QUERY.finditer(node):
                 add(m.group(2))
-            for m in _BEARER_IN_TEXT.finditer(node):
+            for m in BEARER_IN_TEXT.finditer(node):
                 add(m.group(2))
 
     walk(config.model_dump(), None, None)
@@ -662,7 +625,7 @@ def config_secrets(config: Config) -> list[str]:
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The whole config as JSON-ready data with every secret replaced by ``"***"``.
+    """The whole config as JSON-ready data with every secret replaced by ``[REDACTED]``.
 
     Hidden: SecretStr fields; any value under a secret-named key at any depth (names are
     compared casefolded without ``_``/``-``: apiKey, api_key, x-api-key, token, secret,
@@ -675,17 +638,17 @@ def redacted(config: Config) -> dict[str, Any]:
     def scrub_text(text: str) -> str:
         for secret in secrets:
             text = text.replace(secret, REDACTED)
-        text = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
-        text = _SECRET_QUERY.sub(rf"\1{REDACTED}", text)
-        return _BEARER_IN_TEXT.sub(rf"\1 {REDACTED}", text)
+        text = URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+        text = SECRET_QUERY.sub(rf"\1{REDACTED}", text)
+        return BEARER_IN_TEXT.sub(rf"\1 {REDACTED}", text)
 
     def walk(node: Any, key: str | None, parent: str | None) -> Any:
         if isinstance(node, SecretStr):
             return REDACTED
-        if node is not None and _is_secret_key(key):
+        if node is not None and is_secret_key(key):
             return REDACTED
-        if isinstance(node, str) and key is not None and _is_headers(parent) \
-                and _is_auth_header(key, node):
+        if isinstance(node, str) and key is not None and is_headers_key(parent) \
+                and is_auth_header(key, node):
             return REDACTED
         if isinstance(node, dict):
             return {k: walk(v, str(k), key) for k, v in node.items()}

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from bridge.models.base import ErrorClass, ModelError
+from bridge.secrets import redact
 
 # Longest server message kept in an error (bodies can be whole HTML pages).
 _MAX_MESSAGE = 300
@@ -47,10 +48,6 @@ _LOADING_RE = re.compile(
     r"|unavailable_error",
     re.IGNORECASE,
 )
-_SECRET_RE = re.compile(
-    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}"
-    r"|\b(sk-[A-Za-z0-9_-]{4,}|sk-ant-[A-Za-z0-9_-]{4,}|sk-or-[A-Za-z0-9_-]{4,})"
-)
 
 # Codes/types found in error bodies and stream error events.
 _CODE_CLASSES: dict[str, ErrorClass] = {
@@ -76,14 +73,6 @@ _CODE_CLASSES: dict[str, ErrorClass] = {
     "invalid_prompt": ErrorClass.BAD_REQUEST,
     "request_too_large": ErrorClass.BAD_REQUEST,
 }
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove known secrets and anything shaped like an API key or bearer token."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return _SECRET_RE.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
 def _clip(text: str) -> str:

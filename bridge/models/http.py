@@ -50,6 +50,7 @@ from bridge.models.base import (
 )
 from bridge.models.catalog import BUILTIN_KEY_ENV
 from bridge.models.errors import classify_exception, classify_http
+from bridge.secrets import header_secrets
 
 T = TypeVar("T")
 
@@ -252,8 +253,6 @@ def api_key(model: ResolvedModel) -> str | None:
 def model_secrets(model: ResolvedModel) -> tuple[str, ...]:
     """What must never appear in an error about ``model``: its API key and the values of
     credential headers (``Authorization``, ``x-api-key``, ``api-key``, …) it sends."""
-    from bridge.config.load import header_secrets
-
     key = model.api_key.get_secret_value() if model.api_key is not None else ""
     values = ([key] if key else []) + header_secrets(model.headers)
     return tuple(sorted(set(values), key=len, reverse=True))

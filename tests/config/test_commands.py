@@ -123,9 +123,9 @@ def test_show_redacts_every_secret(good, capsys):
     shown = json.loads(out)
     for secret in [*SECRETS.values(), "hdr-secret-9"]:
         assert secret not in out
-    assert shown["models"]["providers"]["local"]["apiKey"] == "***"
-    assert shown["models"]["providers"]["anthropic"]["apiKey"] == "***"
-    assert shown["channels"]["telegram"]["botToken"] == "***"
+    assert shown["models"]["providers"]["local"]["apiKey"] == "[REDACTED]"
+    assert shown["models"]["providers"]["anthropic"]["apiKey"] == "[REDACTED]"
+    assert shown["channels"]["telegram"]["botToken"] == "[REDACTED]"
     # resolved: catalog merged, variables replaced
     assert "openrouter" in shown["models"]["providers"]
     assert shown["models"]["providers"]["local"]["baseUrl"] == "http://127.0.0.1:1234/v1"

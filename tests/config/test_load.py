@@ -306,7 +306,7 @@ def test_redacted_hides_every_secret(tmp_path):
         assert f"secret-{i}" not in text
     shown = redacted(config)
     assert shown["models"]["providers"]["local"]["headers"]["X-Plain"] == "hello"
-    assert shown["channels"]["telegram"]["botToken"] == "***"
+    assert shown["channels"]["telegram"]["botToken"] == "[REDACTED]"
     assert shown["models"]["providers"]["anthropic"]["apiKey"] is None
 
 
@@ -370,12 +370,12 @@ def test_config_show_hides_secrets_at_any_depth(tmp_path):
     assert "SECRET" not in text, [line for line in json.dumps(shown, indent=1).splitlines()
                                   if "SECRET" in line]
     params = shown["agents"]["defaults"]["models"]["a/m"]["params"]
-    assert params["api_key"] == "***" and params["Access-Token"] == "***"
-    assert params["extra_headers"] == {"Authorization": "***", "X-Plain": "visible"}
-    assert params["nested"]["deeper"]["password"] == "***"
+    assert params["api_key"] == "[REDACTED]" and params["Access-Token"] == "[REDACTED]"
+    assert params["extra_headers"] == {"Authorization": "[REDACTED]", "X-Plain": "visible"}
+    assert params["nested"]["deeper"]["password"] == "[REDACTED]"
     assert shown["channels"]["telegram"]["apiRoot"] == \
-        "http://user:***@h:1/?key=***&token=***"
-    assert "sig=***&v=1" in shown["agents"]["defaults"]["systemPrompt"]
+        "http://user:[REDACTED]@h:1/?key=[REDACTED]&token=[REDACTED]"
+    assert "sig=[REDACTED]&v=1" in shown["agents"]["defaults"]["systemPrompt"]
     # Ordinary values stay readable.
     assert shown["agents"]["defaults"]["model"]["primary"] == "a/m"
     assert shown["models"]["providers"]["a"]["models"][0]["id"] == "m"
@@ -400,7 +400,7 @@ def test_placeholder_key_equal_to_the_provider_id_is_not_blanked_everywhere(tmp_
         baseUrl: "http://127.0.0.1:1234/v1", apiKey: "lmstudio", models: [{ id: "q" }] } } },
         agents: { defaults: { model: "lmstudio/q" } } }""")
     shown = redacted(config)
-    assert shown["models"]["providers"]["lmstudio"]["apiKey"] == "***"
+    assert shown["models"]["providers"]["lmstudio"]["apiKey"] == "[REDACTED]"
     assert shown["agents"]["defaults"]["model"]["primary"] == "lmstudio/q"
     assert "lmstudio" not in config_secrets(config)
 

@@ -477,7 +477,7 @@ async def test_secrets_never_in_errors(session, api):
         for text in (str(err), repr(err), err.message):
             for secret in secrets:
                 assert secret not in text, text
-        assert "[redacted]" in err.message, err.message
+        assert "[REDACTED]" in err.message, err.message
 
     async with FakeModelServer(api_key=right, echo_key=True) as server:
         # 1. The server rejects the key and repeats it in its 401.

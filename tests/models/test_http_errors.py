@@ -131,6 +131,6 @@ def test_secrets_are_redacted_from_messages():
     err = classify_http(401, body(f"Incorrect API key provided: {key}. Bearer {key}"), {},
                         secrets=(key,))
     assert key not in str(err) and "SECRETSECRET" not in str(err)
-    assert "[redacted]" in str(err)
+    assert "[REDACTED]" in str(err)
     assert "abcd1234" not in redact("Authorization: Bearer abcd1234xyz")
     assert "mysecretvalue" not in redact("key mysecretvalue here", ["mysecretvalue"])

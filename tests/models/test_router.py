@@ -441,4 +441,4 @@ async def test_keys_sent_as_headers_never_reach_the_error_or_logs(
     assert err.value.attempts[0].error_class is ErrorClass.AUTH
     for text in (str(err.value), repr(err.value.attempts), caplog.text):
         assert echoed not in text
-    assert "[redacted]" in str(err.value)
+    assert "[REDACTED]" in str(err.value)

@@ -226,9 +226,10 @@ def test_turn_line_fields_in_json():
 def test_redact_fast_path_matches_every_pattern_applied():
     """redact() skips patterns whose literals are absent; the result must not change."""
     import bridge.logs as logs
+    import bridge.secrets as secrets
 
     def reference(text: str) -> str:
-        for regex, replacement in logs._PATTERNS:
+        for regex, replacement in secrets._PATTERNS:
             text = regex.sub(replacement, text)
         return text
 
