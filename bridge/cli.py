@@ -45,8 +45,8 @@ _HANDLERS = {
     ("chat",): "bridge.run:cmd_chat",
     ("pairing", "list"): "bridge.access:cmd_pairing_list",
     ("pairing", "approve"): "bridge.access:cmd_pairing_approve",
-    ("whatsapp", "login"): "channels.whatsapp:cmd_login",
-    ("whatsapp", "logout"): "channels.whatsapp:cmd_logout",
+    ("whatsapp", "login"): "channels.whatsapp.login:cmd_login",
+    ("whatsapp", "logout"): "channels.whatsapp.login:cmd_logout",
 }
 
 
