@@ -6,7 +6,7 @@ media store), :mod:`.token` (where the bot token comes from), :mod:`.http` (the 
 transport; the one module using PTB's private request API).
 """
 
-from channels.telegram.channel import COMMANDS, TelegramChannel
+from channels.telegram.channel import TelegramChannel
 from channels.telegram.token import TokenError, resolve_token
 
-__all__ = ["COMMANDS", "TelegramChannel", "TokenError", "resolve_token"]
+__all__ = ["TelegramChannel", "TokenError", "resolve_token"]

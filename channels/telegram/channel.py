@@ -48,6 +48,7 @@ from telegram.error import (
 )
 from telegram.ext import Application, ApplicationBuilder
 
+from bridge.commands import COMMAND_MENU
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import ChatAddress, ChatKind, Outbound
 from bridge.formatting import chunk_text, render, to_plain
@@ -64,19 +65,9 @@ from channels.telegram.http import (
 from channels.telegram.intake import Intake
 from channels.telegram.token import FIX_TOKEN, TokenError, resolve_token
 
-__all__ = ["COMMANDS", "TelegramChannel"]
+__all__ = ["TelegramChannel"]
 
 log = logging.getLogger(__name__)
-
-# The command menu (setMyCommands); the core implements them.
-COMMANDS = (
-    ("new", "Start a new conversation"),
-    ("reset", "Start over (same as /new)"),
-    ("model", "Show or switch this chat's model"),
-    ("models", "List the models you can use"),
-    ("status", "Session, model and usage"),
-    ("help", "What this bot can do"),
-)
 
 # Loggers that may print Bot API URLs (the token is part of every URL).
 _GUARDED_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request",
@@ -148,9 +139,11 @@ class TelegramChannel(Channel):
     http_connect_timeout = 10.0
 
     def __init__(self, config: TelegramConfig, *, media: MediaStore, data_dir: Path) -> None:
+        # data_dir: the composition root passes it to every channel; Telegram keeps no
+        # files of its own (its state lives with the Bot API and in the core's store).
+        del data_dir
         self.config = config
         self.media = media
-        self.data_dir = Path(data_dir)
         self.capabilities = Capabilities(config.textChunkLimit, Markup.TELEGRAM_HTML)
         self._sink: InboundSink | None = None
         self._app: Application | None = None
@@ -277,7 +270,8 @@ class TelegramChannel(Channel):
         try:
             self._bot_username = app.bot.username or ""
             try:
-                await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
+                # The core's command table: the menu lists what the core implements.
+                await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMAND_MENU])
             except (BadRequest, Forbidden, NetworkError) as exc:
                 log.warning("telegram: setMyCommands failed: %s", exc)
             if self.config.mode == "webhook":

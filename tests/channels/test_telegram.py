@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from telegram.error import RetryAfter
 from telegram.warnings import PTBDeprecationWarning
 
+from bridge.commands import COMMAND_MENU
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import (
     AcceptStatus,
@@ -26,7 +27,7 @@ from bridge.envelope import (
 from bridge.formatting import utf16_len
 from bridge.media import MediaStore
 from bridge.ports import InboundSink, Markup, SendError
-from channels.telegram import COMMANDS, TelegramChannel
+from channels.telegram import TelegramChannel
 from channels.telegram.http import RateLimited, retry_after_seconds
 from channels.telegram.translate import period_seconds
 from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
@@ -122,8 +123,8 @@ def _address(chat_id: int, kind: ChatKind = ChatKind.DIRECT, thread: str | None 
 async def test_start_registers_commands_and_polls(started, fake):
     channel, _ = started
     assert channel.health().detail == f"polling as @{BOT}"
-    assert [c["command"] for c in fake.commands] == [c for c, _ in COMMANDS]
-    assert {"new", "reset", "model", "models", "status", "help"} == {c for c, _ in COMMANDS}
+    assert [c["command"] for c in fake.commands] == [c for c, _ in COMMAND_MENU]
+    assert {"new", "reset", "model", "models", "status", "help"} == {c for c, _ in COMMAND_MENU}
     methods = [c.method for c in fake.calls]
     assert methods[0] == "getMe" and "deleteWebhook" in methods
     await fake.wait_for_calls("getUpdates")
