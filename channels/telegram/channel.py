@@ -52,9 +52,10 @@ from bridge.commands import COMMAND_MENU
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import ChatAddress, ChatKind, Outbound
 from bridge.formatting import chunk_text, render, to_plain
-from bridge.logs import RedactingFilter, register_secret
+from bridge.logs import RedactingFilter
 from bridge.media import MediaStore
 from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
+from bridge.secrets import register_secret
 from channels.telegram.http import (
     AiohttpRequest,
     NotSent,

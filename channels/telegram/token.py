@@ -1,18 +1,15 @@
-"""The bot token: where it comes from and what it must look like."""
+"""The bot token: where it comes from (its shape, BOT_TOKEN_RE, is the core's: bridge.secrets)."""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from bridge.config.schema import TelegramConfig
+from bridge.secrets import BOT_TOKEN_RE
 
-__all__ = ["FIX_TOKEN", "TOKEN_RE", "TokenError", "resolve_token"]
+__all__ = ["FIX_TOKEN", "TokenError", "resolve_token"]
 
-# The shape of a BotFather token.  bridge/config/schema.py checks the same shape; the
-# two should share one home in the core (channels may import bridge, not the reverse).
-TOKEN_RE = re.compile(r"^\d+:[A-Za-z0-9_-]{30,}$")
 FIX_TOKEN = "Check channels.telegram.botToken / tokenFile / $TELEGRAM_BOT_TOKEN"
 
 
@@ -41,6 +38,6 @@ def resolve_token(config: TelegramConfig) -> str:
         raise TokenError(
             "no bot token: set channels.telegram.botToken, tokenFile or $TELEGRAM_BOT_TOKEN"
         )
-    if not TOKEN_RE.match(token):
+    if not BOT_TOKEN_RE.match(token):  # the shape's home is the core's
         raise TokenError(f"the token in {source} does not look like a bot token from BotFather")
     return token
