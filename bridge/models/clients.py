@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from bridge.config.schema import ResolvedModel
+from bridge.config.resolve import ResolvedModel
 from bridge.models.anthropic import AnthropicClient
 from bridge.models.base import ModelClient
 from bridge.models.completions import CompletionsClient

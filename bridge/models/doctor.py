@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bridge.config.schema import Config, ModelSelection, ResolvedModel, Timeouts
+from bridge.config.resolve import ResolvedModel, UnknownModelError
+from bridge.config.schema import Config, ModelSelection, Timeouts
 from bridge.models.anthropic import messages_path
 from bridge.models.base import ErrorClass, ModelError, ModelRequest, Turn
 from bridge.models.catalog import BUILTIN_KEY_ENV, BUILTIN_PROVIDER_IDS
@@ -93,7 +94,7 @@ def _path_refs(config: Config, selection: ModelSelection) -> list[str]:
             continue
         try:
             ref = config.resolve_ref(text)
-        except KeyError:
+        except UnknownModelError:
             ref = text
         if ref not in out:
             out.append(ref)
@@ -236,8 +237,8 @@ async def diagnose(config: Config, *, session: aiohttp.ClientSession | None = No
         for ref in _refs_in_use(config):
             try:
                 resolved.append((ref, config.model(ref), ""))
-            except KeyError as exc:
-                resolved.append((ref, None, str(exc.args[0]) if exc.args else "unknown"))
+            except UnknownModelError as exc:
+                resolved.append((ref, None, str(exc)))
         by_provider: dict[str, ResolvedModel] = {}
         for _, model, _ in resolved:
             if model is not None and _credentials(model) != "missing":
