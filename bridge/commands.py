@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from bridge.config.resolve import UnknownModelError
@@ -44,13 +45,20 @@ def is_command(text: str) -> bool:
 # ------------------------------------------------------------------------ model choice
 
 
+class ModelSource(StrEnum):
+    """Where a chat's model comes from (shown by /model and /status)."""
+
+    SESSION_OVERRIDE = "session override"  # palaver chat --model
+    CHAT_CHOICE = "this chat's /model choice"
+    CONFIG = "config"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelChoice:
     """The candidates for a chat's next turn and where the first one came from."""
 
     candidates: tuple[str, ...]  # canonical refs, primary first
-    source: str  # "session override" | "this chat's /model choice" | "config"
-    chat_choice: str | None = None
+    source: ModelSource
 
 
 async def choose_models(
@@ -73,8 +81,8 @@ async def choose_models(
         log.warning("configured model for %s does not resolve: %s", message.session_key, exc)
         configured = []
     stored = await store.chat_setting(message.session_key, MODEL_SETTING)
-    for source, wanted in (("session override", override),
-                           ("this chat's /model choice", stored)):
+    for source, wanted in ((ModelSource.SESSION_OVERRIDE, override),
+                           (ModelSource.CHAT_CHOICE, stored)):
         if not wanted:
             continue
         try:
@@ -84,8 +92,8 @@ async def choose_models(
                         source, wanted, message.session_key, exc)
             continue
         rest = [r for r in configured if r != ref]
-        return ModelChoice((ref, *rest), source, chat_choice=stored)
-    return ModelChoice(tuple(configured), "config", chat_choice=stored)
+        return ModelChoice((ref, *rest), source)
+    return ModelChoice(tuple(configured), ModelSource.CONFIG)
 
 
 def _label(config: Config, ref: str) -> str:

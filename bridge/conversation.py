@@ -132,15 +132,6 @@ class ConversationCore(InboundSink):
         """Let the core send through ``channel`` (keyed by its name and account)."""
         self._channels[(channel.name, channel.account)] = channel
 
-    def detach(self, channel: Channel) -> None:
-        """Stop sending through ``channel``; its replies stay queued."""
-        self._channels.pop((channel.name, channel.account), None)
-
-    @property
-    def channels(self) -> list[Channel]:
-        """The attached channels."""
-        return list(self._channels.values())
-
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(event)`` for every AcceptEvent and TurnEvent (must not block)."""
         self._observers.append(observer)
