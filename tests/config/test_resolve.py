@@ -119,3 +119,47 @@ def test_system_prompt_precedence():
     assert prompt(chat_kind="group", chat_id="-100") == "telegram prompt"
     assert prompt(chat_kind="direct", chat_id="9", sender_id="9") == "any dm"
     assert config.system_prompt_for("whatsapp", chat_kind="direct", chat_id="1") == "default prompt"
+
+
+def test_resolve_candidates_keeps_an_unknown_ref_for_the_router():
+    from bridge.config.resolve import ResolvedModel, resolve_candidates
+
+    out = resolve_candidates(cfg(), ["lmstudio/qwen", "nosuch/x", "ollama/gemma3:4b"])
+    assert isinstance(out[0], ResolvedModel) and out[0].ref == "lmstudio/qwen"
+    assert out[1] == "nosuch/x"  # the router records it as not_found
+    assert isinstance(out[2], ResolvedModel) and out[2].api == "openai-completions"
+
+
+def test_unknown_model_is_an_unknown_model_error():
+    with pytest.raises(UnknownModelError, match="unknown provider 'nosuch'"):
+        cfg().model("nosuch/x")
+    with pytest.raises(UnknownModelError, match="unknown alias"):
+        cfg().resolve_ref("gema")
+
+
+def test_resolution_imports_the_schema_for_types_only():
+    """schema.py imports resolve.py; resolve.py must not import it back at run time."""
+    import ast
+    import inspect
+
+    import bridge.config.resolve as resolve
+
+    runtime: list[str] = []
+
+    def walk(nodes, guarded: bool) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                walk(node.body, True)
+                walk(node.orelse, guarded)
+            elif isinstance(node, ast.ImportFrom) and not guarded:
+                runtime.append(node.module or "")
+            elif isinstance(node, ast.Import) and not guarded:
+                runtime.extend(alias.name for alias in node.names)
+            else:
+                walk(ast.iter_child_nodes(node), guarded)
+
+    walk(ast.parse(inspect.getsource(resolve)).body, False)
+    assert "bridge.config.schema" not in runtime
+    from bridge.config import schema
+
+    assert schema.ResolvedModel is resolve.ResolvedModel  # the old import path still works

@@ -145,3 +145,23 @@ async def test_command_in_a_batch_keeps_order(harness):
     assert texts[0] == "answer to q1" and texts[1].startswith("answer to")
     assert "q2" in texts[1] and "now uses" in texts[2] and "q3" in texts[3]
     assert harness.router.calls[-1].candidates[0] == "local/big"
+
+
+def test_one_command_table_serves_the_menu_help_and_handlers():
+    from bridge.commands import COMMAND_MENU, COMMANDS, help_text
+
+    names = [c.name for c in COMMANDS]
+    assert len(names) == len(set(names))
+    menu = [name for name, _text in COMMAND_MENU]
+    assert menu == ["new", "reset", "model", "models", "status", "help"]
+    assert all(text and len(text) <= 256 for _name, text in COMMAND_MENU)  # Bot API limit
+    listed = [line.split(" — ")[0][1:] for line in help_text().splitlines()[1:]]
+    # /help and the menu agree: every listed command is in the menu, and every menu
+    # entry is listed or named in another's line (/reset under /new).
+    assert set(listed) <= set(menu)
+    assert all(name in listed or f"/{name}" in help_text() for name in menu)
+
+
+async def test_start_answers_like_help(harness):
+    await harness.start()
+    assert await _last(harness, "/start") == await _last(harness, "/help")

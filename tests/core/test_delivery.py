@@ -1,0 +1,73 @@
+"""The outbox alone: in order, stop at a reply that must wait, hold the session."""
+
+from __future__ import annotations
+
+import time
+
+from bridge.delivery import Outbox, SendResult
+from bridge.envelope import ChatAddress, ChatKind
+from bridge.ports import SendError
+from bridge.store import MessageKind, MessageStatus, StoredMessage
+from tests.core.helpers import RecordingChannel
+
+ADDRESS = ChatAddress("telegram", "default", "42", ChatKind.DIRECT)
+
+
+def reply(msg_id: int, text: str) -> StoredMessage:
+    return StoredMessage(
+        id=msg_id, direction="out", role="assistant", kind=MessageKind.CHAT,
+        session_key="s", session_id=1, turn_id=msg_id, address=ADDRESS,
+        platform_message_id=None, sender_id=None, sender_name=None, mentioned=False,
+        text=text, media=(), quoted=None, status=MessageStatus.PENDING, reason=None,
+        model_ref=None, reply_to_message_id=None, delivered=False, created_at=time.time())
+
+
+class FakeStore:
+    def __init__(self, *queued: StoredMessage) -> None:
+        self.queued = list(queued)
+        self.marks: list[tuple[str, int]] = []
+
+    async def undelivered(self, key: str) -> list[StoredMessage]:
+        return [m for m in self.queued if m.session_key == key]
+
+    async def mark_delivered(self, msg_id: int, ids: list[str]) -> None:
+        self.marks.append(("delivered", msg_id))
+        self.queued = [m for m in self.queued if m.id != msg_id]
+
+    async def mark_send_retry(self, msg_id: int, reason: str, **kw) -> None:
+        self.marks.append(("retry", msg_id))
+
+    async def mark_send_failed(self, msg_id: int, reason: str, sent_ids=None) -> None:
+        self.marks.append(("failed", msg_id))
+        self.queued = [m for m in self.queued if m.id != msg_id]
+
+
+async def test_flush_sends_in_order_and_stops_at_a_retry():
+    store = FakeStore(reply(1, "one"), reply(2, "two"), reply(3, "three"))
+    channel = RecordingChannel()
+    later: list[tuple[str, float]] = []
+    outbox = Outbox(store, lambda a: channel, lambda k, d: later.append((k, d)),
+                    retry_delays=(7,))
+    assert await outbox.send(reply(0, "zero")) == SendResult.SENT
+    channel.failures = [SendError("connecting", retryable=True)]
+    results = await outbox.flush("s")
+    assert results == {1: SendResult.RETRY}  # two and three wait behind one
+    assert later == [("s", 7)] and outbox.held == {"s"}
+    # Delivering a reply of a held session flushes the queue in order, then releases it.
+    assert await outbox.deliver(reply(2, "two")) is True
+    assert channel.texts() == ["zero", "one", "two", "three"] and outbox.held == set()
+    assert store.marks == [("delivered", 0), ("retry", 1), ("delivered", 1),
+                           ("delivered", 2), ("delivered", 3)]
+
+
+async def test_no_channel_keeps_the_reply_queued_and_a_last_failure_gives_up():
+    store = FakeStore(reply(1, "one"))
+    outbox = Outbox(store, lambda a: None, lambda k, d: None)
+    assert await outbox.flush("s") == {1: SendResult.NO_CHANNEL}
+    assert store.marks == []
+    channel = RecordingChannel()
+    channel.failures = [SendError("connecting", retryable=True)]
+    outbox = Outbox(store, lambda a: channel, lambda k, d: None,
+                    retry_delays=())
+    assert await outbox.flush("s") == {1: SendResult.FAILED}
+    assert store.marks == [("failed", 1)] and outbox.held == set()
