@@ -431,8 +431,13 @@ def test_urls_and_links_are_opaque_to_emphasis(md, expected):
 
 
 def test_nested_quotes_are_flattened_for_telegram():
+    # CommonMark: "> back out" right after "> > inner two" is a lazy continuation line
+    # of the inner paragraph; a ">" line between them leaves the inner quote.
     md = "> outer **b**\n> > inner one\n> > inner two\n> back out"
     out = to_telegram_html(md)
+    assert out == "<blockquote>outer <b>b</b>\n\n│ inner one\n│ inner two\n│ back out</blockquote>"
+    check_html(out)
+    out = to_telegram_html("> outer **b**\n> > inner one\n> > inner two\n>\n> back out")
     assert out == "<blockquote>outer <b>b</b>\n\n│ inner one\n│ inner two\n\nback out</blockquote>"
     check_html(out)
     deep = to_telegram_html("> " * 40 + "deep")
@@ -451,8 +456,14 @@ def test_links_contain_no_code_or_links():
     out = to_telegram_html("[`f()`](https://e.com) and [**`g`** x](https://e.com/g)")
     assert out == '<a href="https://e.com">f()</a> and <a href="https://e.com/g"><b>g</b> x</a>'
     check_html(out)
+    # CommonMark: a link inside link text makes the outer brackets literal text.
     out = to_telegram_html("[see <https://in.com> or [b](https://b.com)](https://out.com)")
-    assert out == '<a href="https://out.com">see https://in.com or b</a>'
+    assert out == ('[see <a href="https://in.com">https://in.com</a> or '
+                   '<a href="https://b.com">b</a>](https://out.com)')
+    check_html(out)
+    # An image or an autolink inside link text is allowed there: its text only.
+    out = to_telegram_html("[![x](https://i.com/x.png) and <https://in.com>](https://out.com)")
+    assert out == '<a href="https://out.com">x and https://in.com</a>'
     # Outside links code stays code; WhatsApp keeps the backticks.
     assert to_whatsapp("[`f()`](https://e.com)") == "`f()` (https://e.com)"
 
@@ -662,3 +673,80 @@ def test_render_fast_path_matches_the_full_renderer():
     assert fast > 300  # the fast path was exercised
     assert formatting.render("Tom & Jerry <3", Markup.TELEGRAM_HTML, 100) == \
         ["Tom &amp; Jerry &lt;3"]
+
+
+# --------------------------------------------------------------------------- markdown-it choices
+
+
+@pytest.mark.parametrize(
+    ("md", "expected"),
+    [
+        # What models write, as CommonMark reads it.
+        ("* one\n* **two**", "• one\n• <b>two</b>"),
+        ("1. a\n1. b", "1. a\n1. b"),  # numbers as written, like before
+        ("- a\n\n- b", "• a\n\n• b"),  # a loose list keeps its blank lines
+        ("Title\n---\n\ntext", "<b>Title</b>\n\ntext"),  # setext heading
+        ("```py\ncode\n```\ntext", '<pre><code class="language-py">code</code></pre>\n\ntext'),
+        ("    indented\n    code", "<pre>indented\ncode</pre>"),
+        ("a  \nb", "a\nb"),  # hard line break
+        ("a**b c**d", "a**b c**d"),  # intraword ** across a space: arithmetic-like, kept
+        ("x**y**z", "x<b>y</b>z"),
+        # Not HTML: entities and tags stay what the model wrote.
+        ("AT&amp;T &copy; <br>", "AT&amp;amp;T &amp;copy; &lt;br&gt;"),
+        # Footnote-style definitions stay visible (CommonMark would hide them).
+        ("See [1].\n\n[1]: https://e.com/s", "See [1].\n\n[1]: https://e.com/s"),
+        ("[](https://e.com)", '<a href="https://e.com">https://e.com</a>'),
+        ("see (https://e.com/a_(b)) and https://e.com/x.", "see (https://e.com/a_(b)) and https://e.com/x."),
+    ],
+)
+def test_commonmark_as_models_write_it(md, expected):
+    assert to_telegram_html(md) == expected
+
+
+def test_deep_nesting_loses_nothing():
+    # markdown-it drops what lies deeper than its nesting limit; past ours it is text.
+    for md in ("> " * 40 + "deep", "- " * 30 + "deep", "> - " * 15 + "deep"):
+        assert check_html(to_telegram_html(md)).endswith("deep"), md
+        for markup in (WA, Markup.PLAIN):
+            assert render(md, markup, 4096)[-1].endswith("deep"), (md, markup)
+
+
+# --------------------------------------------------------------------------- html_to_plain
+
+
+@pytest.mark.parametrize(
+    ("chunk", "expected"),
+    [
+        ("<b>bold</b> &amp; <i>it</i>", "bold & it"),
+        ('<a href="https://e.com/a?b=1&amp;c=2">site</a>', "site (https://e.com/a?b=1&c=2)"),
+        ('<a href="https://e.com">https://e.com</a>', "https://e.com"),
+        ('<a href="https://e.com/&quot;x&quot;"><b>q</b> &lt;x&gt;</a>', 'q <x> (https://e.com/"x")'),
+        ('<a href="https://e.com/a&amp;b"><code>https://e.com/a&amp;b</code></a>', "https://e.com/a&b"),
+        ('<pre><code class="language-py">a &lt; b</code></pre>', "a < b"),
+        ("<blockquote>x\n│ y</blockquote>", "x\n│ y"),
+        ("a &lt;b&gt; &amp;amp;", "a <b> &amp;"),
+        ('<a href="u">x</a> <a href="v">v</a>', "x (u) v"),
+    ],
+)
+def test_html_to_plain(chunk, expected):
+    assert formatting.html_to_plain(chunk) == expected
+
+
+def test_html_to_plain_reads_rendered_chunks_like_to_plain():
+    md = "Read [**the** guide](https://e.com/a_b) or <https://e.com/x> & `x<y>`.\n\n> quoted"
+    chunk = to_telegram_html(md)
+    assert formatting.html_to_plain(chunk) == (
+        "Read the guide (https://e.com/a_b) or https://e.com/x & x<y>.\n\nquoted")
+
+
+def test_one_chunk_shortcut_matches_the_chunker():
+    """A reply that fits is joined directly; the chunker would give the same, byte for byte."""
+    rng = random.Random(20261201)
+    for _ in range(300):
+        md = "".join(rng.choice(_FUZZ_PIECES) for _ in range(rng.randint(1, 60)))
+        for markup in (TG, WA, Markup.PLAIN):
+            limit = rng.choice([150, 4096])
+            assert render(md, markup, limit) == _slow_render(md, markup, limit), (md, markup, limit)
+    text = "a " * 40
+    assert chunk_text(text, 100) == formatting._chunk_atoms(
+        formatting._atoms([formatting._Txt(text)], lambda s: s), 100) == [text]
