@@ -267,7 +267,7 @@ def _plain_inline(nodes: list[_Node]) -> str:
         elif tok.type in ("link_open", "image"):
             url = _link_url(tok)
             text = _plain_inline(node.kids) or url
-            out.append(text if text == url else f"{text} ({url})")
+            out.append(text if _is_url_text(text, url) else f"{text} ({url})")
         else:
             out.append(_plain_inline(node.kids))
     return "".join(out)
@@ -275,6 +275,11 @@ def _plain_inline(nodes: list[_Node]) -> str:
 
 def _link_url(tok: Token) -> str:
     return str(tok.attrs.get("src" if tok.type == "image" else "href", ""))
+
+
+def _is_url_text(text: str, url: str) -> bool:
+    """Whether a link's text says its URL already (``<a@b.org>`` is ``mailto:a@b.org``)."""
+    return text == url or url == "mailto:" + text
 
 
 # =========================================================================== tokens
@@ -488,8 +493,10 @@ class _Renderer:
             self.inline(kids)
             self.in_link = False
             self.close()
-        elif label == url or not label.strip():
+        elif not label.strip():
             self.text(url)
+        elif _is_url_text(label, url):
+            self.text(label)
         else:
             self.inline(kids)
             self.text(f" ({url})")
