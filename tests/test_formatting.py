@@ -750,3 +750,9 @@ def test_one_chunk_shortcut_matches_the_chunker():
     text = "a " * 40
     assert chunk_text(text, 100) == formatting._chunk_atoms(
         formatting._atoms([formatting._Txt(text)], lambda s: s), 100) == [text]
+
+
+def test_email_autolink_is_not_repeated():
+    assert to_telegram_html("<a@b.org>") == '<a href="mailto:a@b.org">a@b.org</a>'
+    assert to_whatsapp("mail <a_b@b.org>") == "mail a_b@b.org"
+    assert to_plain("[me](mailto:me@b.org)") == "me (mailto:me@b.org)"
