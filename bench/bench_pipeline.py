@@ -60,7 +60,8 @@ class ZeroLatencyRouter:
         self.peak = 0
 
     async def complete(self, candidates, request):
-        model = self.config.model(candidates[0])
+        first = candidates[0]  # the core passes models it resolved once for the turn
+        model = self.config.model(first) if isinstance(first, str) else first
         if callable(request):
             request = await request(model)
         self.calls += 1
