@@ -22,7 +22,6 @@ import re
 import stat
 import tempfile
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -31,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 from bridge import images
 from bridge.envelope import MediaKind, MediaRef
 from bridge.images import ImageLimits, ImageRefused, PreparedImage, Refusal
+from bridge.lru import ThreadSafeLRU
 from bridge.models.base import ImagePart, Part, TextPart
 
 log = logging.getLogger(__name__)
@@ -57,39 +57,6 @@ def media_reference(media_id: str) -> str:
     return MEDIA_REF_PREFIX + media_id
 
 
-class _LRU:
-    """A small thread-safe LRU bounded by entry count and total bytes."""
-
-    def __init__(self, max_entries: int, max_bytes: int = 0) -> None:
-        self._data: OrderedDict = OrderedDict()
-        self._sizes: dict = {}
-        self._bytes = 0
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key not in self._data:
-                return None
-            self._data.move_to_end(key)
-            return self._data[key]
-
-    def put(self, key, value, size: int = 0) -> None:
-        with self._lock:
-            if key in self._data:
-                self._bytes -= self._sizes.pop(key, 0)
-                del self._data[key]
-            self._data[key] = value
-            self._sizes[key] = size
-            self._bytes += size
-            while len(self._data) > self._max_entries or (
-                self._max_bytes and self._bytes > self._max_bytes and len(self._data) > 1
-            ):
-                old, _ = self._data.popitem(last=False)
-                self._bytes -= self._sizes.pop(old, 0)
-
-
 class MediaStore:
     """Content-addressed media files; never named by a user-chosen name.
 
@@ -101,8 +68,11 @@ class MediaStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         # key -> PreparedImage, or (Refusal, detail) for an image that was refused
-        self._prepared = _LRU(_LRU_ENTRIES, _LRU_BYTES)
-        self._hashes = _LRU(1024)  # (dev, ino, size, mtime_ns) -> sha256 of a referenced file
+        # key -> the prepared image, or a refusal's (reason, detail)
+        self._prepared: ThreadSafeLRU[str, PreparedImage | tuple[Refusal, str]] = \
+            ThreadSafeLRU(_LRU_ENTRIES, _LRU_BYTES)
+        # (dev, ino, size, mtime_ns) -> sha256 of a referenced file
+        self._hashes: ThreadSafeLRU[tuple[int, int, int, int], str] = ThreadSafeLRU(1024)
         # Decoding a 12-megapixel photo holds ~50 MB: at most two at once (worker threads
         # wait here, never the event loop).
         self._decode_slots = threading.BoundedSemaphore(2)

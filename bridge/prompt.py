@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import struct
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge import media as media_mod
 from bridge.envelope import MediaRef
 from bridge.images import ImageLimits
+from bridge.lru import LRU
 from bridge.models.base import ImagePart, ModelRequest, Part, TextPart, Turn
 from bridge.store.records import HistoryTurn, StoredMessage
 
@@ -313,43 +313,34 @@ class PromptCache:
                  max_chars: int = PROMPT_CACHE_CHARS) -> None:
         self.max_turns = max_turns
         self.max_chars = max_chars
-        self._data: OrderedDict[tuple, tuple[Turn, Turn, int, int]] = OrderedDict()
-        self._chars = 0
+        self._data: LRU[tuple[Any, ...], tuple[Turn, Turn, int]] = LRU(max_turns, max_chars)
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: tuple) -> tuple[Turn, Turn, int] | None:
+    def get(self, key: tuple[Any, ...]) -> tuple[Turn, Turn, int] | None:
         """The rendered ``(user, assistant, tokens)`` of a turn, or ``None``."""
         found = self._data.get(key)
         if found is None:
             self.misses += 1
             return None
-        self._data.move_to_end(key)
         self.hits += 1
-        return found[:3]
+        return found
 
-    def put(self, key: tuple, value: tuple[Turn, Turn, int]) -> None:
+    def put(self, key: tuple[Any, ...], value: tuple[Turn, Turn, int]) -> None:
         """Remember a rendering (the least recently used ones go beyond the bounds)."""
         user, assistant, _cost = value
         size = _TURN_CHARS + sum(len(p.text) for t in (user, assistant) for p in t.parts
                                  if isinstance(p, TextPart))
         if self.max_turns <= 0 or size > self.max_chars // 4:
             return
-        old = self._data.pop(key, None)
-        if old is not None:
-            self._chars -= old[3]
-        self._data[key] = (*value, size)
-        self._chars += size
-        while len(self._data) > self.max_turns or self._chars > self.max_chars:
-            _key, dropped = self._data.popitem(last=False)
-            self._chars -= dropped[3]
+        self._data.put(key, value, size)
 
     def clear(self) -> None:
+        """Forget every rendering."""
         self._data.clear()
-        self._chars = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ import asyncio
 import codecs
 import json
 import re
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from bridge.config.schema import ResolvedModel, Timeouts
+from bridge.lru import LRU
 from bridge.models.base import (
     Completion,
     ErrorClass,
@@ -491,8 +491,7 @@ class _WireTurnCache:
                  max_bytes: int = WIRE_CACHE_BYTES) -> None:
         self.max_turns = max_turns
         self.max_bytes = max_bytes
-        self._data: OrderedDict[int, tuple[Turn, WireJSON]] = OrderedDict()
-        self._bytes = 0
+        self._data: LRU[int, tuple[Turn, WireJSON]] = LRU(max_turns, max_bytes)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -502,28 +501,18 @@ class _WireTurnCache:
         key = id(turn)
         found = self._data.get(key)
         if found is not None and found[0] is turn:
-            self._data.move_to_end(key)  # most recently used last
             return found[1]
         wire = convert(turn)
         if all(type(p) is TextPart for p in turn.parts):
             wire = WireJSON(wire)
-            self._put(key, turn, wire)
+            size = len(wire.encoded)
+            if self.max_turns > 0 and size <= self.max_bytes // 4:
+                self._data.put(key, (turn, wire), size)
         return wire
-
-    def _put(self, key: int, turn: Turn, wire: WireJSON) -> None:
-        size = len(wire.encoded)
-        if self.max_turns <= 0 or size > self.max_bytes // 4:
-            return
-        self._data[key] = (turn, wire)
-        self._bytes += size
-        while len(self._data) > self.max_turns or self._bytes > self.max_bytes:
-            _key, (_turn, dropped) = self._data.popitem(last=False)
-            self._bytes -= len(dropped.encoded)
 
     def clear(self) -> None:
         """Forget every turn."""
         self._data.clear()
-        self._bytes = 0
 
 
 # --------------------------------------------------------------------------- clients

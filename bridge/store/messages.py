@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from bridge.envelope import ChatAddress, ChatKind, Inbound
+from bridge.lru import LRU
 from bridge.models.base import Attempt, Usage
 from bridge.store.db import Database
 from bridge.store.records import (
@@ -545,38 +545,30 @@ class TurnCache:
                  max_chars: int = HISTORY_CACHE_CHARS) -> None:
         self.max_turns = max_turns
         self.max_chars = max_chars
-        # turn id -> (the turn, its size in characters, {estimator: its tokens})
-        self._turns: OrderedDict[int, tuple[HistoryTurn, int, dict]] = OrderedDict()
-        self._chars = 0
+        # turn id -> (the turn, {estimator: its tokens}); sized in characters
+        self._turns: LRU[int, tuple[HistoryTurn, dict[Callable[[str], int], int]]] = \
+            LRU(max_turns, max_chars)
         self.rows_read = 0  # message rows fetched from SQLite (for tests and benchmarks)
 
     def __len__(self) -> int:
         return len(self._turns)
 
     def get(self, turn_id: int) -> HistoryTurn | None:
+        """The answered turn ``turn_id``, or None when not cached."""
         entry = self._turns.get(turn_id)
-        if entry is None:
-            return None
-        self._turns.move_to_end(turn_id)
-        return entry[0]
+        return None if entry is None else entry[0]
 
     def put(self, turn: HistoryTurn) -> None:
+        """Remember an answered turn (the least recently used go beyond the bounds)."""
         size = _turn_chars(turn)
         if self.max_turns <= 0 or size > self.max_chars // 4:
             return
-        old = self._turns.pop(turn.turn_id, None)
-        if old is not None:
-            self._chars -= old[1]
-        self._turns[turn.turn_id] = (turn, size, {})
-        self._chars += size
-        while len(self._turns) > self.max_turns or self._chars > self.max_chars:
-            _id, (_turn, dropped, _costs) = self._turns.popitem(last=False)
-            self._chars -= dropped
+        self._turns.put(turn.turn_id, (turn, {}), size)
 
     def cost(self, turn: HistoryTurn, estimate: Callable[[str], int]) -> int:
         """Estimated tokens of ``turn`` (text only; images are the prompt's business)."""
-        entry = self._turns.get(turn.turn_id)
-        costs = entry[2] if entry is not None and entry[0] is turn else None
+        entry = self._turns.peek(turn.turn_id)
+        costs = entry[1] if entry is not None and entry[0] is turn else None
         if costs is not None:
             cost = costs.get(estimate)
             if cost is not None:
@@ -589,8 +581,8 @@ class TurnCache:
         return cost
 
     def clear(self) -> None:
+        """Forget every turn."""
         self._turns.clear()
-        self._chars = 0
 
 
 def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | None,
