@@ -9,7 +9,16 @@ import re
 import pytest
 
 from bridge import formatting
-from bridge.formatting import chunk_text, render, to_plain, to_telegram_html, to_whatsapp, utf16_len
+from bridge.formatting import (
+    chunk_text,
+    render,
+    renderers,
+    to_plain,
+    to_telegram_html,
+    to_whatsapp,
+    utf16_len,
+)
+from bridge.formatting import chunks as chunking
 from bridge.ports import Markup
 
 TG = Markup.TELEGRAM_HTML
@@ -647,9 +656,8 @@ def test_to_plain_renders_links_as_text_and_url():
 
 def _slow_render(text: str, markup: Markup, limit: int) -> list[str]:
     """render() without its fast path for plain text."""
-    spec = formatting._SPECS[markup]
-    return formatting._chunk_atoms(
-        formatting._atoms(formatting._tokens(text, markup, limit), spec.escape), limit)
+    spec = renderers.SPECS[markup]
+    return chunking.chunk_atoms(chunking.atoms(renderers.tokens(text, markup, limit), spec.escape), limit)
 
 
 def test_render_fast_path_matches_the_full_renderer():
@@ -748,8 +756,8 @@ def test_one_chunk_shortcut_matches_the_chunker():
             limit = rng.choice([150, 4096])
             assert render(md, markup, limit) == _slow_render(md, markup, limit), (md, markup, limit)
     text = "a " * 40
-    assert chunk_text(text, 100) == formatting._chunk_atoms(
-        formatting._atoms([formatting._Txt(text)], lambda s: s), 100) == [text]
+    assert chunk_text(text, 100) == chunking.chunk_atoms(
+        chunking.atoms([chunking.Text(text)], lambda s: s), 100) == [text]
 
 
 def test_email_autolink_is_not_repeated():
