@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
@@ -51,7 +49,7 @@ from telegram.ext import Application, ApplicationBuilder
 from bridge.commands import COMMAND_MENU
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import ChatAddress, ChatKind, Outbound
-from bridge.formatting import chunk_text, render, to_plain
+from bridge.formatting import chunk_text, html_to_plain, render, to_plain
 from bridge.logs import RedactingFilter
 from bridge.media import MediaStore
 from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
@@ -94,20 +92,6 @@ def _split_message_id(value: str | None) -> int | None:
         return None
     tail = value.rsplit(":", 1)[-1]
     return int(tail) if tail.lstrip("-").isdigit() else None
-
-
-_LINK_RE = re.compile(r'<a href="([^"]*)">(.*?)</a>', re.S)
-
-
-def _html_to_plain(chunk: str) -> str:
-    """One rendered Telegram-HTML chunk as plain text; links become "text (url)"."""
-
-    def link(match: re.Match[str]) -> str:
-        url, text = html.unescape(match.group(1)), match.group(2)
-        plain_text = html.unescape(re.sub(r"<[^>]+>", "", text))
-        return match.group(2) if plain_text == url else f"{text} ({html.escape(url)})"
-
-    return html.unescape(re.sub(r"<[^>]+>", "", _LINK_RE.sub(link, chunk)))
 
 
 class _EntitiesRejected(Exception):  # noqa: N818 - a signal, not an error to report
@@ -422,7 +406,7 @@ class TelegramChannel(Channel):
                     pieces, index = [(c, None) for c in plain], 0
                 else:
                     pieces[index:index + 1] = [
-                        (c, None) for c in chunk_text(_html_to_plain(text), limit)]
+                        (c, None) for c in chunk_text(html_to_plain(text), limit)]
                 continue
             except SendError as exc:
                 exc.sent_ids = list(sent)
