@@ -11,6 +11,7 @@ import io
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -117,6 +118,7 @@ def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
 
 def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
     """Open, check the declared size, load the first frame, apply EXIF orientation."""
+    image: Image.Image  # the opened file, then (EXIF-rotated) possibly a plain copy
     try:
         image = Image.open(io.BytesIO(data), formats=_open_formats())
     except Image.DecompressionBombError as exc:
@@ -177,7 +179,8 @@ def _encode_within(image: Image.Image, limits: ImageLimits) -> PreparedImage:
     """Re-encode as JPEG (PNG when there is real transparency) under limits.max_bytes."""
     if _has_transparency(image):
         rgba = image.convert("RGBA")
-        low, _high = rgba.getchannel("A").getextrema()
+        # One band: (min, max) as numbers (the tuple-per-band form is for several bands).
+        low = cast(float, rgba.getchannel("A").getextrema()[0])
         if low < 255:
             base, fmt = rgba, "PNG"
         else:  # an alpha channel that is fully opaque: no reason to pay for PNG

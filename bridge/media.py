@@ -569,14 +569,14 @@ async def user_parts(
             out.text(" " + IMAGE_ALREADY_SEEN)
     out.text(text[pos:])
 
-    for ref in media:
-        if _is_image_media(ref) and budget > 0:
+    for attached in media:
+        if attached.media_id is not None and _is_image_media(attached) and budget > 0:
             try:
                 prepared = await store.prepared_media(
-                    ref.media_id, limits, need_data=include_images
+                    attached.media_id, limits, need_data=include_images
                 )
             except ImageRefused as refused:
-                _log_refusal(f"attached {ref.kind.value}", refused, include_images)
+                _log_refusal(f"attached {attached.kind.value}", refused, include_images)
             else:
                 budget -= 1
                 if include_images and prepared is not None:
@@ -584,7 +584,7 @@ async def user_parts(
                 else:
                     out.text(IMAGE_ALREADY_SEEN, sep="\n")
                 continue
-        out.text(ref.placeholder(), sep="\n")
+        out.text(attached.placeholder(), sep="\n")
 
     return tuple(out.parts) or (TextPart(""),)
 

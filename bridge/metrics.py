@@ -190,7 +190,7 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric in this registry."""
-        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+        return generate_latest(_WithoutCreated(self.registry))
 
 
 class _WithoutCreated:

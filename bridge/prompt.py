@@ -416,7 +416,8 @@ async def build_request(
             omitted.append(past.turn_id)
             continue
         include_images = index < image_turns and images_left > 0
-        key = seen_key = None
+        key: tuple[object, ...] | None = None
+        seen_key: tuple[object, ...] | None = None
         rendered = None
         if cache is not None:
             key = (past.turn_id, *[m.id for m in past.user], group, vision)
@@ -435,7 +436,7 @@ async def build_request(
             u = Turn("user", u_parts)
             a = Turn.text("assistant", strip_control_tokens(past.assistant))
             cost = estimate_parts(u.parts) + estimate_parts(a.parts)
-            if cache is not None and not n_images:
+            if cache is not None and key is not None and not n_images:
                 if use is media_mod.FileUse.NONE:
                     cache.put(key, (u, a, cost))
                 elif use is media_mod.FileUse.STORE and seen_key is not None:

@@ -104,10 +104,10 @@ class CompletionsClient(ClientBase):
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise ModelError(ErrorClass.BAD_RESPONSE, "no choices in the reply")
-        message = choices[0].get("message") or {}
-        content = message.get("content") if isinstance(message, dict) else None
-        if content is None and isinstance(message, dict):
-            content = message.get("refusal")
+        reply = choices[0].get("message") or {}
+        content = reply.get("content") if isinstance(reply, dict) else None
+        if content is None and isinstance(reply, dict):
+            content = reply.get("refusal")
         if isinstance(content, list):  # some servers answer with content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if content is not None and not isinstance(content, str):

@@ -48,6 +48,14 @@ class SchemaTooNewError(StoreError):
     """The database was written by a newer Palaver than this one."""
 
 
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The rowid of the row the INSERT just run on ``cur`` wrote."""
+    row_id = cur.lastrowid
+    if row_id is None:  # sqlite3 sets it after every INSERT; None means no INSERT ran
+        raise StoreError("an INSERT wrote no row")
+    return row_id
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int

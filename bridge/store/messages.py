@@ -16,7 +16,7 @@ from dataclasses import replace
 from bridge.envelope import ChatAddress, ChatKind, Inbound
 from bridge.lru import LRU
 from bridge.models.base import Attempt, Usage
-from bridge.store.db import Database
+from bridge.store.db import Database, inserted_id
 from bridge.store.records import (
     Claim,
     HistoryTurn,
@@ -166,10 +166,10 @@ class MessageQueries(Database):
                         break
                     batch.append(msg)
             session_id = _active_session_id(db, rows[0], now)
-            turn_id = db.execute(
+            turn_id = inserted_id(db.execute(
                 "INSERT INTO turns (session_id, session_key, kind, status, started_at)"
                 " VALUES (?, ?, ?, 'running', ?)",
-                (session_id, session_key, kind.value, now)).lastrowid
+                (session_id, session_key, kind.value, now)))
             ids = [m.id for m in batch]
             marks = ",".join("?" * len(ids))
             db.execute(
@@ -483,7 +483,7 @@ def _insert_outbound(
          usage.input_tokens if usage else None, usage.output_tokens if usage else None,
          reply_to, now, now),
     )
-    return cur.lastrowid
+    return inserted_id(cur)
 
 
 def _active_session_id(db: sqlite3.Connection, msg: StoredMessage, now: float) -> int:
@@ -492,11 +492,11 @@ def _active_session_id(db: sqlite3.Connection, msg: StoredMessage, now: float) -
     if row is not None:
         return row["id"]
     a = msg.address
-    return db.execute(
+    return inserted_id(db.execute(
         "INSERT INTO sessions (session_key, channel, account, chat_id, chat_kind, thread_id,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (msg.session_key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
-         now)).lastrowid
+         now)))
 
 
 def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:

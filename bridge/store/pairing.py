@@ -46,7 +46,8 @@ class PairingQueries(Database):
             cur = await db.execute(
                 "SELECT COUNT(*) FROM pairing_requests WHERE channel = ? AND status = 'pending'"
                 " AND expires_at > ?", (channel, now))
-            if (await cur.fetchone())[0] >= max_pending:
+            row = await cur.fetchone()
+            if row is not None and row[0] >= max_pending:  # COUNT(*): always one row
                 return None, False
             cur = await db.execute(
                 "SELECT code FROM pairing_requests WHERE status = 'pending' AND expires_at > ?",

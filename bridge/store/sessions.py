@@ -46,8 +46,10 @@ class SessionQueries(Database):
             cur = await db.execute(
                 "SELECT COUNT(*) FROM turns WHERE session_id = ? AND kind = 'chat'"
                 " AND status = 'answered'", (session_id,))
-            turns = (await cur.fetchone())[0]
+            row = await cur.fetchone()
+            turns = row[0] if row is not None else 0  # COUNT(*) always gives one row
             cur = await db.execute(
                 "SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,))
-            messages = (await cur.fetchone())[0]
+            row = await cur.fetchone()
+            messages = row[0] if row is not None else 0
         return {"turns": turns, "messages": messages}
