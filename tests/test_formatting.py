@@ -764,3 +764,10 @@ def test_email_autolink_is_not_repeated():
     assert to_telegram_html("<a@b.org>") == '<a href="mailto:a@b.org">a@b.org</a>'
     assert to_whatsapp("mail <a_b@b.org>") == "mail a_b@b.org"
     assert to_plain("[me](mailto:me@b.org)") == "me (mailto:me@b.org)"
+
+
+def test_table_row_with_extra_cells_loses_nothing():
+    # GFM drops cells beyond the header's count; a chat shows them (as before).
+    md = "| a | b |\n|---|---|\n| c | d | **e** |\n> x"
+    assert to_plain(md) == "a | b |\n--+---+--\nc | d | e\n\n> x"
+    assert to_plain("> | a |\n> |---|\n> | b | c\\|d |") == "> a |\n> --+----\n> b | c|d"

@@ -243,3 +243,8 @@ def is_url_text(text: str, url: str) -> bool:
 def parse(markdown: str) -> list[Node]:
     """``markdown`` as a tree of markdown-it block tokens."""
     return _nest(_MD.parse(markdown))
+
+
+def parse_inline(text: str) -> list[Node]:
+    """``text`` parsed as inline Markdown only (a table cell outside the table)."""
+    return _nest(_MD.parseInline(text)[0].children or [])

@@ -23,6 +23,7 @@ from bridge.formatting.markdown import (
     is_url_text,
     link_url,
     parse,
+    parse_inline,
     plain_inline,
 )
 from bridge.ports import Markup
@@ -120,6 +121,7 @@ _SPAN_KINDS = {"strong_open": "bold", "em_open": "italic", "s_open": "strike"}
 _LISTS = ("bullet_list_open", "ordered_list_open")
 _TASK_RE = re.compile(r"\[([ xX])\][ \t]+")
 _LINE_BREAK_RE = re.compile(r"\r\n?|\n")
+_CELL_SPLIT_RE = re.compile(r"(?<!\\)\|")
 
 
 class _Renderer:
@@ -233,10 +235,7 @@ class _Renderer:
         """A list right under another one ("- a" then "1. b"): one list to the reader."""
         if prev.tok.type not in _LISTS or node.tok.type not in _LISTS or not node.tok.map:
             return False
-        if self._lines is None:
-            self._lines = _LINE_BREAK_RE.split(self.source)  # markdown-it's lines
-        line = node.tok.map[0] - 1
-        return 0 <= line < len(self._lines) and bool(self._lines[line].strip(" \t>"))
+        return bool(self.line(node.tok.map[0] - 1).strip(" \t>"))
 
     def block(self, node: Node) -> None:
         spec = self.spec
@@ -253,13 +252,13 @@ class _Renderer:
         elif kind == "hr":
             self.text(spec.rule)
         elif kind in _LISTS:
-            self.list(node)
+            self.list_block(node)
         elif kind == "blockquote_open":
             self.quote(node)
         elif kind == "table_open":
             self.table(node)
 
-    def list(self, node: Node) -> None:
+    def list_block(self, node: Node) -> None:
         spec = self.spec
         items = node.kids or []
         tight = all(
@@ -328,6 +327,7 @@ class _Renderer:
     def table(self, node: Node) -> None:
         cells = [
             [plain_inline(inline_nodes(cell)) for cell in row.kids or ()]
+            + (self.excess_cells(row) if section.tok.type == "tbody_open" else [])
             for section in node.kids or ()
             for row in section.kids or ()
         ]
@@ -340,6 +340,28 @@ class _Renderer:
             self.code_block("", "\n".join(lines))
         else:
             self.text("\n".join(lines))
+
+
+    def excess_cells(self, row: Node) -> list[str]:
+        """The cells of a body row beyond the header's count, which GFM drops.
+
+        A model's table with a stray extra cell should lose no text in a chat.
+        """
+        cols = len(row.kids or ())
+        if not row.tok.map:
+            return []
+        line = self.line(row.tok.map[0])
+        if line.count("|") < cols:
+            return []
+        # The row's own line, less a quote's "> " and indentation.
+        raw = _CELL_SPLIT_RE.split(line.lstrip(" \t>").rstrip().strip("|"))
+        return [plain_inline(parse_inline(c.strip())) for c in raw[cols:]]
+
+    def line(self, index: int) -> str:
+        """Line ``index`` of the source (markdown-it's line numbering)."""
+        if self._lines is None:
+            self._lines = _LINE_BREAK_RE.split(self.source)
+        return self._lines[index] if 0 <= index < len(self._lines) else ""
 
 
 def tokens(markdown: str, markup: Markup, limit: int | None = None) -> list[Item]:
