@@ -19,11 +19,11 @@ from bridge.config.schema import Config
 from bridge.conversation import AcceptEvent, ConversationCore, TurnEvent
 from bridge.envelope import AcceptStatus, SessionKey
 from bridge.media import MediaStore
+from bridge.metrics import Metrics, TurnOutcome
 from bridge.store import Store
 
 if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
-    from bridge.metrics import Metrics
     from bridge.ports import Channel
     from channels.console import ConsoleChannel
 
@@ -164,8 +164,6 @@ class App:
 
             self._router = ModelRouter(lambda: self.config)
         if self._metrics is None:
-            from bridge.metrics import Metrics
-
             self._metrics = Metrics()
         if self._given_channels is not None:
             channels = self._given_channels
@@ -309,9 +307,9 @@ def _metrics_observer(metrics: Metrics) -> Callable[[AcceptEvent | TurnEvent], N
                 metrics.message_refused(event.channel, event.code or "refused")
             return
         if event.kind == "command":
-            outcome = "command"
+            outcome = TurnOutcome.COMMAND
         else:
-            outcome = "answered" if event.answered else "failed"
+            outcome = TurnOutcome.ANSWERED if event.answered else TurnOutcome.FAILED
         metrics.turn_finished(outcome, event.duration_s, attempts=event.attempts)
         if event.delivered:
             metrics.message_answered(SessionKey.parse(event.session_key).channel)

@@ -128,12 +128,6 @@ class MediaStore:
         """
         return await asyncio.to_thread(self._prepared_media_sync, media_id, limits, need_data)
 
-    async def prepared_file(
-        self, path: str, roots: tuple[str, ...], limits: ImageLimits, *, need_data: bool = True
-    ) -> PreparedImage | None:
-        """The model-ready version of file ``path`` if its real path lies in ``roots``."""
-        return await asyncio.to_thread(self._prepared_file_sync, path, roots, limits, need_data)
-
     async def prepared_reference(
         self,
         ref: ImageReference,

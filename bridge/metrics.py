@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -37,16 +38,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Metrics", "OUTCOMES"]
+__all__ = ["Metrics", "TurnOutcome"]
 
-# Documented turn outcomes (the label accepts any string; keep to these).
-OUTCOMES = (
-    "answered",  # a model replied and the reply was stored
-    "failed",  # every candidate model failed (AllModelsFailed)
-    "command",  # a /command was handled without a model call
-    "error",  # an unexpected exception in the turn
-    "cancelled",  # shutdown or /new interrupted the turn
-)
+
+class TurnOutcome(StrEnum):
+    """The ``outcome`` label of ``palaver_turns_total`` (the label accepts any string;
+    keep to these)."""
+
+    ANSWERED = "answered"  # a model replied and the reply was stored
+    FAILED = "failed"  # every candidate model failed (AllModelsFailed)
+    COMMAND = "command"  # a /command was handled without a model call
+    ERROR = "error"  # an unexpected exception in the turn
+    CANCELLED = "cancelled"  # shutdown or /new interrupted the turn
+
 
 # error_class label values beyond bridge.models.base.ErrorClass
 OK = "ok"  # the attempt answered

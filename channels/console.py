@@ -25,12 +25,11 @@ class ConsoleChannel(Channel):
     name = "console"
 
     def __init__(self, *, session: str = "operator", out: TextIO | None = None,
-                 account: str = "default", reply_prefix: str = "") -> None:
+                 account: str = "default") -> None:
         self.account = account
         self.session = session
         self.capabilities = Capabilities(text_chunk_limit=1_000_000, markup=Markup.PLAIN)
         self._out = out
-        self._reply_prefix = reply_prefix
         self._sink: InboundSink | None = None
         # Message ids unique across runs, so the store's idempotency never hides a line.
         self._run = uuid.uuid4().hex[:12]
@@ -73,7 +72,7 @@ class ConsoleChannel(Channel):
         """Print the reply as plain text."""
         stream = self._out or sys.stdout
         try:
-            stream.write(self._reply_prefix + out.text.rstrip("\n") + "\n")
+            stream.write(out.text.rstrip("\n") + "\n")
             stream.flush()
         except (OSError, ValueError) as exc:
             raise SendError(f"cannot write to the terminal: {exc}") from exc

@@ -13,6 +13,7 @@ from bridge.store.messages import MessageQueries
 from bridge.store.pairing import PairingQueries
 from bridge.store.records import (
     Claim,
+    Direction,
     HistoryTurn,
     HistoryWindow,
     MessageKind,
@@ -40,7 +41,7 @@ class Store(MessageQueries, SessionQueries, SettingsQueries, PairingQueries):
 
 
 __all__ = [
-    "DB_FILENAME", "Claim", "HistoryTurn", "HistoryWindow", "MessageKind", "MessageStatus",
+    "DB_FILENAME", "Claim", "Direction", "HistoryTurn", "HistoryWindow", "MessageKind", "MessageStatus",
     "Migration", "OpenWork", "PairingRequest", "RecoveryReport", "SchemaTooNewError", "SessionRecord", "Store",
     "StoreError", "StoredMessage", "TurnRecord", "load_migrations",
 ]

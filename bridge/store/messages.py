@@ -19,6 +19,7 @@ from bridge.models.base import Attempt, Usage
 from bridge.store.db import Database, inserted_id
 from bridge.store.records import (
     Claim,
+    Direction,
     HistoryTurn,
     HistoryWindow,
     MessageKind,
@@ -236,7 +237,7 @@ class MessageQueries(Database):
                  usage.input_tokens, usage.output_tokens, usage.reasoning_tokens,
                  prompt_tokens_estimate, context_window, reason, turn_id))
             return StoredMessage(
-                id=out_id, direction="out", role="assistant", kind=reply_kind,
+                id=out_id, direction=Direction.OUT, role="assistant", kind=reply_kind,
                 session_key=turn["session_key"], session_id=turn["session_id"],
                 turn_id=turn_id, address=address, platform_message_id=None, sender_id=None,
                 sender_name=None, mentioned=False, text=reply, media=(), quoted=None,
@@ -257,27 +258,6 @@ class MessageQueries(Database):
                 "UPDATE messages SET status = 'received', turn_id = NULL, updated_at = ?"
                 " WHERE turn_id = ? AND direction = 'in' AND status = 'processing'",
                 (now, turn_id)).rowcount
-
-        return await self.atomically(tx)
-
-    async def add_outbound(
-        self,
-        session_key: str,
-        address: ChatAddress,
-        text: str,
-        *,
-        kind: MessageKind = MessageKind.CHAT,
-        reply_to_message_id: str | None = None,
-    ) -> StoredMessage:
-        """Store a reply that belongs to no turn (delivered by the session's worker)."""
-        now = time.time()
-
-        def tx(db: sqlite3.Connection) -> StoredMessage:
-            out_id = _insert_outbound(db, key=session_key, address=address, text=text,
-                                      kind=kind, session_id=None, turn_id=None,
-                                      reply_to=reply_to_message_id, now=now)
-            return message_from_row(
-                db.execute("SELECT * FROM messages WHERE id = ?", (out_id,)).fetchone())
 
         return await self.atomically(tx)
 
@@ -664,7 +644,7 @@ def _history(turn_ids: list[int], rows: list[StoredMessage]) -> list[HistoryTurn
     replies: dict[int, str] = {}
     for msg in rows:
         assert msg.turn_id is not None
-        if msg.direction == "in":
+        if msg.direction is Direction.IN:
             users[msg.turn_id].append(msg)
         else:
             replies[msg.turn_id] = msg.text

@@ -114,13 +114,6 @@ class PairingQueries(Database):
                 (channel, row["sender_id"], row["sender_name"], now, row["code"]))
             return _request(row)
 
-    async def approve_sender(self, channel: str, sender_id: str) -> None:
-        """Admit a sender directly (no code)."""
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT OR IGNORE INTO pairing_approvals (channel, sender_id, approved_at)"
-                " VALUES (?, ?, ?)", (channel, sender_id, time.time()))
-
     async def is_approved(self, channel: str, sender_ids: Iterable[str]) -> bool:
         """Whether any of these identities of a sender was approved on ``channel``."""
         ids = [s for s in sender_ids if s]

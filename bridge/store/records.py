@@ -24,6 +24,11 @@ class MessageStatus(StrEnum):
     SENT = "sent"
 
 
+class Direction(StrEnum):
+    IN = "in"  # from a chat
+    OUT = "out"  # a reply to one
+
+
 class MessageKind(StrEnum):
     CHAT = "chat"
     COMMAND = "command"
@@ -34,7 +39,7 @@ class MessageKind(StrEnum):
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     id: int
-    direction: str  # "in" | "out"
+    direction: Direction
     role: str  # "user" | "assistant"
     kind: MessageKind
     session_key: str
@@ -219,7 +224,7 @@ def message_from_row(row: sqlite3.Row) -> StoredMessage:
     retry = "send_attempts" in row.keys()  # absent before migration 0003
     return StoredMessage(
         id=row["id"],
-        direction=row["direction"],
+        direction=Direction(row["direction"]),
         role=row["role"],
         kind=MessageKind(row["kind"]),
         session_key=row["session_key"],
