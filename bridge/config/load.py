@@ -176,7 +176,7 @@ def load_for_cli(args: Any) -> tuple[Config, Path | None]:
 
 def load_for_cli_or_report(args: Any) -> tuple[Config, Path | None] | None:
     """Like :func:`load_for_cli`; on a ConfigError, None after printing the rendered
-    error to stderr (the command then exits 1)."""
+    error to stderr (the command then exits with ``bridge.cli.EXIT_CONFIG``)."""
     try:
         return load_for_cli(args)
     except ConfigError as exc:

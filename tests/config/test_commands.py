@@ -170,3 +170,17 @@ def test_cli_turns_any_config_error_into_exit_1(monkeypatch, capsys):
     assert main(["config", "show"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "x.json5: agents.defaults.model: expected a string"
+
+
+@pytest.mark.parametrize("argv", [["run"], ["chat"], ["doctor"], ["pairing", "list"],
+                                  ["config", "validate"], ["config", "show"],
+                                  ["models", "list"]])
+def test_a_config_error_is_one_status_for_every_command(tmp_path, capsys, argv):
+    from bridge.cli import EXIT_CONFIG
+
+    bad = tmp_path / "bad.json5"
+    bad.write_text("{ dataDir: ")
+    assert main([*argv, "-c", str(bad)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "bad.json5:1:" in err
+    assert_no_traceback(err)
