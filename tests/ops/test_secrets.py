@@ -1,0 +1,40 @@
+"""bridge.secrets: one marker and one set of rules for logs, model errors and config show."""
+
+from __future__ import annotations
+
+from bridge import logs, secrets
+from bridge.config.load import REDACTED as CONFIG_MARKER
+from bridge.secrets import BOT_TOKEN_RE, REDACTED, header_secrets, is_secret_key, redact
+
+
+def test_one_marker_everywhere():
+    assert REDACTED == "[REDACTED]" == logs.REDACTED == CONFIG_MARKER
+
+
+def test_redact_given_secrets_and_shapes():
+    text = "key hunter22 and sk-abcd1234 and Authorization: Bearer tok.en-123"
+    out = redact(text, ["hunter22"])
+    assert out == f"key {REDACTED} and {REDACTED} and Authorization: Bearer {REDACTED}"
+    assert redact("abc", ["abc"]) == "abc"  # too short to be worth hiding everywhere
+
+
+def test_registered_secrets_are_redacted_until_cleared():
+    secrets.register_secret("s3cr3t-value")
+    try:
+        assert redact("x s3cr3t-value y") == f"x {REDACTED} y"
+    finally:
+        secrets.clear_secrets()
+    assert redact("x s3cr3t-value y") == "x s3cr3t-value y"
+
+
+def test_bot_token_shape():
+    assert BOT_TOKEN_RE.match("123456789:" + "A" * 35)
+    assert not BOT_TOKEN_RE.match("123456789:short")
+    assert not BOT_TOKEN_RE.match("bot123:" + "A" * 35)
+
+
+def test_secret_keys_and_headers():
+    assert is_secret_key("apiKey") and is_secret_key("x-api-key") and is_secret_key("botToken")
+    assert not is_secret_key("anthropic/claude") and not is_secret_key("model")
+    assert header_secrets({"Authorization": "Bearer abcdef", "X-Plain": "v"}) == [
+        "Bearer abcdef", "abcdef"]
