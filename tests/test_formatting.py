@@ -470,7 +470,8 @@ def test_links_contain_no_code_or_links():
     assert out == ('[see <a href="https://in.com">https://in.com</a> or '
                    '<a href="https://b.com">b</a>](https://out.com)')
     check_html(out)
-    # An image or an autolink inside link text is allowed there: its text only.
+    # An image inside link text is CommonMark (markdown-it keeps an autolink there too):
+    # inside a link, their text only.
     out = to_telegram_html("[![x](https://i.com/x.png) and <https://in.com>](https://out.com)")
     assert out == '<a href="https://out.com">x and https://in.com</a>'
     # Outside links code stays code; WhatsApp keeps the backticks.
