@@ -24,6 +24,8 @@ from bridge.store import Store
 
 if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
+    from bridge.health import HealthServer
+    from bridge.models.base import Router
     from bridge.ports import Channel
     from channels.console import ConsoleChannel
 
@@ -77,7 +79,7 @@ class App:
         config: LiveConfig | Config,
         *,
         channels: Sequence[Channel] | None = None,
-        router: Any = None,
+        router: Router | None = None,
         metrics: Metrics | None = None,
         serve_health: bool = False,
         adjust: Callable[[Config], Config] | None = None,
@@ -96,7 +98,7 @@ class App:
         self._store: Store | None = None
         self._media: MediaStore | None = None
         self._core: ConversationCore | None = None
-        self._health_server: Any = None
+        self._health_server: HealthServer | None = None
         self._started = False
         self._stopped = False
         self._applied: Config | None = None  # the file config last applied (hot reload)
@@ -135,7 +137,8 @@ class App:
         return self._media
 
     @property
-    def router(self) -> Any:
+    def router(self) -> Router | None:
+        """The model router (None before start() when none was given)."""
         return self._router
 
     @property
@@ -293,7 +296,7 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
 
 
 def _channel_label(channel: Channel) -> str:
-    account = getattr(channel, "account", "default")
+    account = channel.account
     return channel.name if account == "default" else f"{channel.name}:{account}"
 
 
