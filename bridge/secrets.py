@@ -38,7 +38,8 @@ MIN_SECRET_LENGTH = 6
 MIN_GIVEN_SECRET_LENGTH = 4
 
 # A whole Telegram bot token as BotFather issues it: "<bot id>:<secret>".
-BOT_TOKEN_RE = re.compile(r"^\d+:[A-Za-z0-9_-]{30,}$")
+# ASCII digits only, and \Z: "$" would let a token with a trailing newline through.
+BOT_TOKEN_RE = re.compile(r"^\d+:[A-Za-z0-9_-]{30,}\Z", re.ASCII)
 
 # ------------------------------------------------------------------ shapes in free text
 

@@ -31,6 +31,8 @@ def test_bot_token_shape():
     assert BOT_TOKEN_RE.match("123456789:" + "A" * 35)
     assert not BOT_TOKEN_RE.match("123456789:short")
     assert not BOT_TOKEN_RE.match("bot123:" + "A" * 35)
+    assert not BOT_TOKEN_RE.match("123456789:" + "A" * 35 + "\n")  # "$" would allow it
+    assert not BOT_TOKEN_RE.match("١٢٣:" + "A" * 35)  # Arabic-Indic digits are \d too
 
 
 def test_secret_keys_and_headers():
