@@ -1,5 +1,7 @@
 """LRU caches: the hand-rolled OrderedDict pattern against cachetools.LRUCache.
 
+Needs ``pip install cachetools`` (not a dependency of Palaver: it lost this comparison).
+
 Palaver keeps four LRUs bounded by entries *and* by size (prompt renderings, wire turns,
 history turns: 4096 entries / 4M chars; prepared images: 256 entries / 32 MB).  This times
 the operations they do per turn — a hit (get + recency update), a miss, and a put that

@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from bridge.envelope import (
     Quoted,
 )
 from bridge.formatting import render
+from bridge.lru import LRU
 from bridge.media import MediaStore
 from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
 from channels.whatsapp.client import (
@@ -209,7 +209,7 @@ class WhatsAppChannel(Channel):
         self._inbox: asyncio.Queue[tuple[_InboxItem, Any]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
-        self._recent: OrderedDict[str, MessageEv] = OrderedDict()
+        self._recent: LRU[str, MessageEv] = LRU(self.quote_cache_size)
         self._online_since: float | None = None  # when the current connection came up
         self._handling: str | None = None  # id of the message the worker is on
         self._me_users: frozenset[str] = frozenset()
@@ -691,10 +691,7 @@ class WhatsAppChannel(Channel):
         return self._quotes.get(message_id, chat_id)
 
     def _remember(self, ev: MessageEv) -> None:
-        self._recent[ev.Info.ID] = ev
-        self._recent.move_to_end(ev.Info.ID)
-        while len(self._recent) > self.quote_cache_size:
-            self._recent.popitem(last=False)
+        self._recent.put(ev.Info.ID, ev)
 
     def _require_client(self) -> WhatsAppClient:
         if self._client is None or self._terminal is not None:
