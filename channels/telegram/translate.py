@@ -134,7 +134,6 @@ def draft(msg: Message, me: BotIdentity, *, channel: str = "telegram",
         media=tuple(ref for ref, _ in media),
         quoted=quote,
         mentioned=is_mentioned(msg, me),
-        extra={"chat_id": str(chat.id), "message_id": str(msg.message_id)},
     )
     return Draft(inbound, [job for _, job in media], quoted_media)
 

@@ -74,7 +74,7 @@ def test_private_text_fills_every_field():
     assert inbound.text == "hello there"
     assert inbound.media == () and inbound.quoted is None
     assert inbound.mentioned is False
-    assert inbound.extra == {"chat_id": "42", "message_id": "7"}
+    assert inbound.extra == {}  # nothing the core would never read
     assert result.media == [] and result.quoted_media == [] and not result.has_downloads
 
 
@@ -96,7 +96,6 @@ def test_group_chats_are_groups(chat_type):
     inbound = translated(message(chat=chat, text="hi")).inbound
     assert inbound.address == ChatAddress("telegram", "default", "-5", ChatKind.GROUP, None)
     assert inbound.message_id == "-5:7"
-    assert inbound.extra == {"chat_id": "-5", "message_id": "7"}
 
 
 def test_caption_is_the_text():
