@@ -7,7 +7,7 @@ the adapter turns back into platform calls.  Nothing here knows any platform SDK
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -127,8 +127,6 @@ class Inbound:
     # Mentioned by name/JID, replied to one of the bot's messages, or a command addressed
     # to the bot.  The core applies requireMention from this one flag.
     mentioned: bool = False
-    # Platform-specific bits the adapter needs again when answering (never read by core).
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def session_key(self) -> SessionKey:

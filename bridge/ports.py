@@ -76,6 +76,12 @@ class SendError(Exception):
         self.retryable = retryable
 
 
+class NotSent(Exception):  # noqa: N818 - a fact about a failure, mixed into SDK errors
+    """An adapter-side failure known to have happened before anything reached the
+    platform, so sending again cannot duplicate the message.  Adapters retry these
+    themselves and report them to the core as ``SendError(retryable=True)``."""
+
+
 class InboundSink(Protocol):
     """What a channel hands inbound messages to (the conversation core)."""
 

@@ -25,6 +25,7 @@ from bridge.formatting.renderers import SPECS, tokens
 from bridge.ports import Markup
 
 __all__ = [
+    "chunk_plain",
     "chunk_text",
     "html_to_plain",
     "render",
@@ -108,3 +109,9 @@ def chunk_text(text: str, limit: int) -> list[str]:
     if limit < 1:
         raise ValueError("limit must be positive")
     return chunk_stream([Text(text)], lambda s: s, limit)
+
+
+def chunk_plain(text: str, limit: int) -> list[str]:
+    """:func:`chunk_text` for a message sent as typed (pairing codes, errors): the text
+    and each piece trimmed of surrounding whitespace, empty pieces dropped."""
+    return [piece.strip() for piece in chunk_text(text.strip(), limit) if piece.strip()]

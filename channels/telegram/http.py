@@ -43,6 +43,7 @@ from telegram.error import NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import BaseRequest, RequestData
 from telegram.request._requestparameter import RequestParameter
 
+from bridge.ports import NotSent
 from channels.telegram.translate import period_seconds
 
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ __all__ = ["AiohttpRequest", "ConnectFailed", "ConnectTimedOut", "NotSent", "Rat
 
 # "/bot<token>/<method>" and "/file/bot<token>/<path>": the token segment of a URL.
 _TOKEN_SEGMENT = re.compile(r"/bot([^/]+)/")
-
-
-class NotSent(Exception):  # noqa: N818 - a marker mixed into PTB's errors
-    """Mixin: the request never reached the server, so sending it again is safe."""
 
 
 class ConnectFailed(NetworkError, NotSent):

@@ -14,7 +14,6 @@ import asyncio
 import hmac
 import json
 import logging
-import random
 from typing import Protocol
 
 from aiohttp import web
@@ -28,6 +27,7 @@ from telegram.error import (
     TelegramError,
 )
 
+from bridge.backoff import Backoff
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import ChatKind, Inbound
 from bridge.media import MediaStore
@@ -212,8 +212,8 @@ class Intake:
     async def _poll_backoff(self, exc: Exception, failures: int) -> None:
         """Log a failed getUpdates, update health, sleep before the next try."""
         host = self._host
-        base = min(host.poll_backoff_max, host.poll_backoff_base * 2 ** (failures - 1))
-        delay = random.uniform(base / 2, base)  # jitter: restarted bots do not poll in step
+        delay = Backoff(host.poll_backoff_base, host.poll_backoff_max, low=0.5,
+                        high=1.0).delay(failures - 1)
         if isinstance(exc, RetryAfter):
             delay = min(retry_after_seconds(exc), host.max_retry_after)
             log.warning("telegram: getUpdates rate limited; retrying in %.1f s", delay)

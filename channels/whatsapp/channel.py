@@ -32,7 +32,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from neonize.proto.Neonize_pb2 import JID
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 from neonize.utils.jid import build_jid
 
+from bridge.backoff import Backoff
 from bridge.config.schema import WhatsAppConfig
 from bridge.envelope import (
     AcceptStatus,
@@ -62,7 +62,7 @@ from bridge.envelope import (
     Outbound,
     Quoted,
 )
-from bridge.formatting import render
+from bridge.formatting import chunk_plain, render
 from bridge.lru import LRU
 from bridge.media import MediaStore
 from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
@@ -110,53 +110,10 @@ class _InboxItem(StrEnum):
     MESSAGE = "message"  # a MessageEv
 
 
-@dataclass
-class Backoff:
-    """Reconnect delays: ``initial`` doubling up to ``cap``, each jittered by ±``jitter``."""
-
-    initial: float = 2.0
-    cap: float = 30.0
-    jitter: float = 0.2
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def next(self) -> float:
-        """The delay before the next attempt (and count the attempt)."""
-        base = min(self.cap, self.initial * (2 ** min(self.attempt, 16)))
-        self.attempt += 1
-        return base * (1 + self.rng.uniform(-self.jitter, self.jitter))
-
-    def reset(self) -> None:
-        """After a successful connection the next drop starts from ``initial`` again."""
-        self.attempt = 0
-
-
-def split_plain(text: str, limit: int) -> list[str]:
-    """Chunk ``text`` under ``limit`` at paragraph, then line, then word boundaries."""
-    text = text.strip()
-    if not text:
-        return []
-    chunks: list[str] = []
-    while len(text) > limit:
-        window = text[:limit]
-        cut = window.rfind("\n\n")
-        if cut <= limit // 4:
-            cut = window.rfind("\n")
-        if cut <= limit // 4:
-            cut = window.rfind(" ")
-        if cut <= limit // 4:
-            cut = limit
-        chunks.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    if text:
-        chunks.append(text)
-    return [c for c in chunks if c]
-
-
 def _render(text: str, limit: int, plain: bool) -> list[str]:
     """The chunks to send: WhatsApp markup, or ``text`` as it is when ``plain``."""
     if plain:
-        return split_plain(text, limit)
+        return chunk_plain(text, limit)
     return [chunk for chunk in render(text, Markup.WHATSAPP, limit) if chunk.strip()]
 
 

@@ -40,6 +40,7 @@ from neonize.exc import SendMessageError
 from neonize.proto.Neonize_pb2 import JID, Device
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 
+from bridge.ports import NotSent
 from channels.whatsapp.content import QuoteRef, build_text_message
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ SESSION_DB = "session.db"
 def session_db_path(data_dir: Path) -> Path:
     """Where the whatsmeow session database lives under ``dataDir``."""
     return Path(data_dir) / SESSION_DIR / SESSION_DB
-
-
-class NotSent(Exception):
-    """A send failed before anything reached WhatsApp, so trying again cannot duplicate it."""
 
 
 class NotConnected(NotSent):

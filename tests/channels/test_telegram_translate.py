@@ -74,7 +74,6 @@ def test_private_text_fills_every_field():
     assert inbound.text == "hello there"
     assert inbound.media == () and inbound.quoted is None
     assert inbound.mentioned is False
-    assert inbound.extra == {}  # nothing the core would never read
     assert result.media == [] and result.quoted_media == [] and not result.has_downloads
 
 

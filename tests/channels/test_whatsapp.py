@@ -20,6 +20,7 @@ from neonize.aioze.events import (
 from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
 
+from bridge.backoff import Backoff
 from bridge.config.schema import WhatsAppConfig
 from bridge.envelope import (
     AcceptStatus,
@@ -29,10 +30,10 @@ from bridge.envelope import (
     MediaKind,
     Outbound,
 )
+from bridge.formatting import chunk_plain
 from bridge.media import MediaStore
 from bridge.ports import InboundSink, Markup, SendError
 from channels.whatsapp import WhatsAppChannel
-from channels.whatsapp.channel import Backoff, split_plain
 from channels.whatsapp.client import NeonizeClient, NotConnected, _bind_event_loop
 from channels.whatsapp.content import QuoteRef, build_text_message
 from tests.channels.test_whatsapp_fake import (
@@ -582,14 +583,14 @@ def test_build_text_message_quotes_by_phone_jid_without_nesting():
     E.Message.FromString(msg.SerializeToString())  # valid on the wire
 
 
-def test_split_plain_respects_limit_and_boundaries():
+def test_plain_chunks_respect_limit_and_boundaries():
     text = "alpha beta\n\n" + "gamma " * 100 + "\nomega"
-    chunks = split_plain(text, 200)
+    chunks = chunk_plain(text, 200)
     assert all(len(c) <= 200 for c in chunks)
     assert chunks[0].startswith("alpha beta") and chunks[0].endswith("gamma")
-    assert split_plain("a " * 60 + "\n\n" + "b " * 60, 200) == ["a " * 59 + "a", "b " * 59 + "b"]
+    assert chunk_plain("a " * 60 + "\n\n" + "b " * 60, 200) == ["a " * 59 + "a", "b " * 59 + "b"]
     assert " ".join(" ".join(chunks).split()) == " ".join(text.split())
-    assert split_plain("x" * 450, 200) == ["x" * 200, "x" * 200, "x" * 50]
+    assert chunk_plain("x" * 450, 200) == ["x" * 200, "x" * 200, "x" * 50]
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -711,7 +712,7 @@ async def test_client_that_cannot_be_built_only_disables_whatsapp(tmp_path, capl
 
 
 def test_backoff_unit():
-    backoff = Backoff(rng=random.Random(1), jitter=0)
+    backoff = Backoff(rng=random.Random(1), low=1, high=1)
     assert [backoff.next() for _ in range(7)] == [2, 4, 8, 16, 30, 30, 30]
     backoff.reset()
     assert backoff.next() == 2
