@@ -28,12 +28,13 @@ Scripted behaviours form a FIFO queue; each POST to a completion endpoint takes 
 one (whatever the API).  Each method returns the server, so calls chain:
 
 - ``reply(text, *, reasoning=None, inline_think=False, chunks=3, delay=0.0,
-  stream=None, finish="stop", refusal=None, reasoning_field="reasoning_content",
+  stream=None, finish="stop", refusal=None, reasoning_field=None,
   redacted_thinking=False, stall_after=None, drop_after=None, terminal=True,
   usage=None, keepalive=None, keepalive_kind="comment", think=0.0)``: a successful
   answer.  ``text`` may be a list of exact chunks.
   ``reasoning`` goes out in the API's own form (Responses reasoning item + summary and
-  reasoning_text events; Chat Completions ``reasoning_field`` deltas; Anthropic
+  reasoning_text events; Chat Completions ``reasoning_field`` deltas, by default
+  ``reasoning_content`` or the profile's field; Anthropic
   ``thinking`` block); ``inline_think=True`` puts it in the text as ``<think>…</think>``
   instead, ``inline_think="lone"`` as ``…</think>`` (template-opened tag).
   ``stream=None`` follows the request's ``stream`` flag; ``False`` answers JSON anyway.
@@ -58,6 +59,9 @@ one (whatever the API).  Each method returns the server, so calls chain:
 - ``hang()``: accept the request and never answer (until the server closes).
 - ``drop(text="partial answer", *, after_chunks=1)``: stream a little, then close the
   connection mid-stream.
+- ``cut(text="", *, after_chunks=0)``: a 200 stream that sends its preamble (and
+  ``after_chunks`` text chunks) and then ends cleanly, with no finish, terminal event or
+  ``[DONE]`` (a backend whose template failed after the headers went out).
 - ``raw(status, body, content_type="application/json")``: arbitrary bytes.
 - ``default(text_or_fn=None, **reply_kwargs)``: what to answer when the queue is empty;
   initially ``"echo: <last user text>"``.  ``text_or_fn`` may be a function of the
@@ -71,6 +75,53 @@ feeds ``GET /v1/models``; ``server.serve_models = False`` makes it 404;
 ``server.lmstudio_states = {"id": "loaded" | "not-loaded"}`` makes the server answer LM
 Studio's ``GET /api/v0/models`` (404 while it is None, as other servers do).
 
+Behaviour profiles (real servers' quirks, researched in notes/quirks.md): pass
+``FakeModelServer(profile="ollama")`` or set ``server.profile = "ollama"`` (also
+``server.use_profile(name)``, which returns the server) at any time; ``PROFILES`` lists the
+names.  A profile changes how every scripted behaviour is put on the wire and adds the
+server's own refusals, which answer *before* the queue is consulted (a refused request does
+not use up a scripted behaviour, so a proxy's retries see the same refusal):
+
+- ``"default"``: the exact formats of shared/WIRE.md, lenient about requests (as before).
+- ``"llamacpp-template"`` (alias ``"jinja-strict"``): a Python-Jinja chat template that does
+  ``'…' + message['content']`` (llama-cpp-python's server and most GGUF templates; vLLM with
+  a string-only template).  Any message whose ``content`` is a list (Chat Completions
+  ``messages``, Anthropic ``messages``, and Responses ``input`` items, standing for a bridge
+  such as LiteLLM that passes the list through) -> HTTP 500 with llama-cpp-python's body
+  ``{"error": {"message": "can only concatenate str (not \"list\") to str",
+  "type": "internal_server_error", "param": null, "code": null}}``.  String content works.
+- ``"ollama"``: Chat Completions reasoning in ``delta.reasoning`` / ``message.reasoning``;
+  ``max_completion_tokens`` ignored, only ``max_tokens`` limits the output (Responses:
+  ``max_output_tokens``), a cut answer ends with ``finish_reason: "length"`` on chat but
+  status ``completed`` on Responses (never ``incomplete``); Responses reasoning only as
+  ``reasoning_summary_text.delta``/``.done``; images other than data URLs of jpeg/png/webp
+  -> 400 ``invalid image input`` (gif) / ``image URLs are not currently supported``
+  (http); errors ``{"error": {"message", "type", "param": null, "code": null}}``; a
+  ``stream_error`` just stops the stream (chat: one empty-content chunk, no finish chunk, no
+  ``[DONE]``; Responses: no further events, no terminal event).
+- ``"llamacpp"`` (llama.cpp ``llama-server``, new build): Responses ``input`` assistant items
+  without ``"type": "message"`` -> 400 ``{"error": {"code": 400, "message": "Cannot determine
+  type of 'item'", "type": "invalid_request_error"}}``; ``previous_response_id`` -> 400;
+  thin Responses events (``output_text.delta`` = ``{type, item_id, delta}``, no
+  ``output_index`` / ``content_index`` / ``sequence_number``; ``response.created`` carries
+  only ``{id, object, status}``); reasoning as ``reasoning_text.delta``; status always
+  ``completed`` (also at the length limit), no ``output_tokens_details``; HTTP errors with an
+  int ``code``; a ``stream_error`` is ``data: {"error": {"code": 500, "message", "type":
+  "server_error"}}`` with no ``type`` field and no ``event:`` line, then the stream ends.
+  Chat: first chunk ``content: null``, a ``timings`` object on chunks.
+- ``"vllm"``: Chat Completions reasoning in ``reasoning`` only; Responses reasoning as a
+  ``reasoning_text`` content part (``content_part.added`` + ``reasoning_text.delta`` /
+  ``.done``, no summary), and no message item when the answer is all reasoning.
+- ``"litellm-bridge"``: what LiteLLM's Responses->chat bridge sends (1.108.5, observed):
+  data-only lines (``event:`` only on ``response.failed``), ``sequence_number`` only on
+  ``output_item.done`` / ``response.failed``, a top-level ``model`` on every event, ``store:
+  true`` in ``response.created``, ``data: [DONE]`` after the terminal event; a backend stream
+  that was cut (``cut()`` or ``terminal=False``) becomes a ``response.completed`` with the
+  text collected so far (empty, ``output_tokens: 0``, for ``cut()``); a ``stream_error``
+  becomes ``event: response.failed`` (``error.code "server_error"``) then ``[DONE]``; HTTP
+  errors carry ``code`` as a string (``"500"``).  Chat: ``stream_error`` is ``data: {"error":
+  {"message", "type": null, "param": null, "code": "500"}}``, then the stream ends.
+
 Inspection: ``server.requests`` is a list of :class:`RecordedRequest` (``method``,
 ``path``, ``headers`` with lower-case keys, ``json``, ``api``, ``last_user_text()``);
 ``server.pending`` is the number of queued behaviours left.
@@ -79,6 +130,7 @@ Inspection: ``server.requests`` is a list of :class:`RecordedRequest` (``method`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -89,7 +141,55 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeModelServer", "RecordedRequest"]
+__all__ = ["PROFILES", "FakeModelServer", "RecordedRequest"]
+
+
+@dataclass(frozen=True)
+class _Profile:
+    """The quirks of one real server (see the module docstring)."""
+
+    name: str
+    string_only_content: bool = False  # list content -> 500 (Python Jinja template)
+    chat_reasoning_field: str = "reasoning_content"
+    token_limit: bool = False  # honour max_tokens / max_output_tokens (not ..._completion_...)
+    never_incomplete: bool = False  # Responses status stays "completed" at the limit
+    refuse_images: bool = False  # only data URLs of jpeg/png/webp
+    assistant_items_need_type: bool = False  # Responses input: assistant w/o type -> 400
+    thin_events: bool = False  # llama.cpp's minimal Responses events
+    litellm_framing: bool = False  # LiteLLM's bridge framing and cut -> completed
+    responses_reasoning: str = "both"  # both | summary | text
+    no_message_when_only_reasoning: bool = False
+    llamacpp_chat: bool = False  # content:null role chunk, timings
+    # How a mid-stream error is written: default | stop | bare | litellm
+    stream_error_style: str = "default"
+    # How an HTTP error body looks: openai | llamacpp | ollama | litellm
+    error_style: str = "openai"
+
+
+PROFILES: dict[str, _Profile] = {p.name: p for p in (
+    _Profile("default"),
+    _Profile("llamacpp-template", string_only_content=True),
+    _Profile("jinja-strict", string_only_content=True),
+    _Profile("ollama", chat_reasoning_field="reasoning", token_limit=True,
+             never_incomplete=True, refuse_images=True, responses_reasoning="summary",
+             stream_error_style="stop", error_style="ollama"),
+    _Profile("llamacpp", assistant_items_need_type=True, thin_events=True,
+             never_incomplete=True, responses_reasoning="text", llamacpp_chat=True,
+             stream_error_style="bare", error_style="llamacpp"),
+    _Profile("vllm", chat_reasoning_field="reasoning", responses_reasoning="text",
+             no_message_when_only_reasoning=True),
+    _Profile("litellm-bridge", litellm_framing=True, stream_error_style="litellm",
+             error_style="litellm"),
+)}
+
+# llama-cpp-python's answer when the chat template concatenates a list (errors.py:
+# any exception -> 500 internal_server_error; the text is Python's TypeError).
+TEMPLATE_ERROR = 'can only concatenate str (not "list") to str'
+_LLAMACPP_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                   403: "permission_error", 404: "not_found_error", 501: "not_supported_error",
+                   503: "unavailable_error"}
+_OLLAMA_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+_OLLAMA_IMAGE_MIMES = ("image/jpeg", "image/jpg", "image/png", "image/webp")
 
 
 @dataclass
@@ -141,7 +241,7 @@ class _Reply:
     stream: bool | None = None
     finish: str = "stop"
     refusal: str | None = None
-    reasoning_field: str = "reasoning_content"
+    reasoning_field: str | None = None  # None: the profile's chat reasoning field
     redacted_thinking: bool = False
     stall_after: int | None = None
     drop_after: int | None = None
@@ -150,6 +250,7 @@ class _Reply:
     keepalive: float | None = None
     keepalive_kind: str = "comment"
     think: float = 0.0
+    cut_after: int | None = None  # end the stream cleanly after k text chunks
 
 
 @dataclass
@@ -211,7 +312,8 @@ class FakeModelServer:
 
     def __init__(self, *, api_key: str | None = None,
                  models: tuple[str, ...] | list[str] = ("fake-model",),
-                 echo_key: bool = False) -> None:
+                 echo_key: bool = False, profile: str = "default") -> None:
+        self.profile = profile
         self.api_key = api_key
         self.echo_key = echo_key
         self.models = list(models)
@@ -272,6 +374,22 @@ class FakeModelServer:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def profile(self) -> str:
+        """The behaviour profile's name (one of ``PROFILES``)."""
+        return self._profile.name
+
+    @profile.setter
+    def profile(self, name: str) -> None:
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+        self._profile = PROFILES[name]
+
+    def use_profile(self, name: str) -> FakeModelServer:
+        """Switch to the profile ``name`` (see the module docstring); returns the server."""
+        self.profile = name
+        return self
+
     # ------------------------------------------------------------------ script
 
     def reply(self, text: str | list[str], **kwargs: Any) -> FakeModelServer:
@@ -300,6 +418,11 @@ class FakeModelServer:
     def drop(self, text: str = "partial answer", *, after_chunks: int = 1) -> FakeModelServer:
         """Queue a stream that closes the connection after ``after_chunks`` text chunks."""
         return self.reply(text, chunks=max(after_chunks + 1, 2), drop_after=after_chunks)
+
+    def cut(self, text: str = "", *, after_chunks: int = 0) -> FakeModelServer:
+        """Queue a stream that ends cleanly after ``after_chunks`` text chunks, with no
+        finish, terminal event or ``[DONE]``."""
+        return self.reply(text, chunks=max(after_chunks + 1, 2), cut_after=after_chunks)
 
     def raw(self, status: int, body: bytes | str,
             content_type: str = "application/json") -> FakeModelServer:
@@ -386,7 +509,12 @@ class FakeModelServer:
             return self._error_response(api, _Error(400, "body is not valid JSON"))
         if not self._authorized(rec):
             return self._error_response(api, self._auth_error(rec))
+        refusal = self._refusal(api, rec)
+        if refusal is not None:
+            return self._error_response(api, refusal)
         behaviour = self._queue.popleft() if self._queue else self._default(rec)
+        if isinstance(behaviour, _Reply):
+            behaviour = self._limited(api, rec, behaviour)
         if isinstance(behaviour, _Hang):
             await self._closing.wait()
             return web.Response(status=503)
@@ -405,6 +533,47 @@ class FakeModelServer:
             return web.json_response(self._whole(api, rec, behaviour))
         return await self._stream(request, api, rec, behaviour)
 
+    # ------------------------------------------------------------------ profile rules
+
+    def _refusal(self, api: str, rec: RecordedRequest) -> _Error | None:
+        """The error the profile's server answers ``rec`` with, or None."""
+        prof = self._profile
+        body = rec.json
+        turns = body.get("input") if api == "responses" else body.get("messages")
+        turns = turns if isinstance(turns, list) else []
+        if prof.string_only_content and any(
+                isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns):
+            return _Error(500, body={"error": {"message": TEMPLATE_ERROR,
+                                               "type": "internal_server_error",
+                                               "param": None, "code": None}})
+        if prof.assistant_items_need_type and api == "responses":
+            if body.get("previous_response_id"):
+                return _Error(400, "llama.cpp does not support 'previous_response_id'")
+            for item in turns:
+                if isinstance(item, dict) and item.get("role") == "assistant" \
+                        and item.get("type") != "message":
+                    return _Error(400, "Cannot determine type of 'item'")
+        if prof.refuse_images and api in ("responses", "completions"):
+            for url in _image_urls(turns):
+                if not url.startswith("data:"):
+                    return _Error(400, "image URLs are not currently supported")
+                mime = url[5:].split(";", 1)[0]
+                if mime and mime not in _OLLAMA_IMAGE_MIMES:
+                    return _Error(400, "invalid image input")
+        return None
+
+    def _limited(self, api: str, rec: RecordedRequest, rep: _Reply) -> _Reply:
+        """``rep`` cut to the request's token limit (one word = one token), when the
+        profile's server honours one; Ollama reads only ``max_tokens`` on chat."""
+        if not self._profile.token_limit or not isinstance(rep.text, str):
+            return rep
+        key = "max_output_tokens" if api == "responses" else "max_tokens"
+        limit = rec.json.get(key)
+        words = rep.text.split(" ")
+        if not isinstance(limit, int) or len(words) <= limit:
+            return rep
+        return dataclasses.replace(rep, text=" ".join(words[:limit]), finish="length")
+
     # ------------------------------------------------------------------ errors
 
     def _error_response(self, api: str, err: _Error) -> web.Response:
@@ -416,6 +585,23 @@ class FakeModelServer:
             return web.Response(status=err.status, body=data, headers=err.headers,
                                 content_type="application/json")
         message = err.message or f"fake error {err.status}"
+        style = self._profile.error_style
+        if api != "anthropic" and style == "llamacpp":
+            etype = err.type or _LLAMACPP_TYPES.get(
+                err.status, "server_error" if err.status >= 500 else "invalid_request_error")
+            return web.json_response({"error": {"code": err.status, "message": message,
+                                                "type": etype}},
+                                     status=err.status, headers=err.headers)
+        if api != "anthropic" and style == "ollama":
+            etype = err.type or _OLLAMA_TYPES.get(err.status, "api_error")
+            return web.json_response({"error": {"message": message, "type": etype,
+                                                "param": None, "code": err.code}},
+                                     status=err.status, headers=err.headers)
+        if api != "anthropic" and style == "litellm":
+            return web.json_response({"error": {"message": message, "type": err.type,
+                                                "param": None,
+                                                "code": err.code or str(err.status)}},
+                                     status=err.status, headers=err.headers)
         if api == "anthropic":
             etype = err.type or _ANTHROPIC_ERR.get(
                 err.status, "api_error" if err.status >= 500 else "invalid_request_error")
@@ -460,7 +646,7 @@ class FakeModelServer:
             if rep.refusal is not None:
                 message = {"role": "assistant", "content": None, "refusal": rep.refusal}
             if reasoning is not None:
-                message[rep.reasoning_field] = reasoning
+                message[self._reasoning_field(rep)] = reasoning
             return {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
                 "created": int(time.time()), "model": model,
@@ -482,32 +668,52 @@ class FakeModelServer:
             "stop_sequence": None, "usage": {"input_tokens": tin, "output_tokens": tout},
         }
 
-    @staticmethod
-    def _response_obj(model: str, text: str, reasoning: str | None, rep: _Reply, tin: int,
-                      tout: int, status: str) -> dict[str, Any]:
+    def _reasoning_field(self, rep: _Reply) -> str:
+        return rep.reasoning_field or self._profile.chat_reasoning_field
+
+    def _reasoning_item(self, reasoning: str) -> dict[str, Any]:
+        style = self._profile.responses_reasoning
+        item: dict[str, Any] = {"type": "reasoning", "id": "rs_1", "summary": []}
+        if style in ("both", "summary"):
+            item["summary"] = [{"type": "summary_text", "text": reasoning}]
+        if style in ("both", "text"):
+            item["content"] = [{"type": "reasoning_text", "text": reasoning}]
+        if style == "summary":  # Ollama repeats the thinking as plain text here
+            item["encrypted_content"] = reasoning
+        return item
+
+    def _response_obj(self, model: str, text: str, reasoning: str | None, rep: _Reply,
+                      tin: int, tout: int, status: str) -> dict[str, Any]:
+        prof = self._profile
         output: list[dict[str, Any]] = []
         if reasoning is not None:
-            output.append({"type": "reasoning", "id": "rs_1",
-                           "summary": [{"type": "summary_text", "text": reasoning}],
-                           "content": [{"type": "reasoning_text", "text": reasoning}]})
+            output.append(self._reasoning_item(reasoning))
         parts: list[dict[str, Any]] = []
         if text:
             parts.append({"type": "output_text", "text": text, "annotations": []})
         if rep.refusal is not None:
             parts.append({"type": "refusal", "refusal": rep.refusal})
-        output.append({"type": "message", "id": "msg_1", "role": "assistant",
-                       "status": "completed", "content": parts})
-        incomplete = rep.finish == "length" and status != "in_progress"
+        if parts or reasoning is None or not prof.no_message_when_only_reasoning:
+            output.append({"type": "message", "id": "msg_1", "role": "assistant",
+                           "status": "completed", "content": parts})
+        incomplete = (rep.finish == "length" and status != "in_progress"
+                      and not prof.never_incomplete)
+        usage: dict[str, Any] = {"input_tokens": tin, "output_tokens": tout,
+                                 "output_tokens_details": {"reasoning_tokens":
+                                                           len((reasoning or "").split())},
+                                 "total_tokens": tin + tout}
+        if prof.thin_events:  # llama.cpp: no output_tokens_details
+            usage = {"input_tokens": tin, "output_tokens": tout, "total_tokens": tin + tout,
+                     "input_tokens_details": {"cached_tokens": 0}}
+        elif prof.litellm_framing:
+            usage["output_tokens_details"]["text_tokens"] = tout
         return {
             "id": "resp_fake", "object": "response", "created_at": int(time.time()),
             "model": model, "status": "incomplete" if incomplete else status,
             "output": output if status != "in_progress" else [],
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "error": None,
-            "usage": {"input_tokens": tin, "output_tokens": tout,
-                      "output_tokens_details": {"reasoning_tokens":
-                                                len((reasoning or "").split())},
-                      "total_tokens": tin + tout},
+            "usage": usage,
         }
 
     # ------------------------------------------------------------------ streams
@@ -517,20 +723,32 @@ class FakeModelServer:
         resp = web.StreamResponse(status=200, headers={
             "content-type": "text/event-stream", "cache-control": "no-cache"})
         await resp.prepare(request)
+        prof = self._profile
         text, chunks, reasoning = self._text_of(rep)
         tin, tout = self._usage(rec, rep, text)
         model = rec.json.get("model", "")
         seq = 0
 
         async def send(event: str | None, data: Any) -> None:
+            """One SSE event; ``event=None`` writes ``data`` as it is, with no name."""
             nonlocal seq
-            if isinstance(data, dict) and api == "responses":
-                data = {"type": event, **data, "sequence_number": seq}
-                seq += 1
-            elif isinstance(data, dict) and api == "anthropic":
+            named = bool(event) and api != "completions"
+            if isinstance(data, dict) and event and api == "responses":
+                if prof.thin_events:
+                    data = {"type": event, **_thin(event, data)}
+                elif prof.litellm_framing:
+                    data = {"type": event, **data, "model": model}
+                    if event in ("response.output_item.done", "response.failed"):
+                        data["sequence_number"] = seq
+                        seq += 1
+                    named = event == "response.failed"
+                else:
+                    data = {"type": event, **data, "sequence_number": seq}
+                    seq += 1
+            elif isinstance(data, dict) and event and api == "anthropic":
                 data = {"type": event, **data}
             payload = data if isinstance(data, str) else json.dumps(data)
-            head = f"event: {event}\n" if event and api != "completions" else ""
+            head = f"event: {event}\n" if named else ""
             await resp.write(f"{head}data: {payload}\n\n".encode())
 
         sent = 0
@@ -583,6 +801,8 @@ class FakeModelServer:
                 return False
             return True
 
+        if rep.cut_after is not None:  # the stream ends cleanly after these
+            chunks = chunks[:rep.cut_after]
         try:
             if api == "responses":
                 await self._stream_responses(send, text_chunk, think, model, text, chunks,
@@ -600,29 +820,24 @@ class FakeModelServer:
 
     async def _stream_responses(self, send, text_chunk, think, model, text, chunks, reasoning,
                                 rep, tin, tout, error) -> None:
+        prof = self._profile
         base = self._response_obj(model, "", None, rep, tin, tout, "in_progress")
+        if prof.litellm_framing:
+            base = {**base, "store": True}  # LiteLLM says so whatever the request said
         await send("response.created", {"response": base})
         await send("response.in_progress", {"response": base})
         await think()
         index = 0
         if reasoning is not None:
-            item = {"type": "reasoning", "id": "rs_1", "summary": []}
-            await send("response.output_item.added", {"output_index": 0, "item": item})
-            await send("response.reasoning_summary_part.added", {
-                "item_id": "rs_1", "output_index": 0, "summary_index": 0,
-                "part": {"type": "summary_text", "text": ""}})
-            for piece in _split(reasoning, 2):
-                await send("response.reasoning_summary_text.delta", {
-                    "item_id": "rs_1", "output_index": 0, "summary_index": 0,
-                    "delta": piece})
-                await send("response.reasoning_text.delta", {
-                    "item_id": "rs_1", "output_index": 0, "content_index": 0,
-                    "delta": piece})
-            await send("response.reasoning_summary_text.done", {
-                "item_id": "rs_1", "output_index": 0, "summary_index": 0, "text": reasoning})
-            await send("response.output_item.done", {"output_index": 0, "item": {
-                **item, "summary": [{"type": "summary_text", "text": reasoning}]}})
+            await self._stream_reasoning(send, reasoning)
             index = 1
+        cut = rep.cut_after is not None or not rep.terminal
+        if cut:
+            text = "".join(chunks)
+        if (not text and rep.refusal is None and reasoning is not None and not cut
+                and prof.no_message_when_only_reasoning):
+            await self._responses_end(send, model, text, reasoning, rep, tin, tout)
+            return
         msg = {"type": "message", "id": "msg_1", "role": "assistant",
                "status": "in_progress", "content": []}
         await send("response.output_item.added", {"output_index": index, "item": msg})
@@ -639,45 +854,113 @@ class FakeModelServer:
             await send("response.refusal.delta", {**where, "delta": rep.refusal})
             await send("response.refusal.done", {**where, "refusal": rep.refusal})
         if error is not None:
-            if error.failed:
-                failed = self._response_obj(model, text, None, rep, tin, tout, "failed")
-                failed["error"] = {"code": error.code, "message": error.message}
-                await send("response.failed", {"response": failed})
-            else:
-                await send("error", {"code": error.code, "message": error.message,
-                                     "param": None})
+            await self._responses_stream_error(send, model, text, rep, tin, tout, error)
+            return
+        if cut and not prof.litellm_framing:
+            if rep.cut_after is None:  # terminal=False: the text was finished
+                await send("response.output_text.done", {**where, "text": text})
             return
         await send("response.output_text.done", {**where, "text": text})
-        if not rep.terminal:
-            return
+        if prof.litellm_framing:
+            done = {**msg, "status": "completed", "content": [
+                {"type": "output_text", "text": text, "annotations": []}]}
+            await send("response.output_item.done", {"output_index": index, "item": done})
+            if cut:  # the bridge builds "completed" from what it collected
+                tout = len(text.split())
+        await self._responses_end(send, model, text, reasoning, rep, tin, tout)
+
+    async def _stream_reasoning(self, send, reasoning: str) -> None:
+        """A reasoning item in the profile's form."""
+        style = self._profile.responses_reasoning
+        at = {"item_id": "rs_1", "output_index": 0}
+        await send("response.output_item.added", {"output_index": 0, "item": {
+            "type": "reasoning", "id": "rs_1", "summary": []}})
+        if style == "both":
+            await send("response.reasoning_summary_part.added", {
+                **at, "summary_index": 0, "part": {"type": "summary_text", "text": ""}})
+        if style == "text":
+            await send("response.content_part.added", {
+                **at, "content_index": 0, "part": {"type": "reasoning_text", "text": ""}})
+        for piece in _split(reasoning, 2):
+            if style in ("both", "summary"):
+                await send("response.reasoning_summary_text.delta", {
+                    **at, "summary_index": 0, "delta": piece})
+            if style in ("both", "text"):
+                await send("response.reasoning_text.delta", {
+                    **at, "content_index": 0, "delta": piece})
+        if style in ("both", "summary"):
+            await send("response.reasoning_summary_text.done", {
+                **at, "summary_index": 0, "text": reasoning})
+        else:
+            await send("response.reasoning_text.done", {
+                **at, "content_index": 0, "text": reasoning})
+        await send("response.output_item.done", {"output_index": 0,
+                                                 "item": self._reasoning_item(reasoning)})
+
+    async def _responses_end(self, send, model, text, reasoning, rep, tin, tout) -> None:
         final = self._response_obj(model, text, reasoning, rep, tin, tout, "completed")
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         await send(kind, {"response": final})
+        if self._profile.litellm_framing:
+            await send(None, "[DONE]")
+
+    async def _responses_stream_error(self, send, model, text, rep, tin, tout,
+                                      error: _StreamError) -> None:
+        style = self._profile.stream_error_style
+        if style == "stop":
+            return  # Ollama: the error line is swallowed, the stream just ends
+        if style == "bare":
+            await send(None, {"error": {"code": 500, "message": error.message,
+                                        "type": "server_error"}})
+            return
+        if error.failed or style == "litellm":
+            failed = self._response_obj(model, text, None, rep, tin, tout, "failed")
+            failed["error"] = {"code": error.code, "message": error.message}
+            await send("response.failed", {"response": failed})
+            if style == "litellm":
+                await send(None, "[DONE]")
+            return
+        await send("error", {"code": error.code, "message": error.message, "param": None})
 
     async def _stream_completions(self, send, text_chunk, think, model, chunks, reasoning, rep,
                                   tin, tout, rec, error) -> None:
+        prof = self._profile
         cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
-                    "model": model, "choices": [{"index": 0, "delta": delta,
-                                                 "logprobs": None, "finish_reason": finish}]}
+            out = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                   "model": model, "choices": [{"index": 0, "delta": delta,
+                                                "logprobs": None, "finish_reason": finish}]}
+            if prof.llamacpp_chat:
+                out["timings"] = {"prompt_n": tin, "predicted_n": tout}
+            return out
 
-        await send(None, chunk({"role": "assistant", "content": ""}))
+        await send(None, chunk({"role": "assistant",
+                                "content": None if prof.llamacpp_chat else ""}))
         await think()
         if reasoning is not None:
             for piece in _split(reasoning, 2):
-                await send(None, chunk({rep.reasoning_field: piece}))
+                await send(None, chunk({self._reasoning_field(rep): piece}))
         for piece in chunks:
             if not await text_chunk(lambda p: send(None, chunk({"content": p})), piece):
                 raise _Stop
         if rep.refusal is not None:
             await send(None, chunk({"refusal": rep.refusal}))
         if error is not None:
-            await send(None, {"error": {"message": error.message, "type": error.code,
-                                        "code": error.code, "param": None}})
+            style = prof.stream_error_style
+            if style == "stop":  # Ollama: the error becomes one empty chunk, then nothing
+                await send(None, chunk({"role": "assistant", "content": ""}))
+            elif style == "bare":
+                await send(None, {"error": {"code": 500, "message": error.message,
+                                            "type": "server_error"}})
+            elif style == "litellm":
+                await send(None, {"error": {"message": error.message, "type": None,
+                                            "param": None, "code": "500"}})
+            else:
+                await send(None, {"error": {"message": error.message, "type": error.code,
+                                            "code": error.code, "param": None}})
             return
-        if not rep.terminal:
+        if not rep.terminal or rep.cut_after is not None:
             return
         await send(None, chunk({}, rep.finish))
         if (rec.json.get("stream_options") or {}).get("include_usage"):
@@ -721,12 +1004,41 @@ class FakeModelServer:
         if error is not None:
             await send("error", {"error": {"type": error.code, "message": error.message}})
             return
+        if rep.cut_after is not None:
+            return
         await send("content_block_stop", {"index": index})
         await send("message_delta", {"delta": {"stop_reason": _anthropic_stop(rep.finish),
                                                "stop_sequence": None},
                                      "usage": {"output_tokens": tout}})
         if rep.terminal:
             await send("message_stop", {})
+
+
+def _thin(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's minimal form of a Responses stream event."""
+    if event in ("response.created", "response.in_progress"):
+        r = data["response"]
+        return {"response": {"id": r["id"], "object": r["object"], "status": r["status"]}}
+    if event.startswith("response.output_item."):
+        return data
+    return {k: v for k, v in data.items()
+            if k not in ("output_index", "content_index", "summary_index", "logprobs")}
+
+
+def _image_urls(turns: list[Any]) -> list[str]:
+    """Every image URL in Responses ``input`` items or Chat Completions ``messages``."""
+    urls: list[str] = []
+    for turn in turns:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict):
+                continue
+            url = part.get("image_url")
+            if isinstance(url, dict):
+                url = url.get("url")
+            if isinstance(url, str):
+                urls.append(url)
+    return urls
 
 
 class _Stop(Exception):
