@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(path=("init",))
 
     p = sub.add_parser("doctor", parents=[common], help="probe every provider in use")
+    p.add_argument("--reply", action="store_true",
+                   help="also send each model Palaver routes to a one-line prompt and "
+                        "report its answer, time to first token and total time")
     p.set_defaults(path=("doctor",))
 
     p = sub.add_parser("config", help="validate or show the config")

@@ -9,26 +9,38 @@ status 0 only when every primary candidate path (the default selection and each
 per-channel selection) has at least one working model.  With no model configured, the
 local-server discovery of ``palaver run`` (:mod:`bridge.discovery`) runs first and its
 result is checked.
+
+``--reply`` then sends every model Palaver routes to (:func:`routed_refs`) a one-line
+prompt through its own wire client and reports whether final text came back (reasoning
+stripped), the time to first token and the total time; the exit status is then also
+nonzero when any of them gave no final text.  Without it no model is asked to generate
+(except the minimal request where a server has no ``/models``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from bridge.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from bridge.config.resolve import ResolvedModel, UnknownModelError
 from bridge.config.schema import Config, ModelSelection, Timeouts
 from bridge.models.anthropic import messages_path
 from bridge.models.base import ErrorClass, ModelError, ModelRequest, Turn
 from bridge.models.catalog import BUILTIN_KEY_ENV, BUILTIN_PROVIDER_IDS
 from bridge.models.clients import client_class, make_client
-from bridge.models.http import get_json, model_secrets, needs_api_key
+from bridge.models.errors import classify_exception
+from bridge.models.http import ClientBase, HttpReply, get_json, model_secrets, needs_api_key
+from bridge.secrets import redact
 
 _PROBE_TIMEOUTS = Timeouts(connectSeconds=5, firstTokenSeconds=10, idleSeconds=10,
                            totalSeconds=15)
@@ -101,7 +113,9 @@ def _path_refs(config: Config, selection: ModelSelection) -> list[str]:
     return out
 
 
-def _refs_in_use(config: Config) -> list[str]:
+def routed_refs(config: Config) -> list[str]:
+    """The models Palaver routes turns to, each once: every selection path's primary and
+    fallbacks (default, channels, groups, topics, direct chats), then the compaction model."""
     refs: list[str] = []
     for _, selection in selection_paths(config):
         refs += [r for r in _path_refs(config, selection) if r not in refs]
@@ -109,6 +123,11 @@ def _refs_in_use(config: Config) -> list[str]:
     if compaction:
         refs += [r for r in _path_refs(config, ModelSelection(primary=compaction))
                  if r not in refs]
+    return refs
+
+
+def _refs_in_use(config: Config) -> list[str]:
+    refs = routed_refs(config)
     # Every model a provider in the file lists (built-in catalogs only when named).
     providers = {r.partition("/")[0] for r in refs}
     for pid, provider in config.models.providers.items():
@@ -298,7 +317,8 @@ def _row(ref: str, model: ResolvedModel | None, why: str, probes: dict[str, _Pro
                creds, warnings, loaded)
 
 
-def check_paths(config: Config, rows: list[Row]) -> list[tuple[str, list[str], str | None]]:
+def check_paths(config: Config, rows: Sequence[Row] | Sequence[ReplyRow],
+                ) -> list[tuple[str, list[str], str | None]]:
     """For each path: (name, its candidate refs, the first working one or None)."""
     working = {r.model_ref for r in rows if r.ok}
     out = []
@@ -306,6 +326,153 @@ def check_paths(config: Config, rows: list[Row]) -> list[tuple[str, list[str], s
         refs = _path_refs(config, selection)
         out.append((name, refs, next((r for r in refs if r in working), None)))
     return out
+
+
+# --------------------------------------------------------------------------- reply probe
+
+REPLY_PROMPT = "Reply with the single word: ok"
+REPLY_MAX_TOKENS = 16
+# A thinking model spends its first tokens reasoning: 16 would end it before any answer.
+REPLY_MAX_TOKENS_REASONING = 512
+REPLY_CONCURRENCY = 4
+_PREVIEW_CHARS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRow:
+    """One routed model's answer to the reply probe."""
+
+    model_ref: str
+    api: str
+    error_class: ErrorClass | None  # None: non-empty final text came back
+    message: str  # why not ("" when ok); secrets removed
+    text: str  # the final text, reasoning stripped, secrets removed ("" on failure)
+    ttft_ms: float | None  # request sent -> first generated content; None: none came
+    total_ms: float | None  # None: nothing was sent (the ref names no configured model)
+    max_tokens: int
+
+    @property
+    def ok(self) -> bool:
+        """Non-empty final text came back."""
+        return self.error_class is None
+
+
+class _WatchFirstContent(ClientBase):
+    """Mixed in before a wire client (see :func:`_timed_class`): records when the reply
+    first carries generated content.
+
+    The clients offer no first-token callback, so this wraps the reply they read (from
+    ``ClientBase._post``):
+    :meth:`HttpReply.content` is what every client calls on generated output (reasoning
+    included) and what ends the ``firstTokenSeconds`` wait, so the time to first token
+    reported here means what that timeout means.
+    """
+
+    first_content_at: float | None = None
+
+    def _post(self, *args: Any, **kwargs: Any) -> Any:
+        return self._watched(super()._post(*args, **kwargs))
+
+    @asynccontextmanager
+    async def _watched(self, posting: AbstractAsyncContextManager[HttpReply],
+                       ) -> AsyncIterator[HttpReply]:
+        async with posting as reply:
+            content = reply.content
+
+            def first_content() -> None:
+                if self.first_content_at is None:
+                    self.first_content_at = time.perf_counter()
+                content()
+
+            # The one seam: an instance attribute shadowing the method for this reply.
+            reply.content = first_content  # type: ignore[method-assign]
+            yield reply
+
+
+@functools.cache
+def _timed_class(api: str) -> type[_WatchFirstContent]:
+    """The client class speaking ``api`` (as a turn uses it), timing its first content."""
+    base = client_class(api)
+    return cast(type[_WatchFirstContent],
+                type(f"Timed{base.__name__}", (_WatchFirstContent, base), {}))
+
+
+def _preview(text: str, secrets: tuple[str, ...]) -> str:
+    flat = redact(" ".join(text.split()), secrets)
+    return flat if len(flat) <= _PREVIEW_CHARS else flat[:_PREVIEW_CHARS - 1] + "…"
+
+
+async def _reply(session: aiohttp.ClientSession, model: ResolvedModel) -> ReplyRow:
+    """Send the probe prompt to ``model`` through its own wire client and time it."""
+    budget = min(REPLY_MAX_TOKENS_REASONING if model.reasoning else REPLY_MAX_TOKENS,
+                 model.max_tokens)
+    request = ModelRequest(None, (Turn.text("user", REPLY_PROMPT),), max_tokens=budget)
+    client = _timed_class(model.api)(model, session)
+    secrets = model_secrets(model)
+    t = model.timeouts
+    error: ModelError | None = None
+    message = text = ""
+    start = time.perf_counter()
+    try:
+        # The client enforces the model's own timeouts; this only bounds a stuck client.
+        async with asyncio.timeout(t.totalSeconds + t.connectSeconds):
+            completion = await client.complete(request)
+    except Exception as exc:
+        error = classify_exception(exc, phase="the reply probe")
+        end = time.perf_counter()
+        message = error.message
+        if error.error_class is ErrorClass.EMPTY_RESPONSE and client.first_content_at:
+            message += "; it generated reasoning but no answer"
+            if not model.reasoning:
+                message += (f" (a thinking model? mark it `reasoning: true` for a "
+                            f"{REPLY_MAX_TOKENS_REASONING}-token probe)")
+    else:
+        end = time.perf_counter()
+        text = completion.text
+    first = client.first_content_at
+    return ReplyRow(
+        model.ref, model.api, error.error_class if error is not None else None,
+        redact(message, secrets), _preview(text, secrets),
+        (first - start) * 1000 if first is not None else None, (end - start) * 1000,
+        budget)
+
+
+def _server_of(model: ResolvedModel) -> str:
+    try:
+        return urlsplit(model.base_url).netloc.lower() or model.base_url
+    except ValueError:
+        return model.base_url
+
+
+async def probe_replies(config: Config, *, session: aiohttp.ClientSession | None = None,
+                        concurrency: int = REPLY_CONCURRENCY) -> list[ReplyRow]:
+    """Send :data:`REPLY_PROMPT` to every model Palaver routes to (:func:`routed_refs`);
+    one row per model, in that order.
+
+    At most ``concurrency`` probes run at once, and one at a time per server (host and
+    port, whatever the api kind and path): a local server answering one request at a
+    time would otherwise add one probe's generation to the next one's time to first
+    token.
+    """
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    gate = asyncio.Semaphore(concurrency)
+    per_server: dict[str, asyncio.Lock] = {}
+
+    async def one(ref: str) -> ReplyRow:
+        try:
+            model = config.model(ref)
+        except UnknownModelError as exc:  # the router records it the same way
+            return ReplyRow(ref, "?", ErrorClass.NOT_FOUND, f"not configured: {exc}", "",
+                            None, None, 0)
+        async with per_server.setdefault(_server_of(model), asyncio.Lock()), gate:
+            return await _reply(session, model)
+
+    try:
+        return list(await asyncio.gather(*(one(ref) for ref in routed_refs(config))))
+    finally:
+        if own:
+            await session.close()
 
 
 # --------------------------------------------------------------------------- printing
@@ -344,21 +511,69 @@ def render(config: Config, rows: list[Row]) -> tuple[str, bool]:
     return "\n".join(lines), all_ok
 
 
+def render_replies(config: Config, rows: list[ReplyRow]) -> tuple[str, bool]:
+    """The reply probe's report as text, and whether every probed model answered."""
+    lines = [
+        f"Reply probe: {_models(len(rows))} Palaver routes to (every selection's primary "
+        "and fallbacks, and the compaction model)",
+        f'prompt "{REPLY_PROMPT}", at most {REPLY_MAX_TOKENS} output tokens '
+        f"({REPLY_MAX_TOKENS_REASONING} for a model marked reasoning)",
+        "",
+    ]
+    head = ("MODEL", "API", "RESULT", "TTFT", "TOTAL", "REPLY")
+    table: list[tuple[str, ...]] = [head]
+    for r in rows:
+        table.append((
+            r.model_ref, r.api, "ok" if r.error_class is None else r.error_class.value,
+            _ms(r.ttft_ms), _ms(r.total_ms),
+            f'"{r.text}"' if r.ok else r.message,
+        ))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
+              + "  " + row[-1] for row in table]
+    lines.append("")
+    # Which paths would get an answer: the model list alone cannot say.
+    for name, refs, answer in check_paths(config, rows):
+        if refs:
+            lines.append(f"{name}: ok ({answer} answered)" if answer is not None
+                         else f"{name}: FAIL no model answered among {', '.join(refs)}")
+    failed = [r.model_ref for r in rows if not r.ok]
+    if not rows:
+        lines.append("reply: FAIL no model configured")
+    elif failed:
+        lines.append(f"reply: FAIL {len(failed)} of {_models(len(rows))} gave no final text "
+                     f"({', '.join(failed)})")
+    else:
+        lines.append(f"reply: ok ({len(rows)} of {_models(len(rows))} answered)")
+    return "\n".join(lines), bool(rows) and not failed
+
+
+def _models(n: int) -> str:
+    return f"{n} model" if n == 1 else f"{n} models"
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.0f} ms" if value is not None else "-"
+
+
 def cmd_doctor(args: Any) -> int:
     """Probe the providers in use; exit 0 only if every path has a working model.
 
     With no model configured (no config file, say) it first runs the same local-server
-    discovery as ``palaver run`` and checks what that would use.
+    discovery as ``palaver run`` and checks what that would use.  With ``--reply`` it
+    then sends every routed model a one-line prompt (:func:`probe_replies`) and exits 0
+    only if each one answered with final text, too.
     """
     from bridge.config.load import load_for_cli_or_report
 
     if (loaded := load_for_cli_or_report(args)) is None:
-        return 1
+        return EXIT_CONFIG
     config, _path = loaded
-    return asyncio.run(_doctor(config, getattr(args, "probe_targets", None)))
+    return asyncio.run(_doctor(config, getattr(args, "probe_targets", None),
+                               reply=bool(getattr(args, "reply", False))))
 
 
-async def _doctor(config: Config, targets: Any = None) -> int:
+async def _doctor(config: Config, targets: Any = None, *, reply: bool = False) -> int:
     from bridge.discovery import DEFAULT_TARGETS, discover, needs_discovery
 
     if needs_discovery(config):
@@ -366,9 +581,16 @@ async def _doctor(config: Config, targets: Any = None) -> int:
         print(found.explain())
         print()
         if found.config is None:
-            return 1
+            return EXIT_FAILURE
         config = found.config
-    rows = await diagnose(config)
-    text, ok = render(config, rows)
-    print(text)
-    return 0 if ok else 1
+    async with aiohttp.ClientSession() as session:
+        rows = await diagnose(config, session=session)
+        text, ok = render(config, rows)
+        print(text)
+        if reply:
+            print()
+            replies = await probe_replies(config, session=session)
+            text, answered = render_replies(config, replies)
+            print(text)
+            ok = ok and answered
+    return EXIT_OK if ok else EXIT_FAILURE

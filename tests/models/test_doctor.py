@@ -201,3 +201,28 @@ def test_cmd_doctor_without_config_and_nothing_found(capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "looked for a local model server" in out and "connection refused" in out
+
+
+@pytest.mark.parametrize("reply", [False, True])
+def test_cmd_doctor_asks_a_model_to_generate_only_with_reply(tmp_path, capsys,
+                                                             threaded_server, reply):
+    threaded_server.models = ["m"]
+    threaded_server.default("ok")
+    path = tmp_path / "palaver.json5"
+    path.write_text(json.dumps({
+        "models": {"mode": "replace", "providers": {
+            api.split("-")[1]: {"baseUrl": threaded_server.url_for(api), "api": api,
+                                "models": [{"id": "m"}]}
+            for api in ("openai-responses", "openai-completions", "anthropic-messages")}},
+        "agents": {"defaults": {"model": {
+            "primary": "responses/m", "fallbacks": ["completions/m", "messages/m"]}}},
+    }))
+    args = argparse.Namespace(config=str(path), **({"reply": True} if reply else {}))
+    assert cmd_doctor(args) == 0, capsys.readouterr().out
+    generated = sorted(r.path for r in threaded_server.requests
+                       if r.path not in ("/v1/models", "/api/v0/models"))
+    if reply:
+        assert generated == ["/v1/chat/completions", "/v1/messages", "/v1/responses"]
+    else:
+        assert generated == []  # as cheap as ever: model lists only
+        assert "/v1/models" in [r.path for r in threaded_server.requests]
