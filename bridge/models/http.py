@@ -523,8 +523,9 @@ class ClientBase:
     request/response driving of :meth:`complete`, and the memo of converted turns.
 
     A client supplies its wire format: :meth:`build_payload` (using :meth:`wire_turns`),
-    :meth:`_wire_part` (and ``_TEXT_ONLY_AS_STRING``), :meth:`_path`, :meth:`key_headers`,
-    :meth:`_from_json` and :meth:`_from_stream`.
+    :meth:`_wire_part` (and :meth:`_text_turn` where text turns need more than role and
+    content), :meth:`_path`, :meth:`key_headers`, :meth:`_from_json` and
+    :meth:`_from_stream`.
     """
 
     _turn_cache: _WireTurnCache = _WireTurnCache()
@@ -543,13 +544,13 @@ class ClientBase:
         """The JSON body for ``request``."""
         raise NotImplementedError
 
-    # Whether a user turn without images goes as a plain string (the form every local
-    # OpenAI-compatible server understands) rather than a list of parts.
-    _TEXT_ONLY_AS_STRING = True
-
     def _wire_part(self, part: Part) -> dict[str, Any]:
         """One text or image part of a user turn in the wire format."""
         raise NotImplementedError
+
+    def _text_turn(self, role: str, text: str) -> dict[str, Any]:
+        """A turn without images: its text as a plain string ``content``."""
+        return {"role": role, "content": text}
 
     def _path(self) -> str:
         """The endpoint, appended to the model's baseUrl."""
@@ -571,14 +572,21 @@ class ClientBase:
     # -- shared
 
     def _wire_turn(self, turn: Turn) -> dict[str, Any]:
-        """One history turn in the wire format (depends on the turn alone): assistant
-        turns as their text, user turns as a list of parts (see _TEXT_ONLY_AS_STRING)."""
-        if turn.role == "assistant" or (
-                self._TEXT_ONLY_AS_STRING
-                and not any(isinstance(p, ImagePart) for p in turn.parts)):
-            text = "".join(p.text for p in turn.parts if isinstance(p, TextPart))
-            return {"role": turn.role, "content": text}
-        return {"role": "user", "content": [self._wire_part(p) for p in turn.parts]}
+        """One history turn in the wire format: a plain string ``content`` unless it is a
+        user turn carrying an image for a model that takes images; then a list of parts.
+
+        Strings are what every server understands: most local servers render the prompt
+        with a Jinja chat template doing ``'…' + message['content']``, which fails on a
+        list ("can only concatenate str (not "list") to str", a 500 from llama-cpp-python
+        or vLLM, an empty answer through LiteLLM's bridge).  The conversation core gives a
+        text-only model placeholders instead of images; an image that reaches one anyway
+        is left out rather than sent as a list the model cannot use.
+        """
+        if (turn.role == "user" and self.model.vision
+                and any(isinstance(p, ImagePart) for p in turn.parts)):
+            return {"role": "user", "content": [self._wire_part(p) for p in turn.parts]}
+        text = "".join(p.text for p in turn.parts if isinstance(p, TextPart))
+        return self._text_turn(turn.role, text)
 
     def wire_turns(self, turns: Sequence[Turn]) -> list[dict[str, Any]]:
         """``turns`` in the wire format; text-only turns are converted (and JSON-encoded)

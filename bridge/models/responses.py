@@ -3,6 +3,9 @@
 Only ``output_text`` and ``refusal`` content of ``message`` items is kept: ``reasoning``
 items and the reasoning text / summary events are ignored, and inline reasoning tags are
 stripped by :class:`~bridge.models.reasoning.ReasoningFilter`.
+
+Input items: text-only turns carry a plain string ``content`` (a list only for a user turn
+with an image, to a model that takes images); assistant items say ``"type": "message"``.
 """
 
 from __future__ import annotations
@@ -46,13 +49,17 @@ class ResponsesClient(ClientBase):
             payload["temperature"] = request.temperature
         return payload
 
-    # A user turn is always a list of parts (``input_text``, ``input_image``).
-    _TEXT_ONLY_AS_STRING = False
-
     def _wire_part(self, part: Part) -> dict[str, Any]:
         if isinstance(part, TextPart):
             return {"type": "input_text", "text": part.text}
         return {"type": "input_image", "image_url": part.data_url(), "detail": "auto"}
+
+    def _text_turn(self, role: str, text: str) -> dict[str, Any]:
+        # llama.cpp's /responses converter refuses an assistant item without "type"
+        # (400 "Cannot determine type of 'item'"); with it, every server takes a string.
+        if role == "assistant":
+            return {"type": "message", "role": "assistant", "content": text}
+        return {"role": role, "content": text}
 
     def _path(self) -> str:
         return "/responses"

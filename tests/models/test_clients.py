@@ -24,6 +24,9 @@ REQ = ModelRequest("You are terse.", (
 ))
 
 
+VISION = [{"id": "m", "input": ["text", "image"]}]
+
+
 def client_for(server_or_url, api, session, *, timeouts=None, **provider_extra):
     base = server_or_url.url_for(api) if isinstance(server_or_url, FakeModelServer) \
         else server_or_url
@@ -141,7 +144,7 @@ async def test_responses_payload(server, session):
         Turn("user", (TextPart("what is this?"), img)),
     ), max_tokens=100, temperature=0.2)
     await client_for(server, "openai-responses", session, headers={"X-Team": "t1"},
-                     apiKey="sk-local-KEY123").complete(req)
+                     apiKey="sk-local-KEY123", models=VISION).complete(req)
     sent = server.requests[-1]
     assert sent.path == "/v1/responses"
     assert sent.headers["authorization"] == "Bearer sk-local-KEY123"
@@ -151,9 +154,10 @@ async def test_responses_payload(server, session):
     assert body["instructions"] == "Be brief." and body["max_output_tokens"] == 100
     assert body["temperature"] == 0.2 and body["model"] == "m"
     assert "previous_response_id" not in body
-    assert body["input"][0] == {"role": "user", "content": [{"type": "input_text",
-                                                             "text": "hi"}]}
-    assert body["input"][1] == {"role": "assistant", "content": "hello"}
+    # Text-only turns as plain strings (string-only chat templates fail on lists);
+    # assistant items typed, as llama.cpp's converter requires.
+    assert body["input"][0] == {"role": "user", "content": "hi"}
+    assert body["input"][1] == {"type": "message", "role": "assistant", "content": "hello"}
     assert body["input"][2]["content"] == [
         {"type": "input_text", "text": "what is this?"},
         {"type": "input_image", "image_url": img.data_url(), "detail": "auto"},
@@ -161,10 +165,39 @@ async def test_responses_payload(server, session):
     assert img.data_url().startswith("data:image/png;base64,")
 
 
+@pytest.mark.parametrize("api", APIS)
+async def test_text_only_turns_go_as_plain_strings_on_every_api(server, session, api):
+    await client_for(server, api, session).complete(REQ)
+    body = server.requests[-1].json
+    turns = body["input"] if api == "openai-responses" else body["messages"]
+    if api == "openai-completions":
+        assert turns[0] == {"role": "system", "content": "You are terse."}
+        turns = turns[1:]
+    else:
+        field = "instructions" if api == "openai-responses" else "system"
+        assert body[field] == "You are terse."
+    assert [t["content"] for t in turns] == ["first question", "first answer",
+                                             "second question"]
+    assistant = {"role": "assistant", "content": "first answer"}
+    if api == "openai-responses":
+        assistant = {"type": "message", **assistant}
+    assert turns[1] == assistant
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_an_image_for_a_text_only_model_is_left_out(server, session, api):
+    img = ImagePart(b"\x89PNG fake", "image/png")
+    req = ModelRequest(None, (Turn("user", (TextPart("what is "), img, TextPart("this?"))),))
+    await client_for(server, api, session).complete(req)  # "m" takes text only
+    body = server.requests[-1].json
+    turns = body["input"] if api == "openai-responses" else body["messages"]
+    assert turns == [{"role": "user", "content": "what is this?"}]
+
+
 async def test_completions_payload(server, session):
     img = ImagePart(b"\xff\xd8jpeg", "image/jpeg")
     req = ModelRequest("Sys.", (Turn("user", (TextPart("look"), img)),))
-    await client_for(server, "openai-completions", session).complete(req)
+    await client_for(server, "openai-completions", session, models=VISION).complete(req)
     sent = server.requests[-1]
     assert sent.path == "/v1/chat/completions" and "authorization" not in sent.headers
     body = sent.json
@@ -189,7 +222,8 @@ async def test_completions_uses_max_completion_tokens_for_openai(session):
 async def test_anthropic_payload(server, session):
     img = ImagePart(b"GIF89a", "image/gif")
     req = ModelRequest("Sys.", (Turn("user", (TextPart("see"), img)),), max_tokens=50)
-    await client_for(server, "anthropic-messages", session, apiKey="sk-ant-KEY999").complete(req)
+    await client_for(server, "anthropic-messages", session, apiKey="sk-ant-KEY999",
+                     models=VISION).complete(req)
     sent = server.requests[-1]
     assert sent.path == "/v1/messages"
     assert sent.headers["x-api-key"] == "sk-ant-KEY999"
