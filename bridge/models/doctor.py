@@ -362,10 +362,9 @@ class _WatchFirstContent(ClientBase):
     first carries generated content.
 
     The clients offer no first-token callback, so this wraps the reply they read (from
-    ``ClientBase._post``):
-    :meth:`HttpReply.content` is what every client calls on generated output (reasoning
-    included) and what ends the ``firstTokenSeconds`` wait, so the time to first token
-    reported here means what that timeout means.
+    ``ClientBase._post``): :meth:`HttpReply.content` is what every client calls on
+    generated output (reasoning included) and what ends the ``firstTokenSeconds`` wait,
+    so the time to first token reported here means what that timeout means.
     """
 
     first_content_at: float | None = None
@@ -432,7 +431,7 @@ async def _reply(session: aiohttp.ClientSession, model: ResolvedModel) -> ReplyR
     first = client.first_content_at
     return ReplyRow(
         model.ref, model.api, error.error_class if error is not None else None,
-        redact(message, secrets), _preview(text, secrets),
+        redact(" ".join(message.split()), secrets), _preview(text, secrets),
         (first - start) * 1000 if first is not None else None, (end - start) * 1000,
         budget)
 
