@@ -17,7 +17,11 @@ from bridge.models.base import (
     TextPart,
     Usage,
 )
-from bridge.models.errors import classify_payload, error_fields
+from bridge.models.errors import (
+    classify_event,
+    empty_answer,
+    is_error_event,
+)
 from bridge.models.http import ClientBase, HttpReply
 from bridge.models.reasoning import ReasoningFilter
 
@@ -69,6 +73,7 @@ class AnthropicClient(ClientBase):
         blocks: dict[int, str] = {}  # index -> block type
         stop_reason: str | None = None
         usage = {"input": 0, "output": 0}
+        produced = False  # any output at all, thinking included
         async for ev in reply.events():
             data = ev.json()
             if not isinstance(data, dict):
@@ -80,11 +85,11 @@ class AnthropicClient(ClientBase):
                     or (kind == "content_block_start"
                         and _delta_has_content(data.get("content_block"))):
                 reply.content()  # text, thinking or tool input: the model is working
+                produced = True
             elif kind != "message_start":
                 reply.progress()
-            if kind == "error":
-                code, message = error_fields(data)
-                raise classify_payload(code, message, secrets=self._secrets())
+            if kind == "error" or is_error_event(data):
+                raise classify_event(data, secrets=self._secrets())
             if kind == "message_start":
                 u = (data.get("message") or {}).get("usage") or {}
                 usage["input"] = int(u.get("input_tokens") or 0)
@@ -109,15 +114,14 @@ class AnthropicClient(ClientBase):
             elif kind == "message_stop":
                 parts.append(filt.finish())
                 return _completion("".join(parts), stop_reason,
-                                   Usage(usage["input"], usage["output"]))
+                                   Usage(usage["input"], usage["output"]), produced=produced)
         raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without message_stop")
 
     def _from_json(self, data: Any) -> Completion:
         if not isinstance(data, dict):
             raise ModelError(ErrorClass.BAD_RESPONSE, "body is not an object")
-        if data.get("type") == "error" or "error" in data:
-            code, message = error_fields(data)
-            raise classify_payload(code, message, secrets=self._secrets())
+        if data.get("type") == "error" or data.get("error"):  # an error body with status 200
+            raise classify_event(data, secrets=self._secrets())
         content = data.get("content")
         if not isinstance(content, list):
             raise ModelError(ErrorClass.BAD_RESPONSE, "message has no content list")
@@ -127,9 +131,11 @@ class AnthropicClient(ClientBase):
         )
         filt = ReasoningFilter()
         u = data.get("usage") or {}
+        produced = any(isinstance(b, dict) and _delta_has_content(b) for b in content)
         return _completion(
             filt.feed(text) + filt.finish(), data.get("stop_reason"),
             Usage(int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)),
+            produced=produced,
         )
 
 
@@ -139,12 +145,13 @@ def _delta_has_content(delta: Any) -> bool:
     return bool(delta.get("text") or delta.get("thinking") or delta.get("partial_json"))
 
 
-def _completion(text: str, stop_reason: str | None, usage: Usage) -> Completion:
+def _completion(text: str, stop_reason: str | None, usage: Usage, *,
+                produced: bool) -> Completion:
     if stop_reason == "model_context_window_exceeded":
         raise ModelError(ErrorClass.CONTEXT_OVERFLOW, "stop_reason model_context_window_exceeded")
     if not text:
-        raise ModelError(ErrorClass.EMPTY_RESPONSE,
-                         f"no text left after removing thinking (stop: {stop_reason})")
+        raise empty_answer(f"stop: {stop_reason}", produced=produced,
+                           output_tokens=usage.output_tokens, removed="thinking")
     finish = {"end_turn": "stop", "max_tokens": "length", "stop_sequence": "stop"}.get(
         stop_reason or "", stop_reason)
     return Completion(text=text, usage=usage, finish_reason=finish)

@@ -17,7 +17,11 @@ from bridge.models.base import (
     TextPart,
     Usage,
 )
-from bridge.models.errors import classify_payload, error_fields
+from bridge.models.errors import (
+    classify_event,
+    empty_answer,
+    is_error_event,
+)
 from bridge.models.http import ClientBase, HttpReply, url_host
 from bridge.models.reasoning import ReasoningFilter
 
@@ -56,19 +60,21 @@ class CompletionsClient(ClientBase):
         parts: list[str] = []
         finish: str | None = None
         usage = Usage()
+        produced = False  # any output at all, reasoning included
         async for ev in reply.events():
             if ev.data.strip() == "[DONE]":
-                return self._done(parts, filt, finish, usage)
+                return self._done(parts, filt, finish, usage, produced)
             data = ev.json()
             if not isinstance(data, dict):
                 raise ModelError(ErrorClass.BAD_RESPONSE, "stream chunk is not an object")
-            if "error" in data or ev.event == "error":
-                code, message = error_fields(data)
-                raise classify_payload(code, message, secrets=self._secrets())
+            if is_error_event(data) or ev.event == "error":
+                # data: {"error": {…}} after a 200 (llama.cpp, vLLM, LiteLLM, this API's own)
+                raise classify_event(data, secrets=self._secrets())
             if data.get("usage"):
                 usage = _usage(data["usage"])
             if _has_content(data):
                 reply.content()
+                produced = True
             elif data.get("usage") or any(
                     isinstance(c, dict) and c.get("finish_reason")
                     for c in data.get("choices") or ()):
@@ -87,20 +93,20 @@ class CompletionsClient(ClientBase):
                     finish = choice["finish_reason"]
         if finish is not None:
             # Lenient: some servers close after the last chunk without "[DONE]".
-            return self._done(parts, filt, finish, usage)
+            return self._done(parts, filt, finish, usage, produced)
+        # No finish_reason and no [DONE]: Ollama's mid-stream failure, a cut connection.
         raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without [DONE]")
 
     def _done(self, parts: list[str], filt: ReasoningFilter, finish: str | None,
-              usage: Usage) -> Completion:
+              usage: Usage, produced: bool) -> Completion:
         parts.append(filt.finish())
-        return _completion("".join(parts), finish, usage)
+        return _completion("".join(parts), finish, usage, produced=produced)
 
     def _from_json(self, data: Any) -> Completion:
         if not isinstance(data, dict):
             raise ModelError(ErrorClass.BAD_RESPONSE, "body is not an object")
-        if "error" in data:
-            code, message = error_fields(data)
-            raise classify_payload(code, message, secrets=self._secrets())
+        if data.get("error"):  # an error body with status 200
+            raise classify_event(data, secrets=self._secrets())
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise ModelError(ErrorClass.BAD_RESPONSE, "no choices in the reply")
@@ -114,7 +120,10 @@ class CompletionsClient(ClientBase):
             raise ModelError(ErrorClass.BAD_RESPONSE, "message content is not text")
         filt = ReasoningFilter()
         text = filt.feed(content or "") + filt.finish()
-        return _completion(text, choices[0].get("finish_reason"), _usage(data.get("usage")))
+        produced = bool(content) or (isinstance(reply, dict) and any(
+            reply.get(f) for f in _CONTENT_FIELDS))
+        return _completion(text, choices[0].get("finish_reason"), _usage(data.get("usage")),
+                           produced=produced)
 
 
 _CONTENT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning", "tool_calls",
@@ -142,8 +151,9 @@ def _usage(raw: Any) -> Usage:
     )
 
 
-def _completion(text: str, finish: str | None, usage: Usage) -> Completion:
+def _completion(text: str, finish: str | None, usage: Usage, *,
+                produced: bool) -> Completion:
     if not text:
-        raise ModelError(ErrorClass.EMPTY_RESPONSE,
-                         f"no text left after removing reasoning (finish: {finish})")
+        raise empty_answer(f"finish: {finish}", produced=produced,
+                           output_tokens=usage.output_tokens)
     return Completion(text=text, usage=usage, finish_reason=finish)

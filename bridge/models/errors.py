@@ -111,8 +111,22 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER_S)
 
 
+def _status_like(code: Any) -> int | None:
+    """``code`` as an HTTP status when it is one (llama.cpp sends ints, LiteLLM "500")."""
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, str) and code.isascii() and code.isdigit():
+        code = int(code)
+    return code if isinstance(code, int) and 100 <= code <= 599 else None
+
+
 def error_fields(payload: Any) -> tuple[str | None, str]:
-    """(code or type, message) from any of the error shapes the APIs use."""
+    """(code or type, message) from any of the error shapes the APIs use.
+
+    A textual ``code`` wins; a numeric one (llama.cpp's int ``code``, LiteLLM's ``"500"``)
+    says less than the ``type`` beside it, so the type is taken then (see
+    :func:`error_status` for the number).
+    """
     if not isinstance(payload, dict):
         return None, str(payload) if payload is not None else ""
     err = payload.get("error", payload)
@@ -120,13 +134,61 @@ def error_fields(payload: Any) -> tuple[str | None, str]:
         return payload.get("code") or payload.get("type"), err
     if not isinstance(err, dict):
         return None, ""
-    code = err.get("code") or err.get("type")
-    if code is not None and not isinstance(code, str):
-        code = str(code)
+    code = err.get("code")
+    etype = err.get("type")
+    if not (isinstance(code, str) and code) or _status_like(code) is not None:
+        if isinstance(etype, str) and etype:
+            code = etype
+        elif code is not None and code != "":
+            code = str(code)
+        else:
+            code = None
     if code == "error":  # Anthropic's envelope type, not the error's
         code = None
     message = err.get("message") or err.get("detail") or ""
     return code, message if isinstance(message, str) else json.dumps(message)
+
+
+def error_status(payload: Any) -> int | None:
+    """The HTTP-like status an error object carries in its ``code`` (None if none)."""
+    err = payload.get("error", payload) if isinstance(payload, dict) else None
+    return _status_like(err.get("code")) if isinstance(err, dict) else None
+
+
+def is_error_event(data: Any) -> bool:
+    """True for a stream event that is an error: ``type`` "error", or a top-level
+    ``error`` and no ``type`` at all (llama.cpp, vLLM and LiteLLM write
+    ``data: {"error": {…}}`` into a 200 stream, with no ``event:`` line)."""
+    if not isinstance(data, dict):
+        return False
+    return data.get("type") == "error" or (bool(data.get("error")) and not data.get("type"))
+
+
+def classify_event(data: Any, *, secrets: Iterable[str] = ()) -> ModelError:
+    """Classify an error event inside a 200 stream like an HTTP error: by its code or
+    type, its message, and the status its numeric ``code`` names (500, 400, 503, …)."""
+    code, message = error_fields(data)
+    return classify_payload(code, message, status=error_status(data), secrets=secrets,
+                            in_stream=True)
+
+
+def empty_answer(detail: str, *, produced: bool, output_tokens: int,
+                 removed: str = "reasoning") -> ModelError:
+    """EMPTY_RESPONSE for an answer without final text.
+
+    ``produced``: the server sent any output at all (text, reasoning, a refusal);
+    ``output_tokens``: what its usage says (0 when absent).  Nothing sent and no token
+    counted means the server failed without saying so (LiteLLM's bridge turns a backend
+    stream that broke off into such a "completed" response); output that was all
+    reasoning is the model's doing.
+    """
+    if not produced and output_tokens == 0:
+        return ModelError(
+            ErrorClass.EMPTY_RESPONSE,
+            f"the server produced no output at all ({detail}, 0 output tokens): check its "
+            "log; a chat template failing on the request is a common cause")
+    return ModelError(ErrorClass.EMPTY_RESPONSE,
+                      f"no text left after removing {removed} ({detail})")
 
 
 def classify_payload(
@@ -136,8 +198,13 @@ def classify_payload(
     status: int | None = None,
     retry_after: float | None = None,
     secrets: Iterable[str] = (),
+    in_stream: bool = False,
 ) -> ModelError:
-    """Classify an error given as code/type + message (+ HTTP status when there is one)."""
+    """Classify an error given as code/type + message (+ HTTP status when there is one).
+
+    ``in_stream``: the status comes from an error event inside a 200 stream; it classifies
+    the same way but is not the answer's HTTP status (``ModelError.status`` stays None).
+    """
     secrets = tuple(secrets)
     text = f"{code or ''} {message}"
     cls: ErrorClass | None = None
@@ -154,9 +221,13 @@ def classify_payload(
         cls = _CODE_CLASSES.get(code.lower())
     if cls is None:
         cls = ErrorClass.SERVER_ERROR  # an error event we don't know: the server failed
-    label = f"HTTP {status}" if status is not None else "error event"
+    if in_stream:
+        label = "error event" + (f" ({status})" if status is not None else "")
+    else:
+        label = f"HTTP {status}" if status is not None else "error event"
     detail = _clip(redact(f"{code}: {message}" if code else message or "(no message)", secrets))
-    return ModelError(cls, f"{label}: {detail}", status=status, retry_after=retry_after)
+    return ModelError(cls, f"{label}: {detail}", status=None if in_stream else status,
+                      retry_after=retry_after)
 
 
 def _class_for_status(status: int) -> ErrorClass:

@@ -21,7 +21,13 @@ from bridge.models.base import (
     TextPart,
     Usage,
 )
-from bridge.models.errors import classify_payload, error_fields
+from bridge.models.errors import (
+    classify_event,
+    classify_payload,
+    empty_answer,
+    error_fields,
+    is_error_event,
+)
 from bridge.models.http import ClientBase, HttpReply
 from bridge.models.reasoning import ReasoningFilter
 
@@ -67,18 +73,22 @@ class ResponsesClient(ClientBase):
     async def _from_stream(self, reply: HttpReply) -> Completion:
         filt = ReasoningFilter()
         parts: list[str] = []
-        streamed = False
+        streamed = False  # answer text (or a refusal) arrived as deltas
+        produced = False  # any output at all, reasoning included
         async for ev in reply.events():
             if ev.data.strip() == "[DONE]":
                 continue
             data = ev.json()
             if not isinstance(data, dict):
                 raise ModelError(ErrorClass.BAD_RESPONSE, "stream event is not an object")
+            if is_error_event(data):  # {"type": "error"}, or {"error": {…}} with no type
+                raise classify_event(data, secrets=self._secrets())
             kind = data.get("type") or ev.event
             if kind in _KEEPALIVE:
                 continue  # says nothing about the model working: deadlines stay
             if isinstance(kind, str) and kind.endswith(".delta") and data.get("delta"):
                 reply.content()  # text, refusal, reasoning, tool-call arguments
+                produced = True
             else:
                 reply.progress()
             if kind in ("response.output_text.delta", "response.refusal.delta"):
@@ -86,23 +96,24 @@ class ResponsesClient(ClientBase):
                 if isinstance(delta, str):
                     streamed = True
                     parts.append(filt.feed(delta))
-            elif kind == "error":
-                code, message = error_fields(data)
-                raise classify_payload(code, message, secrets=self._secrets())
+            elif kind == "error":  # named by the event line only
+                raise classify_event(data, secrets=self._secrets())
             elif kind in _TERMINAL:
                 response = data.get("response")
                 if not isinstance(response, dict):
                     raise ModelError(ErrorClass.BAD_RESPONSE, f"{kind} without response")
                 if kind == "response.failed" or not streamed:
                     # Servers that send no deltas still carry the output here.
-                    return self._from_json(response)
+                    return self._from_json(response, produced=produced)
                 parts.append(filt.finish())
-                return _completion("".join(parts), response)
+                return _completion("".join(parts), response, produced=True)
+        # Ollama's mid-stream failure, a proxy that lost its backend: no terminal event.
         raise ModelError(ErrorClass.BAD_RESPONSE,
                          "stream ended without response.completed")
 
-    def _from_json(self, response: Any) -> Completion:
-        """A response object: the whole JSON body, or the one a terminal event carries."""
+    def _from_json(self, response: Any, *, produced: bool = False) -> Completion:
+        """A response object: the whole JSON body, or the one a terminal event carries
+        (``produced``: output was streamed before it)."""
         if not isinstance(response, dict):
             raise ModelError(ErrorClass.BAD_RESPONSE, "response is not an object")
         if response.get("object") not in (None, "response") and "output" not in response:
@@ -118,8 +129,11 @@ class ResponsesClient(ClientBase):
             raise ModelError(ErrorClass.BAD_RESPONSE, "response has no output list")
         texts: list[str] = []
         for item in output:
-            if not isinstance(item, dict) or item.get("type") != "message":
-                continue  # reasoning, function_call, ...
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") != "message":
+                produced = produced or _has_output(item)  # reasoning, function_call, ...
+                continue
             for part in item.get("content") or ():
                 if not isinstance(part, dict):
                     continue
@@ -128,24 +142,35 @@ class ResponsesClient(ClientBase):
                 elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
                     texts.append(part["refusal"])
         filt = ReasoningFilter()
-        return _completion(filt.feed("".join(texts)) + filt.finish(), response)
+        joined = "".join(texts)
+        return _completion(filt.feed(joined) + filt.finish(), response,
+                           produced=produced or bool(joined))
 
 
-def _completion(text: str, response: dict[str, Any]) -> Completion:
+def _has_output(item: dict[str, Any]) -> bool:
+    """True when a non-message output item holds anything (reasoning text, a call)."""
+    if item.get("type") == "function_call":
+        return True
+    return any(isinstance(p, dict) and p.get("text")
+               for key in ("summary", "content") for p in item.get(key) or ())
+
+
+def _completion(text: str, response: dict[str, Any], *, produced: bool) -> Completion:
     finish = "stop"
     if response.get("status") == "incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
         finish = "length" if reason == "max_output_tokens" else (reason or "incomplete")
-    if not text:
-        raise ModelError(ErrorClass.EMPTY_RESPONSE,
-                         f"no text left after removing reasoning (finish: {finish})")
     usage = response.get("usage") or {}
     details = usage.get("output_tokens_details") or {}
+    output_tokens = int(usage.get("output_tokens") or 0)
+    if not text:
+        raise empty_answer(f"finish: {finish}", produced=produced,
+                           output_tokens=output_tokens)
     return Completion(
         text=text,
         usage=Usage(
             input_tokens=int(usage.get("input_tokens") or 0),
-            output_tokens=int(usage.get("output_tokens") or 0),
+            output_tokens=output_tokens,
             reasoning_tokens=int(details.get("reasoning_tokens") or 0),
         ),
         finish_reason=finish,
