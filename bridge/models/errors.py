@@ -136,13 +136,13 @@ def error_fields(payload: Any) -> tuple[str | None, str]:
         return None, ""
     code = err.get("code")
     etype = err.get("type")
-    if not (isinstance(code, str) and code) or _status_like(code) is not None:
+    if _status_like(code) is not None:  # a number: error_status() has it
+        code = etype if isinstance(etype, str) and etype else None
+    elif not (isinstance(code, str) and code):
         if isinstance(etype, str) and etype:
             code = etype
-        elif code is not None and code != "":
-            code = str(code)
         else:
-            code = None
+            code = str(code) if code not in (None, "") else None
     if code == "error":  # Anthropic's envelope type, not the error's
         code = None
     message = err.get("message") or err.get("detail") or ""

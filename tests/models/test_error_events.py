@@ -59,7 +59,7 @@ def test_numeric_codes_yield_to_the_type_and_name_a_status():
     assert error_fields(llama) == ("invalid_request_error", "m")
     assert error_status(llama) == 400
     litellm = {"error": {"message": "m", "type": None, "param": None, "code": "500"}}
-    assert error_fields(litellm) == ("500", "m")
+    assert error_fields(litellm) == (None, "m")
     assert error_status(litellm) == 500
     openai = {"error": {"message": "m", "type": "requests", "code": "rate_limit_exceeded"}}
     assert error_fields(openai) == ("rate_limit_exceeded", "m")
