@@ -278,6 +278,22 @@ async def test_image_reaches_the_vision_model(interop: Interop, api: str) -> Non
     assert urls == [image.data_url()]  # the same bytes, as a data URL
 
 
+@pytest.mark.parametrize(("api", "stream"), [
+    (api, stream) for api in APIS for stream in (True, False)
+    if (api, stream) != ("anthropic-messages", False)  # no content at all (see above)
+])
+async def test_reasoning_reaches_palaver(interop: Interop, api: str, stream: bool) -> None:
+    """The answers above are clean because Palaver stripped the reasoning, not because
+    LiteLLM dropped it: both forms are on the wire Palaver reads."""
+    client = interop.client(f"{api}/{_model_for(api)}")
+    payload = client.build_payload(_request(uuid.uuid4().hex[:8]), stream=stream)
+    url = f"{client.model.base_url}{client._path()}"
+    async with interop.session.post(url, json=payload, headers=client._headers()) as resp:
+        raw = await resp.text()
+    assert resp.status == 200, raw
+    assert "<think>" in raw and NATIVE_REASONING[:13] in raw
+
+
 # ----------------------------------------------------------------------------- quirks
 
 
