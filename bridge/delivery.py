@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from bridge.envelope import ChatAddress, Outbound
 from bridge.ports import SendError
@@ -29,9 +29,34 @@ if TYPE_CHECKING:
 # The delivery lines keep the logger name they always had (operators filter on it).
 log = logging.getLogger("bridge.conversation")
 
+T = TypeVar("T")
+
 # Waits before the 2nd, 3rd ... attempt to send a reply after a retryable SendError; after
 # the last one fails (about an hour in all) the reply is marked failed.
 SEND_RETRY_DELAYS: tuple[float, ...] = (5, 15, 60, 300, 600, 900, 900, 900)
+
+
+def cap_chunks(chunks: Sequence[T], max_chunks: int) -> tuple[list[T], list[T]]:
+    """Split a reply's chunks at the cap: ``(to send as they are, overflow)``.
+
+    Within the cap (or ``max_chunks`` 0: no cap) the overflow is empty.  Beyond it, the
+    first ``max_chunks - 1`` chunks are kept and the rest overflow: the channel sends one
+    more message with :func:`overflow_note` (and the overflow as a document where it can),
+    so the reply takes ``max_chunks`` sends in all.
+    """
+    if max_chunks <= 0 or len(chunks) <= max_chunks:
+        return list(chunks), []
+    keep = max(max_chunks - 1, 0)
+    return list(chunks[:keep]), list(chunks[keep:])
+
+
+def overflow_note(total: int, kept: int, *, document: bool) -> str:
+    """The words of the last send of a capped reply (``total`` chunks, ``kept`` sent)."""
+    if document:
+        return (f"The reply is too long for {kept + 1} messages: the rest "
+                f"({total - kept} more parts) is in the attached file.")
+    return (f"[The reply was cut: {total - kept} more parts were not sent "
+            f"(the limit is {kept + 1} messages).]")
 
 
 class SendResult(StrEnum):

@@ -13,7 +13,26 @@ Delivery contract (the core's side, ``bridge.delivery``):
   network down, 5xx, rate limit outlasting the adapter's own wait): the reply stays
   queued and the core tries again with backoff (5 s, 15 s, 1 min, 5 min, 10 min, 15 min
   ... gives up after about an hour; then ``failed``, logged).  The whole reply is sent
-  again, so chunks listed in ``sent_ids`` may repeat.
+  again from the first chunk not recorded through ``progress.sent`` (below), so only
+  a chunk whose ``sent`` callback did not complete may repeat (at least once per chunk).
+- Chunk-level progress: the core passes ``send(out, progress=SendProgress(...))``.  The
+  channel chunks ``out`` *deterministically* (the same ``Outbound`` and capabilities give
+  the same list of chunks, the reply cap included), skips the first ``progress.start``
+  chunks (already delivered, maybe by an earlier process) and, after each chunk Telegram
+  or WhatsApp accepted, awaits ``progress.sent(index, platform_id)`` *before* sending the
+  next one (``index`` counts from 0 over all chunks, skipped ones included).  The core
+  records each call durably, so a crash or a retryable failure resumes at the first chunk
+  not recorded.  ``progress`` may be ``None`` (tests, old callers): send every chunk.
+  A channel whose ``send`` has no ``progress`` parameter still works: the core then sends
+  the whole reply and records its ids at the end (resume per reply, not per chunk).
+- The reply cap: the channel's own ``channels.<name>.maxReplyChunks`` (default 10).  A
+  reply that would need more chunks goes out as at most that many sends: the first
+  ``maxReplyChunks - 1`` chunks, then one more send holding the note (and the rest as
+  a document where the platform has one, else the note alone: truncated).
+  :func:`bridge.delivery.cap_chunks` does the cut and words the note; the last send
+  counts as a chunk for ``progress`` like any other.
+- ``out.text`` is already filtered by the core for the secrets in the config in force
+  (``bridge.secrets.redact``); channels need not filter again.
 - ``SendError(...)`` (``retryable=False``, the default: chat not found, blocked,
   message refused): the reply is marked ``failed`` with the reason, never retried.
 - Any other exception: treated as not retryable (the message may have gone out; a
@@ -32,6 +51,7 @@ Adapters and sinks subclass these protocols explicitly, so they inherit the defa
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -74,6 +94,28 @@ class SendError(Exception):
         # Ids of chunks that did go out before the failure.
         self.sent_ids = sent_ids or []
         self.retryable = retryable
+
+
+SentCallback = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SendProgress:
+    """How far a reply already got, and where the channel reports each chunk it sends.
+
+    ``start``: chunks ``0 .. start-1`` were delivered before; do not send them again.
+    ``sent(index, platform_id)``: await it after chunk ``index`` was accepted by the
+    platform, before the next chunk (the core stores it; if it raises, stop sending and
+    let the exception propagate).
+    """
+
+    start: int = 0
+    sent: SentCallback | None = None
+
+    async def report(self, index: int, platform_id: str) -> None:
+        """Call ``sent`` when there is one (channels may call this unconditionally)."""
+        if self.sent is not None:
+            await self.sent(index, platform_id)
 
 
 class NotSent(Exception):  # noqa: N818 - a fact about a failure, mixed into SDK errors
@@ -121,10 +163,13 @@ class Channel(Protocol):
         """Stop receiving, close connections; idempotent."""
         ...
 
-    async def send(self, out: Outbound) -> list[str]:
-        """Render, chunk and send ``out``; return the platform ids of the sent messages.
+    async def send(self, out: Outbound, progress: SendProgress | None = None) -> list[str]:
+        """Render, chunk (deterministically) and send ``out``; return the platform ids of
+        the chunks sent by this call (those before ``progress.start`` are skipped).
 
-        Raises :class:`SendError` when it could not be delivered.
+        After each chunk is accepted, awaits ``progress.sent(index, platform_id)`` (see
+        the module's delivery contract).  Raises :class:`SendError` when it could not be
+        delivered (``sent_ids``: the chunks of this call that did go out).
         """
         ...
 

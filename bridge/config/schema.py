@@ -180,6 +180,9 @@ class ChannelConfig(_Model):
     model: ModelSelection | None = None
     systemPrompt: str | None = None
     textChunkLimit: int = Field(default=4000, ge=200)
+    # Sends one reply may take (chunks of textChunkLimit); beyond, the last one says so
+    # and carries the rest as a document where the platform has one.  0: no cap.
+    maxReplyChunks: int = Field(default=10, ge=0, le=1000)
     mediaMaxMb: float = Field(default=20, gt=0)
 
     @model_validator(mode="after")
