@@ -124,11 +124,41 @@ class NotSent(Exception):  # noqa: N818 - a fact about a failure, mixed into SDK
     themselves and report them to the core as ``SendError(retryable=True)``."""
 
 
+class StoreUnavailable(Exception):  # noqa: N818 - a state of the store, not a bug
+    """``InboundSink.accept()`` could not store the message (disk full, database locked
+    past the core's own short retries, read-only file, I/O error).  Nothing was stored.
+
+    The contract for the channel that gets it:
+
+    - do **not** confirm the message to the platform (Telegram: do not advance the
+      ``getUpdates`` offset past it; webhook: answer non-200, e.g. 503, so Telegram
+      retries; WhatsApp: do not ack/mark it read) -- the platform or the channel must
+      still hold it;
+    - keep it and offer it again later, in order, with backoff (``bridge.backoff``);
+      a channel that cannot leave it with the platform holds it in memory, bounded,
+      and logs what it dropped when the bound is reached;
+    - log one line when the outage starts and one when it ends, not one per message;
+    - the core reports itself not ready (``/healthz`` 503) until a write succeeds
+      again; the next successful ``accept()`` ends the outage.
+
+    ``reason`` is a short human cause ("disk full", "database locked", "read-only",
+    "I/O error") without paths or secrets.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"store unavailable: {reason}")
+        self.reason = reason
+
+
 class InboundSink(Protocol):
     """What a channel hands inbound messages to (the conversation core)."""
 
     async def accept(self, inbound: Inbound) -> AcceptStatus:
-        """Persist ``inbound`` (idempotent on channel+account+message id), then return."""
+        """Persist ``inbound`` (idempotent on channel+account+message id), then return.
+
+        Raises :class:`StoreUnavailable` when it could not be stored (see there): the
+        channel must not confirm the message and must offer it again later.
+        """
         ...
 
     async def admits(self, inbound: Inbound) -> bool:
