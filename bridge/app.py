@@ -237,8 +237,12 @@ class App:
         report: dict[str, Any] = {"store": {"ok": False, "detail": "not started"},
                                   "channels": {}}
         if self._store is not None and not self._stopped:
-            ok = await self._store.check_writable()
-            report["store"] = {"ok": ok, "detail": "" if ok else "cannot write the database"}
+            problem = self._core.store_problem if self._core is not None else None
+            # An outage seen by accept() keeps the app not ready until a message is
+            # stored again (the channels hold their messages back meanwhile).
+            ok = problem is None and await self._store.check_writable()
+            detail = "" if ok else (problem or "cannot write the database")
+            report["store"] = {"ok": ok, "detail": detail}
         for channel in self._channels:
             label = _channel_label(channel)
             try:

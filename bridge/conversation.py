@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bridge.access import AccessControl, Verdict
 from bridge.commands import is_command
 from bridge.delivery import SEND_RETRY_DELAYS, Outbox
 from bridge.envelope import AcceptStatus, ChatAddress, Inbound
-from bridge.ports import InboundSink
+from bridge.ports import InboundSink, StoreUnavailable
 from bridge.prompt import PromptCache
 from bridge.store import MessageStatus, Store
+from bridge.store.db import StoreError, unavailable_reason
 from bridge.store.records import RecoveryReport
 from bridge.turn import APOLOGY, INTERNAL_ERROR, TurnEvent, TurnRunner
 
@@ -44,6 +48,73 @@ log = logging.getLogger(__name__)
 
 # A session worker stopped by a store error is started again after this long.
 WORKER_RESTART_S = 5.0
+# accept(): waits before trying a write the store refused again (each try also waits up
+# to the store's busy timeout on a lock); then StoreUnavailable.
+STORE_RETRY_DELAYS = (0.25, 1.0)
+# Refused/ignored traffic older than store.retentionDays is pruned at start and this often.
+PRUNE_EVERY_S = 3600.0
+# One log line per reason, then one summary line per this many seconds.
+DOOR_LOG_WINDOW_S = 60.0
+
+
+def _visible(text: str) -> str:
+    """``text`` without control and format characters (Cc, Cf) other than newline and
+    tab: what is left when zero-width and NUL characters are taken out."""
+    return "".join(ch for ch in text
+                   if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
+def has_content(inbound: Inbound) -> bool:
+    """Something to answer: visible text, media or a quote (a message of zero-width
+    characters or NULs only is empty)."""
+    return bool(_visible(inbound.text).strip() or inbound.media or inbound.quoted)
+
+
+def _without_content(inbound: Inbound) -> Inbound:
+    """What is kept of refused and ignored traffic: who, where, when, why — no text, no
+    media references (no file ids to fetch them by), no quote."""
+    return replace(inbound, text="", media=(), quoted=None)
+
+
+class _DoorLog:
+    """Refused/ignored log lines, rate limited: the first of a reason is logged, the
+    rest of the minute is counted and summed up in one line when the minute is over."""
+
+    def __init__(self, window_s: float = DOOR_LOG_WINDOW_S) -> None:
+        self.window_s = window_s
+        # key -> [count since the first line, level, summary words, timer]
+        self._open: dict[tuple[str, str, str], list[Any]] = {}
+
+    def note(self, level: int, key: tuple[str, str, str], first: str, *args: Any,
+             summary: str) -> None:
+        entry = self._open.get(key)
+        if entry is not None:
+            entry[0] += 1
+            return
+        log.log(level, first, *args)
+        timer = None
+        try:
+            timer = asyncio.get_running_loop().call_later(self.window_s, self._close, key)
+        except RuntimeError:
+            pass
+        self._open[key] = [0, level, summary, timer]
+        if timer is None:
+            self._close(key)
+
+    def _close(self, key: tuple[str, str, str]) -> None:
+        entry = self._open.pop(key, None)
+        if entry is None:
+            return
+        count, level, summary, timer = entry
+        if timer is not None:
+            timer.cancel()
+        if count:
+            log.log(level, "%s %d more %s message(s) in the last %.0f s: %s", key[0], count,
+                    key[1], self.window_s, summary)
+
+    def flush(self) -> None:
+        for key in list(self._open):
+            self._close(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +167,8 @@ class ConversationCore(InboundSink):
         access: AccessControl | None = None,
         send_retry_delays: Sequence[float] = SEND_RETRY_DELAYS,
         worker_restart_s: float = WORKER_RESTART_S,
+        store_retry_delays: Sequence[float] = STORE_RETRY_DELAYS,
+        prune_every_s: float = PRUNE_EVERY_S,
     ) -> None:
         self.store = store
         self._config: Callable[[], Config] = config if callable(config) else (lambda: config)
@@ -106,6 +179,13 @@ class ConversationCore(InboundSink):
         for channel in channels:
             self.attach(channel)
         self._worker_restart_s = worker_restart_s
+        self._store_retry_delays = tuple(store_retry_delays)
+        self._prune_every_s = prune_every_s
+        self._prune_task: asyncio.Task[None] | None = None
+        self._door_log = _DoorLog()
+        # Why the last accept() could not store (None: the store takes writes).
+        self._store_problem: str | None = None
+        self._store_problem_since = 0.0
         self._sessions: dict[str, _Session] = {}
         self._busy = 0  # sessions with a worker running
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -151,6 +231,14 @@ class ConversationCore(InboundSink):
         """Sessions with a worker running right now."""
         return self._busy
 
+    @property
+    def store_problem(self) -> str | None:
+        """Why inbound messages cannot be stored right now (``None``: they can).
+
+        Set when accept() raised StoreUnavailable, cleared by the next stored message;
+        the app reports itself not ready meanwhile."""
+        return self._store_problem
+
     def pending_count(self) -> int:
         """Inbound messages accepted and not yet answered or failed (cheap, in memory)."""
         return max(0, self._pending)
@@ -191,6 +279,10 @@ class ConversationCore(InboundSink):
         self._pending = sum(w.inbound for w in work)
         self._started = True
         self._stopping = False
+        await self.prune_refused()
+        if self._prune_every_s > 0 and (self._prune_task is None or self._prune_task.done()):
+            self._prune_task = self._loop.create_task(self._prune_periodically(),
+                                                      name="prune refused traffic")
         for w in work:
             if w.outbound:
                 self._session(w.session_key).flush = True
@@ -211,6 +303,10 @@ class ConversationCore(InboundSink):
                 state.timer.cancel()
                 state.timer = None
         side = list(self._side_tasks)
+        prune, self._prune_task = self._prune_task, None
+        if prune is not None:
+            side.append(prune)
+        self._door_log.flush()
         for task in side:
             task.cancel()
         if side:
@@ -278,16 +374,38 @@ class ConversationCore(InboundSink):
             state.flush = True
             self._wake(key)
 
+    # -- retention -----------------------------------------------------------------
+
+    async def prune_refused(self) -> int:
+        """Delete refused/ignored traffic older than ``store.retentionDays``; never raises."""
+        days = self._config().store.retentionDays
+        try:
+            removed = await self.store.prune_refused(time.time() - days * 86400.0)
+        except Exception as exc:  # a full or locked disk: try again at the next round
+            log.warning("could not prune refused and ignored messages: %s",
+                        unavailable_reason(exc) or exc)
+            return 0
+        if removed:
+            log.info("pruned %d refused or ignored message(s) older than %d day(s)",
+                     removed, days)
+        return removed
+
+    async def _prune_periodically(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._prune_every_s)
+            await self.prune_refused()
+
     # -- the door ----------------------------------------------------------------
 
     async def admits(self, inbound: Inbound) -> bool:
         """Would ``accept`` queue ``inbound`` for an answer?  No side effects.
 
         True when access allows it (no pairing code is created for a stranger), mention
-        gating passes, it is not empty (text, media or a quote) and it was not stored
-        before.  Channels ask this before downloading media.
+        gating passes, it is not empty (visible text, media or a quote: zero-width or
+        control characters alone are empty) and it was not stored before.  Channels ask
+        this before downloading media.
         """
-        if not (inbound.text.strip() or inbound.media or inbound.quoted):
+        if not has_content(inbound):
             return False
         decision = await self.access.check(inbound, dry_run=True)
         if not decision.allowed:
@@ -296,11 +414,43 @@ class ConversationCore(InboundSink):
         return not await self.store.has_inbound(a.channel, a.account, inbound.message_id)
 
     async def accept(self, inbound: Inbound) -> AcceptStatus:
-        """Check access, persist (idempotent), wake the session's worker."""
+        """Check access, persist (idempotent), wake the session's worker.
+
+        Raises :class:`~bridge.ports.StoreUnavailable` when the store cannot take the
+        write (disk full, locked, read-only, I/O error) after a few short retries: the
+        channel must not confirm the message and must offer it again later.
+        """
+        delays = self._store_retry_delays
+        for attempt in range(len(delays) + 1):
+            try:
+                result = await self._accept_once(inbound)
+            except (sqlite3.Error, StoreError) as exc:
+                reason = unavailable_reason(exc)
+                if reason is None:
+                    raise  # not the store's state: a bug or a bad row
+                if attempt < len(delays):
+                    await asyncio.sleep(delays[attempt])
+                    continue
+                if self._store_problem is None:
+                    self._store_problem_since = time.monotonic()
+                    log.warning("store unavailable (%s): incoming messages are not "
+                                "confirmed to the platforms and wait there until a write "
+                                "succeeds", reason)
+                self._store_problem = reason
+                raise StoreUnavailable(reason) from exc
+            if self._store_problem is not None:
+                log.info("store writable again after %.0f s (was: %s); incoming messages "
+                         "resume", time.monotonic() - self._store_problem_since,
+                         self._store_problem)
+                self._store_problem = None
+            return result
+        raise AssertionError("unreachable")
+
+    async def _accept_once(self, inbound: Inbound) -> AcceptStatus:
         key = str(inbound.session_key)
         decision = await self.access.check(inbound)
         code = decision.code
-        if decision.allowed and not (inbound.text.strip() or inbound.media or inbound.quoted):
+        if decision.allowed and not has_content(inbound):
             status, reason, code = MessageStatus.IGNORED, "empty message", "empty"
         elif decision.allowed:
             status, reason = MessageStatus.RECEIVED, None
@@ -308,8 +458,11 @@ class ConversationCore(InboundSink):
             status, reason = MessageStatus.IGNORED, decision.reason
         else:
             status, reason = MessageStatus.REFUSED, decision.reason
+        # Only what is answered keeps its text: a stranger's words, or a group's talk
+        # not addressed to the bot, are nobody's business here.
+        kept = inbound if status is MessageStatus.RECEIVED else _without_content(inbound)
         row_id = await self.store.record_inbound(
-            inbound, status=status, reason=reason, reply=decision.reply)
+            kept, status=status, reason=reason, reply=decision.reply)
         a = inbound.address
         if row_id is None:
             result = AcceptStatus.DUPLICATE
@@ -319,15 +472,19 @@ class ConversationCore(InboundSink):
             self._wake(key)
         elif status is MessageStatus.REFUSED:
             result = AcceptStatus.REFUSED
-            log.info("refused %s message %s from %s in %s: %s", a.channel,
-                     inbound.message_id, inbound.sender_id, a.chat_id, reason)
+            self._door_log.note(
+                logging.INFO, ("refused", a.channel, code or reason or ""),
+                "refused %s message %s from %s in %s: %s", a.channel, inbound.message_id,
+                inbound.sender_id, a.chat_id, reason, summary=reason or "")
             if decision.reply is not None:
                 self._session(key).flush = True
                 self._wake(key)
         else:
             result = AcceptStatus.IGNORED
-            log.debug("ignored %s message %s in %s: %s", a.channel, inbound.message_id,
-                      a.chat_id, reason)
+            self._door_log.note(
+                logging.DEBUG, ("ignored", a.channel, code or reason or ""),
+                "ignored %s message %s in %s: %s", a.channel, inbound.message_id,
+                a.chat_id, reason, summary=reason or "")
         self._emit(AcceptEvent(a.channel, key, result, reason or "", code))
         return result
 

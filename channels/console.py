@@ -16,7 +16,15 @@ from collections.abc import AsyncIterator
 from typing import TextIO
 
 from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, Outbound
-from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
+from bridge.ports import (
+    Capabilities,
+    Channel,
+    ChannelHealth,
+    InboundSink,
+    Markup,
+    SendError,
+    SendProgress,
+)
 
 
 class ConsoleChannel(Channel):
@@ -68,8 +76,10 @@ class ConsoleChannel(Channel):
         inbound = self.make_inbound(text)
         return inbound, await self._sink.accept(inbound)
 
-    async def send(self, out: Outbound) -> list[str]:
-        """Print the reply as plain text."""
+    async def send(self, out: Outbound, progress: SendProgress | None = None) -> list[str]:
+        """Print the reply as plain text (one chunk, reported through ``progress``)."""
+        if progress is not None and progress.start >= 1:
+            return []  # printed before
         stream = self._out or sys.stdout
         try:
             stream.write(out.text.rstrip("\n") + "\n")
@@ -77,7 +87,10 @@ class ConsoleChannel(Channel):
         except (OSError, ValueError) as exc:
             raise SendError(f"cannot write to the terminal: {exc}") from exc
         self.sent.append(out)
-        return [f"console-{self._run}-{next(self._sent)}"]
+        platform_id = f"console-{self._run}-{next(self._sent)}"
+        if progress is not None:
+            await progress.report(0, platform_id)
+        return [platform_id]
 
     @contextlib.asynccontextmanager
     async def typing(self, address: ChatAddress) -> AsyncIterator[None]:

@@ -257,6 +257,12 @@ class HealthConfig(_Model):
     port: int = Field(default=8787, gt=0, lt=65536)
 
 
+class StoreConfig(_Model):
+    # Refused and ignored traffic (strangers, unmentioned group messages) is kept this
+    # many days (without its text), then pruned.
+    retentionDays: int = Field(default=30, ge=1)
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -275,6 +281,7 @@ class Config(_Model):
     channels: Channels = Channels()
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
+    store: StoreConfig = StoreConfig()
 
     # Provider ids the config FILE defined (set by ``load_config``; built-ins merged from the
     # catalog are not in it).  None: unknown (built in code), every provider counts.

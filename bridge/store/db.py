@@ -48,6 +48,44 @@ class SchemaTooNewError(StoreError):
     """The database was written by a newer Palaver than this one."""
 
 
+# SQLite primary result codes that mean "the store cannot take a write now" (as opposed
+# to a bug or a bad row): the message must wait, not be skipped.
+_UNAVAILABLE_CODES = {
+    5: "database locked",  # SQLITE_BUSY
+    6: "database locked",  # SQLITE_LOCKED
+    8: "read-only",  # SQLITE_READONLY
+    10: "I/O error",  # SQLITE_IOERR
+    13: "disk full",  # SQLITE_FULL
+    14: "cannot open the database file",  # SQLITE_CANTOPEN
+}
+_UNAVAILABLE_WORDS = (
+    ("disk is full", "disk full"),
+    ("database is locked", "database locked"),
+    ("database table is locked", "database locked"),
+    ("readonly", "read-only"),
+    ("read-only", "read-only"),
+    ("disk i/o error", "I/O error"),
+    ("unable to open database", "cannot open the database file"),
+)
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """A short cause when ``exc`` means the store cannot write right now (disk full,
+    locked past the busy timeout, read-only, I/O error, closed), else ``None``."""
+    if isinstance(exc, StoreError):
+        return "closed" if "closed" in str(exc) else None
+    if not isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _UNAVAILABLE_CODES:
+        return _UNAVAILABLE_CODES[code & 0xFF]
+    text = str(exc).lower()
+    for words, reason in _UNAVAILABLE_WORDS:
+        if words in text:
+            return reason
+    return None
+
+
 def inserted_id(cur: sqlite3.Cursor) -> int:
     """The rowid of the row the INSERT just run on ``cur`` wrote."""
     row_id = cur.lastrowid
@@ -88,6 +126,7 @@ class Database:
         self._conn = conn
         self._lock = asyncio.Lock()
         self._closed = False
+        self._unwritable = False  # the last check_writable() failed (logged once)
 
     # -- opening -------------------------------------------------------------------
 
@@ -102,10 +141,14 @@ class Database:
         path = Path(path)
         # Chat text and pairing codes live here: owner-only for a new data dir and file
         # (SQLite gives its -wal/-shm files the database file's mode).
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not path.exists():
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {path}: "
+                             f"{exc.strerror or exc}") from exc
         migrations = load_migrations() if migrations is None else migrations
         try:
             conn = await aiosqlite.connect(str(path), isolation_level=None)
@@ -120,6 +163,24 @@ class Database:
             # On a connection of its own in a worker thread: aiosqlite offers no public
             # way to run a function on its connection's thread.
             await asyncio.to_thread(_migrate_file, path, migrations)
+            # A store that opens but cannot take a write (read-only file or directory,
+            # full disk) would let the channels run and confirm messages it never keeps:
+            # refuse to start instead.
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Rewrites the header's user_version with its own value: a real write
+                # that changes nothing (and needs no table of the schema).
+                cur = await conn.execute("PRAGMA user_version")
+                row = await cur.fetchone()
+                await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise StoreError(f"cannot write the database {path}: "
+                             f"{unavailable_reason(exc) or exc}") from exc
         except BaseException:
             await conn.close()
             raise
@@ -204,16 +265,21 @@ class Database:
         """True when a write transaction can be taken and committed (for health checks)."""
         try:
             async with self.transaction() as db:
-                await db.execute(
-                    "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
-                    "updated_at = excluded.updated_at",
-                    ("palaver", "health", "ok", time.time()),
-                )
-            return True
+                await db.execute(_PROBE_SQL, ("palaver", "health", "ok", time.time()))
         except (sqlite3.Error, StoreError) as exc:
-            log.warning("store is not writable: %s", exc)
+            if not self._unwritable:  # once per outage, not once per health probe
+                log.warning("store is not writable: %s", unavailable_reason(exc) or exc)
+            self._unwritable = True
             return False
+        if self._unwritable:
+            log.info("store is writable again")
+        self._unwritable = False
+        return True
+
+
+_PROBE_SQL = ("INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?) "
+              "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+              "updated_at = excluded.updated_at")
 
 
 async def _set_wal(conn: aiosqlite.Connection) -> None:

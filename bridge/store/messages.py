@@ -104,6 +104,22 @@ class MessageQueries(Database):
         # receipt) right after this returns; a power cut must not lose it afterwards.
         return await self.atomically(tx, durable=True)
 
+    async def prune_refused(self, before: float) -> int:
+        """Delete refused and ignored inbound messages stored before ``before`` (unix
+        seconds), and the pairing replies sent to strangers by then; return how many."""
+
+        def tx(db: sqlite3.Connection) -> int:
+            inbound = db.execute(
+                "DELETE FROM messages WHERE direction = 'in' AND status IN ('refused',"
+                " 'ignored') AND created_at < ?", (before,)).rowcount
+            replies = db.execute(
+                "DELETE FROM messages WHERE direction = 'out' AND kind = 'pairing' AND"
+                " status != 'pending' AND turn_id IS NULL AND created_at < ?",
+                (before,)).rowcount
+            return inbound + replies
+
+        return await self.atomically(tx)
+
     async def has_inbound(self, channel: str, account: str, message_id: str) -> bool:
         """Whether this platform message was stored already (any status)."""
         async with self.reading() as db:

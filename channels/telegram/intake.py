@@ -6,6 +6,13 @@ after the core stored it -- so a crash at any moment loses no update; the store 
 the redelivered duplicates.  Media are downloaded only for a message the core will
 answer (``sink.admits``).  Network failures are retried with a jittered, capped backoff;
 a token Telegram rejects while polling stops the channel for good.
+
+A store that cannot take the write (``StoreUnavailable``: disk full, locked, read-only)
+is never a reason to skip: polling stops confirming and pauses on the unstored update,
+retrying it with backoff until the core stores it (Telegram keeps updates 24 h); the
+webhook answers 503 so that Telegram sends the update again.  Only an update that cannot
+be translated or taken at all (a poison message) is skipped, with an ERROR line naming it
+and counted in ``Intake.skipped``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from bridge.backoff import Backoff
 from bridge.config.schema import TelegramConfig
 from bridge.envelope import ChatKind, Inbound
 from bridge.media import MediaStore
-from bridge.ports import InboundSink
+from bridge.ports import InboundSink, StoreUnavailable
 from channels.telegram import translate
 from channels.telegram.download import materialise
 from channels.telegram.http import retry_after_seconds
@@ -96,7 +103,13 @@ class Intake:
 
     ``problem`` is set while polling does not work (health is then not ok), and
     ``last_error`` names the last network failure until polling works again.
+    ``store_paused`` names the store's problem while polling waits for it; ``skipped``
+    counts the poison updates skipped since start.
     """
+
+    # Waits between offers of an update the store could not take (tests shorten them).
+    store_backoff_base = 1.0
+    store_backoff_max = 30.0
 
     def __init__(self, host: IntakeHost) -> None:
         self._host = host
@@ -111,6 +124,8 @@ class Intake:
         self._webhook_runner: web.AppRunner | None = None
         self._webhook_lock = asyncio.Lock()
         self._groups_seen: set[int] = set()
+        self.store_paused: str | None = None
+        self.skipped = 0
 
     def _begin(self, bot: Bot) -> None:
         self._bot = bot
@@ -201,13 +216,41 @@ class Intake:
             elif host.ready_due:
                 host.notify_ready()  # the Bot API answers: retry the replies waiting
             for update in updates:
-                try:
-                    await self.handle_update(update)
-                except DeliveryAborted:
+                if not await self._hand_over_polled(update):
                     return  # stopping: not confirmed, fetched again next time
                 self._next_offset = update.update_id + 1
                 if host.stopping:
                     return
+
+    async def _hand_over_polled(self, update: Update) -> bool:
+        """Hand ``update`` over until it is stored (or skipped as poison): while the store
+        is unavailable, wait with backoff and offer it again -- the offset stays before
+        it, so Telegram keeps it.  False when the channel stops first."""
+        host = self._host
+        backoff = Backoff(self.store_backoff_base, self.store_backoff_max)
+        while True:
+            try:
+                await self.handle_update(update)
+            except DeliveryAborted:
+                return False
+            except StoreUnavailable as exc:
+                # The core logs the outage once; here only the pause, at debug level.
+                self.store_paused = exc.reason
+                if host.stopping:
+                    return False
+                delay = backoff.next()
+                log.debug("telegram: update %s not stored (%s); offering it again in "
+                          "%.1f s", update.update_id, exc.reason, delay)
+                self._poll_idle = True  # stop() may cancel the wait: nothing is lost
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._poll_idle = False
+                if host.stopping:
+                    return False
+                continue
+            self.store_paused = None
+            return True
 
     async def _poll_backoff(self, exc: Exception, failures: int) -> None:
         """Log a failed getUpdates, update health, sleep before the next try."""
@@ -239,12 +282,14 @@ class Intake:
     async def handle_update(self, update: Update) -> None:
         """Translate one update and give it to the sink; returns once stored or skipped.
 
-        A failure (translation or the sink) is retried after each of
-        ``sink_retry_delays``; then the update is skipped with an ERROR log.  Retrying for
-        ever would let one update the core can never take (a bug, a poisoned message)
-        hold back every later message of every chat; the bounded retries cover the
-        transient cases (a locked database).  Raises :class:`DeliveryAborted` instead of
-        retrying while the channel stops, so the update is not confirmed.
+        :class:`StoreUnavailable` from the sink propagates at once (the core already
+        retried): the caller must not confirm the update and offers it again later.
+        Any other failure (translation, download, a sink bug) is retried after each of
+        ``sink_retry_delays``; then the update is skipped as poison, with an ERROR log
+        naming it, and counted in ``skipped``.  Retrying for ever would let one update
+        the core can never take hold back every later message of every chat.  Raises
+        :class:`DeliveryAborted` instead of retrying while the channel stops, so the
+        update is not confirmed.
         """
         host = self._host
         msg = update.message
@@ -270,11 +315,16 @@ class Intake:
                     else:
                         inbound = draft.inbound
                 status = await sink.accept(inbound)
+            except StoreUnavailable:
+                if host.stopping:
+                    raise DeliveryAborted from None
+                raise
             except Exception as exc:
                 where = "translate" if inbound is None else "store"
                 if attempt == len(delays):
+                    self.skipped += 1
                     log.error("telegram: could not %s update %s after %d attempts; skipped "
-                              "(%s: %s)", where, update.update_id, attempt + 1,
+                              "as poison (%s: %s)", where, update.update_id, attempt + 1,
                               type(exc).__name__, exc, exc_info=exc)
                     return
                 if host.stopping:
@@ -329,6 +379,12 @@ class Intake:
                     await self.handle_update(update)
                 except DeliveryAborted:
                     return web.Response(status=503, text="stopping")
+                except StoreUnavailable as exc:
+                    # Not stored: Telegram sends it again later (its own backoff).
+                    self.store_paused = exc.reason
+                    return web.Response(status=503, text="store unavailable",
+                                        headers={"Retry-After": "5"})
+            self.store_paused = None
             return web.Response(text="ok")
 
         server = web.Application(client_max_size=2 * 1024 * 1024)
