@@ -167,7 +167,7 @@ class ConversationCore(InboundSink):
         access: AccessControl | None = None,
         send_retry_delays: Sequence[float] = SEND_RETRY_DELAYS,
         worker_restart_s: float = WORKER_RESTART_S,
-        store_retry_delays: Sequence[float] = STORE_RETRY_DELAYS,
+        store_retry_delays: Sequence[float] | None = None,
         prune_every_s: float = PRUNE_EVERY_S,
     ) -> None:
         self.store = store
@@ -179,7 +179,8 @@ class ConversationCore(InboundSink):
         for channel in channels:
             self.attach(channel)
         self._worker_restart_s = worker_restart_s
-        self._store_retry_delays = tuple(store_retry_delays)
+        self._store_retry_delays = tuple(STORE_RETRY_DELAYS if store_retry_delays is None
+                                         else store_retry_delays)
         self._prune_every_s = prune_every_s
         self._prune_task: asyncio.Task[None] | None = None
         self._door_log = _DoorLog()
