@@ -18,8 +18,18 @@ What it is designed around (see :mod:`channels.whatsapp.client` for neonize's tr
 - ``download_any`` returns the whole file at once, so the size cap is checked on the
   declared ``fileLength`` before downloading and on the bytes after; see
   :meth:`WhatsAppChannel._fetch`.
-- whatsmeow shows ``composing`` to others only once the account announced ``available``
-  presence, so the channel does that after every (re)connect.
+- Presence stays "unavailable" (announced after every connect, retried after a
+  failure): while a linked device is "available" the operator's phone gets no push
+  notifications (whatsmeow #262), and on the first run after login announcing fails
+  until the push name has synced.  Delivery receipts are forced on so ticks still
+  show.  whatsmeow shows "typing…" to others only while "available", so with
+  ``typing_presence`` the channel goes available around a reply only.
+- whatsmeow emits ``ConnectFailureEv`` only after it has stopped reconnecting, and
+  neonize's ``Neonize()`` does not return then: the channel ends that session itself so
+  the reconnect loop rebuilds it with backoff (outdated / bad user agent are terminal).
+- Posts of followed WhatsApp Channels (``@newsletter``) and status broadcasts are
+  skipped; broadcast-list messages are answered in the sender's chat, but their read
+  receipts go to the broadcast chat with the sender as participant.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,19 +76,31 @@ from bridge.envelope import (
 from bridge.formatting import chunk_plain, render
 from bridge.lru import LRU
 from bridge.media import MediaStore
-from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
+from bridge.ports import (
+    Capabilities,
+    Channel,
+    ChannelHealth,
+    InboundSink,
+    Markup,
+    SendError,
+    SendProgress,
+)
 from channels.whatsapp.client import (
     SESSION_DB,
     SESSION_DIR,
+    ExitFunction,
     NeonizeClient,
     NotConnected,
     NotSent,
+    Undeliverable,
     WhatsAppClient,
+    arm_exit_guard,
 )
 from channels.whatsapp.content import (
     BROADCAST_SERVER,
     GROUP_SERVER,
     LID_SERVER,
+    NEWSLETTER_SERVER,
     PHONE_SERVER,
     MediaSpec,
     QuoteRef,
@@ -100,6 +123,15 @@ log = logging.getLogger(__name__)
 
 LOGIN_HINT = "run `palaver whatsapp login` to link this bridge as a device"
 NOT_LINKED = f"not linked: {LOGIN_HINT}"
+
+# ConnectFailure reasons after which reconnecting cannot help (besides the log-outs,
+# the temporary ban and "outdated", which have their own events).
+_LOGGED_OUT_REASONS = frozenset({"LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT"})
+_TERMINAL_FAILURES = {
+    "CLIENT_OUTDATED": "WhatsApp says this client is outdated; upgrade neonize",
+    "BAD_USER_AGENT": "WhatsApp refused this client's user agent (bad user agent); "
+                      "upgrade neonize",
+}
 
 
 class _InboxItem(StrEnum):
@@ -135,6 +167,11 @@ class WhatsAppChannel(Channel):
     # A message is "catch-up" (sent while Palaver was offline) when it is older than the
     # moment this connection came up, less this allowance for clock differences.
     catch_up_skew_s = 30.0
+    # When neonize's thread outlives the final stop, the process is ended this long
+    # after stop() returned (the rest of the shutdown runs meanwhile).
+    exit_grace_s = 15.0
+    # A failed presence announcement is tried again this often while connected.
+    presence_retry_s = 60.0
 
     def __init__(
         self,
@@ -147,6 +184,8 @@ class WhatsAppChannel(Channel):
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         typing_interval: float = 8.0,
         rng: random.Random | None = None,
+        typing_presence: bool | None = None,
+        exit_fn: ExitFunction | None = None,
     ) -> None:
         self.config = config
         self.capabilities = Capabilities(config.textChunkLimit, Markup.WHATSAPP)
@@ -174,7 +213,18 @@ class WhatsAppChannel(Channel):
         self._connected = False
         self._stopping = False
         self._terminal: str | None = None
+        self._ended_by: str | None = None  # why the channel ended a session itself
         self._detail = "not started"
+        # "typing…" needs "available" presence, which silences the phone's notifications:
+        # off unless configured (``typingPresence``, when the schema has it) or asked.
+        self._typing_presence = bool(
+            getattr(config, "typingPresence", False) if typing_presence is None
+            else typing_presence
+        )
+        self._presence_ok = False  # "unavailable" announced on the current connection
+        self._presence_task: asyncio.Task | None = None
+        self._exit_fn = exit_fn
+        self.exit_guard: Any = None  # the armed timer when neonize's thread is stuck
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -239,7 +289,13 @@ class WhatsAppChannel(Channel):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._supervisor = self._worker = None
+        self._cancel_presence_retry()
         self._discard_inbox()
+        if self._client is not None and self._client.stuck:
+            # neonize's Neonize() thread did not stop: interpreter exit would join it
+            # forever, so the process is ended deliberately once shutdown had time.
+            self.exit_guard = arm_exit_guard(0, self.exit_grace_s,
+                                             exit_fn=self._exit_fn or os._exit)
         if self._terminal is None and self._detail != NOT_LINKED:
             self._detail = "stopped"
 
@@ -289,12 +345,15 @@ class WhatsAppChannel(Channel):
             except Exception as exc:
                 error = exc
             self._connected = False
+            self._cancel_presence_retry()
             if self._stopping or self._terminal is not None:
                 break
             with contextlib.suppress(Exception):
-                await self._client.disconnect()
+                await self._client.disconnect()  # always: Go's client may still be up
             delay = self._backoff.next()
-            reason = f"{type(error).__name__}: {error}" if error else "the session ended"
+            ended_by, self._ended_by = self._ended_by, None
+            reason = (f"{type(error).__name__}: {error}" if error
+                      else ended_by or "the session ended")
             self._detail = f"disconnected ({clip(reason, 120)}); retrying in {delay:.0f} s"
             log.warning("WhatsApp: connection failed or lost (%s); reconnecting in %.1f s",
                         clip(reason, 200), delay)
@@ -365,14 +424,24 @@ class WhatsAppChannel(Channel):
 
     async def _on_connect_failure(self, event: Any) -> None:
         reason = enum_name(event, "Reason")
-        if reason in ("LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT"):
+        if reason in _LOGGED_OUT_REASONS:
             await self._on_logged_out(event)
-        elif reason == "CLIENT_OUTDATED":
-            await self._on_client_outdated(event)
-        else:  # whatsmeow retries these by itself
+        elif reason in _TERMINAL_FAILURES:
+            await self._halt(f"{_TERMINAL_FAILURES[reason]} (connect failure {reason})")
+        elif reason == "TEMP_BANNED":
+            pass  # TemporaryBanEv follows with the code and expiry, and halts
+        else:
+            # whatsmeow sends this event only once it has turned its own reconnecting
+            # off, and Neonize() does not return: end the session so the supervisor
+            # rebuilds it with backoff.
             self._connected = False
-            self._detail = f"connect failure ({reason}); retrying"
-            log.warning("WhatsApp: connect failure (%s); retrying", reason)
+            message = clip(getattr(event, "Message", "") or "", 120)
+            self._ended_by = f"connect failure {reason}{': ' + message if message else ''}"
+            self._detail = f"{self._ended_by}; reconnecting"
+            log.warning("WhatsApp: %s; ending the session to reconnect", self._ended_by)
+            if self._client is not None and not self._stopping:
+                with contextlib.suppress(Exception):
+                    await self._client.disconnect()
 
     async def _on_qr(self, _code: str) -> None:
         # A QR code during `palaver run` means the stored session is not valid.
@@ -393,7 +462,7 @@ class WhatsAppChannel(Channel):
                 elif kind is _InboxItem.CONNECTED:
                     self._online_since = payload
                     await self._refresh_identity()
-                    await self._announce_available()
+                    await self._announce_presence()
                 else:
                     self._handling = payload.Info.ID  # left set if stop() cancels us
                     await self._handle_message(payload)
@@ -406,14 +475,42 @@ class WhatsAppChannel(Channel):
             finally:
                 self._inbox.task_done()
 
-    async def _announce_available(self) -> None:
+    async def _announce_presence(self) -> None:
+        """After a connect: delivery receipts on, presence "unavailable" (retried)."""
+        self._presence_ok = False
         if self._client is None:
             return
         try:
-            await self._client.set_available()
-        except Exception as exc:  # cosmetic: only "typing…" depends on it
-            log.info("WhatsApp: could not announce available presence (\"typing…\" may not "
-                     "show): %s", clip(str(exc), 200))
+            await self._client.force_delivery_receipts()
+        except Exception as exc:
+            log.info("WhatsApp: could not force delivery receipts on: %s", clip(str(exc), 200))
+        if not await self._try_presence():
+            self._cancel_presence_retry()
+            self._presence_task = asyncio.create_task(self._retry_presence(),
+                                                      name="whatsapp-presence")
+
+    async def _try_presence(self) -> bool:
+        try:
+            await self._require_client().set_presence(False)
+        except Exception as exc:
+            # On the first run after login this fails until the push name has synced.
+            log.info("WhatsApp: could not announce presence yet (retrying every %.0f s): %s",
+                     self.presence_retry_s, clip(str(exc), 200))
+            return False
+        self._presence_ok = True
+        return True
+
+    async def _retry_presence(self) -> None:
+        while self._connected and not self._presence_ok:
+            await self._sleep(self.presence_retry_s)
+            if not self._connected or self._stopping:
+                return
+            await self._try_presence()
+
+    def _cancel_presence_retry(self) -> None:
+        task, self._presence_task = self._presence_task, None
+        if task is not None and not task.done():
+            task.cancel()
 
     async def _refresh_identity(self) -> None:
         if self._client is None:
@@ -444,6 +541,9 @@ class WhatsAppChannel(Channel):
         if chat.Server == BROADCAST_SERVER and chat.User == "status":
             log.debug("WhatsApp: skip status broadcast %s", info.ID)
             return
+        if chat.Server == NEWSLETTER_SERVER:
+            log.debug("WhatsApp: skip WhatsApp Channel post %s", info.ID)
+            return
         if src.IsFromMe:
             log.debug("WhatsApp: skip own message %s", info.ID)
             return
@@ -462,6 +562,7 @@ class WhatsAppChannel(Channel):
             return
 
         who = await self._identify(src.Sender, src.SenderAlt)
+        receipt_chat = chat  # a broadcast list's receipt goes to the list, not the DM
         if chat.Server == BROADCAST_SERVER:  # a broadcast list reaches us as a direct chat
             chat = who.jid
         is_group = chat.Server == GROUP_SERVER
@@ -503,7 +604,8 @@ class WhatsAppChannel(Channel):
                             info.ID, exc)
         if status is AcceptStatus.ACCEPTED and self.config.sendReadReceipts:
             try:
-                await self._require_client().mark_read([info.ID], chat=chat, sender=who.jid)
+                await self._require_client().mark_read([info.ID], chat=receipt_chat,
+                                                       sender=who.jid)
             except Exception as exc:
                 log.debug("WhatsApp: read receipt for %s failed: %s", info.ID, exc)
 
@@ -657,8 +759,12 @@ class WhatsAppChannel(Channel):
 
     # -- outbound -----------------------------------------------------------------
 
-    async def send(self, out: Outbound) -> list[str]:
+    async def send(self, out: Outbound, progress: SendProgress | None = None) -> list[str]:
         """Render to WhatsApp markup, chunk, send in order (retrying); return message ids.
+
+        Chunking is deterministic (the same ``out`` gives the same chunks); the first
+        ``progress.start`` chunks are skipped (delivered before) and
+        ``progress.sent(index, id)`` is awaited after each chunk, before the next one.
 
         Raises ``SendError(retryable=True)`` when nothing more can have gone out: the
         channel is not connected (connecting, reconnecting, stopped, logged out: no call
@@ -675,10 +781,16 @@ class WhatsAppChannel(Channel):
         quoted = None
         if out.reply_to_message_id and out.address.chat_kind is ChatKind.GROUP:
             quoted = self._quote_for(out.reply_to_message_id, out.address.chat_id)
+        start = progress.start if progress is not None else 0
         sent: list[str] = []
         for index, chunk in enumerate(chunks):
+            if index < start:
+                continue
             quote = quoted if index == 0 else None
-            sent.append(await self._send_chunk(out.address.chat_id, chat, chunk, quote, sent))
+            message_id = await self._send_chunk(out.address.chat_id, chat, chunk, quote, sent)
+            sent.append(message_id)
+            if progress is not None:
+                await progress.report(index, message_id)
         return sent
 
     async def _send_chunk(self, chat_id: str, chat: JID, chunk: str, quote: QuoteRef | None,
@@ -689,6 +801,9 @@ class WhatsAppChannel(Channel):
             client = self._client_for_send(sent)
             try:
                 return await client.send_text(chat, chunk, quoted=quote)
+            except Undeliverable as exc:  # WhatsApp cannot reach this recipient at all
+                raise SendError(f"WhatsApp cannot deliver to {chat_id}: "
+                                f"{clip(str(exc), 200)}", sent_ids=list(sent)) from None
             except NotSent as exc:  # nothing went out: trying again cannot duplicate
                 last_error = exc
                 log.warning("WhatsApp: send to %s failed (attempt %d/%d): %s", chat_id,
@@ -733,6 +848,10 @@ class WhatsAppChannel(Channel):
         except ValueError:
             yield
             return
+        if self._typing_presence:
+            # whatsmeow shows "typing…" only while "available"; go back to
+            # "unavailable" after the reply so the phone's notifications come back.
+            await self._set_presence(True)
         refresher = asyncio.create_task(self._keep_composing(chat), name="whatsapp-typing")
         try:
             yield
@@ -741,6 +860,15 @@ class WhatsAppChannel(Channel):
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await self._presence(chat, composing=False)
+            if self._typing_presence:
+                await self._set_presence(False)
+
+    async def _set_presence(self, available: bool) -> None:
+        try:
+            await self._require_client().set_presence(available)
+        except Exception as exc:  # cosmetic
+            log.debug("WhatsApp: presence %s failed: %s",
+                      "available" if available else "unavailable", exc)
 
     async def _keep_composing(self, chat: JID) -> None:
         while True:

@@ -23,6 +23,7 @@ PHONE_SERVER = "s.whatsapp.net"
 LID_SERVER = "lid"
 GROUP_SERVER = "g.us"
 BROADCAST_SERVER = "broadcast"
+NEWSLETTER_SERVER = "newsletter"  # WhatsApp Channels: posts of followed channels
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,8 @@ async def test_failing_channel_ready_is_logged_and_harmless(tmp_path, caplog):
 class _BlockingGo:
     """Stands in for NewAClient: send_message blocks until released; records stop()."""
 
+    me = object()  # Go's first callback (the device record) arrived: the session is live
+
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.entered = asyncio.Event()

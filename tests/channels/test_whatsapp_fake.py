@@ -108,7 +108,11 @@ class FakeWhatsAppClient:
         self.download_gate: asyncio.Event | None = None  # downloads wait for it when set
         self.send_failures = 0  # fail before sending (NotSent): safe to retry
         self.ambiguous_failures = 0  # the message goes out, then the ack times out
-        self.available = 0  # set_available calls
+        self.available = 0  # set_presence(True) calls
+        self.presences: list[bool] = []  # every set_presence call's ``available``
+        self.presence_failures = 0  # set_presence fails this many times (no push name)
+        self.forced_receipts = 0
+        self.stuck = False
         self.lid_to_pn: dict[str, str] = {}
         self.pn_lookups: list[str] = []
         self.paired_with: list[str] = []
@@ -173,8 +177,15 @@ class FakeWhatsAppClient:
             raise RuntimeError("timed out waiting for message send response")
         return f"OUT{len(self.sent)}"
 
-    async def set_available(self) -> None:
-        self.available += 1
+    async def set_presence(self, available: bool) -> None:
+        if self.presence_failures:
+            self.presence_failures -= 1
+            raise RuntimeError("can't send presence without PushName set")
+        self.presences.append(available)
+        self.available += int(available)
+
+    async def force_delivery_receipts(self) -> None:
+        self.forced_receipts += 1
 
     async def chat_presence(self, chat: N.JID, *, composing: bool) -> None:
         self.presence.append((Jid2String(chat), composing))

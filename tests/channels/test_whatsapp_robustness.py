@@ -334,6 +334,7 @@ async def test_neonize_client_maps_send_errors_and_announces_presence(tmp_path):
     class Stub:
         error = "failed to send message node: websocket not connected"
         presences: list = []
+        me = object()  # Go's first callback arrived: the session is live
 
         async def send_message(self, chat, message):
             raise SendMessageError(self.error)
@@ -353,8 +354,9 @@ async def test_neonize_client_maps_send_errors_and_announces_presence(tmp_path):
         with pytest.raises(SendMessageError) as info:
             await client.send_text(chat, "hi")
         assert not isinstance(info.value, NotSent)
-        await client.set_available()
-        assert stub.presences == [Presence.AVAILABLE]
+        await client.set_presence(False)
+        await client.set_presence(True)
+        assert stub.presences == [Presence.UNAVAILABLE, Presence.AVAILABLE]
     finally:
         client._session.cancel()
         client._session = None
@@ -408,12 +410,14 @@ async def test_reconnect_moves_the_catch_up_reference(tmp_path):
 # --------------------------------------------------------------------------- presence
 
 
-async def test_available_presence_is_announced_after_every_connect(tmp_path):
+async def test_unavailable_presence_is_announced_after_every_connect(tmp_path):
+    # "available" would silence the phone's push notifications (whatsmeow #262).
     channel, fake, _, _, _ = await started(tmp_path)
     try:
-        assert fake.available == 1
+        assert fake.presences == [False] and fake.forced_receipts == 1
         fake.drop(ConnectionError("stream end"))
-        await until(lambda: fake.connects == 2 and fake.available == 2)
+        await until(lambda: fake.connects == 2 and fake.presences == [False, False])
+        assert fake.available == 0
     finally:
         await channel.stop()
 
@@ -421,14 +425,13 @@ async def test_available_presence_is_announced_after_every_connect(tmp_path):
 async def test_presence_failure_does_not_stop_messages(tmp_path, caplog):
     fake = FakeWhatsAppClient()
 
-    async def refuse():
-        raise RuntimeError("can't send presence without PushName set")
-
-    fake.set_available = refuse
+    fake.presence_failures = 1  # the push name has not synced yet
     with caplog.at_level(logging.INFO, logger="channels.whatsapp"):
         channel, fake, sink, _, _ = await started(tmp_path, fake)
     try:
-        assert "could not announce available presence" in caplog.text
+        await until(lambda: "could not announce presence yet" in caplog.text)
+        # ... and it is tried again (once the push name synced it goes through).
+        await until(lambda: fake.presences == [False])
         await fake.emit(message_event(E.Message(conversation="hi"), chat=ANN_JID,
                                       sender=ANN_JID, msg_id="P1"))
         await channel.wait_idle()
