@@ -13,6 +13,7 @@ sent twice.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
 from bridge.envelope import ChatAddress, Outbound
-from bridge.ports import SendError
+from bridge.ports import SendError, SendProgress
+from bridge.secrets import redact
 
 if TYPE_CHECKING:
     from bridge.ports import Channel
@@ -126,26 +128,44 @@ class Outbox:
             log.warning("no %s/%s channel serves %s; reply %d stays queued",
                         msg.address.channel, msg.address.account, msg.session_key, msg.id)
             return SendResult.NO_CHANNEL
-        out = Outbound(msg.address, msg.text, reply_to_message_id=msg.reply_to_message_id,
-                       plain=msg.plain)
+        # A model that prints a configured secret (bot token, API key, webhook or console
+        # secret: the log redactor's registry) does not send it.
+        out = Outbound(msg.address, redact(msg.text),
+                       reply_to_message_id=msg.reply_to_message_id, plain=msg.plain)
+        done = await self._store.chunks_sent(msg.id)
+        chunked = _takes_progress(channel)
+
+        async def sent(index: int, platform_id: str) -> None:
+            await self._store.record_chunk_sent(msg.id, index, platform_id)
+            if index == len(done):
+                done.append(platform_id)
+
         try:
-            ids = await channel.send(out)
+            if chunked:
+                if done:
+                    log.info("reply %d to %s %s: resuming after %d chunks already sent",
+                             msg.id, msg.address.channel, msg.address.chat_id, len(done))
+                ids = await channel.send(out, progress=SendProgress(len(done), sent))
+            else:
+                ids = await channel.send(out)
         except asyncio.CancelledError:
             raise
         except SendError as exc:
+            sent_ids = done if chunked else exc.sent_ids
             if exc.retryable:
-                return await self._retry_later(msg, str(exc), exc.sent_ids)
+                return await self._retry_later(msg, str(exc), sent_ids)
             log.warning("could not deliver reply %d to %s %s: %s", msg.id, msg.address.channel,
                         msg.address.chat_id, exc)
-            await self._store.mark_send_failed(msg.id, str(exc), exc.sent_ids)
+            await self._store.mark_send_failed(msg.id, str(exc), sent_ids)
             return SendResult.FAILED
         except Exception as exc:
             # Not a SendError: the message may or may not have gone out, and sending it
             # again could deliver it twice — so it is not retried.
             log.exception("channel %s failed sending reply %d", msg.address.channel, msg.id)
-            await self._store.mark_send_failed(msg.id, f"{type(exc).__name__}: {exc}")
+            await self._store.mark_send_failed(msg.id, f"{type(exc).__name__}: {exc}",
+                                               done if chunked else ())
             return SendResult.FAILED
-        await self._store.mark_delivered(msg.id, [str(i) for i in ids])
+        await self._store.mark_delivered(msg.id, done if chunked else [str(i) for i in ids])
         return SendResult.SENT
 
     async def _retry_later(self, msg: StoredMessage, reason: str,
@@ -166,3 +186,12 @@ class Outbox:
         self.held.add(msg.session_key)
         self._retry_later_cb(msg.session_key, delay)
         return SendResult.RETRY
+
+
+def _takes_progress(channel: Channel) -> bool:
+    """Whether ``channel.send`` takes the chunk progress (the contract since chunk resume);
+    an older channel is sent whole and its ids recorded at the end."""
+    try:
+        return "progress" in inspect.signature(channel.send).parameters
+    except (TypeError, ValueError):
+        return False

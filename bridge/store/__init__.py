@@ -1,7 +1,7 @@
 """The durable conversation store (SQLite through aiosqlite).
 
 ``Store`` gathers the query modules: messages and turns (the queue), sessions, per-chat
-settings and a key-value store, pairing.  Open it with ``await Store.open(path)``.
+settings and a key-value store, pairing, chunk progress of deliveries.  Open it with ``await Store.open(path)``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridge.store.db import Migration, SchemaTooNewError, StoreError, load_migrations
+from bridge.store.deliveries import DeliveryQueries
 from bridge.store.messages import MessageQueries
 from bridge.store.pairing import PairingQueries
 from bridge.store.records import (
@@ -31,7 +32,7 @@ from bridge.store.settings import SettingsQueries
 DB_FILENAME = "palaver.db"
 
 
-class Store(MessageQueries, SessionQueries, SettingsQueries, PairingQueries):
+class Store(MessageQueries, DeliveryQueries, SessionQueries, SettingsQueries, PairingQueries):
     """Every query Palaver makes; one instance per process, shared by all tasks."""
 
     @classmethod

@@ -29,11 +29,12 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from telegram import BotCommand
+from telegram import BotCommand, InputFile
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
     BadRequest,
@@ -48,11 +49,20 @@ from telegram.ext import Application, ApplicationBuilder
 
 from bridge.commands import COMMAND_MENU
 from bridge.config.schema import TelegramConfig
+from bridge.delivery import cap_chunks, overflow_note
 from bridge.envelope import ChatAddress, ChatKind, Outbound
 from bridge.formatting import chunk_text, html_to_plain, render, to_plain
 from bridge.logs import RedactingFilter
 from bridge.media import MediaStore
-from bridge.ports import Capabilities, Channel, ChannelHealth, InboundSink, Markup, SendError
+from bridge.ports import (
+    Capabilities,
+    Channel,
+    ChannelHealth,
+    InboundSink,
+    Markup,
+    SendError,
+    SendProgress,
+)
 from bridge.secrets import register_secret
 from channels.telegram.http import (
     AiohttpRequest,
@@ -62,6 +72,7 @@ from channels.telegram.http import (
     retry_after_seconds,
 )
 from channels.telegram.intake import Intake
+from channels.telegram.pacing import Pacer
 from channels.telegram.token import FIX_TOKEN, TokenError, resolve_token
 
 __all__ = ["TelegramChannel"]
@@ -94,6 +105,18 @@ def _split_message_id(value: str | None) -> int | None:
     return int(tail) if tail.lstrip("-").isdigit() else None
 
 
+# One chunk of a reply: its text and parse mode (None: plain).
+_Piece = tuple[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Document:
+    """The last send of a capped reply: the rest as a text file, the note as its caption."""
+
+    caption: str
+    data: bytes
+
+
 class _EntitiesRejected(Exception):  # noqa: N818 - a signal, not an error to report
     """Telegram could not parse the HTML of a chunk ("can't parse entities")."""
 
@@ -119,6 +142,13 @@ class TelegramChannel(Channel):
     max_send_attempts = 4  # per chunk: 429 and failures before anything was sent
     send_retry_delays = (0.5, 1.0, 2.0)  # between attempts that failed before sending
     max_retry_after = 120.0
+    # Send pacing (Telegram's flood limits): seconds between sends to one private chat
+    # after a burst, the same for a group (20 a minute), and between any two sends (~30/s).
+    pace_chat_interval = 1.0
+    pace_chat_burst = 5
+    pace_group_interval = 3.0
+    pace_group_burst = 3
+    pace_overall_interval = 1 / 30
     connect_retry_delays = (1.0, 2.0, 5.0, 10.0, 30.0)
     http_read_timeout = 20.0  # Bot API calls other than getUpdates
     http_connect_timeout = 10.0
@@ -146,6 +176,11 @@ class TelegramChannel(Channel):
         self._ready_due = False
         self._token: str | None = None
         self._log_filter = RedactingFilter()
+        self.pacer = Pacer(chat_interval=self.pace_chat_interval,
+                           chat_burst=self.pace_chat_burst,
+                           group_interval=self.pace_group_interval,
+                           group_burst=self.pace_group_burst,
+                           overall_interval=self.pace_overall_interval)
 
     # ------------------------------------------------------------------ the intake's view
 
@@ -364,16 +399,23 @@ class TelegramChannel(Channel):
 
     # ------------------------------------------------------------------ outbound
 
-    async def send(self, out: Outbound) -> list[str]:
-        """Render, chunk and send; returns ``"<chat_id>:<message_id>"`` per sent chunk.
+    async def send(self, out: Outbound, progress: SendProgress | None = None) -> list[str]:
+        """Render, chunk, cap and send; returns ``"<chat_id>:<message_id>"`` per chunk sent.
+
+        Chunking is deterministic (the same reply gives the same chunks), so a resumed
+        send skips the ``progress.start`` chunks already delivered; after each chunk,
+        ``progress.sent(index, id)`` is awaited.  Beyond ``maxReplyChunks`` the last send
+        is a ``sendDocument``: the rest of the reply as ``reply.txt``, the note as its
+        caption.  Sends are paced (:class:`~channels.telegram.pacing.Pacer`).
 
         A chunk Telegram's HTML parser rejects is sent again as plain text, links kept as
         "text (url)": the whole reply rendered by :func:`~bridge.formatting.to_plain`
-        when it was the first chunk, else that chunk alone.  Raises :class:`SendError`:
-        ``retryable=True`` when nothing of the failed chunk went out (not running, no
-        connection after the in-channel retries, 502/503, a rate limit longer than
-        ``max_retry_after``, token refused); ``retryable=False`` when Telegram refused it
-        or when it may have been delivered (timeout or connection lost after sending).
+        when it was the first chunk, else that chunk alone (under the same index).
+        Raises :class:`SendError`: ``retryable=True`` when nothing of the failed chunk
+        went out (not running, no connection after the in-channel retries, 502/503, a
+        rate limit longer than ``max_retry_after``, token refused); ``retryable=False``
+        when Telegram refused it or when it may have been delivered (timeout or
+        connection lost after sending).
         """
         app = self._app
         if app is None or self._state is not _State.RUNNING:
@@ -381,50 +423,87 @@ class TelegramChannel(Channel):
             raise SendError(f"telegram channel is not running ({self._detail})",
                             retryable=True)
         limit = self.capabilities.text_chunk_limit
-        pieces: list[tuple[str, str | None]]
+        pieces: list[_Piece]
         if out.plain:
             pieces = [(c, None) for c in chunk_text(out.text, limit)]
         else:
             pieces = [(c, ParseMode.HTML) for c in render(out.text, Markup.TELEGRAM_HTML, limit)]
+        items = self._capped(pieces)
         chat_id = int(out.address.chat_id)
         thread_id = int(out.address.thread_id) if out.address.thread_id else None
-        reply_to = (_split_message_id(out.reply_to_message_id)
-                    if out.address.chat_kind is ChatKind.GROUP else None)
+        group = out.address.chat_kind is ChatKind.GROUP
+        reply_to = _split_message_id(out.reply_to_message_id) if group else None
         sent: list[str] = []
-        index = 0
-        while index < len(pieces):
-            text, parse_mode = pieces[index]
-            reply = (_reply_parameters(reply_to)
-                     if not sent and reply_to is not None else None)
+        index = progress.start if progress is not None else 0
+        while index < len(items):
+            item = items[index]
+            reply = _reply_parameters(reply_to) if index == 0 and reply_to is not None else None
             try:
-                message_id = await self._send_chunk(chat_id, text, parse_mode, thread_id,
-                                                    reply)
-            except _EntitiesRejected as exc:
-                log.warning("telegram: HTML rejected (%s); sending it as plain text", exc)
-                plain = chunk_text(to_plain(out.text), limit) if not sent else []
-                if plain:
-                    pieces, index = [(c, None) for c in plain], 0
+                if isinstance(item, _Document):
+                    ids = [await self._send_document(chat_id, item, thread_id, reply, group)]
                 else:
-                    pieces[index:index + 1] = [
-                        (c, None) for c in chunk_text(html_to_plain(text), limit)]
-                continue
+                    text, parse_mode = item
+                    try:
+                        ids = [await self._send_chunk(chat_id, text, parse_mode, thread_id,
+                                                      reply, group)]
+                    except _EntitiesRejected as exc:
+                        log.warning("telegram: HTML rejected (%s); sending it as plain text",
+                                    exc)
+                        if index == 0:
+                            plain: list[_Piece] = [(c, None) for c in chunk_text(to_plain(out.text), limit)]
+                            items = self._capped(plain)
+                            continue
+                        # That chunk alone, under the same index (the chunks after it keep
+                        # theirs, so a resumed send skips the right ones).
+                        ids = []
+                        for part in chunk_text(html_to_plain(text), limit):
+                            try:
+                                ids.append(await self._send_chunk(chat_id, part, None,
+                                                                  thread_id, None, group))
+                            except SendError as exc2:
+                                sent.extend(f"{chat_id}:{i}" for i in ids)
+                                exc2.sent_ids = list(sent)
+                                raise
             except SendError as exc:
                 exc.sent_ids = list(sent)
                 raise
-            sent.append(f"{chat_id}:{message_id}")
+            chunk_ids = [f"{chat_id}:{i}" for i in ids]
+            sent.extend(chunk_ids)
+            if progress is not None:
+                await progress.report(index, chunk_ids[-1])
             index += 1
         return sent
 
+    def _capped(self, pieces: list[_Piece]) -> list[_Piece | _Document]:
+        """``pieces`` within ``maxReplyChunks``: the rest as one document, the note its caption."""
+        kept, rest = cap_chunks(pieces, self.config.maxReplyChunks)
+        if not rest:
+            return list(kept)
+        body = "\n".join(html_to_plain(t) if mode else t for t, mode in rest)
+        note = overflow_note(len(pieces), len(kept), document=True)
+        return [*kept, _Document(note, body.encode("utf-8"))]
+
+    async def _send_document(self, chat_id: int, doc: _Document, thread_id: int | None,
+                             reply: str | None, group: bool) -> int:
+        """The overflow of a capped reply as ``reply.txt`` (sendDocument, paced, 429s
+        honoured like a chunk)."""
+        upload = InputFile(doc.data, filename="reply.txt", attach=False)
+        params: dict[str, object] = {"chat_id": chat_id, "document": upload,
+                                     "caption": doc.caption}
+        if thread_id is not None:
+            params["message_thread_id"] = thread_id
+        if reply is not None:
+            params["reply_parameters"] = reply
+        return await self._call_paced("sendDocument", chat_id, params, None, group)
+
     async def _send_chunk(self, chat_id: int, text: str, parse_mode: str | None,
-                          thread_id: int | None, reply: str | None) -> int:
+                          thread_id: int | None, reply: str | None, group: bool = False) -> int:
         """One sendMessage; retried here only when nothing went out (or on 429).
 
         Posted through the bot's transport directly (PTB's error mapping, no
         ``telegram.Message`` built from the answer): returns ``result.message_id``.
         ``reply`` is the ``reply_parameters`` JSON (:func:`_reply_parameters`).
         """
-        assert self._app is not None
-        bot = self._app.bot
         params: dict[str, object] = {"chat_id": chat_id, "text": text}
         if parse_mode:
             params["parse_mode"] = parse_mode
@@ -432,18 +511,27 @@ class TelegramChannel(Channel):
             params["message_thread_id"] = thread_id
         if reply is not None:
             params["reply_parameters"] = reply
+        return await self._call_paced("sendMessage", chat_id, params, parse_mode, group)
+
+    async def _call_paced(self, method: str, chat_id: int, params: dict[str, object],
+                          parse_mode: str | None, group: bool) -> int:
+        """One paced send call; retried here only when nothing went out (or on 429)."""
+        assert self._app is not None
+        bot = self._app.bot
         for attempt in range(1, self.max_send_attempts + 1):
             last = attempt == self.max_send_attempts
             try:
-                result = await post(bot, "sendMessage", params)
+                await self.pacer.wait(chat_id, group=group)
+                result = await post(bot, method, params)
                 return _message_id(result)
             except RetryAfter as exc:
                 wait = retry_after_seconds(exc)
+                # Later chunks (and other replies to this chat) wait too.
+                self.pacer.hold(chat_id, wait, group=group)
                 if last or wait > self.max_retry_after:
                     raise SendError(f"telegram rate limit: retry after {wait:g} s",
                                     retryable=True) from None
                 log.info("telegram: rate limited, retrying in %g s", wait)
-                await asyncio.sleep(wait)
             except BadRequest as exc:
                 if parse_mode and "can't parse entities" in str(exc).lower():
                     raise _EntitiesRejected(str(exc)) from None
@@ -459,7 +547,7 @@ class TelegramChannel(Channel):
                         self._ready_due = True
                     raise SendError(f"telegram unreachable: {exc}", retryable=True) from None
                 delay = self.send_retry_delays[min(attempt, len(self.send_retry_delays)) - 1]
-                log.info("telegram: sendMessage not sent (%s); retrying in %g s", exc, delay)
+                log.info("telegram: %s not sent (%s); retrying in %g s", method, exc, delay)
                 await asyncio.sleep(delay)
             except InvalidToken as exc:
                 # 401: refused before anything was sent; a restart with a good token helps.

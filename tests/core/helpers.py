@@ -24,7 +24,7 @@ from bridge.models.base import (
     TextPart,
     Usage,
 )
-from bridge.ports import Capabilities, Channel, ChannelHealth, Markup, SendError
+from bridge.ports import Capabilities, Channel, ChannelHealth, Markup, SendError, SendProgress
 
 
 def make_config(tmp_path=None, **sections: Any) -> Config:
@@ -187,8 +187,11 @@ class RecordingChannel(Channel):
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send(self, out: Outbound) -> list[str]:
+    async def send(self, out: Outbound, progress: SendProgress | None = None) -> list[str]:
+        # One chunk per reply: progress.start 1 means it went out already.
         self.attempts += 1
+        if progress is not None and progress.start >= 1:
+            return []
         if self.failures:
             raise self.failures.pop(0)
         if self.fail_sends:
@@ -196,7 +199,10 @@ class RecordingChannel(Channel):
             raise SendError("chat not found", sent_ids=[])
         self.sent.append(out)
         self.sent_event.set()
-        return [f"out{len(self.sent)}"]
+        platform_id = f"out{len(self.sent)}"
+        if progress is not None:
+            await progress.report(0, platform_id)
+        return [platform_id]
 
     @contextlib.asynccontextmanager
     async def typing(self, address: ChatAddress):

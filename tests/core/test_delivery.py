@@ -26,6 +26,14 @@ class FakeStore:
     def __init__(self, *queued: StoredMessage) -> None:
         self.queued = list(queued)
         self.marks: list[tuple[str, int]] = []
+        self.chunks: dict[int, dict[int, str]] = {}
+
+    async def chunks_sent(self, msg_id: int) -> list[str]:
+        got = self.chunks.get(msg_id, {})
+        return [got[i] for i in range(len(got)) if i in got]
+
+    async def record_chunk_sent(self, msg_id: int, index: int, platform_id: str) -> None:
+        self.chunks.setdefault(msg_id, {})[index] = platform_id
 
     async def undelivered(self, key: str) -> list[StoredMessage]:
         return [m for m in self.queued if m.session_key == key]

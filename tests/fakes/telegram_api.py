@@ -74,8 +74,9 @@ Test API (all synchronous unless marked async):
   calls with a parse_mode), ``rate_limit(method, retry_after, times=1)`` (429 ``Too Many
   Requests: retry after N`` with ``parameters.retry_after``), ``revoke_token()`` (every
   call 401 ``Unauthorized``).
-- Transport: ``slow(method, seconds, *, times=None)`` answers the next ``times`` calls
-  (all when None) of ``method`` only after ``seconds`` (the call is recorded at once);
+- Transport: ``slow(method, seconds, *, times=None, when=None)`` answers the next ``times``
+  calls (all when None) of ``method`` (those ``when(params)`` selects) only after
+  ``seconds`` (the call is recorded at once);
   ``drop(method, *, times=1)`` records the call, then closes the connection without an
   answer (the request reached the server: did it work?); ``await go_down()`` stops
   listening and closes every connection (clients get "connection refused") and ``await
@@ -182,6 +183,7 @@ class _Slow:
     method: str
     seconds: float
     times: int | None
+    when: Callable[[dict], bool] | None = None
 
 
 @dataclass
@@ -633,9 +635,11 @@ class FakeBotAPI:
         self.fail(method, 429, f"Too Many Requests: retry after {retry_after}",
                   retry_after=retry_after, times=times)
 
-    def slow(self, method: str, seconds: float, *, times: int | None = None) -> None:
-        """Answer ``method`` only after ``seconds`` (the next ``times`` calls, or all)."""
-        self._slow.append(_Slow(method, seconds, times))
+    def slow(self, method: str, seconds: float, *, times: int | None = None,
+             when: Callable[[dict], bool] | None = None) -> None:
+        """Answer ``method`` only after ``seconds`` (the next ``times`` calls, or all;
+        ``when(params)`` selects which calls)."""
+        self._slow.append(_Slow(method, seconds, times, when))
 
     def drop(self, method: str, *, times: int = 1) -> None:
         """Record the next ``times`` calls of ``method``, then close without answering."""
@@ -788,7 +792,9 @@ class FakeBotAPI:
                 request.transport.abort()  # the request arrived; no answer ever will
                 raise web.HTTPInternalServerError  # never seen by the client
             for slow in self._slow:
-                if slow.method == method and slow.times != 0:
+                if slow.method == method and slow.times != 0 and (
+                    slow.when is None or slow.when(params)
+                ):
                     if slow.times is not None:
                         slow.times -= 1
                     await asyncio.sleep(slow.seconds)
