@@ -47,6 +47,7 @@ _HANDLERS = {
     ("pairing", "approve"): "bridge.access:cmd_pairing_approve",
     ("whatsapp", "login"): "channels.whatsapp.login:cmd_login",
     ("whatsapp", "logout"): "channels.whatsapp.login:cmd_logout",
+    ("whatsapp", "status"): "channels.whatsapp.login:cmd_status",
 }
 
 
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(path=("whatsapp", "login"))
     q = wsub.add_parser("logout", parents=[common], help="unlink the device")
     q.set_defaults(path=("whatsapp", "logout"))
+    q = wsub.add_parser("status", parents=[common],
+                        help="linked number and name, and the running channel's state")
+    q.set_defaults(path=("whatsapp", "status"))
     return parser
 
 

@@ -3,6 +3,15 @@
 Login shows the QR codes WhatsApp rotates (about every 20 s) in the terminal, or with
 ``--phone +E164`` asks for a pairing code to type on the phone.  The session database
 lives under ``<dataDir>/whatsapp/``; ``palaver run`` then connects with it.
+
+When linking does not succeed, neonize's Go thread cannot be stopped (``FetchMe`` spins
+while the device has no id, and ignores Stop), so the command ends the process itself
+once its message is printed (``exit_fn``, ``os._exit``) instead of hanging at exit.
+A pairing-error event is never delivered by neonize: a code typed wrong ends in the
+link timeout, not in a "pairing failed" message.
+
+``status`` reads the session database (read-only, no connection) and, when a Palaver
+is running with its health server on, the channel's state from ``/healthz``.
 """
 
 from __future__ import annotations
@@ -10,8 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import os
 import re
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -25,10 +38,19 @@ from neonize.aioze.events import (
     TemporaryBanEv,
 )
 
-from channels.whatsapp.client import NeonizeClient, WhatsAppClient, session_db_path
+from channels.whatsapp.client import (
+    ExitFunction,
+    NeonizeClient,
+    WhatsAppClient,
+    exit_if_stuck,
+    read_linked_devices,
+    session_db_path,
+)
 from channels.whatsapp.content import enum_name
 
-LOGIN_TIMEOUT_S = 240.0  # WhatsApp offers about six QR codes, ~160 s, then gives up
+# WhatsApp offers about six QR codes, ~160 s, then whatsmeow's QR loop stops without
+# ever closing: give up before that, with a message.
+LOGIN_TIMEOUT_S = 150.0
 FINISH_TIMEOUT_S = 30.0  # after pairing, wait this long for the first real connection
 LOGOUT_CONNECT_TIMEOUT_S = 30.0
 
@@ -70,8 +92,13 @@ async def run_login(
     out: TextIO | None = None,
     link_timeout: float = LOGIN_TIMEOUT_S,
     finish_timeout: float = FINISH_TIMEOUT_S,
+    exit_fn: ExitFunction = os._exit,
 ) -> int:
-    """Link a device; 0 when linked, 1 on failure (with a clear message on ``out``)."""
+    """Link a device; 0 when linked, 1 on failure (with a clear message on ``out``).
+
+    When neonize's thread outlives the stop (linking did not finish), the process is
+    ended with that status by ``exit_fn`` after the message is flushed.
+    """
     def say(text: str = "") -> None:
         print(text, file=out or sys.stdout, flush=True)
 
@@ -160,10 +187,15 @@ async def run_login(
             say(f"error: could not connect to WhatsApp: {exc}")
             return 1
         ok, message = await _wait_login(outcome, paired, session, link_timeout, finish_timeout)
-    finally:
+    except BaseException:  # Ctrl-C: stop, and do not hang on neonize's thread either
         with contextlib.suppress(Exception):
             await client.disconnect()
+        exit_if_stuck(client, 130, exit_fn=exit_fn)
+        raise
+    with contextlib.suppress(Exception):
+        await client.disconnect()
     say(message if ok else f"error: {message}")
+    exit_if_stuck(client, 0 if ok else 1, exit_fn=exit_fn)
     return 0 if ok else 1
 
 
@@ -222,6 +254,7 @@ async def run_logout(
     client_factory: ClientFactory | None = None,
     out: TextIO | None = None,
     connect_timeout: float = LOGOUT_CONNECT_TIMEOUT_S,
+    exit_fn: ExitFunction = os._exit,
 ) -> int:
     """Unlink the device (when WhatsApp is reachable) and delete the local session."""
     def say(text: str) -> None:
@@ -277,9 +310,11 @@ async def run_logout(
         if removed:
             say("The local session was deleted anyway; also remove this device on the phone: "
                 "WhatsApp > Settings > Linked devices.")
+        exit_if_stuck(client, 1, exit_fn=exit_fn)
         return 1
     say("Unlinked from WhatsApp and deleted the local session." if unlinked
         else "Deleted the local WhatsApp session.")
+    exit_if_stuck(client, 0, exit_fn=exit_fn)
     return 0
 
 
@@ -294,6 +329,74 @@ def _data_dir(args: Any) -> Path | None:
         return None
     config = loaded[0] if isinstance(loaded, tuple) else loaded
     return config.data_dir
+
+
+def whatsapp_status(db_path: Path, health_url: str | None, *,
+                    timeout: float = 2.0) -> tuple[int, list[str]]:
+    """``palaver whatsapp status``: (exit status, lines); never connects to WhatsApp.
+
+    The session comes from the database (read-only: a running Palaver keeps its own
+    connection, a second one would replace it).  The channel's state comes from a
+    running Palaver's ``/healthz`` when ``health_url`` is given and answers.  Exit 0
+    when a device is linked, 1 when not (or the database cannot be read).
+    """
+    lines = []
+    try:
+        devices = read_linked_devices(db_path)
+    except Exception as exc:  # sqlite3.Error, OSError
+        return 1, [f"session:  cannot read {db_path}: {exc}"]
+    if not devices:
+        lines.append(f"session:  none (not linked) in {db_path.parent}; "
+                     "run `palaver whatsapp login`")
+    for device in devices:
+        lines.append(f"session:  linked ({db_path})")
+        lines.append(f"number:   +{device.phone}")
+        lines.append(f"name:     {device.name or '(not synced yet)'}")
+    lines.append(f"channel:  {_channel_state(health_url, timeout)}")
+    return (0 if devices else 1), lines
+
+
+def _channel_state(health_url: str | None, timeout: float) -> str:
+    if health_url is None:
+        return "unknown (the health server is disabled in the config)"
+    try:
+        with urllib.request.urlopen(health_url, timeout=timeout) as response:  # noqa: S310
+            body = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:  # 503: unhealthy, still a report
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            return f"unknown ({health_url} answered {exc.code})"
+    except (OSError, ValueError):
+        return f"Palaver is not running (nothing answers {health_url})"
+    channels = body.get("channels") if isinstance(body, dict) else None
+    status = channels.get("whatsapp") if isinstance(channels, dict) else None
+    if not isinstance(status, dict):
+        return "not running in this Palaver (channels.whatsapp not enabled?)"
+    state = "connected" if status.get("connected") else "not connected"
+    detail = status.get("detail")
+    return f"{state} ({detail})" if detail else state
+
+
+def cmd_status(args: Any) -> int:
+    """``palaver whatsapp status``."""
+    from bridge.config.load import ConfigError, load_for_cli
+
+    try:
+        loaded = load_for_cli(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    config = loaded[0] if isinstance(loaded, tuple) else loaded
+    health = config.health
+    url = None
+    if health.enabled:
+        host = "127.0.0.1" if health.host in ("0.0.0.0", "::", "") else health.host
+        url = f"http://{host}:{health.port}/healthz"
+    code, lines = whatsapp_status(session_db_path(config.data_dir), url)
+    for line in lines:
+        print(line)
+    return code
 
 
 def cmd_login(args: Any) -> int:

@@ -1,0 +1,447 @@
+"""A fake of neonize's own ``NewAClient`` surface, behaving like neonize 0.5.2 + whatsmeow.
+
+Palaver's real :class:`channels.whatsapp.client.NeonizeClient` runs against it: install
+it with :func:`install` (it replaces ``neonize.aioze.client.NewAClient`` and
+``ClientFactory.get_all_devices_from_db``), or pass ``FakeGo().new_client`` as
+``NeonizeClient(new_client=...)``.  :class:`FakeGo` is the Go library's state (its
+``clients`` map, the session database, the account on WhatsApp's side).
+
+What it reproduces (found in ``goneonize/main.go`` and whatsmeow, see WIRE.md):
+
+- ``connect()`` returns a task whose ``Neonize()`` runs in a real worker thread and
+  blocks until Stop.  Go opens (and migrates) the store before it registers the client
+  (``clients[uuid]``): until then, and after Stop, every call is a nil dereference, which
+  kills the process; the fake records it in :attr:`FakeGo.crashes` (tests assert it
+  stays empty) and raises.  ``Stop`` before registration also crashes.
+- Its first callback (code 0, the device record from ``FetchMe``) sets ``client.me``;
+  ``FetchMe`` spins while the device has no id and ignores Stop: a login nobody
+  finishes never returns from ``Neonize()`` (:meth:`FakeGo.release` ends the thread at
+  test teardown, as the process exit does for real).
+- A QR login emits QR codes, then ``PairStatus`` SUCCESS and ``Connected`` on a scan;
+  a pairing-error event is never delivered (real neonize does not).
+- ``ConnectFailure`` is emitted with whatsmeow's auto-reconnect already off: nothing
+  else happens and ``Neonize()`` keeps blocking.
+- A first connect after login has no push name: ``send_presence`` fails with
+  whatsmeow's ``ErrNoPushName`` until :meth:`FakeGo.sync_push_name`.
+- ``download_any`` knows image, video, audio, document and sticker only (a
+  ``ptvMessage`` gets whatsmeow's "didn't find any attachments in message").
+- The device record of ``get_all_devices_from_db`` is Go's ``"%s,%s,%s,%t"`` split on
+  commas by neonize: a name with a comma raises ``ValueError`` there.
+- The session database is SQLite with whatsmeow's ``whatsmeow_device`` columns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neonize.aioze import events as neonize_events
+from neonize.aioze.events import ConnectedEv, ConnectFailureEv, PairStatusEv
+from neonize.exc import DownloadError, SendMessageError, SendPresenceError
+from neonize.proto import Neonize_pb2 as N
+from neonize.utils.jid import Jid2String, build_jid
+
+NO_PUSH_NAME = "can't send presence without PushName set"  # whatsmeow ErrNoPushName
+NOTHING_DOWNLOADABLE = "didn't find any attachments in message"
+_DOWNLOADABLE = ("imageMessage", "videoMessage", "audioMessage", "documentMessage",
+                 "stickerMessage")
+
+# The columns of whatsmeow's whatsmeow_device that matter here (sqlstore upgrades).
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS whatsmeow_version (version INTEGER, compat INTEGER);
+CREATE TABLE IF NOT EXISTS whatsmeow_device (
+    jid TEXT PRIMARY KEY, lid TEXT, facebook_uuid uuid,
+    registration_id BIGINT NOT NULL DEFAULT 0,
+    platform TEXT NOT NULL DEFAULT '', business_name TEXT NOT NULL DEFAULT '',
+    push_name TEXT NOT NULL DEFAULT '', lid_migration_ts BIGINT NOT NULL DEFAULT 0,
+    companion_meta_nonce TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+class GoCrash(RuntimeError):
+    """What would have been a nil dereference in a cgo call (the process dies)."""
+
+
+def _jid(user: str, server: str, device: int = 0) -> N.JID:
+    return N.JID(User=user, Server=server, RawAgent=0, Device=device, Integrator=0,
+                 IsEmpty=False)
+
+
+@dataclass
+class Account:
+    """The WhatsApp account on the phone, as WhatsApp's servers know it."""
+
+    phone: str = "15550001111"
+    lid: str = "99000111"
+    push_name: str = "Palaver Bot"
+    business_name: str = ""
+    device: int = 7
+
+
+@dataclass
+class FakeGo:
+    """The Go library's process-wide state and WhatsApp's side of the account."""
+
+    account: Account = field(default_factory=Account)
+    clients: dict[str, FakeNewAClient] = field(default_factory=dict)
+    crashes: list[str] = field(default_factory=list)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    sent: list[tuple[str, N.Message | Any]] = field(default_factory=list)
+    presences: list[bytes] = field(default_factory=list)
+    reads: list[tuple[tuple[str, ...], str, str]] = field(default_factory=list)
+    stops: list[str] = field(default_factory=list)
+    pair_requests: list[Any] = field(default_factory=list)
+    # how the next connect goes
+    # ConnectFailure reason names (e.g. "GENERIC"), one per coming connect
+    connect_failures: list[str] = field(default_factory=list)
+    # set: Go opens its store only once the test sets it (the start-up window)
+    store_gate: threading.Event | None = None
+    # set: DownloadAny blocks until the test sets it (a stalled transfer)
+    download_gate: threading.Event | None = None
+    downloads_in_flight: int = 0
+    max_downloads_in_flight: int = 0
+    neonize_calls: int = 0
+    push_name_synced: bool = True  # False: the first connect after login
+    download_data: bytes = b"media-bytes"
+    send_errors: list[str] = field(default_factory=list)  # each raises once, in order
+    auto_connect: bool = True  # a linked device gets Connected at once
+    qr_codes: int = 1  # QR codes emitted per login attempt
+    _released: threading.Event = field(default_factory=threading.Event)
+
+    # -- test controls -----------------------------------------------------------
+
+    def link(self, db_path: Path, *, push_name: str | None = None) -> None:
+        """Store a linked device in ``db_path`` (as after a finished login)."""
+        if push_name is not None:
+            self.account.push_name = push_name
+        _write_device(db_path, self.account)
+
+    def deliver(self, event: Any, client: FakeNewAClient | None = None) -> None:
+        """Go hands an event (e.g. a ``MessageEv``) to Python."""
+        client = client or next(iter(self.clients.values()))
+        client._dispatch(type(event), event)
+
+    def die(self, error: str = "proto: cannot parse invalid wire-format data") -> None:
+        """neonize's event loop dies (an unmapped proto2 field): Neonize() returns an
+        error, but Go's client stays registered and connected until Stop."""
+        for client in list(self.clients.values()):
+            client._death = error
+            client._cancel.set()
+
+    def sync_push_name(self) -> None:
+        self.push_name_synced = True
+
+    def scan(self, client: FakeNewAClient | None = None) -> None:
+        """The phone scanned the QR (or the code was typed): pair, store, connect."""
+        client = client or next(iter(self.clients.values()))
+        client._paired()
+
+    def release(self) -> None:
+        """End every spinning or blocked Neonize() thread (what process exit does)."""
+        self._released.set()
+        for client in list(self.clients.values()):
+            client._cancel.set()
+
+    def new_client(self, name: str, jid: N.JID | None = None, props: Any = None,
+                   uuid: str | None = None, new_device: bool = False) -> FakeNewAClient:
+        return FakeNewAClient(name, jid, props, uuid, new_device, go=self)
+
+    # -- what ClientFactory.get_all_devices_from_db does with Go's record ---------
+
+    def get_all_devices_from_db(self, db: str) -> list[N.Device]:
+        """neonize's parsing of Go's ``GetAllDevices`` string (commas split)."""
+        record = "|\u0001|".join(
+            f"{jid},{push},{business},true"
+            for jid, push, business in _read_devices(Path(db))
+        )
+        if not record:
+            return []
+        devices = []
+        for device_str in record.split("|\u0001|"):
+            id_, push_name, business_name, initialized = device_str.split(",")
+            user, server = id_.split("@")
+            devices.append(N.Device(JID=build_jid(user, server), PushName=push_name,
+                                    BussinessName=business_name,
+                                    Initialized=initialized == "true"))
+        return devices
+
+
+def _write_device(db_path: Path, account: Account) -> None:
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.executescript(_SCHEMA)
+        conn.execute("DELETE FROM whatsmeow_device")
+        conn.execute(
+            "INSERT INTO whatsmeow_device (jid, lid, platform, business_name, push_name) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (f"{account.phone}:{account.device}@s.whatsapp.net",
+             f"{account.lid}:{account.device}@lid", "android", account.business_name,
+             account.push_name),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _read_devices(db_path: Path) -> list[tuple[str, str, str]]:
+    if not db_path.exists():
+        return []
+    conn = sqlite3.connect(db_path)
+    try:
+        try:
+            return list(conn.execute(
+                "SELECT jid, push_name, business_name FROM whatsmeow_device"))
+        except sqlite3.OperationalError:
+            return []
+    finally:
+        conn.close()
+
+
+def _open_store(db_path: Path) -> None:
+    """Go's getDB: open and migrate (creates the tables, no device)."""
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.executescript(_SCHEMA)
+    finally:
+        conn.close()
+
+
+class _Result:
+    def __init__(self, message_id: str) -> None:
+        self.ID = message_id
+
+
+class FakeNewAClient:
+    """``neonize.aioze.client.NewAClient`` as far as Palaver uses it."""
+
+    def __init__(self, name: str, jid: N.JID | None = None, props: Any = None,
+                 uuid: str | None = None, new_device: bool = False, *,
+                 go: FakeGo) -> None:
+        self.name = name
+        self.device_props = props
+        self.uuid = (uuid or name).encode()
+        self.me: N.Device | None = None
+        self.connected = False
+        self._go = go
+        self._handlers: dict[type, Callable[..., Any]] = {}
+        self._qr: Callable[..., Any] | None = None
+        self._cancel = threading.Event()
+        self._linked = threading.Event()
+        self._registered = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._death: str | None = None
+        self.connect_task: asyncio.Task | None = None
+        self.sent_count = 0
+
+    # -- registration (as neonize's Event) -----------------------------------------
+
+    def event(self, event_type: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            self._handlers[event_type] = handler
+            return handler
+
+        return register
+
+    def qr(self, handler: Callable[..., Any]) -> None:
+        self._qr = handler
+
+    # -- the Go side (runs in the Neonize() worker thread) -------------------------
+
+    @property
+    def _key(self) -> str:
+        return self.uuid.decode()
+
+    def _dispatch(self, event_type: type, message: Any) -> None:
+        handler = self._handlers.get(event_type)
+        loop = neonize_events.event_global_loop
+        if handler is not None and loop is not None and not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(handler(self, message), loop)
+
+    def _dispatch_qr(self, code: bytes) -> None:
+        loop = neonize_events.event_global_loop
+        if self._qr is not None and loop is not None and not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._qr(self, code), loop)
+
+    def _neonize(self) -> str:
+        """Go's ``Neonize()``: blocks until Stop (and FetchMe has returned)."""
+        go = self._go
+        go.neonize_calls += 1
+        db = Path(self.name)
+        if go.store_gate is not None:
+            while not go.store_gate.wait(0.01):
+                if go._released.is_set():
+                    return ""
+        _open_store(db)
+        go.clients[self._key] = self  # registered only after the store is open
+        self._registered.set()
+        linked = bool(_read_devices(db))
+        if not linked:
+            for n in range(go.qr_codes):
+                self._dispatch_qr(f"2@fake-qr-{n},key,adv".encode())
+        # FetchMe: spin while the device has no id; Stop does not end this.
+        while not (linked or self._linked.is_set()):
+            if go._released.wait(0.01):
+                return ""
+            linked = bool(_read_devices(db))
+        acc = go.account
+        self.me = N.Device(JID=_jid(acc.phone, "s.whatsapp.net", acc.device),
+                           LID=_jid(acc.lid, "lid", acc.device), Platform="android",
+                           BussinessName=acc.business_name,
+                           PushName=acc.push_name if go.push_name_synced else "",
+                           Initialized=True)
+        if go.connect_failures:
+            # whatsmeow's handleConnectFailure: auto-reconnect already off.
+            self._dispatch(ConnectFailureEv, ConnectFailureEv(
+                Reason=N.ConnectFailureReason.Value(go.connect_failures.pop(0)),
+                Message="", Raw=N.Node(Tag="failure")))
+        elif go.auto_connect and not self._linked.is_set():
+            self.connected = True
+            self._dispatch(ConnectedEv, ConnectedEv(status=True))
+        self._cancel.wait()
+        return self._death or ""
+
+    def _paired(self) -> None:
+        acc = self._go.account
+        _write_device(Path(self.name), acc)
+        self._dispatch(PairStatusEv, PairStatusEv(
+            ID=_jid(acc.phone, "s.whatsapp.net"), BusinessName=acc.business_name,
+            Platform="android", Status=N.PairStatus.SUCCESS))
+        self._linked.set()
+        self.connected = True
+        self._dispatch(ConnectedEv, ConnectedEv(status=True))
+
+    def _client_or_crash(self, call: str) -> None:
+        if self._key not in self._go.clients:
+            self._go.crashes.append(f"{call}: nil client for {self._key}")
+            raise GoCrash(f"{call} reached Go without a registered client (process abort)")
+        self._go.calls.append((call, None))
+
+    async def _go_call(self, call: str, fn: Callable[[], Any]) -> Any:
+        def run() -> Any:
+            self._client_or_crash(call)
+            return fn()
+
+        return await asyncio.to_thread(run)
+
+    # -- the Python surface ----------------------------------------------------------
+
+    async def connect(self) -> asyncio.Task:
+        self._loop = asyncio.get_running_loop()
+        neonize_events.set_event_loop(self._loop)
+        self._cancel = threading.Event()
+
+        async def run() -> None:
+            err = await asyncio.to_thread(self._neonize)
+            if err:
+                raise RuntimeError(err)
+
+        self.connect_task = self._loop.create_task(run())
+        return self.connect_task
+
+    async def stop(self) -> None:
+        def stop() -> None:
+            key = self._key
+            self._go.stops.append(key)
+            if not self._registered.is_set():
+                self._go.crashes.append(f"Stop before {key} was registered")
+                raise GoCrash("Stop before the client was registered")
+            self._go.clients.pop(key, None)
+            self._cancel.set()
+
+        await asyncio.to_thread(stop)
+
+    async def send_message(self, to: N.JID, message: Any) -> Any:
+        def send() -> Any:
+            if self._go.send_errors:
+                raise SendMessageError(self._go.send_errors.pop(0))
+            self._go.sent.append((Jid2String(to), message))
+            self.sent_count += 1
+            return _Result(f"3EB0FAKE{len(self._go.sent)}")
+
+        return await self._go_call("SendMessage", send)
+
+    async def send_presence(self, presence: Any) -> None:
+        def send() -> None:
+            if not self._go.push_name_synced:
+                raise SendPresenceError(NO_PUSH_NAME)
+            self._go.presences.append(presence.value)
+
+        await self._go_call("SendPresence", send)
+
+    async def set_force_activate_delivery_receipts(self, active: bool) -> None:
+        await self._go_call("SetForceActivateDeliveryReceipts", lambda: None)
+
+    async def send_chat_presence(self, jid: N.JID, state: Any, media: Any) -> None:
+        await self._go_call("SendChatPresence", lambda: None)
+
+    async def mark_read(self, *message_ids: str, chat: N.JID, sender: N.JID,
+                        receipt: Any, timestamp: int | None = None) -> None:
+        def mark() -> None:
+            self._go.reads.append((message_ids, Jid2String(chat), Jid2String(sender)))
+
+        await self._go_call("MarkRead", mark)
+
+    async def download_any(self, message: Any, path: str | None = None) -> bytes:
+        def download() -> bytes:
+            if not any(message.HasField(name) for name in _DOWNLOADABLE):
+                raise DownloadError(NOTHING_DOWNLOADABLE)
+            go = self._go
+            go.downloads_in_flight += 1
+            go.max_downloads_in_flight = max(go.max_downloads_in_flight,
+                                             go.downloads_in_flight)
+            try:
+                if go.download_gate is not None:
+                    while not go.download_gate.wait(0.01):
+                        if go._released.is_set():
+                            break
+                return go.download_data
+            finally:
+                go.downloads_in_flight -= 1
+
+        return await self._go_call("DownloadAny", download)
+
+    async def get_me(self) -> N.Device:
+        return await self._go_call("GetMe", lambda: self.me)
+
+    async def get_pn_from_lid(self, jid: N.JID) -> N.JID:
+        return await self._go_call("GetPNFromLID", lambda: N.JID(
+            User="", Server="", RawAgent=0, Device=0, Integrator=0, IsEmpty=True))
+
+    async def PairPhone(self, phone: str, show_push_notification: bool,  # noqa: N802
+                        client_name: Any = None, client_type: Any = None) -> str:
+        from neonize.utils.enum import ClientName, ClientType
+
+        # neonize's own default: the client type from DeviceProps.platformType by value.
+        if client_type is None:
+            client_type = ClientType(self.device_props.platformType)
+        client_name = client_name or ClientName.LINUX
+        display = f"{client_type.name} ({client_name.name})"
+
+        def pair() -> str:
+            self._go.pair_requests.append((phone, display))
+            return "ABCD-EFGH"
+
+        return await self._go_call("PairPhone", pair)
+
+    async def logout(self) -> None:
+        def logout() -> None:
+            Path(self.name).unlink(missing_ok=True)
+
+        await self._go_call("Logout", logout)
+
+
+def install(monkeypatch: Any, go: FakeGo | None = None) -> FakeGo:
+    """Make ``neonize.aioze.client`` hand out fakes (and parse devices as neonize does)."""
+    from neonize.aioze import client as neonize_client
+
+    go = go or FakeGo()
+    monkeypatch.setattr(neonize_client, "NewAClient", go.new_client)
+    monkeypatch.setattr(neonize_client.ClientFactory, "get_all_devices_from_db",
+                        staticmethod(go.get_all_devices_from_db))
+    return go
