@@ -146,7 +146,7 @@ class TelegramChannel(Channel):
     # after a burst, the same for a group (20 a minute), and between any two sends (~30/s).
     pace_chat_interval = 1.0
     pace_chat_burst = 5
-    pace_group_interval = 3.0
+    pace_group_interval = 60 / 17  # with the burst of 3: at most 19 in any minute
     pace_group_burst = 3
     pace_overall_interval = 1 / 30
     connect_retry_delays = (1.0, 2.0, 5.0, 10.0, 30.0)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
+from telegram import InputFile
 from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, RetryAfter, TelegramError, TimedOut
@@ -104,7 +105,11 @@ async def post(bot: Bot, method: str, params: Mapping[str, object], *,
     PTB's error mapping applies (``BadRequest``, ``RetryAfter``...), but no PTB object
     is built from the answer: cheaper, and the caller reads only what it needs.
     """
-    data = RequestData([RequestParameter(name, value, None) for name, value in params.items()])
+    data = RequestData([
+        # A file (sendDocument) goes through PTB's own mapping: a multipart part.
+        RequestParameter.from_input(name, value) if isinstance(value, InputFile)
+        else RequestParameter(name, value, None)
+        for name, value in params.items()])
     return await bot.request.post(f"{bot.base_url}/{method}", data, read_timeout=read_timeout)
 
 

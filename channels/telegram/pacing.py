@@ -31,12 +31,14 @@ class Pacer:
     """
 
     def __init__(self, *, chat_interval: float = 1.0, chat_burst: int = 5,
-                 group_interval: float = 3.0, group_burst: int = 3,
+                 group_interval: float = 60 / 17, group_burst: int = 3,
                  overall_interval: float = 1 / 30, clock: Clock = time.monotonic,
                  sleep: Sleep = asyncio.sleep) -> None:
         self.chat_interval = chat_interval  # private chats: ~1 message/s
         self.chat_burst = max(chat_burst, 1)
-        self.group_interval = group_interval  # groups: 20 a minute
+        # Groups: 20 a minute.  A burst of 3 then one every 60/17 s: any 60 s holds at
+        # most floor((60 + 2 * 60/17) / (60/17)) = 19 sends.
+        self.group_interval = group_interval
         self.group_burst = max(group_burst, 1)
         self.overall_interval = overall_interval  # all chats: ~30/s
         self.clock = clock

@@ -79,3 +79,66 @@ async def test_no_channel_keeps_the_reply_queued_and_a_last_failure_gives_up():
                     retry_delays=())
     assert await outbox.flush("s") == {1: SendResult.FAILED}
     assert store.marks == [("failed", 1)] and outbox.held == set()
+
+
+class ChunkChannel(RecordingChannel):
+    """Sends a reply as one chunk per line; ``fail_at`` chunk raises a retryable error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.fail_at: int | None = None
+
+    async def send(self, out, progress=None):
+        ids = []
+        start = progress.start if progress else 0
+        for index, line in enumerate(out.text.split("\n")):
+            if index < start:
+                continue
+            if index == self.fail_at:
+                self.fail_at = None
+                raise SendError("rate limited", sent_ids=ids, retryable=True)
+            self.lines.append(line)
+            ids.append(f"m{len(self.lines)}")
+            if progress is not None:
+                await progress.report(index, ids[-1])
+        return ids
+
+
+async def test_a_retry_resumes_at_the_first_chunk_not_sent():
+    store = FakeStore(reply(1, "a\nb\nc\nd"))
+    channel = ChunkChannel()
+    channel.fail_at = 2
+    outbox = Outbox(store, lambda a: channel, lambda k, d: None, retry_delays=(1,))
+    assert await outbox.flush("s") == {1: SendResult.RETRY}
+    assert await outbox.flush("s") == {1: SendResult.SENT}
+    assert channel.lines == ["a", "b", "c", "d"]  # a and b once, not again
+    assert await store.chunks_sent(1) == ["m1", "m2", "m3", "m4"]
+
+
+async def test_a_channel_without_progress_is_sent_whole():
+    class OldChannel(RecordingChannel):
+        async def send(self, out):  # type: ignore[override]
+            self.sent.append(out)
+            return ["x1", "x2"]
+
+    store = FakeStore(reply(1, "one"))
+    channel = OldChannel()
+    outbox = Outbox(store, lambda a: channel, lambda k, d: None)
+    assert await outbox.flush("s") == {1: SendResult.SENT}
+    assert channel.texts() == ["one"] and store.marks == [("delivered", 1)]
+
+
+async def test_outbound_text_is_filtered_for_registered_secrets():
+    from bridge.secrets import clear_secrets, register_secret
+
+    secret = "webhook-secret-Zq81Xy"
+    register_secret(secret)
+    try:
+        store = FakeStore(reply(1, f"the secret is {secret}!"))
+        channel = RecordingChannel()
+        outbox = Outbox(store, lambda a: channel, lambda k, d: None)
+        await outbox.flush("s")
+        assert channel.texts() == ["the secret is [REDACTED]!"]
+    finally:
+        clear_secrets()
