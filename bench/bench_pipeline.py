@@ -44,7 +44,13 @@ from bridge.conversation import ConversationCore  # noqa: E402
 from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind, Outbound  # noqa: E402
 from bridge.media import MediaStore  # noqa: E402
 from bridge.models.base import Attempt, ModelReply, Usage  # noqa: E402
-from bridge.ports import Capabilities, Channel, ChannelHealth, Markup  # noqa: E402
+from bridge.ports import (  # noqa: E402
+    Capabilities,
+    Channel,
+    ChannelHealth,
+    Markup,
+    SendProgress,
+)
 from bridge.store import Store  # noqa: E402
 
 
@@ -95,9 +101,13 @@ class BenchChannel(Channel):
     async def stop(self) -> None:
         pass
 
-    async def send(self, out: Outbound) -> list[str]:
+    async def send(self, out: Outbound, progress: SendProgress | None = None) -> list[str]:
+        if progress is not None and progress.start >= 1:
+            return []  # one chunk per reply, already sent
         self.sent += 1
         self.sent_at[out.address.chat_id] = time.perf_counter()
+        if progress is not None:
+            await progress.report(0, str(self.sent))  # the per-chunk store write, measured
         return [str(self.sent)]
 
     @contextlib.asynccontextmanager

@@ -10,14 +10,17 @@ from bridge.store.db import Database
 
 class DeliveryQueries(Database):
     async def record_chunk_sent(self, message_id: int, index: int, platform_id: str) -> None:
-        """Chunk ``index`` of reply ``message_id`` was accepted by the platform (durable:
-        a crash right after must not send it again)."""
+        """Chunk ``index`` of reply ``message_id`` was accepted by the platform.
+
+        A committed write survives a crash of the process (WAL); a power cut may lose the
+        last few, and those chunks go again (at least once per chunk), so no extra sync.
+        """
         now = time.time()
         await self.atomically(lambda db: db.execute(
             "INSERT INTO reply_chunks (message_id, chunk_index, platform_id, sent_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (message_id, chunk_index) DO UPDATE SET"
             " platform_id = excluded.platform_id, sent_at = excluded.sent_at",
-            (message_id, index, platform_id, now)), durable=True)
+            (message_id, index, platform_id, now)))
 
     async def chunks_sent(self, message_id: int) -> list[str]:
         """Platform ids of the chunks of a reply already sent, in order: the contiguous

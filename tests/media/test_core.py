@@ -37,8 +37,12 @@ class RecordingChannel(Channel):
     async def stop(self) -> None:
         return None
 
-    async def send(self, out) -> list[str]:
+    async def send(self, out, progress=None) -> list[str]:
+        if progress is not None and progress.start >= 1:
+            return []  # one chunk per reply, already sent
         self.sent.append(out.text)
+        if progress is not None:
+            await progress.report(0, str(len(self.sent)))
         return [str(len(self.sent))]
 
     def typing(self, address):

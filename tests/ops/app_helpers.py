@@ -10,7 +10,7 @@ from typing import Any
 
 from bridge.app import App
 from bridge.envelope import ChatAddress, Outbound
-from bridge.ports import Capabilities, Channel, ChannelHealth, Markup
+from bridge.ports import Capabilities, Channel, ChannelHealth, Markup, SendProgress
 
 __all__ = ["OpsChannel", "answered", "free_port"]
 
@@ -46,9 +46,13 @@ class OpsChannel(Channel):
     async def stop(self) -> None:
         self.running = False
 
-    async def send(self, out: Outbound) -> list[str]:
+    async def send(self, out: Outbound, progress: SendProgress | None = None) -> list[str]:
+        if progress is not None and progress.start >= 1:
+            return []  # one chunk per reply, already sent
         self.sent.append(out)
         self.replied.set()
+        if progress is not None:
+            await progress.report(0, f"sent-{len(self.sent)}")
         return [f"sent-{len(self.sent)}"]
 
     @contextlib.asynccontextmanager
