@@ -287,6 +287,9 @@ class NeonizeClient:
                                   uuid=f"palaver-{uuid4().hex}")
         self._session: asyncio.Task | None = None
         self._ready = False  # Go's first callback (the device record) arrived
+        # Any event of the session arrived (a QR code during login): Go has registered
+        # the client, so calls are safe, though Stop may not be yet (see disconnect).
+        self._registered = False
         self._stuck = False
         self._calls = 0  # calls between the liveness check and their return
         self._calls_done = asyncio.Event()
@@ -297,12 +300,14 @@ class NeonizeClient:
 
     def on(self, event_type: type, handler: EventHandler) -> None:
         async def dispatch(_client: Any, event: Any) -> None:
+            self._registered = True  # Go sends events only for a registered client
             await handler(event)
 
         self._client.event(event_type)(dispatch)
 
     def on_qr(self, handler: Callable[[str], Awaitable[None]]) -> None:
         async def dispatch(_client: Any, data: bytes) -> None:
+            self._registered = True
             await handler(data.decode("utf-8", "replace"))
 
         self._client.qr(dispatch)
@@ -328,7 +333,7 @@ class NeonizeClient:
             neonize_log.setLevel(logging.WARNING)
         # neonize sets ``me`` from Go's first callback of a session: reset it so this
         # session counts as live only once ITS first callback arrived.
-        self._ready = False
+        self._ready = self._registered = False
         self._client.me = None
         self._session = await self._client.connect()
         return self._session
@@ -337,8 +342,10 @@ class NeonizeClient:
         """Stop the session: always tell Go to stop (idempotent), bounded waits.
 
         Stop is sent even when the session already ended on its own (neonize's loop can
-        die while Go's client stays connected), but never before Go's first callback:
-        that is waited for (``ready_wait_s``) first.  When the Go thread still runs after
+        die while Go's client stays connected), but never before Go's first callback
+        (the device record, which ``FetchMe`` sends only once the device has an id):
+        that is waited for (``ready_wait_s``) first.  Stopped earlier (a login that did
+        not link), Go would drop the client that ``FetchMe`` then dereferences.  When the Go thread still runs after
         ``stop_timeout_s``, :attr:`stuck` is set: the process must then end deliberately
         (see :func:`exit_if_stuck`).
         """
@@ -346,7 +353,7 @@ class NeonizeClient:
         if task is None:
             return
         ready = self._ready or await self._wait_ready(task)
-        self._ready = False
+        self._ready = self._registered = False
         # New calls are refused from here on (no session); the ones in flight may not
         # have reached Go yet, so Stop(uuid) waits for them (bounded).
         try:
@@ -388,7 +395,7 @@ class NeonizeClient:
 
     def _live(self) -> bool:
         return (self._session is not None and not self._session.done()
-                and self._check_ready())
+                and (self._registered or self._check_ready()))
 
     def _require_live(self) -> None:
         if not self._live():
