@@ -35,6 +35,7 @@ What it is designed around (see :mod:`channels.whatsapp.client` for neonize's tr
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -84,6 +85,7 @@ from bridge.ports import (
     Markup,
     SendError,
     SendProgress,
+    StoreUnavailable,
 )
 from channels.whatsapp.client import (
     SESSION_DB,
@@ -172,6 +174,8 @@ class WhatsAppChannel(Channel):
     exit_grace_s = 15.0
     # A failed presence announcement is tried again this often while connected.
     presence_retry_s = 60.0
+    # Received messages kept in memory while the store is unavailable; more are dropped.
+    held_max = 500
 
     def __init__(
         self,
@@ -224,6 +228,12 @@ class WhatsAppChannel(Channel):
         self._presence_ok = False  # "unavailable" announced on the current connection
         self._presence_task: asyncio.Task | None = None
         self._exit_fn = exit_fn
+        # Received messages the store could not take (StoreUnavailable), oldest first.
+        self._held: collections.deque[tuple[Inbound, Callable[[AcceptStatus],
+                                                              Awaitable[None]]]] = (
+            collections.deque())
+        self._held_dropped = 0
+        self._release_task: asyncio.Task | None = None
         self.exit_guard: Any = None  # the armed timer when neonize's thread is stuck
 
     # -- lifecycle ----------------------------------------------------------------
@@ -291,6 +301,16 @@ class WhatsAppChannel(Channel):
         self._supervisor = self._worker = None
         self._cancel_presence_retry()
         self._discard_inbox()
+        if self._release_task is not None:
+            self._release_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._release_task
+            self._release_task = None
+        if self._held:
+            log.error("WhatsApp: stopped with %d received message(s) the store never took; "
+                      "WhatsApp will not deliver them again: %s", len(self._held),
+                      ", ".join(i.message_id for i, _ in list(self._held)[:20]))
+            self._held.clear()
         if self._client is not None and self._client.stuck:
             # neonize's Neonize() thread did not stop: interpreter exit would join it
             # forever, so the process is ended deliberately once shutdown had time.
@@ -301,7 +321,11 @@ class WhatsAppChannel(Channel):
 
     def health(self) -> ChannelHealth:
         """Connected or not, and why (not linked, logged out, reconnecting...)."""
-        return ChannelHealth(self._connected, self._detail)
+        detail = self._detail
+        if self._held:
+            detail += (f"; {len(self._held)} received message(s) held in memory "
+                       "(the store is unavailable)")
+        return ChannelHealth(self._connected, detail)
 
     async def wait_idle(self) -> None:
         """Wait until every event received so far has been handled (tests, shutdown)."""
@@ -591,23 +615,100 @@ class WhatsAppChannel(Channel):
             media = tuple([await self._fetch(spec, ev.Message) for spec in content.media])
             inbound = dataclasses.replace(inbound, media=media)
         self._remember(ev)
+
+        async def after(status: AcceptStatus) -> None:
+            await self._after_accept(status, inbound, content.text, src, is_group,
+                                     receipt_chat, who.jid)
+
+        await self._accept(inbound, after)
+
+    async def _accept(self, inbound: Inbound,
+                      after: Callable[[AcceptStatus], Awaitable[None]]) -> None:
+        """Hand ``inbound`` to the core; held in memory while the store is unavailable.
+
+        WhatsApp will not deliver a message again once whatsmeow acknowledged it, so
+        when ``accept`` raises :class:`StoreUnavailable` the message is kept here (at
+        most ``held_max``, in order; later ones queue behind it) and offered again with
+        backoff.  Its read receipt is sent only once it was stored.
+        """
         assert self._sink is not None
-        status = await self._sink.accept(inbound)
-        log.debug("WhatsApp: message %s -> %s", info.ID, status)
+        if self._held:
+            self._hold(inbound, after)
+            return
+        try:
+            status = await self._sink.accept(inbound)
+        except StoreUnavailable as exc:
+            self._hold(inbound, after, exc)
+            return
+        await after(status)
+
+    def _hold(self, inbound: Inbound, after: Callable[[AcceptStatus], Awaitable[None]],
+              error: Exception | None = None) -> None:
+        if len(self._held) >= self.held_max:
+            self._held_dropped += 1
+            log.error("WhatsApp: the store is still unavailable and %d messages are held; "
+                      "dropped message %s from %s (WhatsApp will not deliver it again)",
+                      len(self._held), inbound.message_id, inbound.address.chat_id)
+            return
+        if not self._held:
+            log.warning("WhatsApp: the store is unavailable (%s); holding received "
+                        "messages in memory (at most %d) and retrying",
+                        clip(str(error), 200) if error else "unknown", self.held_max)
+        self._held.append((inbound, after))
+        if self._release_task is None or self._release_task.done():
+            self._release_task = asyncio.create_task(self._release_held(),
+                                                     name="whatsapp-held")
+
+    async def _release_held(self) -> None:
+        """Offer held messages to the core again, oldest first, with backoff."""
+        assert self._sink is not None
+        backoff = Backoff(rng=random.Random())
+        handed = 0
+        while self._held:
+            await self._sleep(backoff.next())
+            while self._held:
+                inbound, after = self._held[0]
+                try:
+                    status = await self._sink.accept(inbound)
+                except StoreUnavailable:
+                    break
+                except Exception:
+                    log.exception("WhatsApp: handing held message %s to the core failed; "
+                                  "dropped", inbound.message_id)
+                    self._held.popleft()
+                    continue
+                self._held.popleft()
+                handed += 1
+                try:
+                    await after(status)
+                except Exception:
+                    log.exception("WhatsApp: after storing held message %s",
+                                  inbound.message_id)
+        log.warning("WhatsApp: the store is available again; %d held message(s) handed to "
+                    "the core%s", handed,
+                    f", {self._held_dropped} dropped" if self._held_dropped else "")
+        self._held_dropped = 0
+
+    async def _after_accept(self, status: AcceptStatus, inbound: Inbound, text: str,
+                            src: Any, is_group: bool, receipt_chat: JID,
+                            sender: JID) -> None:
+        info_id, address = inbound.message_id, inbound.address
+        log.debug("WhatsApp: message %s -> %s", info_id, status)
+        content_text = text
         if status is AcceptStatus.ACCEPTED and is_group:
-            shown = content.text or (inbound.media[0].placeholder() if inbound.media else "")
+            shown = content_text or (inbound.media[0].placeholder() if inbound.media else "")
             try:
-                await self._quotes.add(info.ID, address.chat_id,
+                await self._quotes.add(info_id, address.chat_id,
                                        quote_participant(src.Sender, src.SenderAlt), shown)
             except OSError as exc:
                 log.warning("WhatsApp: cannot remember message %s for quoting: %s",
-                            info.ID, exc)
+                            info_id, exc)
         if status is AcceptStatus.ACCEPTED and self.config.sendReadReceipts:
             try:
-                await self._require_client().mark_read([info.ID], chat=receipt_chat,
-                                                       sender=who.jid)
+                await self._require_client().mark_read([info_id], chat=receipt_chat,
+                                                       sender=sender)
             except Exception as exc:
-                log.debug("WhatsApp: read receipt for %s failed: %s", info.ID, exc)
+                log.debug("WhatsApp: read receipt for %s failed: %s", info_id, exc)
 
     def _catch_up_age(self, timestamp: float) -> float | None:
         """How old a message sent while offline was when we came online; None when live.

@@ -478,3 +478,58 @@ async def test_status_reads_the_running_channel_from_healthz(tmp_path, go):
                                           f"http://127.0.0.1:{port}/healthz")
     assert lines[-1].startswith("channel:  Palaver is not running")
     assert json.dumps(lines)  # plain strings
+
+
+# --------------------------------------------------------------------------- store unavailable
+
+
+class FlakyStoreSink(RecordingSink):
+    """The core with a store that refuses ``failures`` accept() calls."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def accept(self, inbound):
+        from bridge.ports import StoreUnavailable
+
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("database or disk is full")
+        return await super().accept(inbound)
+
+
+async def test_messages_are_held_in_memory_while_the_store_is_unavailable(tmp_path, go,
+                                                                          caplog):
+    go.link(db_of(tmp_path))
+    channel = channel_for(tmp_path)
+    channel.held_max = 2
+    sink = FlakyStoreSink(failures=3)
+    gate = asyncio.Event()
+    real_sleep = channel._sleep
+
+    async def sleep(seconds):  # the retry waits until the test lets it go
+        if channel._held:
+            await gate.wait()
+        await real_sleep(seconds)
+
+    channel._sleep = sleep
+    await channel.start(sink)
+    await until(lambda: channel.health().connected)
+    with caplog.at_level("WARNING", logger="channels.whatsapp"):
+        for n in range(3):
+            go.deliver(message_event(E.Message(conversation=f"m{n}"), chat=ANN_JID,
+                                     sender=ANN_JID, msg_id=f"H{n}"))
+        await until(lambda: "dropped message H2" in caplog.text)
+        assert "2 received message(s) held in memory" in channel.health().detail
+        assert caplog.text.count("holding received messages") == 1
+        assert go.reads == []  # not confirmed while not stored
+        gate.set()
+        await until(lambda: len(sink.received) == 2, limit_s=5)
+        await until(lambda: "available again; 2 held message(s)" in caplog.text)
+    try:
+        assert [i.message_id for i in sink.received] == ["H0", "H1"]
+        await until(lambda: len(go.reads) == 2)
+        assert "held" not in channel.health().detail
+    finally:
+        await channel.stop()
