@@ -66,10 +66,12 @@ async def test_refused_log_lines_are_rate_limited(harness, caplog):
     caplog.set_level(logging.INFO, logger="bridge.conversation")
     for i in range(30):
         assert await harness.say(dm(f"spam {i}", sender=str(1000 + i))) is AcceptStatus.REFUSED
-    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "bridge.conversation" and "refused" in r.getMessage()]
     assert len(lines) == 1 and "spam" not in lines[0]
     await harness.core.stop(grace=0)  # flushes the open window: one summary line
-    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "bridge.conversation" and "refused" in r.getMessage()]
     assert len(lines) == 2 and "29 more" in lines[1]
 
 
@@ -102,7 +104,8 @@ async def test_disk_full_raises_store_unavailable_then_recovers(harness, monkeyp
     assert await harness.say(first) is AcceptStatus.ACCEPTED
     assert await harness.say(second) is AcceptStatus.ACCEPTED
     assert harness.core.store_problem is None
-    outage = [r for r in caplog.records if "store" in r.getMessage()]
+    outage = [r for r in caplog.records
+              if r.name == "bridge.conversation" and "store" in r.getMessage()]
     assert [r.levelno for r in outage] == [logging.WARNING, logging.INFO]  # not one per message
 
 
