@@ -22,6 +22,7 @@ from bridge.config.schema import Config
 from bridge.conversation import AcceptEvent, TurnEvent
 from bridge.envelope import AcceptStatus
 from bridge.lock import DataDirBusy, console_lock, run_lock
+from bridge.ports import StoreUnavailable
 from bridge.stdin import StdinLines
 
 if TYPE_CHECKING:
@@ -210,7 +211,14 @@ async def _chat_locked(config: Config, *, session: str, model: str | None, stdin
             text = line.rstrip("\r\n")
             if not text.strip():
                 continue
-            _inbound, status = await console.submit(text)
+            try:
+                _inbound, status = await console.submit(text)
+            except StoreUnavailable as exc:
+                # Nothing was stored: the operator still has the line and can send it again.
+                print(f"palaver: message not stored ({exc}); send it again once the store "
+                      "can be written", file=sys.stderr)
+                failures += 1
+                continue
             if status is not AcceptStatus.ACCEPTED:
                 print(f"palaver: message not accepted ({status})", file=sys.stderr)
                 failures += 1

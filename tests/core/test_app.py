@@ -114,6 +114,32 @@ async def test_scripted_chat_exits_nonzero_when_a_turn_fails(tmp_path, server):
                       interactive=False, model="nope/x") == 2
 
 
+async def test_scripted_chat_survives_a_store_outage_and_says_what_was_not_stored(
+        tmp_path, server, monkeypatch, capsys):
+    import sqlite3
+
+    from bridge.store import Store
+
+    config = load_config_text(_config_text(tmp_path, server))
+    real = Store.record_inbound
+    calls = {"n": 0}
+
+    async def full_once(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 3:  # the door's own retries for the first line all fail
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "record_inbound", full_once)
+    server.reply("second answer")
+    stdout = io.StringIO()
+    code = await chat(config, stdin=io.StringIO("lost?\nsecond\n"), stdout=stdout,
+                      interactive=False)
+    assert code == 1  # one line was not stored
+    assert stdout.getvalue().splitlines() == ["second answer"]
+    assert "message not stored" in capsys.readouterr().err
+
+
 async def test_palaver_chat_subprocess(tmp_path, server):
     path = tmp_path / "palaver.json5"
     path.write_text(_config_text(tmp_path, server))
