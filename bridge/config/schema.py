@@ -234,6 +234,9 @@ class WhatsAppConfig(ChannelConfig):
     sendReadReceipts: bool = True
     mediaMaxMb: float = Field(default=50, gt=0)
     catchUpMinutes: float = Field(default=10, ge=0)
+    # Go "available" around a reply so "typing…" shows; while available the operator's
+    # phone gets no push notifications, so it is off unless asked for.
+    typingPresence: bool = False
 
 
 class ConsoleConfig(_Model):

@@ -220,10 +220,9 @@ class WhatsAppChannel(Channel):
         self._ended_by: str | None = None  # why the channel ended a session itself
         self._detail = "not started"
         # "typing…" needs "available" presence, which silences the phone's notifications:
-        # off unless configured (``typingPresence``, when the schema has it) or asked.
+        # off unless configured (``typingPresence``) or asked.
         self._typing_presence = bool(
-            getattr(config, "typingPresence", False) if typing_presence is None
-            else typing_presence
+            config.typingPresence if typing_presence is None else typing_presence
         )
         self._presence_ok = False  # "unavailable" announced on the current connection
         self._presence_task: asyncio.Task | None = None

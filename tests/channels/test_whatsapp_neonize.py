@@ -314,9 +314,9 @@ async def test_presence_stays_unavailable_and_is_retried_without_a_push_name(tmp
 
 async def test_typing_presence_goes_available_around_a_reply_only(tmp_path, go):
     go.link(db_of(tmp_path))
-    channel = WhatsAppChannel(
-        WhatsAppConfig(allowFrom=("+" + ANN,)), media=MediaStore(tmp_path / "m"),
-        data_dir=tmp_path / "data", typing_interval=0.02, typing_presence=True)
+    channel = WhatsAppChannel(  # the operator's switch: channels.whatsapp.typingPresence
+        WhatsAppConfig(allowFrom=("+" + ANN,), typingPresence=True),
+        media=MediaStore(tmp_path / "m"), data_dir=tmp_path / "data", typing_interval=0.02)
     await channel.start(RecordingSink())
     try:
         await until(lambda: go.presences == [b"unavailable"])
