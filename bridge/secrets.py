@@ -63,7 +63,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"(?i)\b(?!(?:invalid|incorrect|missing|expired|revoked)[_-])"
             r"([\w-]*?(?:api[_-]?key|authorization|access[_-]?token|token|secret"
             r"|password))(\\?[\"']?\s*[:=]\s*\\?[\"']?)"
-            rf"(?!{re.escape(REDACTED)})(?!(?:bearer|basic)\s)([^\s\"'&,;}}\\]{{4,}})"
+            rf"(?!{re.escape(REDACTED)})(?!(?:bearer|basic)\s)"
+            # (nor prose after a key name, "botToken: does not look like a bot token": a
+            # run of letters followed by another word is words, not a secret value)
+            r"(?![A-Za-z]+[ \t]+[A-Za-z])"
+            rf"([^\s\"'&,;}}\\]{{4,}})"
         ),
         rf"\1\2{REDACTED}",
     ),

@@ -40,3 +40,20 @@ def test_secret_keys_and_headers():
     assert not is_secret_key("anthropic/claude") and not is_secret_key("model")
     assert header_secrets({"Authorization": "Bearer abcdef", "X-Plain": "v"}) == [
         "Bearer abcdef", "abcdef"]
+
+
+def test_config_error_messages_keep_their_words():
+    """Redact secret values, not the prose after a key name (issue 12)."""
+    import pytest
+
+    from bridge.config.load import ConfigError, load_config_text
+
+    with pytest.raises(ConfigError) as caught:
+        load_config_text('{channels: {telegram: {botToken: "not-a-token"}}}', file="p.json5")
+    message = str(caught.value)
+    assert "botToken" in message and "does not look like a bot token" in message
+    assert redact(message) == message  # what the log filter makes of it
+    assert "not-a-token" not in message
+    # Values are still redacted, also next to such prose.
+    assert redact('token: abcdEFGH1234 is wrong') == f"token: {REDACTED} is wrong"
+    assert redact('password = "hunter22"') == f'password = "{REDACTED}"'
