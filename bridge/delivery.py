@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from bridge.envelope import ChatAddress, Outbound
 from bridge.ports import SendError, SendProgress
-from bridge.secrets import redact
+from bridge.secrets import redact_configured
 
 if TYPE_CHECKING:
     from bridge.ports import Channel
@@ -130,7 +130,7 @@ class Outbox:
             return SendResult.NO_CHANNEL
         # A model that prints a configured secret (bot token, API key, webhook or console
         # secret: the log redactor's registry) does not send it.
-        out = Outbound(msg.address, redact(msg.text),
+        out = Outbound(msg.address, redact_configured(msg.text),
                        reply_to_message_id=msg.reply_to_message_id, plain=msg.plain)
         done = await self._store.chunks_sent(msg.id)
         chunked = _takes_progress(channel)

@@ -26,6 +26,7 @@ __all__ = [
     "is_headers_key",
     "is_secret_key",
     "redact",
+    "redact_configured",
     "register_secret",
 ]
 
@@ -146,6 +147,24 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         text = keyword_re.sub(keyword_sub, text)
     return text
 
+
+
+def redact_configured(text: str) -> str:
+    """``text`` with every registered secret (the config in force: bot tokens, API keys,
+    webhook and console secrets) and anything shaped like a bot token replaced.
+
+    For chat replies: the keyword and key-prefix rules of :func:`redact` would also eat
+    ordinary answers (``password = "…"`` in a code sample, ``pip install sk-video``).
+    """
+    if not text:
+        return text
+    pattern = _secrets_re
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    if ":" in text:
+        token_re, token_sub = _PATTERNS[0]
+        text = token_re.sub(token_sub, text)
+    return text
 
 # ------------------------------------------------------------ secrets in structured data
 

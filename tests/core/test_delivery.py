@@ -142,3 +142,13 @@ async def test_outbound_text_is_filtered_for_registered_secrets():
         assert channel.texts() == ["the secret is [REDACTED]!"]
     finally:
         clear_secrets()
+
+
+async def test_outbound_filter_leaves_ordinary_code_answers_alone():
+    """Only configured secrets and bot-token shapes: a code sample keeps its words."""
+    text = 'Use `password = "hunter22"` or `api_key=demo1234`; pip install sk-video'
+    store = FakeStore(reply(1, text + " and 123456789:" + "A" * 35))
+    channel = RecordingChannel()
+    outbox = Outbox(store, lambda a: channel, lambda k, d: None)
+    await outbox.flush("s")
+    assert channel.texts() == [text + " and [REDACTED]"]
