@@ -106,6 +106,15 @@ class ResponsesClient(ClientBase):
                     # Servers that send no deltas still carry the output here.
                     return self._from_json(response, produced=produced)
                 parts.append(filt.finish())
+                # The final response is the server's own account of the answer: LocalAI
+                # streams a thinking model's reasoning as output_text deltas and moves it
+                # into a reasoning item only here (LocalAI#9658).  Deltas are kept when it
+                # carries no text (a bridge that lost its backend mid-stream).
+                final = _output_text(response)
+                if final.strip():
+                    ffilt = ReasoningFilter()
+                    return _completion(ffilt.feed(final) + ffilt.finish(), response,
+                                       produced=True)
                 return _completion("".join(parts), response, produced=True)
         # Ollama's mid-stream failure, a proxy that lost its backend: no terminal event.
         raise ModelError(ErrorClass.BAD_RESPONSE,
@@ -127,24 +136,29 @@ class ResponsesClient(ClientBase):
         output = response.get("output")
         if not isinstance(output, list):
             raise ModelError(ErrorClass.BAD_RESPONSE, "response has no output list")
-        texts: list[str] = []
-        for item in output:
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") != "message":
-                produced = produced or _has_output(item)  # reasoning, function_call, ...
-                continue
-            for part in item.get("content") or ():
-                if not isinstance(part, dict):
-                    continue
-                if part.get("type") == "output_text" and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-                elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
-                    texts.append(part["refusal"])
+        produced = produced or any(isinstance(item, dict) and item.get("type") != "message"
+                                   and _has_output(item) for item in output)
         filt = ReasoningFilter()
-        joined = "".join(texts)
+        joined = _output_text(response)
         return _completion(filt.feed(joined) + filt.finish(), response,
                            produced=produced or bool(joined))
+
+
+def _output_text(response: dict[str, Any]) -> str:
+    """The answer text (and refusals) of a response object's message items, joined."""
+    output = response.get("output")
+    texts: list[str] = []
+    for item in output if isinstance(output, list) else ():
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue
+        for part in item.get("content") or ():
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                texts.append(part["refusal"])
+    return "".join(texts)
 
 
 def _has_output(item: dict[str, Any]) -> bool:

@@ -358,3 +358,29 @@ async def test_a_stream_cut_before_its_end_is_bad_response(server, session, api)
     server.cut("some text", after_chunks=1)
     err = await failure(client(server, api, session))
     assert err.error_class is ErrorClass.BAD_RESPONSE
+
+
+async def test_localai_final_response_text_wins_over_streamed_thinking(server, session):
+    """LocalAI#9658: thinking streams as output_text deltas and is moved into a reasoning
+    item only in response.completed; the final response's text is the answer."""
+    import json as _json
+
+    def ev(kind, **data):
+        return f"event: {kind}\ndata: {_json.dumps({'type': kind, **data})}\n\n"
+
+    final = {"id": "resp_1", "object": "response", "status": "completed",
+             "output": [{"type": "reasoning", "summary": [],
+                         "content": [{"type": "reasoning_text", "text": "Let me think."}]},
+                        {"type": "message", "role": "assistant",
+                         "content": [{"type": "output_text", "text": "Paris.",
+                                      "annotations": []}]}],
+             "usage": {"input_tokens": 5, "output_tokens": 4, "total_tokens": 9}}
+    body = (ev("response.created", response={**final, "status": "in_progress", "output": []})
+            + ev("response.output_text.delta", item_id="m", output_index=0, content_index=0,
+                 delta="Let me think. ")
+            + ev("response.output_text.delta", item_id="m", output_index=0, content_index=0,
+                 delta="Paris.")
+            + ev("response.completed", response=final))
+    server.raw(200, body, content_type="text/event-stream")
+    reply = await client(server, "openai-responses", session).complete(HISTORY)
+    assert reply.text == "Paris."
