@@ -446,3 +446,12 @@ def test_base_url_with_credentials_or_query_is_refused(tmp_path, url, expected):
                              'models: [{ id: "m" }] } } } }')
     assert "models.providers.foo.baseUrl" in str(err) and expected in str(err)
     assert "pw@" not in str(err)
+
+
+def test_config_error_keeps_its_words_after_a_key_name(tmp_path):
+    from bridge.secrets import redact
+
+    err = error_of(tmp_path, '{ channels: { telegram: { botToken: "not-a-token" } } }')
+    text = redact(str(err))
+    assert "botToken: does not look like a bot token" in text
+    assert "[REDACTED] not look" not in text

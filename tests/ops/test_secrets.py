@@ -57,3 +57,12 @@ def test_config_error_messages_keep_their_words():
     # Values are still redacted, also next to such prose.
     assert redact('token: abcdEFGH1234 is wrong') == f"token: {REDACTED} is wrong"
     assert redact('password = "hunter22"') == f'password = "{REDACTED}"'
+
+
+def test_prose_after_a_key_name_is_kept_values_are_not():
+    assert redact("botToken: does not look like a bot token") == \
+        "botToken: does not look like a bot token"
+    assert redact("apiKey: Field required") == "apiKey: Field required"
+    assert redact("password: hunter2 is wrong") == f"password: {REDACTED} is wrong"
+    assert redact("token: supersecretvalue") == f"token: {REDACTED}"
+    assert redact("api_key=abcdEFGH123 x") == f"api_key={REDACTED} x"
