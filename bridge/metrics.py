@@ -55,6 +55,7 @@ class TurnOutcome(StrEnum):
 # error_class label values beyond bridge.models.base.ErrorClass
 OK = "ok"  # the attempt answered
 SKIPPED = "skipped"  # the model was cooling down and was not called
+OTHER = "other"  # the model label of any ref that is not configured
 
 # Turns wait on models: from a few ms (cached, tiny local model) to minutes (cold load).
 _TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -105,6 +106,7 @@ class Metrics:
             registry=r,
         )
         self._pending_source: Callable[[], float] | None = None
+        self._model_source: Callable[[], Iterable[str]] | None = None
         self._pending_value = 0.0
         self.pending_messages.set_function(self._read_pending)
 
@@ -143,22 +145,49 @@ class Metrics:
             self.turn_duration.observe(duration_s)
         self.record_attempts(reply.attempts if reply is not None else tuple(attempts))
 
+    def set_model_source(self, source: Callable[[], Iterable[str]] | None) -> None:
+        """Name only the models ``source()`` returns (the configured refs) in labels.
+
+        Any other model ref (a typo'd /model, a ref a provider echoed) is labelled
+        ``other``, so label values stay a small set an operator chose.  ``None`` (the
+        default) names every ref.
+        """
+        self._model_source = source
+
+    def _model_label(self, ref: str, known: frozenset[str] | None) -> str:
+        if known is None or ref in known:
+            return ref
+        return OTHER
+
+    def _known_models(self) -> frozenset[str] | None:
+        source = self._model_source
+        if source is None:
+            return None
+        try:
+            return frozenset(source())
+        except Exception:
+            log.debug("model source failed", exc_info=True)
+            return frozenset()
+
     def record_attempts(self, attempts: Iterable[Attempt]) -> None:
         """Count model attempts and fallbacks (turn_finished calls this)."""
         previous: str | None = None
-        for attempt in attempts:
+        known = self._known_models()
+        for raw in attempts:
+            attempt = raw
+            model = self._model_label(attempt.model_ref, known)
             if attempt.skipped:
                 error_class = SKIPPED
             elif attempt.error_class is None:
                 error_class = OK
             else:
                 error_class = str(attempt.error_class)
-            self.model_attempts.labels(model=attempt.model_ref, error_class=error_class).inc()
+            self.model_attempts.labels(model=model, error_class=error_class).inc()
             if not attempt.skipped and attempt.duration_s >= 0:
-                self.model_latency.labels(model=attempt.model_ref).observe(attempt.duration_s)
-            if previous is not None and previous != attempt.model_ref:
-                self.fallbacks.labels(from_model=previous, to_model=attempt.model_ref).inc()
-            previous = attempt.model_ref
+                self.model_latency.labels(model=model).observe(attempt.duration_s)
+            if previous is not None and previous != model:
+                self.fallbacks.labels(from_model=previous, to_model=model).inc()
+            previous = model
 
     # -- pending ------------------------------------------------------------------
 

@@ -208,3 +208,17 @@ def resolve_candidates(config: Config, refs: Iterable[str]) -> list[ResolvedMode
         except UnknownModelError:
             out.append(ref)
     return out
+
+
+def configured_model_refs(config: Config) -> frozenset[str]:
+    """The model refs the operator named: aliases, ``agents.defaults.models`` entries,
+    models listed under a provider, and the default selection (metrics label only these)."""
+    refs: set[str] = set(config.aliases().values())
+    refs.update(config.agents.defaults.models)
+    for provider_id, provider in config.models.providers.items():
+        refs.update(f"{provider_id}/{m.id}" for m in provider.models)
+    try:
+        refs.update(candidates(config, config.default_selection()))
+    except UnknownModelError:
+        pass
+    return frozenset(refs)
