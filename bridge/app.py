@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from bridge.config.resolve import configured_model_refs
 from bridge.config.schema import Config
 from bridge.conversation import AcceptEvent, ConversationCore, TurnEvent
 from bridge.envelope import AcceptStatus, SessionKey
@@ -168,6 +169,8 @@ class App:
             self._router = ModelRouter(lambda: self.config)
         if self._metrics is None:
             self._metrics = Metrics()
+            # Labels name configured models only (read per turn: hot reload included).
+            self._metrics.set_model_source(lambda: configured_model_refs(self.config))
         if self._given_channels is not None:
             channels = self._given_channels
         else:
