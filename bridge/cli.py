@@ -48,6 +48,7 @@ _HANDLERS = {
     ("whatsapp", "login"): "channels.whatsapp.login:cmd_login",
     ("whatsapp", "logout"): "channels.whatsapp.login:cmd_logout",
     ("whatsapp", "status"): "channels.whatsapp.login:cmd_status",
+    ("usage",): "bridge.usage.report:cmd_usage",
 }
 
 
@@ -123,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = wsub.add_parser("status", parents=[common],
                         help="linked number and name, and the running channel's state")
     q.set_defaults(path=("whatsapp", "status"))
+
+    p = sub.add_parser("usage", parents=[common], help="tokens and cost, grouped")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--since", metavar="AGE", help="this far back: 7d, 12h, 30m (default 30d)")
+    when.add_argument("--month", metavar="YYYY-MM", help="one calendar month (UTC)")
+    p.add_argument("--by", default="chat",
+                   choices=["chat", "sender", "model", "provider", "channel", "day"])
+    p.add_argument("--format", dest="output_format", default="table",
+                   choices=["table", "csv", "json"])
+    p.set_defaults(path=("usage",))
     return parser
 
 

@@ -67,6 +67,14 @@ class Timeouts(_Model):
     totalSeconds: float = Field(default=300, gt=0)
 
 
+class Budget(_Model):
+    """Spending caps for one provider, in USD (from the models' ``cost``).  Reached: the
+    router skips the provider's models (``budget_exhausted``) until the period turns."""
+
+    dailyUsd: float | None = Field(default=None, gt=0)
+    monthlyUsd: float | None = Field(default=None, gt=0)
+
+
 class ProviderDef(_Model):
     baseUrl: str | None = None
     apiKey: SecretStr | None = None
@@ -75,6 +83,7 @@ class ProviderDef(_Model):
     timeoutSeconds: float | None = Field(default=None, gt=0)  # total; overrides timeouts
     timeouts: Timeouts | None = None
     models: tuple[ModelDef, ...] = ()
+    budget: Budget | None = None
 
     @property
     def effective_api(self) -> Api:
@@ -122,6 +131,36 @@ class AgentModelEntry(_Model):
     params: dict[str, Any] = {}
 
 
+class ModelPolicy(_Model):
+    """Which models ``/model`` may choose for senders who are not owners.
+
+    ``allow`` holds refs, aliases or glob patterns (``"lmstudio/*"``).  None: the models
+    the config itself names (defaults, fallbacks, aliases, per-chat entries).
+    """
+
+    allow: tuple[str, ...] | None = None
+
+
+class LimitValues(_Model):
+    """One set of caps; None (absent) means no cap of that kind."""
+
+    messagesPerMinute: int | None = Field(default=None, ge=1)
+    messagesPerHour: int | None = Field(default=None, ge=1)
+    tokensPerDay: int | None = Field(default=None, ge=1)
+    costPerDayUsd: float | None = Field(default=None, gt=0)
+    costPerMonthUsd: float | None = Field(default=None, gt=0)
+
+
+class Limits(LimitValues):
+    """Caps per chat (the fields) and per sender within a chat (``perSender``).
+
+    Set at the default, channel, group, topic and direct levels; the most specific level
+    that sets ``limits`` wins, as for ``model``.  Owners are never limited.
+    """
+
+    perSender: LimitValues | None = None
+
+
 class Compaction(_Model):
     enabled: bool = True
     model: str | None = None  # default: the session's own model
@@ -143,6 +182,8 @@ class AgentDefaults(_Model):
     shutdownGraceSeconds: float = Field(default=20, ge=0)
     # Model turns running at once across all chats (0: no limit); commands are not limited.
     maxConcurrentTurns: int = Field(default=4, ge=0)
+    modelPolicy: ModelPolicy = ModelPolicy()
+    limits: Limits | None = None
 
 
 class Agents(_Model):
@@ -158,6 +199,7 @@ class ChatConfig(_Model):
     model: ModelSelection | None = None
     systemPrompt: str | None = None
     enabled: bool = True
+    limits: Limits | None = None
 
 
 class TopicConfig(ChatConfig):
@@ -174,11 +216,14 @@ class ChannelConfig(_Model):
     enabled: bool = True
     dmPolicy: DmPolicy = "pairing"
     allowFrom: tuple[str, ...] = ()
+    # The operators on this channel (ids, as in allowFrom): owner commands, no limits.
+    owners: tuple[str, ...] = ()
     groupPolicy: GroupPolicy = "allowlist"
     groups: dict[str, GroupConfig] = {}  # chat id or "*"
     direct: dict[str, ChatConfig] = {}  # peer id
     model: ModelSelection | None = None
     systemPrompt: str | None = None
+    limits: Limits | None = None
     textChunkLimit: int = Field(default=4000, ge=200)
     # Sends one reply may take (chunks of textChunkLimit); beyond, the last one says so
     # and carries the rest as a document where the platform has one.  0: no cap.
