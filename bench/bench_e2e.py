@@ -17,12 +17,16 @@ python-telegram-bot ``Application`` in :class:`channels.telegram.TelegramChannel
   loaded: idle and after a throughput run, in a fresh child process (Palaver alone) and
   in this process (Palaver plus the fakes).
 
+Telegram's flood pacing (about one send a second per chat, see
+``channels.telegram.pacing``) is off unless ``--paced``: it is the platform's limit, and
+one chat's sequential latency would measure it instead of Palaver.
+
 ``--split`` runs Palaver in a child process (fakes and driver stay here) for latency,
 throughput and failover; the default shares one event loop with the fakes, like the
 tests.  Each benchmark prints a table and one JSON line.
 
 Usage: ``python bench/bench_e2e.py [latency|throughput|failover|memory|all] [--quick]
-[--split] [--profile DIR]``.
+[--split] [--paced] [--profile DIR]``.
 """
 
 from __future__ import annotations
@@ -62,8 +66,11 @@ TARGETS = {"latency_p50_ms": 5.0, "replies_per_s": 300.0, "failover_refused_adde
            "rss_mb": 150.0}
 
 
+PACED = False  # --paced: keep Telegram's flood pacing (set by main)
+
+
 def _palaver(split: bool, config: dict, **kwargs: Any) -> InProcess | Subprocess:
-    return (Subprocess if split else InProcess)(config, **kwargs)
+    return (Subprocess if split else InProcess)(config, paced=PACED, **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -142,7 +149,7 @@ async def bench_latency(args: argparse.Namespace) -> dict:
     pct = percentiles(samples)
     result = {
         "bench": "e2e-latency", "mode": "split" if args.split else "inproc",
-        "messages": count, "warmup": warmup,
+        "paced": args.paced, "messages": count, "warmup": warmup,
         "p50_ms": _ms(pct["p50"]), "p95_ms": _ms(pct["p95"]), "p99_ms": _ms(pct["p99"]),
         "min_ms": _ms(min(samples)), "max_ms": _ms(max(samples)),
         "cpu_ms_per_message": _ms(cpu / count),
@@ -386,6 +393,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--split", action="store_true",
                         help="run Palaver in a child process (fakes and driver here)")
+    parser.add_argument("--paced", action="store_true",
+                        help="keep Telegram's flood pacing (about 1 send/s per chat); off by "
+                        "default so latency measures Palaver, not Telegram's limit")
     parser.add_argument("--first-token", type=float, default=0.5,
                         help="firstTokenSeconds of the failing primary (default 0.5)")
     parser.add_argument("--profile", metavar="DIR",
@@ -402,6 +412,8 @@ async def main(args: argparse.Namespace) -> int:
     # The fakes' servers log a traceback when Palaver drops a request it no longer
     # needs (a cancelled typing indicator, the long poll at stop): noise here.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    global PACED
+    PACED = args.paced
     names = list(BENCHES) if args.which == "all" else [args.which]
     failed = False
     for name in names:

@@ -127,9 +127,10 @@ class InProcess:
     """Palaver in this process and event loop (what the tests do)."""
 
     def __init__(self, config: dict, *, whatsapp: bool = False, logging_on: bool = True,
-                 offset_clock: bool = False) -> None:
+                 offset_clock: bool = False, paced: bool = False) -> None:
         self.raw_config = config
         self.whatsapp = whatsapp
+        self.paced = paced
         self.logging_on = logging_on
         self.offset_clock = offset_clock
         self.db_path = Path(config["dataDir"]) / "palaver.db"
@@ -161,8 +162,15 @@ class InProcess:
         config = Config.model_validate(self.raw_config)
         data_dir = config.data_dir
         media = MediaStore(data_dir / "media")
-        channels: list[Any] = [TelegramChannel(config.channels.telegram, media=media,
-                                               data_dir=data_dir)]
+        telegram = TelegramChannel(config.channels.telegram, media=media, data_dir=data_dir)
+        if not self.paced:
+            # Telegram's flood pacing (about one send a second per chat) would be most of
+            # what a one-chat latency run measures; it is Telegram's limit, not Palaver's
+            # cost.  --paced keeps it.
+            from channels.telegram.pacing import Pacer
+
+            telegram.pacer = Pacer(chat_interval=0, group_interval=0, overall_interval=0)
+        channels: list[Any] = [telegram]
         if self.whatsapp:
             from channels.whatsapp import WhatsAppChannel
             from tests.channels.test_whatsapp_fake import FakeWhatsAppClient
@@ -262,11 +270,11 @@ class Subprocess:
     """Palaver in a child process (``python bench/harness.py child``); same API."""
 
     def __init__(self, config: dict, *, whatsapp: bool = False, logging_on: bool = True,
-                 offset_clock: bool = False) -> None:
+                 offset_clock: bool = False, paced: bool = False) -> None:
         self.raw_config = config
         self.db_path = Path(config["dataDir"]) / "palaver.db"
         self._hello = {"config": config, "whatsapp": whatsapp, "logging": logging_on,
-                       "offset_clock": offset_clock}
+                       "offset_clock": offset_clock, "paced": paced}
         self.proc: asyncio.subprocess.Process | None = None
         self.pid = 0
 
@@ -331,7 +339,8 @@ async def _child() -> int:
     if hello is None:
         return 1
     palaver = InProcess(hello["config"], whatsapp=hello["whatsapp"],
-                        logging_on=hello["logging"], offset_clock=hello["offset_clock"])
+                        logging_on=hello["logging"], offset_clock=hello["offset_clock"],
+                        paced=hello.get("paced", False))
     try:
         answer(await palaver.start())
     except Exception as exc:
