@@ -523,9 +523,12 @@ def _check_refs(config: Config, raw: dict[str, Any]) -> list[Problem]:
     if defaults.compaction.model is not None:
         check(("agents", "defaults", "compaction", "model"), defaults.compaction.model)
 
+    for name, pins in config.channels.modelByChannel.items():
+        for chat_id, sel in pins.items():
+            check_selection(("channels", "modelByChannel", name, chat_id), sel)
     for name in type(config.channels).model_fields:
         chan = getattr(config.channels, name)
-        if chan is None:
+        if chan is None or name == "modelByChannel":
             continue
         base: Loc = ("channels", name)
         check_selection((*base, "model"), getattr(chan, "model", None))

@@ -9,6 +9,8 @@ the schema may import it (``Config.model()`` and friends delegate here) without 
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -166,14 +168,94 @@ def _chat_chain(config: Config, channel: str, chat_kind: str, chat_id: str,
     return chain
 
 
+@dataclass(frozen=True, slots=True)
+class SelectionSource:
+    """Where a chat's configured model comes from: the level and the config path."""
+
+    level: str  # "topic", "group", "direct", "group *", "direct *", "channel", "default"
+    path: str  # the dotted config path that holds it ("" for an implicit default)
+
+    def __str__(self) -> str:
+        label = {"topic": "its topic entry", "group": "its group entry",
+                 "direct": "its direct entry", "group *": 'the groups "*" entry',
+                 "direct *": 'the direct "*" entry', "channel": "the channel",
+                 "default": "the default"}.get(self.level, self.level)
+        return f"{label} ({self.path})" if self.path else label
+
+
+def _key(part: str) -> str:
+    """One dotted-path segment (bracketed when it holds odd characters)."""
+    return f".{part}" if re.fullmatch(r"[^.\[\]\"']+", part) else f"[{json.dumps(part)}]"
+
+
+def model_by_channel_key(chat_id: str, thread_id: str | None = None) -> str:
+    """The ``channels.modelByChannel.<channel>`` key of a chat (OpenClaw's form):
+    ``"-1001234567890"``, a topic ``"-1001234567890:topic:99"``."""
+    return f"{chat_id}:topic:{thread_id}" if thread_id else chat_id
+
+
+def selection_source(config: Config, channel: str, *, chat_kind: str, chat_id: str,
+                     sender_id: str | None = None, thread_id: str | None = None
+                     ) -> tuple[ModelSelection, SelectionSource]:
+    """The configured selection for one chat and where it comes from.
+
+    Most specific first: the topic entry (``groups.<id>.topics.<t>``, then
+    ``modelByChannel.<channel>."<id>:topic:<t>"``), the group or direct entry (then
+    ``modelByChannel.<channel>.<id>``), the ``"*"`` entry, the channel, the default.
+    """
+    chan = config.channel(channel)
+    by_channel = config.channels.modelByChannel.get(channel, {})
+    base = f"channels.{channel}"
+    mbc = f"channels.modelByChannel{_key(channel)}"
+    levels: list[tuple[object, str, str]] = []  # (block with .model or a selection, level, path)
+    if chan is not None and chat_kind == "group":
+        groups = getattr(chan, "groups", {}) or {}
+        group = groups.get(chat_id)
+        gpath = f"{base}.groups{_key(chat_id)}"
+        if thread_id is not None:
+            if group is not None and thread_id in group.topics:
+                levels.append((group.topics[thread_id], "topic",
+                               f"{gpath}.topics{_key(thread_id)}.model"))
+            tkey = model_by_channel_key(chat_id, thread_id)
+            if tkey in by_channel:
+                levels.append((by_channel[tkey], "topic", f"{mbc}{_key(tkey)}"))
+        if group is not None:
+            levels.append((group, "group", f"{gpath}.model"))
+        if chat_id in by_channel:
+            levels.append((by_channel[chat_id], "group", f"{mbc}{_key(chat_id)}"))
+        if "*" in groups and group is not groups["*"]:
+            levels.append((groups["*"], "group *", f'{base}.groups["*"].model'))
+    elif chan is not None:
+        direct = getattr(chan, "direct", {}) or {}
+        specific = next((k for k in (sender_id, chat_id) if k is not None and k in direct),
+                        None)
+        if specific is not None:
+            levels.append((direct[specific], "direct",
+                           f"{base}.direct{_key(specific)}.model"))
+        for key in dict.fromkeys(k for k in (sender_id, chat_id) if k is not None):
+            if key in by_channel:
+                levels.append((by_channel[key], "direct", f"{mbc}{_key(key)}"))
+        if specific is None and "*" in direct:
+            levels.append((direct["*"], "direct *", f'{base}.direct["*"].model'))
+    if chan is not None:
+        levels.append((chan, "channel", f"{base}.model"))
+    for block, level, path in levels:
+        sel = getattr(block, "model", block)
+        if sel is not None and getattr(sel, "primary", None):
+            return sel, SelectionSource(level, path)  # type: ignore[return-value]
+    chosen = config.agents.defaults.model
+    default = config.default_selection()
+    path = "agents.defaults.model" if chosen is not None and chosen.primary else ""
+    if not path and default.primary:
+        path = f"models.providers{_key(default.primary.split('/', 1)[0])}.models[0]"
+    return default, SelectionSource("default", path)
+
+
 def selection_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,
                   sender_id: str | None = None, thread_id: str | None = None) -> ModelSelection:
     """The most specific configured selection: topic, group/direct, channel, defaults."""
-    for block in _chat_chain(config, channel, chat_kind, chat_id, sender_id, thread_id):
-        sel = getattr(block, "model", None)
-        if sel is not None and sel.primary:
-            return sel
-    return config.default_selection()
+    return selection_source(config, channel, chat_kind=chat_kind, chat_id=chat_id,
+                            sender_id=sender_id, thread_id=thread_id)[0]
 
 
 def system_prompt_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,

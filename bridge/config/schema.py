@@ -294,6 +294,21 @@ class Channels(_Model):
     telegram: TelegramConfig | None = None
     whatsapp: WhatsAppConfig | None = None
     console: ConsoleConfig | None = None
+    # OpenClaw's per-chat pins: channel -> chat id (a topic: "<id>:topic:<thread>") -> a
+    # model ref/alias or {primary, fallbacks}.  Same level as the chat's groups/direct/
+    # topics entry (that entry's own model wins when both set one).
+    modelByChannel: dict[str, dict[str, ModelSelection]] = {}
+
+    @field_validator("modelByChannel")
+    @classmethod
+    def _known_channels(cls, value: dict[str, dict[str, ModelSelection]]
+                        ) -> dict[str, dict[str, ModelSelection]]:
+        known = [n for n in cls.model_fields if n != "modelByChannel"]
+        for name in value:
+            if name not in known:
+                raise ValueError(f"unknown channel {name!r} in modelByChannel "
+                                 f"(expected one of: {', '.join(known)})")
+        return value
 
 
 # --------------------------------------------------------------------------- operations
