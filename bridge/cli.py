@@ -39,6 +39,14 @@ _HANDLERS = {
     ("init",): "bridge.config.commands:cmd_init",
     ("config", "validate"): "bridge.config.commands:cmd_config_validate",
     ("config", "show"): "bridge.config.commands:cmd_config_show",
+    ("config", "get"): "bridge.config.commands:cmd_config_get",
+    ("config", "set"): "bridge.config.commands:cmd_config_set",
+    ("config", "unset"): "bridge.config.commands:cmd_config_unset",
+    ("config", "patch"): "bridge.config.commands:cmd_config_patch",
+    ("config", "import-openclaw"): "bridge.config.openclaw:cmd_import_openclaw",
+    ("chats", "list"): "bridge.chats:cmd_chats",
+    ("chats", "model"): "bridge.chats:cmd_chats_model",
+    ("chats", "reset"): "bridge.chats:cmd_chats_reset",
     ("models", "list"): "bridge.config.commands:cmd_models_list",
     ("doctor",): "bridge.models.doctor:cmd_doctor",
     ("run",): "bridge.run:cmd_run",
@@ -93,12 +101,64 @@ def build_parser() -> argparse.ArgumentParser:
                         "report its answer, time to first token and total time")
     p.set_defaults(path=("doctor",))
 
-    p = sub.add_parser("config", help="validate or show the config")
+    p = sub.add_parser("config", help="validate, show or edit the config")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     q = csub.add_parser("validate", parents=[common], help="exit 0 if the config is valid")
     q.set_defaults(path=("config", "validate"))
     q = csub.add_parser("show", parents=[common], help="the resolved config, secrets redacted")
     q.set_defaults(path=("config", "show"))
+    dry = argparse.ArgumentParser(add_help=False)
+    dry.add_argument("--dry-run", action="store_true",
+                     help="print a unified diff of the file, write nothing")
+    q = csub.add_parser("get", parents=[common], help="the value at PATH, secrets redacted")
+    q.add_argument("key", metavar="PATH", help='dotted path, e.g. channels.telegram.model')
+    q.set_defaults(path=("config", "get"))
+    q = csub.add_parser("set", parents=[common, dry], help="set PATH to a JSON5 VALUE")
+    q.add_argument("key", metavar="PATH",
+                   help='dotted path; quote odd keys: models.providers["my.lab"].apiKey')
+    q.add_argument("value", metavar="VALUE", nargs="?",
+                   help='JSON5 (sonnet, "sonnet", {primary: "local/qwen3"}); - reads stdin')
+    q.add_argument("--env", metavar="VAR", help='write "${VAR}" (for secrets)')
+    q.set_defaults(path=("config", "set"))
+    q = csub.add_parser("unset", parents=[common, dry], help="remove PATH")
+    q.add_argument("key", metavar="PATH")
+    q.set_defaults(path=("config", "unset"))
+    q = csub.add_parser("patch", parents=[common, dry],
+                        help="deep-merge a JSON5 object from FILE (null removes a key)")
+    q.add_argument("file", metavar="FILE", help="JSON5 file, - for stdin")
+    q.set_defaults(path=("config", "patch"))
+    q = csub.add_parser("import-openclaw", parents=[common],
+                        help="write a Palaver config from an OpenClaw openclaw.json")
+    q.add_argument("file", metavar="FILE", help="the openclaw.json to read")
+    q.add_argument("--output", "-o", metavar="PATH",
+                   help="where to write (default: --config, else ./palaver.json5)")
+    q.add_argument("--force", action="store_true", help="overwrite an existing file")
+    q.set_defaults(path=("config", "import-openclaw"))
+
+    p = sub.add_parser("chats", parents=[common],
+                       help="every chat Palaver has seen and the model that answers it")
+    p.add_argument("--channel", help="only this channel")
+    p.add_argument("--kind", choices=["direct", "group", "topic"], help="only this kind")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.set_defaults(path=("chats", "list"))
+    chsub = p.add_subparsers(dest="chats_command", metavar="ACTION")
+    q = chsub.add_parser("model", parents=[common, dry],
+                         help="pin a chat's model in the config (or --channel, --default)")
+    q.add_argument("chat", metavar="CHAT",
+                   help="as `palaver chats` prints it: telegram:-100123, whatsapp:+1555..., "
+                        "telegram:-100123:topic:7")
+    q.add_argument("ref", metavar="REF", nargs="?", help="model ref or alias")
+    scope = q.add_mutually_exclusive_group()
+    scope.add_argument("--channel", dest="scope", action="store_const", const="channel",
+                       help="pin the whole channel of CHAT instead (channels.<name>.model)")
+    scope.add_argument("--default", dest="scope", action="store_const", const="default",
+                       help="set the default instead (agents.defaults.model)")
+    q.add_argument("--clear", action="store_true", help="remove the pin")
+    q.set_defaults(path=("chats", "model"))
+    q = chsub.add_parser("reset", parents=[common],
+                         help="clear the chat's own /model choice")
+    q.add_argument("chat", metavar="CHAT")
+    q.set_defaults(path=("chats", "reset"))
 
     p = sub.add_parser("models", help="list configured models")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)

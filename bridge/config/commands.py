@@ -190,3 +190,152 @@ def cmd_models_list(args: Any) -> int:
     if not any(r["default"] == "primary" for r in rows):
         print("\nno default model: Palaver will look for a local model server", file=sys.stderr)
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- editing
+
+
+def _edit_target(args: Any) -> Path:
+    """The config file an edit command changes (an edit needs a file)."""
+    from bridge.config.edit import EditError
+    from bridge.config.load import find_config_path
+
+    path = find_config_path(getattr(args, "config", None))
+    if path is None:
+        raise EditError("no config file to edit: create one with `palaver init`, or name "
+                        "one with --config")
+    return path
+
+
+def run_edit(args: Any, changes: list[Any], *, done: str) -> int:
+    """Apply ``changes`` through the edit engine; ``--dry-run`` prints the diff only.
+
+    Errors: an edit that would not load prints the same lines as ``config validate``
+    (EXIT_CONFIG); any other refusal one ``error:`` line.  Never echoes a secret.
+    """
+    from bridge.cli import EXIT_CONFIG
+    from bridge.config.edit import EditError, InvalidEditError, apply_edit
+    from bridge.config.load import ConfigError
+
+    try:
+        path = _edit_target(args)
+        result = apply_edit(path, changes, dry_run=bool(getattr(args, "dry_run", False)))
+    except InvalidEditError as exc:
+        print(exc.error.render(), file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        return EXIT_CONFIG
+    except EditError as exc:
+        return _fail(str(exc))
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    if getattr(args, "dry_run", False):
+        print(result.diff() or "no change", end="" if result.changed else "\n")
+        print("(dry run: nothing was written)", file=sys.stderr)
+        return EXIT_OK
+    if not result.changed:
+        print(f"no change: {result.path} already says that")
+        return EXIT_OK
+    print(f"{done} in {result.path}")
+    print("a running Palaver picks it up by itself (hot reload)", file=sys.stderr)
+    return EXIT_OK
+
+
+def parse_value(text: str) -> Any:
+    """A command-line VALUE: JSON5 (``"sonnet"``, ``{primary: "x"}``, ``true``, ``3``),
+    else the text itself as a string (``sonnet``, ``local/qwen3``)."""
+    import json5
+
+    try:
+        return json5.loads(text)
+    except ValueError:
+        if text.lstrip()[:1] in ("{", "["):
+            from bridge.config.edit import EditError
+
+            raise EditError("VALUE looks like an object or array but is not valid JSON5 "
+                            "(quote strings with spaces or odd characters)") from None
+        return text
+
+
+def cmd_config_get(args: Any) -> int:
+    """Print the value at PATH in the resolved config (secrets redacted)."""
+    from bridge.config.edit import EditError, format_path, parse_path
+
+    config, _path = load_for_cli(args)
+    try:
+        parts = parse_path(args.key)
+    except EditError as exc:
+        return _fail(str(exc))
+    node: Any = redacted(config)
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return _fail(f"no value at {format_path(parts[:i + 1])}")
+    print(node if isinstance(node, str) else json.dumps(node, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_config_set(args: Any) -> int:
+    """``config set PATH VALUE`` / ``--env VAR`` (writes ``"${VAR}"``) / VALUE ``-``
+    (read from standard input: keeps a secret out of the shell history)."""
+    from bridge.config.edit import Change, EditError, env_ref
+
+    try:
+        if args.env:
+            if args.value is not None:
+                raise EditError("give VALUE or --env VAR, not both")
+            value: Any = env_ref(args.env)
+        elif args.value is None:
+            raise EditError("missing VALUE (or --env VAR for a secret)")
+        elif args.value == "-":
+            value = sys.stdin.readline().rstrip("\r\n")
+        else:
+            value = parse_value(args.value)
+        change = Change.set(args.key, value)
+    except EditError as exc:
+        return _fail(str(exc))
+    return run_edit(args, [change], done=f"set {args.key}")
+
+
+def cmd_config_unset(args: Any) -> int:
+    """``config unset PATH``: remove the key (with its comma and same-line comment)."""
+    from bridge.config.edit import Change, EditError
+
+    try:
+        change = Change.unset(args.key)
+    except EditError as exc:
+        return _fail(str(exc))
+    return run_edit(args, [change], done=f"unset {args.key}")
+
+
+def cmd_config_patch(args: Any) -> int:
+    """``config patch FILE``: deep-merge a JSON5 object (``null`` removes a key)."""
+    import json5
+
+    from bridge.config.edit import EditError, merge_changes
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except OSError as exc:
+        return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
+    try:
+        patch = json5.loads(text)
+    except ValueError as exc:
+        return _fail(f"{args.file}: invalid JSON5: {exc}")
+    if not isinstance(patch, dict):
+        return _fail(f"{args.file}: expected a JSON5 object at the top level")
+    try:
+        path = _edit_target(args)
+        current = json5.loads(path.read_text("utf-8"))
+    except EditError as exc:
+        return _fail(str(exc))
+    except (OSError, ValueError):
+        current = {}
+    changes = merge_changes(patch, current if isinstance(current, dict) else {})
+    if not changes:
+        print("no change: the patch is empty")
+        return EXIT_OK
+    return run_edit(args, changes, done=f"merged {args.file}")

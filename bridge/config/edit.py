@@ -620,8 +620,16 @@ def _insert_member(text: str, obj: _Node, style: _Style, key: str, value: Any) -
                 return _splice(text, at, at, f"{indent}{entry}{nl}")
             return _splice(text, close, close, f"{nl}{indent}{entry}{nl}"
                            f"{_indent_at(text, obj.start)}")
+        flat = f" {key_text}: {_render_flat(value, style)} "
+        line_end = text.find("\n", close)
+        line_end = len(text) if line_end < 0 else line_end
+        line_len = len(text[_line_start(text, obj.start):line_end]) + len(flat)
+        if line_len <= 88:
+            return _splice(text, obj.start + 1, close, flat)
+        outer = _indent_at(text, obj.start)
+        indent = outer + style.unit
         return _splice(text, obj.start + 1, close,
-                       f" {key_text}: {_render_flat(value, style)} ")
+                       f"{nl}{indent}{key_text}: {_render(value, style, indent)},{nl}{outer}")
     last = obj.members[-1]
     trailing = last.comma is not None
     if multiline and _only_space_before(text, last.key_start):
@@ -778,7 +786,19 @@ def _mask_shapes(text: str) -> str:
 
 
 def _secret_values(data: Any, key: str | None = None) -> list[str]:
-    """Literal secret values in parsed data (to scrub from messages)."""
+    """Literal secret values in parsed data (to scrub from messages).  A placeholder
+    equal to a provider id (``apiKey: "lmstudio"``) is left: hiding it would blank every
+    ref of that provider, as in the loader's redaction."""
+    ignore: set[str] = set()
+    if key is None and isinstance(data, dict):
+        providers = (data.get("models") or {}).get("providers") if isinstance(
+            data.get("models"), dict) else None
+        if isinstance(providers, dict):
+            ignore = {str(p).casefold() for p in providers}
+    return [s for s in _secret_values_in(data, key) if s.casefold() not in ignore]
+
+
+def _secret_values_in(data: Any, key: str | None = None) -> list[str]:
     out: list[str] = []
     if isinstance(data, dict):
         for k, v in data.items():
@@ -788,10 +808,10 @@ def _secret_values(data: Any, key: str | None = None) -> list[str]:
                 out.extend(str(hv) for hk, hv in v.items()
                            if isinstance(hv, str) and is_auth_header(str(hk), hv))
             else:
-                out.extend(_secret_values(v, str(k)))
+                out.extend(_secret_values_in(v, str(k)))
     elif isinstance(data, list):
         for v in data:
-            out.extend(_secret_values(v, key))
+            out.extend(_secret_values_in(v, key))
     return [s for s in out if len(s) >= MIN_SECRET_LENGTH and not _is_reference(json.dumps(s))]
 
 

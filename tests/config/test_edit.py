@@ -1,0 +1,385 @@
+"""The config edit engine: only the edited lines change; invalid and concurrent edits
+write nothing; secrets are never echoed."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+from pathlib import Path
+
+import json5
+import pytest
+
+import bridge.config.edit as edit
+from bridge.cli import main
+from bridge.config.edit import (
+    Change,
+    ConcurrentEditError,
+    EditError,
+    InvalidEditError,
+    apply_edit,
+    edit_text,
+    file_sha256,
+    format_path,
+    merge_changes,
+    parse_path,
+    plan_edit,
+)
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "config").glob("*.json5"))
+TOKEN = "123456789:AAH-edit-secret-token-abcdefghijklmnop"
+KEY = "sk-test-edit-secret-key-0123456789"
+ENV = {"TELEGRAM_BOT_TOKEN": TOKEN, "LOCAL_KEY": KEY, "OPENAI_API_KEY": KEY,
+       "OPENROUTER_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY, "LITELLM_API_KEY": KEY}
+
+# Every JSON5 feature a hand-edited file has: comments between keys and before colons,
+# block comments, trailing commas, quoted, single-quoted and bare keys, ${VAR}s, hex.
+HARD = """\
+// Palaver, edited by hand for years.
+/* A block comment
+   over two lines. */
+{
+  // where the data lives
+  dataDir: '~/.palaver-hard', // single quotes
+  "health": { port: 0x2253, /* hex */ host: "127.0.0.1" },
+  agents: {
+    defaults: {
+      model: {
+        primary: "local/qwen3", // the workhorse
+        fallbacks: [
+          "anthropic/claude-sonnet-4-5",  // when the box is down
+        ],
+      },
+      "models": {
+        'local/qwen3': { alias: "Qwen" },
+        "anthropic/claude-sonnet-4-5": { alias: "Sonnet", },
+      },
+      systemPrompt: "You are terse. \\"Really\\".",
+    },
+  },
+  models: {
+    providers: {
+      local: {
+        baseUrl: "http://127.0.0.1:1234/v1",
+        apiKey: "${LOCAL_KEY}",
+        models: [{ id: "qwen3", contextWindow: 32768 }, { id: "llama" }],
+      },
+    },
+  },
+  channels: {
+    telegram: {
+      botToken: "${TELEGRAM_BOT_TOKEN}",
+      /* who may talk */ allowFrom: ["123", "456"],
+      groups: {
+        "*": { requireMention: true },
+        "-1001234567890" /* family */ : {
+          requireMention: false,
+          topics: { "7": { model: "Sonnet" } },
+        },
+      },
+    },
+  },
+}
+// trailing comment
+"""
+
+
+def changed_old_lines(before: str, after: str) -> list[str]:
+    """The lines of ``before`` that the edit removed or rewrote."""
+    a, b = before.splitlines(), after.splitlines()
+    out: list[str] = []
+    for tag, i1, i2, _j1, _j2 in difflib.SequenceMatcher(None, a, b, autojunk=False
+                                                         ).get_opcodes():
+        if tag in ("replace", "delete"):
+            out.extend(a[i1:i2])
+    return out
+
+
+def write(tmp_path: Path, text: str, name: str = "palaver.json5") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("channels.telegram.groups.-1001234567890.model",
+     ("channels", "telegram", "groups", "-1001234567890", "model")),
+    ('models.providers["my.lab"].apiKey', ("models", "providers", "my.lab", "apiKey")),
+    ("agents.defaults.model.fallbacks[1]", ("agents", "defaults", "model", "fallbacks", 1)),
+    ("channels.whatsapp.direct.+15551234567", ("channels", "whatsapp", "direct", "+15551234567")),
+    ('groups["*"].topics.7', ("groups", "*", "topics", "7")),
+    ("a['x\"y']", ("a", 'x"y')),
+])
+def test_paths_parse_and_print_back(text, parts):
+    assert parse_path(text) == parts
+    assert parse_path(format_path(parts)) == parts
+
+
+@pytest.mark.parametrize("bad", ["", "a..b", "a.", ".a", "a[x]", "a[\"x]", "a]b"])
+def test_bad_paths_are_refused(bad):
+    with pytest.raises(EditError):
+        parse_path(bad)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_examples_edited_at_several_paths_change_only_those_lines(example, tmp_path):
+    before = example.read_text("utf-8")
+    original = json5.loads(before)
+    path = write(tmp_path, before)
+    changes = [
+        Change.set("dataDir", "/srv/palaver"),
+        Change.set("agents.defaults.compaction.keepRecentTurns", 9),
+        Change.set("channels.telegram.groups.-1009999.requireMention", False),
+        Change.set("store.retentionDays", 12),
+    ]
+    result = apply_edit(path, changes, env=ENV)
+    after = path.read_text("utf-8")
+    assert result.written and after == result.after
+    data = json5.loads(after)
+    assert data["dataDir"] == "/srv/palaver"
+    assert data["agents"]["defaults"]["compaction"]["keepRecentTurns"] == 9
+    assert data["channels"]["telegram"]["groups"]["-1009999"] == {"requireMention": False}
+    assert data["store"]["retentionDays"] == 12
+    # Everything else means what it meant ...
+    for key in original:
+        if key not in ("dataDir", "agents", "channels", "store"):
+            assert data[key] == original[key]
+    # ... and only the edited lines (a value replaced, an entry added to a one-line
+    # object, the line before an insertion gaining a ",") were touched.
+    for line in changed_old_lines(before, after):
+        assert ("dataDir" in line or "keepRecentTurns" in line or "retentionDays" in line
+                or "groups: {" in line or "compaction: {" in line or "telegram: {" in line
+                or line.rstrip() + "," in after.splitlines()
+                or line.strip() in ("}", "},")), line
+    # Comments survive byte for byte.
+    for line in before.splitlines():
+        if line.strip().startswith("//"):
+            assert line in after.splitlines()
+
+
+def test_a_hand_edited_file_keeps_every_byte_outside_the_edits(tmp_path):
+    path = write(tmp_path, HARD)
+    result = apply_edit(path, [
+        Change.set("agents.defaults.model.primary", "local/llama"),
+        Change.set("channels.telegram.groups.-1001234567890.model", "local/llama"),
+        Change.set("channels.telegram.groups.-1001234567890.topics.7.model", "Qwen"),
+        Change.set("health.port", 9000),
+        Change.unset("channels.telegram.groups.*"),
+    ], env=ENV)
+    after = path.read_text("utf-8")
+    diff = [line for line in difflib.unified_diff(HARD.splitlines(), after.splitlines(),
+                                                  lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert diff == [
+        '-  "health": { port: 0x2253, /* hex */ host: "127.0.0.1" },',
+        '+  "health": { port: 9000, /* hex */ host: "127.0.0.1" },',
+        '-        primary: "local/qwen3", // the workhorse',
+        '+        primary: "local/llama", // the workhorse',
+        '-        "*": { requireMention: true },',
+        '-          topics: { "7": { model: "Sonnet" } },',
+        '+          topics: { "7": { model: "Qwen" } },',
+        '+          model: "local/llama",',
+    ], diff
+    assert result.config.selection_for(
+        "telegram", chat_kind="group", chat_id="-1001234567890").primary == "local/llama"
+    # The ${VAR}s are still references, not values.
+    assert '"${LOCAL_KEY}"' in after and '"${TELEGRAM_BOT_TOKEN}"' in after
+    assert KEY not in after and TOKEN not in after
+
+
+def test_new_entries_follow_the_files_indentation_and_key_quoting(tmp_path):
+    text = '{\n    "agents": {\n        "defaults": {\n            "systemPrompt": "x"\n' \
+           '        }\n    }\n}\n'
+    path = write(tmp_path, text)
+    apply_edit(path, [Change.set("agents.defaults.imageHistoryTurns", 2),
+                      Change.set("logging.level", "debug")], env=ENV)
+    assert path.read_text() == (
+        '{\n    "agents": {\n        "defaults": {\n            "systemPrompt": "x",\n'
+        '            "imageHistoryTurns": 2\n        }\n    },\n'
+        '    "logging": { "level": "debug" }\n}\n')
+
+
+def test_long_new_values_go_one_entry_a_line(tmp_path):
+    path = write(tmp_path, '{\n  channels: {\n    telegram: {},\n  },\n}\n')
+    apply_edit(path, [Change.set("channels.telegram.allowFrom",
+                                 [f"10000000{i}" for i in range(9)])], env=ENV)
+    after = path.read_text()
+    assert max(len(line) for line in after.splitlines()) <= 88
+    assert '      allowFrom: [\n        "100000000",\n' in after
+    assert json5.loads(after)["channels"]["telegram"]["allowFrom"][8] == "100000008"
+
+
+@pytest.mark.parametrize("before, path, after", [
+    # own line, trailing comma and comment go with it; the comment above stays
+    ("{\n  // keep me\n  a: 1, // gone\n  b: 2,\n}\n", "a", "{\n  // keep me\n  b: 2,\n}\n"),
+    # the last entry without a trailing comma: the previous comma goes
+    ("{\n  a: 1,\n  b: 2\n}\n", "b", "{\n  a: 1\n}\n"),
+    # inline
+    ("{ a: 1, b: 2, c: 3 }", "b", "{ a: 1, c: 3 }"),
+    ("{ a: 1, b: 2 }", "b", "{ a: 1 }"),
+    ("{ a: { x: 1 } }", "a.x", "{ a: {} }"),
+    # array entries
+    ('{ f: ["a", "b", "c"] }', "f[1]", '{ f: ["a", "c"] }'),
+    ("{\n  f: [\n    'a',\n    'b',\n  ],\n}", "f[0]", "{\n  f: [\n    'b',\n  ],\n}"),
+    # a missing path changes nothing
+    ("{ a: 1 }", "z.y", "{ a: 1 }"),
+])
+def test_unset_removes_the_entry_with_its_comma(before, path, after):
+    assert edit_text(before, [Change.unset(path)]) == after
+    assert json5.loads(after) is not None
+
+
+def test_crlf_files_stay_crlf(tmp_path):
+    path = write(tmp_path, '{\r\n  dataDir: "/a",\r\n}\r\n')
+    apply_edit(path, [Change.set("store.retentionDays", 3)], env=ENV)
+    raw = path.read_bytes()
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    assert raw.startswith(b'{\r\n  dataDir: "/a",\r\n')
+
+
+def test_patch_merges_objects_key_by_key_and_null_removes(tmp_path):
+    path = write(tmp_path, HARD)
+    patch = json5.loads('{ agents: { defaults: { systemPrompt: null, '
+                        'model: { fallbacks: ["local/llama"] } } }, logging: { level: "debug" } }')
+    result = apply_edit(path, merge_changes(patch, json5.loads(HARD)), env=ENV)
+    after = path.read_text()
+    assert "// the workhorse" in after and "systemPrompt" not in after
+    model = result.config.agents.defaults.model
+    assert model is not None and model.primary == "local/qwen3"
+    assert model.fallbacks == ("local/llama",)
+    assert result.config.logging.level == "debug"
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_an_invalid_edit_writes_nothing_and_says_what_validate_says(tmp_path, capsys,
+                                                                     monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    path = write(tmp_path, HARD)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    before = path.read_bytes()
+    assert main(["config", "set", "-c", str(path), "channels.telegram.groups.-1001234567890"
+                 ".model", "nope/nothing"]) == 1
+    err = capsys.readouterr().err
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == 1_000_000_000
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp file
+    # The same lines `config validate` prints for that text.
+    (tmp_path / "other").mkdir()
+    bad = write(tmp_path / "other", edit_text(HARD, [Change.set(
+                    "channels.telegram.groups.-1001234567890.model", "nope/nothing")]))
+    assert main(["config", "validate", "-c", str(bad)]) == 1
+    validate = capsys.readouterr().err
+    def strip(text: str) -> list[str]:
+        return [line.split(": ", 1)[1] for line in text.splitlines()
+                if line.startswith(str(tmp_path))]
+
+    assert strip(err) and strip(err) == strip(validate)
+    assert "channels.telegram.groups" in err and "nothing was written" in err
+    with pytest.raises(InvalidEditError) as info:
+        apply_edit(path, [Change.set("health.port", 70000)], env=ENV)
+    assert info.value.error.problems[0].where == "health.port"
+    assert path.read_bytes() == before
+
+
+def test_a_path_through_a_value_is_refused(tmp_path):
+    path = write(tmp_path, HARD)
+    before = path.read_bytes()
+    with pytest.raises(EditError, match="dataDir is a value"):
+        apply_edit(path, [Change.set("dataDir.x", 1)], env=ENV)
+    assert path.read_bytes() == before
+
+
+def test_a_concurrent_edit_is_refused(tmp_path, monkeypatch):
+    path = write(tmp_path, HARD)
+    theirs = HARD.replace("'~/.palaver-hard'", "'~/.theirs'")
+    real = edit.edit_text
+
+    def racing(text, changes):  # someone saves the file while our edit is computed
+        path.write_text(theirs)
+        return real(text, changes)
+
+    monkeypatch.setattr(edit, "edit_text", racing)
+    with pytest.raises(ConcurrentEditError):
+        apply_edit(path, [Change.set("store.retentionDays", 3)], env=ENV)
+    assert path.read_text() == theirs
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_edit_based_on_an_older_read_is_refused(tmp_path):
+    path = write(tmp_path, HARD)
+    seen = file_sha256(path)
+    path.write_text(HARD.replace("0x2253", "8000"))
+    with pytest.raises(ConcurrentEditError):
+        apply_edit(path, [Change.set("store.retentionDays", 3)], env=ENV, expect_sha256=seen)
+    assert "8000" in path.read_text() and "retentionDays" not in path.read_text()
+
+
+def test_the_write_keeps_mode_and_symlink(tmp_path):
+    real = write(tmp_path, HARD, "real.json5")
+    real.chmod(0o640)
+    link = tmp_path / "palaver.json5"
+    link.symlink_to(real)
+    apply_edit(link, [Change.set("store.retentionDays", 3)], env=ENV)
+    assert link.is_symlink() and "retentionDays: 3" in real.read_text()
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    path = write(tmp_path, HARD)
+    result = apply_edit(path, [Change.set("store.retentionDays", 3)], env=ENV, dry_run=True)
+    assert not result.written and path.read_text() == HARD
+    assert "+  store: { retentionDays: 3 }," in result.diff()
+    assert plan_edit(path, [Change.unset("nothing.here")], env=ENV).changed is False
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_secrets_are_never_echoed(tmp_path, capsys, monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    path = write(tmp_path, HARD)
+    secret = "987654321:AAFsecret-never-shown-abcdefghijklmno"
+    for argv in (["config", "set", "-c", str(path), "channels.telegram.botToken", secret,
+                  "--dry-run"],
+                 ["config", "set", "-c", str(path), "channels.telegram.botToken", secret],
+                 ["config", "set", "-c", str(path), "models.providers.local.apiKey",
+                  "sk-hidden-provider-key-99", "--dry-run"],
+                 ["config", "get", "-c", str(path), "channels.telegram.botToken"],
+                 ["config", "get", "-c", str(path), "models.providers.local"],
+                 # invalid: a webhook secret with a bad character is not repeated
+                 ["config", "set", "-c", str(path), "channels.telegram.webhookSecret",
+                  "bad secret value!"],
+                 ["config", "unset", "-c", str(path), "channels.telegram.botToken",
+                  "--dry-run"]):
+        main(argv)
+        out = capsys.readouterr()
+        both = out.out + out.err
+        for leaked in (secret, secret.split(":")[1], "sk-hidden-provider-key-99",
+                       "bad secret value!", TOKEN, KEY):
+            assert leaked not in both, (argv, both)
+    assert secret in path.read_text()  # it was written, just never shown
+
+
+def test_env_writes_a_reference(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("LOCAL_KEY", KEY)
+    monkeypatch.setenv("MY_KEY", "sk-from-env-0000000")
+    path = write(tmp_path, HARD)
+    assert main(["config", "set", "-c", str(path), "models.providers.local.apiKey",
+                 "--env", "MY_KEY"]) == 0
+    assert 'apiKey: "${MY_KEY}"' in path.read_text()
+    assert "sk-from-env" not in capsys.readouterr().out
+    assert main(["config", "set", "-c", str(path), "models.providers.local.apiKey",
+                 "--env", "NOT_SET_ANYWHERE"]) == 1
+    err = capsys.readouterr().err
+    assert "NOT_SET_ANYWHERE is not set" in err and 'apiKey: "${MY_KEY}"' in path.read_text()
