@@ -2,8 +2,8 @@
 
 Rules (see WIRE.md, "Inline reasoning in text"):
 
-- ``<think>``, ``<thinking>``, ``<thought>`` and ``<antthinking>`` blocks are removed
-  (tag names case-insensitive, attributes tolerated, nesting counted);
+- ``<think>``, ``<thinking>``, ``<thought>``, ``<antthinking>`` and ``<reasoning>`` blocks
+  are removed (tag names case-insensitive, attributes tolerated, nesting counted);
 - ``<final>`` / ``</final>`` tags are removed and their content kept;
 - a *lone* closing tag (templates that open ``<think>`` inside the prompt: Qwen3,
   DeepSeek-R1, MiniMax M2) makes everything before it reasoning.  Unless the text starts
@@ -20,6 +20,25 @@ Rules (see WIRE.md, "Inline reasoning in text"):
 - whitespace is tidied: the result is stripped and the gap left by a removed block
   collapses to one space or at most one blank line.
 
+OpenAI's harmony format (gpt-oss through a raw template; openai/harmony docs/format.md):
+
+- a message is ``<|start|>{header}<|message|>{content}`` ended by ``<|end|>``,
+  ``<|return|>`` or ``<|call|>``; the header names the channel after ``<|channel|>``
+  (``<|start|>`` may be missing: the template wrote it).  Only the content of a ``final``
+  message without a recipient (``to=``) is answer text; ``analysis`` and ``commentary``
+  messages and every header are dropped, and no special token is ever shown;
+- once a special token has been seen outside code the text is harmony: from then on the
+  tokens are structure wherever they stand (in the format they are single tokens, never
+  text), so a final message ending in a code block still ends at its ``<|return|>``;
+  before that, tokens in code are text (an answer explaining the format);
+- lone tokens, as for ``</think>``: when the text does not start with a header, the text
+  before a first ``<|start|>``, ``<|channel|>`` or ``<|call|>`` is dropped, and so is the
+  text before an ``<|end|>`` that a header follows; text before ``<|message|>`` is the
+  header (``analysis<|message|>…``); ``<|return|>`` ends the answer, and a token in code
+  is text;
+- a cut stream: an unfinished header or non-final message is dropped, and so is a
+  special token cut short at the very end (``…<|ret``).
+
 :class:`ReasoningFilter` applies the rules to a stream of chunks (tags may be split
 anywhere); :func:`strip_reasoning` is the one-shot form.
 """
@@ -28,7 +47,7 @@ from __future__ import annotations
 
 import re
 
-_REASONING_NAMES = ("think", "thinking", "thought", "antthinking")
+_REASONING_NAMES = ("think", "thinking", "thought", "antthinking", "reasoning")
 _FINAL_NAMES = ("final",)
 _ALL_NAMES = _REASONING_NAMES + _FINAL_NAMES
 # Longest a tag with attributes may be before a "<think ..." is taken as plain text.
@@ -37,18 +56,43 @@ _MAX_TAG = 256
 # Bare tags, or attributes of the form name="v", name='v' or name=v only.
 _ATTR = r"""[A-Za-z_:][\w:.-]*\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>=/`]+)"""
 _TAG_RE = re.compile(
-    r"<\s{0,8}(/?)\s{0,8}(antthinking|thinking|thought|think|final)"
+    r"<\s{0,8}(/?)\s{0,8}(antthinking|thinking|thought|think|reasoning|final)"
     rf"(?=[\s/>])(?=[^<>]{{0,{_MAX_TAG}}}>)(?:\s+{_ATTR})*\s*/?\s*>",
     re.IGNORECASE,
 )
 _TAG_START_RE = re.compile(r"<\s*/?\s*([A-Za-z]*)")
 _SPECIAL_RE = re.compile(r"[<`~\n]")
 
+# Harmony's special tokens (one token each in the o200k_harmony encoding).
+_HARMONY_NAMES = ("start", "end", "message", "channel", "constrain", "return", "call")
+_HARMONY_TOKENS = tuple(f"<|{n}|>" for n in _HARMONY_NAMES)
+_HARMONY_RE = re.compile(r"<\|(start|end|message|channel|constrain|return|call)\|>")
+_HEADER_OPENERS = ("start", "channel")
+_MESSAGE_ENDS = ("end", "return", "call")
+# A header as the template may have left it: a role, channel, recipient, content type.
+_HEADER_TEXT_RE = re.compile(r"[\w.:=-]+(?: +[\w.:=-]+){0,7} *")
+_MAX_HEADER = 256  # header text kept to read the channel and recipient from
+
 _NORMAL, _REASONING, _FENCE = "normal", "reasoning", "fence"
+_HEADER, _HIDDEN = "header", "hidden"  # harmony: a message header, a non-final message
+
+
+def _could_be_harmony_prefix(s: str) -> bool:
+    """True if ``s`` is a proper beginning of a harmony special token."""
+    return any(t.startswith(s) and t != s for t in _HARMONY_TOKENS)
+
+
+def _harmony_shows(header: str) -> bool:
+    """Whether a message with this header is answer text: the final channel, no recipient."""
+    part = header.rsplit("<|channel|>", 1)[-1].split("<|constrain|>", 1)[0]
+    words = part.split()
+    return bool(words) and words[0] == "final" and "to=" not in header
 
 
 def _could_be_tag_prefix(s: str) -> bool:
     """True if ``s`` (starting with ``<``) may still grow into a reasoning/final tag."""
+    if s.startswith("<|"):
+        return _could_be_harmony_prefix(s)
     m = _TAG_START_RE.match(s)
     if m is None:
         return False
@@ -65,8 +109,9 @@ class ReasoningFilter:
     """Incremental reasoning stripper: ``feed(chunk)`` returns text safe to emit now.
 
     With ``lone_close=True`` (the default) the text is held back until it is known
-    whether a lone ``</think>`` turns it into reasoning: until it starts with an opening
-    tag, or the first closing tag has arrived, or the stream ends.  Pass
+    whether a lone ``</think>`` (or harmony token) turns it into reasoning: until it
+    starts with an opening tag or a harmony header, or the first closing tag or special
+    token has decided it, or the stream ends.  Pass
     ``lone_close=False`` for models known not to open the tag in their template, so text
     can flow at once.  ``finish()`` returns whatever remains.  The result never depends
     on how the text was split into chunks.
@@ -87,6 +132,9 @@ class ReasoningFilter:
         self._ws_tail = ""  # trailing whitespace not emitted yet
         self._junction = False  # a block was just removed here
         self._finished = False
+        self._harmony = False  # a harmony token seen outside code: tokens are structure now
+        self._header = ""  # the harmony message header read so far
+        self._end_next_from = 0  # after a lone <|end|>: where to look for the next token
 
     # ------------------------------------------------------------------ public API
 
@@ -127,30 +175,80 @@ class ReasoningFilter:
                 self._resolve(0)
             return
         if head[0] == "<":
+            if head.startswith(("<|start|>", "<|channel|>")):
+                self._resolve(0)  # the model writes its own harmony headers
+                return
             m = _TAG_RE.match(head)
             if m is not None and not m.group(1) and m.group(2).lower() in _REASONING_NAMES:
                 self._resolve(0)  # the model opens its own tags: ordinary rules
                 return
             if m is None and not final and _could_be_tag_prefix(head):
                 return  # wait: this may still become an opening tag
-        close = _first_close(raw, self._search_from)
+        close = _first_marker(raw, self._search_from)
         if close is None:
             if final:
                 self._resolve(0)
             else:
                 self._search_from = max(self._search_from, len(raw) - (_MAX_TAG + 64))
             return
+        if close.re is _HARMONY_RE:
+            self._decide_harmony(close, final=final)
+            return
         example = _in_code_example(raw, close.start(), final=final)
         if example is None:
             return  # wait: a backtick's closer decides whether the tag is in code
         self._resolve(0 if example else close.end(), lone=not example)
 
-    def _resolve(self, cut: int, *, lone: bool = False) -> None:
+    def _decide_harmony(self, token: re.Match[str], *, final: bool) -> None:
+        """The lone-close question when the first marker is a harmony special token."""
+        raw = self._raw
+        name = token.group(1)
+        if name == "return":
+            self._resolve(0)  # it ends the answer: the text before it is the answer
+            return
+        if name in ("message", "constrain"):
+            header = raw[: token.start()].strip()
+            if header and _HEADER_TEXT_RE.fullmatch(header):
+                self._resolve(token.start(), harmony_header=header)  # analysis<|message|>
+            else:
+                self._resolve(0)
+            return
+        if name == "end":
+            # Lone only when a header follows: a trailing <|end|> is another family's
+            # end-of-turn token (Phi-3) after a plain answer.
+            self._search_from = token.start()
+            nxt = _HARMONY_RE.search(raw, max(token.end(), self._end_next_from))
+            if nxt is None:
+                if final:
+                    self._resolve(0)
+                else:
+                    self._end_next_from = max(token.end(), len(raw) - len("<|constrain|>"))
+                return
+            if nxt.group(1) not in _HEADER_OPENERS:
+                self._resolve(0)
+                return
+        in_code = _in_code_example(raw, token.start(), final=final, any_code=True)
+        if in_code is None:
+            return  # wait: a backtick's closer decides whether the token is in code
+        if in_code:
+            self._resolve(0)  # an answer quoting the format
+            return
+        # <|end|> then a header, <|call|> (a tool call's arguments): drop through the token;
+        # <|start|>, <|channel|>: a new message begins here.
+        self._resolve(token.start() if name in _HEADER_OPENERS else token.end(), harmony=True)
+
+    def _resolve(self, cut: int, *, lone: bool = False, harmony: bool = False,
+                 harmony_header: str | None = None) -> None:
         """Hand the held text, from ``cut`` on, to the ordinary scanner."""
         self._resolved = True
         self._buf, self._raw = self._raw[cut:] + self._buf, ""
         if lone:
             self._line_start = False  # like after any tag
+        if harmony or harmony_header is not None:
+            self._harmony = True
+        if harmony_header is not None:
+            self._state = _HEADER
+            self._header = harmony_header
 
     # ------------------------------------------------------------------ output
 
@@ -197,6 +295,8 @@ class ReasoningFilter:
         while self._buf:
             if self._state == _REASONING:
                 progressed = self._scan_reasoning(final)
+            elif self._state in (_HEADER, _HIDDEN):
+                progressed = self._scan_harmony(final)
             elif self._state == _FENCE:
                 progressed = self._scan_fence(final)
             else:
@@ -213,6 +313,14 @@ class ReasoningFilter:
         m = _TAG_RE.search(buf)
         while m is not None and m.group(2).lower() not in _REASONING_NAMES:
             m = _TAG_RE.search(buf, m.end())
+        if self._harmony:
+            token = _HARMONY_RE.search(buf, 0, m.start() if m is not None else len(buf))
+            if token is not None:  # the message ends, and the block with it
+                self._consume(token.start())
+                self._depth = 0
+                self._state = _NORMAL
+                self._block_removed()
+                return True
         if m is None:
             # Drop everything except a possible partial tag at the end.
             cut = len(buf)
@@ -237,6 +345,13 @@ class ReasoningFilter:
     def _scan_fence(self, final: bool) -> bool:
         buf = self._buf
         nl = buf.find("\n")
+        if self._harmony:
+            token = _HARMONY_RE.search(buf, 0, nl if nl != -1 else len(buf))
+            if token is not None:  # the message ends, and the code block with it
+                self._text(self._consume(token.start()))
+                self._fence = None
+                self._state = _NORMAL
+                return True
         if nl == -1:
             if not final:
                 return False
@@ -304,6 +419,11 @@ class ReasoningFilter:
         closer = re.compile(r"(?<!`)" + "`" * run + r"(?!`)")
         m = closer.search(buf, run)
         para_end = buf.find("\n\n", run)
+        if self._harmony:
+            token = _HARMONY_RE.search(buf, run, m.start() if m is not None else len(buf))
+            if token is not None:  # the message ends before a closer: the run is literal
+                self._text(self._consume(run))
+                return True
         if m is not None and m.end() == len(buf) and not final:
             return False  # the closing run may continue in the next chunk
         if m is not None and (para_end == -1 or m.start() < para_end):
@@ -316,6 +436,15 @@ class ReasoningFilter:
 
     def _scan_tag(self, final: bool) -> bool:
         buf = self._buf
+        token = _HARMONY_RE.match(buf)
+        if token is not None:
+            self._consume(token.end())
+            self._harmony = True
+            self._harmony_token(token.group(1))
+            return True
+        if final and buf.startswith("<|") and _could_be_harmony_prefix(buf):
+            self._consume(len(buf))  # a special token cut short by the end of the stream
+            return False
         m = _TAG_RE.match(buf)
         if m is None:
             if not final and _could_be_tag_prefix(buf):
@@ -336,25 +465,81 @@ class ReasoningFilter:
         self._depth = 1
         return True
 
+    # ------------------------------------------------------------------ harmony
 
-def _first_close(text: str, start: int) -> re.Match[str] | None:
-    """The first closing reasoning tag in ``text`` from ``start``, code or not."""
-    for m in _TAG_RE.finditer(text, start):
+    def _scan_harmony(self, final: bool) -> bool:
+        """A header (kept to read its channel) or a non-final message (dropped)."""
+        buf = self._buf
+        token = _HARMONY_RE.search(buf)
+        cut = token.start() if token is not None else len(buf)
+        if token is None and not final:
+            lt = buf.rfind("<", max(0, len(buf) - len("<|constrain|>")))
+            if lt != -1 and _could_be_harmony_prefix(buf[lt:]):
+                cut = lt  # a token may be arriving
+        if self._state == _HEADER and len(self._header) < _MAX_HEADER:
+            self._header = (self._header + buf[:cut])[:_MAX_HEADER]
+        self._consume(cut)
+        if token is None:
+            return False
+        self._consume(len(token.group(0)))
+        self._harmony_token(token.group(1))
+        return True
+
+    def _harmony_token(self, name: str) -> None:
+        """Act on a harmony special token (the token itself is never shown)."""
+        state = self._state
+        if name in _HEADER_OPENERS:
+            if state == _NORMAL:
+                self._block_removed()
+            if state == _HEADER and name == "channel":
+                self._header += "<|channel|>"
+            else:
+                self._header = "<|channel|>" if name == "channel" else ""
+            self._state = _HEADER
+        elif name in _MESSAGE_ENDS:
+            if state == _NORMAL:
+                self._block_removed()
+            self._state = _NORMAL
+            self._line_start = True
+        elif state == _HEADER and name == "constrain":
+            self._header += "<|constrain|>"
+        elif state == _HEADER:  # <|message|>: the content begins
+            if _harmony_shows(self._header):
+                self._state = _NORMAL
+                self._line_start = True
+            else:
+                self._state = _HIDDEN
+            self._header = ""
+        elif state == _NORMAL:
+            self._block_removed()  # a stray <|message|> or <|constrain|>: dropped
+
+
+def _first_marker(text: str, start: int) -> re.Match[str] | None:
+    """The first closing reasoning tag or harmony token in ``text`` from ``start``, code
+    or not."""
+    token = _HARMONY_RE.search(text, start)
+    for m in _TAG_RE.finditer(text, start, token.start() if token is not None else len(text)):
         if m.group(1) and m.group(2).lower() in _REASONING_NAMES:
             return m
-    return None
+    return token
 
 
-def _has_open(text: str) -> bool:
+def _any(text: str) -> bool:
+    return True
+
+
+def _has_open_tag(text: str) -> bool:
     return any(not m.group(1) and m.group(2).lower() in _REASONING_NAMES
                for m in _TAG_RE.finditer(text))
 
 
-def _in_code_example(text: str, pos: int, *, final: bool) -> bool | None:
+def _in_code_example(text: str, pos: int, *, final: bool,
+                     any_code: bool = False) -> bool | None:
     """Whether the closing tag at ``pos`` is part of a code example: it lies in code (a
     fence or an inline span, by the rules the scanner uses) and an opening reasoning tag
-    appears in code before it.  None when a backtick whose closer has not arrived yet
-    decides it."""
+    appears in code before it (with ``any_code``: whether ``pos`` lies in code at all).
+    None when a backtick whose closer has not arrived yet decides it."""
+    _has_open = _any if any_code else _has_open_tag
     i = 0
     line_start = True
     fence: str | None = None
@@ -410,7 +595,8 @@ def _in_code_example(text: str, pos: int, *, final: bool) -> bool | None:
         if para_end == -1 and not final:
             return None  # the closer may still come
         i += run  # unmatched backticks are literal
-    return fence is not None and open_in_code  # pos at the start of a line in a fence
+    # pos at the start of a line in a fence
+    return fence is not None and (open_in_code or any_code)
 
 
 def strip_reasoning(text: str) -> str:
