@@ -288,7 +288,7 @@ class WhatsAppChannel(Channel):
         self._connected = False
         if self._client is not None:
             with contextlib.suppress(Exception):
-                await self._client.disconnect()
+                await self._client.close()  # the session, then its Go-call threads
         await self._drain(deadline)
         for task in (self._supervisor, self._worker):
             if task is not None and not task.done():

@@ -23,19 +23,33 @@ neonize traits this module is designed around (checked against neonize 0.5.2's s
   finish before it stops one.
 - ``download_any`` returns the whole file at once (no streaming, no size limit of its
   own); the adapter bounds it.
+- ``neonize.aioze`` runs every Go function with ``asyncio.to_thread``, i.e. on the event
+  loop's DEFAULT executor, which the rest of Palaver shares (``to_thread`` file I/O,
+  ``getaddrinfo``), and no Go call takes a context or a timeout: a stalled one keeps its
+  thread.  :class:`GoCalls` moves every Go call of Palaver's client to threads of its own
+  (see there why it replaces the client's dispatcher rather than the loop's executor).
+- The Go library prints some lines to the process's stdout/stderr itself (``fmt.Println``
+  / ``println``: "Press Ctrl+C to exit" at each connect, "SendMessage: Error sending
+  message: <error>" on every failed send, which can name the recipient's number, "Login
+  event: …", Go panics); they bypass Python's logging and its redaction.  whatsmeow's
+  own log lines come through neonize's log callback as Python loggers ``whatsmeow.*``
+  (Palaver's handler, redacted), at warnings and above (:meth:`NeonizeClient.connect`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -180,6 +194,10 @@ class WhatsAppClient(Protocol):
         """Tell the session to stop and wait (bounded) for it to end; idempotent."""
         ...
 
+    async def close(self) -> None:
+        """:meth:`disconnect`, then end the client's Go-call threads (it is done)."""
+        ...
+
     async def send_text(self, chat: JID, text: str, *, quoted: QuoteRef | None = None) -> str:
         """Send ``text`` (quoting ``quoted`` when given); return the new message id.
 
@@ -252,11 +270,204 @@ def _jid_or_none(jid: JID) -> JID | None:
     return jid if jid.User and jid.Server else None
 
 
+class CallTimedOut(TimeoutError):
+    """A neonize call did not return in time; it may still complete in Go (a send may
+    have been delivered)."""
+
+
+class NeonizeBusy(NotConnected):
+    """A neonize call waited so long for a free Go-call thread that it was given up
+    before it reached Go: nothing was sent (safe to retry)."""
+
+
+@dataclass(slots=True)
+class _CallState:
+    """One call of :class:`NeonizeClient` on its way to Go (read and written under
+    :attr:`GoCalls._lock`)."""
+
+    started: bool = False  # a worker thread entered Go with it
+    abandoned: bool = False  # given up before it started: it must never reach Go
+
+
+# The call of NeonizeClient being made in this task; GoCalls reads it when neonize hands
+# it the Go function (neonize's method runs in the same task, so it sees this value).
+_current_call: ContextVar[_CallState | None] = ContextVar("neonize_call", default=None)
+
+# Go functions that do not run on the bounded pool: Neonize() blocks for the whole
+# session (a thread of its own per session), Stop must get through while every pool
+# thread is stuck in a stalled call (its own thread).
+_SESSION_CALLS = frozenset({"Neonize"})
+_CONTROL_CALLS = frozenset({"Stop"})
+
+
+class GoCalls:
+    """Where the Go calls of one :class:`NeonizeClient` run: threads of its own.
+
+    neonize 0.5's ``NewAClient`` reaches Go only through ``self.__client`` (the object
+    ``neonize.aioze.client.async_gocode``, whose attributes run the Go library's function
+    of that name with ``asyncio.to_thread``).  neonize accepts no executor, so
+    :meth:`bind` replaces that attribute of Palaver's client with a dispatcher that runs
+    the same Go function (``neonize.aioze.client.gocode``) on this object's threads;
+    neonize's own Python code (serialising, error mapping) stays as it is.  Replacing
+    the loop's default executor instead (``loop.set_default_executor``) would bound
+    everything else on Palaver's loop that uses it (``asyncio.to_thread`` file I/O,
+    DNS look-ups), so a few stalled Go calls would again starve the whole bridge; and
+    patching ``asyncio.to_thread`` inside neonize's module would change every neonize
+    client in the process.
+
+    - ``Neonize()`` (blocks until the session stops) runs on a fresh thread per session
+      ("neonize-session");
+    - ``Stop`` on one control thread ("neonize-control"), so it is not queued behind
+      stalled calls;
+    - every other call on a pool of ``workers`` threads ("neonize-1" …): at most that
+      many run at once, more wait in the pool's queue.  A call is refused (before Go)
+      while the gate is closed, i.e. from :meth:`close_gate` (just before Stop) to the
+      next :meth:`open_gate`: after Stop, Go has no client and a call would abort the
+      process.
+    """
+
+    def __init__(self, library: Any, workers: int) -> None:
+        self._library = library
+        self.workers = workers
+        numbers = itertools.count(1)
+
+        def name_thread() -> None:
+            threading.current_thread().name = f"neonize-{next(numbers)}"
+
+        self._pool = ThreadPoolExecutor(workers, initializer=name_thread)
+        self._control = ThreadPoolExecutor(1, thread_name_prefix="neonize-control")
+        self._lock = threading.Lock()
+        self._open = False
+        self._running = 0  # pool and control calls inside Go right now
+        self._idle_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._closed = False
+
+    def bind(self, client: Any) -> None:
+        """Make ``client`` (a neonize ``NewAClient``) reach Go through this object."""
+        if not hasattr(client, "_NewAClient__client"):
+            raise RuntimeError("this neonize's NewAClient has no _NewAClient__client (its "
+                               "Go-call dispatcher); Palaver supports neonize 0.5")
+        client._NewAClient__client = _Dispatcher(self)
+
+    @property
+    def running(self) -> int:
+        """Go calls (other than ``Neonize()``) running in a thread right now."""
+        with self._lock:
+            return self._running
+
+    def open_gate(self) -> None:
+        with self._lock:
+            self._open = True
+
+    def close_gate(self) -> None:
+        """From now on no call reaches Go (they raise :class:`NotConnected`)."""
+        with self._lock:
+            self._open = False
+
+    def abandon(self, state: _CallState) -> bool:
+        """Give up ``state``'s call if it has not reached Go; whether it never will."""
+        with self._lock:
+            if state.started:
+                return False
+            state.abandoned = True
+            return True
+
+    def submit(self, name: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+        """Run the Go function ``name`` in the right thread; a future of its result."""
+        loop = asyncio.get_running_loop()
+        function = getattr(self._library, name)
+        try:
+            if name in _SESSION_CALLS:
+                session = ThreadPoolExecutor(1, thread_name_prefix="neonize-session")
+                future = loop.run_in_executor(session,
+                                              functools.partial(function, *args, **kwargs))
+                session.shutdown(wait=False)  # its thread ends when Neonize() returns
+                return future
+            executor = self._control if name in _CONTROL_CALLS else self._pool
+            gated = name not in _CONTROL_CALLS
+            return loop.run_in_executor(executor, functools.partial(
+                self._run, function, _current_call.get(), gated, args, kwargs))
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            raise NotConnected(f"the WhatsApp client is closed ({exc})") from None
+
+    def _run(self, function: Callable[..., Any], state: _CallState | None, gated: bool,
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with self._lock:
+            if state is not None and state.abandoned:
+                raise NeonizeBusy("given up before it reached neonize")
+            if gated and not self._open:
+                raise NotConnected("the WhatsApp session stopped before this call "
+                                   "reached neonize")
+            if state is not None:
+                state.started = True
+            self._running += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._running -= 1
+                waiters = self._idle_waiters if self._running == 0 else []
+                if waiters:
+                    self._idle_waiters = []
+            for loop, idle in waiters:
+                with contextlib.suppress(RuntimeError):  # that loop is closed
+                    loop.call_soon_threadsafe(idle.set)
+
+    async def wait_idle(self, limit_s: float) -> bool:
+        """Wait (at most ``limit_s``) until no call runs in Go; whether none does."""
+        idle = asyncio.Event()
+        waiter = (asyncio.get_running_loop(), idle)
+        with self._lock:
+            if self._running == 0:
+                return True
+            self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(idle.wait(), limit_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                self._idle_waiters.remove(waiter)
+
+    def shutdown(self) -> None:
+        """Close the gate and let the threads end (calls stuck in Go keep theirs)."""
+        self.close_gate()
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._control.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class _Dispatcher:
+    """Stands in for ``neonize.aioze.client.async_gocode`` inside one ``NewAClient``:
+    ``await dispatcher.SendMessage(...)`` runs Go's ``SendMessage`` on :class:`GoCalls`."""
+
+    def __init__(self, calls: GoCalls) -> None:
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Callable[..., asyncio.Future[Any]]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+            return self._calls.submit(name, args, kwargs)
+
+        return call
+
+
 class NeonizeClient:
     """:class:`WhatsAppClient` backed by ``neonize.aioze.client.NewAClient``.
 
     ``new_client`` builds the neonize client (``NewAClient``'s signature); tests pass a
-    fake of it (``tests/fakes/neonize_fake.py``) so this class runs as in production.
+    fake of it (``tests/fakes/neonize_fake.py``, whose ``install`` also stands in for
+    the Go library ``neonize.aioze.client.gocode``) so this class runs as in production.
+    Every Go call runs on this client's own threads (:class:`GoCalls`, ``workers`` of
+    them), each with a timeout (neonize has none); :meth:`close` ends them.
     """
 
     stop_timeout_s = 10.0
@@ -269,31 +480,36 @@ class NeonizeClient:
     ready_wait_s = 10.0
     ready_poll_s = 0.05
     # Concurrent downloads: an abandoned one keeps its worker thread (the Go call has no
-    # context), so they are capped to keep asyncio's thread pool free for sends.
+    # context), so they are capped to keep Go-call threads free for sends.
     max_downloads = 2
+    # Go-call threads (GoCalls): at most this many neonize calls run at once.
+    workers = 4
+    # How long a call may take (neonize has no timeout of its own).  Above whatsmeow's
+    # 75 s request timeout, so its own error (which says whether a send went out) wins.
+    call_timeout_s = 90.0
+    # A download may take longer (the whole file in one Go call).
+    download_timeout_s = 300.0
 
     def __init__(self, db_path: Path, *, new_client: Callable[..., Any] | None = None) -> None:
+        from neonize.aioze import client as neonize_client
         from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
 
         if new_client is None:
-            from neonize.aioze.client import NewAClient
-
-            new_client = NewAClient
+            new_client = neonize_client.NewAClient
         self._db_path = Path(db_path)
         self._props = DeviceProps(os="Palaver", platformType=DeviceProps.SAFARI)
         # A unique uuid per instance: neonize's finaliser calls Stop(uuid) when a client
         # object is collected, which must never stop a newer client's session.
         self._client = new_client(str(self._db_path), props=self._props,
                                   uuid=f"palaver-{uuid4().hex}")
+        self._go = GoCalls(neonize_client.gocode, self.workers)
+        self._go.bind(self._client)
         self._session: asyncio.Task | None = None
         self._ready = False  # Go's first callback (the device record) arrived
         # Any event of the session arrived (a QR code during login): Go has registered
         # the client, so calls are safe, though Stop may not be yet (see disconnect).
         self._registered = False
         self._stuck = False
-        self._calls = 0  # calls between the liveness check and their return
-        self._calls_done = asyncio.Event()
-        self._calls_done.set()
         self._downloads = asyncio.Semaphore(self.max_downloads)
 
     # -- registration -------------------------------------------------------------
@@ -320,7 +536,17 @@ class NeonizeClient:
 
     @property
     def stuck(self) -> bool:
-        return self._stuck
+        # After close(), a Go call still running keeps a non-daemon thread that
+        # interpreter exit joins (concurrent.futures' atexit): just as stuck.
+        return self._stuck or (self._go.closed and self._go.running > 0)
+
+    async def close(self) -> None:
+        """Stop the session (:meth:`disconnect`) and end the Go-call threads."""
+        await self.disconnect()
+        self._go.shutdown()
+        if self._go.running:
+            log.warning("WhatsApp: %d neonize call(s) still running in Go after close",
+                        self._go.running)
 
     async def connect(self) -> Awaitable[None]:
         if self._session is not None and not self._session.done():
@@ -335,6 +561,7 @@ class NeonizeClient:
         # session counts as live only once ITS first callback arrived.
         self._ready = self._registered = False
         self._client.me = None
+        self._go.open_gate()
         self._session = await self._client.connect()
         return self._session
 
@@ -354,15 +581,15 @@ class NeonizeClient:
             return
         ready = self._ready or await self._wait_ready(task)
         self._ready = self._registered = False
-        # New calls are refused from here on (no session); the ones in flight may not
-        # have reached Go yet, so Stop(uuid) waits for them (bounded).
-        try:
-            await asyncio.wait_for(self._calls_done.wait(), self.call_drain_s)
-        except TimeoutError:
-            log.warning("WhatsApp: %d call(s) still running at disconnect", self._calls)
+        # New calls are refused from here on (no session, and the gate stops any call
+        # still queued for a thread); the ones already in Go finish first (bounded).
+        self._go.close_gate()
+        if not await self._go.wait_idle(self.call_drain_s):
+            log.warning("WhatsApp: %d call(s) still running at disconnect", self._go.running)
         if ready:
             with contextlib.suppress(Exception):
-                await self._client.stop()  # Go: Disconnect() and cancel -> Neonize() returns
+                # Go: Disconnect() and cancel -> Neonize() returns
+                await asyncio.wait_for(self._client.stop(), self.call_timeout_s)
         else:
             log.warning("WhatsApp: neonize never finished starting (no device record within "
                         "%.0f s); not telling Go to stop (that can crash)", self.ready_wait_s)
@@ -401,97 +628,126 @@ class NeonizeClient:
         if not self._live():
             raise NotConnected("no WhatsApp session is running")
 
-    @asynccontextmanager
-    async def _live_call(self) -> AsyncIterator[None]:
-        """Around every call into Go: refuse without a session, count it while it runs."""
+    async def _call(self, what: str, call: Callable[[], Awaitable[Any]], *,
+                    bounded: bool = True, state: _CallState | None = None) -> Any:
+        """Every call into Go: refused without a live session, bounded by
+        ``call_timeout_s`` (unless not ``bounded``: the caller bounds it).
+
+        Timed out before a Go-call thread took it (all of them busy in stalled calls):
+        :class:`NeonizeBusy` (nothing reached Go).  Timed out in Go: :class:`CallTimedOut`
+        (its thread runs on; a send may have gone out).
+        """
         self._require_live()
-        self._calls += 1
-        self._calls_done.clear()
+        state = state or _CallState()
+        limit = self.call_timeout_s
+        token = _current_call.set(state)
         try:
-            yield
+            return await asyncio.wait_for(call(), limit if bounded else None)
+        except TimeoutError:
+            if self._go.abandon(state):
+                raise NeonizeBusy(f"{what} waited {limit:.0f} s for a free neonize thread "
+                                  f"(all {self._go.workers} busy); not sent to WhatsApp"
+                                  ) from None
+            raise CallTimedOut(f"{what} did not return within {limit:.0f} s (it may "
+                               "still complete in neonize)") from None
         finally:
-            self._calls -= 1
-            if self._calls == 0:
-                self._calls_done.set()
+            _current_call.reset(token)
 
     # -- calls --------------------------------------------------------------------
 
     async def send_text(self, chat: JID, text: str, *, quoted: QuoteRef | None = None) -> str:
-        async with self._live_call():
-            try:
-                response = await self._client.send_message(chat,
-                                                           build_text_message(text, quoted))
-            except SendMessageError as exc:
-                detail = str(exc)
-                if send_error_means_unsent(detail):
-                    raise NotSent(detail) from exc
-                if any(marker in detail for marker in _PERMANENT_MARKERS):
-                    raise Undeliverable(detail) from exc
-                raise
+        message = build_text_message(text, quoted)
+        try:
+            response = await self._call("SendMessage",
+                                        lambda: self._client.send_message(chat, message))
+        except SendMessageError as exc:
+            detail = str(exc)
+            if send_error_means_unsent(detail):
+                raise NotSent(detail) from exc
+            if any(marker in detail for marker in _PERMANENT_MARKERS):
+                raise Undeliverable(detail) from exc
+            raise
         return response.ID
 
     async def set_presence(self, available: bool) -> None:
         from neonize.utils.enum import Presence
 
-        async with self._live_call():
-            await self._client.send_presence(Presence.AVAILABLE if available
-                                             else Presence.UNAVAILABLE)
+        presence = Presence.AVAILABLE if available else Presence.UNAVAILABLE
+        await self._call("SendPresence", lambda: self._client.send_presence(presence))
 
     async def force_delivery_receipts(self) -> None:
-        async with self._live_call():
-            await self._client.set_force_activate_delivery_receipts(True)
+        await self._call("SetForceActiveDeliveryReceipts",
+                         lambda: self._client.set_force_activate_delivery_receipts(True))
 
     async def chat_presence(self, chat: JID, *, composing: bool) -> None:
         from neonize.utils.enum import ChatPresence, ChatPresenceMedia
 
         state = (ChatPresence.CHAT_PRESENCE_COMPOSING if composing
                  else ChatPresence.CHAT_PRESENCE_PAUSED)
-        async with self._live_call():
-            await self._client.send_chat_presence(
-                chat, state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
-            )
+        await self._call("SendChatPresence", lambda: self._client.send_chat_presence(
+            chat, state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT))
 
     async def mark_read(self, message_ids: Sequence[str], *, chat: JID, sender: JID) -> None:
         from neonize.utils.enum import ReceiptType
 
-        async with self._live_call():
-            await self._client.mark_read(*message_ids, chat=chat, sender=sender,
-                                         receipt=ReceiptType.READ)
+        await self._call("MarkRead", lambda: self._client.mark_read(
+            *message_ids, chat=chat, sender=sender, receipt=ReceiptType.READ))
 
     async def download(self, message: waE2E.Message) -> bytes:
         """Download one media item; at most ``max_downloads`` Go downloads at a time.
 
         A slot is held until the Go call itself returns, also when the caller gave up
-        waiting (its thread is still busy), so stalled downloads never take more than
-        ``max_downloads`` worker threads.
+        waiting or ``download_timeout_s`` passed (its thread is still busy), so stalled
+        downloads never take more than ``max_downloads`` Go-call threads.
         """
         self._require_live()
-        await self._downloads.acquire()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.download_timeout_s
+        try:
+            await asyncio.wait_for(self._downloads.acquire(), self.download_timeout_s)
+        except TimeoutError:
+            raise NeonizeBusy(f"DownloadAny found no free slot within "
+                              f"{self.download_timeout_s:.0f} s ({self.max_downloads} "
+                              "downloads still running in neonize)") from None
+        state = _CallState()
         try:
             self._require_live()
             # whatsmeow's DownloadAny knows image/video/audio/document/sticker only:
             # a video note (ptvMessage) is the same media as a videoMessage.
             if message.HasField("ptvMessage"):
                 message = waE2E.Message(videoMessage=message.ptvMessage)
-            call = asyncio.ensure_future(self._tracked_download(message))
+            wanted = message
+            # No timeout inside: the slot is released when Go returns, not before.
+            call = asyncio.ensure_future(self._call(
+                "DownloadAny", lambda: self._client.download_any(wanted),
+                bounded=False, state=state))
         except BaseException:
             self._downloads.release()
             raise
         call.add_done_callback(lambda _f: self._downloads.release())
-        data = await asyncio.shield(call)
+        call.add_done_callback(_retrieve)
+        try:
+            data = await asyncio.wait_for(asyncio.shield(call),
+                                          max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            if self._go.abandon(state):  # still queued for a thread: drop it
+                call.cancel()
+                raise NeonizeBusy("DownloadAny waited for a free neonize thread for "
+                                  f"{self.download_timeout_s:.0f} s") from None
+            raise CallTimedOut(f"DownloadAny did not return within "
+                               f"{self.download_timeout_s:.0f} s") from None
+        except asyncio.CancelledError:
+            if self._go.abandon(state):
+                call.cancel()
+            raise
         return bytes(data or b"")
 
-    async def _tracked_download(self, message: waE2E.Message) -> Any:
-        async with self._live_call():
-            return await self._client.download_any(message)
-
     async def get_me(self) -> Device:
-        async with self._live_call():
-            return await self._client.get_me()
+        return await self._call("GetMe", self._client.get_me)
 
     async def pn_for_lid(self, lid: JID) -> JID | None:
-        async with self._live_call():
-            return _jid_or_none(await self._client.get_pn_from_lid(lid))
+        return _jid_or_none(await self._call("GetPNFromLID",
+                                             lambda: self._client.get_pn_from_lid(lid)))
 
     async def pair_phone(self, phone_digits: str) -> str:
         """Ask for a pairing code; the phone shows "Safari (Linux)" (the device props')."""
@@ -499,14 +755,17 @@ class NeonizeClient:
 
         # neonize derives the client type from DeviceProps.platformType by value, and the
         # two enums differ (DeviceProps.SAFARI is ClientType.OPERA): pass it explicitly.
-        async with self._live_call():
-            return await self._client.PairPhone(phone_digits, True,
-                                                client_name=ClientName.LINUX,
-                                                client_type=ClientType.SAFARI)
+        return await self._call("PairPhone", lambda: self._client.PairPhone(
+            phone_digits, True, client_name=ClientName.LINUX, client_type=ClientType.SAFARI))
 
     async def logout(self) -> None:
-        async with self._live_call():
-            await self._client.logout()
+        await self._call("Logout", self._client.logout)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned call's outcome as seen (no "exception never retrieved")."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Undeliverable(Exception):  # noqa: N818 - a fact about a recipient

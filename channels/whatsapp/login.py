@@ -189,11 +189,11 @@ async def run_login(
         ok, message = await _wait_login(outcome, paired, session, link_timeout, finish_timeout)
     except BaseException:  # Ctrl-C: stop, and do not hang on neonize's thread either
         with contextlib.suppress(Exception):
-            await client.disconnect()
+            await client.close()
         exit_if_stuck(client, 130, exit_fn=exit_fn)
         raise
     with contextlib.suppress(Exception):
-        await client.disconnect()
+        await client.close()
     say(message if ok else f"error: {message}")
     exit_if_stuck(client, 0 if ok else 1, exit_fn=exit_fn)
     return 0 if ok else 1
@@ -303,7 +303,7 @@ async def run_logout(
             problem = f"{type(exc).__name__}: {exc}"
         finally:
             with contextlib.suppress(Exception):
-                await client.disconnect()
+                await client.close()
     removed = await asyncio.to_thread(_remove_session_files, db_path)
     if problem:
         say(f"error: could not unlink from WhatsApp ({problem}).")

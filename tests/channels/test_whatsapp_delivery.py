@@ -3,7 +3,6 @@ when it is back, and no call reaching neonize (Go) without a live session."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -13,7 +12,6 @@ from neonize.proto import Neonize_pb2 as N
 from bridge.envelope import ChatAddress, ChatKind, Outbound
 from bridge.ports import SendError
 from channels.whatsapp import WhatsAppChannel
-from channels.whatsapp.client import NeonizeClient, NotConnected
 from tests.channels.test_whatsapp import ANN, DM, RecordingSink, make_channel
 from tests.channels.test_whatsapp_fake import FakeWhatsAppClient, until
 
@@ -183,74 +181,5 @@ async def test_failing_channel_ready_is_logged_and_harmless(tmp_path, caplog):
     assert "core exploded" in caplog.text
 
 
-# --------------------------------------------------------------------------- neonize glue
-
-
-class _BlockingGo:
-    """Stands in for NewAClient: send_message blocks until released; records stop()."""
-
-    me = object()  # Go's first callback (the device record) arrived: the session is live
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.entered = asyncio.Event()
-        self.log: list[str] = []
-
-    async def send_message(self, chat, message):
-        self.entered.set()
-        await self.release.wait()
-        self.log.append("sent")
-        return _Resp()
-
-    async def stop(self):
-        self.log.append("stop")
-
-
-class _Resp:
-    ID = "WA1"
-
-
-async def test_neonize_disconnect_lets_calls_in_flight_finish_before_stopping_go(tmp_path):
-    client = NeonizeClient(tmp_path / "session.db")
-    real, go = client._client, _BlockingGo()
-    client._client = go
-    loop = asyncio.get_running_loop()
-    client._session = session = loop.create_future()  # a live Go session
-    try:
-        sending = asyncio.create_task(client.send_text(chat_jid(), "in flight"))
-        await go.entered.wait()
-        closing = asyncio.create_task(client.disconnect())
-        await asyncio.sleep(0.02)
-        assert go.log == [] and not closing.done()  # Stop(uuid) waits for the send
-        with pytest.raises(NotConnected):  # no new call gets through meanwhile
-            await client.send_text(chat_jid(), "too late")
-        go.release.set()
-        assert await sending == "WA1"
-        session.set_result(None)  # Go's Neonize() returns once stopped
-        await asyncio.wait_for(closing, 2)
-        assert go.log == ["sent", "stop"]
-    finally:
-        client._client = real
-        client._session = None
-
-
-async def test_neonize_disconnect_does_not_wait_forever_for_a_stuck_call(tmp_path, caplog):
-    client = NeonizeClient(tmp_path / "session.db")
-    client.call_drain_s = 0.05
-    real, go = client._client, _BlockingGo()
-    client._client = go
-    client._session = session = asyncio.get_running_loop().create_future()
-    sending = asyncio.create_task(client.send_text(chat_jid(), "stuck"))
-    try:
-        await go.entered.wait()
-        with caplog.at_level(logging.WARNING, logger="channels.whatsapp"):
-            closing = asyncio.create_task(client.disconnect())
-            await until(lambda: go.log == ["stop"], limit_s=1)
-            session.set_result(None)
-            await asyncio.wait_for(closing, 2)
-        assert "still running at disconnect" in caplog.text
-    finally:
-        go.release.set()
-        await sending
-        client._client = real
-        client._session = None
+# The neonize glue (disconnect waits for calls in Go, bounded) is tested through the real
+# Go-call path in tests/channels/test_whatsapp_executor.py.

@@ -97,6 +97,7 @@ class FakeWhatsAppClient:
         self.qr_handler = None
         self.connects = 0
         self.disconnects = 0
+        self.closes = 0
         self.session: asyncio.Future | None = None
         self.sent: list[tuple[str, str, str | None]] = []
         self.send_calls = 0  # every send_text call, failed or not
@@ -155,6 +156,10 @@ class FakeWhatsAppClient:
         self.disconnects += 1
         if self.session is not None and not self.session.done():
             self.session.set_result(None)
+
+    async def close(self) -> None:
+        self.closes += 1
+        await self.disconnect()
 
     def drop(self, error: Exception | None = None) -> None:
         """The Go session ends on its own."""

@@ -97,6 +97,8 @@ async def test_a_name_with_a_comma_does_not_break_start_login_logout_or_status(t
     await channel.start(RecordingSink())
     try:
         await until(lambda: channel.health().connected)
+        # "connected", then "connected as …" once the identity (GetMe) is read
+        await until(lambda: channel.health().detail.startswith("connected as"))
         assert channel.health().detail == f"connected as +{go.account.phone}"
     finally:
         await channel.stop()
@@ -300,7 +302,7 @@ async def test_presence_stays_unavailable_and_is_retried_without_a_push_name(tmp
     go.push_name_synced = False  # the first run after login
     channel, _ = await started(tmp_path, go)
     try:
-        await until(lambda: ("SetForceActivateDeliveryReceipts", None) in go.calls)
+        await until(lambda: ("SetForceActiveDeliveryReceipts", None) in go.calls)
         await asyncio.sleep(0.05)
         assert go.presences == []
         go.sync_push_name()

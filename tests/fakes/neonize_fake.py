@@ -1,12 +1,19 @@
 """A fake of neonize's own ``NewAClient`` surface, behaving like neonize 0.5.2 + whatsmeow.
 
 Palaver's real :class:`channels.whatsapp.client.NeonizeClient` runs against it: install
-it with :func:`install` (it replaces ``neonize.aioze.client.NewAClient`` and
-``ClientFactory.get_all_devices_from_db``), or pass ``FakeGo().new_client`` as
-``NeonizeClient(new_client=...)``.  :class:`FakeGo` is the Go library's state (its
-``clients`` map, the session database, the account on WhatsApp's side).
+it with :func:`install` (it replaces ``neonize.aioze.client.NewAClient``, the Go library
+``neonize.aioze.client.gocode`` and ``ClientFactory.get_all_devices_from_db``).
+:class:`FakeGo` is the Go library's state (its ``clients`` map, the session database,
+the account on WhatsApp's side); :class:`FakeGoLibrary` its exported functions.
 
 What it reproduces (found in ``goneonize/main.go`` and whatsmeow, see WIRE.md):
+
+- Every Go call goes the way neonize 0.5's sends it: the client's ``_NewAClient__client``
+  (neonize's own ``async_gocode`` object, used as it is) runs the library function of
+  that name with ``asyncio.to_thread``, i.e. on the event loop's default executor, and
+  the function blocks the thread that calls it (:attr:`FakeGo.gates` holds a function
+  until the test sets its event, like a stalled network call).  The library functions
+  take ``(uuid, work)``, ``work`` standing in for the serialised arguments and Go's body.
 
 - ``connect()`` returns a task whose ``Neonize()`` runs in a real worker thread and
   blocks until Stop.  Go opens (and migrates) the store before it registers the client
@@ -104,6 +111,12 @@ class FakeGo:
     store_gate: threading.Event | None = None
     # set: DownloadAny blocks until the test sets it (a stalled transfer)
     download_gate: threading.Event | None = None
+    # Go function name -> event: that function blocks its thread until the event is set
+    gates: dict[str, threading.Event] = field(default_factory=dict)
+    in_flight: int = 0  # library calls running now (not Neonize/Stop)
+    peak_in_flight: int = 0
+    threads: list[tuple[str, str]] = field(default_factory=list)  # (function, thread name)
+    returned: list[str] = field(default_factory=list)  # functions, in the order they returned
     downloads_in_flight: int = 0
     max_downloads_in_flight: int = 0
     neonize_calls: int = 0
@@ -113,6 +126,36 @@ class FakeGo:
     auto_connect: bool = True  # a linked device gets Connected at once
     qr_codes: int = 1  # QR codes emitted per login attempt
     _released: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def library(self) -> FakeGoLibrary:
+        """The exported functions (what ``neonize._binder.gocode`` is for real)."""
+        return FakeGoLibrary(self)
+
+    def _export(self, name: str, uuid: bytes, work: Callable[[], Any]) -> Any:
+        """One exported Go function running in the calling thread (blocking it)."""
+        counted = name not in ("Neonize", "Stop")
+        with self._lock:
+            self.threads.append((name, threading.current_thread().name))
+            if counted:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return work()
+        finally:
+            with self._lock:
+                self.returned.append(name)
+                if counted:
+                    self.in_flight -= 1
+
+    def _block(self, name: str) -> None:
+        """A stalled call: wait (blocking this thread) while ``gates[name]`` is unset."""
+        gate = self.gates.get(name)
+        if gate is not None:
+            while not gate.wait(0.01):
+                if self._released.is_set():
+                    return
 
     # -- test controls -----------------------------------------------------------
 
@@ -212,6 +255,24 @@ def _open_store(db_path: Path) -> None:
         conn.close()
 
 
+class FakeGoLibrary:
+    """``neonize._binder.gocode`` (the ctypes library): ``library.SendMessage(uuid, work)``
+    runs ``work`` in the calling thread as Go's exported ``SendMessage`` would."""
+
+    def __init__(self, go: FakeGo) -> None:
+        self._go = go
+
+    def __getattr__(self, name: str) -> Callable[[bytes, Callable[[], Any]], Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        go = self._go
+
+        def export(uuid: bytes, work: Callable[[], Any]) -> Any:
+            return go._export(name, uuid, work)
+
+        return export
+
+
 class _Result:
     def __init__(self, message_id: str) -> None:
         self.ID = message_id
@@ -238,6 +299,10 @@ class FakeNewAClient:
         self._death: str | None = None
         self.connect_task: asyncio.Task | None = None
         self.sent_count = 0
+        # neonize's dispatcher: every method below reaches Go only through it.
+        from neonize.aioze import client as neonize_client
+
+        self._NewAClient__client = neonize_client.async_gocode
 
     # -- registration (as neonize's Event) -----------------------------------------
 
@@ -324,10 +389,11 @@ class FakeNewAClient:
 
     async def _go_call(self, call: str, fn: Callable[[], Any]) -> Any:
         def run() -> Any:
-            self._client_or_crash(call)
+            self._client_or_crash(call)  # Go reads clients[uuid] first, then works
+            self._go._block(call)
             return fn()
 
-        return await asyncio.to_thread(run)
+        return await getattr(self._NewAClient__client, call)(self.uuid, run)
 
     # -- the Python surface ----------------------------------------------------------
 
@@ -337,7 +403,7 @@ class FakeNewAClient:
         self._cancel = threading.Event()
 
         async def run() -> None:
-            err = await asyncio.to_thread(self._neonize)
+            err = await self._NewAClient__client.Neonize(self.uuid, self._neonize)
             if err:
                 raise RuntimeError(err)
 
@@ -354,7 +420,7 @@ class FakeNewAClient:
             self._go.clients.pop(key, None)
             self._cancel.set()
 
-        await asyncio.to_thread(stop)
+        await self._NewAClient__client.Stop(self.uuid, stop)
 
     async def send_message(self, to: N.JID, message: Any) -> Any:
         def send() -> Any:
@@ -375,7 +441,7 @@ class FakeNewAClient:
         await self._go_call("SendPresence", send)
 
     async def set_force_activate_delivery_receipts(self, active: bool) -> None:
-        await self._go_call("SetForceActivateDeliveryReceipts", lambda: None)
+        await self._go_call("SetForceActiveDeliveryReceipts", lambda: None)
 
     async def send_chat_presence(self, jid: N.JID, state: Any, media: Any) -> None:
         await self._go_call("SendChatPresence", lambda: None)
@@ -442,6 +508,7 @@ def install(monkeypatch: Any, go: FakeGo | None = None) -> FakeGo:
 
     go = go or FakeGo()
     monkeypatch.setattr(neonize_client, "NewAClient", go.new_client)
+    monkeypatch.setattr(neonize_client, "gocode", go.library)
     monkeypatch.setattr(neonize_client.ClientFactory, "get_all_devices_from_db",
                         staticmethod(go.get_all_devices_from_db))
     return go
