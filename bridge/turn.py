@@ -18,12 +18,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.commands import CommandContext, choose_models, parse_command, run_command
 from bridge.config.resolve import ResolvedModel, UnknownModelError, resolve_candidates
 from bridge.envelope import ChatAddress, ChatKind
-from bridge.models.base import AllModelsFailed, Attempt, ModelReply, ModelRequest
+from bridge.models.base import (
+    AllModelsFailed,
+    Attempt,
+    ModelReply,
+    ModelRequest,
+    RequestSource,
+    Usage,
+)
 from bridge.prompt import (
     BuiltPrompt,
     PromptCache,
@@ -37,6 +44,7 @@ from bridge.prompt import (
 )
 from bridge.store import Claim, MessageKind, Store, StoredMessage
 from bridge.store.records import HistoryTurn, SessionRecord
+from bridge.usage.record import call_rows, recorder_for
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config
@@ -291,10 +299,38 @@ class Turn:
                 built = self.built[model.ref] = await self._build(model)
             return built.request
 
-        reply = await self.runner.router.complete(self.candidates, request_for)
+        reply = await self._routed(self.candidates, request_for, "reply")
         if not reply.text.strip():
             raise AllModelsFailed(reply.attempts)
         return reply
+
+    async def _routed(self, candidates: list[ResolvedModel | str],
+                      request: RequestSource, purpose: Literal["reply", "compaction"],
+                      ) -> ModelReply:
+        """``router.complete``, and what its calls used recorded against this chat."""
+        try:
+            reply = await self.runner.router.complete(candidates, request)
+        except AllModelsFailed as exc:
+            await self._record_usage(exc.attempts, purpose, None)
+            raise
+        await self._record_usage(reply.attempts, purpose, reply.usage)
+        return reply
+
+    async def _record_usage(self, attempts: tuple[Attempt, ...],
+                            purpose: Literal["reply", "compaction"],
+                            answer_usage: Usage | None) -> None:
+        """Store the usage rows of one router call; a store that cannot take them costs
+        the rows (logged), never the turn."""
+        rows = call_rows(self.config, attempts, message=self.claim.messages[-1],
+                         turn_id=self.claim.turn_id, purpose=purpose,
+                         answer_usage=answer_usage)
+        if not rows:
+            return
+        try:
+            await recorder_for(self.store).record(rows)
+        except Exception as exc:
+            log.warning("usage of turn %d of %s not recorded: %s", self.claim.turn_id,
+                        self.claim.session_key, exc)
 
     async def _compact(self, through: int, *, left_out: int = 0,
                        read_budget: int | None = None) -> bool:
@@ -333,7 +369,7 @@ class Turn:
 
         started = time.monotonic()
         try:
-            reply = await self.runner.router.complete(candidates, request_for)
+            reply = await self._routed(candidates, request_for, "compaction")
         except AllModelsFailed as exc:
             log.warning("compaction of %s failed: %s", session.session_key, exc)
             return False

@@ -22,7 +22,7 @@ from bridge.models.errors import (
     empty_answer,
     is_error_event,
 )
-from bridge.models.http import ClientBase, HttpReply
+from bridge.models.http import ClientBase, HttpReply, token_count
 from bridge.models.reasoning import ReasoningFilter
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -72,7 +72,7 @@ class AnthropicClient(ClientBase):
         parts: list[str] = []
         blocks: dict[int, str] = {}  # index -> block type
         stop_reason: str | None = None
-        usage = {"input": 0, "output": 0}
+        usage = _UsageTally()
         produced = False  # any output at all, thinking included
         async for ev in reply.events():
             data = ev.json()
@@ -91,9 +91,8 @@ class AnthropicClient(ClientBase):
             if kind == "error" or is_error_event(data):
                 raise classify_event(data, secrets=self._secrets())
             if kind == "message_start":
-                u = (data.get("message") or {}).get("usage") or {}
-                usage["input"] = int(u.get("input_tokens") or 0)
-                usage["output"] = int(u.get("output_tokens") or 0)
+                message = data.get("message")
+                usage.add(message.get("usage") if isinstance(message, dict) else None)
             elif kind == "content_block_start":
                 block = data.get("content_block") or {}
                 blocks[int(data.get("index", 0))] = block.get("type", "")
@@ -106,15 +105,11 @@ class AnthropicClient(ClientBase):
                     parts.append(filt.feed(delta.get("text") or ""))
             elif kind == "message_delta":
                 stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                u = data.get("usage") or {}
-                if u.get("output_tokens") is not None:
-                    usage["output"] = int(u["output_tokens"])
-                if u.get("input_tokens"):
-                    usage["input"] = int(u["input_tokens"])
+                usage.add(data.get("usage"))
             elif kind == "message_stop":
                 parts.append(filt.finish())
-                return _completion("".join(parts), stop_reason,
-                                   Usage(usage["input"], usage["output"]), produced=produced)
+                return _completion("".join(parts), stop_reason, usage.usage(),
+                                   produced=produced)
         raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without message_stop")
 
     def _from_json(self, data: Any) -> Completion:
@@ -130,13 +125,43 @@ class AnthropicClient(ClientBase):
             if isinstance(b, dict) and b.get("type") == "text"
         )
         filt = ReasoningFilter()
-        u = data.get("usage") or {}
+        tally = _UsageTally()
+        tally.add(data.get("usage"))
         produced = any(isinstance(b, dict) and _delta_has_content(b) for b in content)
         return _completion(
-            filt.feed(text) + filt.finish(), data.get("stop_reason"),
-            Usage(int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)),
+            filt.feed(text) + filt.finish(), data.get("stop_reason"), tally.usage(),
             produced=produced,
         )
+
+
+class _UsageTally:
+    """Anthropic's usage, as ``message_start`` and ``message_delta`` report it.
+
+    Each report holds cumulative counts (``message_delta``'s ``output_tokens`` is the
+    total so far), so a field a later report carries replaces the earlier value.
+    ``input_tokens`` excludes the cache: ``cache_read_input_tokens`` and
+    ``cache_creation_input_tokens`` are added to make :class:`Usage`'s whole prompt.
+    """
+
+    _FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
+               "cache_creation_input_tokens")
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self._FIELDS, 0)
+
+    def add(self, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            return
+        for name in self._FIELDS:
+            if raw.get(name) is not None:
+                self.counts[name] = token_count(raw[name])
+
+    def usage(self) -> Usage:
+        c = self.counts
+        read, write = c["cache_read_input_tokens"], c["cache_creation_input_tokens"]
+        return Usage(input_tokens=c["input_tokens"] + read + write,
+                     output_tokens=c["output_tokens"], cached_tokens=read,
+                     cache_write_tokens=write)
 
 
 def _delta_has_content(delta: Any) -> bool:
@@ -147,11 +172,16 @@ def _delta_has_content(delta: Any) -> bool:
 
 def _completion(text: str, stop_reason: str | None, usage: Usage, *,
                 produced: bool) -> Completion:
+    error: ModelError | None = None
     if stop_reason == "model_context_window_exceeded":
-        raise ModelError(ErrorClass.CONTEXT_OVERFLOW, "stop_reason model_context_window_exceeded")
-    if not text:
-        raise empty_answer(f"stop: {stop_reason}", produced=produced,
-                           output_tokens=usage.output_tokens, removed="thinking")
+        error = ModelError(ErrorClass.CONTEXT_OVERFLOW,
+                           "stop_reason model_context_window_exceeded")
+    elif not text:
+        error = empty_answer(f"stop: {stop_reason}", produced=produced,
+                             output_tokens=usage.output_tokens, removed="thinking")
+    if error is not None:
+        error.usage = usage if usage.reported else None
+        raise error
     finish = {"end_turn": "stop", "max_tokens": "length", "stop_sequence": "stop"}.get(
         stop_reason or "", stop_reason)
     return Completion(text=text, usage=usage, finish_reason=finish)

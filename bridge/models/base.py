@@ -25,6 +25,9 @@ class ErrorClass(StrEnum):
     BAD_RESPONSE = "bad_response"  # malformed JSON/SSE
     CONTEXT_OVERFLOW = "context_overflow"  # prompt too long for the model
     BAD_REQUEST = "bad_request"  # other 4xx
+    # Not a failure of the call: the provider's spending budget is reached, so the router
+    # did not call it (always a skipped attempt).
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class ModelError(Exception):
@@ -43,6 +46,9 @@ class ModelError(Exception):
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        # What the server reported it used before failing (an answer that was all
+        # reasoning, a refusal to continue); None when it said nothing.
+        self.usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +94,30 @@ class ModelRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens one model call used, normalised across the APIs.
+
+    ``input_tokens`` is the whole prompt, cached parts included (Anthropic reports them
+    apart; its client adds them); ``cached_tokens`` the part read from the prompt cache,
+    ``cache_write_tokens`` the part written to it (Anthropic's cache creation).
+    ``reasoning_tokens`` is part of ``output_tokens``.  ``estimated``: the server reported
+    nothing and these are Palaver's own estimate.
+    """
+
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def reported(self) -> bool:
+        """True when there is a count at all (no real call uses zero tokens)."""
+        return bool(self.input_tokens or self.output_tokens)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +135,9 @@ class Attempt:
     error_class: ErrorClass | None  # None: this attempt answered
     duration_s: float
     message: str = ""
-    skipped: bool = False  # cooling down, not called
+    skipped: bool = False  # cooling down (or its provider's budget reached), not called
+    # What the call used, as the server reported it (None: not called, or no report).
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +163,7 @@ class AllModelsFailed(Exception):
     def __init__(self, attempts: tuple[Attempt, ...]) -> None:
         self.attempts = attempts
         lines = ", ".join(
-            f"{a.model_ref}: {'cooling down' if a.skipped else a.error_class}"
+            f"{a.model_ref}: {_skip_word(a) if a.skipped else a.error_class}"
             + (f" ({a.message})" if a.message else "")
             for a in attempts
         )
@@ -144,6 +173,12 @@ class AllModelsFailed(Exception):
     def context_overflow(self) -> bool:
         """True when the turn stopped on a context overflow (compact and retry)."""
         return bool(self.attempts) and self.attempts[-1].error_class is ErrorClass.CONTEXT_OVERFLOW
+
+
+def _skip_word(attempt: Attempt) -> str:
+    if attempt.error_class is ErrorClass.BUDGET_EXHAUSTED:
+        return "budget exhausted"
+    return "cooling down"
 
 
 class ModelClient(Protocol):

@@ -22,7 +22,7 @@ from bridge.models.errors import (
     empty_answer,
     is_error_event,
 )
-from bridge.models.http import ClientBase, HttpReply, url_host
+from bridge.models.http import ClientBase, HttpReply, token_count, url_host
 from bridge.models.reasoning import ReasoningFilter
 
 
@@ -140,20 +140,28 @@ def _has_content(chunk: dict[str, Any]) -> bool:
 
 
 def _usage(raw: Any) -> Usage:
+    """A Chat Completions ``usage`` object (the non-streamed body's, or the last chunk's
+    with ``stream_options.include_usage``): ``prompt_tokens`` with
+    ``prompt_tokens_details.cached_tokens``, ``completion_tokens`` with
+    ``completion_tokens_details.reasoning_tokens``.  Missing or malformed: zeros."""
     if not isinstance(raw, dict):
         return Usage()
-    details = raw.get("completion_tokens_details") or {}
+    prompt = raw.get("prompt_tokens_details")
+    completion = raw.get("completion_tokens_details")
     return Usage(
-        input_tokens=int(raw.get("prompt_tokens") or 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
-        reasoning_tokens=int(details.get("reasoning_tokens") or 0)
-        if isinstance(details, dict) else 0,
+        input_tokens=token_count(raw.get("prompt_tokens")),
+        output_tokens=token_count(raw.get("completion_tokens")),
+        reasoning_tokens=token_count(completion.get("reasoning_tokens"))
+        if isinstance(completion, dict) else 0,
+        cached_tokens=token_count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
     )
 
 
 def _completion(text: str, finish: str | None, usage: Usage, *,
                 produced: bool) -> Completion:
     if not text:
-        raise empty_answer(f"finish: {finish}", produced=produced,
-                           output_tokens=usage.output_tokens)
+        error = empty_answer(f"finish: {finish}", produced=produced,
+                             output_tokens=usage.output_tokens)
+        error.usage = usage if usage.reported else None
+        raise error
     return Completion(text=text, usage=usage, finish_reason=finish)

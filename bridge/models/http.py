@@ -446,6 +446,14 @@ async def _classified(aw: Awaitable[T], phase: str) -> T:
 # --------------------------------------------------------------------------- JSON
 
 
+def token_count(value: Any) -> int:
+    """A token count from a usage object on the wire: a non-negative int, else 0 (absent,
+    null, a string, junk)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return max(0, int(value))
+
+
 class WireJSON(dict):
     """A wire-format JSON object that carries its own encoding (:attr:`encoded`, UTF-8),
     so that :func:`encode_json` encodes it once however many requests it goes into.

@@ -28,7 +28,7 @@ from bridge.models.errors import (
     error_fields,
     is_error_event,
 )
-from bridge.models.http import ClientBase, HttpReply
+from bridge.models.http import ClientBase, HttpReply, token_count
 from bridge.models.reasoning import ReasoningFilter
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -131,8 +131,11 @@ class ResponsesClient(ClientBase):
         status = response.get("status")
         if status == "failed" or (response.get("error") and status != "completed"):
             code, message = error_fields({"error": response.get("error") or {}})
-            raise classify_payload(code or "server_error", message or "response failed",
-                                   secrets=self._secrets())
+            error = classify_payload(code or "server_error", message or "response failed",
+                                     secrets=self._secrets())
+            usage = response_usage(response.get("usage"))
+            error.usage = usage if usage.reported else None  # a failed call may still bill
+            raise error
         output = response.get("output")
         if not isinstance(output, list):
             raise ModelError(ErrorClass.BAD_RESPONSE, "response has no output list")
@@ -174,18 +177,28 @@ def _completion(text: str, response: dict[str, Any], *, produced: bool) -> Compl
     if response.get("status") == "incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
         finish = "length" if reason == "max_output_tokens" else (reason or "incomplete")
-    usage = response.get("usage") or {}
-    details = usage.get("output_tokens_details") or {}
-    output_tokens = int(usage.get("output_tokens") or 0)
+    usage = response_usage(response.get("usage"))
     if not text:
-        raise empty_answer(f"finish: {finish}", produced=produced,
-                           output_tokens=output_tokens)
-    return Completion(
-        text=text,
-        usage=Usage(
-            input_tokens=int(usage.get("input_tokens") or 0),
-            output_tokens=output_tokens,
-            reasoning_tokens=int(details.get("reasoning_tokens") or 0),
-        ),
-        finish_reason=finish,
+        error = empty_answer(f"finish: {finish}", produced=produced,
+                             output_tokens=usage.output_tokens)
+        error.usage = usage if usage.reported else None
+        raise error
+    return Completion(text=text, usage=usage, finish_reason=finish)
+
+
+def response_usage(raw: Any) -> Usage:
+    """A Responses ``usage`` object: ``input_tokens`` (cached ones included, as
+    ``input_tokens_details.cached_tokens``), ``output_tokens`` (reasoning included, as
+    ``output_tokens_details.reasoning_tokens``).  Missing or malformed: zeros."""
+    if not isinstance(raw, dict):
+        return Usage()
+    inputs = raw.get("input_tokens_details")
+    outputs = raw.get("output_tokens_details")
+    return Usage(
+        input_tokens=token_count(raw.get("input_tokens")),
+        output_tokens=token_count(raw.get("output_tokens")),
+        reasoning_tokens=token_count(outputs.get("reasoning_tokens"))
+        if isinstance(outputs, dict) else 0,
+        cached_tokens=token_count(inputs.get("cached_tokens")) if isinstance(inputs, dict) else 0,
     )
+

@@ -12,6 +12,12 @@ Decisions come from :class:`~bridge.models.base.ErrorClass` alone:
   server answered, only this reply was empty.
 - if every candidate is cooling down, the one whose cooldown ends first is tried anyway
   rather than failing a turn without calling anything.
+- a candidate whose provider has reached its spending budget (``budget``, see
+  :mod:`bridge.usage.budgets`) is skipped as ``budget_exhausted``, never forced: the cap
+  holds even when nothing else answers.
+
+Each attempt carries what the call used (:attr:`Attempt.usage`): the API's own usage
+fields, or an estimate marked as such when the server reported none.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -37,11 +43,16 @@ from bridge.models.base import (
     ModelReply,
     RequestSource,
     Router,
+    Usage,
 )
 from bridge.models.clients import make_client
 from bridge.models.errors import MAX_RETRY_AFTER_S, classify_exception
+from bridge.usage.record import complete_usage
 
-__all__ = ["COOLDOWN_STEPS_S", "ModelRouter", "RequestSource", "Router"]
+__all__ = ["COOLDOWN_STEPS_S", "BudgetCheck", "ModelRouter", "RequestSource", "Router"]
+
+# A provider id -> why its budget is reached, or None while it may be called.
+BudgetCheck = Callable[[str], Awaitable[str | None]]
 
 log = logging.getLogger("bridge.models.router")
 
@@ -77,9 +88,11 @@ class ModelRouter(Router):
         *,
         clock: Callable[[], float] = time.monotonic,
         session: aiohttp.ClientSession | None = None,
+        budget: BudgetCheck | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
+        self.budget = budget
         self._session = session
         self._owns_session = session is None
         self._health: dict[str, _Health] = {}
@@ -123,6 +136,12 @@ class ModelRouter(Router):
         forced = self._forced_candidate(refs)
         try:
             for ref in refs:
+                if self.budget is not None:
+                    exhausted = await self.budget(_provider(by_ref[ref]))
+                    if exhausted is not None:
+                        attempts.append(Attempt(ref, ErrorClass.BUDGET_EXHAUSTED, 0.0,
+                                                exhausted, skipped=True))
+                        continue
                 health = self._health.get(ref)
                 now = self._clock()
                 if health is not None and health.probing:
@@ -150,8 +169,8 @@ class ModelRouter(Router):
                     if reply_or_error.error_class in _STOP:
                         break
                     continue
-                completion, model, duration = reply_or_error
-                attempts.append(Attempt(ref, None, duration))
+                completion, model, duration, usage = reply_or_error
+                attempts.append(Attempt(ref, None, duration, usage=usage))
                 reply = ModelReply(
                     text=completion.text, model_ref=model.ref, usage=completion.usage,
                     finish_reason=completion.finish_reason, attempts=tuple(attempts),
@@ -182,8 +201,9 @@ class ModelRouter(Router):
 
     async def _attempt(
         self, candidate: ResolvedModel | str, request: RequestSource,
-    ) -> tuple[Completion, ResolvedModel, float] | Attempt:
-        """One call; returns (Completion, ResolvedModel, duration) or a failed Attempt."""
+    ) -> tuple[Completion, ResolvedModel, float, Usage] | Attempt:
+        """One call; returns (Completion, ResolvedModel, duration, usage) or a failed
+        Attempt (with the usage its server reported, if any)."""
         start = self._clock()
         if isinstance(candidate, str):
             ref = candidate
@@ -211,9 +231,10 @@ class ModelRouter(Router):
                             ref, type(exc).__name__, exc_info=True)
             duration = self._clock() - start
             self._failed(ref, error)
-            return Attempt(ref, error.error_class, duration, error.message)
+            return Attempt(ref, error.error_class, duration, error.message, usage=error.usage)
         self._health.pop(ref, None)
-        return completion, model, self._clock() - start
+        usage = complete_usage(completion.usage, built, completion.text)
+        return completion, model, self._clock() - start, usage
 
     def _failed(self, ref: str, error: ModelError) -> None:
         health = self._health.setdefault(ref, _Health())
@@ -275,6 +296,12 @@ class ModelRouter(Router):
                  "ms": round(a.duration_s * 1000), "skipped": a.skipped} for a in attempts
             ]},
         )
+
+
+def _provider(candidate: ResolvedModel | str) -> str:
+    if isinstance(candidate, ResolvedModel):
+        return candidate.provider
+    return candidate.partition("/")[0]
 
 
 def _outcome(attempt: Attempt) -> str:

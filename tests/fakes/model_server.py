@@ -31,7 +31,13 @@ one (whatever the API).  Each method returns the server, so calls chain:
   stream=None, finish="stop", refusal=None, reasoning_field=None,
   redacted_thinking=False, stall_after=None, drop_after=None, terminal=True,
   usage=None, keepalive=None, keepalive_kind="comment", think=0.0)``: a successful
-  answer.  ``text`` may be a list of exact chunks.
+  answer.  ``text`` may be a list of exact chunks.  ``usage``: ``(input, output)``, or a
+  dict with ``input``, ``output`` and any of ``cached``, ``cache_write``, ``reasoning``
+  (written in each API's own fields: Responses ``input_tokens_details.cached_tokens`` /
+  ``output_tokens_details.reasoning_tokens``, Chat Completions ``prompt_tokens_details`` /
+  ``completion_tokens_details``, Anthropic ``cache_read_input_tokens`` /
+  ``cache_creation_input_tokens`` beside an ``input_tokens`` that excludes them), or
+  ``False`` for a server that reports no usage at all; None: counted from the words.
   ``reasoning`` goes out in the API's own form (Responses reasoning item + summary and
   reasoning_text events; Chat Completions ``reasoning_field`` deltas, by default
   ``reasoning_content`` or the profile's field; Anthropic
@@ -246,7 +252,9 @@ class _Reply:
     stall_after: int | None = None
     drop_after: int | None = None
     terminal: bool = True
-    usage: tuple[int, int] | None = None
+    # (input, output), or a dict with input, output and any of cached, cache_write,
+    # reasoning (put on the wire in each API's own fields), or False: no usage at all.
+    usage: tuple[int, int] | dict[str, int] | bool | None = None
     keepalive: float | None = None
     keepalive_kind: str = "comment"
     think: float = 0.0
@@ -631,9 +639,37 @@ class FakeModelServer:
 
     @staticmethod
     def _usage(rec: RecordedRequest, rep: _Reply, text: str) -> tuple[int, int]:
-        if rep.usage is not None:
+        if isinstance(rep.usage, tuple):
             return rep.usage
+        if isinstance(rep.usage, dict):
+            return rep.usage.get("input", 0), rep.usage.get("output", 0)
         return len(json.dumps(rec.json).split()), max(1, len(text.split()))
+
+    @staticmethod
+    def _detail(rep: _Reply, name: str) -> int | None:
+        """A usage detail the script set (cached, cache_write, reasoning), else None."""
+        return rep.usage.get(name) if isinstance(rep.usage, dict) else None
+
+    def _chat_usage(self, rep: _Reply, tin: int, tout: int) -> dict[str, Any]:
+        """Chat Completions ``usage``, with its ``*_tokens_details`` when scripted."""
+        usage: dict[str, Any] = {"prompt_tokens": tin, "completion_tokens": tout,
+                                 "total_tokens": tin + tout}
+        if self._detail(rep, "cached") is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self._detail(rep, "cached")}
+        if self._detail(rep, "reasoning") is not None:
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": self._detail(rep, "reasoning")}
+        return usage
+
+    def _anthropic_usage(self, rep: _Reply, tin: int, tout: int) -> dict[str, Any]:
+        """Anthropic ``usage``: ``input_tokens`` without the cache, which is reported as
+        ``cache_read_input_tokens`` / ``cache_creation_input_tokens``."""
+        usage: dict[str, Any] = {"input_tokens": tin, "output_tokens": tout}
+        if self._detail(rep, "cached") is not None:
+            usage["cache_read_input_tokens"] = self._detail(rep, "cached")
+        if self._detail(rep, "cache_write") is not None:
+            usage["cache_creation_input_tokens"] = self._detail(rep, "cache_write")
+        return usage
 
     def _whole(self, api: str, rec: RecordedRequest, rep: _Reply) -> dict[str, Any]:
         text, _, reasoning = self._text_of(rep)
@@ -652,8 +688,7 @@ class FakeModelServer:
                 "created": int(time.time()), "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": rep.finish,
                              "logprobs": None}],
-                "usage": {"prompt_tokens": tin, "completion_tokens": tout,
-                          "total_tokens": tin + tout},
+                **({} if rep.usage is False else {"usage": self._chat_usage(rep, tin, tout)}),
             }
         content: list[dict[str, Any]] = []
         if reasoning is not None:
@@ -665,7 +700,8 @@ class FakeModelServer:
         return {
             "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
             "model": model, "content": content, "stop_reason": _anthropic_stop(rep.finish),
-            "stop_sequence": None, "usage": {"input_tokens": tin, "output_tokens": tout},
+            "stop_sequence": None,
+            **({} if rep.usage is False else {"usage": self._anthropic_usage(rep, tin, tout)}),
         }
 
     def _reasoning_field(self, rep: _Reply) -> str:
@@ -707,13 +743,17 @@ class FakeModelServer:
                      "input_tokens_details": {"cached_tokens": 0}}
         elif prof.litellm_framing:
             usage["output_tokens_details"]["text_tokens"] = tout
+        if self._detail(rep, "reasoning") is not None:
+            usage["output_tokens_details"] = {"reasoning_tokens": self._detail(rep, "reasoning")}
+        if self._detail(rep, "cached") is not None:
+            usage["input_tokens_details"] = {"cached_tokens": self._detail(rep, "cached")}
         return {
             "id": "resp_fake", "object": "response", "created_at": int(time.time()),
             "model": model, "status": "incomplete" if incomplete else status,
             "output": output if status != "in_progress" else [],
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "error": None,
-            "usage": usage,
+            "usage": None if rep.usage is False else usage,
         }
 
     # ------------------------------------------------------------------ streams
@@ -963,11 +1003,10 @@ class FakeModelServer:
         if not rep.terminal or rep.cut_after is not None:
             return
         await send(None, chunk({}, rep.finish))
-        if (rec.json.get("stream_options") or {}).get("include_usage"):
+        if (rec.json.get("stream_options") or {}).get("include_usage") and rep.usage is not False:
             await send(None, {"id": cid, "object": "chat.completion.chunk",
                               "created": int(time.time()), "model": model, "choices": [],
-                              "usage": {"prompt_tokens": tin, "completion_tokens": tout,
-                                        "total_tokens": tin + tout}})
+                              "usage": self._chat_usage(rep, tin, tout)})
         await send(None, "[DONE]")
 
     async def _stream_anthropic(self, send, text_chunk, think, model, chunks, reasoning, rep,
@@ -975,7 +1014,8 @@ class FakeModelServer:
         await send("message_start", {"message": {
             "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
             "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": tin, "output_tokens": 1}}})
+            **({} if rep.usage is False
+               else {"usage": self._anthropic_usage(rep, tin, 1)})}})
         await send("ping", {})
         await think()
         index = 0
@@ -1009,7 +1049,8 @@ class FakeModelServer:
         await send("content_block_stop", {"index": index})
         await send("message_delta", {"delta": {"stop_reason": _anthropic_stop(rep.finish),
                                                "stop_sequence": None},
-                                     "usage": {"output_tokens": tout}})
+                                     **({} if rep.usage is False
+                                        else {"usage": {"output_tokens": tout}})})
         if rep.terminal:
             await send("message_stop", {})
 

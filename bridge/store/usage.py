@@ -1,0 +1,272 @@
+"""Usage and limits in the store: one row per model call, and what the limits counted.
+
+``UsageQueries(store)`` wraps an open :class:`~bridge.store.db.Database` (the ``Store``):
+``record_usage`` writes the rows of one turn's calls in one transaction; the totals and
+grouped reports read them back.  The ``*_tx`` functions run inside a transaction the
+caller holds (``store.atomically``), so that :mod:`bridge.usage.limits` can check and
+record an admission as one transaction.  Times are unix seconds; periods (days, months)
+are the caller's business.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from bridge.store.db import Database
+
+GroupBy = Literal["chat", "sender", "model", "provider", "channel", "day"]
+
+# What each --by groups on (fixed SQL, never user text).
+_GROUP_SQL: dict[str, str] = {
+    "chat": "session_key",
+    "sender": "COALESCE(channel || ':' || sender_id, '-')",
+    "model": "model_ref",
+    "provider": "provider",
+    "channel": "channel",
+    "day": "strftime('%Y-%m-%d', at, 'unixepoch')",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One model call, attributed to the chat (and sender) it served."""
+
+    at: float
+    session_key: str
+    channel: str
+    account: str
+    chat_id: str
+    chat_kind: str  # direct | group
+    thread_id: str | None
+    sender_id: str | None
+    turn_id: int | None
+    purpose: Literal["reply", "compaction"]
+    model_ref: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+    estimated: bool
+    answered: bool = True  # False: a failed attempt whose server still reported usage
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Sums over some usage rows (and the inbound messages of the same chats, when asked)."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    estimated_calls: int = 0
+    messages: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+_SUMS = ("COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+         " COALESCE(SUM(reasoning_tokens), 0), COALESCE(SUM(cached_tokens), 0),"
+         " COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(estimated), 0)")
+
+
+def _totals(row: Sequence[Any], messages: int = 0) -> UsageTotals:
+    calls, tin, tout, reasoning, cached, cost, estimated = row
+    return UsageTotals(int(calls), int(tin), int(tout), int(reasoning), int(cached),
+                       float(cost), int(estimated), messages)
+
+
+def _where(since: float, until: float | None, session_key: str | None,
+           sender_id: str | None, provider: str | None) -> tuple[str, list[object]]:
+    clauses: list[str] = ["at >= ?"]
+    params: list[object] = [since]
+    if until is not None:
+        clauses.append("at < ?")
+        params.append(until)
+    if session_key is not None:
+        clauses.append("session_key = ?")
+        params.append(session_key)
+    if sender_id is not None:
+        clauses.append("sender_id = ?")
+        params.append(sender_id)
+    if provider is not None:
+        clauses.append("provider = ?")
+        params.append(provider)
+    return " AND ".join(clauses), params
+
+
+# ------------------------------------------------------------- inside a transaction
+
+
+def usage_sums_tx(db: sqlite3.Connection, *, since: float, until: float | None = None,
+                  session_key: str | None = None, sender_id: str | None = None,
+                  provider: str | None = None) -> UsageTotals:
+    """Sums of the usage rows matching every given filter, from ``since``."""
+    where, params = _where(since, until, session_key, sender_id, provider)
+    row = db.execute(f"SELECT {_SUMS} FROM usage WHERE {where}", params).fetchone()
+    return _totals(row)
+
+
+def admissions_since_tx(db: sqlite3.Connection, session_key: str, sender_id: str | None,
+                        since: float) -> list[float]:
+    """When each message admitted since ``since`` was (oldest first), for the chat, or
+    for one sender in it."""
+    if sender_id is None:
+        rows = db.execute("SELECT at FROM limit_admissions WHERE session_key = ? AND at > ?"
+                          " ORDER BY at", (session_key, since))
+    else:
+        rows = db.execute("SELECT at FROM limit_admissions WHERE session_key = ? AND"
+                          " sender_id = ? AND at > ? ORDER BY at",
+                          (session_key, sender_id, since))
+    return [float(r[0]) for r in rows]
+
+
+def was_admitted_tx(db: sqlite3.Connection, channel: str, account: str,
+                    message_id: str) -> bool:
+    """True when this platform message was admitted before (a redelivery)."""
+    return db.execute("SELECT 1 FROM limit_admissions WHERE channel = ? AND account = ? AND"
+                      " platform_message_id = ?", (channel, account, message_id)
+                      ).fetchone() is not None
+
+
+def record_admission_tx(db: sqlite3.Connection, *, channel: str, account: str,
+                        message_id: str, session_key: str, sender_id: str | None,
+                        at: float) -> None:
+    db.execute("INSERT OR IGNORE INTO limit_admissions (channel, account, platform_message_id,"
+               " session_key, sender_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+               (channel, account, message_id, session_key, sender_id, at))
+
+
+def notice_until_tx(db: sqlite3.Connection, session_key: str, scope: str) -> float | None:
+    """Until when the last limit notice of ``scope`` in this chat holds (None: none)."""
+    row = db.execute("SELECT until FROM limit_notices WHERE session_key = ? AND scope = ?",
+                     (session_key, scope)).fetchone()
+    return float(row[0]) if row else None
+
+
+def record_notice_tx(db: sqlite3.Connection, session_key: str, scope: str, kind: str,
+                     until: float, now: float) -> None:
+    db.execute("INSERT INTO limit_notices (session_key, scope, kind, until, noticed_at)"
+               " VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_key, scope) DO UPDATE SET"
+               " kind = excluded.kind, until = excluded.until,"
+               " noticed_at = excluded.noticed_at", (session_key, scope, kind, until, now))
+
+
+def prune_admissions_tx(db: sqlite3.Connection, before: float) -> int:
+    """Forget admissions older than ``before`` (no message limit looks back that far)."""
+    return db.execute("DELETE FROM limit_admissions WHERE at < ?", (before,)).rowcount
+
+
+# ------------------------------------------------------------- queries
+
+
+class UsageQueries:
+    """Usage rows and reports over an open store (``UsageQueries(store)``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Store ``rows`` in one transaction."""
+        if not rows:
+            return
+        params = [(r.at, r.session_key, r.channel, r.account, r.chat_id, r.chat_kind,
+                   r.thread_id, r.sender_id, r.turn_id, r.purpose, r.model_ref, r.provider,
+                   r.input_tokens, r.output_tokens, r.reasoning_tokens, r.cached_tokens,
+                   r.cache_write_tokens, r.cost_usd, int(r.estimated), int(r.answered))
+                  for r in rows]
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO usage (at, session_key, channel, account, chat_id, chat_kind,"
+                " thread_id, sender_id, turn_id, purpose, model_ref, provider, input_tokens,"
+                " output_tokens, reasoning_tokens, cached_tokens, cache_write_tokens,"
+                " cost_usd, estimated, answered)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
+
+        await self.db.atomically(tx)
+
+    async def rows(self, *, since: float = 0.0) -> list[UsageRow]:
+        """Every row from ``since`` (oldest first): for tests and exports."""
+        def read(db: sqlite3.Connection) -> list[UsageRow]:
+            cur = db.execute(
+                "SELECT at, session_key, channel, account, chat_id, chat_kind, thread_id,"
+                " sender_id, turn_id, purpose, model_ref, provider, input_tokens,"
+                " output_tokens, reasoning_tokens, cached_tokens, cache_write_tokens,"
+                " cost_usd, estimated, answered FROM usage WHERE at >= ? ORDER BY id",
+                (since,))
+            names = [f.name for f in fields(UsageRow)]
+            out = []
+            for r in cur:
+                values: dict[str, Any] = dict(zip(names, r, strict=True))
+                values["estimated"] = bool(values["estimated"])
+                values["answered"] = bool(values["answered"])
+                out.append(UsageRow(**values))
+            return out
+
+        return await self.db.read_with(read)
+
+    async def totals(self, *, since: float, until: float | None = None,
+                     session_key: str | None = None, sender_id: str | None = None,
+                     provider: str | None = None, messages: bool = False) -> UsageTotals:
+        """Sums over the matching rows; ``messages``: also count the inbound messages
+        answered or queued in the same window (and chat, when one is given)."""
+        def read(db: sqlite3.Connection) -> UsageTotals:
+            sums = usage_sums_tx(db, since=since, until=until, session_key=session_key,
+                                 sender_id=sender_id, provider=provider)
+            if not messages:
+                return sums
+            clauses = ["direction = 'in'", "kind = 'chat'",
+                       "status IN ('received', 'processing', 'answered', 'failed')",
+                       "created_at >= ?"]
+            params: list[object] = [since]
+            if until is not None:
+                clauses.append("created_at < ?")
+                params.append(until)
+            if session_key is not None:
+                clauses.append("session_key = ?")
+                params.append(session_key)
+            if sender_id is not None:
+                clauses.append("sender_id = ?")
+                params.append(sender_id)
+            count = db.execute(f"SELECT COUNT(*) FROM messages WHERE {' AND '.join(clauses)}",
+                               params).fetchone()[0]
+            return UsageTotals(sums.calls, sums.input_tokens, sums.output_tokens,
+                               sums.reasoning_tokens, sums.cached_tokens, sums.cost_usd,
+                               sums.estimated_calls, int(count))
+
+        return await self.db.read_with(read)
+
+    async def report(self, *, since: float, until: float | None = None,
+                     by: GroupBy = "chat") -> list[tuple[str, UsageTotals]]:
+        """Totals grouped ``by`` chat, sender, model, provider, channel or day (UTC),
+        the largest cost first (days: oldest first)."""
+        key = _GROUP_SQL[by]
+        where, params = _where(since, until, None, None, None)
+        order = "grp" if by == "day" else "6 DESC, grp"
+
+        def read(db: sqlite3.Connection) -> list[tuple[str, UsageTotals]]:
+            cur = db.execute(
+                f"SELECT {_SUMS}, {key} AS grp FROM usage WHERE {where}"
+                f" GROUP BY grp ORDER BY {order}", params)
+            return [(str(r[7]), _totals(r[:7])) for r in cur]
+
+        return await self.db.read_with(read)
+
+    async def provider_spend(self, *, since: float) -> dict[str, float]:
+        """USD spent per provider from ``since``."""
+        def read(db: sqlite3.Connection) -> dict[str, float]:
+            cur = db.execute("SELECT provider, COALESCE(SUM(cost_usd), 0.0) FROM usage"
+                             " WHERE at >= ? GROUP BY provider", (since,))
+            return {str(p): float(c) for p, c in cur}
+
+        return await self.db.read_with(read)
