@@ -22,6 +22,7 @@ from bridge.envelope import AcceptStatus, SessionKey
 from bridge.media import MediaStore
 from bridge.metrics import Metrics, TurnOutcome
 from bridge.store import Store
+from bridge.usage.record import recorder_for
 
 if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
@@ -180,6 +181,7 @@ class App:
         if self._metrics is not None:
             self._core.add_observer(_metrics_observer(self._metrics))
             self._metrics.set_pending_source(self._core.pending_count)
+            recorder_for(self._store).listen(self._metrics.usage_recorded)
         for channel in channels:
             self._core.attach(channel)
             try:

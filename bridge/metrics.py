@@ -10,6 +10,8 @@ Apps in one process never collide.  Call sites (all cheap, never raise)::
     metrics.turn_finished("answered", 1.84, reply=reply)             # ModelReply
     metrics.turn_finished("failed", 30.2, attempts=exc.attempts)     # AllModelsFailed
     metrics.set_pending_source(lambda: core.pending_count())         # read at scrape time
+    metrics.usage_recorded(rows)                       # UsageRows of model calls
+    metrics.limit_refused("messagesPerHour")           # a message refused by a limit
 
 ``metrics.render()`` gives the Prometheus text exposition, ``metrics.content_type`` its
 HTTP content type.
@@ -35,6 +37,7 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from bridge.models.base import Attempt, ModelReply
+    from bridge.store.usage import UsageRow
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,13 @@ class TurnOutcome(StrEnum):
 OK = "ok"  # the attempt answered
 SKIPPED = "skipped"  # the model was cooling down and was not called
 OTHER = "other"  # the model label of any ref that is not configured
+BUDGET_EXHAUSTED = "budget_exhausted"  # skipped: its provider's budget is reached
+
+# The ``kind`` label of palaver_tokens_total, and the ``limit`` label of
+# palaver_limit_refusals_total: fixed sets.
+TOKEN_KINDS = ("input", "output", "reasoning", "cached", "cache_write")
+LIMIT_KINDS = ("messagesPerMinute", "messagesPerHour", "tokensPerDay", "costPerDayUsd",
+               "costPerMonthUsd")
 
 # Turns wait on models: from a few ms (cached, tiny local model) to minutes (cold load).
 _TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -100,6 +110,19 @@ class Metrics:
         self.model_latency = Histogram(
             "palaver_model_latency_seconds", "Duration of one model call (any outcome).",
             ["model"], buckets=_MODEL_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "palaver_tokens", "Tokens used by model calls, by model and kind (input, output,"
+            " reasoning and cached are parts of input/output; estimates included).",
+            ["model", "kind"], registry=r,
+        )
+        self.cost = Counter(
+            "palaver_cost_usd", "What model calls cost, in USD (from each model's cost).",
+            ["provider", "model"], registry=r,
+        )
+        self.limit_refusals = Counter(
+            "palaver_limit_refusals", "Inbound messages refused because a limit was reached.",
+            ["limit"], registry=r,
         )
         self.pending_messages = Gauge(
             "palaver_pending_messages", "Stored inbound messages not yet answered.",
@@ -177,7 +200,8 @@ class Metrics:
             attempt = raw
             model = self._model_label(attempt.model_ref, known)
             if attempt.skipped:
-                error_class = SKIPPED
+                error_class = (BUDGET_EXHAUSTED if attempt.error_class == BUDGET_EXHAUSTED
+                               else SKIPPED)
             elif attempt.error_class is None:
                 error_class = OK
             else:
@@ -188,6 +212,27 @@ class Metrics:
             if previous is not None and previous != model:
                 self.fallbacks.labels(from_model=previous, to_model=model).inc()
             previous = model
+
+    # -- usage and limits ---------------------------------------------------------
+
+    def usage_recorded(self, rows: Iterable[UsageRow]) -> None:
+        """Count the tokens and cost of recorded model calls."""
+        known = self._known_models()
+        for row in rows:
+            model = self._model_label(row.model_ref, known)
+            provider = row.provider if model != OTHER else OTHER
+            for kind, count in (("input", row.input_tokens), ("output", row.output_tokens),
+                                ("reasoning", row.reasoning_tokens),
+                                ("cached", row.cached_tokens),
+                                ("cache_write", row.cache_write_tokens)):
+                if count > 0:
+                    self.tokens.labels(model=model, kind=kind).inc(count)
+            if row.cost_usd > 0 and math.isfinite(row.cost_usd):
+                self.cost.labels(provider=provider, model=model).inc(row.cost_usd)
+
+    def limit_refused(self, limit: str) -> None:
+        """One message refused by ``limit`` (a LimitValues field name)."""
+        self.limit_refusals.labels(limit=limit if limit in LIMIT_KINDS else OTHER).inc()
 
     # -- pending ------------------------------------------------------------------
 
