@@ -537,8 +537,13 @@ def _rest_of_line(text: str, i: int) -> int:
     """Past trailing blanks and a ``//`` comment after ``i`` up to and including the
     newline, when only those follow on the line; else ``i`` (past blanks)."""
     j = i
-    while j < len(text) and text[j] in " \t":
-        j += 1
+    while True:
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        end = text.find("*/", j + 2) if text.startswith("/*", j) else -1
+        if end < 0 or "\n" in text[j:end]:
+            break
+        j = end + 2  # a block comment closed on this line belongs to the entry
     if text.startswith("//", j):
         while j < len(text) and text[j] not in "\r\n":
             j += 1

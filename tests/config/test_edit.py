@@ -383,3 +383,51 @@ def test_env_writes_a_reference(tmp_path, capsys, monkeypatch):
                  "--env", "NOT_SET_ANYWHERE"]) == 1
     err = capsys.readouterr().err
     assert "NOT_SET_ANYWHERE is not set" in err and 'apiKey: "${MY_KEY}"' in path.read_text()
+
+
+@pytest.mark.parametrize("value, expected, text", [
+    ("Sonnet", "Sonnet", 'model: "Sonnet"'),
+    ('"Sonnet"', "Sonnet", 'model: "Sonnet"'),
+    ('{primary: "local/qwen3", fallbacks: ["Sonnet"]}',
+     {"primary": "local/qwen3", "fallbacks": ["Sonnet"]},
+     'model: { primary: "local/qwen3", fallbacks: ["Sonnet"] }'),
+])
+def test_cli_set_takes_json5_values(tmp_path, capsys, monkeypatch, value, expected, text):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    path = write(tmp_path, HARD)
+    assert main(["config", "set", "-c", str(path), "channels.telegram.model", value]) == 0
+    assert json5.loads(path.read_text())["channels"]["telegram"]["model"] == expected
+    assert text in path.read_text()
+    capsys.readouterr()
+    assert main(["config", "get", "-c", str(path), "channels.telegram.model.primary"]) == 0
+    assert capsys.readouterr().out.strip() == ("local/qwen3" if isinstance(expected, dict)
+                                               else "Sonnet")
+    assert main(["config", "get", "-c", str(path), "channels.telegram.nothing"]) == 1
+    assert "no value at channels.telegram.nothing" in capsys.readouterr().err
+    assert main(["config", "set", "-c", str(path), "x", "{broken"]) == 1
+
+
+def test_cli_patch_and_unset(tmp_path, capsys, monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    path = write(tmp_path, HARD)
+    patch = write(tmp_path, "// mine\n{ channels: { telegram: { groups: { "
+                  '"-100555": { requireMention: false } } } } }', "patch.json5")
+    assert main(["config", "patch", "-c", str(path), str(patch), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    added = [line for line in out.splitlines() if line.startswith("+")
+             and not line.startswith("+++")]
+    assert len(added) == 1 and '"-100555": { requireMention: false },' in out
+    assert "-100555" not in path.read_text()
+    assert main(["config", "patch", "-c", str(path), str(patch)]) == 0
+    assert "-100555" in path.read_text()
+    assert main(["config", "unset", "-c", str(path), 'channels.telegram.groups["-100555"]']) == 0
+    assert path.read_text() == HARD
+    assert main(["config", "unset", "-c", str(path), "channels.telegram.groups.-100555"]) == 0
+    assert "no change" in capsys.readouterr().out
+
+
+def test_a_block_comment_after_the_last_entry_stays_with_it():
+    assert edit_text("{\n  a: 1, /* c */\n}\n", [Change.set("b", 2)]) == \
+        "{\n  a: 1, /* c */\n  b: 2,\n}\n"
