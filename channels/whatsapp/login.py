@@ -319,7 +319,8 @@ async def run_logout(
 
 
 def _data_dir(args: Any) -> Path | None:
-    """``dataDir`` of the config the command should use; None (after a message) on error."""
+    """``dataDir`` of the config the command should use (and Palaver's logging set up);
+    None (after a message) on error."""
     from bridge.config.load import ConfigError, load_for_cli
 
     try:
@@ -328,6 +329,7 @@ def _data_dir(args: Any) -> Path | None:
         print(f"error: {exc}", file=sys.stderr)
         return None
     config = loaded[0] if isinstance(loaded, tuple) else loaded
+    _setup_command_logging(args, config)
     return config.data_dir
 
 
@@ -413,3 +415,16 @@ def cmd_logout(args: Any) -> int:
     if data_dir is None:
         return 1
     return asyncio.run(run_logout(data_dir=data_dir))
+
+
+def _setup_command_logging(args: Any, config: Any) -> None:
+    """Palaver's log handler (redacting, stderr) for login/logout, warnings by default.
+
+    neonize calls ``logging.basicConfig`` when it is imported: without this, whatsmeow's
+    log lines (and Palaver's) would be printed by that plain handler, unredacted.
+    """
+    from bridge.logs import setup_logging
+
+    setup_logging(getattr(args, "log_level", None) or "warning",
+                  getattr(args, "log_format", None) or config.logging.format,
+                  stream=sys.stderr)
