@@ -239,6 +239,20 @@ async def test_login_scanned_links_and_exits_0(tmp_path, go):
     assert read_linked_devices(db_of(tmp_path))
 
 
+async def test_login_interrupted_before_linking_exits_130_instead_of_hanging(tmp_path, go):
+    exits: list[int] = []
+    out = io.StringIO()
+    login = asyncio.create_task(run_login(data_dir=tmp_path / "data", out=out,
+                                          link_timeout=5, exit_fn=exits.append))
+    await until(lambda: "Scan with the phone" in out.getvalue())
+    login.cancel()  # what asyncio.run does on Ctrl-C
+    with pytest.raises(asyncio.CancelledError):
+        await login
+    # neonize's thread spins in FetchMe (no device yet) and cannot be stopped: the
+    # process ends itself instead of joining it forever.
+    assert exits == [130] and not go.crashes and go.stops == []
+
+
 def test_link_timeout_is_under_the_qr_codes_lifetime():
     assert LOGIN_TIMEOUT_S < 160
 
@@ -480,6 +494,7 @@ async def test_status_reads_the_running_channel_from_healthz(tmp_path, go):
                                           f"http://127.0.0.1:{port}/healthz")
     assert lines[-1].startswith("channel:  Palaver is not running")
     assert json.dumps(lines)  # plain strings
+    assert go.neonize_calls == 0 and go.clients == {}  # never connected to WhatsApp
 
 
 # --------------------------------------------------------------------------- store unavailable
