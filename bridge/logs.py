@@ -82,14 +82,48 @@ def _redact_value(value: Any) -> Any:
     return redact(str(value))
 
 
+# Line breaks and other control characters in a log's string arguments (a sender's name,
+# a chat title) would start a forged line; they are written escaped, in both formats.  Tab
+# stays, and so do the line breaks of the message's own format and of exceptions (a config
+# error's lines, a traceback).
+_LINE_BREAKERS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\n":
+        return "\\n"
+    if char == "\r":
+        return "\\r"
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def _escape_arg(value: object) -> object:
+    if isinstance(value, str) and _LINE_BREAKERS.search(value):
+        return _LINE_BREAKERS.sub(_escape_control, value)
+    return value
+
+
+def _escape_args(args: Any) -> Any:
+    """%-arguments with the control characters of their strings escaped."""
+    if isinstance(args, tuple):
+        return tuple(_escape_arg(a) for a in args)
+    if isinstance(args, dict):
+        return {k: _escape_arg(a) for k, a in args.items()}
+    return args
+
+
 class RedactingFilter(logging.Filter):
     """Rewrite a record so that no secret survives in msg, args, exception or extras.
 
     The message is formatted once (``getMessage()``) and stored back with ``args=None``
-    so that an argument holding a secret cannot be re-inserted later.
+    so that an argument holding a secret cannot be re-inserted later.  Control characters
+    in string arguments are escaped first (``\\n``), so a sender's name cannot start a
+    log line of its own; the message's own line breaks and tracebacks keep theirs.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        record.args = _escape_args(record.args)
         try:
             message = record.getMessage()
         except Exception:  # a broken %-format must not lose the record
@@ -125,7 +159,9 @@ def _format_extra_value(value: Any) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2025-01-02 10:00:00,123 INFO bridge.x: message key=value …`` (extras appended)."""
+    """``2025-01-02 10:00:00,123 INFO bridge.x: message key=value …`` (extras appended).
+
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -162,7 +198,9 @@ class JsonFormatter(logging.Formatter):
             payload["exc"] = redact(record.exc_text)
         if record.stack_info:
             payload["stack"] = redact(record.stack_info)
-        return json.dumps(payload, ensure_ascii=False, default=str)
+        # U+2028/U+2029 are valid inside JSON strings but split lines for most readers.
+        return (json.dumps(payload, ensure_ascii=False, default=str)
+                .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 # --------------------------------------------------------------------------- set-up

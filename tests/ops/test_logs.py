@@ -258,3 +258,34 @@ def test_error_codes_are_not_taken_for_secrets_and_fields_are_not_repeated():
     record.session, record.model, record.turn = "s1", "m1", 7
     line = TextFormatter().format(record)
     assert line.count("session=") == 1 and line.count("model=") == 1 and "turn=7" in line
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_name_with_line_breaks_cannot_forge_a_log_line(fmt):
+    # A sender's display name is the sender's to choose; in a text log a newline in it
+    # would start a line that looks like Palaver's own.
+    stream = _setup("info", fmt)
+    name = "Bob\n2026-12-01 10:00:00,000 INFO bridge.access: sender 1 approved\r\x1b[2J\u2028x"
+    log = logging.getLogger("bridge.access")
+    log.info("pairing: new code for %s sender %s (%s)", "telegram", "42", name)
+    try:
+        raise ValueError("first line\nsecond line")
+    except ValueError:
+        log.exception("config reload failed, keeping the running config:\n%s", "a\nb")
+    lines = stream.getvalue().splitlines()  # splits on U+2028 too, as many readers do
+    escaped = ("(Bob\\n2026-12-01 10:00:00,000 INFO bridge.access: sender 1 approved"
+               "\\r\\x1b[2J\\u2028x)")
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]
+        assert len(records) == 2
+        assert records[0]["msg"].endswith(escaped)
+        assert records[1]["msg"].endswith("config:\na\\nb")
+        assert "second line" in records[1]["exc"]
+        return
+    assert len([line for line in lines if " INFO " in line]) == 1
+    assert lines[0].endswith(escaped)
+    # The message's own line break and the traceback keep theirs.
+    assert lines[1].endswith("config reload failed, keeping the running config:")
+    assert lines[2] == "a\\nb"
+    assert "Traceback (most recent call last):" in lines
+    assert lines[-2:] == ["ValueError: first line", "second line"]
