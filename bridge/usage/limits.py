@@ -1,0 +1,236 @@
+"""Limits at the door: ``limits`` per chat and per sender, checked when a message arrives.
+
+``limits`` is set at the default, channel, group, topic and direct levels; the most
+specific block that sets it wins, whole (as for ``model``).  Its fields cap the chat, its
+``perSender`` fields each sender within the chat (a chat is a session: a direct chat, a
+group, a forum topic):
+
+- ``messagesPerMinute`` / ``messagesPerHour``: messages let through in the last 60 s /
+  3600 s (a sliding window, counted from the store);
+- ``tokensPerDay``, ``costPerDayUsd``: what the chat's (sender's) model calls used today,
+  ``costPerMonthUsd`` this month (UTC), from the usage table.
+
+Over a limit, the first message gets one short notice saying when the limit resets; the
+following ones in that window are stored as refused (reason ``limit``) with no reply.
+Owners (``channels.<name>.owners``) are never limited, and commands always pass.
+
+The check and the record of an admitted message are one transaction (``BEGIN
+IMMEDIATE``): two messages racing for the last slot, from one process or two, do not
+both pass.  Token and cost caps are known only after a call: the call that crosses one
+is answered, the next message is refused.
+
+:meth:`LimitGate.admit` is the one call the door makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from bridge.commands import is_command
+from bridge.config.resolve import _chat_chain
+from bridge.store.usage import (
+    admissions_since_tx,
+    notice_until_tx,
+    prune_admissions_tx,
+    record_admission_tx,
+    record_notice_tx,
+    usage_sums_tx,
+    was_admitted_tx,
+)
+from bridge.usage.owners import is_owner
+from bridge.usage.periods import day_start, month_start, next_day, next_month
+
+if TYPE_CHECKING:
+    from bridge.config.schema import Config, Limits, LimitValues
+    from bridge.envelope import ChatAddress, Inbound
+    from bridge.store.db import Database
+
+log = logging.getLogger(__name__)
+
+REASON = "limit"  # the reason (and metrics code) of a message refused by a limit
+_WINDOWS = {"messagesPerMinute": 60.0, "messagesPerHour": 3600.0}
+# Admissions older than the longest window are pruned once per this many admissions.
+_PRUNE_EVERY = 500
+
+
+def limits_for(config: Config, address: ChatAddress, sender_id: str | None) -> Limits | None:
+    """The ``limits`` block that applies to a chat: topic, group/direct, channel, then
+    ``agents.defaults`` (the first that sets one wins); None when none does."""
+    chain = _chat_chain(config, address.channel, address.chat_kind.value, address.chat_id,
+                        sender_id, address.thread_id)
+    for block in chain:
+        found = getattr(block, "limits", None)
+        if found is not None:
+            return found
+    return config.agents.defaults.limits
+
+
+@dataclass(frozen=True, slots=True)
+class LimitVerdict:
+    """What the door does with a message: let it through, or refuse it (``notice``: the
+    one reply to send, None when the sender was told already)."""
+
+    admitted: bool
+    limit: str | None = None  # the LimitValues field that was reached
+    notice: str | None = None
+    resets_at: float | None = None
+
+
+ADMIT = LimitVerdict(True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reached:
+    limit: str
+    value: float
+    resets_at: float
+    scope: str  # "chat" or "sender:<id>"
+
+
+class LimitGate:
+    """Checks a chat's limits and records what it lets through, in one transaction."""
+
+    def __init__(self, store: Database, config: Callable[[], Config], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._config = config
+        self.clock = clock
+        self.on_refused: Callable[[str], None] | None = None  # metrics: the limit reached
+        self._admitted = 0
+
+    async def admit(self, inbound: Inbound) -> LimitVerdict:
+        """Let ``inbound`` through, or refuse it because a limit of its chat is reached."""
+        config = self._config()
+        a = inbound.address
+        if is_command(inbound.text):
+            return ADMIT
+        limits = limits_for(config, a, inbound.sender_id)
+        if limits is None or not _any(limits):
+            return ADMIT
+        if is_owner(config, a.channel, inbound.sender_id, inbound.sender_aliases):
+            return ADMIT
+        key = str(inbound.session_key)
+        now = self.clock()
+        self._admitted += 1
+        prune = self._admitted % _PRUNE_EVERY == 0
+
+        def tx(db: sqlite3.Connection) -> LimitVerdict:
+            if _stored(db, a.channel, a.account, inbound.message_id) or was_admitted_tx(
+                    db, a.channel, a.account, inbound.message_id):
+                return ADMIT  # a redelivery: decided the first time
+            reached = _reached(db, limits, key, inbound.sender_id, now)
+            if reached is None:
+                record_admission_tx(db, channel=a.channel, account=a.account,
+                                    message_id=inbound.message_id, session_key=key,
+                                    sender_id=inbound.sender_id, at=now)
+                if prune:
+                    prune_admissions_tx(db, now - max(_WINDOWS.values()))
+                return ADMIT
+            until = notice_until_tx(db, key, reached.scope)
+            if until is not None and until > now:
+                return LimitVerdict(False, reached.limit, None, reached.resets_at)
+            record_notice_tx(db, key, reached.scope, reached.limit, reached.resets_at, now)
+            return LimitVerdict(False, reached.limit, notice_text(reached, now),
+                                reached.resets_at)
+
+        verdict = await self.store.atomically(tx)
+        if not verdict.admitted:
+            if verdict.notice is not None:
+                log.info("limit %s reached in %s (sender %s); told once, refused until %s",
+                         verdict.limit, key, inbound.sender_id,
+                         _utc(verdict.resets_at or now, "%Y-%m-%d %H:%M UTC"))
+            if self.on_refused is not None and verdict.limit is not None:
+                try:
+                    self.on_refused(verdict.limit)
+                except Exception:
+                    log.debug("limit refusal observer failed", exc_info=True)
+        return verdict
+
+
+def _any(limits: Limits) -> bool:
+    return _set(limits) or (limits.perSender is not None and _set(limits.perSender))
+
+
+def _set(values: LimitValues) -> bool:
+    return any(getattr(values, name) is not None for name in (
+        "messagesPerMinute", "messagesPerHour", "tokensPerDay", "costPerDayUsd",
+        "costPerMonthUsd"))
+
+
+def _stored(db: sqlite3.Connection, channel: str, account: str, message_id: str) -> bool:
+    return db.execute("SELECT 1 FROM messages WHERE direction = 'in' AND channel = ? AND"
+                      " account = ? AND platform_message_id = ?",
+                      (channel, account, message_id)).fetchone() is not None
+
+
+def _reached(db: sqlite3.Connection, limits: Limits, key: str, sender_id: str,
+             now: float) -> _Reached | None:
+    """The reached limit that resets last (the chat's or the sender's), or None."""
+    found: list[_Reached] = []
+    scopes: list[tuple[LimitValues, str | None, str]] = [(limits, None, "chat")]
+    if limits.perSender is not None:
+        scopes.append((limits.perSender, sender_id, f"sender:{sender_id}"))
+    for values, sender, scope in scopes:
+        for name, window in _WINDOWS.items():
+            cap = getattr(values, name)
+            if cap is None:
+                continue
+            times = admissions_since_tx(db, key, sender, now - window)
+            if len(times) >= cap:
+                # Free again when enough of them have left the window.
+                found.append(_Reached(name, cap, times[len(times) - cap] + window, scope))
+        spend_caps = (("tokensPerDay", day_start(now), next_day(now)),
+                      ("costPerDayUsd", day_start(now), next_day(now)),
+                      ("costPerMonthUsd", month_start(now), next_month(now)))
+        sums = {}
+        for name, since, resets in spend_caps:
+            cap = getattr(values, name)
+            if cap is None:
+                continue
+            if since not in sums:
+                sums[since] = usage_sums_tx(db, since=since, session_key=key,
+                                            sender_id=sender)
+            used = sums[since].tokens if name == "tokensPerDay" else sums[since].cost_usd
+            if used >= cap:
+                found.append(_Reached(name, cap, resets, scope))
+    return max(found, key=lambda r: r.resets_at) if found else None
+
+
+def _what(reached: _Reached) -> str:
+    value = reached.value
+    words = {
+        "messagesPerMinute": f"{value:g} messages a minute",
+        "messagesPerHour": f"{value:g} messages an hour",
+        "tokensPerDay": f"{value:,.0f} tokens a day",
+        "costPerDayUsd": f"${value:.2f} a day",
+        "costPerMonthUsd": f"${value:.2f} a month",
+    }[reached.limit]
+    who = "for you in this chat" if reached.scope.startswith("sender:") else "in this chat"
+    return f"{words} {who}"
+
+
+def notice_text(reached: _Reached, now: float) -> str:
+    """The one short notice: which limit, and when it resets."""
+    return f"Usage limit reached ({_what(reached)}). I'll answer again {when(reached.resets_at, now)}."
+
+
+def when(resets_at: float, now: float) -> str:
+    """``in 12 min (14:32 UTC)``, ``in 5 h (00:00 UTC)``, ``on 2027-01-01 (UTC)``."""
+    left = max(0.0, resets_at - now)
+    if left < 90:
+        return f"in {max(1, round(left))} s"
+    if left < 5400:
+        return f"in {round(left / 60)} min ({_utc(resets_at, '%H:%M')} UTC)"
+    if left < 86400:
+        return f"in {round(left / 3600)} h ({_utc(resets_at, '%H:%M')} UTC)"
+    return f"on {_utc(resets_at, '%Y-%m-%d')} (UTC)"
+
+
+def _utc(ts: float, fmt: str) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime(fmt)
