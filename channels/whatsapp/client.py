@@ -384,10 +384,11 @@ class GoCalls:
                                               functools.partial(function, *args, **kwargs))
                 session.shutdown(wait=False)  # its thread ends when Neonize() returns
                 return future
-            executor = self._control if name in _CONTROL_CALLS else self._pool
-            gated = name not in _CONTROL_CALLS
-            return loop.run_in_executor(executor, functools.partial(
-                self._run, function, _current_call.get(), gated, args, kwargs))
+            if name in _CONTROL_CALLS:
+                return loop.run_in_executor(self._control, functools.partial(
+                    self._run, function, None, False, args, kwargs))
+            return loop.run_in_executor(self._pool, functools.partial(
+                self._run, function, _current_call.get(), True, args, kwargs))
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise NotConnected(f"the WhatsApp client is closed ({exc})") from None
 
@@ -471,8 +472,9 @@ class NeonizeClient:
     """
 
     stop_timeout_s = 10.0
-    # disconnect() lets calls already on their way to Go finish (for at most this long)
-    # before it tells Go to drop the client: a call arriving after that would crash.
+    # disconnect() lets calls already inside Go finish (for at most this long) before it
+    # tells Go to drop the client; calls still queued for a thread are refused before
+    # they reach Go (one arriving after Stop would crash).
     call_drain_s = 5.0
     # Stop before Go's first callback can crash (Stop deletes the client while FetchMe
     # reads it) and does not end Neonize() anyway (FetchMe spins while the device has no
@@ -589,7 +591,7 @@ class NeonizeClient:
         if ready:
             with contextlib.suppress(Exception):
                 # Go: Disconnect() and cancel -> Neonize() returns
-                await asyncio.wait_for(self._client.stop(), self.call_timeout_s)
+                await asyncio.wait_for(self._client.stop(), self.stop_timeout_s)
         else:
             log.warning("WhatsApp: neonize never finished starting (no device record within "
                         "%.0f s); not telling Go to stop (that can crash)", self.ready_wait_s)
