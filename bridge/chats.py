@@ -294,6 +294,9 @@ def pin_changes(config: Config, chat: ChatRef, ref: Any, scope: Scope = "chat",
     if chat.channel not in ("telegram", "whatsapp", "console"):
         raise ChatError(f"unknown channel {chat.channel!r} (expected telegram, whatsapp "
                         "or console)")
+    if chan is None and not clear:
+        raise ChatError(f"channels.{chat.channel} is not in the config, so no chat there "
+                        "is answered (add the channel's block first)")
     key = model_by_channel_key(chat.chat_id, chat.thread_id)
     mbc = ("channels", "modelByChannel", chat.channel, key)
     own: tuple[str, ...] | None = None

@@ -136,6 +136,8 @@ def test_a_pin_goes_into_the_chats_own_entry_else_model_by_channel(config_path):
     assert c.value == {"primary": "local/b", "fallbacks": ["local/c"]}  # fallbacks kept
     with pytest.raises(ChatError, match="turn the channel on"):
         pin_changes(config, ChatRef("whatsapp", "+1555", "direct"), "Bee", "channel")
+    with pytest.raises(ChatError, match="channels.whatsapp is not in the config"):
+        pin_changes(config, ChatRef("whatsapp", "+1555", "direct"), "Bee")
 
 
 def test_pinning_a_strangers_group_does_not_let_anyone_talk_there(config_path):
