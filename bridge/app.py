@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from bridge.health import HealthServer
     from bridge.models.base import Router
     from bridge.ports import Channel
+    from bridge.usage.budgets import BudgetGuard
     from channels.console import ConsoleChannel
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class App:
         self._media: MediaStore | None = None
         self._core: ConversationCore | None = None
         self._health_server: HealthServer | None = None
+        self._budgets: BudgetGuard | None = None  # the router's provider budgets
         self._started = False
         self._stopped = False
         self._applied: Config | None = None  # the file config last applied (hot reload)
@@ -166,8 +168,10 @@ class App:
         self._media = MediaStore(data_dir / "media")
         if self._router is None:
             from bridge.models.router import ModelRouter
+            from bridge.usage.budgets import BudgetGuard
 
-            self._router = ModelRouter(lambda: self.config)
+            self._budgets = BudgetGuard(lambda: self.config, recorder_for(self._store))
+            self._router = ModelRouter(lambda: self.config, budget=self._budgets)
         if self._metrics is None:
             self._metrics = Metrics()
             # Labels name configured models only (read per turn: hot reload included).
@@ -238,7 +242,9 @@ class App:
         log.info("palaver stopped")
 
     async def health(self) -> dict[str, Any]:
-        """``{"store": {"ok", "detail"}, "channels": {name: {"connected", "detail"}}}``."""
+        """``{"store": {"ok", "detail"}, "channels": {name: {"connected", "detail"}}}``,
+        and ``"budgets": {provider: {dailyUsd, monthlyUsd, spentTodayUsd, spentMonthUsd,
+        exhausted, detail}}`` for providers with a budget."""
         report: dict[str, Any] = {"store": {"ok": False, "detail": "not started"},
                                   "channels": {}}
         if self._store is not None and not self._stopped:
@@ -261,6 +267,14 @@ class App:
         if self._core is not None:
             report["pending"] = self._core.pending_count()
             report["busy_sessions"] = self._core.busy_sessions
+        if self._budgets is not None and self._store is not None and not self._stopped:
+            try:
+                budgets = await self._budgets.status()
+            except Exception as exc:  # the store is unwell: already reported above
+                log.debug("budget status unavailable: %s", exc)
+            else:
+                if budgets:
+                    report["budgets"] = budgets
         return report
 
     def _on_reload(self, new: Config) -> None:

@@ -6,7 +6,8 @@ The check is ``async def check() -> dict`` returning the shape App.health() buil
      "channels": {"telegram": {"connected": bool, "detail": str}, ...}}
 
 Healthy when the store is ok and every listed channel is connected (a channel entry with
-``"enabled": False`` is ignored).  ``/healthz`` answers 200 ``{"status": "ok", ...}`` or
+``"enabled": False`` is ignored).  ``"budgets"`` (providers with a spending cap, and
+whether it is reached) is shown as it is and never makes the check fail.  ``/healthz`` answers 200 ``{"status": "ok", ...}`` or
 503 ``{"status": "unhealthy", "problems": [...], ...}``; ``/metrics`` answers the
 Prometheus text exposition.  Binds 127.0.0.1 by default: neither endpoint is meant for the
 internet.
@@ -153,7 +154,8 @@ class HealthServer:
         body: dict[str, Any] = {"status": "unhealthy" if problems else "ok"}
         if problems:
             body["problems"] = problems
-        for key in ("store", "channels"):
+        # Budgets are shown, never a problem: a provider past its cap is skipped by design.
+        for key in ("store", "channels", "budgets"):
             if key in report:
                 body[key] = _redacted(report[key])
         return web.json_response(

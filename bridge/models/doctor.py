@@ -555,6 +555,18 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f} ms" if value is not None else "-"
 
 
+async def _budget_lines(config: Config) -> list[str]:
+    """The provider budgets (spend so far, exhausted or not); a store that cannot be
+    read is said in one line, and never fails the check."""
+    from bridge.store.db import StoreError
+    from bridge.usage.budgets import budget_lines
+
+    try:
+        return await budget_lines(config)
+    except (StoreError, OSError) as exc:
+        return [f"budgets: spend unknown ({exc})"]
+
+
 def cmd_doctor(args: Any) -> int:
     """Probe the providers in use; exit 0 only if every path has a working model.
 
@@ -586,6 +598,10 @@ async def _doctor(config: Config, targets: Any = None, *, reply: bool = False) -
         rows = await diagnose(config, session=session)
         text, ok = render(config, rows)
         print(text)
+        budgets = await _budget_lines(config)
+        if budgets:
+            print()
+            print("\n".join(budgets))
         if reply:
             print()
             replies = await probe_replies(config, session=session)

@@ -13,6 +13,8 @@ from bridge.config.schema import Config
 from bridge.conversation import ConversationCore
 from bridge.models.router import ModelRouter
 from bridge.store import Store
+from bridge.usage.budgets import BudgetGuard
+from bridge.usage.record import recorder_for
 from tests.core.conftest import Harness
 from tests.core.helpers import RecordingChannel, make_config
 from tests.fakes.model_server import FakeModelServer
@@ -55,6 +57,7 @@ class Live:
     store: Store | None = None
     core: ConversationCore | None = None
     router: ModelRouter | None = None
+    guard: BudgetGuard | None = None
     channel: RecordingChannel | None = None
     session: aiohttp.ClientSession | None = None
     events: list = field(default_factory=list)
@@ -64,7 +67,8 @@ class Live:
             self.config = config
         self.store = await Store.open(self.tmp_path / "palaver.db")
         self.session = self.session or aiohttp.ClientSession()
-        self.router = ModelRouter(lambda: self.config, session=self.session)
+        self.guard = BudgetGuard(lambda: self.config, recorder_for(self.store))
+        self.router = ModelRouter(lambda: self.config, session=self.session, budget=self.guard)
         self.channel = RecordingChannel()
         self.core = ConversationCore(self.store, lambda: self.config, self.router,
                                      channels=[self.channel])
