@@ -533,6 +533,5 @@ def cmd_chats_reset(args: Any) -> int:
     print(f"cleared the /model choice of {chat}; it now uses {nxt.ref or 'none'} — "
           f"{nxt.source}")
     if palaver_running(config):
-        print("note: the running Palaver remembers chat choices in memory; it applies this "
-              "after a restart (or the chat sends /model default)", file=sys.stderr)
+        print("the running Palaver applies it within a few seconds", file=sys.stderr)
     return EXIT_OK

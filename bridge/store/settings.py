@@ -6,23 +6,29 @@ import time
 
 from bridge.store.db import Database
 
+# A chat setting read from the database is trusted this long.  This process's own writes
+# apply at once; another process's (``palaver chats reset``) within this many seconds.
+SETTINGS_CACHE_SECONDS = 2.0
+
 
 class SettingsQueries(Database):
-    # Read every turn, written by commands of this process only: cached in memory.
-    _settings_cache: dict[tuple[str, str], str | None]
+    # Read every turn: cached in memory, (value, read at) by (session key, name).
+    _settings_cache: dict[tuple[str, str], tuple[str | None, float]]
 
     async def chat_setting(self, session_key: str, name: str) -> str | None:
         """A chat's stored setting, e.g. ``chat_setting(key, "model")``."""
         cache = self.__dict__.setdefault("_settings_cache", {})
-        if (session_key, name) in cache:
-            return cache[(session_key, name)]
+        now = time.monotonic()
+        hit = cache.get((session_key, name))
+        if hit is not None and now - hit[1] < SETTINGS_CACHE_SECONDS:
+            return hit[0]
         row = await self.read_with(lambda db: db.execute(
             "SELECT value FROM chat_settings WHERE session_key = ? AND name = ?",
             (session_key, name)).fetchone())
         value = row["value"] if row else None
         if len(cache) > 10_000:
             cache.clear()
-        cache[(session_key, name)] = value
+        cache[(session_key, name)] = (value, now)
         return value
 
     async def set_chat_setting(self, session_key: str, name: str, value: str | None) -> None:

@@ -97,6 +97,24 @@ async def test_end_session_and_summary(store):
     assert claim2.session_id != claim.session_id
 
 
+async def test_another_process_clearing_a_chat_setting_applies_after_the_cache_age(
+        store, tmp_path, monkeypatch):
+    # `palaver chats reset` runs in another process while Palaver serves the chat.
+    import bridge.store.settings as settings
+
+    await store.set_chat_setting("k", "model", "p/m")
+    assert await store.chat_setting("k", "model") == "p/m"  # cached now
+    other = await Store.open(tmp_path / "p.db")
+    try:
+        await other.set_chat_setting("k", "model", None)
+    finally:
+        await other.close()
+    monkeypatch.setattr(settings, "SETTINGS_CACHE_SECONDS", 3600.0)
+    assert await store.chat_setting("k", "model") == "p/m"  # still within the cache age
+    monkeypatch.setattr(settings, "SETTINGS_CACHE_SECONDS", 0.0)
+    assert await store.chat_setting("k", "model") is None  # past it: read again
+
+
 async def test_chat_settings_and_kv(store):
     await store.set_chat_setting("k", "model", "p/m")
     assert await store.chat_setting("k", "model") == "p/m"
