@@ -121,7 +121,7 @@ def _row(at: float, usd: float, provider: str = "hosted") -> UsageRow:
 async def test_a_daily_budget_turns_with_the_day_a_monthly_one_with_the_month(tmp_path):
     store = await Store.open(tmp_path / "p.db")
     try:
-        now = day_start(1_796_000_000.0) + 3600  # 01:00 UTC on some day mid-month
+        now = day_start(1_794_700_000.0) + 3600  # 2026-11-14 01:00 UTC
         clock = {"now": now}
         recorder = UsageRecorder(store, clock=lambda: clock["now"])
         await recorder.queries.record_usage([_row(now - 7200, 2.0)])  # yesterday 23:00
