@@ -117,17 +117,28 @@ def usage_sums_tx(db: sqlite3.Connection, *, since: float, until: float | None =
 
 
 def admissions_since_tx(db: sqlite3.Connection, session_key: str, sender_id: str | None,
-                        since: float) -> list[float]:
-    """When each message admitted since ``since`` was (oldest first), for the chat, or
-    for one sender in it."""
+                        since: float) -> int:
+    """How many messages were admitted after ``since``, in the chat (or for one sender
+    in it)."""
+    where, params = _admission_where(session_key, sender_id, since)
+    return int(db.execute(f"SELECT COUNT(*) FROM limit_admissions WHERE {where}",
+                          params).fetchone()[0])
+
+
+def admission_at_tx(db: sqlite3.Connection, session_key: str, sender_id: str | None,
+                    since: float, index: int) -> float:
+    """When the ``index``-th (0: the oldest) message admitted after ``since`` was."""
+    where, params = _admission_where(session_key, sender_id, since)
+    row = db.execute(f"SELECT at FROM limit_admissions WHERE {where} ORDER BY at"
+                     " LIMIT 1 OFFSET ?", (*params, index)).fetchone()
+    return float(row[0]) if row else since
+
+
+def _admission_where(session_key: str, sender_id: str | None,
+                     since: float) -> tuple[str, tuple[object, ...]]:
     if sender_id is None:
-        rows = db.execute("SELECT at FROM limit_admissions WHERE session_key = ? AND at > ?"
-                          " ORDER BY at", (session_key, since))
-    else:
-        rows = db.execute("SELECT at FROM limit_admissions WHERE session_key = ? AND"
-                          " sender_id = ? AND at > ? ORDER BY at",
-                          (session_key, sender_id, since))
-    return [float(r[0]) for r in rows]
+        return "session_key = ? AND at > ?", (session_key, since)
+    return "session_key = ? AND sender_id = ? AND at > ?", (session_key, sender_id, since)
 
 
 def was_admitted_tx(db: sqlite3.Connection, channel: str, account: str,

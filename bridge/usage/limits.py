@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from bridge.commands import is_command
 from bridge.config.resolve import _chat_chain
 from bridge.store.usage import (
+    admission_at_tx,
     admissions_since_tx,
     notice_until_tx,
     prune_admissions_tx,
@@ -181,10 +182,12 @@ def _reached(db: sqlite3.Connection, limits: Limits, key: str, sender_id: str,
             cap = getattr(values, name)
             if cap is None:
                 continue
-            times = admissions_since_tx(db, key, sender, now - window)
-            if len(times) >= cap:
+            since = now - window
+            count = admissions_since_tx(db, key, sender, since)
+            if count >= cap:
                 # Free again when enough of them have left the window.
-                found.append(_Reached(name, cap, times[len(times) - cap] + window, scope))
+                oldest_kept = admission_at_tx(db, key, sender, since, count - cap)
+                found.append(_Reached(name, cap, oldest_kept + window, scope))
         spend_caps = (("tokensPerDay", day_start(now), next_day(now)),
                       ("costPerDayUsd", day_start(now), next_day(now)),
                       ("costPerMonthUsd", month_start(now), next_month(now)))
