@@ -1,0 +1,40 @@
+"""Voice notes: speech-to-text and text-to-speech over OpenAI's audio API.
+
+- :mod:`bridge.voice.client`: one call on the wire (multipart transcription, JSON speech),
+  failures classified into the model error classes;
+- :mod:`bridge.voice.service`: the candidates tried in order through a
+  :class:`~bridge.voice.service.CandidateRunner` (the model router's loop), limits, and
+  the words the model and the sender see;
+- :mod:`bridge.voice.audio`: container sniffing, durations from headers, ffmpeg.
+
+The transcripts themselves are kept by :mod:`bridge.store.transcripts`.
+"""
+
+from bridge.voice.audio import Ffmpeg, duration_s, find_ffmpeg, is_ogg_opus
+from bridge.voice.client import AudioInput, SpeechAudio, speak_once, transcribe_once
+from bridge.voice.service import (
+    CandidateRunner,
+    InOrder,
+    ReplyWithVoice,
+    Routed,
+    Speaker,
+    SpeechFailed,
+    SpokenReply,
+    Transcriber,
+    Transcription,
+    TranscriptStatus,
+    echo_prefix,
+    is_transcribable,
+    model_text,
+    names_the_bot,
+    split_for_speech,
+    wants_voice,
+)
+
+__all__ = [
+    "AudioInput", "CandidateRunner", "Ffmpeg", "InOrder", "ReplyWithVoice", "Routed",
+    "Speaker", "SpeechAudio", "SpeechFailed", "SpokenReply", "TranscriptStatus", "Transcriber",
+    "Transcription", "duration_s", "echo_prefix", "find_ffmpeg", "is_ogg_opus",
+    "is_transcribable", "model_text", "names_the_bot", "speak_once", "split_for_speech",
+    "transcribe_once", "wants_voice",
+]
