@@ -320,6 +320,45 @@ class HealthConfig(_Model):
     port: int = Field(default=8787, gt=0, lt=65536)
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "ip6-localhost"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` binds the loopback interface only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    h = host.strip().strip("[]").lower()
+    if h in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+class WebConsoleConfig(_Model):
+    """The web operator console served by ``palaver run`` (not ``channels.console``, the
+    terminal chat)."""
+
+    enabled: bool = True
+    # Declared before ``host`` so the host's check can read it.
+    allowRemote: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8788, gt=0, lt=65536)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, v: str, info: Any) -> str:
+        if not v.strip():
+            raise ValueError("console.host must not be empty")
+        if not is_loopback_host(v) and not info.data.get("allowRemote", False):
+            raise ValueError(
+                f"{v!r} is not a loopback address; the console lets its user change the "
+                "config, so serving it beyond this machine needs console.allowRemote: true "
+                "(and TLS in front of it)")
+        return v
+
+
 class StoreConfig(_Model):
     # Refused and ignored traffic (strangers, unmentioned group messages) is kept this
     # many days (without its text), then pruned.
@@ -343,6 +382,7 @@ class Config(_Model):
     agents: Agents = Agents()
     channels: Channels = Channels()
     health: HealthConfig = HealthConfig()
+    console: WebConsoleConfig = WebConsoleConfig()
     logging: LoggingConfig = LoggingConfig()
     store: StoreConfig = StoreConfig()
 
