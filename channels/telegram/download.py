@@ -1,7 +1,10 @@
-"""Media of a :class:`~channels.telegram.translate.Draft`: getFile, within mediaMaxMb.
+"""Media of a :class:`~channels.telegram.translate.Draft`: getFile, within mediaMaxMb
+and, for voice notes, audio and round video notes, within ``audioMaxSeconds``.
 
 The intake calls :func:`materialise` only for a message the core will answer
 (``sink.admits``), so a stranger's file or an unmentioned group photo is never fetched.
+A voice note longer than the limit is not fetched either (Telegram declares the duration
+in the message): the core tells the model it could not be transcribed.
 """
 
 from __future__ import annotations
@@ -25,8 +28,18 @@ log = logging.getLogger(__name__)
 _STORED_FIELDS = ("mime", "filename", "duration_s", "width", "height")
 
 
-async def materialise(draft: Draft, bot: Bot, media: MediaStore, max_mb: float) -> Inbound:
-    """Download the draft's media (each within ``max_mb``); the Inbound with media ids."""
+# Kinds limited by audioMaxSeconds (a round video note is a VIDEO noted "round video").
+_SPOKEN = (MediaKind.VOICE, MediaKind.AUDIO)
+
+
+def _spoken(kind: MediaKind, meta: dict[str, Any]) -> bool:
+    return kind in _SPOKEN or (kind is MediaKind.VIDEO and meta.get("note") == "round video")
+
+
+async def materialise(draft: Draft, bot: Bot, media: MediaStore, max_mb: float,
+                      audio_max_s: float | None = None) -> Inbound:
+    """Download the draft's media (each within ``max_mb``, spoken media within
+    ``audio_max_s`` seconds when given); the Inbound with media ids."""
     inbound = draft.inbound
     if not draft.has_downloads:
         return inbound
@@ -34,7 +47,7 @@ async def materialise(draft: Draft, bot: Bot, media: MediaStore, max_mb: float) 
     async def fetched(refs: tuple[MediaRef, ...], jobs: list[Fetch | None]
                       ) -> tuple[MediaRef, ...]:
         return tuple([ref if job is None else await _fetch(bot, media, max_mb, job.kind,
-                                                           job.item, **job.meta)
+                                                           job.item, audio_max_s, **job.meta)
                       for ref, job in zip(refs, jobs, strict=True)])
 
     refs = await fetched(inbound.media, draft.media)
@@ -46,8 +59,9 @@ async def materialise(draft: Draft, bot: Bot, media: MediaStore, max_mb: float) 
 
 
 async def _fetch(bot: Bot, media: MediaStore, max_mb: float, kind: MediaKind,
-                 item: Download, **meta: Any) -> MediaRef:
-    """Download one file through getFile; a note instead of bytes when too large or lost."""
+                 item: Download, audio_max_s: float | None = None, **meta: Any) -> MediaRef:
+    """Download one file through getFile; a note instead of bytes when too large, too
+    long or lost."""
     limit = int(max_mb * 1024 * 1024)
     limit_mb = f"{max_mb:g} MB"
     described = {k: v for k, v in meta.items() if k != "note"}
@@ -59,6 +73,12 @@ async def _fetch(bot: Bot, media: MediaStore, max_mb: float, kind: MediaKind,
 
     if item.size is not None and item.size > limit:
         return too_large(item.size)
+    seconds = meta.get("duration_s")
+    if (audio_max_s is not None and seconds is not None and _spoken(kind, meta)
+            and seconds > audio_max_s):
+        return MediaRef(kind=kind, size=item.size, note=(
+            f"not downloaded: {round(seconds)} s is over the {audio_max_s:g} s limit"),
+            **described)
     try:
         file = await bot.get_file(item.file_id)
         if file.file_size is not None and file.file_size > limit:

@@ -1,0 +1,129 @@
+"""Telegram voice intake: real PTB updates from the fake Bot API carrying real Ogg/Opus
+bytes; voice, audio and round video notes become media with kind, duration and mime;
+audioMaxSeconds and mediaMaxMb decide what is downloaded; a stranger's voice never is."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.config.schema import TelegramConfig
+from bridge.envelope import Inbound, MediaKind
+from bridge.media import MediaStore
+from bridge.voice.audio import duration_s, is_ogg_opus
+from bridge.voice.service import is_transcribable
+from channels.telegram.channel import TelegramChannel
+from tests.channels.test_telegram import RecordingSink
+from tests.fakes.audio_bytes import ogg_opus_bytes
+from tests.fakes.telegram_api import FakeBotAPI
+
+
+class VoiceTelegramConfig(TelegramConfig):
+    """TelegramConfig with the ``audioMaxSeconds`` key voice notes add to the schema."""
+
+    audioMaxSeconds: float | None = None
+
+
+@pytest.fixture
+async def fake():
+    async with FakeBotAPI() as server:
+        yield server
+
+
+@pytest.fixture
+async def make_channel(fake, tmp_path):
+    made: list[TelegramChannel] = []
+
+    async def build(sink, **overrides) -> TelegramChannel:
+        fields = {"botToken": fake.token, "apiRoot": fake.url, **overrides}
+        channel = TelegramChannel(VoiceTelegramConfig(**fields),
+                                  media=MediaStore(tmp_path / "media"), data_dir=tmp_path)
+        channel.poll_timeout = 1
+        channel.typing_delay = 0
+        made.append(channel)
+        await channel.start(sink)
+        return channel
+
+    yield build
+    for channel in made:
+        await channel.stop()
+
+
+def _video_note(fake: FakeBotAPI, data: bytes, duration: int) -> dict:
+    file_id, unique = fake.add_file(data)
+    return {"file_id": file_id, "file_unique_id": unique, "length": 240,
+            "duration": duration, "file_size": len(data)}
+
+
+async def test_voice_audio_and_video_notes_arrive_as_transcribable_media(make_channel, fake):
+    sink = RecordingSink()
+    channel = await make_channel(sink)
+    voice = ogg_opus_bytes(12.0)
+    mp4 = b"\0\0\0\x18ftypmp42" + b"\0" * 200
+    fake.push_voice(1001, 1001, voice, duration=12)
+    fake.push_audio(1001, 1001, b"ID3\x04" + b"\0" * 300, duration=95, filename="memo.mp3")
+    fake.push_message(1001, 1001, video_note=_video_note(fake, mp4, 9))
+    got_voice, got_audio, got_round = await sink.wait_for(3)
+
+    ref = got_voice.media[0]
+    assert (ref.kind, ref.duration_s, ref.mime) == (MediaKind.VOICE, 12, "audio/ogg")
+    stored = channel.media.path_for(ref.media_id).read_bytes()
+    assert stored == voice and is_ogg_opus(stored)
+    assert duration_s(stored) == pytest.approx(12.0, abs=0.021)  # the header agrees
+    audio = got_audio.media[0]
+    assert (audio.kind, audio.duration_s, audio.filename) == (MediaKind.AUDIO, 95, "memo.mp3")
+    assert audio.mime == "audio/mpeg" and audio.media_id
+    rnd = got_round.media[0]
+    assert (rnd.kind, rnd.duration_s, rnd.mime, rnd.note) == (
+        MediaKind.VIDEO, 9, "video/mp4", "round video")
+    assert channel.media.path_for(rnd.media_id).read_bytes() == mp4
+    assert all(is_transcribable(i.media[0]) for i in (got_voice, got_audio, got_round))
+
+
+async def test_audio_max_seconds_keeps_long_notes_undownloaded(make_channel, fake):
+    sink = RecordingSink()
+    await make_channel(sink, audioMaxSeconds=60)
+    fake.push_voice(1001, 1001, ogg_opus_bytes(1.0), duration=61)
+    fake.push_message(1001, 1001, video_note=_video_note(fake, b"mp4", 61))
+    fake.push_voice(1001, 1001, ogg_opus_bytes(1.0), duration=60)
+    fake.push_photo(1001, 1001, b"\x89PNG" + b"\0" * 50)  # not audio: no duration limit
+    long_voice, long_round, ok_voice, photo = await sink.wait_for(4)
+    assert long_voice.media[0].media_id is None
+    assert long_voice.media[0].note == "not downloaded: 61 s is over the 60 s limit"
+    assert long_voice.media[0].placeholder() == (
+        "[voice note, 61 s, not downloaded: 61 s is over the 60 s limit]")
+    assert long_round.media[0].media_id is None and "over the 60 s limit" in (
+        long_round.media[0].note)
+    assert ok_voice.media[0].media_id is not None and photo.media[0].media_id is not None
+    assert len(fake.calls_to("getFile")) == 2  # the long ones are never asked for
+
+
+async def test_without_the_limit_long_voice_is_downloaded(make_channel, fake):
+    sink = RecordingSink()
+    await make_channel(sink)
+    fake.push_voice(1001, 1001, ogg_opus_bytes(1.0), duration=3600)
+    (inbound,) = await sink.wait_for(1)
+    assert inbound.media[0].media_id is not None
+
+
+async def test_media_max_mb_applies_to_voice_too(make_channel, fake):
+    sink = RecordingSink()
+    await make_channel(sink, mediaMaxMb=0.001, audioMaxSeconds=600)
+    fake.push_voice(1001, 1001, ogg_opus_bytes(30.0) + b"\0" * 2000, duration=30)
+    (inbound,) = await sink.wait_for(1)
+    assert inbound.media[0].media_id is None and "MB limit" in inbound.media[0].note
+
+
+class RefusingSink(RecordingSink):
+    """The door says no to everyone (a stranger, an unmentioned group message)."""
+
+    async def admits(self, inbound: Inbound) -> bool:
+        return False
+
+
+async def test_a_voice_note_the_core_will_not_answer_is_never_downloaded(make_channel, fake):
+    sink = RefusingSink()
+    await make_channel(sink)
+    fake.push_voice(-100, 2002, ogg_opus_bytes(2.0), duration=2, chat_type="group")
+    (inbound,) = await sink.wait_for(1)
+    assert inbound.media[0].kind is MediaKind.VOICE and inbound.media[0].media_id is None
+    assert fake.calls_to("getFile") == [] and fake.downloads == []
