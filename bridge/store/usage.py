@@ -116,6 +116,19 @@ def usage_sums_tx(db: sqlite3.Connection, *, since: float, until: float | None =
     return _totals(row)
 
 
+def spend_sums_tx(db: sqlite3.Connection, *, session_key: str, sender_id: str | None,
+                  since: float, day: float) -> tuple[int, float, float]:
+    """(tokens since ``day``, USD since ``day``, USD since ``since``) of a chat (or one
+    sender in it), in one pass over the rows from ``since`` (``since <= day``)."""
+    where, params = _where(since, None, session_key, sender_id, None)
+    row = db.execute(
+        "SELECT COALESCE(SUM(CASE WHEN at >= ? THEN input_tokens + output_tokens END), 0),"
+        " COALESCE(SUM(CASE WHEN at >= ? THEN cost_usd END), 0.0),"
+        f" COALESCE(SUM(cost_usd), 0.0) FROM usage WHERE {where}",
+        (day, day, *params)).fetchone()
+    return int(row[0]), float(row[1]), float(row[2])
+
+
 def admissions_since_tx(db: sqlite3.Connection, session_key: str, sender_id: str | None,
                         since: float) -> int:
     """How many messages were admitted after ``since``, in the chat (or for one sender

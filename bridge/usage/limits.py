@@ -41,7 +41,7 @@ from bridge.store.usage import (
     prune_admissions_tx,
     record_admission_tx,
     record_notice_tx,
-    usage_sums_tx,
+    spend_sums_tx,
     was_admitted_tx,
 )
 from bridge.usage.owners import is_owner
@@ -188,19 +188,18 @@ def _reached(db: sqlite3.Connection, limits: Limits, key: str, sender_id: str,
                 # Free again when enough of them have left the window.
                 oldest_kept = admission_at_tx(db, key, sender, since, count - cap)
                 found.append(_Reached(name, cap, oldest_kept + window, scope))
-        spend_caps = (("tokensPerDay", day_start(now), next_day(now)),
-                      ("costPerDayUsd", day_start(now), next_day(now)),
-                      ("costPerMonthUsd", month_start(now), next_month(now)))
-        sums = {}
-        for name, since, resets in spend_caps:
+        if values.tokensPerDay is None and values.costPerDayUsd is None \
+                and values.costPerMonthUsd is None:
+            continue
+        today = day_start(now)
+        since = month_start(now) if values.costPerMonthUsd is not None else today
+        tokens, day_usd, month_usd = spend_sums_tx(db, session_key=key, sender_id=sender,
+                                                   since=since, day=today)
+        for name, used, resets in (("tokensPerDay", tokens, next_day(now)),
+                                   ("costPerDayUsd", day_usd, next_day(now)),
+                                   ("costPerMonthUsd", month_usd, next_month(now))):
             cap = getattr(values, name)
-            if cap is None:
-                continue
-            if since not in sums:
-                sums[since] = usage_sums_tx(db, since=since, session_key=key,
-                                            sender_id=sender)
-            used = sums[since].tokens if name == "tokensPerDay" else sums[since].cost_usd
-            if used >= cap:
+            if cap is not None and used >= cap:
                 found.append(_Reached(name, cap, resets, scope))
     return max(found, key=lambda r: r.resets_at) if found else None
 
