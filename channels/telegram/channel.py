@@ -474,6 +474,35 @@ class TelegramChannel(Channel):
             index += 1
         return sent
 
+    async def send_voice(self, address: ChatAddress, audio: bytes, *,
+                         duration_s: float | None = None, caption: str | None = None,
+                         reply_to_message_id: str | None = None) -> str:
+        """Send OGG/Opus ``audio`` as a voice message (``sendVoice``, paced, failures
+        raised as :meth:`send` raises them); returns ``"<chat_id>:<message_id>"``.
+
+        Telegram shows only OGG/Opus as a voice message (other formats arrive as a
+        file): the core converts first (:mod:`bridge.voice.audio`).  ``caption`` is
+        plain text, cut to Telegram's 1024 characters.
+        """
+        if self._app is None or self._state is not _State.RUNNING:
+            self._ready_due = True
+            raise SendError(f"telegram channel is not running ({self._detail})",
+                            retryable=True)
+        chat_id = int(address.chat_id)
+        group = address.chat_kind is ChatKind.GROUP
+        params: dict[str, object] = {
+            "chat_id": chat_id, "voice": InputFile(audio, filename="reply.ogg", attach=False)}
+        if duration_s is not None:
+            params["duration"] = max(1, round(duration_s))
+        if caption:
+            params["caption"] = caption[:1024]
+        if address.thread_id:
+            params["message_thread_id"] = int(address.thread_id)
+        reply_to = _split_message_id(reply_to_message_id) if group else None
+        if reply_to is not None:
+            params["reply_parameters"] = _reply_parameters(reply_to)
+        return f"{chat_id}:{await self._call_paced('sendVoice', chat_id, params, None, group)}"
+
     def _capped(self, pieces: list[_Piece]) -> list[_Piece | _Document]:
         """``pieces`` within ``maxReplyChunks``: the rest as one document, the note its caption."""
         kept, rest = cap_chunks(pieces, self.config.maxReplyChunks)

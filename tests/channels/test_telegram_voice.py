@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from bridge.config.schema import TelegramConfig
-from bridge.envelope import Inbound, MediaKind
+from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind
 from bridge.media import MediaStore
+from bridge.ports import SendError
 from bridge.voice.audio import duration_s, is_ogg_opus
 from bridge.voice.service import is_transcribable
 from channels.telegram.channel import TelegramChannel
@@ -127,3 +128,77 @@ async def test_a_voice_note_the_core_will_not_answer_is_never_downloaded(make_ch
     (inbound,) = await sink.wait_for(1)
     assert inbound.media[0].kind is MediaKind.VOICE and inbound.media[0].media_id is None
     assert fake.calls_to("getFile") == [] and fake.downloads == []
+
+
+# --------------------------------------------------------------------------- spoken replies
+
+
+class VoiceBotAPI(FakeBotAPI):
+    """The fake Bot API plus ``sendVoice``: OGG/Opus becomes a voice message (its
+    duration as given); anything else arrives as a document, as Telegram does."""
+
+    async def _m_sendVoice(self, params: dict) -> dict:
+        data = params.get("voice")
+        if isinstance(data, bytes) and not is_ogg_opus(data):
+            message = self._file_message(dict(params, document=data), "document")
+            return message
+        message = self._file_message(params, "voice")
+        message["voice"].update(duration=int(params.get("duration") or 0),
+                                mime_type="audio/ogg")
+        return message
+
+
+@pytest.fixture
+async def voice_fake():
+    async with VoiceBotAPI() as server:
+        yield server
+
+
+async def _voice_channel(fake, tmp_path) -> TelegramChannel:
+    channel = TelegramChannel(VoiceTelegramConfig(botToken=fake.token, apiRoot=fake.url),
+                              media=MediaStore(tmp_path / "media"), data_dir=tmp_path)
+    channel.poll_timeout = 1
+    channel.pace_chat_interval = 0
+    await channel.start(RecordingSink())
+    return channel
+
+
+async def test_send_voice_uploads_ogg_opus_as_a_voice_message(voice_fake, tmp_path):
+    channel = await _voice_channel(voice_fake, tmp_path)
+    try:
+        audio = ogg_opus_bytes(4.0)
+        group = ChatAddress("telegram", "default", "-100", ChatKind.GROUP, "7")
+        sent_id = await channel.send_voice(group, audio, duration_s=4.2, caption="x" * 2000,
+                                           reply_to_message_id="-100:55")
+        (call,) = voice_fake.calls_to("sendVoice")
+        upload = [u for u in voice_fake.uploads if u.method == "sendVoice"][0]
+        assert (upload.field, upload.filename, upload.data) == ("voice", "reply.ogg", audio)
+        assert call.params["duration"] == "4" and len(call.params["caption"]) == 1024
+        assert call.params["message_thread_id"] == 7
+        assert call.params["reply_parameters"]["message_id"] == 55
+        assert sent_id.startswith("-100:")
+        direct = ChatAddress("telegram", "default", "1001", ChatKind.DIRECT)
+        await channel.send_voice(direct, audio, reply_to_message_id="1001:3")
+        assert "reply_parameters" not in voice_fake.calls_to("sendVoice")[1].params
+    finally:
+        await channel.stop()
+
+
+async def test_send_voice_failures_are_send_errors(voice_fake, tmp_path):
+    channel = await _voice_channel(voice_fake, tmp_path)
+    direct = ChatAddress("telegram", "default", "1001", ChatKind.DIRECT)
+    try:
+        voice_fake.fail("sendVoice", 403, "Forbidden: bot was blocked by the user")
+        with pytest.raises(SendError) as err:
+            await channel.send_voice(direct, ogg_opus_bytes(1.0))
+        assert not err.value.retryable and "blocked" in str(err.value)
+        voice_fake.fail("sendVoice", 429, "Too Many Requests: retry after 999",
+                        retry_after=999)
+        with pytest.raises(SendError) as err:
+            await channel.send_voice(direct, ogg_opus_bytes(1.0))
+        assert err.value.retryable
+    finally:
+        await channel.stop()
+    with pytest.raises(SendError) as err:
+        await channel.send_voice(direct, ogg_opus_bytes(1.0))
+    assert err.value.retryable  # not running: the outbox tries again later
