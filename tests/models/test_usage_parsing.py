@@ -127,3 +127,27 @@ def test_estimate_counts_instructions_turns_and_answer():
     assert long.input_tokens > short.input_tokens + 200
     assert long.output_tokens >= 100 > short.output_tokens
     assert long.estimated and short.estimated
+
+
+async def test_a_failed_response_keeps_the_usage_it_reports(server, session):
+    """``response.failed`` carries the whole response, usage included: a call that
+    generated before failing still says what it used."""
+    server.stream_error("backend went away", failed=True, after_text="partial")
+    with pytest.raises(ModelError) as err:
+        await client_for(server, "openai-responses", session).complete(REQ)
+    assert err.value.usage is not None and err.value.usage.input_tokens > 0
+
+
+async def test_an_anthropic_context_overflow_stop_keeps_its_usage(server, session):
+    server.reply("cut", finish="model_context_window_exceeded", usage=(190_000, 3))
+    with pytest.raises(ModelError) as err:
+        await client_for(server, "anthropic-messages", session).complete(REQ)
+    assert err.value.error_class is ErrorClass.CONTEXT_OVERFLOW
+    assert err.value.usage is not None and err.value.usage.input_tokens == 190_000
+
+
+@pytest.mark.parametrize("raw", [None, "12", -5, True, {"x": 1}])
+def test_junk_token_counts_read_as_zero(raw):
+    from bridge.models.http import token_count
+
+    assert token_count(raw) == 0
