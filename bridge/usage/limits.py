@@ -137,7 +137,9 @@ class LimitGate:
             if until is not None and until > now:
                 return LimitVerdict(False, reached.limit, None, reached.resets_at)
             record_notice_tx(db, key, reached.scope, reached.limit, reached.resets_at, now)
-            return LimitVerdict(False, reached.limit, notice_text(reached, now),
+            # In a group the notice goes to everyone: it names whom a sender's limit stops.
+            who = inbound.sender_name if a.chat_kind.value == "group" else None
+            return LimitVerdict(False, reached.limit, notice_text(reached, now, who=who),
                                 reached.resets_at)
 
         verdict = await self.store.atomically(tx)
@@ -204,7 +206,7 @@ def _reached(db: sqlite3.Connection, limits: Limits, key: str, sender_id: str,
     return max(found, key=lambda r: r.resets_at) if found else None
 
 
-def _what(reached: _Reached) -> str:
+def _what(reached: _Reached, who: str | None) -> str:
     value = reached.value
     words = {
         "messagesPerMinute": f"{value:g} messages a minute",
@@ -213,13 +215,16 @@ def _what(reached: _Reached) -> str:
         "costPerDayUsd": f"${value:.2f} a day",
         "costPerMonthUsd": f"${value:.2f} a month",
     }[reached.limit]
-    who = "for you in this chat" if reached.scope.startswith("sender:") else "in this chat"
-    return f"{words} {who}"
+    if not reached.scope.startswith("sender:"):
+        return f"{words} in this chat"
+    name = " ".join((who or "").split())[:40]
+    return f"{words} for {name or 'you'} in this chat"
 
 
-def notice_text(reached: _Reached, now: float) -> str:
-    """The one short notice: which limit, and when it resets."""
-    return f"Usage limit reached ({_what(reached)}). I'll answer again {when(reached.resets_at, now)}."
+def notice_text(reached: _Reached, now: float, *, who: str | None = None) -> str:
+    """The one short notice: which limit (whose, in a group), and when it resets."""
+    return (f"Usage limit reached ({_what(reached, who)}). "
+            f"I'll answer again {when(reached.resets_at, now)}.")
 
 
 def when(resets_at: float, now: float) -> str:

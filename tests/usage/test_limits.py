@@ -153,7 +153,12 @@ async def test_per_sender_limits_leave_the_others_alone(tmp_path, store):
     bob = [await gate.admit(group(f"b{n}", chat="-100", sender="2")) for n in range(2)]
     assert [v.admitted for v in alice] == [True, True, False]
     assert [v.admitted for v in bob] == [True, True]
-    assert "for you in this chat" in (alice[2].notice or "")
+    # The group sees the notice: it names whom it stops.
+    assert "2 messages an hour for Bob in this chat" in (alice[2].notice or "")
+    direct = _config(tmp_path, "direct", {"perSender": {"messagesPerHour": 1}})
+    gate = LimitGate(store, lambda: direct, clock=Clock())
+    await gate.admit(dm("a", sender="42"))
+    assert "for you in this chat" in ((await gate.admit(dm("b", sender="42"))).notice or "")
 
 
 async def test_per_sender_token_limit_counts_only_that_senders_calls(tmp_path, store):
