@@ -444,8 +444,7 @@ class Turn:
         claim = self.claim
         config = config or self.config
         tried = ",".join(
-            f"{at.model_ref}:{'skipped' if at.skipped else (at.error_class or 'ok')}:"
-            f"{round(at.duration_s * 1000)}" for at in attempts)
+            f"{at.model_ref}:{_tried(at)}:{round(at.duration_s * 1000)}" for at in attempts)
         outcome = "answered" if answered else "failed"
         total = time.monotonic() - self.started
         fields: dict[str, Any] = {
@@ -465,6 +464,14 @@ class Turn:
         log.log(logging.INFO if answered else logging.WARNING,
                 "turn %s session=%s model=%s attempts=%s duration_ms=%.0f", outcome,
                 claim.session_key, model_ref or "-", tried or "-", total * 1000, extra=fields)
+
+
+def _tried(attempt: Attempt) -> str:
+    """How one attempt went, for the turn's log line."""
+    if attempt.skipped:
+        # A provider past its budget is said so; a cooling model is just "skipped".
+        return "budget_exhausted" if attempt.error_class == "budget_exhausted" else "skipped"
+    return str(attempt.error_class or "ok")
 
 
 def _ref(candidate: ResolvedModel | str) -> str:

@@ -216,3 +216,16 @@ def test_budget_exhausted_is_an_error_class_the_store_reads_back():
 
     attempt = Attempt("hosted/m", ErrorClass.BUDGET_EXHAUSTED, 0.0, "cap", skipped=True)
     assert attempts_from_json(attempts_to_json([attempt]))[0] == attempt
+
+
+async def test_the_turn_log_line_says_budget_exhausted(live, caplog):
+    live.config = _hosted_first(live.config, monthlyUsd=0.01)
+    live.server.reply("hosted answer", usage=COSTLY)
+    live.server.reply("local answer", usage=(10, 2))
+    await live.start()
+    await live.say(dm("one"))
+    caplog.set_level(logging.INFO, logger="bridge.conversation")
+    await live.say(dm("two"))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(
+        "turn answered"))
+    assert "hosted/m:budget_exhausted:0,local/m:ok:" in line
