@@ -105,17 +105,38 @@ class LimitGate:
         self.on_refused: Callable[[str], None] | None = None  # metrics: the limit reached
         self._admitted = 0
 
-    async def admit(self, inbound: Inbound) -> LimitVerdict:
-        """Let ``inbound`` through, or refuse it because a limit of its chat is reached."""
+    def _applying(self, inbound: Inbound) -> Limits | None:
+        """The limits ``inbound`` is subject to (None: commands, owners, no limits)."""
         config = self._config()
         a = inbound.address
         if is_command(inbound.text):
-            return ADMIT
+            return None
         limits = limits_for(config, a, inbound.sender_id)
         if limits is None or not _any(limits):
-            return ADMIT
+            return None
         if is_owner(config, a.channel, inbound.sender_id, inbound.sender_aliases):
+            return None
+        return limits
+
+    async def would_admit(self, inbound: Inbound) -> bool:
+        """Would :meth:`admit` let ``inbound`` through now?  Reads only (for the door's
+        ``admits``: a channel need not download the media of a message to be refused)."""
+        limits = self._applying(inbound)
+        if limits is None:
+            return True
+        key, now = str(inbound.session_key), self.clock()
+
+        def read(db: sqlite3.Connection) -> bool:
+            return _reached(db, limits, key, inbound.sender_id, now) is None
+
+        return await self.store.read_with(read)
+
+    async def admit(self, inbound: Inbound) -> LimitVerdict:
+        """Let ``inbound`` through, or refuse it because a limit of its chat is reached."""
+        limits = self._applying(inbound)
+        if limits is None:
             return ADMIT
+        a = inbound.address
         key = str(inbound.session_key)
         now = self.clock()
         self._admitted += 1

@@ -301,3 +301,13 @@ async def test_refusals_are_counted_by_limit(tmp_path, store):
     for n in range(3):
         await gate.admit(dm(f"m{n}"))
     assert seen == ["messagesPerHour", "messagesPerHour"]
+
+
+async def test_would_admit_reads_without_counting(tmp_path, store):
+    config = _config(tmp_path, "direct", {"messagesPerHour": 1})
+    gate = LimitGate(store, lambda: config, clock=Clock())
+    for _ in range(3):
+        assert await gate.would_admit(dm("photo"))  # asking does not use the slot
+    assert (await gate.admit(dm("first"))).admitted
+    assert not await gate.would_admit(dm("photo"))
+    assert await gate.would_admit(dm("/help"))
