@@ -16,7 +16,6 @@ from bridge.voice.service import (
     CandidateRunner,
     InOrder,
     ReplyWithVoice,
-    Routed,
     Speaker,
     SpeechFailed,
     SpokenReply,
@@ -32,7 +31,7 @@ from bridge.voice.service import (
 )
 
 __all__ = [
-    "AudioInput", "CandidateRunner", "Ffmpeg", "InOrder", "ReplyWithVoice", "Routed",
+    "AudioInput", "CandidateRunner", "Ffmpeg", "InOrder", "ReplyWithVoice",
     "Speaker", "SpeechAudio", "SpeechFailed", "SpokenReply", "TranscriptStatus", "Transcriber",
     "Transcription", "duration_s", "echo_prefix", "find_ffmpeg", "is_ogg_opus",
     "is_transcribable", "model_text", "names_the_bot", "speak_once", "split_for_speech",

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -33,19 +33,9 @@ from bridge.voice.client import AudioInput, SpeechAudio, speak_once, transcribe_
 log = logging.getLogger("bridge.voice")
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 # Error classes after which no further candidate is tried (chat stops on bad_request too).
 AUDIO_STOP: frozenset[ErrorClass] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Routed(Generic[T_co]):
-    """What a runner returns: the value, the model that produced it, every attempt."""
-
-    value: T_co
-    model_ref: str
-    attempts: tuple[Attempt, ...]
 
 
 class CandidateRunner(Protocol):
@@ -53,8 +43,9 @@ class CandidateRunner(Protocol):
 
     async def run(self, candidates: Sequence[ResolvedModel | str],
                   call: Callable[[ResolvedModel], Awaitable[T]], *,
-                  stop: frozenset[ErrorClass] = ...) -> Routed[T]:
-        """The first success; raises AllModelsFailed listing every attempt."""
+                  stop: frozenset[ErrorClass] = ...) -> tuple[T, str, tuple[Attempt, ...]]:
+        """(value, model ref, attempts) of the first success; raises AllModelsFailed
+        listing every attempt."""
         ...
 
 
@@ -72,7 +63,8 @@ class InOrder:
 
     async def run(self, candidates: Sequence[ResolvedModel | str],
                   call: Callable[[ResolvedModel], Awaitable[T]], *,
-                  stop: frozenset[ErrorClass] = AUDIO_STOP) -> Routed[T]:
+                  stop: frozenset[ErrorClass] = AUDIO_STOP
+                  ) -> tuple[T, str, tuple[Attempt, ...]]:
         if not candidates:
             raise ValueError("no candidate models")
         attempts: list[Attempt] = []
@@ -98,7 +90,7 @@ class InOrder:
                     break
                 continue
             attempts.append(Attempt(model.ref, None, self._clock() - start))
-            return Routed(value, model.ref, tuple(attempts))
+            return value, model.ref, tuple(attempts)
         raise AllModelsFailed(tuple(attempts))
 
 
@@ -173,13 +165,13 @@ class Transcriber:
                                          prompt=prompt)
 
         try:
-            routed = await self.runner.run(candidates, attempt, stop=AUDIO_STOP)
+            text, model_ref, attempts = await self.runner.run(candidates, attempt,
+                                                              stop=AUDIO_STOP)
         except AllModelsFailed as failed:
             log.warning("voice: transcription failed: %s", failed)
             return Transcription(TranscriptStatus.FAILED, duration_s=seconds,
                                  reason=_reason_for(failed), attempts=failed.attempts)
-        return Transcription(TranscriptStatus.OK, routed.value, routed.model_ref, seconds,
-                             attempts=routed.attempts)
+        return Transcription(TranscriptStatus.OK, text, model_ref, seconds, attempts=attempts)
 
 
 # --------------------------------------------------------------------------- words
@@ -321,9 +313,8 @@ class Speaker:
             return SpeechAudio(data, "ogg", "audio/ogg")
 
         try:
-            routed = await self.runner.run(candidates, attempt, stop=AUDIO_STOP)
+            audio, model_ref, _ = await self.runner.run(candidates, attempt, stop=AUDIO_STOP)
         except AllModelsFailed as failed:
             log.warning("voice: speech failed, the reply goes as text: %s", failed)
             raise SpeechFailed(str(failed)) from None
-        return SpokenReply(routed.value.data, spoken, rest, routed.model_ref,
-                           duration_s(routed.value.data))
+        return SpokenReply(audio.data, spoken, rest, model_ref, duration_s(audio.data))
