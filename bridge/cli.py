@@ -57,6 +57,7 @@ _HANDLERS = {
     ("whatsapp", "logout"): "channels.whatsapp.login:cmd_logout",
     ("whatsapp", "status"): "channels.whatsapp.login:cmd_status",
     ("usage",): "bridge.usage.report:cmd_usage",
+    ("console",): "bridge.console_web.cli:cmd_console",
 }
 
 
@@ -194,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="output_format", default="table",
                    choices=["table", "csv", "json"])
     p.set_defaults(path=("usage",))
+
+    p = sub.add_parser("console", parents=[common],
+                       help="print a one-time login link to the web console")
+    p.add_argument("--no-browser", action="store_true", help="only print the link")
+    p.set_defaults(path=("console",))
     return parser
 
 
