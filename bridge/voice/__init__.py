@@ -5,7 +5,9 @@
 - :mod:`bridge.voice.service`: the candidates tried in order through a
   :class:`~bridge.voice.service.CandidateRunner` (the model router's loop), limits, and
   the words the model and the sender see;
-- :mod:`bridge.voice.audio`: container sniffing, durations from headers, ffmpeg.
+- :mod:`bridge.voice.audio`: container sniffing, durations from headers, ffmpeg;
+- :mod:`bridge.voice.notes`: a message's voice notes transcribed once and stored, and
+  annotated for the model from the store.
 
 The transcripts themselves are kept by :mod:`bridge.store.transcripts`.
 """
@@ -22,6 +24,7 @@ from bridge.voice.service import (
     Transcriber,
     Transcription,
     TranscriptStatus,
+    annotated,
     echo_prefix,
     is_transcribable,
     model_text,
@@ -35,5 +38,5 @@ __all__ = [
     "Speaker", "SpeechAudio", "SpeechFailed", "SpokenReply", "TranscriptStatus", "Transcriber",
     "Transcription", "duration_s", "echo_prefix", "find_ffmpeg", "is_ogg_opus",
     "is_transcribable", "model_text", "names_the_bot", "speak_once", "split_for_speech",
-    "transcribe_once", "wants_voice",
+    "annotated", "transcribe_once", "wants_voice",
 ]

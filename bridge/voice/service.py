@@ -18,7 +18,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
@@ -177,35 +177,52 @@ class Transcriber:
 # --------------------------------------------------------------------------- words
 
 
-def _duration_label(ref: MediaRef, t: Transcription | None) -> list[str]:
-    label = {MediaKind.VOICE: "voice note", MediaKind.AUDIO: "audio",
-             MediaKind.VIDEO: "video note"}.get(ref.kind, ref.kind.value)
-    seconds = ref.duration_s if ref.duration_s is not None else (t.duration_s if t else None)
-    bits = [label]
-    if ref.filename and ref.kind is MediaKind.AUDIO:
-        bits.append(repr(ref.filename))
-    if seconds is not None:
-        bits.append(f"{round(seconds)} s")
-    return bits
+# Notes a channel puts on a MediaRef that describe it (kept before the transcript); any
+# other note says why the bytes are missing.
+_DESCRIPTIVE_NOTES = frozenset({"round video"})
+_MAX_QUOTE = 4000
+
+
+def transcript_note(t: Transcription) -> str:
+    """The MediaRef note carrying an outcome: ``transcript: "…"``, ``no speech``, or
+    ``could not be transcribed: <reason>``."""
+    if t.ok:
+        if not t.text:
+            return "no speech"
+        text = " ".join(t.text.split())
+        if len(text) > _MAX_QUOTE:
+            text = text[:_MAX_QUOTE - 1] + "…"
+        return f'transcript: "{text}"'
+    return f"could not be transcribed: {t.reason or 'unknown reason'}"
+
+
+def annotated(ref: MediaRef, t: Transcription | None) -> MediaRef:
+    """``ref`` whose ``placeholder()`` tells the model the outcome, so every place that
+    shows media (the turn, history, compaction summaries) shows the transcript.
+
+    ``t`` None: nothing was tried; a ref whose bytes are missing (too long, too large,
+    lost) then says it could not be transcribed, and why.
+    """
+    kept = ref.note if ref.note in _DESCRIPTIVE_NOTES else None
+    if t is None:
+        if ref.media_id is not None:
+            return ref
+        why = f"could not be transcribed: {ref.note}" if ref.note else "could not be transcribed"
+        return replace(ref, note=why)
+    if ref.duration_s is None and t.duration_s is not None:
+        ref = replace(ref, duration_s=t.duration_s)
+    note = transcript_note(t)
+    return replace(ref, note=f"{kept}, {note}" if kept else note)
 
 
 def model_text(ref: MediaRef, t: Transcription | None) -> str:
     """What the model reads for a voice note: its transcript as the sender's words, marked
     as a voice note with its duration; or why there is none.
 
-    ``[voice note, 12 s, transcribed]: hello there`` /
-    ``[voice note, 12 s, no speech]`` /
+    ``[voice note, 12 s, transcript: "hello there"]`` / ``[voice note, 12 s, no speech]`` /
     ``[voice note, 400 s, could not be transcribed: 400 s is over the 300 s limit]``.
     """
-    bits = _duration_label(ref, t)
-    if t is None:
-        reason = ref.note or "not transcribed"
-        return "[" + ", ".join([*bits, f"could not be transcribed: {reason}"]) + "]"
-    if t.ok:
-        if not t.text:
-            return "[" + ", ".join([*bits, "no speech"]) + "]"
-        return "[" + ", ".join([*bits, "transcribed"]) + "]: " + t.text
-    return "[" + ", ".join([*bits, f"could not be transcribed: {t.reason}"]) + "]"
+    return annotated(ref, t).placeholder()
 
 
 def echo_prefix(transcript: str) -> str:

@@ -105,6 +105,7 @@ async def test_every_model_failing_is_an_outcome_not_an_exception(audio_server, 
                                                          ErrorClass.SERVER_ERROR]
     text = model_text(MediaRef(MediaKind.VOICE, "m1", duration_s=3.0), result)
     assert text == "[voice note, 3 s, could not be transcribed: the transcription service failed]"
+    assert "sk-should-not-leak" not in text
 
 
 async def test_no_bytes_is_no_audio(audio_server, session):
@@ -115,17 +116,23 @@ async def test_no_bytes_is_no_audio(audio_server, session):
 
 def test_model_text_marks_voice_notes_with_their_duration():
     voice = MediaRef(MediaKind.VOICE, "m1", mime="audio/ogg", duration_s=12.4)
-    ok = Transcription(TranscriptStatus.OK, "see you at eight", "local/whisper-1", 12.4)
-    assert model_text(voice, ok) == "[voice note, 12 s, transcribed]: see you at eight"
+    ok = Transcription(TranscriptStatus.OK, "see you\n at eight", "local/whisper-1", 12.4)
+    assert model_text(voice, ok) == '[voice note, 12 s, transcript: "see you at eight"]'
     silent = Transcription(TranscriptStatus.OK, "", "local/whisper-1")
     assert model_text(voice, silent) == "[voice note, 12 s, no speech]"
     song = MediaRef(MediaKind.AUDIO, "m2", filename="song.mp3", duration_s=200)
-    assert model_text(song, ok).startswith("[audio, 'song.mp3', 200 s, transcribed]: ")
+    assert model_text(song, ok).startswith("[audio, 'song.mp3', 200 s, transcript: ")
+    round_video = MediaRef(MediaKind.VIDEO, "m3", duration_s=9, note="round video")
+    assert model_text(round_video, ok) == (
+        '[video, 9 s, round video, transcript: "see you at eight"]')
     not_downloaded = MediaRef(MediaKind.VOICE, None, duration_s=700,
                               note="not downloaded: 700 s is over the 300 s limit")
     assert model_text(not_downloaded, None) == (
         "[voice note, 700 s, could not be transcribed: not downloaded: 700 s is over the "
         "300 s limit]")
+    assert model_text(voice, None) == "[voice note, 12 s]"  # never tried: as before
+    no_duration = MediaRef(MediaKind.VOICE, "m4")
+    assert model_text(no_duration, ok).startswith("[voice note, 12 s, transcript:")
 
 
 def test_which_media_are_transcribed():
