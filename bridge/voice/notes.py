@@ -79,9 +79,14 @@ class VoiceNotes:
                 task = asyncio.ensure_future(self._transcribe_one(ref, mid, settings,
                                                                   message_id))
                 self._inflight[mid] = task
-                task.add_done_callback(lambda _t, m=mid: self._inflight.pop(m, None))
+                task.add_done_callback(self._forget)
             out[mid] = await asyncio.shield(task)
         return out
+
+    def _forget(self, task: asyncio.Task[Transcription]) -> None:
+        for mid, running in list(self._inflight.items()):
+            if running is task:
+                del self._inflight[mid]
 
     async def _transcribe_one(self, ref: MediaRef, mid: str, settings: TranscriptionSettings,
                               message_id: int | None) -> Transcription:
