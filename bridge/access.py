@@ -17,7 +17,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from bridge.cli import EXIT_FAILURE, EXIT_OK
-from bridge.config.schema import ChannelConfig
+from bridge.commands import changes_chat
+from bridge.config.schema import ChannelConfig, GroupConfig
 from bridge.envelope import ChatKind, Inbound
 from bridge.store import Store
 
@@ -50,7 +51,7 @@ class AccessDecision:
     reason: str = ""
     reply: str | None = None  # sent to the sender instead of an answer (pairing)
     # Short fixed word for metrics: not_allowed, pairing, pairing_full, dm_disabled,
-    # group_not_allowed, group_disabled, channel_disabled, no_mention.
+    # group_not_allowed, group_disabled, channel_disabled, no_mention, command_not_allowed.
     code: str = ""
 
     @property
@@ -75,6 +76,20 @@ def pairing_message(code: str, channel: str) -> str:
 
 
 USERNAME_PINS = "access.username"  # kv namespace: "<channel>:@name" -> sender id
+
+
+def is_owner(chan: object, sender_id: str | None, aliases: tuple[str, ...] = ()) -> bool:
+    """Is the sender one of ``chan.owners`` (ids, compared case-insensitively)?
+
+    ``@username`` aliases never make an owner: a released username can be taken by
+    someone else."""
+    owners = getattr(chan, "owners", ()) or ()
+    if not owners or not sender_id:
+        return False
+    wanted = {o.casefold() for o in owners}
+    names = {sender_id.casefold(), *(a.casefold() for a in aliases
+                                     if a and not a.startswith("@"))}
+    return bool(wanted & names)
 
 
 class AccessControl:
@@ -229,7 +244,29 @@ class AccessControl:
         if require_mention and not inbound.mentioned:
             return AccessDecision(Verdict.IGNORE, "group message without a mention",
                                   code="no_mention")
+        if changes_chat(inbound.text) and not await self._may_change_group(
+                chan, group, inbound, dry_run):
+            # Nothing is answered: a stranger learns nothing, and cannot make the bot talk.
+            return AccessDecision(Verdict.REFUSE,
+                                  "a command that changes the chat, from a stranger",
+                                  code="command_not_allowed")
         return ALLOW
+
+    async def _may_change_group(self, chan: ChannelConfig, group: GroupConfig | None,
+                                inbound: Inbound, dry_run: bool) -> bool:
+        """May this group member change the chat (``/new``, ``/model NAME``)?
+
+        Owners, and senders the bot may talk to: the group's ``allowFrom`` when it has one
+        (everyone else was refused already), else the channel's ``allowFrom`` and the
+        senders approved by pairing.  Anyone else is a stranger here."""
+        if is_owner(chan, inbound.sender_id, inbound.sender_aliases):
+            return True
+        if group is not None and group.allowFrom is not None:
+            return True
+        if await self._allowed(chan.allowFrom, inbound, dry_run=dry_run):
+            return True
+        return await self._store.is_approved(
+            inbound.address.channel, (inbound.sender_id, *inbound.sender_aliases))
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -8,6 +8,7 @@ shows (:data:`COMMAND_MENU`, Telegram's ``setMyCommands``) all come from it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -15,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from bridge.config.resolve import UnknownModelError
+from bridge.models.base import Attempt, ErrorClass
 from bridge.store.records import StoredMessage
 
 if TYPE_CHECKING:
@@ -40,6 +43,19 @@ def parse_command(text: str) -> tuple[str, str] | None:
 def is_command(text: str) -> bool:
     """Is ``text`` a command (answered by Palaver, batched alone)?"""
     return parse_command(text) is not None
+
+
+def changes_chat(text: str) -> bool:
+    """Is ``text`` a command that changes the chat (``/new``, ``/reset``, ``/model NAME``)?
+
+    In a group only senders who may talk to the bot may send these (see
+    :mod:`bridge.access`); read-only commands (``/help``, ``/status``, ``/models``, a bare
+    ``/model``) and unknown ones are open to everyone the group admits."""
+    parsed = parse_command(text)
+    if parsed is None:
+        return False
+    command = _BY_NAME.get(parsed[0])
+    return command is not None and command.changes(parsed[1])
 
 
 # ------------------------------------------------------------------------ model choice
@@ -136,6 +152,16 @@ class Command:
     handler: Handler
     menu: str | None  # one line for a chat app's command menu; None: not in the menu
     help: str | None  # its /help line; None: not listed (covered by another's line)
+    # Does it change the chat with this argument?  (Read-only commands never do.)
+    changes: Callable[[str], bool] = lambda _arg: False  # default: read-only
+
+
+def _always(_arg: str) -> bool:
+    return True
+
+
+def _with_argument(arg: str) -> bool:
+    return bool(arg)
 
 
 async def run_command(ctx: CommandContext, name: str, arg: str) -> str:
@@ -231,13 +257,15 @@ async def _status(ctx: CommandContext, _arg: str) -> str:
         lines.append(f"Last answer: {last.model_ref} ({ago} ago)")
         failed = [a for a in last.attempts if a.error_class is not None or a.skipped]
         if failed:
-            why = ", ".join(
-                f"{a.model_ref}: "
-                f"{'cooling down' if a.skipped or a.error_class is None else a.error_class.value}"
-                for a in failed)
-            lines.append(f"It was a fallback: {why}")
+            lines.append("It was a fallback: " + "; ".join(
+                _attempt_line(config, a) for a in failed))
     else:
-        lines.append(f"Last turn failed: {last.reason or 'every model failed'}")
+        failed = [a for a in last.attempts if a.error_class is not None or a.skipped]
+        if failed:
+            lines.append("Last turn failed: every model failed")
+            lines.extend(f"• {_attempt_line(config, a)}" for a in failed)
+        else:
+            lines.append(f"Last turn failed: {_turn_failure(last.reason)}")
     if last is not None and last.prompt_tokens_estimate and last.context_window:
         pct = 100 * last.prompt_tokens_estimate / last.context_window
         lines.append(f"Context used: ~{last.prompt_tokens_estimate:,} of "
@@ -250,6 +278,83 @@ async def _status(ctx: CommandContext, _arg: str) -> str:
         lines.append(f"Session: {n} answered turn{'' if n == 1 else 's'} since "
                      f"{_ago(time.time() - session.created_at)} ago{summary}")
     return "\n".join(lines)
+
+
+# One short reason per error class, in words an operator reads in a chat.  Never the
+# provider's own message: error bodies carry internal URLs, org and request ids.
+_HUMAN_REASONS: dict[ErrorClass, str] = {
+    ErrorClass.UNREACHABLE: "the server could not be reached (down, or no network)",
+    ErrorClass.TIMEOUT: "timed out",
+    ErrorClass.RATE_LIMITED: "rate limited by the provider (too many requests or quota "
+                             "used up)",
+    ErrorClass.OVERLOADED: "the server is overloaded or the model is not loaded yet",
+    ErrorClass.SERVER_ERROR: "the provider's server failed (an internal error)",
+    ErrorClass.AUTH: "the provider refused the API key (missing, wrong or not allowed)",
+    ErrorClass.NOT_FOUND: "the provider does not know this model",
+    ErrorClass.EMPTY_RESPONSE: "the model gave no answer text (only reasoning, or nothing)",
+    ErrorClass.BAD_RESPONSE: "the provider's answer could not be read",
+    ErrorClass.CONTEXT_OVERFLOW: "the conversation is too long for the model's context "
+                                 "window",
+    ErrorClass.BAD_REQUEST: "the provider rejected the request",
+    ErrorClass.BUDGET_EXHAUSTED: "the provider's spending budget is used up (not called)",
+}
+# Palaver's own timeout messages (bridge/models/http.py, errors.py) name the phase.
+_TIMEOUT_REASONS = (
+    ("first token timeout", "timed out waiting for the first token"),
+    ("idle timeout", "the model stopped sending mid-answer (idle timeout)"),
+    ("total timeout", "took longer than the total time allowed"),
+    ("connect timeout", "timed out connecting to the server"),
+)
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"})
+
+
+def failure_reason(config: Config, attempt: Attempt) -> str:
+    """A short human reason for a failed or skipped attempt, from its error class alone
+    (and Palaver's own words for which timeout it was) — never the provider's body."""
+    cls = attempt.error_class
+    if cls is None or (attempt.skipped and cls is not ErrorClass.BUDGET_EXHAUSTED):
+        return "cooling down after recent failures (not called)"
+    if cls is ErrorClass.TIMEOUT:
+        for prefix, words in _TIMEOUT_REASONS:
+            if attempt.message.startswith(prefix):
+                return words
+    if cls is ErrorClass.UNREACHABLE:
+        if attempt.message.startswith("invalid baseUrl"):
+            return "the provider's baseUrl is not a valid address"
+        if _is_local(config, attempt.model_ref):
+            return "the local server is not running (nothing answers at its address)"
+    return _HUMAN_REASONS.get(cls, "it failed")
+
+
+def _is_local(config: Config, ref: str) -> bool:
+    try:
+        base_url = config.model(ref).base_url
+    except (UnknownModelError, ValueError):
+        return False
+    host = (urlsplit(base_url).hostname or "").lower()
+    if host in _LOCAL_HOSTS or host.endswith(".local"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _attempt_line(config: Config, attempt: Attempt) -> str:
+    cls = attempt.error_class
+    word = ("cooling down" if cls is None or (attempt.skipped
+                                              and cls is not ErrorClass.BUDGET_EXHAUSTED)
+            else cls.value)
+    return f"{attempt.model_ref}: {word} ({failure_reason(config, attempt)})"
+
+
+def _turn_failure(reason: str | None) -> str:
+    """A failed turn without model attempts: only Palaver's own fixed words are shown."""
+    if reason == "no model is configured":
+        return reason
+    if reason and reason.startswith("internal error"):
+        return "an internal error in Palaver (see its log)"
+    return "see Palaver's log"
 
 
 async def _help(_ctx: CommandContext, _arg: str) -> str:
@@ -270,10 +375,11 @@ def _ago(seconds: float) -> str:
 # The one table of chat commands, in menu and /help order.
 COMMANDS: tuple[Command, ...] = (
     Command("new", _new, menu="Start a new conversation",
-            help="start a fresh conversation (also /reset)"),
-    Command("reset", _new, menu="Start over (same as /new)", help=None),
+            help="start a fresh conversation (also /reset)", changes=_always),
+    Command("reset", _new, menu="Start over (same as /new)", help=None, changes=_always),
     Command("model", _model, menu="Show or switch this chat's model",
-            help="show the model; /model <name> to choose one for this chat, /model default"),
+            help="show the model; /model <name> to choose one for this chat, /model default",
+            changes=_with_argument),
     Command("models", _models, menu="List the models you can use",
             help="list the models you can choose"),
     Command("status", _status, menu="Session, model and usage",
