@@ -285,7 +285,7 @@ async def chat_page(request: web.Request, *, target_text: str | None = None,
     values = form or {"primary": current["model"], "fallbacks": ", ".join(current["fallbacks"])}
     return render(request, "chat.html", "chats", status=status, target=target, info=info,
                   current=current, refs=_known_refs(config), preview=preview, error=error,
-                  form=values, turns=turns,
+                  form=values, turns=turns, chat_of=_chat_of,
                   editable=backend.config_path is not None)
 
 

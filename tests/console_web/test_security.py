@@ -175,7 +175,7 @@ async def test_strict_csp_and_headers_on_every_page(console):
         async with console.http.get(console.url + path) as resp:
             assert resp.headers["Content-Security-Policy"] == CSP, path
             assert resp.headers["X-Frame-Options"] == "DENY"
-            assert resp.headers["Referrer-Policy"] == "no-referrer"
+            assert resp.headers["Referrer-Policy"] == "same-origin"
             body = await resp.text()
         if path.startswith("/static"):
             continue
