@@ -114,13 +114,21 @@ class VoiceNotes:
 
     async def annotate(self, refs: Sequence[MediaRef]) -> tuple[MediaRef, ...]:
         """``refs`` as the model should see them, from stored transcripts only."""
-        if not any(is_transcribable(r) for r in refs):
-            return tuple(refs)
-        stored = await self.transcripts.many(r.media_id for r in refs if is_transcribable(r))
-        return tuple(
-            annotated(r, _from_stored(stored[r.media_id])
-                      if r.media_id in stored else None) if is_transcribable(r) else r
-            for r in refs)
+        return (await self.annotate_all([refs]))[0]
+
+    async def annotate_all(self, messages: Sequence[Sequence[MediaRef]]
+                           ) -> list[tuple[MediaRef, ...]]:
+        """:meth:`annotate` for each message of a history window, in one store query."""
+        ids = [r.media_id for refs in messages for r in refs if is_transcribable(r)]
+        stored = await self.transcripts.many(ids) if ids else {}
+
+        def shown(r: MediaRef) -> MediaRef:
+            if not is_transcribable(r):
+                return r
+            row = stored.get(r.media_id) if r.media_id else None
+            return annotated(r, _from_stored(row) if row is not None else None)
+
+        return [tuple(shown(r) for r in refs) for refs in messages]
 
     async def says_name(self, refs: Iterable[MediaRef], settings: TranscriptionSettings,
                         names: Iterable[str]) -> bool:

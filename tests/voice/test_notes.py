@@ -123,3 +123,17 @@ async def test_says_name_for_transcribe_for_mentions(notes, media, audio_server)
     other = await _voice(media, 4.0)
     audio_server.transcript("just chatting")
     assert not await notes.says_name([other], settings, ["Palaver"])
+
+
+async def test_annotate_all_reads_a_window_at_once(notes, media, audio_server):
+    settings = TranscriptionSettings((audio_model(audio_server.base_url),))
+    a, b = await _voice(media, 2.0), await _voice(media, 5.0)
+    audio_server.transcript("first").transcript("second")
+    await notes.transcribe([a], settings)
+    await notes.transcribe([b], settings)
+    text = MediaRef(MediaKind.DOCUMENT, "doc", filename="x.pdf")
+    window = await notes.annotate_all([[a], [], [text, b], [MediaRef(MediaKind.VOICE, None)]])
+    assert [[r.placeholder() for r in m] for m in window] == [
+        ['[voice note, 2 s, transcript: "first"]'], [],
+        ["[document, 'x.pdf']", '[voice note, 5 s, transcript: "second"]'],
+        ["[voice note, could not be transcribed]"]]
