@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -53,6 +53,7 @@ __all__ = ["COOLDOWN_STEPS_S", "BudgetCheck", "ModelRouter", "RequestSource", "R
 
 # A provider id -> why its budget is reached, or None while it may be called.
 BudgetCheck = Callable[[str], Awaitable[str | None]]
+T = TypeVar("T")
 
 log = logging.getLogger("bridge.models.router")
 
@@ -125,6 +126,72 @@ class ModelRouter(Router):
         or vision support); it may be async.  Raises AllModelsFailed listing every
         attempt (skipped ones included).
         """
+        async def attempt(candidate: ResolvedModel | str
+                          ) -> tuple[tuple[Completion, ResolvedModel], Attempt] | Attempt:
+            reply_or_error = await self._attempt(candidate, request)
+            if isinstance(reply_or_error, Attempt):
+                return reply_or_error
+            completion, model, duration, usage = reply_or_error
+            return (completion, model), Attempt(model.ref, None, duration, usage=usage)
+
+        (completion, model), attempts = await self._route(candidates, attempt, _STOP)
+        return ModelReply(
+            text=completion.text, model_ref=model.ref, usage=completion.usage,
+            finish_reason=completion.finish_reason, attempts=attempts,
+        )
+
+    async def run(
+        self,
+        candidates: Sequence[ResolvedModel | str],
+        call: Callable[[ResolvedModel], Awaitable[T]],
+        *,
+        stop: frozenset[ErrorClass] = _STOP,
+    ) -> tuple[T, str, tuple[Attempt, ...]]:
+        """Run ``call`` on the candidates in order, with the cooldowns, probes, budget
+        skips and forcing of :meth:`complete`: for model calls that are not chat
+        completions (transcription, speech; see :mod:`bridge.voice`).
+
+        ``call`` gets each candidate's ResolvedModel and raises ModelError on failure
+        (another exception is classified, as in :meth:`complete`); the classes in
+        ``stop`` end the loop.  Returns (value, model ref, attempts); raises
+        AllModelsFailed listing every attempt.
+        """
+        async def attempt(candidate: ResolvedModel | str
+                          ) -> tuple[tuple[T, str], Attempt] | Attempt:
+            start = self._clock()
+            if isinstance(candidate, str):
+                try:
+                    model = self._config().model(candidate)
+                except UnknownModelError as exc:
+                    return Attempt(candidate, ErrorClass.NOT_FOUND, 0.0,
+                                   f"not configured: {exc}")
+            else:
+                model = candidate
+            try:
+                value = await call(model)
+            except Exception as exc:
+                error = classify_exception(exc, phase="the call")
+                if not isinstance(exc, ModelError):
+                    log.warning("model %s raised %s; treated as bad_response",
+                                model.ref, type(exc).__name__, exc_info=True)
+                self._failed(model.ref, error)
+                return Attempt(model.ref, error.error_class, self._clock() - start,
+                               error.message, usage=error.usage)
+            self._health.pop(model.ref, None)
+            return (value, model.ref), Attempt(model.ref, None, self._clock() - start)
+
+        (value, ref), attempts = await self._route(candidates, attempt, stop)
+        return value, ref, attempts
+
+    async def _route(
+        self,
+        candidates: Sequence[ResolvedModel | str],
+        attempt: Callable[[ResolvedModel | str], Awaitable[tuple[T, Attempt] | Attempt]],
+        stop: frozenset[ErrorClass],
+    ) -> tuple[T, tuple[Attempt, ...]]:
+        """The loop of :meth:`complete` and :meth:`run`: skips, probes, forcing, stop
+        classes, the log line; ``attempt`` makes one call (a failed Attempt, or the value
+        and its successful Attempt)."""
         by_ref: dict[str, ResolvedModel | str] = {}
         for candidate in candidates:
             by_ref.setdefault(candidate if isinstance(candidate, str) else candidate.ref,
@@ -160,23 +227,19 @@ class ModelRouter(Router):
                 if probe is not None:
                     probe.probing = True
                 try:
-                    reply_or_error = await self._attempt(by_ref[ref], request)
+                    outcome = await attempt(by_ref[ref])
                 finally:
                     if probe is not None:
                         probe.probing = False
-                if isinstance(reply_or_error, Attempt):
-                    attempts.append(reply_or_error)
-                    if reply_or_error.error_class in _STOP:
+                if isinstance(outcome, Attempt):
+                    attempts.append(outcome)
+                    if outcome.error_class in stop:
                         break
                     continue
-                completion, model, duration, usage = reply_or_error
-                attempts.append(Attempt(ref, None, duration, usage=usage))
-                reply = ModelReply(
-                    text=completion.text, model_ref=model.ref, usage=completion.usage,
-                    finish_reason=completion.finish_reason, attempts=tuple(attempts),
-                )
-                self._log(reply.attempts, answered=ref)
-                return reply
+                value, done = outcome
+                attempts.append(done)
+                self._log(tuple(attempts), answered=ref)
+                return value, tuple(attempts)
         except BaseException:
             if attempts:
                 self._log(tuple(attempts), answered=None, level=logging.DEBUG)
