@@ -4,9 +4,8 @@ words the model and the sender see.
 Routing is the model router's: a transcription or a speech call is one *attempt* per
 candidate (:func:`bridge.voice.client.transcribe_once`), and a :class:`CandidateRunner`
 tries the candidates in order with the router's cooldowns and error classes.
-``ModelRouter.run`` is that runner (see the voice report for the method it needs);
-:class:`InOrder` is a plain in-order runner without cooldowns, for tests and for a core
-built before that method exists.  Unlike a chat call, a ``bad_request`` does not stop the
+:meth:`bridge.models.router.ModelRouter.run` is that runner; :class:`InOrder` is a plain
+in-order runner without cooldowns, for tests.  Unlike a chat call, a ``bad_request`` does not stop the
 fallbacks: one server refusing a container (whisper.cpp without ``--convert`` reads only
 WAV) says nothing about the next one.
 """

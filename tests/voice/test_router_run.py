@@ -1,10 +1,8 @@
 """Transcription through the model router's own loop (``ModelRouter.run``): cooldowns
 shared with the router's other calls, the failed model skipped while it cools, probed
-after.  Skipped until router.py has ``run`` (the change is in the voice report)."""
+after; a bad_request falls through for audio."""
 
 from __future__ import annotations
-
-import pytest
 
 from bridge.models.base import ErrorClass
 from bridge.models.router import ModelRouter
@@ -13,9 +11,6 @@ from bridge.voice.service import Transcriber
 from tests.fakes.audio_bytes import ogg_opus_bytes
 from tests.models.conftest import FakeClock
 from tests.voice.conftest import audio_config
-
-pytestmark = pytest.mark.skipif(not hasattr(ModelRouter, "run"),
-                                reason="ModelRouter.run not there yet")
 
 VOICE = AudioInput(ogg_opus_bytes(2.0), "audio/ogg")
 
