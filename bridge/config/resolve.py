@@ -304,3 +304,95 @@ def configured_model_refs(config: Config) -> frozenset[str]:
     except UnknownModelError:
         pass
     return frozenset(refs)
+
+
+# --------------------------------------------------------------------------- voice
+
+# Voice calls go to OpenAI's audio API (``/audio/transcriptions``, ``/audio/speech``),
+# which Anthropic's Messages API does not have.
+_NO_AUDIO_API = "anthropic-messages"
+VOICE_SECTIONS = ("transcription", "speech")
+
+
+def _voice_target(config: Config, text: str) -> tuple[str, str]:
+    """(canonical ref, api) of a voice model ref; a built-in provider the file does not
+    define counts with its catalog api (the catalog is merged after validation)."""
+    from bridge.models.catalog import BUILTIN_CATALOG
+
+    try:
+        ref = resolve_ref(config, text)
+    except UnknownModelError:
+        ref = next((r for a, r in config.aliases().items()
+                    if a.casefold() == text.strip().casefold()), text.strip())
+        provider_id, _ = split_ref(ref)
+        if (provider_id in config.models.providers or provider_id not in BUILTIN_CATALOG
+                or config.models.mode != "merge"):
+            raise
+        return ref, str(BUILTIN_CATALOG[provider_id]["api"])
+    provider_id, _ = split_ref(ref)
+    return ref, config.models.providers[provider_id].effective_api
+
+
+def voice_ref_problems(config: Config) -> list[tuple[tuple[str | int, ...], str, str]]:
+    """(loc, ref, message) for each ``agents.defaults.transcription/speech`` model ref that
+    names no model, or a model whose provider speaks ``anthropic-messages``."""
+    out: list[tuple[tuple[str | int, ...], str, str]] = []
+    defaults = config.agents.defaults
+    for section in VOICE_SECTIONS:
+        sel = getattr(defaults, section).model
+        if sel is None:
+            continue
+        base: tuple[str | int, ...] = ("agents", "defaults", section, "model")
+        named = [(("primary",), sel.primary)] if sel.primary else []
+        named += [(("fallbacks", i), t) for i, t in enumerate(sel.fallbacks)]
+        for tail, text in named:
+            assert text is not None
+            loc = (*base, *tail)
+            try:
+                ref, api = _voice_target(config, text)
+            except UnknownModelError as exc:
+                out.append((loc, text, str(exc)))
+                continue
+            if api == _NO_AUDIO_API:
+                out.append((loc, text, (
+                    f"{ref!r} is on a provider with api {_NO_AUDIO_API!r}, which has no "
+                    f"audio API; {section} needs an OpenAI-compatible provider (LocalAI, "
+                    "speaches, OpenAI, Groq ...)")))
+    return out
+
+
+def voice_candidates(config: Config, section: str) -> list[ResolvedModel | str]:
+    """``agents.defaults.<section>.model`` (transcription or speech) resolved, primary
+    first; empty when it is not set."""
+    sel = getattr(config.agents.defaults, section).model
+    if sel is None:
+        return []
+    refs: list[str] = []
+    for text in (sel.primary, *sel.fallbacks):
+        if not text:
+            continue
+        try:
+            ref = resolve_ref(config, text)
+        except UnknownModelError:
+            ref = text
+        if ref not in refs:
+            refs.append(ref)
+    return resolve_candidates(config, refs)
+
+
+def transcribe_for_mentions(config: Config, channel: str, chat_id: str,
+                            thread_id: str | None = None) -> bool:
+    """A group's ``transcribeForMentions`` (its topic's when set, else the group's entry,
+    else the ``"*"`` entry's)."""
+    chan = config.channel(channel)
+    groups = getattr(chan, "groups", None) or {}
+    group, star = groups.get(chat_id), groups.get("*")
+    if group is not None and thread_id is not None and thread_id in group.topics:
+        topic = group.topics[thread_id].transcribeForMentions
+        if topic is not None:
+            return bool(topic)
+    for block in (group, star):
+        if block is not None and ("transcribeForMentions" in block.model_fields_set
+                                  or block is star):
+            return bool(block.transcribeForMentions)
+    return False

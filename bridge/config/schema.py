@@ -16,9 +16,11 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # One direction: resolution reads this tree and imports it for types only.  ResolvedModel
 # lives there and stays importable from here.
@@ -30,6 +32,8 @@ Api = Literal["openai-responses", "openai-completions", "anthropic-messages"]
 InputKind = Literal["text", "image"]
 DmPolicy = Literal["pairing", "allowlist", "open", "disabled"]
 GroupPolicy = Literal["allowlist", "open", "disabled"]
+ReplyWithVoice = Literal["never", "whenVoice", "always"]
+ModelKind = Literal["chat", "transcription", "speech"]
 
 
 class _Model(BaseModel):
@@ -55,6 +59,10 @@ class ModelDef(_Model):
     contextWindow: int = Field(default=128_000, gt=0)
     maxTokens: int = Field(default=8192, gt=0)
     headers: dict[str, str] = {}
+    # What the model does: "chat" models answer turns; "transcription" (speech to text)
+    # and "speech" (text to speech) models serve voice notes and are never offered as
+    # chat models (/models, doctor, discovery).
+    kind: ModelKind = "chat"
 
 
 class Timeouts(_Model):
@@ -167,6 +175,24 @@ class Compaction(_Model):
     keepRecentTurns: int = Field(default=6, ge=1)
 
 
+class Transcription(_Model):
+    """Voice notes to text (``agents.defaults.transcription``)."""
+
+    model: ModelSelection | None = None  # None: voice notes are not transcribed
+    language: str | None = Field(default=None, min_length=2, max_length=8)  # ISO-639-1 hint
+    echoTranscript: bool = False  # the reply starts with the transcript, quoted
+
+
+class Speech(_Model):
+    """Spoken replies (``agents.defaults.speech``)."""
+
+    model: ModelSelection | None = None  # None: never spoken
+    voice: str = Field(default="alloy", min_length=1)
+    replyWithVoice: ReplyWithVoice = "never"
+    maxChars: int = Field(default=1000, ge=50, le=4096)  # spoken; the whole text follows
+    speed: float | None = Field(default=None, ge=0.25, le=4.0)
+
+
 class AgentDefaults(_Model):
     model: ModelSelection | None = None
     models: dict[str, AgentModelEntry] = {}
@@ -184,6 +210,8 @@ class AgentDefaults(_Model):
     maxConcurrentTurns: int = Field(default=4, ge=0)
     modelPolicy: ModelPolicy = ModelPolicy()
     limits: Limits | None = None
+    transcription: Transcription = Transcription()
+    speech: Speech = Speech()
 
 
 class Agents(_Model):
@@ -204,12 +232,16 @@ class ChatConfig(_Model):
 
 class TopicConfig(ChatConfig):
     requireMention: bool | None = None
+    transcribeForMentions: bool | None = None  # None: the group's
 
 
 class GroupConfig(ChatConfig):
     requireMention: bool = True
     allowFrom: tuple[str, ...] | None = None  # senders allowed in this group (None: anyone)
     topics: dict[str, TopicConfig] = {}  # Telegram forum topics by thread id
+    # requireMention: a voice note is transcribed before the mention check, and one that
+    # says the bot's name counts as a mention.
+    transcribeForMentions: bool = False
 
 
 class ChannelConfig(_Model):
@@ -229,6 +261,8 @@ class ChannelConfig(_Model):
     # and carries the rest as a document where the platform has one.  0: no cap.
     maxReplyChunks: int = Field(default=10, ge=0, le=1000)
     mediaMaxMb: float = Field(default=20, gt=0)
+    # Longer voice notes, audio and round video notes are not downloaded (nor transcribed).
+    audioMaxSeconds: float = Field(default=300, gt=0)
 
     @model_validator(mode="after")
     def _open_needs_wildcard(self) -> ChannelConfig:
@@ -389,6 +423,16 @@ class Config(_Model):
     # Provider ids the config FILE defined (set by ``load_config``; built-ins merged from the
     # catalog are not in it).  None: unknown (built in code), every provider counts.
     _file_provider_ids: frozenset[str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _voice_models_resolve(self) -> Config:
+        problems = resolve.voice_ref_problems(self)
+        if problems:
+            raise ValidationError.from_exception_data("Config", [
+                InitErrorDetails(type=PydanticCustomError("value_error", message),
+                                 loc=loc, input=text)
+                for loc, text, message in problems])
+        return self
 
     @field_validator("dataDir")
     @classmethod

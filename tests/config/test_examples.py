@@ -67,7 +67,8 @@ def test_every_example_is_covered():
     names = {p.name for p in EXAMPLES}
     assert {"lmstudio-local.json5", "hosted-primary-local-fallback.json5",
             "local-first-hosted-safety-net.json5", "vllm-litellm-custom.json5",
-            "vision-model.json5", "localai.json5", "openrouter.json5"} <= names
+            "vision-model.json5", "localai.json5", "openrouter.json5",
+            "voice-localai.json5"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
