@@ -19,6 +19,7 @@ import aiohttp
 from bridge.config.schema import (
     Config,
     ModelDef,
+    ModelKind,
     ModelSelection,
     ProviderDef,
 )
@@ -57,11 +58,24 @@ DEFAULT_TARGETS: tuple[ProbeTarget, ...] = (
 )
 
 
+def model_kind(model_id: str) -> ModelKind:
+    """What a listed local model is for, from its id: LocalAI's gallery names Whisper
+    models ``whisper-*`` and Piper voices ``voice-*``; other servers say ``tts``."""
+    folded = model_id.lower()
+    if "whisper" in folded or "transcribe" in folded:
+        return "transcription"
+    if "tts" in folded or folded.startswith("voice-") or "piper" in folded:
+        return "speech"
+    return "chat"
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     target: ProbeTarget
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # chat models, in the server's order
     error: str = ""
+    # Listed models that are not for chat: (id, "transcription" | "speech").
+    voice: tuple[tuple[str, ModelKind], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -119,11 +133,13 @@ async def _probe_one(session: aiohttp.ClientSession, target: ProbeTarget,
     if not isinstance(items, list):
         return ProbeResult(target, error="not an OpenAI-style model list")
     ids = [str(m.get("id")) for m in items if isinstance(m, dict) and m.get("id")]
-    # Embedding models cannot chat.
+    # Embedding models cannot chat; nor can speech-to-text and text-to-speech models.
     ids = [i for i in ids if "embed" not in i.lower()]
+    voice = tuple((i, kind) for i in ids if (kind := model_kind(i)) != "chat")
+    ids = [i for i in ids if model_kind(i) == "chat"]
     if not ids:
-        return ProbeResult(target, error="answers but lists no chat model")
-    return ProbeResult(target, models=tuple(ids))
+        return ProbeResult(target, error="answers but lists no chat model", voice=voice)
+    return ProbeResult(target, models=tuple(ids), voice=voice)
 
 
 async def probe(targets: Sequence[ProbeTarget] = DEFAULT_TARGETS, *,
@@ -138,9 +154,9 @@ def hosted_fallbacks(config: Config) -> list[str]:
     refs = []
     for provider_id in BUILTIN_KEY_ENV:
         provider = config.models.providers.get(provider_id)
-        if provider is None or provider.apiKey is None or not provider.models:
+        ids = [m.id for m in (provider.models if provider else ()) if m.kind == "chat"]
+        if provider is None or provider.apiKey is None or not ids:
             continue
-        ids = [m.id for m in provider.models]
         preferred = _PREFERRED_HOSTED.get(provider_id)
         refs.append(f"{provider_id}/{preferred if preferred in ids else ids[0]}")
     return refs
@@ -160,7 +176,8 @@ def with_discovered(config: Config, found: ProbeResult | None, hosted: list[str]
         providers[pid] = ProviderDef(
             baseUrl=found.target.base_url, api="openai-completions",
             models=tuple(ModelDef(id=m, contextWindow=DISCOVERED_CONTEXT_WINDOW,
-                                  maxTokens=DISCOVERED_MAX_TOKENS) for m in found.models))
+                                  maxTokens=DISCOVERED_MAX_TOKENS) for m in found.models)
+            + tuple(ModelDef(id=m, kind=kind) for m, kind in found.voice))
         refs.insert(0, f"{pid}/{found.models[0]}")
     selection = ModelSelection(primary=refs[0], fallbacks=tuple(refs[1:]))
     defaults = config.agents.defaults.model_copy(update={"model": selection})

@@ -483,9 +483,10 @@ class Config(_Model):
         for provider_id, provider in self.models.providers.items():
             if provider_id not in from_file:
                 continue
-            if provider.models:
+            chat = [m for m in provider.models if m.kind == "chat"]
+            if chat:
                 fallbacks = chosen.fallbacks if chosen else ()
-                return ModelSelection(primary=f"{provider_id}/{provider.models[0].id}",
+                return ModelSelection(primary=f"{provider_id}/{chat[0].id}",
                                       fallbacks=fallbacks)
         return chosen or ModelSelection()
 

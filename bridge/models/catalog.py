@@ -49,6 +49,15 @@ BUILTIN_CATALOG: dict[str, dict[str, Any]] = {
             {"id": "gpt-4.1", "name": "GPT-4.1", "reasoning": False, "input": _TEXT_IMAGE,
              "contextWindow": 1_047_576, "maxTokens": 32_768,
              "cost": {"input": 2, "output": 8, "cacheRead": 0.5}},
+            # Voice notes (POST /v1/audio/transcriptions and /v1/audio/speech); never
+            # offered as chat models.  Billed per minute or character, not per token.
+            {"id": "whisper-1", "name": "Whisper", "kind": "transcription"},
+            {"id": "gpt-4o-transcribe", "name": "GPT-4o Transcribe", "kind": "transcription"},
+            {"id": "gpt-4o-mini-transcribe", "name": "GPT-4o mini Transcribe",
+             "kind": "transcription"},
+            {"id": "tts-1", "name": "TTS-1", "kind": "speech"},
+            {"id": "tts-1-hd", "name": "TTS-1 HD", "kind": "speech"},
+            {"id": "gpt-4o-mini-tts", "name": "GPT-4o mini TTS", "kind": "speech"},
         ],
     },
     "openrouter": {
