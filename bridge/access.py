@@ -21,6 +21,7 @@ from bridge.commands import changes_chat
 from bridge.config.schema import ChannelConfig, GroupConfig
 from bridge.envelope import ChatKind, Inbound
 from bridge.store import Store
+from bridge.usage.owners import is_owner
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config
@@ -76,20 +77,6 @@ def pairing_message(code: str, channel: str) -> str:
 
 
 USERNAME_PINS = "access.username"  # kv namespace: "<channel>:@name" -> sender id
-
-
-def is_owner(chan: object, sender_id: str | None, aliases: tuple[str, ...] = ()) -> bool:
-    """Is the sender one of ``chan.owners`` (ids, compared case-insensitively)?
-
-    ``@username`` aliases never make an owner: a released username can be taken by
-    someone else."""
-    owners = getattr(chan, "owners", ()) or ()
-    if not owners or not sender_id:
-        return False
-    wanted = {o.casefold() for o in owners}
-    names = {sender_id.casefold(), *(a.casefold() for a in aliases
-                                     if a and not a.startswith("@"))}
-    return bool(wanted & names)
 
 
 class AccessControl:
@@ -149,6 +136,11 @@ class AccessControl:
                         "and is not admitted", entry, pinned, inbound.sender_id)
         return False
 
+    def _owner(self, inbound: Inbound) -> bool:
+        """Owners (``channels.<name>.owners``) may always talk to the bot where it talks."""
+        return is_owner(self._config(), inbound.address.channel, inbound.sender_id,
+                        inbound.sender_aliases)
+
     async def check(self, inbound: Inbound, *, dry_run: bool = False) -> AccessDecision:
         """The decision for ``inbound`` (may create a pairing request).
 
@@ -175,8 +167,8 @@ class AccessControl:
         if policy == "disabled":
             return AccessDecision(Verdict.REFUSE, "direct messages are disabled",
                                   code="dm_disabled")
-        if policy == "open" or await self._allowed(chan.allowFrom, inbound,
-                                                     dry_run=dry_run):
+        if policy == "open" or self._owner(inbound) or await self._allowed(
+                chan.allowFrom, inbound, dry_run=dry_run):
             direct = chan.direct.get(inbound.sender_id) or chan.direct.get("*")
             if direct is not None and not direct.enabled:
                 return AccessDecision(Verdict.REFUSE, "this direct chat is disabled",
@@ -228,8 +220,8 @@ class AccessControl:
             if not group.enabled:
                 return AccessDecision(Verdict.REFUSE, f"group {chat_id} is disabled",
                                       code="group_disabled")
-            if group.allowFrom is not None and not await self._allowed(
-                    group.allowFrom, inbound, dry_run=dry_run):
+            if group.allowFrom is not None and not self._owner(inbound) and \
+                    not await self._allowed(group.allowFrom, inbound, dry_run=dry_run):
                 return AccessDecision(Verdict.REFUSE, "sender not in the group's allowFrom",
                                       code="not_allowed")
             require_mention = group.requireMention
@@ -259,7 +251,7 @@ class AccessControl:
         Owners, and senders the bot may talk to: the group's ``allowFrom`` when it has one
         (everyone else was refused already), else the channel's ``allowFrom`` and the
         senders approved by pairing.  Anyone else is a stranger here."""
-        if is_owner(chan, inbound.sender_id, inbound.sender_aliases):
+        if self._owner(inbound):
             return True
         if group is not None and group.allowFrom is not None:
             return True

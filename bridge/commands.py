@@ -8,21 +8,28 @@ shows (:data:`COMMAND_MENU`, Telegram's ``setMyCommands``) all come from it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bridge.config.resolve import UnknownModelError
+from bridge.envelope import ChatAddress, ChatKind
+from bridge.model_policy import choosable_refs, may_choose
 from bridge.models.base import Attempt, ErrorClass
-from bridge.store.records import StoredMessage
+from bridge.store.records import PairingRequest, StoredMessage
+from bridge.usage.owners import is_owner
 
 if TYPE_CHECKING:
+    from bridge.chats import Scope
     from bridge.config.schema import Config
     from bridge.store import Store
 
@@ -117,18 +124,34 @@ def _label(config: Config, ref: str) -> str:
     return f"{aliases[ref]} ({ref})" if ref in aliases else ref
 
 
-def model_choices(config: Config, *, limit: int = 40) -> list[str]:
-    """Refs a user may pick: aliased ones first, then every listed model."""
-    refs = list(dict.fromkeys(config.aliases().values()))
-    for provider_id, provider in config.models.providers.items():
-        for m in provider.models:
-            ref = f"{provider_id}/{m.id}"
-            if ref not in refs:
-                refs.append(ref)
-    return refs[:limit]
+def model_choices(config: Config, *, limit: int = 40, owner: bool = False) -> list[str]:
+    """Refs the asker may pick: aliased ones first, then every listed model (for a
+    sender who is not an owner, only what ``agents.defaults.modelPolicy`` allows)."""
+    return choosable_refs(config, owner=owner)[:limit]
 
 
 # ------------------------------------------------------------------------------ commands
+
+
+ONLY_OPERATOR = "Only the operator can do that."
+APPROVED_NOTICE = "The operator approved your request: you can talk to me now."
+DENIED_NOTICE = "The operator declined your request."
+
+
+@dataclass(frozen=True, slots=True)
+class CommandServices:
+    """What owner commands need from the running process (each None when it is absent)."""
+
+    config_path: Path | None = None  # the file the live config is loaded from
+    reload_config: Callable[[], Awaitable[object]] | None = None  # apply an edit at once
+    # tell(address, session_key, text) -> whether this process serves that chat
+    tell: Callable[[ChatAddress, str, str], Awaitable[bool]] | None = None
+
+
+# Set by the conversation core in each of its session workers, where commands run (the
+# turn builds its CommandContext without them).
+COMMAND_SERVICES: ContextVar[CommandServices | None] = ContextVar(
+    "palaver_command_services", default=None)
 
 
 @dataclass(slots=True)
@@ -139,6 +162,20 @@ class CommandContext:
     store: Store
     message: StoredMessage
     override: str | None = None  # the session's model override (``palaver chat --model``)
+    services: CommandServices | None = None  # None: the running core's (COMMAND_SERVICES)
+
+    @property
+    def running(self) -> CommandServices:
+        """The services of the process answering this command."""
+        if self.services is not None:
+            return self.services
+        return COMMAND_SERVICES.get() or CommandServices()
+
+    @property
+    def owner(self) -> bool:
+        """Is the sender an owner of this channel (``channels.<name>.owners``)?"""
+        m = self.message
+        return is_owner(self.config, m.address.channel, m.sender_id)
 
 
 Handler = Callable[[CommandContext, str], Awaitable[str]]
@@ -154,6 +191,8 @@ class Command:
     help: str | None  # its /help line; None: not listed (covered by another's line)
     # Does it change the chat with this argument?  (Read-only commands never do.)
     changes: Callable[[str], bool] = lambda _arg: False  # default: read-only
+    owner_only: bool = False  # listed under the operator's commands in /help
+    owner_help: str | None = None  # a further line there, for what only owners may do
 
 
 def _always(_arg: str) -> bool:
@@ -172,10 +211,17 @@ async def run_command(ctx: CommandContext, name: str, arg: str) -> str:
     return await command.handler(ctx, arg)
 
 
-def help_text() -> str:
-    """The reply to /help: every listed command with its line."""
-    return "Commands:\n" + "\n".join(
-        f"/{c.name} — {c.help}" for c in COMMANDS if c.help is not None)
+def help_text(*, owner: bool = False) -> str:
+    """The reply to /help: every listed command with its line (and for an owner, the
+    operator's commands)."""
+    text = "Commands:\n" + "\n".join(
+        f"/{c.name} — {c.help}" for c in COMMANDS if c.help is not None and not c.owner_only)
+    if owner:
+        lines = [f"/{c.name} — {c.owner_help}" for c in COMMANDS if c.owner_help]
+        lines += [f"/{c.name} — {c.help}" for c in COMMANDS
+                  if c.help is not None and c.owner_only]
+        text += "\nOperator commands (you are an owner here):\n" + "\n".join(lines)
+    return text
 
 
 async def _new(ctx: CommandContext, _arg: str) -> str:
@@ -183,9 +229,29 @@ async def _new(ctx: CommandContext, _arg: str) -> str:
     return "Started a new conversation. Earlier messages are forgotten."
 
 
+_SCOPES: dict[str, Scope] = {"--chat": "chat", "--channel": "channel",
+                             "--default": "default"}
+_CLEAR_WORDS = ("default", "reset", "clear")
+
+
 async def _model(ctx: CommandContext, arg: str) -> str:
     config, key = ctx.config, ctx.message.session_key
-    if not arg:
+    words = arg.split()
+    flags = list(dict.fromkeys(w.lower() for w in words if w.startswith("--")))
+    name = " ".join(w for w in words if not w.startswith("--"))
+    unknown = [f for f in flags if f not in _SCOPES]
+    if unknown:
+        return f"Unknown option {unknown[0]} (expected --chat, --channel or --default)."
+    if len(flags) > 1:
+        return "Choose one of --chat, --channel or --default."
+    scope = _SCOPES[flags[0]] if flags else "chat"
+    if scope != "chat":
+        if not ctx.owner:
+            return ONLY_OPERATOR
+        if not name:
+            return f"Usage: /model <name> {flags[0]}"
+        return await _pin(ctx, name, scope)
+    if not name:
         choice = await choose_models(config, ctx.store, ctx.message, override=ctx.override)
         if not choice.candidates:
             current = "none configured"
@@ -194,23 +260,67 @@ async def _model(ctx: CommandContext, arg: str) -> str:
         lines = [f"Current model: {current}"]
         if len(choice.candidates) > 1:
             lines.append("Fallbacks: " + ", ".join(choice.candidates[1:]))
-        choices = model_choices(config, limit=15)
+        choices = model_choices(config, limit=15, owner=ctx.owner)
         if choices:
             lines.append("Choose with /model <name>: " + ", ".join(
                 _label(config, r) for r in choices))
         lines.append("/model default goes back to the configured model.")
+        if ctx.owner:
+            lines.append("As an owner: /model <name> --channel or --default changes the "
+                         "config.")
         return "\n".join(lines)
-    if arg.lower() in ("default", "reset", "clear"):
+    if name.lower() in _CLEAR_WORDS:
         await ctx.store.set_chat_setting(key, MODEL_SETTING, None)
         choice = await choose_models(config, ctx.store, ctx.message, override=ctx.override)
         now = _label(config, choice.candidates[0]) if choice.candidates else "none configured"
         return f"This chat uses the configured model again: {now}"
     try:
-        ref = config.resolve_ref(arg)
+        ref = config.resolve_ref(name)
     except UnknownModelError as exc:
-        return f"Unknown model {arg!r}: {exc}. Send /models for the list."
+        return f"Unknown model {name!r}: {exc}. Send /models for the list."
+    if not may_choose(config, ref, owner=ctx.owner):
+        return (f"{_label(config, ref)} is not one of the models you can choose here. "
+                "Send /models for the list.")
     await ctx.store.set_chat_setting(key, MODEL_SETTING, ref)
     return f"This chat now uses {_label(config, ref)}."
+
+
+async def _pin(ctx: CommandContext, name: str, scope: Scope) -> str:
+    """An owner's ``/model NAME --channel|--default``: written to the config file through
+    the edit engine (validated, atomic, refused if the file changed meanwhile)."""
+    from bridge.chats import ChatError, ChatRef, pin_model
+    from bridge.config.edit import EditError
+    from bridge.config.load import ConfigError
+
+    running = ctx.running
+    if running.config_path is None:
+        return ("Nothing changed: this Palaver runs without a config file to write "
+                "(edit the config, or use `palaver chats model`).")
+    clear = name.lower() in _CLEAR_WORDS
+    if clear and scope == "default":
+        return "The default model stays; choose another with /model <name> --default."
+    if not clear:
+        try:
+            ctx.config.resolve_ref(name)
+        except UnknownModelError as exc:
+            return f"Unknown model {name!r}: {exc}. Send /models for the list."
+    chat = ChatRef.from_session_key(ctx.message.session_key)
+    try:
+        result = await asyncio.to_thread(
+            pin_model, running.config_path, chat, None if clear else name, scope,
+            clear=clear)
+    except (ChatError, EditError, ConfigError) as exc:
+        return f"Nothing changed: {exc}"
+    if result.edit.changed and running.reload_config is not None:
+        await running.reload_config()
+    log.info("owner %s on %s: /model %s --%s (%s)", ctx.message.sender_id,
+             ctx.message.address.channel, name, scope, "; ".join(result.paths) or "no change")
+    lines = [result.message[:1].upper() + result.message[1:] + "."]
+    stored = await ctx.store.chat_setting(ctx.message.session_key, MODEL_SETTING)
+    if stored:
+        lines.append(f"This chat's own /model choice ({stored}) still comes first; "
+                     "/model default clears it.")
+    return "\n".join(lines)
 
 
 async def _models(ctx: CommandContext, _arg: str) -> str:
@@ -218,23 +328,28 @@ async def _models(ctx: CommandContext, _arg: str) -> str:
     choice = await choose_models(config, ctx.store, ctx.message, override=ctx.override)
     current = choice.candidates[0] if choice.candidates else None
     aliases = {v: k for k, v in config.aliases().items()}
+    listed = {f"{pid}/{m.id}": m for pid, p in config.models.providers.items()
+              for m in p.models}
     lines = ["Models:"]
-    count = 0
-    for provider_id, provider in config.models.providers.items():
-        for m in provider.models:
-            ref = f"{provider_id}/{m.id}"
-            marks = []
-            if ref in aliases:
-                marks.append(f"alias {aliases[ref]}")
-            if "image" in m.input:
-                marks.append("images")
-            if m.reasoning:
-                marks.append("reasoning")
-            prefix = "→" if ref == current else "•"
-            lines.append(f"{prefix} {ref}" + (f" ({', '.join(marks)})" if marks else ""))
-            count += 1
-    if count == 0:
-        return "No models are configured."
+    refs = choosable_refs(config, owner=ctx.owner)
+    for ref in refs:
+        marks = []
+        if ref in aliases:
+            marks.append(f"alias {aliases[ref]}")
+        m = listed.get(ref)
+        if m is not None and "image" in m.input:
+            marks.append("images")
+        if m is not None and m.reasoning:
+            marks.append("reasoning")
+        prefix = "→" if ref == current else "•"
+        lines.append(f"{prefix} {ref}" + (f" ({', '.join(marks)})" if marks else ""))
+    allow = config.agents.defaults.modelPolicy.allow
+    patterns = [p for p in allow or () if set("*?[") & set(p)] if not ctx.owner else []
+    if patterns:
+        lines.append("Also any model matching: " + ", ".join(patterns))
+    if not refs and not patterns:
+        return ("No models are configured." if ctx.owner or not listed
+                else "There are no models you can choose here.")
     lines.append("Choose with /model <name or alias>.")
     return "\n".join(lines)
 
@@ -357,8 +472,95 @@ def _turn_failure(reason: str | None) -> str:
     return "see Palaver's log"
 
 
-async def _help(_ctx: CommandContext, _arg: str) -> str:
-    return help_text()
+async def _help(ctx: CommandContext, _arg: str) -> str:
+    return help_text(owner=ctx.owner)
+
+
+async def _approve(ctx: CommandContext, arg: str) -> str:
+    return await _pairing(ctx, arg, approve=True)
+
+
+async def _deny(ctx: CommandContext, arg: str) -> str:
+    return await _pairing(ctx, arg, approve=False)
+
+
+async def _pairing(ctx: CommandContext, arg: str, *, approve: bool) -> str:
+    """An owner's ``/approve CODE`` or ``/deny CODE`` for a pairing request on this
+    channel (the operator's terminal names the channel: ``/approve telegram CODE``)."""
+    if not ctx.owner:
+        return ONLY_OPERATOR
+    from bridge.console_web.backend import deny_pairing
+
+    verb = "approve" if approve else "deny"
+    channel = ctx.message.address.channel
+    words = arg.split()
+    if len(words) == 2 and channel == "console":
+        channel, code = words[0], words[1].upper()
+    elif len(words) <= 1:
+        code = words[0].upper() if words else ""
+    else:
+        return f"Usage: /{verb} CODE"
+    if not code:
+        pending = await ctx.store.pending_pairings(None if channel == "console" else channel)
+        if not pending:
+            return "No pending pairing requests."
+        now = time.time()
+        return "\n".join([f"Pending pairing requests (/{verb} CODE):"] + [
+            f"• {r.code} — {r.channel} {r.sender_id}"
+            + (f" ({r.sender_name})" if r.sender_name else "")
+            + f", {max(0, int((r.expires_at - now) // 60))} min left" for r in pending])
+    request = (await ctx.store.approve_pairing(channel, code) if approve
+               else await deny_pairing(ctx.store, channel, code))
+    if request is None:
+        return f"No pending, unexpired pairing code {code} on {channel}."
+    log.info("owner %s %s pairing of %s on %s", ctx.message.sender_id,
+             "approved" if approve else "declined", request.sender_id, channel)
+    told = await _tell_requester(ctx, request, APPROVED_NOTICE if approve else DENIED_NOTICE)
+    who = request.sender_id + (f" ({request.sender_name})" if request.sender_name else "")
+    done = "Approved" if approve else "Declined"
+    return (f"{done} {who} on {channel}; "
+            + ("they were told." if told else "they will be told when that channel runs."))
+
+
+async def _tell_requester(ctx: CommandContext, request: PairingRequest, text: str) -> bool:
+    """Queue ``text`` for the requester's direct chat; True when this process serves it."""
+    from bridge.console_web.backend import direct_chat_of
+    from bridge.store.notices import queue_notice
+
+    chat_id = await direct_chat_of(ctx.store, request) or request.sender_id
+    address = ChatAddress(request.channel, request.account, chat_id, ChatKind.DIRECT)
+    key = f"{request.channel}:{request.account}:direct:{request.sender_id}"
+    tell = ctx.running.tell
+    if tell is None:
+        await queue_notice(ctx.store, address, key, text)
+        return False
+    return await tell(address, key, text)
+
+
+CHATS_SHOWN = 15
+
+
+async def _chats(ctx: CommandContext, _arg: str) -> str:
+    """An owner's ``/chats``: this channel's chats, newest first (the terminal: all)."""
+    if not ctx.owner:
+        return ONLY_OPERATOR
+    from bridge.chats import format_chats, list_chats
+
+    channel = ctx.message.address.channel
+    rows = await list_chats(ctx.config, ctx.store,
+                            channel=None if channel == "console" else channel)
+    if not rows:
+        return "No chats yet."
+    text = "Chats, newest first:\n" + format_chats(rows[:CHATS_SHOWN], short=True)
+    if len(rows) > CHATS_SHOWN:
+        text += f"\n… and {len(rows) - CHATS_SHOWN} more (`palaver chats` lists them all)."
+    return text
+
+
+async def _usage(ctx: CommandContext, arg: str) -> str:
+    from bridge.usage.report import usage_command
+
+    return await usage_command(ctx, arg)
 
 
 def _ago(seconds: float) -> str:
@@ -379,12 +581,25 @@ COMMANDS: tuple[Command, ...] = (
     Command("reset", _new, menu="Start over (same as /new)", help=None, changes=_always),
     Command("model", _model, menu="Show or switch this chat's model",
             help="show the model; /model <name> to choose one for this chat, /model default",
-            changes=_with_argument),
+            changes=_with_argument,
+            owner_help="/model <name> --channel or --default writes the config "
+                       "(/model default --channel removes the channel's pin)"),
+
     Command("models", _models, menu="List the models you can use",
             help="list the models you can choose"),
     Command("status", _status, menu="Session, model and usage",
-            help="the model in use, the one that answered last, context used"),
+            help="the model in use, the one that answered last, context used "
+                 "(/usage: tokens and cost)"),
+    Command("usage", _usage, menu=None, help=None),
     Command("help", _help, menu="What this bot can do", help="this list"),
+    # The operator's (channels.<name>.owners); anyone else is told only they may.
+    Command("approve", _approve, menu=None, owner_only=True, changes=_always,
+            help="/approve CODE admits a pairing request (they are told); "
+                 "/approve lists them"),
+    Command("deny", _deny, menu=None, owner_only=True, changes=_always,
+            help="/deny CODE declines a pairing request"),
+    Command("chats", _chats, menu=None, owner_only=True,
+            help="the chats seen lately and the model answering each"),
     # Telegram sends /start when someone opens a chat with the bot.
     Command("start", _help, menu=None, help=None),
 )

@@ -19,18 +19,20 @@ import logging
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.access import AccessControl, Verdict
-from bridge.commands import is_command
+from bridge.commands import COMMAND_SERVICES, CommandServices, is_command
 from bridge.delivery import SEND_RETRY_DELAYS, Outbox
 from bridge.envelope import AcceptStatus, ChatAddress, Inbound
 from bridge.ports import InboundSink, StoreUnavailable
 from bridge.prompt import PromptCache
 from bridge.store import MessageStatus, Store
 from bridge.store.db import StoreError, unavailable_reason
+from bridge.store.notices import queue_notice
 from bridge.store.records import RecoveryReport
 from bridge.turn import APOLOGY, INTERNAL_ERROR, TurnEvent, TurnRunner
 
@@ -153,6 +155,8 @@ class ConversationCore(InboundSink):
 
     ``config`` is a callable returning the live config (read at every turn), or a
     ``Config``.  ``router`` answers model calls (:class:`~bridge.models.base.Router`).
+    ``config_path`` (the file the live config is loaded from) and ``reload_config``
+    let owner commands write the config (``/model REF --channel``) and apply it at once.
     ``send_retry_delays`` and ``worker_restart_s`` are for tests.
     """
 
@@ -169,6 +173,8 @@ class ConversationCore(InboundSink):
         worker_restart_s: float = WORKER_RESTART_S,
         store_retry_delays: Sequence[float] | None = None,
         prune_every_s: float = PRUNE_EVERY_S,
+        config_path: Path | None = None,
+        reload_config: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self._config: Callable[[], Config] = config if callable(config) else (lambda: config)
@@ -206,6 +212,9 @@ class ConversationCore(InboundSink):
             store=store, config=self._config, router=router, media=media,
             prompt_cache=self.prompt_cache, outbox=self.outbox, route=self._owner,
             emit=self._emit, answered=self._answered)
+        # What owner commands may use; handed to each session worker (commands run there).
+        self._command_services = CommandServices(
+            config_path=config_path, reload_config=reload_config, tell=self.tell)
 
     # -- wiring ------------------------------------------------------------------
 
@@ -489,6 +498,14 @@ class ConversationCore(InboundSink):
         self._emit(AcceptEvent(a.channel, key, result, reason or "", code))
         return result
 
+    async def tell(self, address: ChatAddress, session_key: str, text: str) -> bool:
+        """Send ``text`` to a chat outside any turn (stored first, then delivered in order
+        by the outbox).  True when this process serves that chat."""
+        await queue_notice(self.store, address, session_key, text)
+        self._session(session_key).flush = True
+        self._wake(session_key)
+        return self._owner(address) is not None
+
     # -- workers -----------------------------------------------------------------
 
     def _wake(self, key: str) -> None:
@@ -523,6 +540,7 @@ class ConversationCore(InboundSink):
 
     async def _worker(self, state: _Session) -> None:
         key = state.key
+        COMMAND_SERVICES.set(self._command_services)  # this task's own context
         try:
             while not self._stopping:
                 state.dirty = False
