@@ -233,7 +233,8 @@ def merge_changes(patch: Mapping[str, Any], current: Mapping[str, Any] | None = 
         path = (*base, str(key))
         if value is None:
             out.append(Change(path, remove=True))
-        elif isinstance(value, Mapping) and isinstance(current.get(key), Mapping) and value:
+        elif isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
+            # ({} merged into an object leaves it as it is: RFC 7396, not "replace")
             out.extend(merge_changes(value, current[key], path))
         elif isinstance(value, Mapping):
             out.append(Change(path, _drop_nulls(value)))
@@ -445,14 +446,22 @@ class _Style:
 
 def _style_of(text: str, root: _Node) -> _Style:
     newline = "\r\n" if "\r\n" in text else "\n"
-    widths: dict[int, int] = {}
-    for line in text.splitlines():
-        stripped = line.lstrip(" \t")
-        if stripped and line[:1] == "\t":
-            return _Style("\t", newline, _quotes_keys(root))
-        width = len(line) - len(stripped)
-        if stripped and width:
-            widths[width] = widths.get(width, 0) + 1
+    # The indentation of entries that start a line (not of every line: " * " inside a
+    # block comment or a continued string is no indentation unit).
+    widths: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        starts = [m.key_start for m in node.members] + [it.value.start for it in node.items]
+        stack.extend([m.value for m in node.members] + [it.value for it in node.items])
+        for start in starts:
+            if not _only_space_before(text, start):
+                continue
+            indent = _indent_at(text, start)
+            if indent.startswith("\t"):
+                return _Style("\t", newline, _quotes_keys(root))
+            if indent:
+                widths.add(len(indent))
     unit = min(widths) if widths else 2
     return _Style(" " * max(1, min(unit, 8)), newline, _quotes_keys(root))
 
@@ -479,7 +488,17 @@ def _render_key(key: str, style: _Style, siblings: Sequence[_Member] = ()) -> st
             quote = sum(m.quoted for m in idents) > len(idents) / 2
     if _IDENT.fullmatch(key) and not quote:
         return key
-    return json.dumps(key, ensure_ascii=False)
+    return _string(key)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _string(value: str) -> str:
+    """A JSON string literal: non-ASCII as is, but a lone surrogate (which has no UTF-8
+    form, so the file could not be written) as a ``\\uXXXX`` escape."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}",
+                          json.dumps(value, ensure_ascii=False))
 
 
 def _render(value: Any, style: _Style, indent: str, width: int = 88) -> str:
@@ -511,8 +530,10 @@ def _render_flat(value: Any, style: _Style) -> str:
             return "NaN"
         if math.isinf(value):
             return "Infinity" if value > 0 else "-Infinity"
-    if isinstance(value, str | int | float | bool) or value is None:
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return json.dumps(value)
     raise EditError(f"cannot write a value of type {type(value).__name__}")
 
 
@@ -625,7 +646,9 @@ def _insert_member(text: str, obj: _Node, style: _Style, key: str, value: Any) -
                 return _splice(text, at, at, f"{indent}{entry}{nl}")
             return _splice(text, close, close, f"{nl}{indent}{entry}{nl}"
                            f"{_indent_at(text, obj.start)}")
-        flat = f" {key_text}: {_render_flat(value, style)} "
+        # "{}" or "{ /* comment */ }": the comment stays, the entry goes after it.
+        kept = text[obj.start + 1:close].rstrip(" \t")
+        flat = f"{kept} {key_text}: {_render_flat(value, style)} "
         line_end = text.find("\n", close)
         line_end = len(text) if line_end < 0 else line_end
         line_len = len(text[_line_start(text, obj.start):line_end]) + len(flat)
@@ -633,8 +656,8 @@ def _insert_member(text: str, obj: _Node, style: _Style, key: str, value: Any) -
             return _splice(text, obj.start + 1, close, flat)
         outer = _indent_at(text, obj.start)
         indent = outer + style.unit
-        return _splice(text, obj.start + 1, close,
-                       f"{nl}{indent}{key_text}: {_render(value, style, indent)},{nl}{outer}")
+        return _splice(text, obj.start + 1, close, f"{kept}{nl}{indent}{key_text}: "
+                       f"{_render(value, style, indent)},{nl}{outer}")
     last = obj.members[-1]
     trailing = last.comma is not None
     if multiline and _only_space_before(text, last.key_start):
@@ -691,7 +714,12 @@ def _unset(text: str, root: _Node, path: PathParts) -> str:
                 stop = end
             new = _splice(text, line_start, stop, "")
             return _splice(new, prev.comma, prev.comma + 1, "")
-        return _splice(text, prev.comma, end, "")
+        # "{ a: 1, /* c */ b: 2 }" -> "{ a: 1 /* c */ }": a comment between them stays.
+        lo = start
+        while lo > prev.comma + 1 and text[lo - 1] in " \t":
+            lo -= 1
+        new = _splice(text, lo, end, "")
+        return _splice(new, prev.comma, prev.comma + 1, "")
     if _only_space_before(text, start):
         stop = _rest_of_line(text, end)
         if stop != end:
@@ -721,7 +749,13 @@ def edit_text(text: str, changes: Iterable[Change]) -> str:
             raise EditError("the config's top level is not an object")
         style = _style_of(text, root)
         if change.remove:
-            text = _unset(text, root, change.path)
+            # Each pass removes the entry a parser sees (the last of duplicate keys);
+            # until none is left, so an earlier duplicate does not show through.
+            new = _unset(text, root, change.path)
+            while isinstance(change.path[-1], str) and new != text:
+                text, root = new, _Scanner(new).document()
+                new = _unset(text, root, change.path)
+            text = new
         else:
             text = _set(text, root, style, change.path, change.value)
     return text
