@@ -496,6 +496,8 @@ async def _pairing(ctx: CommandContext, arg: str, *, approve: bool) -> str:
     words = arg.split()
     if len(words) == 2 and channel == "console":
         channel, code = words[0], words[1].upper()
+    elif words and channel == "console":
+        return f"Name the channel: /{verb} telegram CODE (or whatsapp)."
     elif len(words) <= 1:
         code = words[0].upper() if words else ""
     else:

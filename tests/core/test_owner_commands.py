@@ -258,3 +258,17 @@ async def test_owners_are_admitted_where_the_bot_talks(harness):
     # ... and in a group whose allowFrom does not list them (others it leaves out are not).
     assert await harness.say(group("hi", chat="-300", sender=OWNER)) is AcceptStatus.ACCEPTED
     assert await harness.say(group("hi", chat="-300", sender="66")) is AcceptStatus.REFUSED
+
+
+async def test_the_operators_terminal_names_the_channel(harness):
+    await _start(harness)
+    code = await _pairing_code(harness, STRANGER)
+    console = dm(f"/approve {code}", sender="operator", channel="console")
+    core = harness.core
+    await core.accept(console)
+    await core.wait_idle()
+    assert await harness.store.pending_pairings()  # nothing approved without a channel
+    await core.accept(dm(f"/approve telegram {code}", sender="operator", channel="console"))
+    await core.wait_idle()
+    assert await harness.store.is_approved("telegram", [STRANGER])
+    assert _told(harness, STRANGER)[-1] == APPROVED
