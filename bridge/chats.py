@@ -265,6 +265,14 @@ class PinResult:
     message: str  # one line for the user (no secrets)
 
 
+def _canonical(config: Config, ref: str) -> str:
+    """``ref`` as a canonical ``provider/model`` (as written when it does not resolve)."""
+    try:
+        return config.resolve_ref(ref)
+    except KeyError:
+        return ref
+
+
 def pin_changes(config: Config, chat: ChatRef, ref: Any, scope: Scope = "chat",
                 *, clear: bool = False) -> list[Change]:
     """The config changes that pin (``clear``: unpin) ``chat``'s model at ``scope``.
@@ -280,9 +288,12 @@ def pin_changes(config: Config, chat: ChatRef, ref: Any, scope: Scope = "chat",
         if clear:
             return [Change.unset(("agents", "defaults", "model"))]
         if isinstance(ref, str) and current is not None and current.fallbacks:
-            # keep the configured fallbacks: only the primary changes
-            return [Change.set(("agents", "defaults", "model"),
-                               {"primary": ref, "fallbacks": list(current.fallbacks)})]
+            # Keep the configured fallbacks: only the primary changes (and a fallback that
+            # becomes the primary is no longer also a fallback).
+            primary = _canonical(config, ref)
+            fallbacks = [f for f in current.fallbacks if _canonical(config, f) != primary]
+            value: Any = {"primary": ref, "fallbacks": fallbacks} if fallbacks else ref
+            return [Change.set(("agents", "defaults", "model"), value)]
         return [Change.set(("agents", "defaults", "model"), ref)]
     chan = config.channel(chat.channel)
     if scope == "channel":

@@ -22,6 +22,7 @@ from bridge.chats import (
 from bridge.cli import main
 from bridge.config.edit import InvalidEditError
 from bridge.config.load import load_config, load_config_text
+from bridge.config.schema import ModelSelection
 from bridge.envelope import ChatAddress, ChatKind, Inbound
 from bridge.store import Store
 
@@ -134,6 +135,14 @@ def test_a_pin_goes_into_the_chats_own_entry_else_model_by_channel(config_path):
     assert c.path == ("channels", "telegram", "model")
     (c,) = pin_changes(config, stranger, "local/b", "default")
     assert c.value == {"primary": "local/b", "fallbacks": ["local/c"]}  # fallbacks kept
+    # a fallback that becomes the primary is not kept as its own fallback too
+    (c,) = pin_changes(config, stranger, "local/c", "default")
+    assert c.value == "local/c"
+    config_ab = config.model_copy(update={"agents": config.agents.model_copy(update={
+        "defaults": config.agents.defaults.model_copy(update={"model": ModelSelection(
+            primary="local/a", fallbacks=("Bee", "local/c"))})})})
+    (c,) = pin_changes(config_ab, stranger, "local/b", "default")
+    assert c.value == {"primary": "local/b", "fallbacks": ["local/c"]}  # alias Bee = local/b
     with pytest.raises(ChatError, match="turn the channel on"):
         pin_changes(config, ChatRef("whatsapp", "+1555", "direct"), "Bee", "channel")
     with pytest.raises(ChatError, match="channels.whatsapp is not in the config"):
