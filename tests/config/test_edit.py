@@ -431,3 +431,208 @@ def test_cli_patch_and_unset(tmp_path, capsys, monkeypatch):
 def test_a_block_comment_after_the_last_entry_stays_with_it():
     assert edit_text("{\n  a: 1, /* c */\n}\n", [Change.set("b", 2)]) == \
         "{\n  a: 1, /* c */\n  b: 2,\n}\n"
+
+
+# --------------------------------------------------------------------------- targeted cases
+
+
+def test_keys_that_need_quoting_in_paths(tmp_path):
+    path = write(tmp_path, HARD)
+    result = apply_edit(path, [
+        Change.set('models.providers["my.lab"]', {"baseUrl": "http://127.0.0.1:9/v1",
+                                                   "models": [{"id": "m"}]}),
+        Change.set("channels.telegram.direct.+15551234567.model", "Sonnet"),
+        Change.set('channels.telegram.groups["*"].requireMention', False),
+        Change.set("channels.telegram.groups.-1001234567890.requireMention", True),
+    ], env=ENV)
+    after = path.read_text()
+    assert '"my.lab": {' in after and '"+15551234567": { model: "Sonnet" }' in after
+    assert '"*": { requireMention: false },' in after
+    assert '"-1001234567890" /* family */ : {\n          requireMention: true,' in after
+    assert "my.lab" in result.config.models.providers
+    assert result.config.selection_for("telegram", chat_kind="direct",
+                                       chat_id="+15551234567").primary == "Sonnet"
+    # and back: the file is what it was
+    apply_edit(path, [Change.unset('models.providers["my.lab"]'),
+                      Change.unset("channels.telegram.direct"),
+                      Change.set('channels.telegram.groups["*"].requireMention', True),
+                      Change.set("channels.telegram.groups.-1001234567890.requireMention",
+                                 False)], env=ENV)
+    assert path.read_text() == HARD
+
+
+@pytest.mark.parametrize("before, after", [
+    ("{}", "{ a: 1 }"),
+    ("{\n}", "{\n  a: 1,\n}"),
+    ("{ // comment\n}", "{ // comment\n  a: 1,\n}"),
+    ("{\n  // comment\n}", "{\n  // comment\n  a: 1,\n}"),
+    # regression: the comment was dropped ("{ a: 1 }")
+    ("{ /* comment */ }", "{ /* comment */ a: 1 }"),
+    ("{\n  x: 0 // last\n}", "{\n  x: 0, // last\n  a: 1\n}"),
+    ("{\n  x: 0, // last\n}", "{\n  x: 0, // last\n  a: 1,\n}"),
+    ("{\n  x: 0 /* last */\n}", "{\n  x: 0, /* last */\n  a: 1\n}"),
+    ("{\n  x: 0\n}", "{\n  x: 0,\n  a: 1\n}"),  # the last line has no newline
+    ("{\r\n  x: 0,\r\n}\r\n", "{\r\n  x: 0,\r\n  a: 1,\r\n}\r\n"),
+    ("\ufeff{\n\tx: 0,\n}\n", "\ufeff{\n\tx: 0,\n\ta: 1,\n}\n"),
+])
+def test_inserting_a_key(before, after):
+    assert edit_text(before, [Change.set("a", 1)]) == after
+
+
+def test_a_file_whose_last_line_has_no_newline(tmp_path):
+    text = HARD.rstrip("\n")
+    path = write(tmp_path, text)
+    apply_edit(path, [Change.set("logging.level", "debug"), Change.unset("dataDir")],
+               env=ENV)
+    after = path.read_text()
+    assert after.endswith("\n}\n// trailing comment")
+    assert '  logging: { level: "debug" },\n}' in after and "dataDir" not in after
+
+
+def test_a_multi_line_object_value_is_indented_like_the_file(tmp_path):
+    path = write(tmp_path, HARD)
+    value = {"primary": "local/llama", "fallbacks": ["anthropic/claude-sonnet-4-5",
+                                                      "local/qwen3"]}
+    apply_edit(path, [Change.set("channels.telegram.groups.-1001234567890.model", value)],
+               env=ENV)
+    after = path.read_text()
+    assert (
+        '          topics: { "7": { model: "Sonnet" } },\n'
+        '          model: {\n'
+        '            primary: "local/llama",\n'
+        '            fallbacks: ["anthropic/claude-sonnet-4-5", "local/qwen3"],\n'
+        '          },\n'
+        '        },\n') in after
+    assert json5.loads(after)["channels"]["telegram"]["groups"]["-1001234567890"][
+        "model"] == value
+
+
+def test_the_indentation_unit_comes_from_entries_not_comment_lines():
+    # regression: " * " lines of a block comment made the unit one space
+    text = "/*\n * Palaver\n */\n{\n  a: {},\n}\n"
+    after = edit_text(text, [Change.set("a.b", {"x": ["y" * 30, "z" * 30, "w" * 30]})])
+    assert after == ("/*\n * Palaver\n */\n{\n  a: {\n    b: {\n      x: [\n"
+                     f'        "{"y" * 30}",\n        "{"z" * 30}",\n        "{"w" * 30}",\n'
+                     "      ],\n    },\n  },\n}\n")
+
+
+def test_replacing_a_var_reference(tmp_path):
+    path = write(tmp_path, HARD)
+    env = {**ENV, "OTHER_KEY": "sk-other-key-value-000000000"}
+    result = apply_edit(path, [Change.set("models.providers.local.apiKey",
+                                          edit.env_ref("OTHER_KEY"))], env=env)
+    assert changed_old_lines(HARD, path.read_text()) == ['        apiKey: "${LOCAL_KEY}",']
+    assert 'apiKey: "${OTHER_KEY}",' in path.read_text()
+    assert "sk-other-key-value" not in result.diff() + path.read_text()
+    assert result.config.models.providers["local"].apiKey is not None
+
+
+def test_unset_keeps_a_comment_before_an_inline_last_entry():
+    # regression (found by test_edit_properties): "{ a: 1 }", the comment gone
+    assert edit_text("{ a: 1, /* keep */ b: 2 }", [Change.unset("b")]) == \
+        "{ a: 1 /* keep */ }"
+
+
+def test_unset_removes_every_duplicate_key():
+    # regression: the earlier "a" showed through ({"a": 1, "b": 2}); the engine then
+    # refused with "internal error"
+    assert edit_text("{ a: 1, b: 2, a: 3 }", [Change.unset("a")]) == "{ b: 2 }"
+    assert edit_text("{ f: [1, 1, 2] }", [Change.unset("f[0]")]) == "{ f: [1, 2] }"
+
+
+def test_a_lone_surrogate_is_written_as_an_escape(tmp_path):
+    # regression: UnicodeEncodeError (a traceback) when the file was written
+    path = write(tmp_path, HARD)
+    result = apply_edit(path, [Change.set("agents.defaults.systemPrompt", "x\ud800y")],
+                        env=ENV)
+    assert 'systemPrompt: "x\\ud800y",' in path.read_text("utf-8")
+    assert result.config.agents.defaults.systemPrompt == "x\ud800y"
+
+
+def test_an_empty_object_in_a_patch_changes_nothing():
+    # regression: {"health": {}} replaced the whole health object (RFC 7396: no change)
+    data = json5.loads(HARD)
+    assert merge_changes({"health": {}}, data) == []
+    assert merge_changes({"logging": {}}, data) == [Change.set("logging", {})]
+    assert edit_text(HARD, merge_changes({"health": {}, "agents": {"defaults": {}}},
+                                         data)) == HARD
+
+
+def test_secrets_are_not_in_diffs_or_errors(tmp_path):
+    path = write(tmp_path, HARD)
+    secret = "sk-literal-secret-abcdef-123456"
+    result = apply_edit(path, [Change.set("models.providers.local.apiKey", secret)],
+                        env=ENV, dry_run=True)
+    assert secret not in result.diff() and '+        apiKey: "[REDACTED]",' in result.diff()
+    header = "Bearer sk-header-secret-0123456789"
+    for changes in ([Change.set("models.providers.local.apiKey", secret),
+                     Change.set("health.port", 70000)],
+                    [Change.set("models.providers.local.headers", {"Authorization": header}),
+                     Change.set("health.port", 70000)],
+                    [Change.set("channels.telegram.botToken", f"12:{secret} !")]):
+        with pytest.raises(InvalidEditError) as info:
+            apply_edit(path, changes, env=ENV)
+        message = str(info.value) + info.value.error.render()
+        assert secret not in message and "sk-header-secret" not in message, message
+    assert path.read_text() == HARD
+
+
+def test_a_change_between_the_read_and_the_rename_is_refused(tmp_path, monkeypatch):
+    path = write(tmp_path, HARD)
+    theirs = HARD.replace("'~/.palaver-hard'", "'~/.theirs'")
+    real = os.fsync
+
+    def racing(fd):  # someone saves while our temporary file is being flushed
+        if not path.read_text() == theirs:
+            path.write_text(theirs)
+        return real(fd)
+
+    monkeypatch.setattr(edit.os, "fsync", racing)
+    with pytest.raises(ConcurrentEditError, match="nothing was written"):
+        apply_edit(path, [Change.set("store.retentionDays", 3)], env=ENV)
+    assert path.read_text() == theirs
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_symlinked_config_in_another_directory(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "conf").mkdir()
+    real = write(tmp_path / "etc", HARD)
+    real.chmod(0o600)
+    link = tmp_path / "conf" / "palaver.json5"
+    link.symlink_to(Path("..") / "etc" / "palaver.json5")
+    apply_edit(link, [Change.set("store.retentionDays", 3)], env=ENV)
+    assert link.is_symlink() and os.readlink(link) == "../etc/palaver.json5"
+    assert "retentionDays: 3" in real.read_text()
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "conf").iterdir()) == ["palaver.json5"]
+    assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["palaver.json5"]
+
+
+def test_mode_0600_is_kept(tmp_path):
+    path = write(tmp_path, HARD)
+    path.chmod(0o600)
+    apply_edit(path, [Change.set("store.retentionDays", 3)], env=ENV)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and "retentionDays: 3" in \
+        path.read_text()
+
+
+def test_a_read_only_directory_is_a_clear_error_and_nothing_is_written(tmp_path,
+                                                                       monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = write(folder, HARD)
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: have mkstemp fail as the kernel would
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(edit.tempfile, "mkstemp", refuse)
+    try:
+        with pytest.raises(EditError) as info:
+            apply_edit(path, [Change.set("store.retentionDays", 3)], env=ENV)
+        assert str(info.value) == (f"{path}: cannot write a temporary file next to it: "
+                                   "Permission denied")
+        assert path.read_text() == HARD and sorted(os.listdir(folder)) == ["palaver.json5"]
+    finally:
+        folder.chmod(0o755)
