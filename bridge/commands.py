@@ -589,10 +589,10 @@ COMMANDS: tuple[Command, ...] = (
 
     Command("models", _models, menu="List the models you can use",
             help="list the models you can choose"),
-    Command("status", _status, menu="Session, model and usage",
-            help="the model in use, the one that answered last, context used "
-                 "(/usage: tokens and cost)"),
-    Command("usage", _usage, menu=None, help=None),
+    Command("status", _status, menu="Session, model and context used",
+            help="the model in use, the one that answered last, context used"),
+    Command("usage", _usage, menu="Messages, tokens and cost",
+            help="this chat's messages, tokens and cost today and this month"),
     Command("help", _help, menu="What this bot can do", help="this list"),
     # The operator's (channels.<name>.owners); anyone else is told only they may.
     Command("approve", _approve, menu=None, owner_only=True, changes=_always,
