@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from bridge.envelope import ChatAddress, Outbound
+from bridge.envelope import ChatAddress, Outbound, VoiceClip
 from bridge.ports import SendError, SendProgress
 from bridge.secrets import redact_configured
 
@@ -98,17 +98,21 @@ class Outbox:
         """Forget which sessions are held (on stop: the next start flushes from the store)."""
         self.held.clear()
 
-    async def deliver(self, out: StoredMessage) -> bool:
-        """Send a reply just stored; behind earlier replies of its chat still waiting."""
+    async def deliver(self, out: StoredMessage, *, voice: VoiceClip | None = None) -> bool:
+        """Send a reply just stored (``voice``: spoken first, see :meth:`send`); behind
+        earlier replies of its chat still waiting."""
         if out.session_key in self.held:
-            return (await self.flush(out.session_key)).get(out.id) == SendResult.SENT
-        return await self.send(out) == SendResult.SENT
+            results = await self.flush(out.session_key, voices={out.id: voice} if voice else None)
+            return results.get(out.id) == SendResult.SENT
+        return await self.send(out, voice=voice) == SendResult.SENT
 
-    async def flush(self, key: str) -> dict[int, SendResult]:
+    async def flush(self, key: str, *,
+                    voices: dict[int, VoiceClip] | None = None) -> dict[int, SendResult]:
         """Send a session's undelivered replies in order; stop at one that must wait."""
         results: dict[int, SendResult] = {}
         for msg in await self._store.undelivered(key):
-            result = results[msg.id] = await self.send(msg)
+            result = results[msg.id] = await self.send(
+                msg, voice=(voices or {}).get(msg.id))
             if result in (SendResult.RETRY, SendResult.NO_CHANNEL):
                 break
         else:
@@ -121,13 +125,29 @@ class Outbox:
         return [w.session_key for w in work
                 if w.outbound and self._route(w.address) is channel]
 
-    async def send(self, msg: StoredMessage) -> SendResult:
-        """Send one stored reply; mark it delivered, retried later, or failed."""
+    async def send(self, msg: StoredMessage, *, voice: VoiceClip | None = None) -> SendResult:
+        """Send one stored reply; mark it delivered, retried later, or failed.
+
+        ``voice``: the reply spoken, sent first as a voice message when the channel has
+        them and nothing of the reply went out yet.  Sent once, never retried: when it
+        fails the text goes instead; when it speaks only part of the reply
+        (``complete`` False) the whole text follows.  The voice lives in memory only, so
+        a reply resumed later (retry, restart) goes as text.
+        """
         channel = self._route(msg.address)
         if channel is None:
             log.warning("no %s/%s channel serves %s; reply %d stays queued",
                         msg.address.channel, msg.address.account, msg.session_key, msg.id)
             return SendResult.NO_CHANNEL
+        voice_ids: list[str] = []
+        if voice is not None and channel.capabilities.voice_notes:
+            if not await self._store.chunks_sent(msg.id):
+                voice_id = await self._send_voice(channel, msg, voice)
+                if voice_id is not None:
+                    if voice.complete:
+                        await self._store.mark_delivered(msg.id, [voice_id])
+                        return SendResult.SENT
+                    voice_ids.append(voice_id)
         # A model that prints a configured secret (bot token, API key, webhook or console
         # secret: the log redactor's registry) does not send it.
         out = Outbound(msg.address, redact_configured(msg.text),
@@ -165,8 +185,27 @@ class Outbox:
             await self._store.mark_send_failed(msg.id, f"{type(exc).__name__}: {exc}",
                                                done if chunked else ())
             return SendResult.FAILED
-        await self._store.mark_delivered(msg.id, done if chunked else [str(i) for i in ids])
+        await self._store.mark_delivered(
+            msg.id, voice_ids + (done if chunked else [str(i) for i in ids]))
         return SendResult.SENT
+
+    async def _send_voice(self, channel: Channel, msg: StoredMessage,
+                          voice: VoiceClip) -> str | None:
+        """The voice message's platform id, or None when it failed (logged; the caller
+        sends the text)."""
+        try:
+            return await channel.send_voice(msg.address, voice.audio,
+                                            duration_s=voice.duration_s,
+                                            reply_to_message_id=msg.reply_to_message_id)
+        except asyncio.CancelledError:
+            raise
+        except SendError as exc:
+            log.warning("voice reply %d to %s %s not sent (%s); sending the text", msg.id,
+                        msg.address.channel, msg.address.chat_id, exc)
+        except Exception:
+            log.exception("channel %s failed sending voice reply %d; sending the text",
+                          msg.address.channel, msg.id)
+        return None
 
     async def _retry_later(self, msg: StoredMessage, reason: str,
                            sent_ids: list[str]) -> SendResult:

@@ -150,6 +150,17 @@ class Outbound:
     plain: bool = False  # send as-is, no markup conversion (pairing codes, errors)
 
 
+@dataclass(frozen=True, slots=True)
+class VoiceClip:
+    """A reply spoken: OGG/Opus audio the channel sends as a voice message before (or
+    instead of) the reply's text.  ``complete`` False: only the start of the reply is
+    spoken and its whole text follows as text."""
+
+    audio: bytes
+    duration_s: float | None = None
+    complete: bool = True
+
+
 class AcceptStatus(StrEnum):
     ACCEPTED = "accepted"  # stored, will be answered
     DUPLICATE = "duplicate"  # already stored earlier; not answered again

@@ -42,6 +42,11 @@ Delivery contract (the core's side, ``bridge.delivery``):
   core then tries the channel's queued replies at once instead of waiting for their
   backoff.  (Right after ``start()`` there is no need: the core's own start sends every
   queued reply.)
+- Voice replies: with ``capabilities.voice_notes`` the core may call
+  ``send_voice(address, ogg, ...)`` before ``send()`` for a spoken reply.  A voice send
+  that fails in any way is not retried: the core sends the reply's text instead (a
+  reply is never lost because its voice failed), and a reply spoken only in part is
+  followed by its whole text.  Chunk progress counts text chunks only.
 - ``owns(address)`` (default: every address): whether this channel instance serves that
   chat.  The core recovers, resumes and delivers only the sessions a running channel
   owns (``palaver chat --session bob`` never answers alice's console session).
@@ -72,6 +77,8 @@ class Markup(StrEnum):
 class Capabilities:
     text_chunk_limit: int
     markup: Markup
+    # send_voice() delivers OGG/Opus as a voice message (Telegram, WhatsApp PTT).
+    voice_notes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +209,14 @@ class Channel(Protocol):
         delivered (``sent_ids``: the chunks of this call that did go out).
         """
         ...
+
+    async def send_voice(self, address: ChatAddress, audio: bytes, *,
+                         duration_s: float | None = None, caption: str | None = None,
+                         reply_to_message_id: str | None = None) -> str:
+        """Send OGG/Opus ``audio`` as a voice message; return its platform id.  Only
+        called when ``capabilities.voice_notes``; raises :class:`SendError` like
+        :meth:`send` (the core then sends the reply's text instead)."""
+        raise SendError(f"{self.name} does not send voice messages")
 
     def typing(self, address: ChatAddress) -> AbstractAsyncContextManager[None]:
         """Show "typing..." in the chat (refreshed) while the context is open."""

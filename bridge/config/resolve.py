@@ -343,7 +343,8 @@ def voice_ref_problems(config: Config) -> list[tuple[tuple[str | int, ...], str,
         if sel is None:
             continue
         base: tuple[str | int, ...] = ("agents", "defaults", section, "model")
-        named = [(("primary",), sel.primary)] if sel.primary else []
+        named: list[tuple[tuple[str | int, ...], str | None]] = (
+            [(("primary",), sel.primary)] if sel.primary else [])
         named += [(("fallbacks", i), t) for i, t in enumerate(sel.fallbacks)]
         for tail, text in named:
             assert text is not None

@@ -64,6 +64,7 @@ from bridge.ports import (
     SendProgress,
 )
 from bridge.secrets import register_secret
+from bridge.voice.audio import is_ogg_opus
 from channels.telegram.http import (
     AiohttpRequest,
     NotSent,
@@ -159,7 +160,8 @@ class TelegramChannel(Channel):
         del data_dir
         self.config = config
         self.media = media
-        self.capabilities = Capabilities(config.textChunkLimit, Markup.TELEGRAM_HTML)
+        self.capabilities = Capabilities(config.textChunkLimit, Markup.TELEGRAM_HTML,
+                                         voice_notes=True)
         self._sink: InboundSink | None = None
         self._app: Application | None = None
         self._requests: tuple[AiohttpRequest, ...] = ()
@@ -488,6 +490,8 @@ class TelegramChannel(Channel):
             self._ready_due = True
             raise SendError(f"telegram channel is not running ({self._detail})",
                             retryable=True)
+        if not is_ogg_opus(audio):
+            raise SendError("not OGG/Opus audio: Telegram would show it as a file")
         chat_id = int(address.chat_id)
         group = address.chat_kind is ChatKind.GROUP
         params: dict[str, object] = {

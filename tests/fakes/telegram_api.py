@@ -28,7 +28,8 @@ Wire behaviour (what python-telegram-bot sees):
   unbalanced tag or a bad ``&`` entity 400 ``can't parse entities``.
 
 Methods: getMe, logOut, close, deleteWebhook, setWebhook, getWebhookInfo, getUpdates,
-sendMessage, sendChatAction, sendDocument, sendPhoto (multipart uploads), getFile,
+sendMessage, sendChatAction, sendDocument, sendPhoto, sendVoice (multipart uploads;
+sendVoice answers a message with ``voice`` for OGG/Opus, a document otherwise), getFile,
 setMyCommands, getMyCommands, deleteMyCommands, setMyDescription, setMyShortDescription,
 setChatMenuButton.
 
@@ -49,7 +50,8 @@ Test API (all synchronous unless marked async):
   (three sizes; the largest holds ``data``), ``push_document(chat_id, user, data, *,
   filename, mime_type, caption=None, file_size=None)``, ``push_voice(chat_id, user, data, *,
   duration=3)``, ``push_audio(..., duration, title=None, filename=None)``,
-  ``push_video(..., duration, width, height)``, ``push_sticker(chat_id, user, data, *,
+  ``push_video(..., duration, width, height)``, ``push_video_note(chat_id, user, data, *,
+  duration=9, length=240)`` (a round video), ``push_sticker(chat_id, user, data, *,
   emoji="👍")``, ``push_location(chat_id, user, latitude, longitude)``,
   ``push_contact(chat_id, user, phone_number, first_name, last_name=None)``,
   ``push_message(chat_id, user, **fields)`` (any Message fields),
@@ -73,7 +75,8 @@ Test API (all synchronous unless marked async):
   ``fail_parse_entities(times=1)`` (400 ``Bad Request: can't parse entities: ...``, only for
   calls with a parse_mode), ``rate_limit(method, retry_after, times=1)`` (429 ``Too Many
   Requests: retry after N`` with ``parameters.retry_after``), ``revoke_token()`` (every
-  call 401 ``Unauthorized``).
+  call 401 ``Unauthorized``), ``voice_forbidden`` (chat ids whose sendVoice answers 400
+  ``VOICE_MESSAGES_FORBIDDEN``).
 - Transport: ``slow(method, seconds, *, times=None, when=None)`` answers the next ``times``
   calls (all when None) of ``method`` (those ``when(params)`` selects) only after
   ``seconds`` (the call is recorded at once);
@@ -125,6 +128,11 @@ _COMMAND_RE = re.compile(r"(?<![\w/])/([A-Za-z0-9_]{1,32})(@[A-Za-z][A-Za-z0-9_]
 
 def _utf16(text: str) -> int:
     return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def _is_ogg_opus(data: bytes) -> bool:
+    """An Ogg stream whose first page holds an OpusHead (what Telegram plays as voice)."""
+    return data[:4] == b"OggS" and b"OpusHead" in data[:128]
 
 
 class BotAPIError(Exception):
@@ -318,6 +326,7 @@ class FakeBotAPI:
         self.downloads: list[str] = []
         self.unauthorized: list[str] = []
         self.uploads: list[Upload] = []
+        self.voice_forbidden: set[int] = set()  # chats refusing voice messages (sendVoice)
         self.requests: list[RawRequest] = []
         self._slow: list[_Slow] = []
         self._drops: dict[str, int] = {}
@@ -555,6 +564,14 @@ class FakeBotAPI:
         voice = {"file_id": file_id, "file_unique_id": unique, "duration": duration,
                  "mime_type": "audio/ogg", "file_size": len(data)}
         return self.push_message(chat_id, user, voice=voice, **kwargs)
+
+    def push_video_note(self, chat_id: int, user: int | dict, data: bytes, *,
+                        duration: int = 9, length: int = 240, **kwargs: Any) -> dict:
+        """Queue a round video note (MP4, square: ``length`` px, no mime type)."""
+        file_id, unique = self.add_file(data)
+        video_note = {"file_id": file_id, "file_unique_id": unique, "length": length,
+                      "duration": duration, "file_size": len(data)}
+        return self.push_message(chat_id, user, video_note=video_note, **kwargs)
 
     def push_audio(self, chat_id: int, user: int | dict, data: bytes, *, duration: int = 180,
                    title: str | None = None, filename: str | None = None,
@@ -1009,6 +1026,24 @@ class FakeBotAPI:
 
     async def _m_sendPhoto(self, params: dict) -> dict:
         return self._file_message(params, "photo")
+
+    async def _m_sendVoice(self, params: dict) -> dict:
+        """OGG/Opus becomes a voice message (``voice``: duration as sent, else 0;
+        ``mime_type`` audio/ogg); other bytes arrive as a document, as Telegram does.
+        ``voice_forbidden`` holds chats whose user forbids voice messages (Premium
+        privacy): 400 VOICE_MESSAGES_FORBIDDEN."""
+        chat_id = params.get("chat_id")
+        if chat_id not in (None, "") and int(chat_id) in self.voice_forbidden:
+            raise BotAPIError(400, "Bad Request: VOICE_MESSAGES_FORBIDDEN")
+        data = params.get("voice")
+        if isinstance(data, bytes) and not _is_ogg_opus(data):
+            message = self._file_message(dict(params, document=data), "document")
+            message["document"].update(file_name="reply.ogg", mime_type="audio/ogg")
+            return message
+        message = self._file_message(params, "voice")
+        message["voice"].update(duration=int(params.get("duration") or 0),
+                                mime_type="audio/ogg")
+        return message
 
     async def _m_getFile(self, params: dict) -> dict:
         item = self._files.get(params.get("file_id", ""))
