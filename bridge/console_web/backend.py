@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.config.schema import Config
-from bridge.envelope import ChatAddress, ChatKind, Outbound
+from bridge.envelope import ChatAddress, ChatKind
 from bridge.secrets import redact
 from bridge.store import Store
 from bridge.store.records import PairingRequest
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The same words as an owner's /approve and /deny (bridge.commands).
 APPROVED_NOTICE = "The operator approved your request: you can talk to me now."
 DENIED_NOTICE = "The operator declined your request."
 ACTIVITY_WINDOW_S = 3600.0
@@ -176,22 +177,22 @@ class AppBackend:
         return PairingOutcome(request, told, detail)
 
     async def _tell(self, request: PairingRequest, text: str) -> tuple[bool, str]:
-        """Send ``text`` to the requester's direct chat on its channel (best effort)."""
+        """Queue ``text`` for the requester's direct chat; the outbox delivers it (in order,
+        retried) like the owner's ``/approve`` notice.  True when this process serves
+        that chat."""
         chat_id = await direct_chat_of(self.store, request) or request.sender_id
         address = ChatAddress(request.channel, request.account, chat_id, ChatKind.DIRECT)
-        for chan in self._app.channels:
-            if chan.name != request.channel or chan.account != request.account:
-                continue
-            if not chan.owns(address):
-                continue
-            try:
-                await chan.send(Outbound(address, text, plain=True))
-            except Exception as exc:
-                log.warning("console: could not tell %s on %s: %s", request.sender_id,
-                            request.channel, exc)
-                return False, redact(f"could not tell them: {exc}")
-            return True, ""
-        return False, f"the {request.channel} channel is not running: they were not told"
+        key = f"{request.channel}:{request.account}:direct:{request.sender_id}"
+        try:
+            served = await self._app.core.tell(address, key, text)
+        except Exception as exc:
+            log.warning("console: could not tell %s on %s: %s", request.sender_id,
+                        request.channel, exc)
+            return False, redact(f"could not tell them: {exc}")
+        if not served:
+            return False, (f"the {request.channel} channel is not running here: they will "
+                           "be told when it runs.")
+        return True, ""
 
 
 async def deny_pairing(store: Store, channel: str, code: str) -> PairingRequest | None:

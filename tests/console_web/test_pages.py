@@ -266,6 +266,7 @@ async def test_pairing_approve_tells_the_requester(console):
     assert resp.status == 200 and str(resp.url).endswith("/pairing")
     page = text_of(await resp.text())
     assert "Approved 555 (Eve) on telegram; they were told." in page
+    await console.app.core.wait_idle()
     notice = console.channel.sent[sent_before:]
     assert [o.address.chat_id for o in notice] == ["555"]
     assert "approved" in notice[0].text
@@ -280,6 +281,7 @@ async def test_pairing_deny_tells_the_requester_and_withdraws_the_code(console):
     resp = await console.post("/pairing/deny", {"channel": "telegram", "code": request.code})
     page = text_of(await resp.text())
     assert "Declined 556 (Mal)" in page
+    await console.app.core.wait_idle()
     assert console.channel.sent[-1].text.startswith("The operator declined")
     assert await console.app.store.pending_pairings() == []
     assert not await console.app.store.is_approved("telegram", ["556"])
