@@ -264,6 +264,8 @@ def _apply_to_data(data: Any, change: Change) -> Any:
                 node[part] = {}
             node = node[part]
         else:
+            if change.remove and isinstance(part, int) and part >= len(node):
+                return data
             node = node[part]
     if change.remove:
         if isinstance(node, dict):
@@ -579,8 +581,10 @@ def _splice(text: str, start: int, end: int, new: str) -> str:
     return text[:start] + new + text[end:]
 
 
-def _walk(text: str, root: _Node, path: PathParts) -> tuple[list[_Node], int]:
-    """The nodes along ``path`` (root first) and how many parts of it exist."""
+def _walk(text: str, root: _Node, path: PathParts, *, missing_ok: bool = False
+          ) -> tuple[list[_Node], int]:
+    """The nodes along ``path`` (root first) and how many parts of it exist (an array
+    entry past the end is an error unless ``missing_ok``)."""
     nodes = [root]
     node = root
     for depth, part in enumerate(path):
@@ -591,6 +595,8 @@ def _walk(text: str, root: _Node, path: PathParts) -> tuple[list[_Node], int]:
             node = member.value
         elif node.kind == "array" and isinstance(part, int):
             if part >= len(node.items):
+                if missing_ok:
+                    return nodes, depth
                 raise EditError(f"{format_path(path[:depth + 1])}: the array has "
                                 f"{len(node.items)} entries")
             node = node.items[part].value
@@ -683,7 +689,7 @@ def _insert_member(text: str, obj: _Node, style: _Style, key: str, value: Any) -
 
 
 def _unset(text: str, root: _Node, path: PathParts) -> str:
-    nodes, found = _walk(text, root, path)
+    nodes, found = _walk(text, root, path, missing_ok=True)
     if found < len(path):
         return text  # nothing to remove
     parent = nodes[-2]

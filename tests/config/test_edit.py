@@ -540,6 +540,18 @@ def test_unset_removes_every_duplicate_key():
     assert edit_text("{ f: [1, 1, 2] }", [Change.unset("f[0]")]) == "{ f: [1, 2] }"
 
 
+def test_unsetting_a_missing_array_entry_changes_nothing(tmp_path):
+    # regression: "fallbacks[3]: the array has 1 entries" although a missing path is a
+    # no-op for unset (a missing key already was)
+    path = write(tmp_path, HARD)
+    for missing in ("agents.defaults.model.fallbacks[3]",
+                    "agents.defaults.model.fallbacks[3].x", "models.providers.local.x[0]"):
+        assert apply_edit(path, [Change.unset(missing)], env=ENV).changed is False
+    assert path.read_text() == HARD
+    with pytest.raises(EditError, match=r"fallbacks\[3\]: the array has 1 entries"):
+        apply_edit(path, [Change.set("agents.defaults.model.fallbacks[3]", "x")], env=ENV)
+
+
 def test_a_lone_surrogate_is_written_as_an_escape(tmp_path):
     # regression: UnicodeEncodeError (a traceback) when the file was written
     path = write(tmp_path, HARD)

@@ -92,7 +92,7 @@ class Doc:
 IDENT_KEYS = st.from_regex(r"\A[A-Za-z_$][A-Za-z0-9_$]{0,5}\Z")
 ODD_KEYS = st.sampled_from([
     "my.lab", "-1001234567890", "*", "+15551234567", "7", "a b", 'x"y', "it's", "é",
-    "back\\slash", "[x]", "", "true", "null", "new\nline",
+    "back\\slash", "[x]", "", "true", "null", "new\nline", "été", "ключ",
 ])
 KEYS = st.one_of(IDENT_KEYS, ODD_KEYS)
 # (BMP only: the json5 package decodes an escaped surrogate pair as two code points)
@@ -146,7 +146,7 @@ class Writer:
         return self.draw(KEYS)
 
     def key_text(self, key: str) -> str:
-        ident = bool(IDENT.fullmatch(key))
+        ident = bool(IDENT.fullmatch(key)) or (key.isidentifier() and not key.isascii())
         style = self.draw(st.sampled_from(["bare", "bare", "double", "single", "escaped"]
                                           if ident else ["double", "single", "escaped"]))
         if style == "bare":
