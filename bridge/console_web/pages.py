@@ -177,7 +177,20 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    return await _server(request).stream(request, lambda: overview_fragment(request))
+    server = _server(request)
+
+    async def fragment() -> str:
+        # Every open tab shares one rendering per interval (the health check writes to
+        # the store to prove it can).
+        now = time.monotonic()
+        cached = server.live_cache
+        if cached is not None and now - cached[0] < server.live_interval_s * 0.9:
+            return cached[1]
+        html = await overview_fragment(request)
+        server.live_cache = (now, html)
+        return html
+
+    return await server.stream(request, fragment)
 
 
 # --------------------------------------------------------------------------- chats

@@ -99,6 +99,7 @@ class ConsoleServer:
         self._port: int | None = None
         self._closing = asyncio.Event()
         self.probe_result: pages.ProbeResult | None = None
+        self.live_cache: tuple[float, str] | None = None  # (monotonic, overview fragment)
         self._probing: asyncio.Lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------

@@ -319,3 +319,23 @@ async def test_logout_ends_the_session(console):
     resp = await console.post("/logout", {})
     assert resp.status == 200  # the login page
     await get(console, "/", status=401)
+
+
+async def test_topic_target_pins_the_topic_only(console):
+    await console.login()
+    await talk(console, group("hi", chat="-1001", thread="7"))
+    page = text_of(await get(console, "/chats"))
+    assert "telegram:-1001:topic:7" in page
+    page = text_of(await get(console, "/chat?c=telegram:-1001:topic:7"))
+    assert "topic" in page and "local/small" in page
+    data = {"target": "telegram:-1001:topic:7", "primary": "backup/m"}
+    resp = await console.post("/chat/preview", data)
+    body = await resp.text()
+    assert "-1001:topic:7" in html.unescape(body)
+    sha = re.search(r'name="sha" value="([0-9a-f]{64})"', body)[1]
+    resp = await console.post("/chat/save", {**data, "sha": sha})
+    assert resp.status == 200
+    await talk(console, group("in the topic", chat="-1001", thread="7"))
+    assert console.router.chat_calls[-1].candidates[0] == "backup/m"
+    await talk(console, group("in the group", chat="-1001"))
+    assert console.router.chat_calls[-1].candidates[0] == "local/small"
