@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from bridge.media import MediaStore
     from bridge.models.base import Router
     from bridge.ports import Channel
+    from bridge.voice.wiring import VoiceService
 
 # Names that lived here before the split, still importable from this module.
 __all__ = ["APOLOGY", "INTERNAL_ERROR", "SEND_RETRY_DELAYS", "WORKER_RESTART_S",
@@ -175,8 +176,11 @@ class ConversationCore(InboundSink):
         prune_every_s: float = PRUNE_EVERY_S,
         config_path: Path | None = None,
         reload_config: Callable[[], Awaitable[object]] | None = None,
+        voice: VoiceService | None = None,
     ) -> None:
         self.store = store
+        # Voice notes: transcribed at the door, heard for mentions (None: not wired).
+        self.voice = voice
         self._config: Callable[[], Config] = config if callable(config) else (lambda: config)
         self.router = router
         self.media = media
@@ -418,7 +422,7 @@ class ConversationCore(InboundSink):
         if not has_content(inbound):
             return False
         decision = await self.access.check(inbound, dry_run=True)
-        if not decision.allowed:
+        if not decision.allowed and not self._may_name_the_bot(inbound, decision.code):
             return False
         a = inbound.address
         return not await self.store.has_inbound(a.channel, a.account, inbound.message_id)
@@ -456,9 +460,37 @@ class ConversationCore(InboundSink):
             return result
         raise AssertionError("unreachable")
 
+    def _may_name_the_bot(self, inbound: Inbound, code: str) -> bool:
+        """An unmentioned voice note in an admitted group with ``transcribeForMentions``:
+        downloaded, and heard for the bot's name before the mention check."""
+        return (code == "no_mention" and self.voice is not None
+                and self.voice.wants_to_hear(inbound))
+
+    async def _heard_by_name(self, inbound: Inbound) -> bool:
+        """Whether ``inbound``'s voice note says the bot's name (its channel's names)."""
+        assert self.voice is not None
+        channel = self._owner(inbound.address)
+        names = channel.spoken_names() if channel is not None else ()
+        try:
+            return await self.voice.says_name(inbound, names)
+        except (sqlite3.Error, StoreError):
+            raise
+        except Exception:
+            log.exception("voice: could not hear %s message %s for a mention",
+                          inbound.address.channel, inbound.message_id)
+            return False
+
     async def _accept_once(self, inbound: Inbound) -> AcceptStatus:
         key = str(inbound.session_key)
         decision = await self.access.check(inbound)
+        if (decision.verdict is Verdict.IGNORE
+                and self._may_name_the_bot(inbound, decision.code)):
+            if await self._heard_by_name(inbound):
+                # Said the bot's name: a mention, checked again as one.
+                inbound = replace(inbound, mentioned=True)
+                decision = await self.access.check(inbound)
+            else:
+                await self.voice.forget_unheard(inbound)  # type: ignore[union-attr]
         code = decision.code
         if decision.allowed and not has_content(inbound):
             status, reason, code = MessageStatus.IGNORED, "empty message", "empty"
@@ -479,6 +511,9 @@ class ConversationCore(InboundSink):
         elif status is MessageStatus.RECEIVED:
             result = AcceptStatus.ACCEPTED
             self._pending += 1
+            if self.voice is not None:
+                # Transcribing starts now; the turn awaits the same call.
+                self.voice.admitted(inbound, row_id)
             self._wake(key)
         elif status is MessageStatus.REFUSED:
             result = AcceptStatus.REFUSED

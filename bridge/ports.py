@@ -218,6 +218,11 @@ class Channel(Protocol):
         :meth:`send` (the core then sends the reply's text instead)."""
         raise SendError(f"{self.name} does not send voice messages")
 
+    def spoken_names(self) -> tuple[str, ...]:
+        """What people call the bot out loud (``@username``, display name): a group
+        voice note saying one counts as a mention under ``transcribeForMentions``."""
+        return ()
+
     def typing(self, address: ChatAddress) -> AbstractAsyncContextManager[None]:
         """Show "typing..." in the chat (refreshed) while the context is open."""
         ...

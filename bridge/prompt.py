@@ -14,7 +14,7 @@ import functools
 import re
 import struct
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -292,6 +292,40 @@ def _safe_media(media: Sequence[MediaRef]) -> tuple[MediaRef, ...]:
                 note=clean_text(m.note) if m.note else m.note)
         for m in media
     )
+
+
+AnnotateAll = Callable[[Sequence[Sequence[MediaRef]]], Awaitable[list[tuple[MediaRef, ...]]]]
+
+
+async def with_transcripts(history: Sequence[HistoryTurn], current: Sequence[StoredMessage],
+                           annotate_all: AnnotateAll
+                           ) -> tuple[list[HistoryTurn], list[StoredMessage]]:
+    """``history`` and ``current`` whose voice notes (and quoted ones) show what became
+    of them: ``[voice note, 12 s, transcript: "…"]`` or why there is none.
+
+    ``annotate_all`` (:meth:`bridge.voice.notes.VoiceNotes.annotate_all`) reads the
+    stored transcripts of the whole window in one query; nothing is transcribed here.
+    Every place that shows media (the turn, history, compaction summaries) then shows the
+    transcript through ``MediaRef.placeholder()``.
+    """
+    messages = [m for t in history for m in t.user] + list(current)
+    lists: list[Sequence[MediaRef]] = []
+    for msg in messages:
+        lists.append(msg.media)
+        lists.append(msg.quoted.media if msg.quoted is not None else ())
+    if not any(lists):
+        return list(history), list(current)
+    shown = iter(await annotate_all(lists))
+
+    def one(msg: StoredMessage) -> StoredMessage:
+        media, quoted_media = next(shown), next(shown)
+        if media == msg.media and (msg.quoted is None or quoted_media == msg.quoted.media):
+            return msg
+        quoted = replace(msg.quoted, media=quoted_media) if msg.quoted is not None else None
+        return replace(msg, media=media, quoted=quoted)
+
+    turns = [replace(t, user=tuple(one(m) for m in t.user)) for t in history]
+    return turns, [one(m) for m in current]
 
 
 def _sender(name: str | None, sender_id: str | None) -> str:

@@ -125,3 +125,22 @@ class TranscriptQueries:
                 " ORDER BY created_at, media_id", (message_id,))]
 
         return await self.db.read_with(read)
+
+    async def forget_unlinked(self, media_ids: Iterable[str | None]) -> int:
+        """Delete the transcripts among ``media_ids`` that no stored message brought
+        (a group voice note heard for a mention and not addressed to the bot: its words
+        are nobody's business here).  Returns how many went."""
+        wanted = sorted({m for m in media_ids if m})
+        if not wanted:
+            return 0
+
+        def delete(db: sqlite3.Connection) -> int:
+            gone = 0
+            for i in range(0, len(wanted), _CHUNK):
+                part = wanted[i:i + _CHUNK]
+                marks = ", ".join("?" * len(part))
+                gone += db.execute(f"DELETE FROM transcripts WHERE message_id IS NULL"
+                                   f" AND media_id IN ({marks})", part).rowcount
+            return gone
+
+        return await self.db.atomically(delete)

@@ -135,14 +135,26 @@ def _reason_for(failed: AllModelsFailed) -> str:
     return "the transcription service failed"
 
 
-class Transcriber:
-    """Transcribes audio through a runner over a session the caller owns."""
+SessionSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
 
-    def __init__(self, runner: CandidateRunner, session: aiohttp.ClientSession, *,
+
+class _OnSession:
+    """Holds a session the caller owns, or a callable giving one (made on first use)."""
+
+    def __init__(self, runner: CandidateRunner, session: SessionSource, *,
                  ffmpeg: Ffmpeg | None = None) -> None:
         self.runner = runner
-        self.session = session
+        self._session = session
         self.ffmpeg = ffmpeg
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        source = self._session
+        return source if isinstance(source, aiohttp.ClientSession) else source()
+
+
+class Transcriber(_OnSession):
+    """Transcribes audio through a runner over a session the caller owns."""
 
     async def transcribe(self, audio: AudioInput, candidates: Sequence[ResolvedModel | str], *,
                          language: str | None = None, prompt: str | None = None,
@@ -296,14 +308,8 @@ class SpeechFailed(Exception):
     """Nothing to send as voice; the caller sends the text (message says why)."""
 
 
-class Speaker:
+class Speaker(_OnSession):
     """Speaks replies through a runner; converts to OGG/Opus with ffmpeg when needed."""
-
-    def __init__(self, runner: CandidateRunner, session: aiohttp.ClientSession, *,
-                 ffmpeg: Ffmpeg | None = None) -> None:
-        self.runner = runner
-        self.session = session
-        self.ffmpeg = ffmpeg
 
     async def speak(self, text: str, candidates: Sequence[ResolvedModel | str], *, voice: str,
                     max_chars: int = 1000, speed: float | None = None) -> SpokenReply:

@@ -166,6 +166,7 @@ class TelegramChannel(Channel):
         self._app: Application | None = None
         self._requests: tuple[AiohttpRequest, ...] = ()
         self._bot_username = ""
+        self._bot_first_name = ""
         self._state = _State.NOT_STARTED
         self._detail = "not started"
         self._intake = Intake(self)
@@ -291,6 +292,7 @@ class TelegramChannel(Channel):
         self._app = app
         try:
             self._bot_username = app.bot.username or ""
+            self._bot_first_name = app.bot.first_name or ""
             try:
                 # The core's command table: the menu lists what the core implements.
                 await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMAND_MENU])
@@ -475,6 +477,11 @@ class TelegramChannel(Channel):
                 await progress.report(index, chunk_ids[-1])
             index += 1
         return sent
+
+    def spoken_names(self) -> tuple[str, ...]:
+        """``@username`` and the bot's first name (from getMe)."""
+        names = [f"@{self._bot_username}" if self._bot_username else "", self._bot_first_name]
+        return tuple(n for n in names if n)
 
     async def send_voice(self, address: ChatAddress, audio: bytes, *,
                          duration_s: float | None = None, caption: str | None = None,
