@@ -648,3 +648,32 @@ def test_a_read_only_directory_is_a_clear_error_and_nothing_is_written(tmp_path,
         assert path.read_text() == HARD and sorted(os.listdir(folder)) == ["palaver.json5"]
     finally:
         folder.chmod(0o755)
+
+
+def test_editors_racing_never_lose_an_update(tmp_path):
+    import threading
+
+    path = write(tmp_path, HARD)
+    barrier = threading.Barrier(6)
+    outcome: dict[int, str] = {}
+
+    def editor(i: int) -> None:
+        barrier.wait()
+        try:
+            apply_edit(path, [Change.set(f"channels.telegram.groups.-100{i}.requireMention",
+                                         True)], env=ENV)
+            outcome[i] = "written"
+        except ConcurrentEditError:
+            outcome[i] = "refused"
+
+    threads = [threading.Thread(target=editor, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    groups = json5.loads(path.read_text())["channels"]["telegram"]["groups"]
+    written = {i for i, what in outcome.items() if what == "written"}
+    assert len(outcome) == 6 and written
+    # every edit that said "written" is in the file, every refused one is not
+    assert {k for k in groups if k.startswith("-100") and len(k) == 5} == \
+        {f"-100{i}" for i in written}

@@ -185,7 +185,7 @@ class Writer:
                 self.emit(self.nl + inner)
                 line_open = False
             else:
-                self.emit(" ")
+                self.emit(self.draw(st.sampled_from([" ", "", "  "])))
                 self.maybe_block(before="", after=" ")
             start = self.pos
             if kind == "object":
@@ -198,6 +198,11 @@ class Writer:
             value_end = self.pos
             self.maybe_block()
             comma = None
+            if multiline and (index < count - 1 or trailing) and \
+                    self.draw(st.integers(0, 7)) == 0:  # the comma on the next line
+                self.emit(" ")
+                self.comment(line=True)
+                self.emit(self.nl + inner)
             if index < count - 1 or trailing:
                 comma = self.pos
                 self.emit(",")
@@ -224,7 +229,7 @@ class Writer:
                 self.emit(self.nl + indent)
             self.maybe_block(after=" " if not count else "")
             if count:
-                self.emit(" ")
+                self.emit(self.draw(st.sampled_from([" ", ""])))
         self.emit(closer)
         node.end = self.pos
         return data
