@@ -163,12 +163,13 @@ def _bracket_end(text: str, start: int) -> int:
 
 
 def format_path(parts: Sequence[str | int]) -> str:
-    """The inverse of :func:`parse_path` (bare keys where possible)."""
+    """The inverse of :func:`parse_path` (bare keys where possible; one with blanks or
+    unprintable characters in brackets, so it reads back the same)."""
     out = ""
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _BARE.fullmatch(part):
+        elif _BARE.fullmatch(part) and part.isprintable() and " " not in part:
             out += f".{part}" if out else part
         else:
             out += f"[{json.dumps(part, ensure_ascii=False)}]"

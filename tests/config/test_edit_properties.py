@@ -23,7 +23,7 @@ from typing import Any
 
 import json5
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.config.edit import (
@@ -31,7 +31,9 @@ from bridge.config.edit import (
     InvalidEditError,
     apply_edit,
     edit_text,
+    format_path,
     merge_changes,
+    parse_path,
 )
 
 # Reproducible in CI (derandomized, no example database) and a few seconds in all; no
@@ -562,6 +564,15 @@ def walk_paths(data: Any) -> Any:
 
 def assume_some(items: Any) -> None:
     assume(bool(items))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None, phases=PHASES)
+@given(st.lists(st.one_of(KEYS, st.text(max_size=5), st.integers(0, 10**6)), min_size=1,
+                max_size=4))
+@example([" "])  # found: printed as " ", read back as "empty path"
+@example(["\n"])
+def test_a_printed_path_reads_back_the_same(parts):
+    assert parse_path(format_path(parts)) == tuple(parts), format_path(parts)
 
 
 # --------------------------------------------------------------------------- real files
