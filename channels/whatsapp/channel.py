@@ -87,6 +87,8 @@ from bridge.ports import (
     SendProgress,
     StoreUnavailable,
 )
+from bridge.voice.audio import duration_s as duration_of
+from bridge.voice.audio import is_ogg_opus
 from channels.whatsapp.client import (
     SESSION_DB,
     SESSION_DIR,
@@ -192,7 +194,8 @@ class WhatsAppChannel(Channel):
         exit_fn: ExitFunction | None = None,
     ) -> None:
         self.config = config
-        self.capabilities = Capabilities(config.textChunkLimit, Markup.WHATSAPP)
+        self.capabilities = Capabilities(config.textChunkLimit, Markup.WHATSAPP,
+                                         voice_notes=True)
         self._media = media
         self._dir = Path(data_dir) / SESSION_DIR
         self._db_path = self._dir / SESSION_DB
@@ -214,6 +217,7 @@ class WhatsAppChannel(Channel):
         self._handling: str | None = None  # id of the message the worker is on
         self._me_users: frozenset[str] = frozenset()
         self._me_phone: str | None = None
+        self._me_name = ""  # this account's push name (what people call the bot)
         self._connected = False
         self._stopping = False
         self._terminal: str | None = None
@@ -554,6 +558,7 @@ class WhatsAppChannel(Channel):
                 await self._lids.remember(me.LID.User, phone)
         self._me_users = frozenset(users)
         self._me_phone = phone
+        self._me_name = me.PushName or ""
         if phone:
             self._detail = f"connected as +{phone}"
 
@@ -814,6 +819,12 @@ class WhatsAppChannel(Channel):
         too_big = f"not downloaded: larger than the {self.config.mediaMaxMb:g} MB limit"
         if spec.size is not None and spec.size > limit:
             return ref(join_notes(spec.note, too_big))
+        max_s = self.config.audioMaxSeconds
+        if (spec.kind in _AUDIO_LIMITED and spec.duration_s is not None
+                and spec.duration_s > max_s):
+            # Not fetched at all: it would not be transcribed either.
+            return ref(join_notes(spec.note, f"not downloaded: {round(spec.duration_s)} s "
+                                             f"is over the {max_s:g} s limit"))
         if spec.size is None and spec.kind in _SIZE_REQUIRED:
             log.info("WhatsApp: %s without a stated size not downloaded", spec.kind)
             return ref(join_notes(spec.note, "not downloaded: size unknown"))
@@ -892,6 +903,41 @@ class WhatsAppChannel(Channel):
             if progress is not None:
                 await progress.report(index, message_id)
         return sent
+
+    def spoken_names(self) -> tuple[str, ...]:
+        """This account's push name (its profile name, as people say it)."""
+        return (self._me_name,) if self._me_name else ()
+
+    async def send_voice(self, address: ChatAddress, audio: bytes, *,
+                         duration_s: float | None = None, caption: str | None = None,
+                         reply_to_message_id: str | None = None) -> str:
+        """Send OGG/Opus ``audio`` as a voice note (an ``audioMessage`` with PTT,
+        ``audio/ogg; codecs=opus`` and its seconds); return its message id.
+
+        One attempt: any failure is a :class:`SendError` (the core then sends the text),
+        retryable when nothing reached WhatsApp.  WhatsApp voice notes have no caption:
+        ``caption`` is ignored.
+        """
+        try:
+            chat = parse_jid(address.chat_id)
+        except ValueError as exc:
+            raise SendError(str(exc)) from None
+        if not is_ogg_opus(audio):
+            raise SendError("not OGG/Opus audio: WhatsApp would not play it as a voice note")
+        seconds = duration_s if duration_s is not None else duration_of(audio)
+        quoted = None
+        if reply_to_message_id and address.chat_kind is ChatKind.GROUP:
+            quoted = self._quote_for(reply_to_message_id, address.chat_id)
+        client = self._client_for_send([])
+        try:
+            return await client.send_voice(chat, audio, seconds=round(seconds or 0),
+                                           quoted=quoted)
+        except NotSent as exc:
+            raise SendError(f"WhatsApp voice note not sent: {clip(str(exc), 200)}",
+                            retryable=True) from None
+        except Exception as exc:
+            raise SendError(f"WhatsApp voice note failed ({type(exc).__name__}: "
+                            f"{clip(str(exc), 200)})") from None
 
     async def _send_chunk(self, chat_id: str, chat: JID, chunk: str, quote: QuoteRef | None,
                           sent: list[str]) -> str:
@@ -982,6 +1028,8 @@ class WhatsAppChannel(Channel):
             log.debug("WhatsApp: presence update failed: %s", exc)
 
 
+# Kinds limited by audioMaxSeconds (what would be transcribed).
+_AUDIO_LIMITED = frozenset({MediaKind.AUDIO, MediaKind.VOICE})
 # Media kinds that can be large: not downloaded when the sender states no size.
 _SIZE_REQUIRED = frozenset({MediaKind.VIDEO, MediaKind.AUDIO, MediaKind.VOICE,
                             MediaKind.DOCUMENT})

@@ -60,7 +60,7 @@ from neonize.proto.Neonize_pb2 import JID, Device
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 
 from bridge.ports import NotSent
-from channels.whatsapp.content import QuoteRef, build_text_message
+from channels.whatsapp.content import QuoteRef, build_text_message, build_voice_message
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,15 @@ class WhatsAppClient(Protocol):
 
         Raises :class:`NotSent` when nothing reached WhatsApp (safe to retry); any other
         error means the message may have been delivered.
+        """
+        ...
+
+    async def send_voice(self, chat: JID, ogg: bytes, *, seconds: int,
+                         quoted: QuoteRef | None = None) -> str:
+        """Upload OGG/Opus ``ogg`` and send it as a voice note (PTT); return its id.
+
+        Raises :class:`NotSent` when the upload failed (nothing reached the chat); other
+        errors as :meth:`send_text`.
         """
         ...
 
@@ -659,6 +668,30 @@ class NeonizeClient:
 
     async def send_text(self, chat: JID, text: str, *, quoted: QuoteRef | None = None) -> str:
         message = build_text_message(text, quoted)
+        try:
+            response = await self._call("SendMessage",
+                                        lambda: self._client.send_message(chat, message))
+        except SendMessageError as exc:
+            detail = str(exc)
+            if send_error_means_unsent(detail):
+                raise NotSent(detail) from exc
+            if any(marker in detail for marker in _PERMANENT_MARKERS):
+                raise Undeliverable(detail) from exc
+            raise
+        return response.ID
+
+    async def send_voice(self, chat: JID, ogg: bytes, *, seconds: int,
+                         quoted: QuoteRef | None = None) -> str:
+        from neonize.exc import UploadError
+        from neonize.utils.enum import MediaType
+
+        try:
+            # The media type given: neonize would ask libmagic otherwise.
+            upload = await self._call("Upload", lambda: self._client.upload(
+                ogg, MediaType.MediaAudio))
+        except UploadError as exc:
+            raise NotSent(f"upload failed: {exc}") from exc
+        message = build_voice_message(upload, seconds, quoted)
         try:
             response = await self._call("SendMessage",
                                         lambda: self._client.send_message(chat, message))

@@ -76,6 +76,32 @@ def build_text_message(text: str, quoted: QuoteRef | None = None) -> waE2E.Messa
     )
 
 
+VOICE_MIMETYPE = "audio/ogg; codecs=opus"  # what WhatsApp's own apps send for a PTT
+
+
+def build_voice_message(upload: Any, seconds: int,
+                        quoted: QuoteRef | None = None) -> waE2E.Message:
+    """A voice note (push-to-talk ``audioMessage``) of uploaded OGG/Opus.
+
+    ``upload`` is neonize's ``UploadResponse``.  Built by hand rather than with neonize's
+    ``build_audio_message``: that one runs ffprobe for the duration (failing without
+    ffmpeg) and takes the mimetype from libmagic (``audio/ogg``, which phones show as a
+    file rather than a voice note).
+    """
+    audio = waE2E.AudioMessage(
+        URL=upload.url, directPath=upload.DirectPath, mediaKey=upload.MediaKey,
+        fileEncSHA256=upload.FileEncSHA256, fileSHA256=upload.FileSHA256,
+        fileLength=upload.FileLength, mimetype=VOICE_MIMETYPE, seconds=max(1, seconds),
+        PTT=True)
+    if quoted is not None:
+        audio.contextInfo.stanzaID = quoted.message_id
+        if quoted.participant:
+            audio.contextInfo.participant = quoted.participant
+        if quoted.message is not None:
+            audio.contextInfo.quotedMessage.CopyFrom(quoted.message)
+    return waE2E.Message(audioMessage=audio)
+
+
 def jid_str(jid: JID) -> str:
     """``user@server`` without device or agent (what a chat id is)."""
     if not jid.User:

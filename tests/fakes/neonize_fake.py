@@ -30,6 +30,10 @@ What it reproduces (found in ``goneonize/main.go`` and whatsmeow, see WIRE.md):
   else happens and ``Neonize()`` keeps blocking.
 - A first connect after login has no push name: ``send_presence`` fails with
   whatsmeow's ``ErrNoPushName`` until :meth:`FakeGo.sync_push_name`.
+- ``upload(binary, media_type=None)`` runs Go's ``Upload`` (the type from libmagic
+  when not given, as neonize does) and answers neonize's ``UploadResponse`` (``url``,
+  ``DirectPath``, ``MediaKey``, ``FileEncSHA256``, ``FileSHA256``, ``FileLength``);
+  :attr:`FakeGo.upload_errors` fail it with ``UploadError``; :attr:`FakeGo.uploads`.
 - ``download_any`` knows image, video, audio, document and sticker only (a
   ``ptvMessage`` gets whatsmeow's "didn't find any attachments in message").
 - The device record of ``get_all_devices_from_db`` is Go's ``"%s,%s,%s,%t"`` split on
@@ -49,7 +53,7 @@ from typing import Any
 
 from neonize.aioze import events as neonize_events
 from neonize.aioze.events import ConnectedEv, ConnectFailureEv, PairStatusEv
-from neonize.exc import DownloadError, SendMessageError, SendPresenceError
+from neonize.exc import DownloadError, SendMessageError, SendPresenceError, UploadError
 from neonize.proto import Neonize_pb2 as N
 from neonize.utils.jid import Jid2String, build_jid
 
@@ -123,6 +127,9 @@ class FakeGo:
     push_name_synced: bool = True  # False: the first connect after login
     download_data: bytes = b"media-bytes"
     send_errors: list[str] = field(default_factory=list)  # each raises once, in order
+    # Upload: (bytes, MediaType) per call; each error raises UploadError once, in order
+    uploads: list[tuple[bytes, Any]] = field(default_factory=list)
+    upload_errors: list[str] = field(default_factory=list)
     auto_connect: bool = True  # a linked device gets Connected at once
     qr_codes: int = 1  # QR codes emitted per login attempt
     _released: threading.Event = field(default_factory=threading.Event)
@@ -431,6 +438,35 @@ class FakeNewAClient:
             return _Result(f"3EB0FAKE{len(self._go.sent)}")
 
         return await self._go_call("SendMessage", send)
+
+    async def upload(self, binary: bytes, media_type: Any = None) -> N.UploadResponse:
+        """neonize 0.5's ``upload``: the media type from libmagic unless given, Go's
+        ``Upload`` encrypts and posts to WhatsApp's media servers and answers an
+        ``UploadReturnFunction`` whose ``Error`` becomes :class:`UploadError`."""
+        import hashlib
+        import os
+
+        from neonize.utils.enum import MediaType
+
+        mime = media_type or MediaType.from_magic(binary)
+
+        def upload() -> N.UploadResponse:
+            if self._go.upload_errors:
+                raise UploadError(self._go.upload_errors.pop(0))
+            self._go.uploads.append((bytes(binary), mime))
+            key = os.urandom(32)
+            # whatsmeow encrypts with keys derived from mediaKey; FileEncSHA256 is the
+            # hash of what it posted, FileSHA256 and FileLength the plaintext's.
+            enc_sha = hashlib.sha256(key + binary).digest()
+            token = enc_sha[:8].hex()
+            path = f"/v/t62.7117-24/{token}.enc?ccb=11-4&oh=01_{token}&oe=6800FFFF"
+            return N.UploadResponse(url=f"https://mmg.whatsapp.net{path}&mms3=true",
+                                    DirectPath=path, Handle="", MediaKey=key,
+                                    FileEncSHA256=enc_sha,
+                                    FileSHA256=hashlib.sha256(binary).digest(),
+                                    FileLength=len(binary))
+
+        return await self._go_call("Upload", upload)
 
     async def send_presence(self, presence: Any) -> None:
         def send() -> None:
