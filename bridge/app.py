@@ -26,6 +26,7 @@ from bridge.usage.record import recorder_for
 
 if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
+    from bridge.console_web.server import ConsoleServer
     from bridge.health import HealthServer
     from bridge.models.base import Router
     from bridge.ports import Channel
@@ -102,6 +103,7 @@ class App:
         self._media: MediaStore | None = None
         self._core: ConversationCore | None = None
         self._health_server: HealthServer | None = None
+        self._console_server: ConsoleServer | None = None
         self._budgets: BudgetGuard | None = None  # the router's provider budgets
         self._started = False
         self._stopped = False
@@ -180,8 +182,12 @@ class App:
             channels = self._given_channels
         else:
             channels = build_channels(config, media=self._media, data_dir=data_dir)
-        self._core = ConversationCore(self._store, lambda: self.config, self._router,
-                                      media=self._media)
+        # Owner commands that write the config (/model NAME --channel|--default) edit the
+        # file this Palaver reads, then apply it at once.
+        self._core = ConversationCore(
+            self._store, lambda: self.config, self._router, media=self._media,
+            config_path=self._live.path if self._live is not None else None,
+            reload_config=self._live.reload if self._live is not None else None)
         if self._metrics is not None:
             self._core.add_observer(_metrics_observer(self._metrics))
             self._metrics.set_pending_source(self._core.pending_count)
@@ -213,6 +219,10 @@ class App:
             except OSError as exc:
                 log.error("health endpoint not served: %s", exc)
                 self._health_server = None
+        if self._serve_health:  # `palaver run`: the web console (console.enabled)
+            from bridge.console_web.wiring import start_console
+
+            self._console_server = await start_console(self, self._live)
         log.info("palaver running: channels=%s data=%s",
                  ",".join(_channel_label(c) for c in self._channels) or "none", data_dir)
 
@@ -222,6 +232,10 @@ class App:
         if not self._started or self._stopped:
             return
         self._stopped = True
+        if self._console_server is not None:  # its live streams end before the core does
+            with contextlib.suppress(Exception):
+                await self._console_server.stop()
+            self._console_server = None
         if self._core is not None:
             await self._core.stop(grace)
         for channel in self._channels:
@@ -303,6 +317,8 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         changed.append("dataDir")
     if old.health != new.health:
         changed.append("health")
+    if old.console != new.console:
+        changed.append("console")
     for name, fields in (("telegram", ("enabled", "botToken", "tokenFile", "apiRoot", "mode",
                                        "webhookUrl", "webhookSecret", "webhookPath",
                                        "webhookHost", "webhookPort")),

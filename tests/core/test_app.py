@@ -511,3 +511,32 @@ async def test_reload_keeps_command_line_log_flags_and_names_restart_only_change
         from bridge.logs import set_log_flags, setup_logging
         set_log_flags(None, None)
         setup_logging("info", "text")
+
+
+async def test_an_owners_channel_model_command_writes_the_file_the_running_app_reads(
+        tmp_path, server):
+    # The App hands the core its config file and reload: an owner's
+    # /model NAME --channel in a chat edits that file and applies it at once.
+    from bridge.config.watch import LiveConfig
+
+    path = tmp_path / "palaver.json5"
+    data = json.loads(_config_text(tmp_path, server))
+    data["channels"]["telegram"]["owners"] = ["42"]
+    path.write_text("// the operator's file\n" + json.dumps(data, indent=2), "utf-8")
+    channel = RecordingChannel()
+    app = App(LiveConfig(load_config(path), path), channels=[channel])
+    await app.start()
+    try:
+        assert await app.core.accept(dm("/model spare/spare-model --channel")) == "accepted"
+        await app.core.wait_idle()
+        assert "channels.telegram.model" in channel.texts()[-1]
+        assert path.read_text("utf-8").startswith("// the operator's file\n")
+        assert load_config(path).channels.telegram.model.primary == "spare/spare-model"
+        assert app.config.channels.telegram.model.primary == "spare/spare-model"  # applied
+        server.reply("from the spare")
+        await app.core.accept(dm("hello", msg_id="m2"))
+        await app.core.wait_idle()
+        assert channel.texts()[-1] == "from the spare"
+        assert server.requests[-1].path.endswith("/responses")  # the spare's API
+    finally:
+        await app.stop()
