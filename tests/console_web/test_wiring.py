@@ -75,3 +75,25 @@ async def test_port_in_use_is_logged_and_palaver_runs_on(tmp_path, caplog):
             assert (await app.health())["store"]["ok"]
         finally:
             await app.stop(grace=0)
+
+
+async def test_palaver_run_serves_it_and_stops_it(tmp_path):
+    # App(serve_health=True) is what `palaver run` builds.
+    port = _free_port()
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace(
+        "health: {enabled: false},", f"health: {{enabled: false}}, console: {{port: {port}}},"))
+    live = LiveConfig.load(path)
+    holder: dict = {}
+    app = App(live, channels=[RecordingChannel()], serve_health=True,
+              router=FakeRouter(lambda: holder["a"].config))
+    holder["a"] = app
+    await app.start()
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/", allow_redirects=False) as resp:
+            assert resp.status == 401  # the login page: served, and no session
+    finally:
+        await app.stop(grace=0)
+    with socket.socket() as s:  # the port is free again
+        s.bind(("127.0.0.1", port))
