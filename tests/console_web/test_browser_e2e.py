@@ -13,6 +13,7 @@ is printed).  Playwright never downloads a browser here: it launches /usr/bin/ch
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import shutil
@@ -30,6 +31,10 @@ from tests.fakes.model_server import FakeModelServer
 from tests.fakes.telegram_api import FakeBotAPI
 
 CHROMIUM = os.environ.get("PALAVER_CHROMIUM", "/usr/bin/chromium")
+# CI installs both (.ci/run); there a missing browser is a failure, not a skip.
+if os.environ.get("CI") and not (Path(CHROMIUM).exists()
+                                 and importlib.util.find_spec("playwright") is not None):
+    raise RuntimeError(f"CI: the console's browser test needs Playwright and {CHROMIUM}")
 playwright_api = pytest.importorskip("playwright.async_api")
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
