@@ -771,14 +771,33 @@ def edit_text(text: str, changes: Iterable[Change]) -> str:
 # --------------------------------------------------------------------------- redaction
 
 
-def masked_text(text: str) -> str:
+def masked_text(text: str, *, earlier: str | None = None) -> str:
     """``text`` with every secret value (under a secret-named key, a credential header,
     a URL password or secret query parameter) replaced by ``"[REDACTED]"``; ``${VAR}``
-    references stay (they name a variable, not a secret)."""
+    references stay (they name a variable, not a secret).  With ``earlier`` (the text
+    before an edit), a secret that is not one of its secrets reads ``"[REDACTED: new
+    value]"``, so a diff still shows that it changed."""
+    spans = _secret_spans(text)
+    if spans is None:
+        return _mask_shapes(text)
+    known = None
+    if earlier is not None:
+        known = {earlier[s:e] for s, e in _secret_spans(earlier) or []}
+    for start, end in sorted(spans, reverse=True):
+        marker = REDACTED if known is None or text[start:end] in known else _NEW_SECRET
+        text = _splice(text, start, end, json.dumps(marker))
+    return _mask_shapes(text)
+
+
+_NEW_SECRET = f"{REDACTED[:-1]}: new value]"
+
+
+def _secret_spans(text: str) -> list[tuple[int, int]] | None:
+    """Where the secret values of ``text`` are (None: it cannot be scanned)."""
     try:
         root = _Scanner(text).document()
     except EditError:
-        return _mask_shapes(text)
+        return None
     spans: list[tuple[int, int]] = []
 
     def strings_in(node: _Node) -> Iterable[_Node]:
@@ -803,9 +822,7 @@ def masked_text(text: str) -> str:
             walk(item.value, parent_key)
 
     walk(root, None)
-    for start, end in sorted(spans, reverse=True):
-        text = _splice(text, start, end, json.dumps(REDACTED))
-    return _mask_shapes(text)
+    return spans
 
 
 def _scalar(raw: str) -> str:
@@ -902,7 +919,7 @@ class EditResult:
         """A unified diff of the file, every secret value redacted (empty: no change)."""
         secrets = [*_data_secrets(self.before), *_data_secrets(self.after)]
         before = masked_text(self.before).splitlines(keepends=True)
-        after = masked_text(self.after).splitlines(keepends=True)
+        after = masked_text(self.after, earlier=self.before).splitlines(keepends=True)
         lines = list(difflib.unified_diff(before, after, f"{self.path} (before)",
                                           f"{self.path} (after)"))
         out = "".join(line if line.endswith("\n") else line + "\n" for line in lines)

@@ -575,7 +575,8 @@ def test_secrets_are_not_in_diffs_or_errors(tmp_path):
     secret = "sk-literal-secret-abcdef-123456"
     result = apply_edit(path, [Change.set("models.providers.local.apiKey", secret)],
                         env=ENV, dry_run=True)
-    assert secret not in result.diff() and '+        apiKey: "[REDACTED]",' in result.diff()
+    assert secret not in result.diff()
+    assert '+        apiKey: "[REDACTED: new value]",' in result.diff()
     header = "Bearer sk-header-secret-0123456789"
     for changes in ([Change.set("models.providers.local.apiKey", secret),
                      Change.set("health.port", 70000)],
@@ -587,6 +588,21 @@ def test_secrets_are_not_in_diffs_or_errors(tmp_path):
         message = str(info.value) + info.value.error.render()
         assert secret not in message and "sk-header-secret" not in message, message
     assert path.read_text() == HARD
+
+
+def test_a_dry_run_shows_that_a_secret_changed(tmp_path):
+    # regression: both sides read "[REDACTED]", so the diff was empty (and `config set
+    # --dry-run` printed nothing) although the file would change
+    old, new = "sk-old-literal-secret-0000000", "sk-new-literal-secret-1111111"
+    path = write(tmp_path, HARD.replace('"${LOCAL_KEY}"', f'"{old}"'))
+    result = apply_edit(path, [Change.set("models.providers.local.apiKey", new)], env=ENV,
+                        dry_run=True)
+    diff = result.diff()
+    assert '-        apiKey: "[REDACTED]",\n+        apiKey: "[REDACTED: new value]",\n' in diff
+    assert old not in diff and new not in diff
+    same = apply_edit(path, [Change.set("models.providers.local.apiKey", old),
+                             Change.set("dataDir", "/srv")], env=ENV, dry_run=True).diff()
+    assert "new value" not in same and "dataDir" in same
 
 
 def test_a_change_between_the_read_and_the_rename_is_refused(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from bridge.config.edit import (
     Change,
+    EditResult,
     InvalidEditError,
     apply_edit,
     edit_text,
@@ -573,6 +574,34 @@ def assume_some(items: Any) -> None:
 @example(["\n"])
 def test_a_printed_path_reads_back_the_same(parts):
     assert parse_path(format_path(parts)) == tuple(parts), format_path(parts)
+
+
+SECRET_PLACES = st.sampled_from([
+    ("models", "providers", "local", "apiKey"), ("channels", "telegram", "botToken"),
+    ("channels", "telegram", "webhookSecret"), ("models", "providers", "my.lab", "apiKey"),
+    ("models", "providers", "local", "headers", "Authorization"),
+    ("models", "providers", "local", "headers", "x-api-key"),
+])
+SECRETS = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=10,
+                  max_size=24).filter(lambda s: s not in HARD_FOR_SECRETS and "REDACTED" not in s)
+HARD_FOR_SECRETS = (Path(__file__).parent / "test_edit.py").read_text("utf-8")
+
+
+@SETTINGS
+@given(SECRET_PLACES, SECRETS, st.sampled_from(["set", "unset", "other"]))
+def test_secret_values_are_never_in_a_diff(where, secret, then):
+    from tests.config.test_edit import HARD
+
+    value = f"Bearer {secret}" if where[-1] == "Authorization" else secret
+    before = edit_text(HARD, [Change.set(where, value)])
+    after = edit_text(before, [{"set": Change.set(where, value + "~"),
+                                "unset": Change.unset(where),
+                                "other": Change.set("dataDir", "/srv")}[then]])
+    diff = EditResult(Path("palaver.json5"), before, after, None,  # type: ignore[arg-type]
+                      written=False).diff()
+    assert diff
+    for shown in (secret, json.dumps(secret, ensure_ascii=False)[1:-1]):
+        assert shown not in diff, (where, diff)
 
 
 # --------------------------------------------------------------------------- real files
