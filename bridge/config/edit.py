@@ -16,6 +16,8 @@ module holds a small scanner that reports the position of every key, value and c
 ``json5`` package remains the only parser that decides what the text means: after each
 edit the new text is parsed by it and must equal the old data with the change applied,
 and it is validated exactly as a load would (:func:`bridge.config.load.load_config_text`).
+``tests/config/test_edit_properties.py`` feeds the scanner and splicer random documents
+using every JSON5 feature and checks each edit against spans its generator recorded.
 
 Paths: keys separated by ``.``; a key holding ``.``, ``[``, ``]`` or quotes (or an empty
 one) is written in brackets as a JSON string, ``models.providers["my.lab"].apiKey``

@@ -693,3 +693,21 @@ def test_editors_racing_never_lose_an_update(tmp_path):
     # every edit that said "written" is in the file, every refused one is not
     assert {k for k in groups if k.startswith("-100") and len(k) == 5} == \
         {f"-100{i}" for i in written}
+
+
+def test_a_bom_crlf_and_tabs_file_keeps_all_three(tmp_path):
+    text = "\ufeff" + HARD.replace("  ", "\t").replace("\n", "\r\n")
+    path = write(tmp_path, text)
+    apply_edit(path, [Change.set("channels.telegram.groups.-100.requireMention", False),
+                      Change.unset("health"), Change.set("logging.level", "debug"),
+                      Change.set("agents.defaults.model.fallbacks",
+                                 ["local/llama", "anthropic/claude-sonnet-4-5"])], env=ENV)
+    raw = path.read_bytes()
+    assert raw.startswith("\ufeff".encode()) and b"\n" not in raw.replace(b"\r\n", b"")
+    assert b"  " not in raw
+    assert ('\t\t\t\t"-100": { requireMention: false },\r\n\t\t\t},\r\n\t\t},\r\n\t},\r\n'
+            '\tlogging: { level: "debug" },\r\n}\r\n// trailing comment\r\n') in raw.decode()
+    assert changed_old_lines(text, raw.decode("utf-8")) == [
+        '\t"health": { port: 0x2253, /* hex */ host: "127.0.0.1" },',
+        "\t\t\t\tfallbacks: [",
+        '\t\t\t\t\t"anthropic/claude-sonnet-4-5",\t// when the box is down', "\t\t\t\t],"]
