@@ -219,6 +219,23 @@ async def test_echo_transcript_quotes_what_was_understood(fake, models, whisper,
     assert sent.message["text"] == "🎙 see you at eight\n\nSure, eight it is."
 
 
+async def test_round_video_notes_and_audio_files_are_heard_too(fake, models, whisper,
+                                                               tmp_path, run_app):
+    await run_app(make_config(tmp_path, fake, models, whisper))
+    whisper.transcript("look at this")
+    mp4 = b"\0\0\0\x18ftypmp42" + b"\0" * 200
+    fake.push_video_note(ANN, ANN, mp4, duration=9)
+    await fake.wait_for_sent(1)
+    [call] = transcriptions(whisper)
+    assert call.file is not None and call.file.data == mp4
+    assert call.file.filename is not None and call.file.filename.endswith(".mp4")
+    assert '[video, 9 s, round video, transcript: "look at this"]' in prompt_text(models)
+    whisper.transcript("minutes of the meeting")
+    fake.push_audio(ANN, ANN, ogg_opus_bytes(4.0), duration=4, filename="memo.ogg")
+    await fake.wait_for_sent(2)
+    assert 'transcript: "minutes of the meeting"' in prompt_text(models)
+
+
 # --------------------------------------------------------------------------- groups
 
 
