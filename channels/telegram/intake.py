@@ -56,10 +56,8 @@ _REJECTED_WHILE_POLLING = (
 
 
 def _audio_max_seconds(config: TelegramConfig) -> float | None:
-    """``audioMaxSeconds`` of the channel's config (None: no limit, or a schema without
-    the key yet: it is added with voice notes, see bridge/voice)."""
-    value = getattr(config, "audioMaxSeconds", None)
-    return float(value) if isinstance(value, int | float) else None
+    """``audioMaxSeconds`` of the channel's config."""
+    return float(config.audioMaxSeconds)
 
 
 class DeliveryAborted(Exception):
