@@ -7,7 +7,10 @@
   the words the model and the sender see;
 - :mod:`bridge.voice.audio`: container sniffing, durations from headers, ffmpeg;
 - :mod:`bridge.voice.notes`: a message's voice notes transcribed once and stored, and
-  annotated for the model from the store.
+  annotated for the model from the store;
+- :mod:`bridge.voice.wiring`: :class:`~bridge.voice.wiring.VoiceService`, what the door,
+  the turn and the app call (settings from the live config, transcribeForMentions,
+  echoTranscript, replyWithVoice).
 
 The transcripts themselves are kept by :mod:`bridge.store.transcripts`.
 """
