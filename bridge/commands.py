@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bridge.config.resolve import UnknownModelError
-from bridge.envelope import ChatAddress, ChatKind
+from bridge.envelope import ChatAddress
 from bridge.model_policy import choosable_refs, may_choose
 from bridge.models.base import Attempt, ErrorClass
+from bridge.store.pairing import APPROVED_NOTICE, DENIED_NOTICE
 from bridge.store.records import PairingRequest, StoredMessage
 from bridge.usage.owners import is_owner
 
@@ -134,8 +135,6 @@ def model_choices(config: Config, *, limit: int = 40, owner: bool = False) -> li
 
 
 ONLY_OPERATOR = "Only the operator can do that."
-APPROVED_NOTICE = "The operator approved your request: you can talk to me now."
-DENIED_NOTICE = "The operator declined your request."
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,8 +488,6 @@ async def _pairing(ctx: CommandContext, arg: str, *, approve: bool) -> str:
     channel (the operator's terminal names the channel: ``/approve telegram CODE``)."""
     if not ctx.owner:
         return ONLY_OPERATOR
-    from bridge.console_web.backend import deny_pairing
-
     verb = "approve" if approve else "deny"
     channel = ctx.message.address.channel
     words = arg.split()
@@ -512,7 +509,7 @@ async def _pairing(ctx: CommandContext, arg: str, *, approve: bool) -> str:
             + (f" ({r.sender_name})" if r.sender_name else "")
             + f", {max(0, int((r.expires_at - now) // 60))} min left" for r in pending])
     request = (await ctx.store.approve_pairing(channel, code) if approve
-               else await deny_pairing(ctx.store, channel, code))
+               else await ctx.store.deny_pairing(channel, code))
     if request is None:
         return f"No pending, unexpired pairing code {code} on {channel}."
     log.info("owner %s %s pairing of %s on %s", ctx.message.sender_id,
@@ -526,12 +523,9 @@ async def _pairing(ctx: CommandContext, arg: str, *, approve: bool) -> str:
 
 async def _tell_requester(ctx: CommandContext, request: PairingRequest, text: str) -> bool:
     """Queue ``text`` for the requester's direct chat; True when this process serves it."""
-    from bridge.console_web.backend import direct_chat_of
     from bridge.store.notices import queue_notice
 
-    chat_id = await direct_chat_of(ctx.store, request) or request.sender_id
-    address = ChatAddress(request.channel, request.account, chat_id, ChatKind.DIRECT)
-    key = f"{request.channel}:{request.account}:direct:{request.sender_id}"
+    address, key = await ctx.store.requester_chat(request)
     tell = ctx.running.tell
     if tell is None:
         await queue_notice(ctx.store, address, key, text)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.config.schema import Config
-from bridge.envelope import ChatAddress, ChatKind
 from bridge.secrets import redact
 from bridge.store import Store
+from bridge.store.pairing import APPROVED_NOTICE, DENIED_NOTICE
 from bridge.store.records import PairingRequest
 
 if TYPE_CHECKING:
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The same words as an owner's /approve and /deny (bridge.commands).
-APPROVED_NOTICE = "The operator approved your request: you can talk to me now."
-DENIED_NOTICE = "The operator declined your request."
 ACTIVITY_WINDOW_S = 3600.0
 
 
@@ -169,7 +167,7 @@ class AppBackend:
         return PairingOutcome(request, told, detail)
 
     async def deny_pairing(self, channel: str, code: str) -> PairingOutcome | None:
-        request = await deny_pairing(self.store, channel, code)
+        request = await self.store.deny_pairing(channel, code)
         if request is None:
             return None
         log.info("console: declined pairing of %s on %s", request.sender_id, channel)
@@ -180,9 +178,7 @@ class AppBackend:
         """Queue ``text`` for the requester's direct chat; the outbox delivers it (in order,
         retried) like the owner's ``/approve`` notice.  True when this process serves
         that chat."""
-        chat_id = await direct_chat_of(self.store, request) or request.sender_id
-        address = ChatAddress(request.channel, request.account, chat_id, ChatKind.DIRECT)
-        key = f"{request.channel}:{request.account}:direct:{request.sender_id}"
+        address, key = await self.store.requester_chat(request)
         try:
             served = await self._app.core.tell(address, key, text)
         except Exception as exc:
@@ -193,38 +189,6 @@ class AppBackend:
             return False, (f"the {request.channel} channel is not running here: they will "
                            "be told when it runs.")
         return True, ""
-
-
-async def deny_pairing(store: Store, channel: str, code: str) -> PairingRequest | None:
-    """Withdraw a pending code (it expires now; the sender may ask again later)."""
-    now = time.time()
-    code = code.strip().upper()
-
-    def tx(db: Any) -> PairingRequest | None:
-        from bridge.store.pairing import _request
-
-        row = db.execute(
-            "SELECT * FROM pairing_requests WHERE channel = ? AND code = ? AND"
-            " status = 'pending' AND expires_at > ?", (channel, code, now)).fetchone()
-        if row is None:
-            return None
-        db.execute("UPDATE pairing_requests SET expires_at = ? WHERE id = ?", (now, row["id"]))
-        return _request(row)
-
-    result: PairingRequest | None = await store.atomically(tx)
-    return result
-
-
-async def direct_chat_of(store: Store, request: PairingRequest) -> str | None:
-    """The chat id the requester's messages came from (a WhatsApp JID may differ from the
-    sender id)."""
-    async with store.reading() as db:
-        cur = await db.execute(
-            "SELECT chat_id FROM messages WHERE direction = 'in' AND channel = ? AND"
-            " account = ? AND sender_id = ? AND chat_kind = 'direct' ORDER BY id DESC LIMIT 1",
-            (request.channel, request.account, request.sender_id))
-        row = await cur.fetchone()
-    return str(row[0]) if row else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from bridge.envelope import ChatAddress, ChatKind, SessionKey
 from bridge.store.db import Database
 from bridge.store.records import PairingRequest
+
+# What the requester is told when an owner decides (in the chat or the web console).
+APPROVED_NOTICE = "The operator approved your request: you can talk to me now."
+DENIED_NOTICE = "The operator declined your request."
 
 
 def _request(row) -> PairingRequest:
@@ -113,6 +118,39 @@ class PairingQueries(Database):
                 " approved_at = excluded.approved_at, code = excluded.code",
                 (channel, row["sender_id"], row["sender_name"], now, row["code"]))
             return _request(row)
+
+    async def deny_pairing(
+        self, channel: str, code: str, *, now: float | None = None
+    ) -> PairingRequest | None:
+        """Withdraw a pending, unexpired ``code`` (it expires now; the sender may ask again
+        later); ``None`` if there is none."""
+        now = time.time() if now is None else now
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "SELECT * FROM pairing_requests WHERE channel = ? AND code = ? AND"
+                " status = 'pending' AND expires_at > ?", (channel, code.strip().upper(), now))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            await db.execute("UPDATE pairing_requests SET expires_at = ? WHERE id = ?",
+                             (now, row["id"]))
+            return _request(row)
+
+    async def requester_chat(self, request: PairingRequest) -> tuple[ChatAddress, str]:
+        """Where to tell ``request``'s sender: their direct chat's address (the chat id
+        their messages came from: a WhatsApp JID may differ from the sender id) and its
+        session key."""
+        async with self.reading() as db:
+            cur = await db.execute(
+                "SELECT chat_id FROM messages WHERE direction = 'in' AND channel = ? AND"
+                " account = ? AND sender_id = ? AND chat_kind = 'direct'"
+                " ORDER BY id DESC LIMIT 1",
+                (request.channel, request.account, request.sender_id))
+            row = await cur.fetchone()
+        chat_id = str(row[0]) if row else request.sender_id
+        address = ChatAddress(request.channel, request.account, chat_id, ChatKind.DIRECT)
+        key = SessionKey(request.channel, request.account, f"direct:{request.sender_id}")
+        return address, str(key)
 
     async def is_approved(self, channel: str, sender_ids: Iterable[str]) -> bool:
         """Whether any of these identities of a sender was approved on ``channel``."""
