@@ -20,6 +20,9 @@ EXPECTED = {
     "palaver_turn_duration_seconds": "histogram",
     "palaver_model_latency_seconds": "histogram",
     "palaver_pending_messages": "gauge",
+    "palaver_tokens_total": "counter",
+    "palaver_cost_usd_total": "counter",
+    "palaver_limit_refusals_total": "counter",
 }
 
 
