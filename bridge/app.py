@@ -23,6 +23,7 @@ from bridge.media import MediaStore
 from bridge.metrics import Metrics, TurnOutcome
 from bridge.store import Store
 from bridge.usage.record import recorder_for
+from bridge.voice.wiring import VoiceService
 
 if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
@@ -102,6 +103,7 @@ class App:
         self._store: Store | None = None
         self._media: MediaStore | None = None
         self._core: ConversationCore | None = None
+        self._voice: VoiceService | None = None
         self._health_server: HealthServer | None = None
         self._console_server: ConsoleServer | None = None
         self._budgets: BudgetGuard | None = None  # the router's provider budgets
@@ -182,12 +184,19 @@ class App:
             channels = self._given_channels
         else:
             channels = build_channels(config, media=self._media, data_dir=data_dir)
+        # Voice notes: transcription and speech through the router's loop; ffmpeg found
+        # on PATH (said at start when spoken replies are on and it is missing).
+        self._voice, ffmpeg_notice = VoiceService.for_app(
+            self._router, self._store, self._media, lambda: self.config)
+        if ffmpeg_notice:
+            log.info("%s", ffmpeg_notice)
         # Owner commands that write the config (/model NAME --channel|--default) edit the
         # file this Palaver reads, then apply it at once.
         self._core = ConversationCore(
             self._store, lambda: self.config, self._router, media=self._media,
             config_path=self._live.path if self._live is not None else None,
-            reload_config=self._live.reload if self._live is not None else None)
+            reload_config=self._live.reload if self._live is not None else None,
+            voice=self._voice)
         if self._metrics is not None:
             self._core.add_observer(_metrics_observer(self._metrics))
             self._metrics.set_pending_source(self._core.pending_count)
@@ -238,6 +247,9 @@ class App:
             self._console_server = None
         if self._core is not None:
             await self._core.stop(grace)
+        if self._voice is not None:
+            with contextlib.suppress(Exception):
+                await self._voice.aclose()
         for channel in self._channels:
             try:
                 await channel.stop()

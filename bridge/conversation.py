@@ -215,7 +215,7 @@ class ConversationCore(InboundSink):
         self._turns = TurnRunner(
             store=store, config=self._config, router=router, media=media,
             prompt_cache=self.prompt_cache, outbox=self.outbox, route=self._owner,
-            emit=self._emit, answered=self._answered)
+            emit=self._emit, answered=self._answered, voice=voice)
         # What owner commands may use; handed to each session worker (commands run there).
         self._command_services = CommandServices(
             config_path=config_path, reload_config=reload_config, tell=self.tell)

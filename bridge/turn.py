@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.commands import CommandContext, choose_models, parse_command, run_command
 from bridge.config.resolve import ResolvedModel, UnknownModelError, resolve_candidates
-from bridge.envelope import ChatAddress, ChatKind
+from bridge.envelope import ChatAddress, ChatKind, VoiceClip
 from bridge.models.base import (
     AllModelsFailed,
     Attempt,
@@ -45,6 +45,7 @@ from bridge.prompt import (
 from bridge.store import Claim, MessageKind, Store, StoredMessage
 from bridge.store.records import HistoryTurn, SessionRecord
 from bridge.usage.record import call_rows, recorder_for
+from bridge.voice.wiring import asked_by_voice
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from bridge.media import MediaStore
     from bridge.models.base import Router
     from bridge.ports import Channel
+    from bridge.voice.service import Transcription
+    from bridge.voice.wiring import VoiceService
 
 # The per-turn line keeps the logger name it always had (operators filter on it).
 log = logging.getLogger("bridge.conversation")
@@ -124,6 +127,8 @@ class TurnRunner:
     emit: Callable[[TurnEvent], None]
     answered: Callable[[int], None]
     slots: TurnSlots = field(default_factory=TurnSlots)
+    # Voice notes: transcripts in the prompt, echoTranscript, spoken replies (None: off).
+    voice: VoiceService | None = None
 
     async def run(self, claim: Claim, *, override: str | None = None) -> Progress:
         """Answer ``claim`` (``override``: the session's model override, if any)."""
@@ -149,6 +154,8 @@ class Turn:
         self.instructions: str | None = None
         self.session: SessionRecord | None = None
         self.history: list[HistoryTurn] = []
+        self.current: Sequence[StoredMessage] = claim.messages  # voice notes annotated
+        self.heard: list[Transcription] = []  # this turn's voice notes
         self.built: dict[str, BuiltPrompt] = {}  # by model ref, for this history
         self.compacted = False
 
@@ -228,6 +235,7 @@ class Turn:
         channel = self.runner.route(a)
         typing = channel.typing(a) if channel is not None else contextlib.nullcontext()
         async with typing, self.runner.slots.slot(config.agents.defaults.maxConcurrentTurns):
+            await self._hear()
             model_started = time.monotonic()
             first = self.candidates[0]
             primary = first if isinstance(first, ResolvedModel) else None
@@ -270,24 +278,47 @@ class Turn:
         built_for_reply = self.built.get(reply.model_ref)
         window_size = next(
             (m.context_window for m in self.models if m.ref == reply.model_ref), None)
+        echo = self.runner.voice.echo(self.heard) if self.runner.voice is not None else ""
         out = await self._finish(
-            reply=reply.text, model_ref=reply.model_ref, usage=reply.usage,
+            reply=echo + reply.text, model_ref=reply.model_ref, usage=reply.usage,
             attempts=reply.attempts, reply_to_message_id=self._quote_id(),
             prompt_tokens_estimate=built_for_reply.prompt_tokens if built_for_reply else None,
             context_window=window_size)
-        delivered = await self.runner.outbox.deliver(out)
+        delivered = await self.runner.outbox.deliver(out, voice=await self._spoken(reply.text))
         self._log(reply.model_ref, reply.attempts, model_duration, answered=True,
                   delivered=delivered, reply=reply.text, compacted=self.compacted)
         self._emit(answered=True, delivered=delivered, model_ref=reply.model_ref,
                    attempts=reply.attempts, model_duration=model_duration, reply=reply.text,
                    compacted=self.compacted)
 
+    async def _hear(self) -> None:
+        """Transcribe this turn's voice notes (stored ones are read back) and show every
+        voice note of the window with its transcript."""
+        voice = self.runner.voice
+        if voice is None:
+            return
+        self.heard = await voice.transcribe_messages(self.claim.messages)
+        self.history, self.current = await voice.annotate(self.history, self.claim.messages)
+
+    async def _spoken(self, text: str) -> VoiceClip | None:
+        """The reply spoken (``replyWithVoice``), or None: the text goes alone."""
+        voice = self.runner.voice
+        if voice is None:
+            return None
+        try:
+            return await voice.speak(text, asked_by_voice=asked_by_voice(self.claim.messages))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never lose the reply because its voice failed
+            log.exception("turn %d: speech failed; the reply goes as text", self.claim.turn_id)
+            return None
+
     async def _build(self, model: ResolvedModel) -> BuiltPrompt:
         """The prompt for ``model`` from the turn's current summary and history."""
         assert self.session is not None
         return await build_request(
             model=model, instructions=self.instructions, summary=self.session.summary,
-            history=self.history, current=self.claim.messages,
+            history=self.history, current=self.current,
             group=self.group, media_store=self.runner.media,
             settings=self.config.agents.defaults, cache=self.runner.prompt_cache)
 
