@@ -181,7 +181,7 @@ class ChatInfo:
     channel: str
     chat_id: str
     kind: str  # direct, group, topic
-    name: str  # a direct chat's sender name ("" when unknown; groups have no title stored)
+    name: str  # a direct chat's sender name, a group's title ("" when unknown)
     last_activity: float  # unix seconds
     messages: int
     pending: int  # inbound not answered + replies not delivered
@@ -199,7 +199,7 @@ def chat_info(config: Config, row: ChatActivity) -> ChatInfo:
                      stored_choice=row.model_choice)
     return ChatInfo(
         chat=str(ref), channel=ref.channel, chat_id=ref.chat_id, kind=ref.kind_label,
-        name=(row.sender_name or "") if ref.kind == "direct" else "",
+        name=(row.sender_name or "") if ref.kind == "direct" else (row.title or ""),
         last_activity=row.last_at, messages=row.messages,
         pending=row.pending_in + row.pending_out, model=nxt.ref, model_source=nxt.source,
         model_choice=row.model_choice, session_key=row.session_key)

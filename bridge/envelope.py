@@ -127,6 +127,8 @@ class Inbound:
     # Mentioned by name/JID, replied to one of the bot's messages, or a command addressed
     # to the bot.  The core applies requireMention from this one flag.
     mentioned: bool = False
+    # A group's title as the platform gave it with this message (None: not known).
+    chat_title: str | None = None
 
     @property
     def session_key(self) -> SessionKey:

@@ -10,6 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from bridge.store.db import Database
+from bridge.store.messages import CHAT_TITLE_NAMESPACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class ChatActivity:
     thread_id: str | None
     sender_id: str | None  # the latest inbound sender (a direct chat's peer)
     sender_name: str | None  # the latest inbound sender's name
+    title: str | None  # a group's latest title, where the platform gives one
     last_at: float  # unix seconds of the latest message in or out
     messages: int  # messages in and out
     pending_in: int  # inbound messages not answered yet (received, processing)
@@ -43,7 +45,9 @@ SELECT m.session_key, m.channel, m.account, m.chat_kind, m.chat_id, m.thread_id,
           AND s.direction = 'in' AND s.sender_name IS NOT NULL ORDER BY s.id DESC LIMIT 1)
           AS sender_name,
        (SELECT c.value FROM chat_settings c WHERE c.session_key = m.session_key
-          AND c.name = 'model') AS model_choice
+          AND c.name = 'model') AS model_choice,
+       (SELECT k.value FROM kv k WHERE k.namespace = ?
+          AND k.key = m.session_key) AS title
 FROM messages m
 GROUP BY m.session_key
 ORDER BY last_at DESC
@@ -54,7 +58,7 @@ def _row(r: sqlite3.Row) -> ChatActivity:
     return ChatActivity(
         session_key=r["session_key"], channel=r["channel"], account=r["account"],
         chat_kind=r["chat_kind"], chat_id=r["chat_id"], thread_id=r["thread_id"],
-        sender_id=r["sender_id"], sender_name=r["sender_name"],
+        sender_id=r["sender_id"], sender_name=r["sender_name"], title=r["title"],
         last_at=float(r["last_at"] or 0), messages=int(r["messages"] or 0),
         pending_in=int(r["pending_in"] or 0), pending_out=int(r["pending_out"] or 0),
         model_choice=r["model_choice"])
@@ -64,7 +68,7 @@ async def chat_activity(store: Database) -> list[ChatActivity]:
     """Every session key with at least one message, the most recently active first."""
 
     def query(db: sqlite3.Connection) -> list[ChatActivity]:
-        return [_row(r) for r in db.execute(_CHATS_SQL).fetchall()]
+        return [_row(r) for r in db.execute(_CHATS_SQL, (CHAT_TITLE_NAMESPACE,)).fetchall()]
 
     return await store.read_with(query)
 

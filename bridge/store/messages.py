@@ -39,6 +39,8 @@ from bridge.store.records import (
 
 # Upper bound of messages answered together in one turn.
 MAX_BATCH = 50
+# kv namespace: a group session's latest title (key: the session key).
+CHAT_TITLE_NAMESPACE = "chat.title"
 
 
 class MessageQueries(Database):
@@ -95,6 +97,14 @@ class MessageQueries(Database):
                         " height, first_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (ref.media_id, ref.kind.value, ref.mime, ref.size, ref.width,
                          ref.height, now))
+            if inbound.chat_title and status is not MessageStatus.REFUSED:
+                # The group's latest title, for `palaver chats` (a stranger's group's is
+                # not kept).
+                db.execute(
+                    "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at WHERE kv.value != excluded.value",
+                    (CHAT_TITLE_NAMESPACE, key, inbound.chat_title[:200], now))
             if reply is not None:
                 _insert_outbound(db, key=key, address=a, text=reply, kind=reply_kind,
                                  session_id=None, turn_id=None, reply_to=None, now=now)

@@ -134,6 +134,7 @@ def draft(msg: Message, me: BotIdentity, *, channel: str = "telegram",
         media=tuple(ref for ref, _ in media),
         quoted=quote,
         mentioned=is_mentioned(msg, me),
+        chat_title=(chat.title or None) if who.kind is not ChatKind.DIRECT else None,
     )
     return Draft(inbound, [job for _, job in media], quoted_media)
 

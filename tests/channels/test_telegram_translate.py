@@ -95,6 +95,11 @@ def test_group_chats_are_groups(chat_type):
     inbound = translated(message(chat=chat, text="hi")).inbound
     assert inbound.address == ChatAddress("telegram", "default", "-5", ChatKind.GROUP, None)
     assert inbound.message_id == "-5:7"
+    assert inbound.chat_title == "G"
+
+
+def test_a_direct_chat_has_no_title():
+    assert translated(message(text="hi")).inbound.chat_title is None
 
 
 def test_caption_is_the_text():

@@ -24,7 +24,7 @@ from bridge.config.edit import InvalidEditError
 from bridge.config.load import load_config, load_config_text
 from bridge.config.schema import ModelSelection
 from bridge.envelope import ChatAddress, ChatKind, Inbound
-from bridge.store import Store
+from bridge.store import MessageStatus, Store
 
 TOKEN = "123456789:AAH-chats-test-token-abcdefghijklmnop"
 CONFIG = """\
@@ -70,9 +70,9 @@ def config_path(tmp_path, monkeypatch) -> Path:
 
 
 def _inbound(chat_id: str, kind: ChatKind, sender: str, mid: str, *, name: str = "Ann",
-             thread: str | None = None) -> Inbound:
+             thread: str | None = None, title: str | None = None) -> Inbound:
     return Inbound(ChatAddress("telegram", "default", chat_id, kind, thread), sender, mid,
-                   1.0, text="hi", sender_name=name)
+                   1.0, text="hi", sender_name=name, chat_title=title)
 
 
 @pytest.mark.parametrize("text, ref", [
@@ -175,18 +175,27 @@ async def test_listing_filters_and_reset(config_path, tmp_path):
     store = await Store.open_in(tmp_path / "data")
     try:
         await store.record_inbound(_inbound("555", ChatKind.DIRECT, "555", "1", name="Eve"))
-        await store.record_inbound(_inbound("-100777", ChatKind.GROUP, "42", "2"))
+        await store.record_inbound(_inbound("-100777", ChatKind.GROUP, "42", "2",
+                                            title="Family"))
+        await store.record_inbound(_inbound("-100777", ChatKind.GROUP, "42", "4",
+                                            title="The Family"))  # renamed: the latest
         await store.record_inbound(_inbound("-100777", ChatKind.GROUP, "42", "3", thread="9"))
+        await store.record_inbound(  # a stranger's group's title is not kept
+            _inbound("-100999", ChatKind.GROUP, "66", "5", title="Spam"),
+            status=MessageStatus.REFUSED, reason="group not allowed")
         fam = ChatRef("telegram", "-100777", "group")
         await store.set_chat_setting(fam.session_key, "model", "local/b")
         config = load_config(config_path)
         rows = await list_chats(config, store)
         by_chat = {r.chat: r for r in rows}
-        assert set(by_chat) == {"telegram:555", "telegram:-100777", "telegram:-100777:topic:9"}
+        assert set(by_chat) == {"telegram:555", "telegram:-100777", "telegram:-100777:topic:9",
+                                "telegram:-100999"}
         assert by_chat["telegram:555"].name == "Eve" and by_chat["telegram:555"].kind == "direct"
+        assert by_chat["telegram:-100777"].name == "The Family"
+        assert by_chat["telegram:-100999"].name == ""
         assert by_chat["telegram:-100777"].model == "local/b"
         assert by_chat["telegram:-100777"].model_source == "this chat's /model choice"
-        assert by_chat["telegram:-100777"].pending == 1
+        assert by_chat["telegram:-100777"].pending == 2
         assert by_chat["telegram:-100777:topic:9"].kind == "topic"
         assert [r.chat for r in await list_chats(config, store, kind="topic")] == \
             ["telegram:-100777:topic:9"]
