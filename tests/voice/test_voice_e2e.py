@@ -18,17 +18,12 @@ import pytest
 
 from bridge.app import App
 from bridge.config.schema import Config
-from bridge.turn import TurnRunner
 from bridge.voice.audio import is_ogg_opus
 from channels.telegram import TelegramChannel
 from tests.fakes.audio_bytes import ogg_opus_bytes, wav_bytes
 from tests.fakes.audio_server import FakeAudioServer
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.telegram_api import FakeBotAPI
-
-pytestmark = pytest.mark.skipif(
-    "voice" not in TurnRunner.__dataclass_fields__,
-    reason="the turn has no voice wiring yet (bridge/turn.py, bridge/app.py)")
 
 BOT = "palaver_test_bot"
 GROUP = -100777

@@ -11,7 +11,6 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
 from bridge.app import App
 from bridge.config.schema import Config
 from bridge.media import MediaStore
-from bridge.turn import TurnRunner
 from bridge.voice.audio import is_ogg_opus
 from tests.channels.test_whatsapp_fake import until
 from tests.channels.test_whatsapp_neonize import ANN, ANN_JID, channel_for, db_of
@@ -20,10 +19,6 @@ from tests.fakes.audio_bytes import ogg_opus_bytes
 from tests.fakes.audio_server import FakeAudioServer
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.neonize_fake import install
-
-pytestmark = pytest.mark.skipif(
-    "voice" not in TurnRunner.__dataclass_fields__,
-    reason="the turn has no voice wiring yet (bridge/turn.py, bridge/app.py)")
 
 
 @pytest.fixture
