@@ -13,34 +13,12 @@ from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
-from bridge.config.resolve import UnknownModelError
+from bridge.config.resolve import UnknownModelError, selection_paths
 
 if TYPE_CHECKING:
-    from bridge.config.schema import Config, ModelSelection
+    from bridge.config.schema import Config
 
 _GLOB = frozenset("*?[")
-_CHANNELS = ("telegram", "whatsapp", "console")
-
-
-def _selections(config: Config) -> Iterator[ModelSelection]:
-    yield config.default_selection()
-    for name in _CHANNELS:
-        block = config.channel(name)
-        if block is None:
-            continue
-        if block.model is not None:
-            yield block.model
-        for group in (getattr(block, "groups", None) or {}).values():
-            if group.model is not None:
-                yield group.model
-            for topic in group.topics.values():
-                if topic.model is not None:
-                    yield topic.model
-        for direct in (getattr(block, "direct", None) or {}).values():
-            if direct.model is not None:
-                yield direct.model
-    for pins in config.channels.modelByChannel.values():
-        yield from pins.values()
 
 
 def _resolved(config: Config, texts: Iterable[str]) -> Iterator[str]:
@@ -54,7 +32,7 @@ def _resolved(config: Config, texts: Iterable[str]) -> Iterator[str]:
 def named_refs(config: Config) -> list[str]:
     """The models the config itself names (canonical refs, in the order found)."""
     texts: list[str] = []
-    for selection in _selections(config):
+    for _, selection in selection_paths(config):
         if selection.primary:
             texts.append(selection.primary)
         texts.extend(selection.fallbacks)

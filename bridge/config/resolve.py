@@ -292,6 +292,32 @@ def resolve_candidates(config: Config, refs: Iterable[str]) -> list[ResolvedMode
     return out
 
 
+def selection_paths(config: Config) -> list[tuple[str, ModelSelection]]:
+    """Every model selection the config makes, labelled: the default, then each channel's,
+    group's, topic's, direct chat's and ``modelByChannel`` pin's that names a primary."""
+    paths: list[tuple[str, ModelSelection]] = [("default", config.default_selection())]
+
+    def add(label: str, selection: ModelSelection | None) -> None:
+        if selection is not None and selection.primary:
+            paths.append((label, selection))
+
+    for name in ("telegram", "whatsapp", "console"):
+        chan = getattr(config.channels, name, None)
+        if chan is None:
+            continue
+        add(name, chan.model)
+        for gid, group in (getattr(chan, "groups", None) or {}).items():
+            add(f"{name}.groups[{gid}]", group.model)
+            for tid, topic in group.topics.items():
+                add(f"{name}.groups[{gid}].topics[{tid}]", topic.model)
+        for pid, chat in (getattr(chan, "direct", None) or {}).items():
+            add(f"{name}.direct[{pid}]", chat.model)
+    for name, pins in config.channels.modelByChannel.items():
+        for key, selection in pins.items():
+            add(f"modelByChannel.{name}[{key}]", selection)
+    return paths
+
+
 def configured_model_refs(config: Config) -> frozenset[str]:
     """The model refs the operator named: aliases, ``agents.defaults.models`` entries,
     models listed under a provider, and the default selection (metrics label only these)."""

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from bridge.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from bridge.config.resolve import ResolvedModel, UnknownModelError
+from bridge.config.resolve import ResolvedModel, UnknownModelError, selection_paths
 from bridge.config.schema import Config, ModelSelection, Timeouts
 from bridge.models.anthropic import messages_path
 from bridge.models.base import ErrorClass, ModelError, ModelRequest, Turn
@@ -76,27 +76,6 @@ class _Probe:
 
 
 # --------------------------------------------------------------------------- what is in use
-
-
-def selection_paths(config: Config) -> list[tuple[str, ModelSelection]]:
-    """Every primary candidate path: the default selection, then each explicit one."""
-    paths: list[tuple[str, ModelSelection]] = [("default", config.default_selection())]
-    for name in ("telegram", "whatsapp", "console"):
-        chan = getattr(config.channels, name, None)
-        if chan is None:
-            continue
-        if chan.model is not None and chan.model.primary:
-            paths.append((name, chan.model))
-        for gid, group in (getattr(chan, "groups", None) or {}).items():
-            if group.model is not None and group.model.primary:
-                paths.append((f"{name}.groups[{gid}]", group.model))
-            for tid, topic in group.topics.items():
-                if topic.model is not None and topic.model.primary:
-                    paths.append((f"{name}.groups[{gid}].topics[{tid}]", topic.model))
-        for pid, chat in (getattr(chan, "direct", None) or {}).items():
-            if chat.model is not None and chat.model.primary:
-                paths.append((f"{name}.direct[{pid}]", chat.model))
-    return paths
 
 
 def _path_refs(config: Config, selection: ModelSelection) -> list[str]:

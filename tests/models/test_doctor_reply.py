@@ -237,3 +237,10 @@ def test_cmd_doctor_reply_exit_codes(tmp_path, capsys, threaded_server):
     assert "default: FAIL no model answered among responses/m, completions/m, messages/m" in out
     assert "reply: FAIL 3 of 3 models gave no final text" in out
     assert cmd_doctor(argparse.Namespace(config=path)) == EXIT_OK
+
+
+def test_a_model_by_channel_pin_is_routed_too():
+    local = provider("http://127.0.0.1:9/v1", "openai-completions", "a", "b", "c")
+    cfg = make_config({"local": local}, "local/a", (),
+                      channels={"telegram": {}, "modelByChannel": {"telegram": {"-100": "local/c"}}})
+    assert routed_refs(cfg) == ["local/a", "local/c"]
