@@ -201,6 +201,7 @@ class App:
             self._core.add_observer(_metrics_observer(self._metrics))
             self._metrics.set_pending_source(self._core.pending_count)
             recorder_for(self._store).listen(self._metrics.usage_recorded)
+            self._core.limits.on_refused = self._metrics.limit_refused
         for channel in channels:
             self._core.attach(channel)
             try:

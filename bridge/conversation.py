@@ -30,11 +30,13 @@ from bridge.delivery import SEND_RETRY_DELAYS, Outbox
 from bridge.envelope import AcceptStatus, ChatAddress, Inbound
 from bridge.ports import InboundSink, StoreUnavailable
 from bridge.prompt import PromptCache
-from bridge.store import MessageStatus, Store
+from bridge.store import MessageKind, MessageStatus, Store
 from bridge.store.db import StoreError, unavailable_reason
 from bridge.store.notices import queue_notice
 from bridge.store.records import RecoveryReport
 from bridge.turn import APOLOGY, INTERNAL_ERROR, TurnEvent, TurnRunner
+from bridge.usage.limits import REASON as LIMIT
+from bridge.usage.limits import LimitGate
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config
@@ -185,6 +187,7 @@ class ConversationCore(InboundSink):
         self.router = router
         self.media = media
         self.access = access or AccessControl(store, self._config)
+        self.limits = LimitGate(store, self._config)  # limits: bridge.usage.limits
         self._channels: dict[tuple[str, str], Channel] = {}
         for channel in channels:
             self.attach(channel)
@@ -424,6 +427,8 @@ class ConversationCore(InboundSink):
         decision = await self.access.check(inbound, dry_run=True)
         if not decision.allowed and not self._may_name_the_bot(inbound, decision.code):
             return False
+        if not await self.limits.would_admit(inbound):
+            return False
         a = inbound.address
         return not await self.store.has_inbound(a.channel, a.account, inbound.message_id)
 
@@ -491,11 +496,15 @@ class ConversationCore(InboundSink):
                 decision = await self.access.check(inbound)
             else:
                 await self.voice.forget_unheard(inbound)  # type: ignore[union-attr]
-        code = decision.code
+        code, reply, reply_kind = decision.code, decision.reply, MessageKind.PAIRING
         if decision.allowed and not has_content(inbound):
             status, reason, code = MessageStatus.IGNORED, "empty message", "empty"
         elif decision.allowed:
             status, reason = MessageStatus.RECEIVED, None
+            limit = await self.limits.admit(inbound)
+            if not limit.admitted:  # refused; told once (the notice), then silence
+                status, reason, code = MessageStatus.REFUSED, LIMIT, LIMIT
+                reply, reply_kind = limit.notice, MessageKind.APOLOGY
         elif decision.verdict is Verdict.IGNORE:
             status, reason = MessageStatus.IGNORED, decision.reason
         else:
@@ -504,7 +513,7 @@ class ConversationCore(InboundSink):
         # not addressed to the bot, are nobody's business here.
         kept = inbound if status is MessageStatus.RECEIVED else _without_content(inbound)
         row_id = await self.store.record_inbound(
-            kept, status=status, reason=reason, reply=decision.reply)
+            kept, status=status, reason=reason, reply=reply, reply_kind=reply_kind)
         a = inbound.address
         if row_id is None:
             result = AcceptStatus.DUPLICATE
@@ -521,7 +530,7 @@ class ConversationCore(InboundSink):
                 logging.INFO, ("refused", a.channel, code or reason or ""),
                 "refused %s message %s from %s in %s: %s", a.channel, inbound.message_id,
                 inbound.sender_id, a.chat_id, reason, summary=reason or "")
-            if decision.reply is not None:
+            if reply is not None:
                 self._session(key).flush = True
                 self._wake(key)
         else:
