@@ -49,8 +49,19 @@ def _matches(config: Config, pattern: str, ref: str) -> bool:
         return False
 
 
+def is_chat_model(config: Config, ref: str) -> bool:
+    """Whether ``ref`` (canonical) can answer a chat: not a transcription or speech model
+    (``kind`` of its provider's listing; a model no provider lists counts as chat)."""
+    provider_id, _, model_id = ref.partition("/")
+    provider = config.models.providers.get(provider_id)
+    return provider is None or provider.model_def(model_id).kind == "chat"
+
+
 def may_choose(config: Config, ref: str, *, owner: bool = False) -> bool:
-    """May a sender choose ``ref`` (canonical) with ``/model``?  Owners always may."""
+    """May a sender choose ``ref`` (canonical) with ``/model``?  Owners may choose any
+    chat model; nobody a transcription or speech model."""
+    if not is_chat_model(config, ref):
+        return False
     if owner:
         return True
     allow = config.agents.defaults.modelPolicy.allow
@@ -67,7 +78,7 @@ def known_refs(config: Config) -> list[str]:
         for m in provider.models:
             refs.append(f"{provider_id}/{m.id}")
     refs.extend(named_refs(config))
-    return list(dict.fromkeys(refs))
+    return [r for r in dict.fromkeys(refs) if is_chat_model(config, r)]
 
 
 def choosable_refs(config: Config, *, owner: bool = False) -> list[str]:

@@ -111,7 +111,9 @@ def _refs_in_use(config: Config) -> list[str]:
     providers = {r.partition("/")[0] for r in refs}
     for pid, provider in config.models.providers.items():
         if pid in providers and pid not in BUILTIN_PROVIDER_IDS:
-            refs += [f"{pid}/{m.id}" for m in provider.models if f"{pid}/{m.id}" not in refs]
+            # (transcription and speech models take no chat probe)
+            refs += [f"{pid}/{m.id}" for m in provider.models
+                     if m.kind == "chat" and f"{pid}/{m.id}" not in refs]
     return refs
 
 

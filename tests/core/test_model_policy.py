@@ -107,3 +107,22 @@ async def test_an_empty_allow_list_lets_users_choose_nothing(harness):
     await harness.start()
     assert NOT_YOURS in await _last(harness, dm("/model local/small", sender=USER))
     assert "no models you can choose" in await _last(harness, dm("/models", sender=USER))
+
+
+def test_transcription_and_speech_models_are_never_chat_choices(tmp_path):
+    providers = {"mode": "replace", "providers": {
+        "local": {"baseUrl": "http://127.0.0.1:9/v1", "api": "openai-completions",
+                  "models": [{"id": "small"},
+                             {"id": "whisper-1", "kind": "transcription"},
+                             {"id": "tts-1", "kind": "speech"}]}}}
+    config = make_config(tmp_path, models=providers, agents={"defaults": {
+        "model": "local/small", "models": {"local/whisper-1": {"alias": "Ears"}},
+        "modelPolicy": {"allow": ["local/*"]}}})
+    assert choosable_refs(config, owner=True) == ["local/small"]
+    assert choosable_refs(config) == ["local/small"]
+    for ref in ("local/whisper-1", "local/tts-1"):
+        assert not may_choose(config, ref, owner=True)
+        assert not may_choose(config, ref)
+    from bridge.models.doctor import _refs_in_use
+
+    assert _refs_in_use(config) == ["local/small"]  # doctor sends them no chat probe
