@@ -86,7 +86,11 @@ def duration_s(data: bytes) -> float | None:
         if kind == "wav":
             with wave.open(io.BytesIO(data), "rb") as w:
                 rate = w.getframerate()
-                return w.getnframes() / rate if rate else None
+                frame = w.getsampwidth() * w.getnchannels()
+                # A WAV written to a pipe (ffmpeg's pipe:1) cannot go back to fill in its
+                # sizes: the header claims 0xFFFFFFFF bytes.  Count what is there.
+                frames = min(w.getnframes(), len(w.readframes(w.getnframes())) // frame)
+                return frames / rate if rate and frame else None
     except (wave.Error, EOFError, struct.error, ValueError):
         return None
     return None
