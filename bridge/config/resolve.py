@@ -142,7 +142,7 @@ def resolve_model(config: Config, ref_or_alias: str) -> ResolvedModel:
     )
 
 
-def _chat_chain(config: Config, channel: str, chat_kind: str, chat_id: str,
+def chat_chain(config: Config, channel: str, chat_kind: str, chat_id: str,
                 sender_id: str | None, thread_id: str | None) -> list[ChatConfig | object]:
     """Config blocks that apply to one chat, most specific first."""
     chan = config.channel(channel)
@@ -261,7 +261,7 @@ def selection_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,
 def system_prompt_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,
                       sender_id: str | None = None, thread_id: str | None = None) -> str | None:
     """The most specific configured system prompt (same precedence as models)."""
-    for block in _chat_chain(config, channel, chat_kind, chat_id, sender_id, thread_id):
+    for block in chat_chain(config, channel, chat_kind, chat_id, sender_id, thread_id):
         prompt = getattr(block, "systemPrompt", None)
         if prompt:
             return prompt

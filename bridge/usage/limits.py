@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bridge.commands import is_command
-from bridge.config.resolve import _chat_chain
+from bridge.config.resolve import chat_chain
 from bridge.store.usage import (
     admission_at_tx,
     admissions_since_tx,
@@ -63,7 +63,7 @@ _PRUNE_EVERY = 500
 def limits_for(config: Config, address: ChatAddress, sender_id: str | None) -> Limits | None:
     """The ``limits`` block that applies to a chat: topic, group/direct, channel, then
     ``agents.defaults`` (the first that sets one wins); None when none does."""
-    chain = _chat_chain(config, address.channel, address.chat_kind.value, address.chat_id,
+    chain = chat_chain(config, address.channel, address.chat_kind.value, address.chat_id,
                         sender_id, address.thread_id)
     for block in chain:
         found = getattr(block, "limits", None)
