@@ -86,11 +86,14 @@ def _totals(row: Sequence[Any], messages: int = 0) -> UsageTotals:
 
 
 def _where(since: float, until: float | None, session_key: str | None,
-           sender_id: str | None, provider: str | None) -> tuple[str, list[object]]:
-    clauses: list[str] = ["at >= ?"]
+           sender_id: str | None, provider: str | None, *,
+           at: str = "at") -> tuple[str, list[object]]:
+    """A WHERE clause (and its parameters) for the window and the filters given; ``at``
+    names the time column (``created_at`` for messages)."""
+    clauses: list[str] = [f"{at} >= ?"]
     params: list[object] = [since]
     if until is not None:
-        clauses.append("at < ?")
+        clauses.append(f"{at} < ?")
         params.append(until)
     if session_key is not None:
         clauses.append("session_key = ?")
@@ -249,21 +252,12 @@ class UsageQueries:
                                  sender_id=sender_id, provider=provider)
             if not messages:
                 return sums
-            clauses = ["direction = 'in'", "kind = 'chat'",
-                       "status IN ('received', 'processing', 'answered', 'failed')",
-                       "created_at >= ?"]
-            params: list[object] = [since]
-            if until is not None:
-                clauses.append("created_at < ?")
-                params.append(until)
-            if session_key is not None:
-                clauses.append("session_key = ?")
-                params.append(session_key)
-            if sender_id is not None:
-                clauses.append("sender_id = ?")
-                params.append(sender_id)
-            count = db.execute(f"SELECT COUNT(*) FROM messages WHERE {' AND '.join(clauses)}",
-                               params).fetchone()[0]
+            where, params = _where(since, until, session_key, sender_id, None,
+                                   at="created_at")
+            count = db.execute(
+                "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND kind = 'chat' AND"
+                " status IN ('received', 'processing', 'answered', 'failed') AND " + where,
+                params).fetchone()[0]
             return UsageTotals(sums.calls, sums.input_tokens, sums.output_tokens,
                                sums.reasoning_tokens, sums.cached_tokens, sums.cost_usd,
                                sums.estimated_calls, int(count))

@@ -667,18 +667,7 @@ class NeonizeClient:
     # -- calls --------------------------------------------------------------------
 
     async def send_text(self, chat: JID, text: str, *, quoted: QuoteRef | None = None) -> str:
-        message = build_text_message(text, quoted)
-        try:
-            response = await self._call("SendMessage",
-                                        lambda: self._client.send_message(chat, message))
-        except SendMessageError as exc:
-            detail = str(exc)
-            if send_error_means_unsent(detail):
-                raise NotSent(detail) from exc
-            if any(marker in detail for marker in _PERMANENT_MARKERS):
-                raise Undeliverable(detail) from exc
-            raise
-        return response.ID
+        return await self._send(chat, build_text_message(text, quoted))
 
     async def send_voice(self, chat: JID, ogg: bytes, *, seconds: int,
                          quoted: QuoteRef | None = None) -> str:
@@ -691,7 +680,10 @@ class NeonizeClient:
                 ogg, MediaType.MediaAudio))
         except UploadError as exc:
             raise NotSent(f"upload failed: {exc}") from exc
-        message = build_voice_message(upload, seconds, quoted)
+        return await self._send(chat, build_voice_message(upload, seconds, quoted))
+
+    async def _send(self, chat: JID, message: Any) -> str:
+        """``SendMessage``; its errors as NotSent (never left) or Undeliverable."""
         try:
             response = await self._call("SendMessage",
                                         lambda: self._client.send_message(chat, message))
