@@ -33,6 +33,7 @@ from bridge.config.resolve import (
     model_by_channel_key,
     selection_source,
 )
+from bridge.durations import compact
 
 if TYPE_CHECKING:
     from bridge.config.edit import Change, EditResult
@@ -223,11 +224,7 @@ async def list_chats(config: Config, store: Store, *, channel: str | None = None
 
 
 def _ago(ts: float, now: float) -> str:
-    s = max(0, int(now - ts))
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
-        if s >= size:
-            return f"{s // size}{unit} ago"
-    return f"{s}s ago"
+    return f"{compact(now - ts)} ago"
 
 
 def format_chats(rows: Sequence[ChatInfo], *, now: float | None = None,

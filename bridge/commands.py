@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bridge.config.resolve import UnknownModelError
+from bridge.durations import spoken
 from bridge.envelope import ChatAddress
 from bridge.model_policy import choosable_refs, may_choose
 from bridge.models.base import Attempt, ErrorClass
@@ -367,7 +368,7 @@ async def _status(ctx: CommandContext, _arg: str) -> str:
     if last is None:
         lines.append("Last answer: none yet in this chat.")
     elif last.status == "answered":
-        ago = _ago(time.time() - (last.finished_at or last.started_at))
+        ago = spoken(time.time() - (last.finished_at or last.started_at))
         lines.append(f"Last answer: {last.model_ref} ({ago} ago)")
         failed = [a for a in last.attempts if a.error_class is not None or a.skipped]
         if failed:
@@ -390,7 +391,7 @@ async def _status(ctx: CommandContext, _arg: str) -> str:
         summary = ", earlier turns summarised" if session.summary else ""
         n = stats["turns"]
         lines.append(f"Session: {n} answered turn{'' if n == 1 else 's'} since "
-                     f"{_ago(time.time() - session.created_at)} ago{summary}")
+                     f"{spoken(time.time() - session.created_at)} ago{summary}")
     return "\n".join(lines)
 
 
@@ -557,17 +558,6 @@ async def _usage(ctx: CommandContext, arg: str) -> str:
     from bridge.usage.report import usage_command
 
     return await usage_command(ctx, arg)
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} days"
 
 
 # The one table of chat commands, in menu and /help order.

@@ -22,6 +22,7 @@ from bridge.chats import ChatError, ChatInfo, ChatRef, list_chats, next_model, p
 from bridge.config.schema import Config, ModelSelection
 from bridge.console_web.auth import COOKIE as COOKIE_NAME
 from bridge.console_web.auth import Session
+from bridge.durations import compact
 from bridge.secrets import REDACTED, redact
 
 if TYPE_CHECKING:
@@ -45,14 +46,7 @@ NAV = (("overview", "/", "Overview"), ("chats", "/chats", "Chats"), ("turns", "/
 def ago(ts: float | None) -> str:
     if not ts:
         return "-"
-    s = max(0, int(time.time() - ts))
-    if s < 60:
-        return f"{s}s ago"
-    if s < 3600:
-        return f"{s // 60}m ago"
-    if s < 86400:
-        return f"{s // 3600}h ago"
-    return f"{s // 86400}d ago"
+    return f"{compact(time.time() - ts)} ago"
 
 
 def when(ts: float | None) -> str:
