@@ -89,6 +89,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.fakes.audio_bytes import ogg_opus_bytes, ogg_opus_duration, wav_bytes, wav_duration
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["ACCEPTED_EXTENSIONS", "PROFILES", "FakeAudioServer", "RecordedAudioRequest",
            "UploadedFile"]
@@ -174,7 +175,7 @@ class _Refused(Exception):  # noqa: N818 - control flow inside the fake
         self.error = error
 
 
-class FakeAudioServer:
+class FakeAudioServer(LoopbackServer):
     """See the module docstring."""
 
     def __init__(self, *, profile: str = "openai", api_key: str | None = None,
@@ -192,9 +193,7 @@ class FakeAudioServer:
         self.requests: list[RecordedAudioRequest] = []
         self._queue: deque[Any] = deque()
         self._next_delay = 0.0
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+        super().__init__()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,28 +205,7 @@ class FakeAudioServer:
             app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
             app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def close(self) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeAudioServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return await self._serve(app)
 
     @property
     def base_url(self) -> str:

@@ -147,6 +147,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 __all__ = ["PROFILES", "FakeModelServer", "RecordedRequest"]
 
 
@@ -315,7 +317,7 @@ def _split(text: str | list[str], n: int) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
-class FakeModelServer:
+class FakeModelServer(LoopbackServer):
     """See the module docstring for the whole API."""
 
     def __init__(self, *, api_key: str | None = None,
@@ -332,9 +334,7 @@ class FakeModelServer:
         self._default: Callable[[RecordedRequest], Any] = (
             lambda r: _Reply(f"echo: {r.last_user_text()}")
         )
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+        super().__init__()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -346,29 +346,7 @@ class FakeModelServer:
         app.router.add_post("/v1/messages", self._handle)
         app.router.add_get("/v1/models", self._handle_models)
         app.router.add_get("/api/v0/models", self._handle_lmstudio_models)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def close(self) -> None:
-        """Release hanging requests and stop listening."""
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeModelServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return await self._serve(app)
 
     @property
     def base_url(self) -> str:
