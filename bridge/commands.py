@@ -14,7 +14,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -148,12 +147,6 @@ class CommandServices:
     tell: Callable[[ChatAddress, str, str], Awaitable[bool]] | None = None
 
 
-# Set by the conversation core in each of its session workers, where commands run (the
-# turn builds its CommandContext without them).
-COMMAND_SERVICES: ContextVar[CommandServices | None] = ContextVar(
-    "palaver_command_services", default=None)
-
-
 @dataclass(slots=True)
 class CommandContext:
     """What a command handler may read: the live config, the store, the message."""
@@ -162,14 +155,12 @@ class CommandContext:
     store: Store
     message: StoredMessage
     override: str | None = None  # the session's model override (``palaver chat --model``)
-    services: CommandServices | None = None  # None: the running core's (COMMAND_SERVICES)
+    services: CommandServices | None = None  # None: none (no config file, no core)
 
     @property
     def running(self) -> CommandServices:
         """The services of the process answering this command."""
-        if self.services is not None:
-            return self.services
-        return COMMAND_SERVICES.get() or CommandServices()
+        return self.services if self.services is not None else CommandServices()
 
     @property
     def owner(self) -> bool:

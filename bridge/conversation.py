@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.access import AccessControl, Verdict
-from bridge.commands import COMMAND_SERVICES, CommandServices, is_command
+from bridge.commands import CommandServices, is_command
 from bridge.delivery import SEND_RETRY_DELAYS, Outbox
 from bridge.envelope import AcceptStatus, ChatAddress, Inbound
 from bridge.ports import InboundSink, StoreUnavailable
@@ -218,10 +218,10 @@ class ConversationCore(InboundSink):
         self._turns = TurnRunner(
             store=store, config=self._config, router=router, media=media,
             prompt_cache=self.prompt_cache, outbox=self.outbox, route=self._owner,
-            emit=self._emit, answered=self._answered, voice=voice)
-        # What owner commands may use; handed to each session worker (commands run there).
-        self._command_services = CommandServices(
-            config_path=config_path, reload_config=reload_config, tell=self.tell)
+            emit=self._emit, answered=self._answered, voice=voice,
+            # What owner commands may use of this process.
+            commands=CommandServices(config_path=config_path, reload_config=reload_config,
+                                     tell=self.tell))
 
     # -- wiring ------------------------------------------------------------------
 
@@ -584,7 +584,6 @@ class ConversationCore(InboundSink):
 
     async def _worker(self, state: _Session) -> None:
         key = state.key
-        COMMAND_SERVICES.set(self._command_services)  # this task's own context
         try:
             while not self._stopping:
                 state.dirty = False

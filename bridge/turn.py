@@ -20,7 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from bridge.commands import CommandContext, choose_models, parse_command, run_command
+from bridge.commands import (
+    CommandContext,
+    CommandServices,
+    choose_models,
+    parse_command,
+    run_command,
+)
 from bridge.config.resolve import ResolvedModel, UnknownModelError, resolve_candidates
 from bridge.envelope import ChatAddress, ChatKind, VoiceClip
 from bridge.models.base import (
@@ -129,6 +135,8 @@ class TurnRunner:
     slots: TurnSlots = field(default_factory=TurnSlots)
     # Voice notes: transcripts in the prompt, echoTranscript, spoken replies (None: off).
     voice: VoiceService | None = None
+    # What owner commands may use of the running process (the config file, tell).
+    commands: CommandServices = field(default_factory=CommandServices)
 
     async def run(self, claim: Claim, *, override: str | None = None) -> Progress:
         """Answer ``claim`` (``override``: the session's model override, if any)."""
@@ -199,7 +207,7 @@ class Turn:
         assert parsed is not None
         name, arg = parsed
         ctx = CommandContext(config=self.config, store=self.store, message=msg,
-                             override=self.override)
+                             override=self.override, services=self.runner.commands)
         reply = await run_command(ctx, name, arg)
         out = await self._finish(reply=reply, reply_kind=MessageKind.COMMAND,
                                  reply_to_message_id=self._quote_id())
