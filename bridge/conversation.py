@@ -18,7 +18,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from bridge.commands import CommandServices, is_command
 from bridge.delivery import SEND_RETRY_DELAYS, Outbox
 from bridge.envelope import AcceptStatus, ChatAddress, Inbound
 from bridge.ports import InboundSink, StoreUnavailable
-from bridge.prompt import PromptCache
+from bridge.prompt import PromptCache, visible_text
 from bridge.store import MessageKind, MessageStatus, Store
 from bridge.store.db import StoreError, unavailable_reason
 from bridge.store.notices import queue_notice
@@ -62,17 +61,10 @@ PRUNE_EVERY_S = 3600.0
 DOOR_LOG_WINDOW_S = 60.0
 
 
-def _visible(text: str) -> str:
-    """``text`` without control and format characters (Cc, Cf) other than newline and
-    tab: what is left when zero-width and NUL characters are taken out."""
-    return "".join(ch for ch in text
-                   if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf"))
-
-
 def has_content(inbound: Inbound) -> bool:
     """Something to answer: visible text, media or a quote (a message of zero-width
     characters or NULs only is empty)."""
-    return bool(_visible(inbound.text).strip() or inbound.media or inbound.quoted)
+    return bool(visible_text(inbound.text).strip() or inbound.media or inbound.quoted)
 
 
 def _without_content(inbound: Inbound) -> Inbound:
