@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.cli import EXIT_FAILURE, EXIT_OK
 from bridge.commands import changes_chat
+from bridge.config.resolve import is_owner
 from bridge.config.schema import ChannelConfig, GroupConfig
 from bridge.envelope import ChatKind, Inbound
 from bridge.store import Store
-from bridge.usage.owners import is_owner
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from bridge.config.resolve import UnknownModelError
+from bridge.config.resolve import UnknownModelError, is_owner
 from bridge.durations import spoken
 from bridge.envelope import ChatAddress
 from bridge.model_policy import choosable_refs, may_choose
 from bridge.models.base import Attempt, ErrorClass
 from bridge.store.pairing import APPROVED_NOTICE, DENIED_NOTICE
 from bridge.store.records import PairingRequest, StoredMessage
-from bridge.usage.owners import is_owner
 
 if TYPE_CHECKING:
     from bridge.chats import Scope

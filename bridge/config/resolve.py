@@ -292,6 +292,26 @@ def resolve_candidates(config: Config, refs: Iterable[str]) -> list[ResolvedMode
     return out
 
 
+def is_owner(config: Config, channel: str, sender_id: str | None,
+             aliases: Iterable[str] = ()) -> bool:
+    """True when the sender's id (or an alias that is an id too, such as a WhatsApp phone
+    number) is listed in ``channels.<channel>.owners``, compared case-insensitively.
+
+    ``@username`` aliases never make an owner: a released username can be taken by
+    someone else, and an owner is never limited.  The operator's own terminal
+    (``palaver chat``) is always an owner."""
+    if channel == "console":
+        return True
+    block = config.channel(channel)
+    owners = getattr(block, "owners", ()) or ()
+    if not owners or not sender_id:
+        return False
+    wanted = {o.casefold() for o in owners}
+    names = {sender_id.casefold(), *(a.casefold() for a in aliases
+                                     if a and not a.startswith("@"))}
+    return bool(wanted & names)
+
+
 def selection_paths(config: Config) -> list[tuple[str, ModelSelection]]:
     """Every model selection the config makes, labelled: the default, then each channel's,
     group's, topic's, direct chat's and ``modelByChannel`` pin's that names a primary."""

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bridge.commands import is_command
-from bridge.config.resolve import chat_chain
+from bridge.config.resolve import chat_chain, is_owner
 from bridge.store.usage import (
     admission_at_tx,
     admissions_since_tx,
@@ -44,7 +44,6 @@ from bridge.store.usage import (
     spend_sums_tx,
     was_admitted_tx,
 )
-from bridge.usage.owners import is_owner
 from bridge.usage.periods import day_start, month_start, next_day, next_month
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from bridge.config.resolve import is_owner
 from bridge.store.usage import GroupBy, UsageQueries, UsageTotals
-from bridge.usage.owners import is_owner
 from bridge.usage.periods import day_start, month_start, parse_age, parse_month
 
 if TYPE_CHECKING:
