@@ -30,7 +30,7 @@ from bridge.ports import InboundSink, Markup, SendError
 from channels.telegram import TelegramChannel
 from channels.telegram.http import RateLimited, retry_after_seconds
 from channels.telegram.translate import period_seconds
-from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
+from tests.fakes.telegram_api import parse_telegram_html
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"fake-image-bytes"
 BOT = "palaver_test_bot"
@@ -71,12 +71,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound, MediaK
 from bridge.media import MediaStore
 from bridge.ports import InboundSink, Markup, SendError
 from channels.telegram import TelegramChannel
-from tests.fakes.model_server import FakeModelServer
-from tests.fakes.telegram_api import FakeBotAPI
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32 + b"photo"
 
@@ -72,12 +70,6 @@ class AdmittingSink(Sink):
 
     def channel_ready(self, channel: object) -> None:
         self.ready.append(channel)
-
-
-@pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
 
 
 @pytest.fixture
@@ -466,12 +458,6 @@ def _config(tmp_path, fake, models, telegram=None) -> Config:
                                   **(telegram or {})}},
         "health": {"enabled": False},
     })
-
-
-@pytest.fixture
-async def models():
-    async with FakeModelServer() as server:
-        yield server
 
 
 @pytest.fixture

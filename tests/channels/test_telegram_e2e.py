@@ -7,12 +7,10 @@ import re
 
 import pytest
 
-from bridge.app import App
 from bridge.config.schema import Config
 from bridge.formatting import utf16_len
 from channels.telegram import TelegramChannel
-from tests.fakes.model_server import FakeModelServer
-from tests.fakes.telegram_api import FakeBotAPI, parse_telegram_html
+from tests.fakes.telegram_api import parse_telegram_html
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 BOT = "palaver_test_bot"
@@ -25,18 +23,6 @@ pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecation
 def _no_ptb_timedelta(monkeypatch):
     """Run as a default install does (PTB 22 then warns on int time periods)."""
     monkeypatch.delenv("PTB_TIMEDELTA", raising=False)
-
-
-@pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
-async def models():
-    async with FakeModelServer() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -61,21 +47,6 @@ def make_config(tmp_path, fake, models, *, primary="local/text", telegram=None) 
         "channels": {"telegram": telegram_section},
         "health": {"enabled": False},
     })
-
-
-@pytest.fixture
-async def run_app():
-    apps: list[App] = []
-
-    async def start(config: Config) -> App:
-        app = App(config)
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        await app.stop(grace=0)
 
 
 def _user_content(request) -> list:

@@ -17,7 +17,6 @@ from channels.telegram.http import (
     RateLimited,
     ServerError,
 )
-from tests.fakes.telegram_api import FakeBotAPI
 
 # A RetryAfter built by PTB itself warns (PTB 22) unless $PTB_TIMEDELTA: ours must not.
 pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecation
 @pytest.fixture(autouse=True)
 def _no_ptb_timedelta(monkeypatch):
     monkeypatch.delenv("PTB_TIMEDELTA", raising=False)
-
-
-@pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
 
 
 @pytest.fixture

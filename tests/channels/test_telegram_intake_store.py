@@ -24,22 +24,9 @@ from bridge.metrics import Metrics
 from bridge.store import DB_FILENAME, MessageStatus, Store
 from channels.telegram import TelegramChannel, translate
 from channels.telegram.intake import Intake
-from tests.fakes.model_server import FakeModelServer
 from tests.fakes.telegram_api import FakeBotAPI
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
-
-
-@pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
-async def models():
-    async with FakeModelServer() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -72,21 +59,6 @@ def make_config(tmp_path, fake, models, **telegram) -> Config:
                                   "dmPolicy": "open", "allowFrom": ["*"], **telegram}},
         "health": {"enabled": False},
     })
-
-
-@pytest.fixture
-async def run_app():
-    apps: list[App] = []
-
-    async def start(config: Config) -> App:
-        app = App(config)
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        await app.stop(grace=0)
 
 
 class Writes:

@@ -19,12 +19,6 @@ from tests.fakes.telegram_api import FakeBotAPI
 
 
 @pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
 async def make_channel(fake, tmp_path):
     made: list[TelegramChannel] = []
 

@@ -13,8 +13,6 @@ import pytest
 from bridge.app import App
 from bridge.config.schema import Config
 from channels.telegram import TelegramChannel
-from tests.fakes.model_server import FakeModelServer
-from tests.fakes.telegram_api import FakeBotAPI
 
 PARTS = 8
 CRASH_AT = 3
@@ -39,18 +37,6 @@ def _config(tmp_path, fake, models, **telegram) -> Config:
                                   **telegram}},
         "health": {"enabled": False},
     })
-
-
-@pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
-async def models():
-    async with FakeModelServer() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -16,31 +16,17 @@ from typing import Any
 
 import pytest
 
-from bridge.app import App
 from bridge.config.schema import Config
 from bridge.voice.audio import is_ogg_opus
 from channels.telegram import TelegramChannel
 from tests.fakes.audio_bytes import ogg_opus_bytes, wav_bytes
 from tests.fakes.audio_server import FakeAudioServer
 from tests.fakes.model_server import FakeModelServer
-from tests.fakes.telegram_api import FakeBotAPI
 
 BOT = "palaver_test_bot"
 GROUP = -100777
 ANN = 1001
 STRANGER = 2002
-
-
-@pytest.fixture
-async def fake():
-    async with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
-async def models():
-    async with FakeModelServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -89,21 +75,6 @@ def make_config(tmp_path, fake, models, whisper, whisper2=None, *, transcription
                                   "groupPolicy": "allowlist", **(telegram or {})}},
         "health": {"enabled": False},
     })
-
-
-@pytest.fixture
-async def run_app():
-    apps: list[App] = []
-
-    async def start(config: Config) -> App:
-        app = App(config)
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        await app.stop(grace=0)
 
 
 def transcriptions(server: FakeAudioServer) -> list:

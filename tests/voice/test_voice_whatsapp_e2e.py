@@ -17,7 +17,6 @@ from tests.channels.test_whatsapp_neonize import ANN, ANN_JID, channel_for, db_o
 from tests.channels.test_whatsapp_voice import _voice_event
 from tests.fakes.audio_bytes import ogg_opus_bytes
 from tests.fakes.audio_server import FakeAudioServer
-from tests.fakes.model_server import FakeModelServer
 from tests.fakes.neonize_fake import install
 
 
@@ -31,12 +30,6 @@ def go(monkeypatch):
     monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
     yield fake
     fake.release()
-
-
-@pytest.fixture
-async def models():
-    async with FakeModelServer() as server:
-        yield server
 
 
 @pytest.fixture
