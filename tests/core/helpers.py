@@ -82,6 +82,22 @@ def group(text: str, *, chat: str = "-100", sender: str = "7", mentioned: bool =
         text=text, sender_name=name, mentioned=mentioned)
 
 
+def overflow_once(answer: str = "fine", summary: str = "short summary"):
+    """A FakeRouter behaviour: the first request with history answers context_overflow,
+    compaction requests get ``summary``, everything else ``answer``."""
+    state = {"overflowed": False}
+
+    def behaviour(ref, req):
+        if req.instructions and req.instructions.startswith("You condense"):
+            return summary
+        if len(req.turns) > 2 and not state["overflowed"]:
+            state["overflowed"] = True
+            raise ModelError(ErrorClass.CONTEXT_OVERFLOW, "prompt too long")
+        return answer
+
+    return behaviour
+
+
 @dataclass
 class Call:
     candidates: list[str]

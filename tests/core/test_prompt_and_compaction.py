@@ -6,7 +6,7 @@ from bridge.envelope import Quoted
 from bridge.models.base import ErrorClass, ModelError
 from bridge.prompt import build_request, estimate_tokens, strip_control_tokens
 from bridge.store import MessageStatus
-from tests.core.helpers import dm, make_config
+from tests.core.helpers import dm, make_config, overflow_once
 
 
 def test_control_tokens_are_stripped():
@@ -135,17 +135,7 @@ async def test_compaction_uses_the_configured_model(harness):
 
 
 async def test_context_overflow_compacts_and_retries_once(harness):
-    state = {"overflowed": False}
-
-    def behaviour(ref, req):
-        if req.instructions and req.instructions.startswith("You condense"):
-            return "short summary"
-        if len(req.turns) > 2 and not state["overflowed"]:
-            state["overflowed"] = True
-            raise ModelError(ErrorClass.CONTEXT_OVERFLOW, "prompt too long")
-        return "fine"
-
-    await harness.start(behaviour=behaviour)
+    await harness.start(behaviour=overflow_once())
     for i in range(3):
         await harness.say(dm(f"m{i}"))
     assert harness.channel.texts() == ["fine", "fine", "fine"]

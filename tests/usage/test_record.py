@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from bridge.config.schema import Cost
-from bridge.models.base import ErrorClass, ModelError, Usage
+from bridge.models.base import Usage
 from bridge.store import Store
 from bridge.store.usage import UsageQueries
 from bridge.usage.record import cost_usd, recorder_for
-from tests.core.helpers import dm, group
+from tests.core.helpers import dm, group, overflow_once
 
 
 async def _rows(store: Store):
@@ -99,17 +99,7 @@ async def test_a_failed_attempt_that_reported_usage_counts_unanswered(live):
 
 
 async def test_compaction_counts_against_the_chat_it_compacts(harness):
-    state = {"overflowed": False}
-
-    def behaviour(ref, req):
-        if req.instructions and req.instructions.startswith("You condense"):
-            return "short summary"
-        if len(req.turns) > 2 and not state["overflowed"]:
-            state["overflowed"] = True
-            raise ModelError(ErrorClass.CONTEXT_OVERFLOW, "prompt too long")
-        return "fine"
-
-    await harness.start(behaviour=behaviour)
+    await harness.start(behaviour=overflow_once())
     for i in range(3):
         await harness.say(dm(f"m{i}", sender="42"))
     rows = await _rows(harness.store)
