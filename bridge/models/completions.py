@@ -22,7 +22,7 @@ from bridge.models.errors import (
     empty_answer,
     is_error_event,
 )
-from bridge.models.http import ClientBase, HttpReply, token_count, url_host
+from bridge.models.http import ClientBase, HttpReply, openai_usage, url_host
 from bridge.models.reasoning import ReasoningFilter
 
 
@@ -144,17 +144,7 @@ def _usage(raw: Any) -> Usage:
     with ``stream_options.include_usage``): ``prompt_tokens`` with
     ``prompt_tokens_details.cached_tokens``, ``completion_tokens`` with
     ``completion_tokens_details.reasoning_tokens``.  Missing or malformed: zeros."""
-    if not isinstance(raw, dict):
-        return Usage()
-    prompt = raw.get("prompt_tokens_details")
-    completion = raw.get("completion_tokens_details")
-    return Usage(
-        input_tokens=token_count(raw.get("prompt_tokens")),
-        output_tokens=token_count(raw.get("completion_tokens")),
-        reasoning_tokens=token_count(completion.get("reasoning_tokens"))
-        if isinstance(completion, dict) else 0,
-        cached_tokens=token_count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
-    )
+    return openai_usage(raw, "prompt_tokens", "completion_tokens")
 
 
 def _completion(text: str, finish: str | None, usage: Usage, *,

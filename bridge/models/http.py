@@ -47,6 +47,7 @@ from bridge.models.base import (
     Part,
     TextPart,
     Turn,
+    Usage,
 )
 from bridge.models.catalog import BUILTIN_KEY_ENV
 from bridge.models.errors import classify_exception, classify_http
@@ -452,6 +453,25 @@ def token_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
     return max(0, int(value))
+
+
+def openai_usage(raw: Any, inputs: str, outputs: str) -> Usage:
+    """An OpenAI-style usage object: ``<inputs>`` tokens with ``<inputs>_details.
+    cached_tokens`` among them, ``<outputs>`` tokens with ``<outputs>_details.
+    reasoning_tokens`` among them (Responses: input/output_tokens; Chat Completions:
+    prompt/completion_tokens).  Missing or malformed: zeros."""
+    if not isinstance(raw, dict):
+        return Usage()
+    in_details = raw.get(f"{inputs}_details")
+    out_details = raw.get(f"{outputs}_details")
+    return Usage(
+        input_tokens=token_count(raw.get(inputs)),
+        output_tokens=token_count(raw.get(outputs)),
+        reasoning_tokens=token_count(out_details.get("reasoning_tokens"))
+        if isinstance(out_details, dict) else 0,
+        cached_tokens=token_count(in_details.get("cached_tokens"))
+        if isinstance(in_details, dict) else 0,
+    )
 
 
 class WireJSON(dict):

@@ -28,7 +28,7 @@ from bridge.models.errors import (
     error_fields,
     is_error_event,
 )
-from bridge.models.http import ClientBase, HttpReply, token_count
+from bridge.models.http import ClientBase, HttpReply, openai_usage
 from bridge.models.reasoning import ReasoningFilter
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -190,15 +190,5 @@ def response_usage(raw: Any) -> Usage:
     """A Responses ``usage`` object: ``input_tokens`` (cached ones included, as
     ``input_tokens_details.cached_tokens``), ``output_tokens`` (reasoning included, as
     ``output_tokens_details.reasoning_tokens``).  Missing or malformed: zeros."""
-    if not isinstance(raw, dict):
-        return Usage()
-    inputs = raw.get("input_tokens_details")
-    outputs = raw.get("output_tokens_details")
-    return Usage(
-        input_tokens=token_count(raw.get("input_tokens")),
-        output_tokens=token_count(raw.get("output_tokens")),
-        reasoning_tokens=token_count(outputs.get("reasoning_tokens"))
-        if isinstance(outputs, dict) else 0,
-        cached_tokens=token_count(inputs.get("cached_tokens")) if isinstance(inputs, dict) else 0,
-    )
+    return openai_usage(raw, "input_tokens", "output_tokens")
 
