@@ -21,6 +21,14 @@ def _request(row) -> PairingRequest:
                           created_at=row["created_at"], expires_at=row["expires_at"])
 
 
+async def _pending(db, channel: str, code: str, now: float):
+    """The pending, unexpired request with ``code`` on ``channel`` (a row), or None."""
+    cur = await db.execute(
+        "SELECT * FROM pairing_requests WHERE channel = ? AND code = ? AND"
+        " status = 'pending' AND expires_at > ?", (channel, code.strip().upper(), now))
+    return await cur.fetchone()
+
+
 class PairingQueries(Database):
     async def pairing_code_for(
         self,
@@ -103,10 +111,7 @@ class PairingQueries(Database):
         """Admit the sender of a pending, unexpired ``code``; ``None`` if there is none."""
         now = time.time() if now is None else now
         async with self.transaction() as db:
-            cur = await db.execute(
-                "SELECT * FROM pairing_requests WHERE channel = ? AND code = ? AND"
-                " status = 'pending' AND expires_at > ?", (channel, code.strip().upper(), now))
-            row = await cur.fetchone()
+            row = await _pending(db, channel, code, now)
             if row is None:
                 return None
             await db.execute(
@@ -126,10 +131,7 @@ class PairingQueries(Database):
         later); ``None`` if there is none."""
         now = time.time() if now is None else now
         async with self.transaction() as db:
-            cur = await db.execute(
-                "SELECT * FROM pairing_requests WHERE channel = ? AND code = ? AND"
-                " status = 'pending' AND expires_at > ?", (channel, code.strip().upper(), now))
-            row = await cur.fetchone()
+            row = await _pending(db, channel, code, now)
             if row is None:
                 return None
             await db.execute("UPDATE pairing_requests SET expires_at = ? WHERE id = ?",
