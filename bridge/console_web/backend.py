@@ -159,19 +159,20 @@ class AppBackend:
             await self._live.reload()
 
     async def approve_pairing(self, channel: str, code: str) -> PairingOutcome | None:
-        request = await self.store.approve_pairing(channel, code)
-        if request is None:
-            return None
-        log.info("console: approved pairing of %s on %s", request.sender_id, channel)
-        told, detail = await self._tell(request, APPROVED_NOTICE)
-        return PairingOutcome(request, told, detail)
+        return await self._decide(channel, code, approve=True)
 
     async def deny_pairing(self, channel: str, code: str) -> PairingOutcome | None:
-        request = await self.store.deny_pairing(channel, code)
+        return await self._decide(channel, code, approve=False)
+
+    async def _decide(self, channel: str, code: str, *, approve: bool) -> PairingOutcome | None:
+        """Approve or decline a pending code; the requester is told."""
+        request = await (self.store.approve_pairing(channel, code) if approve
+                         else self.store.deny_pairing(channel, code))
         if request is None:
             return None
-        log.info("console: declined pairing of %s on %s", request.sender_id, channel)
-        told, detail = await self._tell(request, DENIED_NOTICE)
+        log.info("console: %s pairing of %s on %s", "approved" if approve else "declined",
+                 request.sender_id, channel)
+        told, detail = await self._tell(request, APPROVED_NOTICE if approve else DENIED_NOTICE)
         return PairingOutcome(request, told, detail)
 
     async def _tell(self, request: PairingRequest, text: str) -> tuple[bool, str]:
