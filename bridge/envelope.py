@@ -150,6 +150,9 @@ class Outbound:
     text: str
     reply_to_message_id: str | None = None  # quote the triggering message (groups)
     plain: bool = False  # send as-is, no markup conversion (pairing codes, errors)
+    # Edit-mode preview (issue 17): chunk 0 is an edit of this message (the channel's
+    # chunk id form) instead of a new send; None: send every chunk.
+    edit_message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,67 @@ class Capabilities:
     markup: Markup
     # send_voice() delivers OGG/Opus as a voice message (Telegram, WhatsApp PTT).
     voice_notes: bool = False
+    # Live previews this channel can show while an answer streams (issue 17).
+    preview_modes: frozenset[PreviewMode] = frozenset()
+    # react() sets and removes an emoji reaction on a received message.
+    reactions: bool = False
+
+
+class PreviewMode(StrEnum):
+    """How a streaming answer is shown before it is final (``streaming`` in the config)."""
+
+    OFF = "off"
+    DRAFT = "draft"  # Telegram sendMessageDraft: ephemeral, private chats only
+    EDIT = "edit"  # one real message, edited in place; becomes the reply's first chunk
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewKey:
+    """What the core stores to finish or remove a preview later (after a crash too).
+
+    ``platform_id`` is the preview message's id as the channel writes chunk ids (edit
+    mode); draft previews are never stored (they vanish on their own).
+    """
+
+    mode: PreviewMode
+    platform_id: str
+
+
+class PreviewError(Exception):
+    """A preview update failed; previews end for this turn (the reply is unaffected)."""
+
+
+class PreviewRateLimited(PreviewError):
+    """The platform said slow down; the channel has already held the chat's pacer."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited, retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+class PreviewGone(PreviewError):  # noqa: N818 - a state of the preview
+    """Permanent for this preview or chat (message deleted, chat takes no drafts)."""
+
+
+class PreviewMaybeSent(PreviewError):  # noqa: N818 - a state of the request
+    """The request went out and its answer was lost: it may have landed."""
+
+
+class Preview(Protocol):
+    """One live preview of one turn's answer, handed out by :meth:`Channel.preview`."""
+
+    mode: PreviewMode
+
+    async def update(self, text: str, *, restart: bool = False) -> None:
+        """Show ``text`` (plain, already filtered and redacted by the core; ``""`` shows
+        the platform's "thinking" placeholder).  ``restart``: the text is not a
+        continuation of what was shown (a fallback model took over); draft mode starts a
+        new draft.  Raises :class:`PreviewError` subclasses; never retries itself."""
+        ...
+
+    async def delete(self) -> None:
+        """Remove what this preview shows (edit mode: delete the message; draft: no-op)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +294,30 @@ class Channel(Protocol):
     def owns(self, address: ChatAddress) -> bool:
         """Whether this instance serves ``address`` (e.g. one console session)."""
         return True
+
+    def preview(self, address: ChatAddress, mode: PreviewMode, *, turn_id: int,
+                reply_to: str | None = None,
+                on_created: Callable[[PreviewKey], Awaitable[None]] | None = None,
+                ) -> Preview | None:
+        """A live preview for one turn in ``address``, or None when this chat cannot
+        show ``mode`` now (not in ``capabilities.preview_modes``, a group asked for a
+        draft, the chat refused drafts lately).  Edit mode awaits ``on_created(key)``
+        right after the preview message exists, before any further update, so the core
+        stores it durably.  ``turn_id`` makes draft ids unique per turn."""
+        return None
+
+    def may_preview_now(self, address: ChatAddress) -> bool:
+        """Whether a preview update may go out now without taking the send budget the
+        final reply needs (Telegram: a free pacer slot with one to spare)."""
+        return True
+
+    async def discard_preview(self, address: ChatAddress, key: PreviewKey) -> None:
+        """Remove a preview left by an earlier process or a stopped turn (edit mode:
+        delete the message; "already gone" is success).  Raises SendError on failure."""
+        return None
+
+    async def react(self, address: ChatAddress, message_id: str, emoji: str) -> None:
+        """Set ``emoji`` as the bot's reaction on received message ``message_id``;
+        ``""`` removes it.  Only called with ``capabilities.reactions``.  Failures raise
+        (the core logs them at debug and never lets them touch a reply)."""
+        return None

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -58,6 +58,9 @@ class ResolvedModel:
     input: tuple[InputKind, ...]
     reasoning: bool
     timeouts: Timeouts
+    # "auto" | "paired": how the reasoning filter treats a lone closing tag (issue 17).
+    think_tags: str = "auto"
+    preview: bool = True  # False: this model's streamed text is never shown early
 
     @property
     def vision(self) -> bool:
@@ -139,6 +142,8 @@ def resolve_model(config: Config, ref_or_alias: str) -> ResolvedModel:
         input=mdef.input,
         reasoning=mdef.reasoning,
         timeouts=timeouts,
+        think_tags=mdef.thinkTags or provider.thinkTags,
+        preview=provider.preview if mdef.preview is None else mdef.preview,
     )
 
 
@@ -256,6 +261,38 @@ def selection_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,
     """The most specific configured selection: topic, group/direct, channel, defaults."""
     return selection_source(config, channel, chat_kind=chat_kind, chat_id=chat_id,
                             sender_id=sender_id, thread_id=thread_id)[0]
+
+
+def chat_setting(config: Config, channel: str, name: str, *, chat_kind: str, chat_id: str,
+                 sender_id: str | None = None, thread_id: str | None = None) -> Any:
+    """The most specific value of ``name`` set on a topic, group/direct entry or the
+    channel (None when none sets it, or the channel is not configured)."""
+    for block in chat_chain(config, channel, chat_kind, chat_id, sender_id, thread_id):
+        value = getattr(block, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def streaming_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,
+                  sender_id: str | None = None, thread_id: str | None = None) -> str:
+    """``"off" | "draft" | "edit"`` for one chat: the most specific ``streaming``, else
+    ``"draft"`` in direct chats and ``"off"`` in groups.  Only Telegram previews."""
+    if channel != "telegram":
+        return "off"
+    value = chat_setting(config, channel, "streaming", chat_kind=chat_kind, chat_id=chat_id,
+                         sender_id=sender_id, thread_id=thread_id)
+    if value is None:
+        return "draft" if chat_kind == "direct" else "off"
+    return str(value)
+
+
+def group_context_for(config: Config, channel: str, chat_id: str,
+                      thread_id: str | None = None) -> int:
+    """How many unaddressed group messages go to the model as context (0: off)."""
+    value = chat_setting(config, channel, "groupContextMessages", chat_kind="group",
+                         chat_id=chat_id, thread_id=thread_id)
+    return 20 if value is None else int(value)
 
 
 def system_prompt_for(config: Config, channel: str, *, chat_kind: str, chat_id: str,

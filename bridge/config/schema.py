@@ -34,6 +34,12 @@ DmPolicy = Literal["pairing", "allowlist", "open", "disabled"]
 GroupPolicy = Literal["allowlist", "open", "disabled"]
 ReplyWithVoice = Literal["never", "whenVoice", "always"]
 ModelKind = Literal["chat", "transcription", "speech"]
+# "auto": a reply may start inside reasoning whose opening tag the chat template wrote
+# (a lone ``</think>``), so streamed text is held until that is ruled out; "paired": the
+# model only ever writes paired tags, so text streams at once (issue 17).
+ThinkTags = Literal["auto", "paired"]
+Streaming = Literal["off", "draft", "edit"]
+AckScope = Literal["direct", "group-mentions", "all"]
 
 
 class _Model(BaseModel):
@@ -59,6 +65,10 @@ class ModelDef(_Model):
     contextWindow: int = Field(default=128_000, gt=0)
     maxTokens: int = Field(default=8192, gt=0)
     headers: dict[str, str] = {}
+    thinkTags: ThinkTags | None = None  # None: the provider's
+    # False: never preview this model's streamed text (servers that relabel streamed
+    # answer text as reasoning at the end, e.g. LocalAI); None: the provider's.
+    preview: bool | None = None
     # What the model does: "chat" models answer turns; "transcription" (speech to text)
     # and "speech" (text to speech) models serve voice notes and are never offered as
     # chat models (/models, doctor, discovery).
@@ -92,6 +102,8 @@ class ProviderDef(_Model):
     timeouts: Timeouts | None = None
     models: tuple[ModelDef, ...] = ()
     budget: Budget | None = None
+    thinkTags: ThinkTags = "auto"
+    preview: bool = True
 
     @property
     def effective_api(self) -> Api:
@@ -228,11 +240,26 @@ class ChatConfig(_Model):
     systemPrompt: str | None = None
     enabled: bool = True
     limits: Limits | None = None
+    # Live replies (issue 17); None: inherit from the next level up.
+    streaming: Streaming | None = None
+    streamingIntervalMs: int | None = Field(default=None, ge=250, le=60_000)
+    ackReaction: str | None = None  # "" turns it off
+    ackFailureReaction: str | None = None
+
+
+def _no_group_drafts(value: Streaming | None) -> Streaming | None:
+    # Telegram shows drafts in private chats only (TEXTDRAFT_PEER_INVALID elsewhere).
+    if value == "draft":
+        raise ValueError('"draft" previews work in direct chats only; use "edit" or "off"')
+    return value
 
 
 class TopicConfig(ChatConfig):
     requireMention: bool | None = None
     transcribeForMentions: bool | None = None  # None: the group's
+    groupContextMessages: int | None = Field(default=None, ge=0, le=200)  # None: the group's
+
+    _streaming = field_validator("streaming")(_no_group_drafts)
 
 
 class GroupConfig(ChatConfig):
@@ -242,6 +269,11 @@ class GroupConfig(ChatConfig):
     # requireMention: a voice note is transcribed before the mention check, and one that
     # says the bot's name counts as a mention.
     transcribeForMentions: bool = False
+    # Unaddressed messages since the bot's last answer sent along as context (0: off).
+    # None: the "*" group's, else 20.
+    groupContextMessages: int | None = Field(default=None, ge=0, le=200)
+
+    _streaming = field_validator("streaming")(_no_group_drafts)
 
 
 class ChannelConfig(_Model):
@@ -263,6 +295,14 @@ class ChannelConfig(_Model):
     mediaMaxMb: float = Field(default=20, gt=0)
     # Longer voice notes, audio and round video notes are not downloaded (nor transcribed).
     audioMaxSeconds: float = Field(default=300, gt=0)
+    # Live replies (issue 17).  streaming None: "draft" in direct chats, "off" in groups.
+    streaming: Streaming | None = None
+    streamingIntervalMs: int = Field(default=1000, ge=250, le=60_000)
+    ackReaction: str = "\U0001F440"  # eyes; "" turns acknowledgements off
+    ackFailureReaction: str = "\U0001F622"  # crying face, when every model failed
+    ackReactionScope: AckScope = "all"
+    # Messages of one sender arriving within this window are answered in one turn.
+    debounceMs: int = Field(default=0, ge=0, le=60_000)
 
     @model_validator(mode="after")
     def _open_needs_wildcard(self) -> ChannelConfig:
@@ -316,6 +356,13 @@ class WhatsAppConfig(ChannelConfig):
     # Go "available" around a reply so "typing…" shows; while available the operator's
     # phone gets no push notifications, so it is off unless asked for.
     typingPresence: bool = False
+
+    @field_validator("streaming")
+    @classmethod
+    def _no_previews(cls, value: Streaming | None) -> Streaming | None:
+        if value not in (None, "off"):
+            raise ValueError('WhatsApp has no live previews; use "off" or leave it out')
+        return value
 
 
 class ConsoleConfig(_Model):
@@ -397,6 +444,12 @@ class StoreConfig(_Model):
     # Refused and ignored traffic (strangers, unmentioned group messages) is kept this
     # many days (without its text), then pruned.
     retentionDays: int = Field(default=30, ge=1)
+    # postgresql://... selects PostgreSQL (issue 20); None: $PALAVER_DATABASE_URL, else
+    # SQLite in dataDir.  The password is a secret (never logged).
+    url: SecretStr | None = None
+    # A process that stops renewing its claims for this long is taken over.
+    leaseSeconds: float = Field(default=30, ge=2, le=3600)
+    poolSize: int = Field(default=10, ge=2, le=100)
 
 
 class LoggingConfig(_Model):

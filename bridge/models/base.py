@@ -181,11 +181,34 @@ def _skip_word(attempt: Attempt) -> str:
     return "cooling down"
 
 
+class StreamListener(Protocol):
+    """Told about a streamed answer as it arrives (issue 17's live previews).
+
+    Synchronous on purpose: it must never slow down reading the stream (it only updates
+    state and wakes a task).  ``text`` pieces have passed the reasoning filter, so their
+    concatenation is always a prefix of the final text of that attempt.
+    """
+
+    def attempt(self, model_ref: str) -> None:
+        """The router is calling this candidate now (a fallback restarts the answer)."""
+        ...
+
+    def thinking(self) -> None:
+        """The model is producing (reasoning or held text), nothing showable yet."""
+        ...
+
+    def text(self, piece: str) -> None:
+        """Answer text the final reply of this attempt will contain."""
+        ...
+
+
 class ModelClient(Protocol):
     """One wire API.  Implementations: responses.py, completions.py, anthropic.py."""
 
-    async def complete(self, request: ModelRequest) -> Completion:
-        """Stream a completion and return only the final text; raise ModelError."""
+    async def complete(self, request: ModelRequest, *,
+                       listener: StreamListener | None = None) -> Completion:
+        """Stream a completion and return only the final text; raise ModelError.
+        ``listener`` hears the filtered answer text as it streams."""
         ...
 
 
@@ -203,8 +226,12 @@ class Router(Protocol):
     """
 
     async def complete(self, candidates: Sequence[ResolvedModel | str],
-                       request: RequestSource) -> ModelReply:
+                       request: RequestSource, *,
+                       listener: StreamListener | None = None) -> ModelReply:
         """Answer ``request`` with the first candidate that succeeds (in order).
+
+        ``listener.attempt(ref)`` before each call really made; the client gets the
+        listener unless the model has ``preview: false``.
 
         A candidate is resolved already (the conversation core resolves a turn's
         candidates once) or a ref the router resolves against the live config.
