@@ -24,6 +24,12 @@ class MessageStatus(StrEnum):
     SENT = "sent"
 
 
+# The reason on a turn (and its messages) that /stop cancelled: status ``failed``, no reply
+# of its own, never answered again (a "cancelled" status would mean rebuilding the
+# messages table, see docs/design/live-replies.md section 4.6).
+STOPPED_REASON = "stopped"
+
+
 class Direction(StrEnum):
     IN = "in"  # from a chat
     OUT = "out"  # a reply to one
@@ -62,6 +68,8 @@ class StoredMessage:
     # Outbound: failed send attempts so far, and when the next retry is due (None: now).
     send_attempts: int = 0
     next_attempt_at: float | None = None
+    # Inbound: an unaddressed group message kept as context for the next answer.
+    context: bool = False
 
     @property
     def plain(self) -> bool:
@@ -247,6 +255,7 @@ def message_from_row(row: sqlite3.Row) -> StoredMessage:
         created_at=row["created_at"],
         send_attempts=row["send_attempts"] if retry else 0,
         next_attempt_at=row["next_attempt_at"] if retry else None,
+        context=bool(row["context"]) if "context" in row.keys() else False,
     )
 
 
