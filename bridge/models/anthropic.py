@@ -1,7 +1,8 @@
 """Anthropic Messages client (``POST {baseUrl}/v1/messages``).
 
-``thinking`` and ``redacted_thinking`` blocks are dropped, ``ping`` events ignored and
-``error`` events classified; only ``text`` blocks make the reply.
+``thinking`` and ``redacted_thinking`` blocks are dropped (they tell the filter that the
+server parses reasoning itself), ``ping`` events ignored and ``error`` events classified;
+only ``text`` blocks make the reply.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from bridge.models.base import (
     ModelError,
     ModelRequest,
     Part,
+    StreamListener,
     TextPart,
     Usage,
 )
@@ -23,7 +25,6 @@ from bridge.models.errors import (
     is_error_event,
 )
 from bridge.models.http import ClientBase, HttpReply, token_count
-from bridge.models.reasoning import ReasoningFilter
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -67,8 +68,9 @@ class AnthropicClient(ClientBase):
         headers["anthropic-version"] = ANTHROPIC_VERSION
         return headers
 
-    async def _from_stream(self, reply: HttpReply) -> Completion:
-        filt = ReasoningFilter()
+    async def _from_stream(self, reply: HttpReply,
+                           listener: StreamListener | None = None) -> Completion:
+        filt = self._filter()
         parts: list[str] = []
         blocks: dict[int, str] = {}  # index -> block type
         stop_reason: str | None = None
@@ -96,18 +98,23 @@ class AnthropicClient(ClientBase):
             elif kind == "content_block_start":
                 block = data.get("content_block") or {}
                 blocks[int(data.get("index", 0))] = block.get("type", "")
-                if block.get("type") == "text" and block.get("text"):
-                    parts.append(filt.feed(block["text"]))
+                if block.get("type") in _THINKING_BLOCKS:
+                    self._reasoning(filt, listener)
+                elif block.get("type") == "text" and block.get("text"):
+                    parts.append(self._heard(listener, filt.feed(block["text"])))
             elif kind == "content_block_delta":
                 delta = data.get("delta") or {}
                 index = int(data.get("index", 0))
                 if delta.get("type") == "text_delta" and blocks.get(index, "text") == "text":
-                    parts.append(filt.feed(delta.get("text") or ""))
+                    text = delta.get("text") or ""
+                    parts.append(self._heard(listener, filt.feed(text), fed=bool(text)))
+                elif delta.get("type") == "thinking_delta":
+                    self._reasoning(filt, listener)
             elif kind == "message_delta":
                 stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
                 usage.add(data.get("usage"))
             elif kind == "message_stop":
-                parts.append(filt.finish())
+                parts.append(self._heard(listener, filt.finish(), fed=False))
                 return _completion("".join(parts), stop_reason, usage.usage(),
                                    produced=produced)
         raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without message_stop")
@@ -124,7 +131,9 @@ class AnthropicClient(ClientBase):
             b.get("text") or "" for b in content
             if isinstance(b, dict) and b.get("type") == "text"
         )
-        filt = ReasoningFilter()
+        filt = self._filter()
+        if _thinking_first(content):
+            filt.server_parses_reasoning()  # as when streamed
         tally = _UsageTally()
         tally.add(data.get("usage"))
         produced = any(isinstance(b, dict) and _delta_has_content(b) for b in content)
@@ -162,6 +171,19 @@ class _UsageTally:
         return Usage(input_tokens=c["input_tokens"] + read + write,
                      output_tokens=c["output_tokens"], cached_tokens=read,
                      cache_write_tokens=write)
+
+
+_THINKING_BLOCKS = ("thinking", "redacted_thinking")
+
+
+def _thinking_first(content: list[Any]) -> bool:
+    """True when a thinking block precedes the first text block."""
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text":
+            return False
+        if isinstance(block, dict) and block.get("type") in _THINKING_BLOCKS:
+            return True
+    return False
 
 
 def _delta_has_content(delta: Any) -> bool:

@@ -1,6 +1,9 @@
 """Built-in hosted providers merged into the config when ``models.mode`` is ``merge``.
 
-Costs are USD per million tokens (OpenClaw's convention).  A hosted model that is not
+Costs are USD per million tokens (OpenClaw's convention).  Anthropic's and OpenAI's own
+APIs deliver reasoning apart from the answer, never as inline tags, so they are
+``thinkTags: "paired"`` (the answer streams at once); OpenRouter serves any model, so it
+keeps the default.  A hosted model that is not
 listed here can still be referenced on a built-in provider; it gets default metadata.
 """
 
@@ -24,6 +27,7 @@ BUILTIN_CATALOG: dict[str, dict[str, Any]] = {
     "anthropic": {
         "baseUrl": "https://api.anthropic.com",
         "api": "anthropic-messages",
+        "thinkTags": "paired",  # the API never inlines reasoning: previews flow at once
         "models": [
             {"id": "claude-opus-4-5", "name": "Claude Opus 4.5", "reasoning": True,
              "input": _TEXT_IMAGE, "contextWindow": 200_000, "maxTokens": 64_000,
@@ -39,6 +43,7 @@ BUILTIN_CATALOG: dict[str, dict[str, Any]] = {
     "openai": {
         "baseUrl": "https://api.openai.com/v1",
         "api": "openai-responses",
+        "thinkTags": "paired",  # the API never inlines reasoning: previews flow at once
         "models": [
             {"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": True, "input": _TEXT_IMAGE,
              "contextWindow": 400_000, "maxTokens": 128_000,

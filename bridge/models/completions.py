@@ -1,7 +1,8 @@
 """OpenAI Chat Completions client (``POST {baseUrl}/chat/completions``).
 
-``reasoning_content`` / ``reasoning`` fields are dropped; inline reasoning tags in
-``content`` are stripped by :class:`~bridge.models.reasoning.ReasoningFilter`.
+``reasoning_content`` / ``reasoning`` fields are dropped (and tell the filter that the
+server parses reasoning itself); inline reasoning tags in ``content`` are stripped by
+:class:`~bridge.models.reasoning.ReasoningFilter`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from bridge.models.base import (
     ModelError,
     ModelRequest,
     Part,
+    StreamListener,
     TextPart,
     Usage,
 )
@@ -55,15 +57,16 @@ class CompletionsClient(ClientBase):
     def _path(self) -> str:
         return "/chat/completions"
 
-    async def _from_stream(self, reply: HttpReply) -> Completion:
-        filt = ReasoningFilter()
+    async def _from_stream(self, reply: HttpReply,
+                           listener: StreamListener | None = None) -> Completion:
+        filt = self._filter()
         parts: list[str] = []
         finish: str | None = None
         usage = Usage()
         produced = False  # any output at all, reasoning included
         async for ev in reply.events():
             if ev.data.strip() == "[DONE]":
-                return self._done(parts, filt, finish, usage, produced)
+                return self._done(parts, filt, finish, usage, produced, listener)
             data = ev.json()
             if not isinstance(data, dict):
                 raise ModelError(ErrorClass.BAD_RESPONSE, "stream chunk is not an object")
@@ -84,22 +87,26 @@ class CompletionsClient(ClientBase):
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
                 delta = choice.get("delta") or {}
-                content = delta.get("content") if isinstance(delta, dict) else None
+                if not isinstance(delta, dict):
+                    delta = {}
+                if any(delta.get(f) for f in _REASONING_FIELDS):
+                    self._reasoning(filt, listener)
+                content = delta.get("content")
+                if not isinstance(content, str):
+                    content = delta.get("refusal")
                 if isinstance(content, str):
-                    parts.append(filt.feed(content))
-                elif isinstance(delta, dict) and isinstance(delta.get("refusal"), str):
-                    parts.append(filt.feed(delta["refusal"]))
+                    parts.append(self._heard(listener, filt.feed(content), fed=bool(content)))
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
         if finish is not None:
             # Lenient: some servers close after the last chunk without "[DONE]".
-            return self._done(parts, filt, finish, usage, produced)
+            return self._done(parts, filt, finish, usage, produced, listener)
         # No finish_reason and no [DONE]: Ollama's mid-stream failure, a cut connection.
         raise ModelError(ErrorClass.BAD_RESPONSE, "stream ended without [DONE]")
 
     def _done(self, parts: list[str], filt: ReasoningFilter, finish: str | None,
-              usage: Usage, produced: bool) -> Completion:
-        parts.append(filt.finish())
+              usage: Usage, produced: bool, listener: StreamListener | None) -> Completion:
+        parts.append(self._heard(listener, filt.finish(), fed=False))
         return _completion("".join(parts), finish, usage, produced=produced)
 
     def _from_json(self, data: Any) -> Completion:
@@ -118,7 +125,9 @@ class CompletionsClient(ClientBase):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if content is not None and not isinstance(content, str):
             raise ModelError(ErrorClass.BAD_RESPONSE, "message content is not text")
-        filt = ReasoningFilter()
+        filt = self._filter()
+        if isinstance(reply, dict) and any(reply.get(f) for f in _REASONING_FIELDS):
+            filt.server_parses_reasoning()  # as when streamed: reasoning comes first
         text = filt.feed(content or "") + filt.finish()
         produced = bool(content) or (isinstance(reply, dict) and any(
             reply.get(f) for f in _CONTENT_FIELDS))
@@ -126,6 +135,7 @@ class CompletionsClient(ClientBase):
                            produced=produced)
 
 
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 _CONTENT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning", "tool_calls",
                    "function_call")
 

@@ -45,12 +45,14 @@ from bridge.models.base import (
     ModelError,
     ModelRequest,
     Part,
+    StreamListener,
     TextPart,
     Turn,
     Usage,
 )
 from bridge.models.catalog import BUILTIN_KEY_ENV
 from bridge.models.errors import classify_exception, classify_http
+from bridge.models.reasoning import ReasoningFilter
 from bridge.secrets import header_secrets
 
 T = TypeVar("T")
@@ -367,6 +369,12 @@ async def post(
         else:
             is_json = first.lstrip()[:1] in (b"{", b"[")
         yield HttpReply(resp, deadlines, first, is_json)
+    except asyncio.CancelledError:
+        # The turn was cancelled (/stop, shutdown): close the connection outright so the
+        # server sees it drop and stops generating, rather than relying on release()
+        # closing an unfinished stream.
+        resp.close()
+        raise
     finally:
         resp.release()
 
@@ -593,8 +601,10 @@ class ClientBase:
         """The completion in a whole JSON reply (not streamed)."""
         raise NotImplementedError
 
-    async def _from_stream(self, reply: HttpReply) -> Completion:
-        """The completion in an SSE reply."""
+    async def _from_stream(self, reply: HttpReply,
+                           listener: StreamListener | None = None) -> Completion:
+        """The completion in an SSE reply; ``listener`` hears each filtered text piece
+        (:meth:`_heard`) and each sign of reasoning (:meth:`_reasoning`)."""
         raise NotImplementedError
 
     # -- shared
@@ -623,14 +633,44 @@ class ClientBase:
         get, convert = self._turn_cache.get, self._wire_turn
         return [get(turn, convert) for turn in turns]
 
-    async def complete(self, request: ModelRequest) -> Completion:
-        """Send ``request`` (streamed) and return the final text (reasoning stripped)."""
+    async def complete(self, request: ModelRequest, *,
+                       listener: StreamListener | None = None) -> Completion:
+        """Send ``request`` (streamed) and return the final text (reasoning stripped).
+
+        ``listener`` hears the answer text as it streams, already through the reasoning
+        filter (a JSON reply streams nothing).  Cancelling the call closes the connection.
+        """
         headers = self._headers()
         payload = self.build_payload(request)
         async with self._post(self._path(), payload, headers) as reply:
             if reply.is_json:
                 return self._from_json(await reply.json())
-            return await self._from_stream(reply)
+            return await self._from_stream(reply, listener)
+
+    def _filter(self) -> ReasoningFilter:
+        """A reasoning filter for this model: ``thinkTags: "paired"`` models never open
+        ``<think>`` in their template, so no lone closing tag is waited for."""
+        return ReasoningFilter(lone_close=self.model.think_tags != "paired")
+
+    @staticmethod
+    def _heard(listener: StreamListener | None, piece: str, *, fed: bool = True) -> str:
+        """Tell ``listener`` about ``piece``, the filter's output for one delta: text to
+        show, or (for a non-empty delta whose text is held) that the model is working.
+        Returns ``piece``."""
+        if listener is not None:
+            if piece:
+                listener.text(piece)
+            elif fed:
+                listener.thinking()
+        return piece
+
+    @staticmethod
+    def _reasoning(filt: ReasoningFilter, listener: StreamListener | None) -> None:
+        """Reasoning arrived through its own channel: the server parses reasoning (see
+        :meth:`ReasoningFilter.server_parses_reasoning`), and nothing is showable."""
+        filt.server_parses_reasoning()
+        if listener is not None:
+            listener.thinking()
 
     def _headers(self) -> dict[str, str]:
         headers = dict(self.model.headers)

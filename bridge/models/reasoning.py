@@ -112,8 +112,10 @@ class ReasoningFilter:
     whether a lone ``</think>`` (or harmony token) turns it into reasoning: until it
     starts with an opening tag or a harmony header, or the first closing tag or special
     token has decided it, or the stream ends.  Pass
-    ``lone_close=False`` for models known not to open the tag in their template, so text
-    can flow at once.  ``finish()`` returns whatever remains.  The result never depends
+    ``lone_close=False`` for models known not to open the tag in their template
+    (``thinkTags: "paired"``), so text can flow at once; there a lone closing tag is a
+    stray and dropped.  :meth:`server_parses_reasoning` switches to that mode while
+    nothing has been fed.  ``finish()`` returns whatever remains.  The result never depends
     on how the text was split into chunks.
     """
 
@@ -125,6 +127,7 @@ class ReasoningFilter:
         self._fence_first_line = False  # still on the opener's line (info string)
         self._line_start = True  # at the beginning of a line (only spaces since)
         self._resolved = not lone_close  # lone-close question answered
+        self._lone_close = lone_close  # a lone closing tag may still make reasoning
         self._raw = ""  # input held, unscanned, until the lone-close question is answered
         self._search_from = 0  # no closing tag starts before this offset of _raw
         self._out: list[str] = []  # emitted since the last feed()/finish() returned
@@ -159,6 +162,29 @@ class ReasoningFilter:
             self._buf = ""
             self._finished = True
         return self._take()
+
+    def server_parses_reasoning(self) -> None:
+        """The server delivers reasoning through a separate channel (a
+        ``reasoning_content`` delta, a Responses reasoning item, an Anthropic thinking
+        block): answer the lone-close question as "no lone close" now.
+
+        Such a server has parsed the reasoning out itself, so its text is answer text and
+        a late lone ``</think>`` in it is not plausible; text can flow at once (a live
+        preview needs that).  From here the filter is exactly ``lone_close=False``: a
+        stray closing tag is dropped and the text before it kept.  It applies only while
+        nothing but whitespace has been fed; once text was held, the text alone decides
+        (so the result still never depends on the chunking), and it is a no-op when the
+        question is answered already.
+        """
+        if not self._resolved and not self._finished and not self._raw.strip():
+            self._lone_close = False
+            self._resolve(0)
+
+    @property
+    def lone_close(self) -> bool:
+        """The mode to filter the same answer again with: False when constructed so or
+        switched by :meth:`server_parses_reasoning`."""
+        return self._lone_close
 
     # ------------------------------------------------------------------ lone close
 
@@ -599,7 +625,8 @@ def _in_code_example(text: str, pos: int, *, final: bool,
     return fence is not None and (open_in_code or any_code)
 
 
-def strip_reasoning(text: str) -> str:
-    """Return ``text`` with every form of inline reasoning removed (see module doc)."""
-    f = ReasoningFilter()
+def strip_reasoning(text: str, *, lone_close: bool = True) -> str:
+    """Return ``text`` with every form of inline reasoning removed (see module doc);
+    ``lone_close`` as for :class:`ReasoningFilter`."""
+    f = ReasoningFilter(lone_close=lone_close)
     return f.feed(text) + f.finish()

@@ -1,8 +1,9 @@
 """OpenAI Responses API client (``POST {baseUrl}/responses``), stateless (``store: false``).
 
 Only ``output_text`` and ``refusal`` content of ``message`` items is kept: ``reasoning``
-items and the reasoning text / summary events are ignored, and inline reasoning tags are
-stripped by :class:`~bridge.models.reasoning.ReasoningFilter`.
+items and the reasoning text / summary events are dropped (they tell the filter that the
+server parses reasoning itself), and inline reasoning tags are stripped by
+:class:`~bridge.models.reasoning.ReasoningFilter`.
 
 Input items: text-only turns carry a plain string ``content`` (a list only for a user turn
 with an image, to a model that takes images); assistant items say ``"type": "message"``.
@@ -10,6 +11,7 @@ with an image, to a model that takes images); assistant items say ``"type": "mes
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from bridge.models.base import (
@@ -18,6 +20,7 @@ from bridge.models.base import (
     ModelError,
     ModelRequest,
     Part,
+    StreamListener,
     TextPart,
     Usage,
 )
@@ -31,10 +34,14 @@ from bridge.models.errors import (
 from bridge.models.http import ClientBase, HttpReply, openai_usage
 from bridge.models.reasoning import ReasoningFilter
 
+log = logging.getLogger("bridge.models.responses")
+
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 # Events a server may send while the model has produced nothing yet (see http.py).
 _KEEPALIVE = frozenset({"response.created", "response.in_progress", "response.queued",
                         "keepalive", "ping"})
+# Model refs already told that their server relabels streamed text (logged once each).
+_RELABEL_HINTED: set[str] = set()
 
 
 class ResponsesClient(ClientBase):
@@ -70,8 +77,9 @@ class ResponsesClient(ClientBase):
     def _path(self) -> str:
         return "/responses"
 
-    async def _from_stream(self, reply: HttpReply) -> Completion:
-        filt = ReasoningFilter()
+    async def _from_stream(self, reply: HttpReply,
+                           listener: StreamListener | None = None) -> Completion:
+        filt = self._filter()
         parts: list[str] = []
         streamed = False  # answer text (or a refusal) arrived as deltas
         produced = False  # any output at all, reasoning included
@@ -95,7 +103,9 @@ class ResponsesClient(ClientBase):
                 delta = data.get("delta")
                 if isinstance(delta, str):
                     streamed = True
-                    parts.append(filt.feed(delta))
+                    parts.append(self._heard(listener, filt.feed(delta), fed=bool(delta)))
+            elif _is_reasoning_event(kind, data):
+                self._reasoning(filt, listener)
             elif kind == "error":  # named by the event line only
                 raise classify_event(data, secrets=self._secrets())
             elif kind in _TERMINAL:
@@ -105,16 +115,22 @@ class ResponsesClient(ClientBase):
                 if kind == "response.failed" or not streamed:
                     # Servers that send no deltas still carry the output here.
                     return self._from_json(response, produced=produced)
-                parts.append(filt.finish())
+                rest = filt.finish()
+                parts.append(rest)
                 # The final response is the server's own account of the answer: LocalAI
                 # streams a thinking model's reasoning as output_text deltas and moves it
                 # into a reasoning item only here (LocalAI#9658).  Deltas are kept when it
                 # carries no text (a bridge that lost its backend mid-stream).
                 final = _output_text(response)
                 if final.strip():
-                    ffilt = ReasoningFilter()
-                    return _completion(ffilt.feed(final) + ffilt.finish(), response,
-                                       produced=True)
+                    ffilt = ReasoningFilter(lone_close=filt.lone_close)
+                    text = ffilt.feed(final) + ffilt.finish()
+                    if text == "".join(parts):
+                        self._heard(listener, rest, fed=False)
+                    else:
+                        self._relabelled()
+                    return _completion(text, response, produced=True)
+                self._heard(listener, rest, fed=False)
                 return _completion("".join(parts), response, produced=True)
         # Ollama's mid-stream failure, a proxy that lost its backend: no terminal event.
         raise ModelError(ErrorClass.BAD_RESPONSE,
@@ -141,10 +157,52 @@ class ResponsesClient(ClientBase):
             raise ModelError(ErrorClass.BAD_RESPONSE, "response has no output list")
         produced = produced or any(isinstance(item, dict) and item.get("type") != "message"
                                    and _has_output(item) for item in output)
-        filt = ReasoningFilter()
+        filt = self._filter()
+        if _reasoning_first(output):
+            filt.server_parses_reasoning()  # as when streamed
         joined = _output_text(response)
         return _completion(filt.feed(joined) + filt.finish(), response,
                            produced=produced or bool(joined))
+
+    def _relabelled(self) -> None:
+        """The final text is not what was streamed: a preview showed text that is not
+        the answer.  Say once per model how to stop that."""
+        ref = self.model.ref
+        if ref in _RELABEL_HINTED:
+            return
+        _RELABEL_HINTED.add(ref)
+        log.warning(
+            "model %s: the final response's text differs from the text it streamed (the "
+            "server relabels streamed text, e.g. as reasoning); set \"preview\": false for "
+            "this model so that live previews never show it", ref,
+            extra={"event": "model_relabels_stream", "model": ref})
+
+
+def _is_reasoning_event(kind: Any, data: dict[str, Any]) -> bool:
+    """A stream event carrying (or opening) reasoning: ``response.reasoning_*`` events, a
+    reasoning output item, or a ``reasoning_text`` content part (vLLM)."""
+    if not isinstance(kind, str):
+        return False
+    if kind.startswith("response.reasoning"):
+        return True
+    if kind == "response.output_item.added":
+        item = data.get("item")
+        return isinstance(item, dict) and item.get("type") == "reasoning"
+    if kind == "response.content_part.added":
+        part = data.get("part")
+        return isinstance(part, dict) and part.get("type") == "reasoning_text"
+    return False
+
+
+def _reasoning_first(output: list[Any]) -> bool:
+    """True when a reasoning item precedes the first message item (the server parsed the
+    reasoning out, as :func:`_is_reasoning_event` tells while streaming)."""
+    for item in output:
+        if isinstance(item, dict) and item.get("type") == "message":
+            return False
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            return True
+    return False
 
 
 def _output_text(response: dict[str, Any]) -> str:

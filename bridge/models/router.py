@@ -43,6 +43,7 @@ from bridge.models.base import (
     ModelReply,
     RequestSource,
     Router,
+    StreamListener,
     Usage,
 )
 from bridge.models.clients import make_client
@@ -117,6 +118,8 @@ class ModelRouter(Router):
         self,
         candidates: Sequence[ResolvedModel | str],
         request: RequestSource,
+        *,
+        listener: StreamListener | None = None,
     ) -> ModelReply:
         """Answer ``request`` with the first candidate that succeeds.
 
@@ -125,10 +128,15 @@ class ModelRouter(Router):
         may be a callable given each candidate's ResolvedModel (to fit its context window
         or vision support); it may be async.  Raises AllModelsFailed listing every
         attempt (skipped ones included).
+
+        ``listener`` hears ``attempt(ref)`` just before each model is really called
+        (skipped, cooling and unresolvable candidates are not), then that call's filtered
+        text; a model with ``preview: false`` is announced but its client gets no
+        listener, so none of its text can reach a preview.
         """
         async def attempt(candidate: ResolvedModel | str
                           ) -> tuple[tuple[Completion, ResolvedModel], Attempt] | Attempt:
-            reply_or_error = await self._attempt(candidate, request)
+            reply_or_error = await self._attempt(candidate, request, listener)
             if isinstance(reply_or_error, Attempt):
                 return reply_or_error
             completion, model, duration, usage = reply_or_error
@@ -264,6 +272,7 @@ class ModelRouter(Router):
 
     async def _attempt(
         self, candidate: ResolvedModel | str, request: RequestSource,
+        listener: StreamListener | None = None,
     ) -> tuple[Completion, ResolvedModel, float, Usage] | Attempt:
         """One call; returns (Completion, ResolvedModel, duration, usage) or a failed
         Attempt (with the usage its server reported, if any)."""
@@ -286,7 +295,10 @@ class ModelRouter(Router):
             return Attempt(ref, exc.error_class, self._clock() - start, exc.message)
         try:
             client = make_client(model, self._get_session())
-            completion = await client.complete(built)
+            if listener is not None:
+                listener.attempt(ref)
+            completion = await client.complete(
+                built, listener=listener if model.preview else None)
         except Exception as exc:
             error = classify_exception(exc, phase="the call")
             if not isinstance(exc, ModelError):

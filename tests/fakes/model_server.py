@@ -27,7 +27,8 @@ returns the right one.
 Scripted behaviours form a FIFO queue; each POST to a completion endpoint takes the next
 one (whatever the API).  Each method returns the server, so calls chain:
 
-- ``reply(text, *, reasoning=None, inline_think=False, chunks=3, delay=0.0,
+- ``reply(text, *, tokens_per_second=None, reasoning=None, inline_think=False, chunks=3,
+  delay=0.0,
   stream=None, finish="stop", refusal=None, reasoning_field=None,
   redacted_thinking=False, stall_after=None, drop_after=None, terminal=True,
   usage=None, keepalive=None, keepalive_kind="comment", think=0.0)``: a successful
@@ -38,6 +39,8 @@ one (whatever the API).  Each method returns the server, so calls chain:
   ``completion_tokens_details``, Anthropic ``cache_read_input_tokens`` /
   ``cache_creation_input_tokens`` beside an ``input_tokens`` that excludes them), or
   ``False`` for a server that reports no usage at all; None: counted from the words.
+  ``tokens_per_second=N``: a model writing N tokens a second, one word (with the
+  whitespace after it) per chunk and ``delay=1/N`` before each.
   ``reasoning`` goes out in the API's own form (Responses reasoning item + summary and
   reasoning_text events; Chat Completions ``reasoning_field`` deltas, by default
   ``reasoning_content`` or the profile's field; Anthropic
@@ -129,7 +132,9 @@ not use up a scripted behaviour, so a proxy's retries see the same refusal):
   {"message", "type": null, "param": null, "code": "500"}}``, then the stream ends.
 
 Inspection: ``server.requests`` is a list of :class:`RecordedRequest` (``method``,
-``path``, ``headers`` with lower-case keys, ``json``, ``api``, ``last_user_text()``);
+``path``, ``headers`` with lower-case keys, ``json``, ``api``, ``last_user_text()``, and
+``closed`` / ``closed_at`` / ``chunks_written`` / ``finished``: whether and when the client
+hung up mid-answer, and that the fake stopped writing then);
 ``server.pending`` is the number of queued behaviours left.
 """
 
@@ -138,6 +143,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -202,12 +208,31 @@ _OLLAMA_IMAGE_MIMES = ("image/jpeg", "image/jpg", "image/png", "image/webp")
 
 @dataclass
 class RecordedRequest:
-    """One request the fake received."""
+    """One request the fake received.
+
+    ``closed`` is set (and ``closed_at``, loop time, recorded) when the client went away
+    while the fake was still answering: a write failed with a connection reset, or the
+    transport was found closing while the fake waited (``delay``, ``think``, a stall, a
+    hang).  From then on the fake writes nothing more to that request, as a real server
+    that stops generating.  ``chunks_written`` counts the SSE events (keepalives included)
+    that were written; it stops growing once ``closed`` is set.  ``finished`` is set when
+    the fake's handler for the request has returned.
+    """
 
     method: str
     path: str
     headers: dict[str, str]
     json: Any
+    closed: asyncio.Event = field(default_factory=asyncio.Event, compare=False, repr=False)
+    closed_at: float | None = None
+    chunks_written: int = 0
+    finished: asyncio.Event = field(default_factory=asyncio.Event, compare=False,
+                                    repr=False)
+
+    def _client_left(self) -> None:
+        if not self.closed.is_set():
+            self.closed_at = asyncio.get_running_loop().time()
+            self.closed.set()
 
     @property
     def api(self) -> str:
@@ -307,6 +332,21 @@ _ANTHROPIC_ERR = {
 }
 
 
+def words(text: str) -> list[str]:
+    """``text`` as one chunk per word, each with the whitespace after it (a model's
+    tokens, roughly); joined they give ``text`` back."""
+    return [w for w in re.split(r"(?<=\s)(?=\S)", text) if w]
+
+
+def _gone(request: web.Request) -> bool:
+    """True when the client's connection is closed or closing."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+_WATCH_S = 0.02  # how often a waiting handler looks whether its client hung up
+
+
 def _split(text: str | list[str], n: int) -> list[str]:
     if isinstance(text, list):
         return list(text)
@@ -378,8 +418,13 @@ class FakeModelServer(LoopbackServer):
 
     # ------------------------------------------------------------------ script
 
-    def reply(self, text: str | list[str], **kwargs: Any) -> FakeModelServer:
+    def reply(self, text: str | list[str], *, tokens_per_second: float | None = None,
+              **kwargs: Any) -> FakeModelServer:
         """Queue a successful answer (see the module docstring for the options)."""
+        if tokens_per_second is not None:
+            if isinstance(text, str):
+                text = words(text)
+            kwargs["delay"] = 1 / tokens_per_second
         self._queue.append(_Reply(text, **kwargs))
         return self
 
@@ -490,6 +535,32 @@ class FakeModelServer(LoopbackServer):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
+        try:
+            return await self._answer(request, rec)
+        finally:
+            rec.finished.set()
+
+    async def _watch(self, request: web.Request, rec: RecordedRequest,
+                     seconds: float) -> None:
+        """Wait ``seconds`` (inf: until the server closes), watching the client: raise
+        _Stop as soon as it has hung up (aiohttp does not cancel a handler when its
+        client disconnects)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while not self._closing.is_set():
+            if _gone(request):
+                rec._client_left()
+                raise _Stop
+            left = end - loop.time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._closing.wait(), min(left, _WATCH_S))
+            except TimeoutError:
+                pass
+
+    async def _answer(self, request: web.Request, rec: RecordedRequest
+                      ) -> web.StreamResponse:
         api = rec.api
         if not isinstance(rec.json, dict):
             return self._error_response(api, _Error(400, "body is not valid JSON"))
@@ -502,7 +573,10 @@ class FakeModelServer(LoopbackServer):
         if isinstance(behaviour, _Reply):
             behaviour = self._limited(api, rec, behaviour)
         if isinstance(behaviour, _Hang):
-            await self._closing.wait()
+            try:
+                await self._watch(request, rec, float("inf"))
+            except _Stop:
+                pass  # the client hung up
             return web.Response(status=503)
         if isinstance(behaviour, _Raw):
             return web.Response(status=behaviour.status, body=behaviour.body,
@@ -767,13 +841,25 @@ class FakeModelServer(LoopbackServer):
                 data = {"type": event, **data}
             payload = data if isinstance(data, str) else json.dumps(data)
             head = f"event: {event}\n" if named else ""
-            await resp.write(f"{head}data: {payload}\n\n".encode())
+            await write(f"{head}data: {payload}\n\n".encode())
+
+        async def write(data: bytes) -> None:
+            """Write, unless the client has hung up (then never again: _Stop)."""
+            if rec.closed.is_set() or _gone(request):
+                rec._client_left()
+                raise _Stop
+            try:
+                await resp.write(data)
+            except ConnectionResetError:  # aiohttp's ClientConnectionResetError too
+                rec._client_left()
+                raise _Stop from None
+            rec.chunks_written += 1
 
         sent = 0
 
         async def keepalive() -> None:
             if rep.keepalive_kind == "comment":
-                await resp.write(b": OPENROUTER PROCESSING\n\n")
+                await write(b": OPENROUTER PROCESSING\n\n")
             elif api == "responses":
                 await send("response.in_progress", {"response": self._response_obj(
                     model, "", None, rep, tin, tout, "in_progress")})
@@ -789,15 +875,14 @@ class FakeModelServer(LoopbackServer):
         async def wait(seconds: float) -> None:
             """Silence, or keepalives every ``rep.keepalive`` s, for ``seconds``."""
             if not rep.keepalive:
-                if seconds == float("inf"):
-                    await self._closing.wait()
-                elif seconds:
-                    await asyncio.sleep(seconds)
+                if seconds:
+                    await self._watch(request, rec, seconds)
                 return
             end = time.monotonic() + seconds
             while not self._closing.is_set() and time.monotonic() < end:
                 await keepalive()
-                await asyncio.sleep(min(rep.keepalive, max(end - time.monotonic(), 0)))
+                await self._watch(request, rec,
+                                  min(rep.keepalive, max(end - time.monotonic(), 0)))
 
         async def think() -> None:
             if rep.think:
