@@ -133,8 +133,9 @@ not use up a scripted behaviour, so a proxy's retries see the same refusal):
 
 Inspection: ``server.requests`` is a list of :class:`RecordedRequest` (``method``,
 ``path``, ``headers`` with lower-case keys, ``json``, ``api``, ``last_user_text()``, and
-``closed`` / ``closed_at`` / ``chunks_written`` / ``finished``: whether and when the client
-hung up mid-answer, and that the fake stopped writing then);
+``closed`` / ``closed_at`` / ``chunks_written`` / ``streaming`` / ``finished``: whether and
+when the client hung up mid-answer, and that the fake stopped writing then);
+``await server.wait_requests(n)`` returns the n-th request once it has arrived;
 ``server.pending`` is the number of queued behaviours left.
 """
 
@@ -215,8 +216,9 @@ class RecordedRequest:
     transport was found closing while the fake waited (``delay``, ``think``, a stall, a
     hang).  From then on the fake writes nothing more to that request, as a real server
     that stops generating.  ``chunks_written`` counts the SSE events (keepalives included)
-    that were written; it stops growing once ``closed`` is set.  ``finished`` is set when
-    the fake's handler for the request has returned.
+    that were written (``streaming`` is set at the first); it stops growing once
+    ``closed`` is set.  ``finished`` is set when the fake's handler for the request has
+    returned.
     """
 
     method: str
@@ -228,6 +230,8 @@ class RecordedRequest:
     chunks_written: int = 0
     finished: asyncio.Event = field(default_factory=asyncio.Event, compare=False,
                                     repr=False)
+    streaming: asyncio.Event = field(default_factory=asyncio.Event, compare=False,
+                                     repr=False)
 
     def _client_left(self) -> None:
         if not self.closed.is_set():
@@ -370,6 +374,7 @@ class FakeModelServer(LoopbackServer):
         self.serve_models = True
         self.lmstudio_states: dict[str, str] | None = None
         self.requests: list[RecordedRequest] = []
+        self._arrived = asyncio.Condition()
         self._queue: deque[Any] = deque()
         self._default: Callable[[RecordedRequest], Any] = (
             lambda r: _Reply(f"echo: {r.last_user_text()}")
@@ -488,7 +493,15 @@ class FakeModelServer(LoopbackServer):
         rec = RecordedRequest(request.method, request.path,
                               {k.lower(): v for k, v in request.headers.items()}, body)
         self.requests.append(rec)
+        async with self._arrived:
+            self._arrived.notify_all()
         return rec
+
+    async def wait_requests(self, n: int = 1) -> RecordedRequest:
+        """Wait until ``n`` requests have arrived in all; return the ``n``-th."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self.requests) >= n)
+        return self.requests[n - 1]
 
     def _auth_error(self, rec: RecordedRequest) -> _Error:
         if not self.echo_key:
@@ -854,6 +867,7 @@ class FakeModelServer(LoopbackServer):
                 rec._client_left()
                 raise _Stop from None
             rec.chunks_written += 1
+            rec.streaming.set()
 
         sent = 0
 
