@@ -58,9 +58,9 @@ class Recorder:
         return [p for k, p in self.events[last + 1:] if k == "text"]
 
 
-def client(server: FakeModelServer, api: str, session, **extra: Any):
-    cfg = make_config({"p": provider(server.url_for(api), api, "m", **extra)})
-    return make_client(cfg.model("p/m"), session)
+def client(server: FakeModelServer, api: str, session, *, pid: str = "p", **extra: Any):
+    cfg = make_config({pid: provider(server.url_for(api), api, "m", **extra)})
+    return make_client(cfg.model(f"{pid}/m"), session)
 
 
 # ----------------------------------------------------------------------- filtered text
@@ -190,14 +190,15 @@ async def test_relabelled_stream_logs_the_preview_hint_once_per_model(server, se
                                                                       caplog):
     body = localai_stream("Thinking about SECRET things ", "Paris.")
     server.raw(200, body, "text/event-stream").raw(200, body, "text/event-stream")
-    c = client(server, "openai-responses", session, thinkTags="paired")
+    # The hint is remembered per model ref for the process: a ref no other test uses.
+    c = client(server, "openai-responses", session, pid="relabelling", thinkTags="paired")
     with caplog.at_level(logging.WARNING, logger="bridge.models.responses"):
         for _ in range(2):
             heard = Recorder()
             done = await c.complete(REQ, listener=heard)
             assert done.text == "Paris."
     hints = [r for r in caplog.records if "preview" in r.getMessage()]
-    assert len(hints) == 1 and "p/m" in hints[0].getMessage()
+    assert len(hints) == 1 and "relabelling/m" in hints[0].getMessage()
     # Why the hint exists: with "paired" the relabelled deltas were heard as text.
     assert "SECRET" in "".join(heard.texts)
 
