@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from telegram import BotCommand, InputFile
+from telegram import Bot, BotCommand, InputFile
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
     BadRequest,
@@ -60,6 +61,9 @@ from bridge.ports import (
     ChannelHealth,
     InboundSink,
     Markup,
+    Preview,
+    PreviewKey,
+    PreviewMode,
     SendError,
     SendProgress,
 )
@@ -73,6 +77,7 @@ from channels.telegram.http import (
     retry_after_seconds,
 )
 from channels.telegram.intake import Intake
+from channels.telegram.live import Live
 from channels.telegram.pacing import Pacer
 from channels.telegram.token import FIX_TOKEN, TokenError, resolve_token
 
@@ -160,8 +165,9 @@ class TelegramChannel(Channel):
         del data_dir
         self.config = config
         self.media = media
-        self.capabilities = Capabilities(config.textChunkLimit, Markup.TELEGRAM_HTML,
-                                         voice_notes=True)
+        self.capabilities = Capabilities(
+            config.textChunkLimit, Markup.TELEGRAM_HTML, voice_notes=True,
+            preview_modes=frozenset({PreviewMode.DRAFT, PreviewMode.EDIT}), reactions=True)
         self._sink: InboundSink | None = None
         self._app: Application | None = None
         self._requests: tuple[AiohttpRequest, ...] = ()
@@ -184,6 +190,7 @@ class TelegramChannel(Channel):
                            group_interval=self.pace_group_interval,
                            group_burst=self.pace_group_burst,
                            overall_interval=self.pace_overall_interval)
+        self._live = Live(self)
 
     # ------------------------------------------------------------------ the intake's view
 
@@ -203,6 +210,11 @@ class TelegramChannel(Channel):
         return self._stopping
 
     @property
+    def bot(self) -> Bot | None:
+        """The connected bot (None unless running): what :mod:`.live` posts through."""
+        return self._app.bot if self._app is not None and self.running else None
+
+    @property
     def ready_due(self) -> bool:
         """A send found no connection: the core is told when the Bot API answers again."""
         return self._ready_due
@@ -220,6 +232,9 @@ class TelegramChannel(Channel):
         self._sink = sink
         self._stopping = False
         self._guard_logs()
+        # A reaction Telegram would refuse turns reactions off (one warning), not errors.
+        self.capabilities = dataclasses.replace(
+            self.capabilities, reactions=self._live.check_reactions(self.config))
         try:
             self._token = await asyncio.to_thread(resolve_token, self.config)
         except TokenError as exc:
@@ -437,6 +452,8 @@ class TelegramChannel(Channel):
         thread_id = int(out.address.thread_id) if out.address.thread_id else None
         group = out.address.chat_kind is ChatKind.GROUP
         reply_to = _split_message_id(out.reply_to_message_id) if group else None
+        # Edit mode: chunk 0 finishes the preview message (issue 17).
+        edit_id = _split_message_id(out.edit_message_id)
         sent: list[str] = []
         index = progress.start if progress is not None else 0
         while index < len(items):
@@ -444,12 +461,20 @@ class TelegramChannel(Channel):
             reply = _reply_parameters(reply_to) if index == 0 and reply_to is not None else None
             try:
                 if isinstance(item, _Document):
+                    if index == 0 and edit_id is not None:  # maxReplyChunks 1: no chunk 0
+                        await self._drop_preview(out.address, chat_id, edit_id)
                     ids = [await self._send_document(chat_id, item, thread_id, reply, group)]
                 else:
                     text, parse_mode = item
                     try:
-                        ids = [await self._send_chunk(chat_id, text, parse_mode, thread_id,
-                                                      reply, group)]
+                        edited = None
+                        if index == 0 and edit_id is not None:
+                            edited = await self._live.edit_chunk(chat_id, edit_id, text,
+                                                                 parse_mode, group)
+                            if edited is None:  # deleted by the user: a new message
+                                edit_id = None
+                        ids = [edited if edited is not None else await self._send_chunk(
+                            chat_id, text, parse_mode, thread_id, reply, group)]
                     except _EntitiesRejected as exc:
                         log.warning("telegram: HTML rejected (%s); sending it as plain text",
                                     exc)
@@ -512,7 +537,37 @@ class TelegramChannel(Channel):
         reply_to = _split_message_id(reply_to_message_id) if group else None
         if reply_to is not None:
             params["reply_parameters"] = _reply_parameters(reply_to)
-        return f"{chat_id}:{await self._call_paced('sendVoice', chat_id, params, None, group)}"
+        return f"{chat_id}:{await self.call_paced('sendVoice', chat_id, params, None, group)}"
+
+    # ------------------------------------------------------------------ live replies
+
+    def preview(self, address: ChatAddress, mode: PreviewMode, *, turn_id: int,
+                reply_to: str | None = None,
+                on_created: Callable[[PreviewKey], Awaitable[None]] | None = None,
+                ) -> Preview | None:
+        """A draft (private chats) or an editable message (:mod:`.live`), or None."""
+        return self._live.preview(address, mode, turn_id=turn_id, reply_to=reply_to,
+                                  on_created=on_created)
+
+    def may_preview_now(self, address: ChatAddress) -> bool:
+        """A pacer slot is free now with one left for the final; True takes it."""
+        return self._live.may_preview_now(address)
+
+    async def discard_preview(self, address: ChatAddress, key: PreviewKey) -> None:
+        """Delete a stale edit-mode preview (else edit it to "…"); drafts: nothing."""
+        await self._live.discard(address, key)
+
+    async def react(self, address: ChatAddress, message_id: str, emoji: str) -> None:
+        """``setMessageReaction`` (``""`` clears); a chat refusing it is left alone an hour."""
+        await self._live.react(address, message_id, emoji)
+
+    async def _drop_preview(self, address: ChatAddress, chat_id: int, message_id: int) -> None:
+        """A preview the final reply does not reuse: removed, best effort."""
+        key = PreviewKey(PreviewMode.EDIT, f"{chat_id}:{message_id}")
+        try:
+            await self._live.discard(address, key)
+        except SendError as exc:
+            log.warning("telegram: %s", exc)
 
     def _capped(self, pieces: list[_Piece]) -> list[_Piece | _Document]:
         """``pieces`` within ``maxReplyChunks``: the rest as one document, the note its caption."""
@@ -534,7 +589,7 @@ class TelegramChannel(Channel):
             params["message_thread_id"] = thread_id
         if reply is not None:
             params["reply_parameters"] = reply
-        return await self._call_paced("sendDocument", chat_id, params, None, group)
+        return await self.call_paced("sendDocument", chat_id, params, None, group)
 
     async def _send_chunk(self, chat_id: int, text: str, parse_mode: str | None,
                           thread_id: int | None, reply: str | None, group: bool = False) -> int:
@@ -551,11 +606,16 @@ class TelegramChannel(Channel):
             params["message_thread_id"] = thread_id
         if reply is not None:
             params["reply_parameters"] = reply
-        return await self._call_paced("sendMessage", chat_id, params, parse_mode, group)
+        return await self.call_paced("sendMessage", chat_id, params, parse_mode, group)
 
-    async def _call_paced(self, method: str, chat_id: int, params: dict[str, object],
-                          parse_mode: str | None, group: bool) -> int:
-        """One paced send call; retried here only when nothing went out (or on 429)."""
+    async def call_paced(self, method: str, chat_id: int, params: dict[str, object],
+                         parse_mode: str | None, group: bool, *,
+                         passthrough: tuple[str, ...] = ()) -> int:
+        """One paced send call; retried here only when nothing went out (or on 429).
+
+        A 400 whose description contains one of ``passthrough`` (lower case) is raised
+        as PTB's ``BadRequest`` for the caller to read (an edit's "not modified").
+        """
         assert self._app is not None
         bot = self._app.bot
         for attempt in range(1, self.max_send_attempts + 1):
@@ -573,8 +633,11 @@ class TelegramChannel(Channel):
                                     retryable=True) from None
                 log.info("telegram: rate limited, retrying in %g s", wait)
             except BadRequest as exc:
-                if parse_mode and "can't parse entities" in str(exc).lower():
+                reason = str(exc).lower()
+                if parse_mode and "can't parse entities" in reason:
                     raise _EntitiesRejected(str(exc)) from None
+                if any(p in reason for p in passthrough):
+                    raise
                 raise SendError(f"telegram refused the message: {exc}") from None
             except (NotSent, ServerError) as exc:
                 if isinstance(exc, ServerError) and exc.status not in (502, 503):

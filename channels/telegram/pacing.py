@@ -68,6 +68,25 @@ class Pacer:
             await self.sleep(wait)
         return max(wait, 0.0)
 
+    def try_take(self, chat_id: int, *, group: bool, keep: int = 1) -> bool:
+        """Take this chat's next slot only if it is free now and ``keep`` more would still
+        be free right after (so a preview never spends what the final reply needs); the
+        overall pace too.  Never sleeps; False leaves everything as it was.
+
+        The GCRA of :meth:`wait`: a send may go at ``now`` when the chat's theoretical
+        arrival time is within the burst tolerance of it.
+        """
+        now = self.clock()
+        interval, tolerance = self._shape(group)
+        tat = max(self._tat.get(chat_id, now), now)
+        # This slot and ``keep`` after it: the last of them must be due by now.
+        if tat + max(keep, 0) * interval - tolerance > now or self._next_any > now:
+            return False
+        self._tat[chat_id] = tat + interval
+        self._next_any = now + self.overall_interval
+        self._prune(now)
+        return True
+
     def hold(self, chat_id: int, seconds: float, *, group: bool = False) -> None:
         """Telegram said ``retry_after`` = ``seconds`` for this chat: its next slot is
         not before that has passed (and the burst allowance is spent)."""
