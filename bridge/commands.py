@@ -1,4 +1,4 @@
-"""Chat commands (/new /reset /model /models /status /help) and per-chat model choice.
+"""Chat commands (/new /reset /model /models /status /stop /help) and per-chat model choice.
 
 Commands are answered by Palaver itself and never reach a model.  ``/cmd@botname`` is
 accepted (the channel decides whether it was addressed to this bot).  :data:`COMMANDS` is
@@ -466,6 +466,24 @@ async def _help(ctx: CommandContext, _arg: str) -> str:
     return help_text(owner=ctx.owner)
 
 
+# /stop is answered at the door (bridge.conversation), before the session's queue: a stop
+# waiting behind the turn it should cancel would come too late.
+STOP_COMMAND = "stop"
+STOPPED = "Stopped."
+NOTHING_RUNNING = "Nothing is running."
+
+
+def is_stop(text: str) -> bool:
+    """Is ``text`` a ``/stop`` (``/stop@thisbot`` arrives with the bot's name stripped)?"""
+    parsed = parse_command(text)
+    return parsed is not None and parsed[0] == STOP_COMMAND
+
+
+async def _stop(_ctx: CommandContext, _arg: str) -> str:
+    # Only reached if a /stop ever got into the queue; the door answers every other one.
+    return NOTHING_RUNNING
+
+
 async def _approve(ctx: CommandContext, arg: str) -> str:
     return await _pairing(ctx, arg, approve=True)
 
@@ -567,6 +585,9 @@ COMMANDS: tuple[Command, ...] = (
             help="the model in use, the one that answered last, context used"),
     Command("usage", _usage, menu="Messages, tokens and cost",
             help="this chat's messages, tokens and cost today and this month"),
+    # Changes the chat: in a group only those the bot may talk to can stop an answer.
+    Command(STOP_COMMAND, _stop, menu="Stop the answer being written",
+            help="stop the answer being written", changes=_always),
     Command("help", _help, menu="What this bot can do", help="this list"),
     # The operator's (channels.<name>.owners); anyone else is told only they may.
     Command("approve", _approve, menu=None, owner_only=True, changes=_always,

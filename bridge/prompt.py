@@ -358,6 +358,36 @@ def _user_text(msg: StoredMessage, *, group: bool, text: str) -> str:
     return "\n".join(lines)
 
 
+# The group's context (issue 17): what was said in a group since the bot's last answer,
+# not addressed to it, sent along at the top of the turn that addresses it.
+CONTEXT_LEAD = "[Messages in this group since your last answer, not addressed to you:]"
+CONTEXT_END = "[End of those messages.]"
+
+
+def context_line(msg: StoredMessage) -> str:
+    """One unaddressed group message as ``Name: text`` on one line (its text is untrusted
+    like any user text; kept on one line so it cannot pass for the block's end)."""
+    return " ".join(user_text(replace(msg, quoted=None), group=True).split())
+
+
+def context_block(messages: Sequence[StoredMessage]) -> str:
+    """The marked block of unaddressed group messages, oldest first ("" for none)."""
+    lines = [line for line in (context_line(m) for m in messages) if line]
+    if not lines:
+        return ""
+    return "\n".join((CONTEXT_LEAD, *lines, CONTEXT_END))
+
+
+def _context_within(messages: Sequence[StoredMessage], limit: int) -> str:
+    """:func:`context_block` of the newest ``messages`` that fit in ``limit`` tokens."""
+    kept: list[StoredMessage] = []
+    for msg in reversed(messages):
+        if estimate_tokens(context_block([msg, *kept])) > limit:
+            break
+        kept.insert(0, msg)
+    return context_block(kept)
+
+
 def _has_content(msg: StoredMessage) -> bool:
     """Something for the model: visible text, media or a quote."""
     return bool(msg.media or msg.quoted or clean_text(msg.text).strip())
@@ -397,7 +427,12 @@ async def _user_parts(
     ``bridge.media.file_use`` over the messages; ``NONE`` without vision)."""
     rendered: list[tuple[Part, ...]] = []
     use = media_mod.FileUse.NONE
-    for msg in _with_content(messages):
+    # Group context a turn adopted comes first, as the block the model saw then.
+    overheard = context_block([m for m in messages if m.context])
+    if overheard:
+        rendered.append((TextPart(overheard),))
+    addressed = [m for m in messages if not m.context] or list(messages)
+    for msg in _with_content(addressed):
         got, got_use = await _message_parts(
             msg, group=group, model=model, media_store=media_store, settings=settings,
             include_images=include_images, find_use=use is not media_mod.FileUse.FILES)
@@ -693,8 +728,13 @@ async def build_request(
     media_store: MediaStore | None = None,
     settings: AgentDefaults | None = None,
     cache: PromptCache | None = None,
+    context: Sequence[StoredMessage] = (),
 ) -> BuiltPrompt:
     """The request for ``model``: instructions, summary, newest history that fits, current.
+
+    ``context``: unaddressed group messages since the bot's last answer (oldest first),
+    put at the top of the current turn as a marked block (:func:`context_block`), the
+    newest that fit in what :func:`current_limit` leaves after the current messages.
 
     The current messages are always included, cut to :func:`current_limit` when they are
     longer (see :func:`current_parts`); a prompt that is still too long for the model
@@ -705,9 +745,14 @@ async def build_request(
     """
     budget = prompt_budget(model)
     image_turns = settings.imageHistoryTurns if settings is not None else 3
+    limit = current_limit(model, instructions)
     parts = await current_parts(
         current, group=group, model=model, media_store=media_store, settings=settings,
-        limit=current_limit(model, instructions))
+        limit=limit)
+    if context:
+        overheard = _context_within(context, limit - estimate_parts(parts) - 2)
+        if overheard:
+            parts = _join_messages([(TextPart(overheard),), parts])
     images_left = MAX_IMAGES_PER_REQUEST - sum(isinstance(p, ImagePart) for p in parts)
     current_turn = Turn("user", parts)
     fixed = estimate_tokens(instructions or "") + estimate_parts(current_turn.parts)
@@ -837,6 +882,9 @@ def transcript(turns: Sequence[HistoryTurn], *, group: bool) -> str:
     lines: list[str] = []
     for turn in turns:
         for msg in turn.user:
+            if msg.context:  # said in the group, not to the assistant
+                lines.append("Group (not to the assistant): " + context_line(msg))
+                continue
             text = user_text(msg, group=group)
             extra = " ".join(m.placeholder() for m in _safe_media(msg.media))
             lines.append("User: " + " ".join(x for x in (text, extra) if x))

@@ -9,14 +9,17 @@ is the composition root's business (:mod:`bridge.app`); this module never names 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bridge.app import App, console_app, register_config_secrets
 from bridge.cli import EXIT_FAILURE, EXIT_OK, EXIT_UNUSABLE
+from bridge.commands import is_stop
 from bridge.config.resolve import UnknownModelError
 from bridge.config.schema import Config
 from bridge.conversation import AcceptEvent, TurnEvent
@@ -24,6 +27,7 @@ from bridge.envelope import AcceptStatus
 from bridge.lock import DataDirBusy, console_lock, run_lock
 from bridge.ports import StoreUnavailable
 from bridge.stdin import StdinLines
+from bridge.store.records import STOPPED_REASON
 
 if TYPE_CHECKING:
     from bridge.config.watch import LiveConfig
@@ -131,7 +135,8 @@ def cmd_chat(args: Any) -> int:
     """``palaver chat``: the console channel through the same pipeline.
 
     Not a terminal: one message per line, each final reply on stdout, diagnostics on
-    stderr, exit at end of input (status 1 if a turn failed).
+    stderr, exit at end of input (status 1 if a turn failed).  While an answer is being
+    written, a ``/stop`` line stops it; other lines wait for their turn.
     """
     from bridge.config.load import load_for_cli
 
@@ -191,40 +196,52 @@ async def _chat_locked(config: Config, *, session: str, model: str | None, stdin
     failed: set[int] = set()
 
     def on_turn(event: AcceptEvent | TurnEvent) -> None:
-        if isinstance(event, TurnEvent) and event.session_key == key and not event.answered:
+        # A turn the operator stopped is what they asked for, not a failure.
+        if (isinstance(event, TurnEvent) and event.session_key == key and not event.answered
+                and event.reason != STOPPED_REASON):
             failed.update(event.message_ids)
 
     app.core.add_observer(on_turn)
-    failures = 0
     interrupted = False
-    lines = StdinLines(stdin)
+    lines = _ChatLines(StdinLines(stdin))
+
+    async def submit(text: str) -> bool:
+        """Hand one line to the core; False (said on stderr) when it was not accepted."""
+        try:
+            _inbound, status = await console.submit(text)
+        except StoreUnavailable as exc:
+            # Nothing was stored: the operator still has the line and can send it again.
+            print(f"palaver: message not stored ({exc}); send it again once the store "
+                  "can be written", file=sys.stderr)
+            return False
+        if status is not AcceptStatus.ACCEPTED:
+            print(f"palaver: message not accepted ({status})", file=sys.stderr)
+            return False
+        return True
+
+    failures = 0
     try:
         await app.core.wait_idle()  # anything recovered from an earlier run
         if interactive:
-            print("Palaver chat — /help for commands, Ctrl-D to quit.", file=sys.stderr)
+            print("Palaver chat — /help for commands, /stop stops an answer, Ctrl-D to "
+                  "quit.", file=sys.stderr)
         while True:
             if interactive:
                 print("you> ", end="", file=sys.stderr, flush=True)
-            line = await lines.readline()
+            line = await lines.next()
             if not line:
                 break
             text = line.rstrip("\r\n")
             if not text.strip():
                 continue
-            try:
-                _inbound, status = await console.submit(text)
-            except StoreUnavailable as exc:
-                # Nothing was stored: the operator still has the line and can send it again.
-                print(f"palaver: message not stored ({exc}); send it again once the store "
-                      "can be written", file=sys.stderr)
-                failures += 1
-                continue
-            if status is not AcceptStatus.ACCEPTED:
-                print(f"palaver: message not accepted ({status})", file=sys.stderr)
+            if not await submit(text):
                 failures += 1
                 continue
             before = len(failed)
-            await app.core.wait_idle()
+            # A /stop typed while the answer is written goes to the core at once.
+            while stop := await lines.while_busy(app.core.wait_idle()):
+                if not await submit(stop):
+                    failures += 1
             if len(failed) > before:
                 failures += 1
     except asyncio.CancelledError:
@@ -236,3 +253,68 @@ async def _chat_locked(config: Config, *, session: str, model: str | None, stdin
         lines.close()
         await app.stop(1.0 if interrupted else None)
     return EXIT_FAILURE if failures else EXIT_OK
+
+
+class _ChatLines:
+    """The console's input while turns run: lines read ahead are kept in order, and a
+    ``/stop`` read while a turn runs is handed over at once (see :meth:`while_busy`).
+
+    A read in progress is never cancelled between turns (a stream read in a worker thread
+    would lose its line): it is kept for the next call."""
+
+    def __init__(self, lines: StdinLines) -> None:
+        self._lines = lines
+        self._held: deque[str] = deque()
+        self._reading: asyncio.Task[str] | None = None
+        self._eof = False
+
+    def _read(self) -> asyncio.Task[str]:
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._lines.readline())
+        return self._reading
+
+    async def next(self) -> str:
+        """The next line to submit ("" at end of input)."""
+        if self._held:
+            return self._held.popleft()
+        if self._eof:
+            return ""
+        line = await self._read()
+        self._reading = None
+        if not line:
+            self._eof = True
+        return line
+
+    async def while_busy(self, idle: Awaitable[None]) -> str:
+        """Wait for ``idle`` (the core's ``wait_idle()``) while reading ahead; returns at
+        once with a ``/stop`` line read meanwhile (submit it, then call again), or ``""``
+        once idle.  Other lines are held for :meth:`next`, in order."""
+        waiting = asyncio.ensure_future(idle)
+        try:
+            while not waiting.done():
+                if self._eof:
+                    await waiting
+                    break
+                reading = self._read()
+                await asyncio.wait({waiting, reading}, return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
+                    continue
+                self._reading = None
+                line = reading.result()
+                if not line:
+                    self._eof = True
+                elif is_stop(line.strip()):
+                    return line.rstrip("\r\n")
+                else:
+                    self._held.append(line)
+            return ""
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+
+    def close(self) -> None:
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+        self._lines.close()

@@ -195,7 +195,7 @@ class WhatsAppChannel(Channel):
     ) -> None:
         self.config = config
         self.capabilities = Capabilities(config.textChunkLimit, Markup.WHATSAPP,
-                                         voice_notes=True)
+                                         voice_notes=True, reactions=True)
         self._media = media
         self._dir = Path(data_dir) / SESSION_DIR
         self._db_path = self._dir / SESSION_DB
@@ -938,6 +938,45 @@ class WhatsAppChannel(Channel):
         except Exception as exc:
             raise SendError(f"WhatsApp voice note failed ({type(exc).__name__}: "
                             f"{clip(str(exc), 200)})") from None
+
+    async def react(self, address: ChatAddress, message_id: str, emoji: str) -> None:
+        """React to a received message (``""`` removes the reaction): a reaction message
+        keyed by the chat, the message's author and its id.  No presence is involved, so
+        the phone keeps its notifications.  One attempt; failures raise ``SendError``."""
+        try:
+            chat = parse_jid(address.chat_id)
+        except ValueError as exc:
+            raise SendError(str(exc)) from None
+        author = self._author(address, message_id, chat)
+        if author is None:
+            raise SendError(f"WhatsApp: the author of {message_id} is not known any more")
+        client = self._client_for_send([])
+        try:
+            await client.send_reaction(chat, author, message_id, emoji)
+        except NotSent as exc:
+            raise SendError(f"WhatsApp reaction not sent: {clip(str(exc), 200)}",
+                            retryable=True) from None
+        except Exception as exc:
+            raise SendError(f"WhatsApp reaction failed ({type(exc).__name__}: "
+                            f"{clip(str(exc), 200)})") from None
+
+    def _author(self, address: ChatAddress, message_id: str, chat: JID) -> JID | None:
+        """Who wrote ``message_id``: the other side of a direct chat; in a group the
+        participant as WhatsApp delivered it (LID or phone JID), from the recent events,
+        else the quote journal (after a restart)."""
+        if address.chat_kind is not ChatKind.GROUP:
+            return chat
+        ev = self._recent.get(message_id)
+        if ev is not None and jid_str(ev.Info.MessageSource.Chat) == address.chat_id:
+            sender = ev.Info.MessageSource.Sender
+            return build_jid(sender.User, sender.Server)
+        quote = self._quotes.get(message_id, address.chat_id)
+        if quote is None:
+            return None
+        try:
+            return parse_jid(quote.participant)
+        except ValueError:
+            return None
 
     async def _send_chunk(self, chat_id: str, chat: JID, chunk: str, quote: QuoteRef | None,
                           sent: list[str]) -> str:

@@ -1,7 +1,7 @@
 """The neonize transport: a narrow client over ``neonize.aioze.client.NewAClient``.
 
 :class:`WhatsAppClient` is the slice of neonize the adapter uses (register handlers,
-connect, send, presence, receipts, download, identity look-ups, pairing, logout), so
+connect, send, react, presence, receipts, download, identity look-ups, pairing, logout), so
 tests can drive the adapter and the login with a recording fake;
 :class:`NeonizeClient` is the real one.
 
@@ -213,6 +213,13 @@ class WhatsAppClient(Protocol):
         Raises :class:`NotSent` when the upload failed (nothing reached the chat); other
         errors as :meth:`send_text`.
         """
+        ...
+
+    async def send_reaction(self, chat: JID, sender: JID, message_id: str, emoji: str) -> str:
+        """React with ``emoji`` to message ``message_id`` of ``sender`` (its author: the
+        chat in a direct chat, the participant as received in a group) in ``chat``;
+        ``""`` removes the reaction.  A plain message send (no presence needed); errors
+        as :meth:`send_text`.  Returns the reaction message's id."""
         ...
 
     async def set_presence(self, available: bool) -> None:
@@ -681,6 +688,12 @@ class NeonizeClient:
         except UploadError as exc:
             raise NotSent(f"upload failed: {exc}") from exc
         return await self._send(chat, build_voice_message(upload, seconds, quoted))
+
+    async def send_reaction(self, chat: JID, sender: JID, message_id: str, emoji: str) -> str:
+        # whatsmeow's BuildReaction keys it by (chat, sender, id); sent like any message.
+        message = await self._call("BuildReaction", lambda: self._client.build_reaction(
+            chat, sender, message_id, emoji))
+        return await self._send(chat, message)
 
     async def _send(self, chat: JID, message: Any) -> str:
         """``SendMessage``; its errors as NotSent (never left) or Undeliverable."""

@@ -39,6 +39,13 @@ What it reproduces (found in ``goneonize/main.go`` and whatsmeow, see WIRE.md):
 - The device record of ``get_all_devices_from_db`` is Go's ``"%s,%s,%s,%t"`` split on
   commas by neonize: a name with a comma raises ``ValueError`` there.
 - The session database is SQLite with whatsmeow's ``whatsmeow_device`` columns.
+- ``build_reaction(chat, sender, message_id, reaction)`` runs Go's ``BuildReaction``
+  (whatsmeow's ``BuildReaction``/``BuildMessageKey``): a ``reactionMessage`` with
+  ``key{remoteJID: chat, fromMe, ID, participant}``, ``text`` (``""`` removes) and
+  ``senderTimestampMS``; ``fromMe`` is false for another user's message, and
+  ``participant`` (the sender without its device) is set only outside direct chats
+  (``s.whatsapp.net``, ``lid``).  It is sent with ``send_message`` like any message
+  (:meth:`FakeGo.reactions_to`).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +63,8 @@ from neonize.aioze import events as neonize_events
 from neonize.aioze.events import ConnectedEv, ConnectFailureEv, PairStatusEv
 from neonize.exc import DownloadError, SendMessageError, SendPresenceError, UploadError
 from neonize.proto import Neonize_pb2 as N
+from neonize.proto.waCommon import WACommon_pb2
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 from neonize.utils.jid import Jid2String, build_jid
 
 NO_PUSH_NAME = "can't send presence without PushName set"  # whatsmeow ErrNoPushName
@@ -183,6 +193,18 @@ class FakeGo:
         for client in list(self.clients.values()):
             client._death = error
             client._cancel.set()
+
+    def reactions_to(self, message_id: str) -> list[tuple[str, Any]]:
+        """``(chat, ReactionMessage)`` of every reaction sent to ``message_id``, in order."""
+        return [(chat, m.reactionMessage) for chat, m in self.sent
+                if isinstance(m, waE2E.Message) and m.HasField("reactionMessage")
+                and m.reactionMessage.key.ID == message_id]
+
+    @property
+    def presence_calls(self) -> list[str]:
+        """The presence calls that reached Go (``SendPresence``, ``SendChatPresence``)."""
+        return [name for name, _ in self.calls
+                if name in ("SendPresence", "SendChatPresence")]
 
     def sync_push_name(self) -> None:
         self.push_name_synced = True
@@ -438,6 +460,23 @@ class FakeNewAClient:
             return _Result(f"3EB0FAKE{len(self._go.sent)}")
 
         return await self._go_call("SendMessage", send)
+
+    async def build_reaction(self, chat: N.JID, sender: N.JID, message_id: str,
+                             reaction: str) -> waE2E.Message:
+        """neonize's ``build_reaction``: Go's ``BuildReaction`` (whatsmeow's
+        ``BuildReaction`` over ``BuildMessageKey``) answers the message to send."""
+        def build() -> waE2E.Message:
+            acc = self._go.account
+            key = WACommon_pb2.MessageKey(remoteJID=Jid2String(chat), fromMe=True,
+                                          ID=message_id)
+            if sender.User and sender.User not in (acc.phone, acc.lid):
+                key.fromMe = False
+                if chat.Server not in ("s.whatsapp.net", "lid", "msgr"):
+                    key.participant = f"{sender.User}@{sender.Server}"  # ToNonAD
+            return waE2E.Message(reactionMessage=waE2E.ReactionMessage(
+                key=key, text=reaction, senderTimestampMS=int(time.time() * 1000)))
+
+        return await self._go_call("BuildReaction", build)
 
     async def upload(self, binary: bytes, media_type: Any = None) -> N.UploadResponse:
         """neonize 0.5's ``upload``: the media type from libmagic unless given, Go's
