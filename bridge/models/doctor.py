@@ -317,6 +317,11 @@ REPLY_MAX_TOKENS = 16
 REPLY_MAX_TOKENS_REASONING = 512
 REPLY_CONCURRENCY = 4
 _PREVIEW_CHARS = 40
+# thinkTags "auto" and no reasoning seen: a lone </think> could have come until the end.
+HELD_HINT = ("its streamed answer was held back until the end (no reasoning tags or "
+             "reasoning field seen, so a late lone </think> was still possible); if it "
+             'never writes <think> tags, set "thinkTags": "paired" so that live previews '
+             "show the answer as it is written")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +336,8 @@ class ReplyRow:
     ttft_ms: float | None  # request sent -> first generated content; None: none came
     total_ms: float | None  # None: nothing was sent (the ref names no configured model)
     max_tokens: int
+    # A suggestion about the model's settings the answer gave reason for ("" when none).
+    hint: str = ""
 
     @property
     def ok(self) -> bool:
@@ -410,11 +417,15 @@ async def _reply(session: aiohttp.ClientSession, model: ResolvedModel) -> ReplyR
         end = time.perf_counter()
         text = completion.text
     first = client.first_content_at
+    hint = ""
+    if (error is None and model.think_tags == "auto" and model.preview and client.streamed
+            and not client.text_before_end):
+        hint = HELD_HINT
     return ReplyRow(
         model.ref, model.api, error.error_class if error is not None else None,
         redact(" ".join(message.split()), secrets), _preview(text, secrets),
         (first - start) * 1000 if first is not None else None, (end - start) * 1000,
-        budget)
+        budget, hint)
 
 
 def _server_of(model: ResolvedModel) -> str:
@@ -512,6 +523,11 @@ def render_replies(config: Config, rows: list[ReplyRow]) -> tuple[str, bool]:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
               + "  " + row[-1] for row in table]
     lines.append("")
+    hinted = [r for r in rows if r.hint]
+    for r in hinted:
+        lines.append(f"{r.model_ref}: {r.hint}")
+    if hinted:
+        lines.append("")
     # Which paths would get an answer: the model list alone cannot say.
     for name, refs, answer in check_paths(config, rows):
         if refs:

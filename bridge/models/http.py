@@ -573,6 +573,10 @@ class ClientBase:
     def __init__(self, model: ResolvedModel, session: aiohttp.ClientSession) -> None:
         self.model = model
         self.session = session
+        # How the last call's answer came (read by `palaver doctor`): streamed at all,
+        # and whether the filter let any text out before the stream ended.
+        self.streamed = False
+        self.text_before_end = False
 
     # -- the wire format (each client)
 
@@ -645,6 +649,7 @@ class ClientBase:
         async with self._post(self._path(), payload, headers) as reply:
             if reply.is_json:
                 return self._from_json(await reply.json())
+            self.streamed = True
             return await self._from_stream(reply, listener)
 
     def _filter(self) -> ReasoningFilter:
@@ -652,11 +657,12 @@ class ClientBase:
         ``<think>`` in their template, so no lone closing tag is waited for."""
         return ReasoningFilter(lone_close=self.model.think_tags != "paired")
 
-    @staticmethod
-    def _heard(listener: StreamListener | None, piece: str, *, fed: bool = True) -> str:
-        """Tell ``listener`` about ``piece``, the filter's output for one delta: text to
-        show, or (for a non-empty delta whose text is held) that the model is working.
-        Returns ``piece``."""
+    def _heard(self, listener: StreamListener | None, piece: str, *, fed: bool = True) -> str:
+        """Tell ``listener`` about ``piece``, the filter's output for one delta (``fed``)
+        or for the end of the stream: text to show, or (for a non-empty delta whose text
+        is held) that the model is working.  Returns ``piece``."""
+        if piece and fed:
+            self.text_before_end = True
         if listener is not None:
             if piece:
                 listener.text(piece)
