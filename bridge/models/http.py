@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -56,6 +57,7 @@ from bridge.models.reasoning import ReasoningFilter
 from bridge.secrets import header_secrets
 
 T = TypeVar("T")
+log = logging.getLogger("bridge.models.http")
 
 # Hosted APIs refuse every call without a key: fail fast with `auth` instead of a 401.
 _KEYED_HOSTS = ("api.openai.com", "api.anthropic.com", "openrouter.ai")
@@ -551,6 +553,50 @@ class _WireTurnCache:
         self._data.clear()
 
 
+# --------------------------------------------------------------------------- listeners
+
+
+class GuardedListener:
+    """A :class:`~bridge.models.base.StreamListener` whose failures stay its own.
+
+    A preview is a nicety: a listener that raises must not turn a good answer into a
+    failed attempt (the router would fall back, or fail the turn).  The first error is
+    logged with its traceback and the listener is not called again for this request.
+    """
+
+    __slots__ = ("_inner", "_broken")
+
+    def __init__(self, inner: StreamListener) -> None:
+        self._inner = inner
+        self._broken = False
+
+    @classmethod
+    def wrap(cls, listener: StreamListener | None) -> GuardedListener | None:
+        """``listener`` guarded (once), or None."""
+        if listener is None or isinstance(listener, cls):
+            return listener
+        return cls(listener)
+
+    def _call(self, name: str, *args: str) -> None:
+        if self._broken:
+            return
+        try:
+            getattr(self._inner, name)(*args)
+        except Exception:
+            self._broken = True
+            log.warning("stream listener %s.%s() failed; no more live updates for this "
+                        "request", type(self._inner).__name__, name, exc_info=True)
+
+    def attempt(self, model_ref: str) -> None:
+        self._call("attempt", model_ref)
+
+    def thinking(self) -> None:
+        self._call("thinking")
+
+    def text(self, piece: str) -> None:
+        self._call("text", piece)
+
+
 # --------------------------------------------------------------------------- clients
 
 
@@ -650,7 +696,7 @@ class ClientBase:
             if reply.is_json:
                 return self._from_json(await reply.json())
             self.streamed = True
-            return await self._from_stream(reply, listener)
+            return await self._from_stream(reply, GuardedListener.wrap(listener))
 
     def _filter(self) -> ReasoningFilter:
         """A reasoning filter for this model: ``thinkTags: "paired"`` models never open

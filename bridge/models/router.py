@@ -48,6 +48,7 @@ from bridge.models.base import (
 )
 from bridge.models.clients import make_client
 from bridge.models.errors import MAX_RETRY_AFTER_S, classify_exception
+from bridge.models.http import GuardedListener
 from bridge.usage.record import complete_usage
 
 __all__ = ["COOLDOWN_STEPS_S", "BudgetCheck", "ModelRouter", "RequestSource", "Router"]
@@ -134,9 +135,11 @@ class ModelRouter(Router):
         text; a model with ``preview: false`` is announced but its client gets no
         listener, so none of its text can reach a preview.
         """
+        guarded = GuardedListener.wrap(listener)  # a failing preview never fails the turn
+
         async def attempt(candidate: ResolvedModel | str
                           ) -> tuple[tuple[Completion, ResolvedModel], Attempt] | Attempt:
-            reply_or_error = await self._attempt(candidate, request, listener)
+            reply_or_error = await self._attempt(candidate, request, guarded)
             if isinstance(reply_or_error, Attempt):
                 return reply_or_error
             completion, model, duration, usage = reply_or_error

@@ -381,3 +381,21 @@ async def test_a_finished_stream_is_not_marked_closed(server, routers):
 def test_words_rejoin_to_the_text():
     assert words("Hello  big\nworld ") == ["Hello  ", "big\n", "world "]
     assert "".join(words(ANSWER)) == ANSWER
+
+
+class Exploding(Recorder):
+    def text(self, piece: str) -> None:
+        super().text(piece)
+        raise RuntimeError("the preview broke")
+
+
+async def test_a_failing_listener_never_fails_the_answer(server, server2, routers, caplog):
+    cfg = two(server, server2)
+    server.reply(words(ANSWER))
+    heard = Exploding()
+    with caplog.at_level(logging.WARNING, logger="bridge.models.http"):
+        reply = await routers(cfg).complete(CANDS, REQ, listener=heard)
+    assert (reply.text, reply.model_ref) == (ANSWER, "local/qwen")  # no fallback
+    assert [a.error_class for a in reply.attempts] == [None]
+    assert heard.events == [("attempt", "local/qwen"), ("text", "The")]  # then silence
+    assert len([r for r in caplog.records if "stream listener" in r.getMessage()]) == 1
