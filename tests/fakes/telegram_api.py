@@ -26,16 +26,39 @@ Wire behaviour (what python-telegram-bot sees):
 - ``sendMessage`` validates like Telegram: empty text 400, more than 4096 UTF-16 units
   after entity parsing 400 ``message is too long``, HTML parse mode with an unknown or
   unbalanced tag or a bad ``&`` entity 400 ``can't parse entities``.
+- ``sendMessageDraft`` (live previews): private chats only -- a chat id <= 0 or a chat
+  pushed as non-private gets 400 ``TEXTDRAFT_PEER_INVALID``; ``draft_id`` missing or 0
+  400 ``invalid draft_id`` (wording unverified); text optional (``""`` is the "Thinking..."
+  placeholder), too long and bad HTML as for sendMessage; answers ``true``.  One draft
+  per (chat, topic); it is **cleared** by any sendMessage / sendDocument / sendPhoto /
+  sendVoice to that chat and topic (the client rule: a real message from the bot removes
+  the draft) and **expires** ``draft_ttl`` seconds (30) after its last update.
+- ``editMessageText``: unknown id 400 ``message to edit not found``; a message not sent by
+  the bot 400 ``message can't be edited``; the same visible text, entities and markup as
+  now 400 ``message is not modified: specified new message content and reply markup are
+  exactly the same as a current content and reply markup of the message``; too long 400
+  ``MESSAGE_TOO_LONG``; bad HTML ``can't parse entities``; answers the Message with
+  ``edit_date``.  ``deleteMessage``: unknown 400 ``message to delete not found``.
+- ``setMessageReaction``: ``reaction`` is a JSON list of ``{"type": "emoji", "emoji": e}``
+  (``[]`` or none clears); an emoji not in the Bot API's list (``ReactionEmoji``) or not in
+  a chat's :meth:`restrict_reactions` set 400 ``REACTION_INVALID``; more than one 400
+  ``REACTIONS_TOO_MANY``; unknown message 400 ``message to react not found``.
+- Flood model (opt-in: ``FakeBotAPI(flood=True)`` or :meth:`flood`): per chat a GCRA of
+  one send a second with a burst of 3 in private chats and 20 a minute (every 3 s, burst
+  3) in groups over sendMessage, sendDocument, sendPhoto, sendVoice and editMessageText
+  (drafts only when asked); beyond it 429 ``Too Many Requests: retry after N`` with
+  ``parameters.retry_after`` = N, the whole seconds until the next slot.
 
 Methods: getMe, logOut, close, deleteWebhook, setWebhook, getWebhookInfo, getUpdates,
 sendMessage, sendChatAction, sendDocument, sendPhoto, sendVoice (multipart uploads;
 sendVoice answers a message with ``voice`` for OGG/Opus, a document otherwise), getFile,
 setMyCommands, getMyCommands, deleteMyCommands, setMyDescription, setMyShortDescription,
-setChatMenuButton.
+setChatMenuButton, sendMessageDraft, editMessageText, deleteMessage, setMessageReaction.
 
 Test API (all synchronous unless marked async):
 
-- ``FakeBotAPI(token=DEFAULT_TOKEN, *, bot_id=7000001, username="palaver_test_bot")``;
+- ``FakeBotAPI(token=DEFAULT_TOKEN, *, bot_id=7000001, username="palaver_test_bot",
+  flood=False)``;
   ``await start()`` / ``await stop()`` or ``async with``; ``url`` (the apiRoot),
   ``token``, ``bot_user`` (the getMe dict).
 - Users and chats: ``user(uid, first_name=None, username=None) -> dict``; any ``user``
@@ -70,6 +93,18 @@ Test API (all synchronous unless marked async):
   -- every Bot API request as it came in);
   ``await wait_for_sent(n, timeout=5.0) -> list[SentMessage]``, ``await wait_for_calls(
   method, n=1, timeout=5.0) -> list[Call]``, ``await wait_until(predicate, timeout=5.0)``.
+- Live replies: ``drafts`` and ``edits`` (accepted sendMessageDraft / editMessageText
+  calls), ``deleted`` ((chat, message) pairs), ``reactions`` ({(chat, message): the
+  current list}), ``flooded`` ((method, chat, retry_after) per 429 of the flood model),
+  ``draft_ttl`` (settable); ``restrict_reactions(chat_id, {emoji} | None)``;
+  ``flood(enabled=True, *, private=(1.0, 3), group=(3.0, 3), drafts=False)``.
+  The user's screen: ``screen(chat_id, thread_id=None) -> [ScreenEntry(t, kind, id,
+  text)]`` in time order, kinds ``draft`` (id: draft_id), ``draft_cleared``,
+  ``draft_expired``, ``message``, ``edit``, ``delete``, ``reaction`` (text: the emoji,
+  "" when cleared); ``draft_shown(chat_id, thread_id=None)``; ``snapshots(chat_id,
+  thread_id=None)`` (the bot's texts on screen after each change); ``visible_texts(chat_id,
+  thread_id=None)`` (every text ever shown, for "the user never saw X");
+  ``drafts_after_last_message(chat_id, thread_id=None)``.
 - Failures: ``fail(method, code, description, *, retry_after=None, times=1, when=None)``
   (``when(params) -> bool`` selects which calls fail); shortcuts
   ``fail_parse_entities(times=1)`` (400 ``Bad Request: can't parse entities: ...``, only for
@@ -96,26 +131,33 @@ import asyncio
 import hashlib
 import itertools
 import json
+import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
+from telegram.constants import ReactionEmoji
 
 DEFAULT_TOKEN = "7000001:AAFakeTokenForTests_abcdefghijklmnopqrs"
 
 # Parameters Telegram takes as JSON-serialised objects inside form bodies.
 _JSON_PARAMS = {
     "allowed_updates", "commands", "reply_parameters", "reply_markup", "entities",
-    "caption_entities", "link_preview_options", "scope", "menu_button",
+    "caption_entities", "link_preview_options", "scope", "menu_button", "reaction",
 }
 _INT_PARAMS = {
     "offset", "limit", "timeout", "chat_id", "message_thread_id", "reply_to_message_id",
-    "max_connections", "user_id",
+    "max_connections", "user_id", "message_id", "draft_id",
 }
+# Tag names Telegram treats as one entity type (for "message is not modified").
+_TAG_ALIASES = {"strong": "b", "em": "i", "ins": "u", "strike": "s", "del": "s"}
+_NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and "
+                 "reply markup are exactly the same as a current content and reply markup "
+                 "of the message")
 _TG_TAGS = {
     "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a",
     "code", "pre", "blockquote", "tg-emoji",
@@ -204,6 +246,37 @@ class _Failure:
     when: Callable[[dict], bool] | None
 
 
+class ScreenEntry(NamedTuple):
+    """One change on the user's screen of a chat (see :meth:`FakeBotAPI.screen`)."""
+
+    t: float  # time.monotonic()
+    kind: str  # draft, draft_cleared, draft_expired, message, edit, delete, reaction
+    id: int  # draft_id for draft kinds, else the message id
+    text: str  # visible text (draft, message, edit), the emoji (reaction), else ""
+
+
+@dataclass
+class _Draft:
+    draft_id: int
+    text: str
+    shown_at: float
+
+
+@dataclass
+class _Flood:
+    """Per-chat GCRA: ``burst`` sends at once, then one every ``interval`` seconds."""
+
+    private: tuple[float, int] = (1.0, 3)
+    group: tuple[float, int] = (3.0, 3)  # 20 a minute
+    drafts: bool = False  # whether sendMessageDraft counts
+
+
+# The Bot API's list of reactions bots may set (PTB copies it from the docs).
+_REACTIONS = frozenset(e.value for e in ReactionEmoji)
+_FLOOD_METHODS = {"sendMessage", "sendDocument", "editMessageText", "sendPhoto", "sendVoice"}
+_CLEARS_DRAFT = {"sendMessage", "sendDocument", "sendPhoto", "sendVoice"}
+
+
 @dataclass
 class _File:
     file_id: str
@@ -219,8 +292,16 @@ def parse_telegram_html(text: str) -> str:
     Raises :class:`BotAPIError` 400 "can't parse entities" on an unsupported or unbalanced
     tag or a bare ``&`` / ``<``.
     """
+    return _parse_html(text)[0]
+
+
+def _parse_html(text: str) -> tuple[str, tuple]:
+    """:func:`parse_telegram_html` plus the entities: ``(type, attributes, start, end)``
+    over the visible text (what "message is not modified" compares besides the text)."""
     out: list[str] = []
     stack: list[str] = []
+    opened: list[tuple[str, str, int]] = []
+    entities: list[tuple[str, str, int, int]] = []
     i = 0
     n = len(text)
     while i < n:
@@ -248,8 +329,12 @@ def parse_telegram_html(text: str) -> str:
                         f'start tag "{stack[-1] if stack else tag}"',
                     )
                 stack.pop()
+                name, attrs, start = opened.pop()
+                entities.append((name, attrs, start, len("".join(out))))
             else:
                 stack.append(tag)
+                opened.append((_TAG_ALIASES.get(tag, tag), m.group(3).strip(),
+                               len("".join(out))))
             i = m.end()
             continue
         if ch == "&":
@@ -276,7 +361,7 @@ def parse_telegram_html(text: str) -> str:
             "Bad Request: can't parse entities: Can't find end tag corresponding to start tag "
             f'"{stack[-1]}"',
         )
-    return "".join(out)
+    return "".join(out), tuple(sorted(entities, key=lambda e: (e[2], e[3])))
 
 
 def _auto_entities(text: str) -> list[dict]:
@@ -310,6 +395,7 @@ class FakeBotAPI:
         bot_id: int | None = None,
         username: str = "palaver_test_bot",
         first_name: str = "Palaver",
+        flood: bool = False,
     ) -> None:
         self.token = token
         self.bot_id = bot_id if bot_id is not None else int(token.split(":", 1)[0])
@@ -328,6 +414,21 @@ class FakeBotAPI:
         self.uploads: list[Upload] = []
         self.voice_forbidden: set[int] = set()  # chats refusing voice messages (sendVoice)
         self.requests: list[RawRequest] = []
+        # Live replies: every accepted sendMessageDraft / editMessageText, deletions,
+        # current reactions, 429s of the flood model.
+        self.drafts: list[Call] = []
+        self.edits: list[Call] = []
+        self.deleted: list[tuple[int, int]] = []
+        self.reactions: dict[tuple[int, int], list[dict]] = {}
+        self.flooded: list[tuple[str, int, int]] = []  # (method, chat_id, retry_after)
+        self.draft_ttl = 30.0  # seconds a draft stays without an update
+        self._flood: _Flood | None = _Flood() if flood else None
+        self._flood_tat: dict[int, float] = {}
+        self._drafts: dict[tuple[int, int | None], _Draft] = {}
+        self._screen: dict[tuple[int, int | None], list[ScreenEntry]] = {}
+        self._content: dict[tuple[int, int], tuple] = {}
+        self._restricted: dict[int, set[str]] = {}
+        self._chat_types: dict[int, str] = {}
         self._slow: list[_Slow] = []
         self._drops: dict[str, int] = {}
         self._site: web.TCPSite | None = None
@@ -485,6 +586,7 @@ class FakeBotAPI:
             }
         message.update(fields)
         self._messages[(chat_id, message["message_id"])] = message
+        self._chat_types[chat_id] = message["chat"]["type"]
         self.push_update({"message": message})
         return message
 
@@ -817,6 +919,8 @@ class FakeBotAPI:
                     await asyncio.sleep(slow.seconds)
                     break
             self._maybe_fail(method, params)
+            self._expire_drafts()
+            self._check_flood(method, params)
             handler = getattr(self, "_m_" + method, None)
             if handler is None:
                 raise BotAPIError(404, "Not Found")
@@ -948,11 +1052,7 @@ class FakeBotAPI:
         if not text or not str(text).strip():
             raise BotAPIError(400, "Bad Request: message text is empty")
         parse_mode = params.get("parse_mode")
-        visible = str(text)
-        if parse_mode and parse_mode.upper() == "HTML":
-            visible = parse_telegram_html(visible)
-        elif parse_mode:
-            raise BotAPIError(400, f"Bad Request: unsupported parse_mode {parse_mode}")
+        visible, entities = self._visible(str(text), parse_mode)
         if not visible.strip():
             raise BotAPIError(400, "Bad Request: message text is empty")
         if _utf16(visible) > 4096:
@@ -983,8 +1083,11 @@ class FakeBotAPI:
         if replied is not None:
             message["reply_to_message"] = replied
         self._messages[(chat_id, message["message_id"])] = message
+        self._content[(chat_id, message["message_id"])] = (visible, entities,
+                                                           params.get("reply_markup"))
         self.sent.append(SentMessage(chat_id, str(text), parse_mode, thread_id, reply_to,
                                      message["message_id"], message))
+        self._show(chat_id, thread_id, "message", message["message_id"], visible)
         return message
 
     async def _m_sendChatAction(self, params: dict) -> bool:
@@ -1019,6 +1122,9 @@ class FakeBotAPI:
         if params.get("caption"):
             message["caption"] = params["caption"]
         self._messages[(chat_id, message["message_id"])] = message
+        thread_id = params.get("message_thread_id")
+        self._show(chat_id, thread_id, "message", message["message_id"],
+                   str(params.get("caption") or f"[{field}]"))
         return message
 
     async def _m_sendDocument(self, params: dict) -> dict:
@@ -1081,3 +1187,209 @@ class FakeBotAPI:
 
     async def _m_setChatMenuButton(self, params: dict) -> bool:
         return True
+
+    # ------------------------------------------------------------------ live replies
+
+    @staticmethod
+    def _visible(text: str, parse_mode: str | None) -> tuple[str, tuple]:
+        """The visible text and entities of ``text`` sent with ``parse_mode``."""
+        if parse_mode and parse_mode.upper() == "HTML":
+            return _parse_html(text)
+        if parse_mode:
+            raise BotAPIError(400, f"Bad Request: unsupported parse_mode {parse_mode}")
+        return text, ()
+
+    async def _m_sendMessageDraft(self, params: dict) -> bool:
+        """A draft is a typing action under the hood: users only (TEXTDRAFT_PEER_INVALID
+        for groups, channels and bots), ``draft_id`` non-zero, text optional ("" shows
+        "Thinking..."), 4096 characters after entity parsing."""
+        chat_id = params.get("chat_id")
+        if chat_id in (None, ""):
+            raise BotAPIError(400, "Bad Request: chat_id is empty")
+        chat_id = int(chat_id)
+        if chat_id <= 0 or self._chat_types.get(chat_id, "private") != "private":
+            raise BotAPIError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
+        draft_id = params.get("draft_id")
+        if not draft_id:
+            raise BotAPIError(400, "Bad Request: invalid draft_id")
+        visible, _entities = self._visible(str(params.get("text") or ""),
+                                           params.get("parse_mode"))
+        if _utf16(visible) > 4096:
+            raise BotAPIError(400, "Bad Request: message is too long")
+        thread_id = params.get("message_thread_id")
+        now = time.monotonic()
+        self._drafts[(chat_id, thread_id)] = _Draft(int(draft_id), visible, now)
+        self.drafts.append(self.calls[-1])
+        self._entry(chat_id, thread_id, ScreenEntry(now, "draft", int(draft_id), visible))
+        return True
+
+    async def _m_editMessageText(self, params: dict) -> dict:
+        chat_id, message_id = params.get("chat_id"), params.get("message_id")
+        if chat_id in (None, "") or message_id is None:
+            raise BotAPIError(400, "Bad Request: message identifier is not specified")
+        key = (int(chat_id), int(message_id))
+        message = self._messages.get(key)
+        if message is None:
+            raise BotAPIError(400, "Bad Request: message to edit not found")
+        if message.get("from", {}).get("id") != self.bot_id:
+            raise BotAPIError(400, "Bad Request: message can't be edited")
+        if "text" not in message:
+            raise BotAPIError(400, "Bad Request: there is no text in the message to edit")
+        text = str(params.get("text") or "")
+        if not text.strip():
+            raise BotAPIError(400, "Bad Request: message text is empty")
+        visible, entities = self._visible(text, params.get("parse_mode"))
+        if not visible.strip():
+            raise BotAPIError(400, "Bad Request: message text is empty")
+        if _utf16(visible) > 4096:
+            raise BotAPIError(400, "Bad Request: MESSAGE_TOO_LONG")
+        content = (visible, entities, params.get("reply_markup"))
+        if self._content.get(key) == content:
+            raise BotAPIError(400, _NOT_MODIFIED)
+        self._content[key] = content
+        message.update(text=visible, edit_date=int(time.time()))
+        self.edits.append(self.calls[-1])
+        self._entry(key[0], message.get("message_thread_id"),
+                    ScreenEntry(time.monotonic(), "edit", key[1], visible))
+        return message
+
+    async def _m_deleteMessage(self, params: dict) -> bool:
+        chat_id, message_id = params.get("chat_id"), params.get("message_id")
+        key = (int(chat_id or 0), int(message_id or 0))
+        message = self._messages.pop(key, None)
+        if message is None:
+            raise BotAPIError(400, "Bad Request: message to delete not found")
+        self._content.pop(key, None)
+        self.reactions.pop(key, None)
+        self.deleted.append(key)
+        self._entry(key[0], message.get("message_thread_id"),
+                    ScreenEntry(time.monotonic(), "delete", key[1], ""))
+        return True
+
+    async def _m_setMessageReaction(self, params: dict) -> bool:
+        """One emoji reaction (bots are not Premium); ``[]`` or no ``reaction`` clears."""
+        chat_id, message_id = params.get("chat_id"), params.get("message_id")
+        key = (int(chat_id or 0), int(message_id or 0))
+        message = self._messages.get(key)
+        if message is None:
+            raise BotAPIError(400, "Bad Request: message to react not found")
+        reaction = params.get("reaction") or []
+        if not isinstance(reaction, list):
+            raise BotAPIError(400, "Bad Request: can't parse reaction JSON object")
+        allowed = self._restricted.get(key[0])
+        for item in reaction:
+            emoji = item.get("emoji") if isinstance(item, dict) else None
+            if (not isinstance(item, dict) or item.get("type") != "emoji"
+                    or emoji not in _REACTIONS or (allowed is not None and emoji not in allowed)):
+                raise BotAPIError(400, "Bad Request: REACTION_INVALID")
+        if len(reaction) > 1:
+            raise BotAPIError(400, "Bad Request: REACTIONS_TOO_MANY")
+        if reaction:
+            self.reactions[key] = reaction
+        else:
+            self.reactions.pop(key, None)
+        self._entry(key[0], message.get("message_thread_id"), ScreenEntry(
+            time.monotonic(), "reaction", key[1], "".join(r["emoji"] for r in reaction)))
+        return True
+
+    def _show(self, chat_id: int, thread_id: int | None, kind: str, message_id: int,
+              text: str) -> None:
+        """A new message on screen; the draft of that chat and topic goes (client rule)."""
+        now = time.monotonic()
+        draft = self._drafts.pop((chat_id, thread_id), None)
+        if draft is not None:
+            self._entry(chat_id, thread_id, ScreenEntry(now, "draft_cleared",
+                                                        draft.draft_id, ""))
+        self._entry(chat_id, thread_id, ScreenEntry(now, kind, message_id, text))
+
+    def _entry(self, chat_id: int, thread_id: int | None, entry: ScreenEntry) -> None:
+        self._screen.setdefault((chat_id, thread_id), []).append(entry)
+
+    def _expire_drafts(self) -> None:
+        """Drafts not updated for ``draft_ttl`` seconds are gone (recorded at that time)."""
+        now = time.monotonic()
+        for key, draft in list(self._drafts.items()):
+            if draft.shown_at + self.draft_ttl <= now:
+                del self._drafts[key]
+                self._entry(*key, ScreenEntry(draft.shown_at + self.draft_ttl,
+                                              "draft_expired", draft.draft_id, ""))
+
+    def _check_flood(self, method: str, params: dict) -> None:
+        flood = self._flood
+        if flood is None or not (method in _FLOOD_METHODS
+                                 or (flood.drafts and method == "sendMessageDraft")):
+            return
+        try:
+            chat_id = int(params.get("chat_id") or 0)
+        except ValueError:
+            return
+        interval, burst = flood.group if chat_id < 0 else flood.private
+        tolerance = (max(burst, 1) - 1) * interval
+        now = time.monotonic()
+        tat = max(self._flood_tat.get(chat_id, now), now)
+        if tat - tolerance > now:
+            retry_after = max(1, math.ceil(tat - tolerance - now))
+            self.flooded.append((method, chat_id, retry_after))
+            raise BotAPIError(429, f"Too Many Requests: retry after {retry_after}",
+                              {"retry_after": retry_after})
+        self._flood_tat[chat_id] = tat + interval
+
+    def flood(self, enabled: bool = True, *, private: tuple[float, int] = (1.0, 3),
+              group: tuple[float, int] = (3.0, 3), drafts: bool = False) -> None:
+        """Turn the flood model on (or off): per chat, ``(interval seconds, burst)`` for
+        private chats and groups over sendMessage, sendDocument, sendPhoto, sendVoice and
+        editMessageText (``drafts``: sendMessageDraft too); beyond, 429 with the
+        computed ``retry_after``."""
+        self._flood = _Flood(private, group, drafts) if enabled else None
+        self._flood_tat.clear()
+
+    def restrict_reactions(self, chat_id: int, emoji: set[str] | None) -> None:
+        """The chat's ``available_reactions`` (None: all); others get REACTION_INVALID."""
+        if emoji is None:
+            self._restricted.pop(chat_id, None)
+        else:
+            self._restricted[chat_id] = set(emoji)
+
+    def screen(self, chat_id: int, thread_id: int | None = None) -> list[ScreenEntry]:
+        """What the user saw change in that chat (and topic), in order."""
+        self._expire_drafts()
+        return sorted(self._screen.get((chat_id, thread_id), []), key=lambda e: e.t)
+
+    def draft_shown(self, chat_id: int, thread_id: int | None = None) -> _Draft | None:
+        """The draft on screen now (None: none, or it expired)."""
+        self._expire_drafts()
+        return self._drafts.get((chat_id, thread_id))
+
+    def snapshots(self, chat_id: int, thread_id: int | None = None) -> list[list[str]]:
+        """The bot's texts on screen after each change: its messages in order (edited,
+        deleted ones gone), then the draft if one is shown."""
+        messages: dict[int, str] = {}
+        draft: str | None = None
+        states: list[list[str]] = []
+        for entry in self.screen(chat_id, thread_id):
+            if entry.kind == "draft":
+                draft = entry.text
+            elif entry.kind in ("draft_cleared", "draft_expired"):
+                draft = None
+            elif entry.kind in ("message", "edit"):
+                messages[entry.id] = entry.text
+            elif entry.kind == "delete":
+                messages.pop(entry.id, None)
+            else:
+                continue
+            states.append([*messages.values(), *([draft] if draft is not None else [])])
+        return states
+
+    def visible_texts(self, chat_id: int, thread_id: int | None = None) -> list[str]:
+        """Every text the user could see at some moment (drafts, messages, edits), in
+        order: for "at no moment did the user see X"."""
+        return [e.text for e in self.screen(chat_id, thread_id)
+                if e.kind in ("draft", "message", "edit")]
+
+    def drafts_after_last_message(self, chat_id: int,
+                                  thread_id: int | None = None) -> list[ScreenEntry]:
+        """Draft frames that arrived after the bot's last message (a draft shown under the
+        final answer: the "duplicate reply" users report)."""
+        entries = self.screen(chat_id, thread_id)
+        last = max((i for i, e in enumerate(entries) if e.kind == "message"), default=-1)
+        return [e for e in entries[last + 1:] if e.kind == "draft"]
