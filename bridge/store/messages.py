@@ -18,6 +18,7 @@ from bridge.lru import LRU
 from bridge.models.base import Attempt, Usage
 from bridge.store.db import Database, inserted_id
 from bridge.store.records import (
+    STOPPED_REASON,
     Claim,
     Direction,
     HistoryTurn,
@@ -62,11 +63,14 @@ class MessageQueries(Database):
         reason: str | None = None,
         reply: str | None = None,
         reply_kind: MessageKind = MessageKind.PAIRING,
+        context: bool = False,
     ) -> int | None:
         """Store ``inbound``; return its row id, or ``None`` if it was stored before.
 
         ``reply`` (e.g. a pairing code for a refused sender) is stored in the same
         transaction as a pending outbound message for the workers to deliver.
+        ``context``: an unaddressed group message whose text is kept for the next answer
+        in that chat (see :meth:`group_context`).
         """
         now = time.time()
         a = inbound.address
@@ -75,16 +79,16 @@ class MessageQueries(Database):
                   inbound.message_id, inbound.sender_id, inbound.sender_name,
                   int(inbound.mentioned), inbound.text, media_to_json(inbound.media),
                   quoted_to_json(inbound.quoted), status.value, reason, inbound.timestamp,
-                  now, now)
+                  now, now, int(context))
 
         def tx(db: sqlite3.Connection) -> int | None:
             cur = db.execute(
                 "INSERT INTO messages (direction, role, kind, session_key, channel, account,"
                 " chat_id, chat_kind, thread_id, platform_message_id, sender_id, sender_name,"
                 " mentioned, text, media, quoted, status, reason, platform_timestamp,"
-                " created_at, updated_at)"
+                " created_at, updated_at, context)"
                 " VALUES ('in', 'user', 'chat', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?)"
+                " ?, ?, ?, ?)"
                 " ON CONFLICT (channel, account, platform_message_id) WHERE direction = 'in'"
                 " DO NOTHING", params)
             if cur.rowcount == 0:
@@ -227,16 +231,23 @@ class MessageQueries(Database):
         attempts: tuple[Attempt, ...] = (),
         prompt_tokens_estimate: int | None = None,
         context_window: int | None = None,
+        context_ids: Iterable[int] = (),
     ) -> StoredMessage:
         """Store the turn's reply (pending delivery) and close the turn, atomically.
 
         ``answered=False`` marks the turn and its messages ``failed`` with ``reason``
         (the reply is then the apology).  Returns the stored outbound message.
+
+        ``context_ids``: the group-context rows (:meth:`group_context`) the model saw;
+        an answered turn adopts them (they show in its history), and the chat's other
+        context texts from before this turn are blanked: they were not used and never
+        will be (an answer ends the window).
         """
         now = time.time()
         status = MessageStatus.ANSWERED if answered else MessageStatus.FAILED
         usage = usage or Usage()
         attempts_json = attempts_to_json(attempts)
+        adopted = tuple(context_ids)
 
         def tx(db: sqlite3.Connection) -> StoredMessage:
             turn = db.execute("SELECT session_id, session_key FROM turns WHERE id = ?",
@@ -262,6 +273,9 @@ class MessageQueries(Database):
                 ("answered" if answered else "failed", now, model_ref, attempts_json,
                  usage.input_tokens, usage.output_tokens, usage.reasoning_tokens,
                  prompt_tokens_estimate, context_window, reason, turn_id))
+            if answered:
+                _close_context_window(db, turn["session_key"], turn_id, first["id"],
+                                      adopted, now)
             return StoredMessage(
                 id=out_id, direction=Direction.OUT, role="assistant", kind=reply_kind,
                 session_key=turn["session_key"], session_id=turn["session_id"],
@@ -271,6 +285,92 @@ class MessageQueries(Database):
                 reply_to_message_id=reply_to_message_id, delivered=False, created_at=now)
 
         return await self.atomically(tx)
+
+    async def stop_turn(self, turn_id: int, *, reason: str = STOPPED_REASON) -> int:
+        """Close a running turn that ``/stop`` cancelled: the turn and its messages become
+        ``failed`` with ``reason`` and no reply is stored (the ``/stop`` has its own), so
+        neither a restart nor :meth:`recover` answers them again.  Returns how many
+        messages it closed (0 when the turn was not running any more)."""
+        now = time.time()
+
+        def tx(db: sqlite3.Connection) -> int:
+            if db.execute("UPDATE turns SET status = 'failed', finished_at = ?, reason = ?"
+                          " WHERE id = ? AND status = 'running'",
+                          (now, reason, turn_id)).rowcount == 0:
+                return 0
+            return db.execute(
+                "UPDATE messages SET status = 'failed', reason = ?, updated_at = ?"
+                " WHERE turn_id = ? AND direction = 'in' AND status = 'processing'",
+                (reason, now, turn_id)).rowcount
+
+        return await self.atomically(tx)
+
+    async def record_control(
+        self, inbound: Inbound, reply: str, *, reply_to_message_id: str | None = None,
+    ) -> tuple[StoredMessage, StoredMessage] | None:
+        """Store a command answered at the door (``/stop``) and its reply, atomically.
+
+        The inbound row is ``answered`` (kind ``command``, no turn), so no worker ever
+        claims it; the reply is stored pending (kind ``command``) for the outbox.  Returns
+        ``(inbound, reply)``, or None when the message was stored before (a redelivered
+        ``/stop`` is not answered twice).
+        """
+        now = time.time()
+        a = inbound.address
+        key = str(inbound.session_key)
+
+        def tx(db: sqlite3.Connection) -> tuple[StoredMessage, StoredMessage] | None:
+            cur = db.execute(
+                "INSERT INTO messages (direction, role, kind, session_key, channel, account,"
+                " chat_id, chat_kind, thread_id, platform_message_id, sender_id, sender_name,"
+                " mentioned, text, status, platform_timestamp, created_at, updated_at)"
+                " VALUES ('in', 'user', 'command', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " 'answered', ?, ?, ?)"
+                " ON CONFLICT (channel, account, platform_message_id) WHERE direction = 'in'"
+                " DO NOTHING",
+                (key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
+                 inbound.message_id, inbound.sender_id, inbound.sender_name,
+                 int(inbound.mentioned), inbound.text, inbound.timestamp, now, now))
+            if cur.rowcount == 0:
+                return None
+            in_id = inserted_id(cur)
+            out_id = _insert_outbound(db, key=key, address=a, text=reply,
+                                      kind=MessageKind.COMMAND, session_id=None, turn_id=None,
+                                      reply_to=reply_to_message_id, now=now)
+            rows = {r["id"]: message_from_row(r) for r in db.execute(
+                "SELECT * FROM messages WHERE id IN (?, ?)", (in_id, out_id))}
+            return rows[in_id], rows[out_id]
+
+        return await self.atomically(tx, durable=True)
+
+    async def group_context(self, session_key: str, *, before_id: int,
+                            limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` unaddressed messages kept for context in this chat since
+        its last answer and before message ``before_id``, oldest first."""
+        if limit <= 0:
+            return []
+
+        def read(db: sqlite3.Connection) -> list[StoredMessage]:
+            rows = db.execute(
+                "SELECT * FROM messages WHERE session_key = ? AND context = 1"
+                " AND turn_id IS NULL AND direction = 'in' AND text != '' AND id < ?"
+                " AND id > COALESCE((SELECT MAX(m.id) FROM messages m JOIN turns t"
+                " ON t.id = m.turn_id WHERE m.session_key = ? AND m.direction = 'in'"
+                " AND t.status = 'answered' AND t.kind = 'chat'), 0)"
+                " ORDER BY id DESC LIMIT ?", (session_key, before_id, session_key, limit))
+            return [message_from_row(r) for r in reversed(rows.fetchall())]
+
+        return await self.read_with(read)
+
+    async def inbound_of_turn(self, turn_id: int) -> list[StoredMessage]:
+        """The inbound messages a turn answered (or tried to), oldest first; adopted
+        group-context rows are not among them."""
+        def read(db: sqlite3.Connection) -> list[StoredMessage]:
+            return [message_from_row(r) for r in db.execute(
+                "SELECT * FROM messages WHERE turn_id = ? AND direction = 'in'"
+                " AND context = 0 ORDER BY id", (turn_id,))]
+
+        return await self.read_with(read)
 
     async def requeue_turn(self, turn_id: int) -> int:
         """Put a running turn's messages back to ``received`` (the turn becomes
@@ -490,6 +590,21 @@ def _insert_outbound(
          reply_to, now, now),
     )
     return inserted_id(cur)
+
+
+def _close_context_window(db: sqlite3.Connection, key: str, turn_id: int, first_id: int,
+                          adopted: tuple[int, ...], now: float) -> None:
+    """An answered turn adopts the context rows it used and blanks the chat's other kept
+    texts from before it (at most groupContextMessages texts wait per chat)."""
+    if adopted:
+        marks = ",".join("?" * len(adopted))
+        db.execute(
+            f"UPDATE messages SET turn_id = ?, updated_at = ? WHERE id IN ({marks})"
+            " AND session_key = ? AND context = 1 AND turn_id IS NULL",
+            (turn_id, now, *adopted, key))
+    db.execute(
+        "UPDATE messages SET text = '', context = 0, updated_at = ? WHERE session_key = ?"
+        " AND context = 1 AND turn_id IS NULL AND id < ?", (now, key, first_id))
 
 
 def _active_session_id(db: sqlite3.Connection, msg: StoredMessage, now: float) -> int:

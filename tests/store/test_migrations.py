@@ -41,10 +41,18 @@ async def test_fresh_install_equals_upgraded(tmp_path):
     first = load_migrations()[:1]
     store = await Store.open(old, migrations=first)
     assert await store.schema_version() == 1
+    await store.close()
     inbound = Inbound(ChatAddress("telegram", "default", "1", ChatKind.DIRECT), "1", "m1",
                       0.0, text="kept across the upgrade")
-    await store.record_inbound(inbound)
-    await store.close()
+    # Written as that Palaver wrote it: today's queries may use columns added since.
+    conn = sqlite3.connect(old)
+    conn.execute(
+        "INSERT INTO messages (direction, role, session_key, channel, account, chat_id,"
+        " chat_kind, platform_message_id, sender_id, text, status, created_at, updated_at)"
+        " VALUES ('in', 'user', ?, 'telegram', 'default', '1', 'direct', 'm1', '1', ?,"
+        " 'received', 0, 0)", (str(inbound.session_key), inbound.text))
+    conn.commit()
+    conn.close()
 
     store = await Store.open(old)
     try:
