@@ -8,6 +8,12 @@ it goes out (the scheduler wakes the session when the delay has passed, or at on
 the channel reports it is ready again).  Any other failure marks the reply failed — an
 exception that is not a ``SendError`` may have left the message half sent, so it is never
 sent twice.
+
+A turn that streamed into an edit-mode preview (issue 17) has it stored: its reply's
+chunk 0 is an edit of that message (``Outbound.edit_message_id``; the channel treats
+"not modified" as sent, so a resumed chunk 0 is not shown twice).  Once the reply is
+delivered or failed for good the stored preview is forgotten, and ``on_delivered`` is told
+(the ack reactions come off).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
 from bridge.envelope import ChatAddress, Outbound, VoiceClip
-from bridge.ports import SendError, SendProgress
+from bridge.ports import PreviewMode, SendError, SendProgress
 from bridge.secrets import redact_configured
 
 if TYPE_CHECKING:
@@ -75,7 +81,8 @@ class Outbox:
 
     ``route(address)`` is the attached channel serving a chat (or None);
     ``retry_later(session_key, delay)`` asks the scheduler to flush that session again
-    after ``delay`` seconds.
+    after ``delay`` seconds.  ``on_delivered(msg)``, when set, is told of each reply
+    delivered or failed for good (synchronous: it spawns its own work).
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class Outbox:
         # Sessions with a reply waiting for a retry: later replies queue behind it.  The
         # outbox's own state, not the scheduler's.
         self.held: set[str] = set()
+        self.on_delivered: Callable[[StoredMessage], None] | None = None
 
     def release_all(self) -> None:
         """Forget which sessions are held (on stop: the next start flushes from the store)."""
@@ -146,12 +154,16 @@ class Outbox:
                 if voice_id is not None:
                     if voice.complete:
                         await self._store.mark_delivered(msg.id, [voice_id])
+                        # The spoken reply is the answer: the text preview goes.
+                        await self._discard_preview(channel, msg)
+                        await self._done(channel, msg)
                         return SendResult.SENT
                     voice_ids.append(voice_id)
         # A model that prints a configured secret (bot token, API key, webhook or console
         # secret: the log redactor's registry) does not send it.
         out = Outbound(msg.address, redact_configured(msg.text),
-                       reply_to_message_id=msg.reply_to_message_id, plain=msg.plain)
+                       reply_to_message_id=msg.reply_to_message_id, plain=msg.plain,
+                       edit_message_id=await self._preview_id(channel, msg))
         done = await self._store.chunks_sent(msg.id)
         chunked = _takes_progress(channel)
 
@@ -173,10 +185,11 @@ class Outbox:
         except SendError as exc:
             sent_ids = done if chunked else exc.sent_ids
             if exc.retryable:
-                return await self._retry_later(msg, str(exc), sent_ids)
+                return await self._retry_later(channel, msg, str(exc), sent_ids)
             log.warning("could not deliver reply %d to %s %s: %s", msg.id, msg.address.channel,
                         msg.address.chat_id, exc)
             await self._store.mark_send_failed(msg.id, str(exc), sent_ids)
+            await self._failed(channel, msg, sent_ids)
             return SendResult.FAILED
         except Exception as exc:
             # Not a SendError: the message may or may not have gone out, and sending it
@@ -184,10 +197,59 @@ class Outbox:
             log.exception("channel %s failed sending reply %d", msg.address.channel, msg.id)
             await self._store.mark_send_failed(msg.id, f"{type(exc).__name__}: {exc}",
                                                done if chunked else ())
+            await self._failed(channel, msg, done if chunked else [])
             return SendResult.FAILED
         await self._store.mark_delivered(
             msg.id, voice_ids + (done if chunked else [str(i) for i in ids]))
+        await self._done(channel, msg)
         return SendResult.SENT
+
+    async def _preview_id(self, channel: Channel, msg: StoredMessage) -> str | None:
+        """The edit-mode preview chunk 0 replaces (the channel's chunk id form), if the
+        reply's turn streamed into one."""
+        if msg.turn_id is None or PreviewMode.EDIT not in channel.capabilities.preview_modes:
+            return None
+        key = await self._store.preview_for_turn(msg.turn_id)
+        if key is None or key.mode is not PreviewMode.EDIT:
+            return None
+        return key.platform_id
+
+    async def _done(self, channel: Channel, msg: StoredMessage) -> None:
+        """A reply is delivered or failed for good: forget its turn's preview, tell
+        ``on_delivered``.  Neither may undo the delivery (failures are logged)."""
+        if msg.turn_id is not None and channel.capabilities.preview_modes:
+            try:
+                await self._store.drop_preview(msg.turn_id)
+            except Exception as exc:
+                log.warning("the preview record of turn %d stays: %s", msg.turn_id, exc)
+        if self.on_delivered is not None:
+            try:
+                self.on_delivered(msg)
+            except Exception:
+                log.exception("on_delivered failed for reply %d", msg.id)
+
+    async def _failed(self, channel: Channel, msg: StoredMessage,
+                      sent_ids: Sequence[str]) -> None:
+        """A reply failed for good.  When none of it went out, its preview (a partial
+        answer) is removed too; once chunk 0 went out the preview *is* chunk 0."""
+        if not sent_ids:
+            await self._discard_preview(channel, msg)
+        await self._done(channel, msg)
+
+    async def _discard_preview(self, channel: Channel, msg: StoredMessage) -> None:
+        """Remove the edit-mode preview of a reply that will not become its chunk 0."""
+        if msg.turn_id is None or PreviewMode.EDIT not in channel.capabilities.preview_modes:
+            return
+        key = await self._store.preview_for_turn(msg.turn_id)
+        if key is None:
+            return
+        try:
+            await channel.discard_preview(msg.address, key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("the preview of reply %d stays in %s %s: %s", msg.id,
+                        msg.address.channel, msg.address.chat_id, exc)
 
     async def _send_voice(self, channel: Channel, msg: StoredMessage,
                           voice: VoiceClip) -> str | None:
@@ -207,7 +269,7 @@ class Outbox:
                           msg.address.channel, msg.id)
         return None
 
-    async def _retry_later(self, msg: StoredMessage, reason: str,
+    async def _retry_later(self, channel: Channel, msg: StoredMessage, reason: str,
                            sent_ids: list[str]) -> SendResult:
         attempts = msg.send_attempts + 1
         where = f"{msg.address.channel} {msg.address.chat_id}"
@@ -216,6 +278,7 @@ class Outbox:
                         attempts, reason)
             await self._store.mark_send_failed(
                 msg.id, f"gave up after {attempts} attempts: {reason}", sent_ids)
+            await self._failed(channel, msg, sent_ids)
             return SendResult.FAILED
         delay = self._retry_delays[attempts - 1]
         log.info("reply %d to %s not sent (%s); attempt %d failed, next in %g s", msg.id,

@@ -8,6 +8,13 @@ every model failed, or an internal-error note when the turn itself broke — is 
 the turn (``Store.finish_turn``) and handed to the outbox.  A turn that cannot even be
 recorded goes back to the queue.  Every turn ends with one log line and a
 :class:`TurnEvent`.
+
+While the model writes, a :class:`~bridge.live.LiveReply` may show the answer as it
+streams (``streaming``: a draft or an edited message); it is finished before the reply is
+stored, so nothing of it is sent after the final.  The model phase (waiting for a slot,
+compaction, the model call) runs as a child task in :class:`~bridge.live.ActiveTurns`, so
+``/stop`` at the door cancels just that: the turn then ends failed, reason ``stopped``,
+with no reply of its own.
 """
 
 from __future__ import annotations
@@ -27,16 +34,25 @@ from bridge.commands import (
     parse_command,
     run_command,
 )
-from bridge.config.resolve import ResolvedModel, UnknownModelError, resolve_candidates
+from bridge.config.resolve import (
+    ResolvedModel,
+    UnknownModelError,
+    chat_setting,
+    resolve_candidates,
+    streaming_for,
+)
 from bridge.envelope import ChatAddress, ChatKind, VoiceClip
+from bridge.live import ActiveTurns, LiveReply, NoReactions, TurnReactions, typing_unless_drafting
 from bridge.models.base import (
     AllModelsFailed,
     Attempt,
     ModelReply,
     ModelRequest,
     RequestSource,
+    StreamListener,
     Usage,
 )
+from bridge.ports import PreviewMode
 from bridge.prompt import (
     BuiltPrompt,
     PromptCache,
@@ -49,7 +65,7 @@ from bridge.prompt import (
     truncate_to_tokens,
 )
 from bridge.store import Claim, MessageKind, Store, StoredMessage
-from bridge.store.records import HistoryTurn, SessionRecord
+from bridge.store.records import STOPPED_REASON, HistoryTurn, HistoryWindow, SessionRecord
 from bridge.usage.record import call_rows, recorder_for
 from bridge.voice.wiring import asked_by_voice
 
@@ -137,6 +153,10 @@ class TurnRunner:
     voice: VoiceService | None = None
     # What owner commands may use of the running process (the config file, tell).
     commands: CommandServices = field(default_factory=CommandServices)
+    # The model phases running now, by session key (what /stop cancels).
+    active: ActiveTurns = field(default_factory=ActiveTurns)
+    # The ack reactions, told when a turn fails or is stopped.
+    reactions: TurnReactions = field(default_factory=NoReactions)
 
     async def run(self, claim: Claim, *, override: str | None = None) -> Progress:
         """Answer ``claim`` (``override``: the session's model override, if any)."""
@@ -166,6 +186,7 @@ class Turn:
         self.heard: list[Transcription] = []  # this turn's voice notes
         self.built: dict[str, BuiltPrompt] = {}  # by model ref, for this history
         self.compacted = False
+        self.live: LiveReply | None = None  # the answer's preview while it streams
 
     async def run(self) -> Progress:
         """Answer the claim; contain any failure as an internal-error reply."""
@@ -176,6 +197,9 @@ class Turn:
             else:
                 await self._chat()
         except asyncio.CancelledError:
+            if self.live is not None:
+                # Shutdown: the stored preview stays, the next start removes it.
+                self.live.abandon()
             raise
         except Exception as exc:
             log.exception("turn %d of %s failed unexpectedly", claim.turn_id, claim.session_key)
@@ -183,6 +207,8 @@ class Turn:
                 # The reply is stored (pending); a failure after that (e.g. marking it
                 # delivered) must not answer the turn a second time.
                 return self.progress
+            await self._end_live()
+            self.runner.reactions.failed(claim.messages)
             try:
                 out = await self._finish(
                     reply=INTERNAL_ERROR, answered=False,
@@ -191,6 +217,8 @@ class Turn:
             except Exception:
                 log.exception("turn %d of %s could not be recorded; its messages go back to "
                               "the queue", claim.turn_id, claim.session_key)
+                if self.live is not None:
+                    await self.live.discard()  # no reply of this turn will finish it
                 await self._requeue()
                 return self.progress
             delivered = await self.runner.outbox.deliver(out)
@@ -235,13 +263,54 @@ class Turn:
         self.instructions = config.system_prompt_for(
             a.channel, chat_kind=a.chat_kind.value, chat_id=a.chat_id,
             sender_id=last.sender_id, thread_id=a.thread_id)
+        channel = self.runner.route(a)
+        self.live = self._open_live(channel, a)
+        phase = self.runner.active.run(claim.session_key, claim.turn_id,
+                                       self._model_phase(channel, a, window, read_budget))
+        try:
+            reply, failure, earlier, model_duration = await phase
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # shutdown (run() leaves the preview for the next start)
+            await self._stopped()  # /stop cancelled only the model phase
+            return
+
+        if reply is None:
+            assert failure is not None
+            await self._fail(failure, None, model_duration=model_duration, earlier=earlier)
+            return
+        built_for_reply = self.built.get(reply.model_ref)
+        window_size = next(
+            (m.context_window for m in self.models if m.ref == reply.model_ref), None)
+        echo = self.runner.voice.echo(self.heard) if self.runner.voice is not None else ""
+        await self._end_live()
+        out = await self._finish(
+            reply=echo + reply.text, model_ref=reply.model_ref, usage=reply.usage,
+            attempts=reply.attempts, reply_to_message_id=self._quote_id(),
+            prompt_tokens_estimate=built_for_reply.prompt_tokens if built_for_reply else None,
+            context_window=window_size)
+        delivered = await self.runner.outbox.deliver(out, voice=await self._spoken(reply.text))
+        self._log(reply.model_ref, reply.attempts, model_duration, answered=True,
+                  delivered=delivered, reply=reply.text, compacted=self.compacted)
+        self._emit(answered=True, delivered=delivered, model_ref=reply.model_ref,
+                   attempts=reply.attempts, model_duration=model_duration, reply=reply.text,
+                   compacted=self.compacted)
+
+    async def _model_phase(self, channel: Channel | None, a: ChatAddress,
+                           window: HistoryWindow, read_budget: int | None,
+                           ) -> tuple[ModelReply | None, AllModelsFailed | None,
+                                      tuple[Attempt, ...], float]:
+        """Wait for a slot, compact when needed, ask the models (and on a context overflow
+        compact and ask once more): ``(reply, failure, earlier attempts, duration)``.
+        What ``/stop`` cancels."""
+        config, claim = self.config, self.claim
         compaction = config.agents.defaults.compaction
         reply: ModelReply | None = None
         failure: AllModelsFailed | None = None
         earlier: tuple[Attempt, ...] = ()
-
-        channel = self.runner.route(a)
-        typing = channel.typing(a) if channel is not None else contextlib.nullcontext()
+        model_started = time.monotonic()
+        typing = typing_unless_drafting(channel, a, self.live)
         async with typing, self.runner.slots.slot(config.agents.defaults.maxConcurrentTurns):
             await self._hear()
             model_started = time.monotonic()
@@ -277,27 +346,53 @@ class Turn:
                             failure = None
                         except AllModelsFailed as exc2:
                             failure = exc2
-            model_duration = time.monotonic() - model_started
+            return reply, failure, earlier, time.monotonic() - model_started
 
-        if reply is None:
-            assert failure is not None
-            await self._fail(failure, None, model_duration=model_duration, earlier=earlier)
-            return
-        built_for_reply = self.built.get(reply.model_ref)
-        window_size = next(
-            (m.context_window for m in self.models if m.ref == reply.model_ref), None)
-        echo = self.runner.voice.echo(self.heard) if self.runner.voice is not None else ""
-        out = await self._finish(
-            reply=echo + reply.text, model_ref=reply.model_ref, usage=reply.usage,
-            attempts=reply.attempts, reply_to_message_id=self._quote_id(),
-            prompt_tokens_estimate=built_for_reply.prompt_tokens if built_for_reply else None,
-            context_window=window_size)
-        delivered = await self.runner.outbox.deliver(out, voice=await self._spoken(reply.text))
-        self._log(reply.model_ref, reply.attempts, model_duration, answered=True,
-                  delivered=delivered, reply=reply.text, compacted=self.compacted)
-        self._emit(answered=True, delivered=delivered, model_ref=reply.model_ref,
-                   attempts=reply.attempts, model_duration=model_duration, reply=reply.text,
-                   compacted=self.compacted)
+    def _open_live(self, channel: Channel | None, a: ChatAddress) -> LiveReply | None:
+        """The answer's live preview, when the chat streams (``streaming``), the channel
+        can show that mode here and the primary model's text may be shown early."""
+        if channel is None:
+            return None
+        last = self.claim.messages[-1]
+        where: dict[str, Any] = {"chat_kind": a.chat_kind.value, "chat_id": a.chat_id,
+                                 "sender_id": last.sender_id, "thread_id": a.thread_id}
+        mode = streaming_for(self.config, a.channel, **where)
+        if mode == PreviewMode.OFF.value:
+            return None
+        first = self.candidates[0] if self.candidates else None
+        if isinstance(first, ResolvedModel) and not first.preview:
+            return None
+        interval_ms = chat_setting(self.config, a.channel, "streamingIntervalMs", **where)
+        try:
+            return LiveReply.open(
+                channel, a, PreviewMode(mode), turn_id=self.claim.turn_id, store=self.store,
+                reply_to=self._quote_id(),
+                interval=(interval_ms if interval_ms is not None else 1000) / 1000)
+        except Exception:  # a preview is never worth a turn
+            log.exception("turn %d: no live preview", self.claim.turn_id)
+            return None
+
+    async def _end_live(self) -> None:
+        """No more preview updates: the reply is about to be stored and delivered."""
+        if self.live is not None:
+            await self.live.finish()
+
+    async def _stopped(self) -> None:
+        """``/stop`` cancelled the model phase: remove the preview, close the turn with
+        no reply (failed, reason ``stopped``, so a restart never answers it again)."""
+        claim = self.claim
+        if self.live is not None:
+            await self.live.discard()
+        await self.store.finish_turn(claim.turn_id, reply=None, answered=False,
+                                     reason=STOPPED_REASON)
+        self._closed()
+        self.runner.reactions.clear(claim.messages)
+        after = time.monotonic() - self.started
+        log.info("turn stopped session=%s turn=%d after=%.1fs", claim.session_key,
+                 claim.turn_id, after,
+                 extra={"session": claim.session_key, "turn": claim.turn_id,
+                        "outcome": "stopped", "duration_ms": round(after * 1000, 1)})
+        self._emit(answered=False, delivered=False, reason=STOPPED_REASON)
 
     async def _hear(self) -> None:
         """Transcribe this turn's voice notes (stored ones are read back) and show every
@@ -338,17 +433,22 @@ class Turn:
                 built = self.built[model.ref] = await self._build(model)
             return built.request
 
-        reply = await self._routed(self.candidates, request_for, "reply")
+        reply = await self._routed(self.candidates, request_for, "reply", listener=self.live)
         if not reply.text.strip():
             raise AllModelsFailed(reply.attempts)
         return reply
 
     async def _routed(self, candidates: list[ResolvedModel | str],
                       request: RequestSource, purpose: Literal["reply", "compaction"],
-                      ) -> ModelReply:
-        """``router.complete``, and what its calls used recorded against this chat."""
+                      *, listener: StreamListener | None = None) -> ModelReply:
+        """``router.complete``, and what its calls used recorded against this chat
+        (``listener``: the live preview, for the reply only; a summary is never shown)."""
+        router = self.runner.router
         try:
-            reply = await self.runner.router.complete(candidates, request)
+            if listener is None:
+                reply = await router.complete(candidates, request)
+            else:
+                reply = await router.complete(candidates, request, listener=listener)
         except AllModelsFailed as exc:
             await self._record_usage(exc.attempts, purpose, None)
             raise
@@ -429,6 +529,8 @@ class Turn:
         """Answer with the apology; the turn is recorded as failed, with every attempt."""
         attempts = (*earlier, *exc.attempts)
         reason = reason or str(AllModelsFailed(attempts))
+        await self._end_live()
+        self.runner.reactions.failed(self.claim.messages)
         out = await self._finish(
             reply=APOLOGY, answered=False, reason=reason[:1000],
             reply_kind=MessageKind.APOLOGY, attempts=attempts,
@@ -444,9 +546,14 @@ class Turn:
     async def _finish(self, **kwargs: Any) -> StoredMessage:
         """``store.finish_turn`` — and the claim's messages stop counting as pending."""
         out = await self.store.finish_turn(self.claim.turn_id, **kwargs)
+        assert out is not None  # a reply was given
+        self._closed()
+        return out
+
+    def _closed(self) -> None:
+        """The claim is closed: its messages stop counting as pending."""
         self.progress.finished = True
         self.runner.answered(len(self.claim.messages))
-        return out
 
     async def _requeue(self) -> None:
         self.progress.requeued = True
