@@ -130,6 +130,7 @@ class Live:
     """
 
     no_preview_ttl = 3600.0
+    preview_burst = 2  # burst slots a chat's previews may use (see may_preview_now)
 
     def __init__(self, channel: TelegramChannel) -> None:
         self.channel = channel
@@ -164,9 +165,18 @@ class Live:
         return None
 
     def may_preview_now(self, address: ChatAddress) -> bool:
-        """A pacer slot free now with one to spare for the final (True takes it)."""
-        return self.channel.pacer.try_take(int(address.chat_id),
-                                           group=address.chat_kind is ChatKind.GROUP, keep=1)
+        """A pacer slot free now with room to spare for the final (True takes it).
+
+        Previews spend at most ``preview_burst`` of a chat's burst: Telegram tolerates
+        about three sends at once in a chat (the fake's flood model), while the pacer's
+        private-chat burst of 5 is there for the chunks of one reply.  The rest, at
+        least one slot, stays for the final.
+        """
+        pacer = self.channel.pacer
+        group = address.chat_kind is ChatKind.GROUP
+        burst = pacer.group_burst if group else pacer.chat_burst
+        keep = max(1, burst - self.preview_burst)
+        return pacer.try_take(int(address.chat_id), group=group, keep=keep)
 
     def drafts_refused(self, chat_id: int, exc: _Refused | _MethodMissing) -> None:
         """Remember a permanent refusal of drafts (one log line each time it starts)."""

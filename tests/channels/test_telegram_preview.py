@@ -62,14 +62,15 @@ class Clock:
 async def make_channel(fake, tmp_path):
     made: list[TelegramChannel] = []
 
-    async def build(**overrides) -> TelegramChannel:
+    async def build(*, real_clock: bool = False, **overrides) -> TelegramChannel:
         fields = {"botToken": fake.token, "apiRoot": fake.url, **overrides}
         channel = TelegramChannel(TelegramConfig(**fields), media=MediaStore(tmp_path / "m"),
                                   data_dir=tmp_path)
         channel.poll_timeout = 1
         channel.send_retry_delays = (0.01, 0.02, 0.03)
-        clock = Clock()
-        channel.pacer.clock, channel.pacer.sleep = clock, clock.sleep
+        if not real_clock:
+            clock = Clock()
+            channel.pacer.clock, channel.pacer.sleep = clock, clock.sleep
         made.append(channel)
         await channel.start(Sink())
         return channel
@@ -315,7 +316,7 @@ async def test_final_after_previews_still_has_its_burst_slot(make_channel, fake)
     while channel.may_preview_now(DM):  # previews as fast as the pacer lets them
         taken += 1
         clock.now += channel.pacer.overall_interval
-    assert taken == channel.pace_chat_burst - 1
+    assert taken == channel._live.preview_burst
     await channel.send(Outbound(DM, "the final"))
     assert clock.sleeps == []  # the slot kept back: the final went at once
 
@@ -506,3 +507,79 @@ async def test_reaction_emoji_of_a_group_checked_at_start(make_channel):
     assert not channel.capabilities.reactions
     channel = await make_channel(ackReaction="", groups={"*": {"ackReaction": "🙈"}})
     assert channel.capabilities.reactions
+
+
+# --------------------------------------------------------------------------- groups, topics
+
+
+async def test_group_edit_preview_becomes_the_quoted_chunk_0(make_channel, fake):
+    channel = await make_channel(textChunkLimit=200)
+    trigger = fake.push_text(GROUP, 1001, "@palaver_test_bot tell me", thread_id=9)
+    address = _address(GROUP, ChatKind.GROUP, thread_id="9")
+    reply_to = f"{GROUP}:{trigger['message_id']}"
+    keys: list[PreviewKey] = []
+
+    async def on_created(key: PreviewKey) -> None:
+        keys.append(key)
+
+    preview = channel.preview(address, PreviewMode.EDIT, turn_id=4, reply_to=reply_to,
+                              on_created=on_created)
+    await preview.update("Paragraph 0")
+    assert fake.sent[0].reply_to_message_id == trigger["message_id"]
+    assert fake.sent[0].thread_id == 9
+    text = "\n\n".join(f"Paragraph {i}: " + "word " * 30 for i in range(3))
+    ids = await channel.send(Outbound(address, text, reply_to_message_id=reply_to,
+                                      edit_message_id=keys[0].platform_id))
+    assert ids[0] == keys[0].platform_id and len(ids) == 3
+    assert len(fake.edits) == 1 and fake.edits[0].params["parse_mode"] == "HTML"
+    later = fake.sent[1:]
+    assert [s.reply_to_message_id for s in later] == [None, None]  # only chunk 0 quotes
+    assert [s.thread_id for s in later] == [9, 9]
+    screen = fake.snapshots(GROUP, 9)[-1]
+    assert screen == [s.message["text"] for s in fake.sent]
+
+
+async def test_a_chat_telegram_knows_as_a_group_refuses_drafts(make_channel, fake):
+    """No scripted failure: the fake's own rule (a positive id whose chat is a group)."""
+    channel = await make_channel()
+    fake.push_text(555, 1001, "hello", chat_type="group")
+    address = _address(555)  # however the core came to call it direct
+    with pytest.raises(PreviewGone):
+        await channel.preview(address, PreviewMode.DRAFT, turn_id=1).update("")
+    assert channel.preview(address, PreviewMode.DRAFT, turn_id=2) is None
+    assert fake.drafts == []
+
+
+async def test_a_reply_that_is_only_a_document_removes_the_preview(make_channel, fake):
+    """maxReplyChunks 1 and a long reply: no chunk 0 to edit, so the preview goes."""
+    channel = await make_channel(textChunkLimit=200, maxReplyChunks=1)
+    preview_id = await _edit_preview(channel)
+    text = "\n\n".join(f"Paragraph {i}: " + "word " * 30 for i in range(3))
+    ids = await channel.send(Outbound(DM, text, edit_message_id=preview_id))
+    assert len(ids) == 1 and ids != [preview_id]
+    assert fake.deleted == [(1001, int(preview_id.split(":")[1]))]
+    assert fake.calls_to("sendDocument") and fake.edits == []
+
+
+@pytest.mark.parametrize("address", [DM, GROUP_ADDRESS], ids=["private", "group"])
+async def test_previews_gated_by_the_pacer_never_flood_and_leave_the_final_its_slot(
+        make_channel, fake, address):
+    """An over-eager core asking for an edit as often as it can: Telegram's flood model
+    (the fake's) never answers 429, neither to the previews nor to the final."""
+    fake.flood()
+    channel = await make_channel(real_clock=True)
+    preview = channel.preview(address, PreviewMode.EDIT, turn_id=1)
+    asked = shown = 0
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 0.3
+    while loop.time() < until:
+        asked += 1
+        if channel.may_preview_now(address):
+            shown += 1
+            await preview.update(f"text {shown}")
+        await asyncio.sleep(0.005)
+    assert asked > 10 and shown >= 1  # most were refused by the pacer
+    await channel.send(Outbound(address, "the final", edit_message_id=f"{address.chat_id}:"
+                                f"{fake.sent[0].message_id}"))
+    assert fake.flooded == []
+    assert fake.snapshots(int(address.chat_id))[-1] == ["the final"]
