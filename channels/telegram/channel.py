@@ -17,6 +17,9 @@ Lifecycle: we own the event loop, so PTB's ``Application`` runs without its ``Up
 Telegram rejects (at start or later while polling) stops the channel for good (health
 says why); network failures at connect are retried in the background.
 
+Live replies (previews, reactions; issue 17) are :mod:`channels.telegram.live`; the
+methods here hand over to it.
+
 Message ids: Telegram numbers messages per chat, so the envelope's ``message_id`` is
 ``"<chat_id>:<message_id>"`` (unique per bot); :meth:`TelegramChannel.send` returns ids in
 the same form and accepts either form in ``Outbound.reply_to_message_id``.
@@ -430,6 +433,11 @@ class TelegramChannel(Channel):
         A chunk Telegram's HTML parser rejects is sent again as plain text, links kept as
         "text (url)": the whole reply rendered by :func:`~bridge.formatting.to_plain`
         when it was the first chunk, else that chunk alone (under the same index).
+
+        With ``out.edit_message_id`` (an edit-mode preview), chunk 0 is an
+        ``editMessageText`` of that message and keeps its id; "not modified" counts as
+        sent (a resumed chunk 0 is not sent twice), and a preview the user deleted gets
+        a new message instead.
         Raises :class:`SendError`: ``retryable=True`` when nothing of the failed chunk
         went out (not running, no connection after the in-channel retries, 502/503, a
         rate limit longer than ``max_retry_after``, token refused); ``retryable=False``
