@@ -25,6 +25,7 @@ not asked again on every turn; a Bot API server that does not know ``sendMessage
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -276,10 +277,17 @@ class Live:
             await self.channel.call_paced("editMessageText", chat_id, params, parse_mode,
                                           group, passthrough=(_NOT_MODIFIED, *_GONE))
         except BadRequest as exc:
-            if _NOT_MODIFIED in str(exc).lower():
+            reason = str(exc).lower()
+            if _NOT_MODIFIED in reason:
                 return message_id
             log.info("telegram: the preview %s:%s is gone (%s); sending chunk 0 anew",
                      chat_id, message_id, exc)
+            if _GONE[1] in reason:
+                # Still on screen with half an answer: removed, best effort.
+                with contextlib.suppress(PreviewError):
+                    await self.call("deleteMessage", {"chat_id": chat_id,
+                                                      "message_id": message_id},
+                                    chat_id, group=group)
             return None
         return message_id
 

@@ -583,3 +583,12 @@ async def test_previews_gated_by_the_pacer_never_flood_and_leave_the_final_its_s
                                 f"{fake.sent[0].message_id}"))
     assert fake.flooded == []
     assert fake.snapshots(int(address.chat_id))[-1] == ["the final"]
+
+
+async def test_a_preview_that_can_no_longer_be_edited_is_replaced(make_channel, fake):
+    channel = await make_channel()
+    preview_id = await _edit_preview(channel, text="Half an answer")
+    fake.fail("editMessageText", 400, "Bad Request: message can't be edited")
+    ids = await channel.send(Outbound(DM, "The whole answer", edit_message_id=preview_id))
+    assert ids != [preview_id]
+    assert fake.snapshots(1001)[-1] == ["The whole answer"]  # the half answer is gone
