@@ -592,3 +592,38 @@ async def test_a_preview_that_can_no_longer_be_edited_is_replaced(make_channel, 
     ids = await channel.send(Outbound(DM, "The whole answer", edit_message_id=preview_id))
     assert ids != [preview_id]
     assert fake.snapshots(1001)[-1] == ["The whole answer"]  # the half answer is gone
+
+
+async def test_edit_preview_lost_answer_is_maybe_sent_and_not_stored(make_channel, fake):
+    """The first sendMessage reached Telegram, its answer was lost: maybe a ghost message;
+    the core hears PreviewMaybeSent and on_created is never called (no id to store)."""
+    channel = await make_channel()
+    created: list[PreviewKey] = []
+
+    async def on_created(key: PreviewKey) -> None:
+        created.append(key)
+
+    fake.drop("sendMessage")
+    preview = channel.preview(DM, PreviewMode.EDIT, turn_id=1, on_created=on_created)
+    with pytest.raises(PreviewMaybeSent):
+        await preview.update("Hello")
+    assert created == [] and len(fake.calls_to("sendMessage")) == 1  # not retried
+
+
+async def test_a_refused_token_ends_the_preview_but_not_drafts_everywhere(make_channel, fake):
+    channel = await make_channel()
+    fake.fail("sendMessageDraft", 401, "Unauthorized")
+    with pytest.raises(PreviewGone):
+        await channel.preview(DM, PreviewMode.DRAFT, turn_id=1).update("")
+    assert channel.preview(DM, PreviewMode.DRAFT, turn_id=2) is not None
+
+
+async def test_a_rate_limited_reaction_holds_the_chat(make_channel, fake):
+    channel = await make_channel()
+    msg = fake.push_text(1001, 1001, "hello")
+    fake.rate_limit("setMessageReaction", 9)
+    with pytest.raises(SendError) as err:
+        await channel.react(DM, f"1001:{msg['message_id']}", "👀")
+    assert err.value.retryable
+    assert not channel.may_preview_now(DM)
+    assert len(fake.calls_to("setMessageReaction")) == 1
