@@ -383,8 +383,7 @@ class Turn:
         claim = self.claim
         if self.live is not None:
             await self.live.discard()
-        await self.store.finish_turn(claim.turn_id, reply=None, answered=False,
-                                     reason=STOPPED_REASON)
+        await self.store.stop_turn(claim.turn_id, reason=STOPPED_REASON)
         self._closed()
         self.runner.reactions.clear(claim.messages)
         after = time.monotonic() - self.started
@@ -546,7 +545,6 @@ class Turn:
     async def _finish(self, **kwargs: Any) -> StoredMessage:
         """``store.finish_turn`` — and the claim's messages stop counting as pending."""
         out = await self.store.finish_turn(self.claim.turn_id, **kwargs)
-        assert out is not None  # a reply was given
         self._closed()
         return out
 
