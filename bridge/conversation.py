@@ -3,12 +3,18 @@
 ``ConversationCore.accept()`` checks access and stores the message before anything else,
 then wakes the one worker of its session: messages of one chat are answered in order,
 different chats in parallel, and messages that arrive while a turn runs are answered
-together in the next turn.  This module is the door and that per-session scheduler; a
-turn itself (a command, or prompt, compaction and model call) is :mod:`bridge.turn`, and
-sending the stored replies in order, with retries, is the outbox (:mod:`bridge.delivery`).
-At most ``agents.defaults.maxConcurrentTurns`` model turns run at once.  A reply that must
-wait for a retry is sent when its delay has passed, or at once when the channel reports it
-is ready again (``channel_ready``).  On start, whatever a crash left half done is picked up
+together in the next turn (with ``debounceMs``, a message to an idle session waits that
+long for more).  ``/stop`` is answered here, before the queue: it cancels the session's
+running model call.  An admitted message gets its acknowledgement reaction
+(:mod:`bridge.reactions`) as soon as it is stored, and in groups the text of messages not
+addressed to the bot is kept for its next answer there (``groupContextMessages``).
+
+This module is the door and that per-session scheduler; a turn itself (a command, or
+prompt, compaction and model call) is :mod:`bridge.turn`, and sending the stored replies
+in order, with retries, is the outbox (:mod:`bridge.delivery`).  At most
+``agents.defaults.maxConcurrentTurns`` model turns run at once.  A reply that must wait
+for a retry is sent when its delay has passed, or at once when the channel reports it is
+ready again (``channel_ready``).  On start, whatever a crash left half done is picked up
 again — for the sessions the attached channels own.
 """
 
@@ -18,17 +24,20 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bridge import live
 from bridge.access import AccessControl, Verdict
-from bridge.commands import CommandServices, is_command
+from bridge.commands import NOTHING_RUNNING, STOPPED, CommandServices, is_command, is_stop
+from bridge.config.resolve import group_context_for
 from bridge.delivery import SEND_RETRY_DELAYS, Outbox
-from bridge.envelope import AcceptStatus, ChatAddress, Inbound
+from bridge.envelope import AcceptStatus, ChatAddress, ChatKind, Inbound
 from bridge.ports import InboundSink, StoreUnavailable
 from bridge.prompt import PromptCache, visible_text
+from bridge.reactions import AckReactions
 from bridge.store import MessageKind, MessageStatus, Store
 from bridge.store.db import StoreError, unavailable_reason
 from bridge.store.notices import queue_notice
@@ -71,6 +80,20 @@ def _without_content(inbound: Inbound) -> Inbound:
     """What is kept of refused and ignored traffic: who, where, when, why — no text, no
     media references (no file ids to fetch them by), no quote."""
     return replace(inbound, text="", media=(), quoted=None)
+
+
+# An unaddressed group message kept as context keeps at most this much of its text.
+CONTEXT_MAX_CHARS = 1000
+
+
+def _context_only(inbound: Inbound) -> Inbound:
+    """What is kept of an unaddressed group message for the group's context: who, and
+    its text (clipped) with its media as placeholders — no media references, no quote."""
+    text = visible_text(inbound.text).strip()
+    if len(text) > CONTEXT_MAX_CHARS:
+        text = text[:CONTEXT_MAX_CHARS - 1].rstrip() + "…"
+    shown = " ".join([*(m.placeholder() for m in inbound.media), *([text] if text else [])])
+    return replace(inbound, text=shown, media=(), quoted=None)
 
 
 class _DoorLog:
@@ -138,11 +161,15 @@ class _Session:
     flush: bool = False  # may have replies waiting to be delivered
     timer: asyncio.TimerHandle | None = None  # a send retry or a worker restart is due
     override: str | None = None  # a model outranking the /model choice (not persisted)
+    # debounceMs: the worker starts when this fires (None: not waiting); first_seen is
+    # when the wait began (it never lasts more than 4 x debounceMs from then).
+    debounce: asyncio.TimerHandle | None = None
+    first_seen: float = 0.0
 
     @property
     def idle(self) -> bool:
         return (self.worker is None and self.timer is None and not self.flush
-                and self.override is None)
+                and self.override is None and self.debounce is None)
 
 
 class ConversationCore(InboundSink):
@@ -194,7 +221,7 @@ class ConversationCore(InboundSink):
         self._store_problem_since = 0.0
         self._sessions: dict[str, _Session] = {}
         self._busy = 0  # sessions with a worker running
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._observers: list[Observer] = []
         self._idle = asyncio.Event()
@@ -207,10 +234,16 @@ class ConversationCore(InboundSink):
         self.prompt_cache = PromptCache()
         self.outbox = Outbox(store, self._owner, self._wake_later,
                              retry_delays=send_retry_delays)
+        # The running model call of each session, for /stop.
+        self._active = live.ActiveTurns()
+        # Acknowledgement reactions: set at the door, cleared when the answer is delivered.
+        self.reactions = AckReactions(store, self._config, self._owner, self._spawn)
+        self.outbox.on_delivered = self.reactions.delivered
         self._turns = TurnRunner(
             store=store, config=self._config, router=router, media=media,
             prompt_cache=self.prompt_cache, outbox=self.outbox, route=self._owner,
             emit=self._emit, answered=self._answered, voice=voice,
+            active=self._active, reactions=self.reactions,
             # What owner commands may use of this process.
             commands=CommandServices(config_path=config_path, reload_config=reload_config,
                                      tell=self.tell))
@@ -288,6 +321,9 @@ class ConversationCore(InboundSink):
         self._pending = sum(w.inbound for w in work)
         self._started = True
         self._stopping = False
+        # Edit-mode previews a crash left behind are removed (their turns run again).
+        self._spawn(live.discard_stale_previews(self.store, list(self._channels.values())),
+                    name="discard stale previews")
         await self.prune_refused()
         if self._prune_every_s > 0 and (self._prune_task is None or self._prune_task.done()):
             self._prune_task = self._loop.create_task(self._prune_periodically(),
@@ -311,6 +347,9 @@ class ConversationCore(InboundSink):
             if state.timer is not None:
                 state.timer.cancel()
                 state.timer = None
+            if state.debounce is not None:  # stored; answered after the next start
+                state.debounce.cancel()
+                state.debounce = None
         side = list(self._side_tasks)
         prune, self._prune_task = self._prune_task, None
         if prune is not None:
@@ -333,15 +372,21 @@ class ConversationCore(InboundSink):
         self.outbox.release_all()
         for state in list(self._sessions.values()):
             self._forget_if_idle(state)
+        if not self._busy:
+            self._idle.set()
         self._started = False
 
     async def wait_idle(self) -> None:
         """Until no session has work in progress (tests, benchmarks, scripted chat).
 
-        Replies waiting for a retry later do not count as work in progress.
+        Replies waiting for a retry later do not count as work in progress; messages
+        waiting out ``debounceMs`` do.
         """
-        while self._busy:
+        while self._busy or self._debouncing():
             await self._idle.wait()
+
+    def _debouncing(self) -> bool:
+        return any(s.debounce is not None for s in self._sessions.values())
 
     def channel_ready(self, channel: Channel) -> None:
         """``channel`` is connected (again): send its queued replies now.
@@ -364,10 +409,19 @@ class ConversationCore(InboundSink):
     def _resume_channel_soon(self, channel: Channel) -> None:
         if not self._started or self._stopping or self._loop is None:
             return
-        task = self._loop.create_task(self._resume_channel(channel),
-                                      name=f"resume {channel.name}")
+        self._spawn(self._resume_channel(channel), name=f"resume {channel.name}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, object], *,
+               name: str | None = None) -> asyncio.Task[Any] | None:
+        """Run ``coro`` as a side task the core owns (cancelled and awaited on stop);
+        None (and ``coro`` closed) while the core is stopping or has no loop."""
+        if self._stopping or self._loop is None or self._loop.is_closed():
+            coro.close()
+            return None
+        task = self._loop.create_task(coro, name=name)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
+        return task
 
     async def _resume_channel(self, channel: Channel) -> None:
         try:
@@ -488,6 +542,8 @@ class ConversationCore(InboundSink):
                 decision = await self.access.check(inbound)
             else:
                 await self.voice.forget_unheard(inbound)  # type: ignore[union-attr]
+        if decision.allowed and is_stop(inbound.text):
+            return await self._stop(inbound)
         code, reply, reply_kind = decision.code, decision.reply, MessageKind.PAIRING
         if decision.allowed and not has_content(inbound):
             status, reason, code = MessageStatus.IGNORED, "empty message", "empty"
@@ -501,11 +557,16 @@ class ConversationCore(InboundSink):
             status, reason = MessageStatus.IGNORED, decision.reason
         else:
             status, reason = MessageStatus.REFUSED, decision.reason
-        # Only what is answered keeps its text: a stranger's words, or a group's talk
-        # not addressed to the bot, are nobody's business here.
-        kept = inbound if status is MessageStatus.RECEIVED else _without_content(inbound)
+        # Only what is answered keeps its text: a stranger's words are nobody's business
+        # here, and a group's talk not addressed to the bot only as the group's context.
+        context = status is MessageStatus.IGNORED and self._keeps_context(inbound, code)
+        if status is MessageStatus.RECEIVED:
+            kept = inbound
+        else:
+            kept = _context_only(inbound) if context else _without_content(inbound)
         row_id = await self.store.record_inbound(
-            kept, status=status, reason=reason, reply=reply, reply_kind=reply_kind)
+            kept, status=status, reason=reason, reply=reply, reply_kind=reply_kind,
+            context=context)
         a = inbound.address
         if row_id is None:
             result = AcceptStatus.DUPLICATE
@@ -515,7 +576,11 @@ class ConversationCore(InboundSink):
             if self.voice is not None:
                 # Transcribing starts now; the turn awaits the same call.
                 self.voice.admitted(inbound, row_id)
-            self._wake(key)
+            if is_command(inbound.text):
+                self._wake(key)
+            else:
+                self.reactions.acknowledge(inbound)
+                self._wake_debounced(key, a)
         elif status is MessageStatus.REFUSED:
             result = AcceptStatus.REFUSED
             self._door_log.note(
@@ -534,6 +599,44 @@ class ConversationCore(InboundSink):
         self._emit(AcceptEvent(a.channel, key, result, reason or "", code))
         return result
 
+    def _keeps_context(self, inbound: Inbound, code: str) -> bool:
+        """Is ``inbound`` (ignored) a group message kept as the group's context?  Not
+        addressed to the bot, not a command, with something to say, in a group whose
+        ``groupContextMessages`` is above 0."""
+        a = inbound.address
+        if code != "no_mention" or a.chat_kind is not ChatKind.GROUP:
+            return False
+        if is_command(inbound.text) or not (visible_text(inbound.text).strip()
+                                            or inbound.media):
+            return False
+        return group_context_for(self._config(), a.channel, a.chat_id, a.thread_id) > 0
+
+    async def _stop(self, inbound: Inbound) -> AcceptStatus:
+        """``/stop`` from someone the bot answers: cancel the session's running model call
+        and say so.  The ``/stop`` and its reply are stored as one answered command that
+        never enters the queue; the reply goes out as soon as the stopped turn has
+        returned (or at once), in order with the session's other replies."""
+        key = str(inbound.session_key)
+        a = inbound.address
+        if await self.store.has_inbound(a.channel, a.account, inbound.message_id):
+            result = AcceptStatus.DUPLICATE  # redelivered: it stopped what it could then
+        else:
+            stopped = self._active.stop(key)
+            quote = inbound.message_id if a.chat_kind is ChatKind.GROUP else None
+            recorded = await self.store.record_control(
+                inbound, STOPPED if stopped else NOTHING_RUNNING, reply_to_message_id=quote)
+            if recorded is None or recorded[0] is None:  # stored meanwhile
+                result = AcceptStatus.DUPLICATE
+            else:
+                result = AcceptStatus.ACCEPTED
+                log.info("stop session=%s: %s", key,
+                         "model call cancelled" if stopped else "nothing was running")
+                self._session(key).flush = True
+                self._wake(key)
+        self._emit(AcceptEvent(a.channel, key, result, "stop" if result is
+                               AcceptStatus.ACCEPTED else "", "stop"))
+        return result
+
     async def tell(self, address: ChatAddress, session_key: str, text: str) -> bool:
         """Send ``text`` to a chat outside any turn (stored first, then delivered in order
         by the outbox).  True when this process serves that chat."""
@@ -544,6 +647,35 @@ class ConversationCore(InboundSink):
 
     # -- workers -----------------------------------------------------------------
 
+    def _wake_debounced(self, key: str, address: ChatAddress) -> None:
+        """Wake ``key`` for a chat message — after ``debounceMs`` when its session is idle,
+        so that what one sender writes in quick succession is answered in one turn.  Each
+        message re-arms the wait, which never lasts more than 4 x ``debounceMs`` from the
+        first one.  A session already working batches the message next anyway."""
+        if not self._started or self._stopping or self._loop is None:
+            return
+        chan = self._config().channel(address.channel)
+        delay = getattr(chan, "debounceMs", 0) / 1000.0
+        state = self._session(key)
+        if delay <= 0 or state.worker is not None:
+            self._wake(key)
+            return
+        now = self._loop.time()
+        if state.debounce is None:
+            state.first_seen = now
+        else:
+            state.debounce.cancel()
+        due = min(now + delay, state.first_seen + 4 * delay)
+        self._idle.clear()
+        state.debounce = self._loop.call_at(due, self._debounce_fired, state)
+
+    def _debounce_fired(self, state: _Session) -> None:
+        state.debounce = None
+        self._wake(state.key)
+        self._forget_if_idle(state)
+        if not self._busy and not self._debouncing():
+            self._idle.set()
+
     def _wake(self, key: str) -> None:
         if not self._started or self._stopping:
             return
@@ -551,6 +683,9 @@ class ConversationCore(InboundSink):
         if state.worker is not None:
             state.dirty = True
             return
+        if state.debounce is not None:  # the worker claims what the wait was for
+            state.debounce.cancel()
+            state.debounce = None
         self._idle.clear()
         state.worker = asyncio.get_running_loop().create_task(
             self._worker(state), name=f"session {key}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Runs a side task the core owns; None when it cannot (the core is stopping).
-Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None] | None"]
+# Acknowledged messages remembered for their removal (beyond: the config decides).
+ACKED_REMEMBERED = 10_000
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[Any] | None"]
 
 
 class AckReactions:
@@ -51,7 +55,10 @@ class AckReactions:
         self._route = route
         self._spawn = spawn
         # The last reaction call of each message, so the next one runs after it.
-        self._last: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._last: dict[tuple[str, str, str], asyncio.Task[Any]] = {}
+        # Messages acknowledged lately: cleared even if the config changed since.
+        self._acked_lately: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._lookups: set[asyncio.Task[Any]] = set()  # inbound_of_turn reads in flight
 
     # -- the policy ----------------------------------------------------------------
 
@@ -79,13 +86,18 @@ class AckReactions:
             return not direct and mentioned
         return True
 
-    def _acked(self, msg: StoredMessage) -> str:
-        """The ack emoji ``msg`` was given at the door ("" when it got none)."""
+    def _acked(self, msg: StoredMessage) -> bool:
+        """Whether ``msg`` got an ack at the door (this process saw it, or the config
+        says it would have: after a restart)."""
         if msg.direction is not Direction.IN or msg.kind is MessageKind.COMMAND or msg.context:
-            return ""
-        if not msg.platform_message_id or not self._in_scope(msg.address, msg.mentioned):
-            return ""
-        return self._emoji(msg.address, msg.sender_id, "ackReaction")
+            return False
+        if not msg.platform_message_id:
+            return False
+        a = msg.address
+        if (a.channel, a.account, msg.platform_message_id) in self._acked_lately:
+            return True
+        return (self._in_scope(a, msg.mentioned)
+                and bool(self._emoji(a, msg.sender_id, "ackReaction")))
 
     # -- the door ------------------------------------------------------------------
 
@@ -94,8 +106,11 @@ class AckReactions:
         if not self._in_scope(inbound.address, inbound.mentioned):
             return
         emoji = self._emoji(inbound.address, inbound.sender_id, "ackReaction")
-        if emoji:
-            self._react(inbound.address, inbound.message_id, emoji)
+        if emoji and self._react(inbound.address, inbound.message_id, emoji):
+            a = inbound.address
+            self._acked_lately[(a.channel, a.account, inbound.message_id)] = None
+            while len(self._acked_lately) > ACKED_REMEMBERED:
+                self._acked_lately.popitem(last=False)
 
     # -- TurnReactions ---------------------------------------------------------------
 
@@ -113,7 +128,9 @@ class AckReactions:
         for msg in messages:
             if self._acked(msg):
                 assert msg.platform_message_id is not None
-                self._react(msg.address, msg.platform_message_id, "")
+                a = msg.address
+                self._acked_lately.pop((a.channel, a.account, msg.platform_message_id), None)
+                self._react(a, msg.platform_message_id, "")
 
     # -- the outbox's hook -------------------------------------------------------------
 
@@ -124,7 +141,10 @@ class AckReactions:
             return
         if self._channel(reply.address) is None:
             return
-        self._spawn(self._clear_turn(reply.turn_id))
+        task = self._spawn(self._clear_turn(reply.turn_id))
+        if task is not None:
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
 
     async def _clear_turn(self, turn_id: int) -> None:
         try:
@@ -136,10 +156,12 @@ class AckReactions:
 
     # -- the calls ---------------------------------------------------------------------
 
-    def _react(self, address: ChatAddress, message_id: str, emoji: str) -> None:
+    def _react(self, address: ChatAddress, message_id: str, emoji: str) -> bool:
+        """Ask ``address``'s channel to set ``emoji`` (after the message's earlier calls);
+        whether the call was started."""
         channel = self._channel(address)
         if channel is None:
-            return
+            return False
         key = (address.channel, address.account, message_id)
         previous = self._last.get(key)
 
@@ -155,16 +177,18 @@ class AckReactions:
 
         task = self._spawn(call())
         if task is None:
-            return
+            return False
         self._last[key] = task
 
-        def forget(done: asyncio.Task[None]) -> None:
+        def forget(done: asyncio.Task[Any]) -> None:
             if self._last.get(key) is done:
                 del self._last[key]
 
         task.add_done_callback(forget)
+        return True
 
     async def idle(self) -> None:
         """Until every reaction call started so far has returned (tests)."""
-        while self._last:
-            await asyncio.gather(*self._last.values(), return_exceptions=True)
+        while self._last or self._lookups:
+            await asyncio.gather(*self._last.values(), *self._lookups,
+                                 return_exceptions=True)
