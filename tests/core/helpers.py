@@ -130,7 +130,9 @@ class FakeRouter:
 
     ``behaviour(ref, request)`` returns the reply text (or awaitable of it) or raises
     ModelError; the default echoes the last user text.  Fallback and stop rules follow
-    the router: context_overflow and bad_request stop at once.
+    the router: context_overflow and bad_request stop at once.  A ``listener`` hears
+    ``attempt(ref)`` before each call and the answer as one piece (``listeners`` keeps
+    what each call got).
     """
 
     def __init__(self, config: Callable[[], Config] | Config,
@@ -138,8 +140,10 @@ class FakeRouter:
         self._config = config if callable(config) else (lambda: config)
         self.behaviour = behaviour or (lambda ref, req: "echo: " + _last_user(req))
         self.calls: list[Call] = []
+        self.listeners: list[Any] = []
 
-    async def complete(self, candidates, request) -> ModelReply:
+    async def complete(self, candidates, request, *, listener=None) -> ModelReply:
+        self.listeners.append(listener)
         attempts: list[Attempt] = []
         refs = [c if isinstance(c, str) else c.ref for c in candidates]
         for candidate, ref in zip(candidates, refs, strict=True):
@@ -149,6 +153,8 @@ class FakeRouter:
                 req = await req
             call = Call(refs, ref, req)
             self.calls.append(call)
+            if listener is not None:
+                listener.attempt(ref)
             started = time.monotonic()
             try:
                 result = self.behaviour(ref, req)
@@ -161,6 +167,8 @@ class FakeRouter:
                     break
                 continue
             attempts.append(Attempt(ref, None, time.monotonic() - started))
+            if listener is not None:
+                listener.text(str(result))
             return ModelReply(str(result), ref, Usage(10, 5), "stop", tuple(attempts))
         raise AllModelsFailed(tuple(attempts))
 
