@@ -14,7 +14,7 @@ from bridge.envelope import AcceptStatus
 from bridge.store.records import STOPPED_REASON
 from channels.telegram import TelegramChannel
 from tests.channels.test_whatsapp_fake import until
-from tests.core.helpers import dm, group, make_config
+from tests.core.helpers import RecordingChannel, dm, group, make_config
 
 QUESTION = "tell me everything"
 
@@ -148,6 +148,33 @@ async def test_stop_in_another_chat_stops_nothing_here(harness):
     await harness.crash()
 
 
+class HeldChannel(RecordingChannel):
+    """Its first send waits for ``release``: a delivery in progress."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sending = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def send(self, out, progress=None):
+        if not self.sent:
+            self.sending.set()
+            await self.release.wait()
+        return await super().send(out, progress)
+
+
+async def test_stop_after_the_answer_was_stored_does_not_cut_its_delivery(harness):
+    channel = HeldChannel()
+    await harness.start(channel=channel)
+    await harness.core.accept(dm("quick one", msg_id="q1"))
+    await asyncio.wait_for(channel.sending.wait(), 10)  # the answer is going out
+    assert await harness.core.accept(dm("/stop", msg_id="s1")) is AcceptStatus.ACCEPTED
+    channel.release.set()
+    await asyncio.wait_for(harness.core.wait_idle(), 10)
+    assert channel.texts() == ["echo: quick one", "Nothing is running."]
+    assert _rows(harness)["q1"][0] == "answered"
+
+
 # ------------------------------------------------------- Telegram and a streaming model
 
 
@@ -182,6 +209,9 @@ async def test_stop_over_telegram_closes_the_model_stream(fake, models, tmp_path
     fake.push_text(-1005, fake.user(1001, "Ann"), f"{QUESTION} @{BOT}", chat_type="supergroup")
     await until(lambda: models.requests and models.requests[0].chunks_written >= 1, 10)
     request = models.requests[0]
+    # A bare /stop in a group that needs a mention is not for the bot ...
+    fake.push_text(-1005, fake.user(1001, "Ann"), "/stop", chat_type="supergroup")
+    # ... /stop@bot is.
     fake.push_text(-1005, fake.user(1001, "Ann"), f"/stop@{BOT}", chat_type="supergroup")
     await asyncio.wait_for(request.closed.wait(), 10)
     (stopped,) = await fake.wait_for_sent(1, timeout=10)
@@ -193,3 +223,7 @@ async def test_stop_over_telegram_closes_the_model_stream(fake, models, tmp_path
     assert [s.text for s in sent] == ["Stopped.", "Sunny."]
     assert request.chunks_written == written  # the stopped stream wrote nothing more
     assert len(models.requests) == 2
+    with sqlite3.connect(tmp_path / "data" / "palaver.db") as db:
+        statuses = [r[0] for r in db.execute(
+            "SELECT status FROM messages WHERE direction = 'in' ORDER BY id")]
+    assert statuses == ["failed", "ignored", "answered", "answered"]
