@@ -118,7 +118,7 @@ async def test_start_registers_commands_and_polls(started, fake):
     channel, _ = started
     assert channel.health().detail == f"polling as @{BOT}"
     assert [c["command"] for c in fake.commands] == [c for c, _ in COMMAND_MENU]
-    assert {"new", "reset", "model", "models", "status", "usage", "help"} == {c for c, _ in COMMAND_MENU}
+    assert {"new", "reset", "model", "models", "status", "usage", "stop", "help"} == {c for c, _ in COMMAND_MENU}
     methods = [c.method for c in fake.calls]
     assert methods[0] == "getMe" and "deleteWebhook" in methods
     await fake.wait_for_calls("getUpdates")

@@ -153,7 +153,7 @@ def test_one_command_table_serves_the_menu_help_and_handlers():
     names = [c.name for c in COMMANDS]
     assert len(names) == len(set(names))
     menu = [name for name, _text in COMMAND_MENU]
-    assert menu == ["new", "reset", "model", "models", "status", "usage", "help"]
+    assert menu == ["new", "reset", "model", "models", "status", "usage", "stop", "help"]
     assert all(text and len(text) <= 256 for _name, text in COMMAND_MENU)  # Bot API limit
     listed = [line.split(" — ")[0][1:] for line in help_text().splitlines()[1:]]
     # /help and the menu agree: every listed command is in the menu, and every menu

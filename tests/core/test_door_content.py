@@ -38,7 +38,9 @@ async def test_visible_text_with_invisible_characters_is_answered(harness):
 
 async def test_refused_and_ignored_rows_keep_no_text_nor_media(harness):
     harness.config = make_config(harness.tmp_path, channels={"telegram": {
-        "dmPolicy": "allowlist", "allowFrom": ["42"], "groupPolicy": "open"}})
+        "dmPolicy": "allowlist", "allowFrom": ["42"], "groupPolicy": "open",
+        # With context off (the context rule is tests/core/test_group_context.py).
+        "groups": {"*": {"groupContextMessages": 0}}}})
     await harness.start()
     photo = MediaRef(kind=MediaKind.IMAGE, media_id="sha256-abc", mime="image/jpeg", size=10)
     stranger = dm("my secret address is 1 Main St", sender="999", media=(photo,))
