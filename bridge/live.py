@@ -192,8 +192,9 @@ class LiveReply:
     - edit mode: the text plus ``" …"`` (still being written; a message left by a crash
       looks unfinished, and the final edit always differs); over the chunk limit the
       first chunk, then no more updates (the final edit completes it);
-    - ``attempt()`` after text was shown (a fallback model takes over) starts again: a new
-      draft, or the message edited back to "…"; two half-answers are never visible.
+    - ``attempt()`` after text was shown (a fallback model takes over) starts again, at
+      once: a new draft, or the same message edited back to "…" (either straight to the
+      fallback's text when it already has some); two half-answers are never visible.
     """
 
     DRAFT_REFRESH_S = 20.0
