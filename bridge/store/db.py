@@ -1,28 +1,34 @@
-"""The SQLite connection: pragmas, append-only migrations, one transaction at a time.
+"""The store's base: errors, migrations, and one transaction API over two backends.
 
-All writes go through one aiosqlite connection guarded by an asyncio lock, so the
-statements of one transaction are never interleaved with another task's.  SQLite runs in
-WAL with foreign keys on and a busy timeout (another process, e.g. ``palaver pairing``,
-may open the same file).
+``Database`` holds a driver: :class:`~bridge.store.sqlite.SqliteDriver` (one aiosqlite
+connection guarded by an asyncio lock, in WAL with foreign keys on and a busy timeout:
+another process, e.g. ``palaver pairing``, may open the same file) or
+:class:`~bridge.store.pg.PgDriver` (an asyncpg pool).  A query module writes each
+transaction once, as a generator body of statement requests (:mod:`bridge.store.sql`),
+and hands it to :meth:`Database.atomically` or :meth:`Database.read_with`.
+
+Driver errors that mean "the store cannot take a write now" (disk full, locked,
+read-only, unreachable) surface as :class:`StoreUnavailableError`, a :class:`StoreError`,
+so the core never needs to know which database is behind the store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
 import re
 import sqlite3
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiosqlite
+from bridge.store.sql import Body, run
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
 
 T = TypeVar("T")
 
@@ -35,7 +41,8 @@ BUSY_TIMEOUT_MS = 5000
 # ``atomically(..., durable=True)`` (synchronous FULL for that commit only).  Losing any
 # other commit to a power cut only repeats work (a reply sent twice), never loses it.
 # bench/bench_pipeline.py: FULL for every commit costs ~20 % of pipeline throughput,
-# durable inbound alone ~11 % (and +0.3 ms per message).
+# durable inbound alone ~11 % (and +0.3 ms per message).  (PostgreSQL: every commit is
+# durable, synchronous_commit stays on.)
 SYNCHRONOUS = "NORMAL"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -46,6 +53,16 @@ class StoreError(Exception):
 
 class SchemaTooNewError(StoreError):
     """The database was written by a newer Palaver than this one."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot take a write right now (``reason``: "disk full", "database
+    locked", "read-only", "database unreachable", "closed", ...): the work must wait,
+    not be skipped."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"store unavailable: {reason}")
+        self.reason = reason
 
 
 # SQLite primary result codes that mean "the store cannot take a write now" (as opposed
@@ -71,23 +88,31 @@ _UNAVAILABLE_WORDS = (
 
 def unavailable_reason(exc: BaseException) -> str | None:
     """A short cause when ``exc`` means the store cannot write right now (disk full,
-    locked past the busy timeout, read-only, I/O error, closed), else ``None``."""
+    locked past the busy timeout, read-only, I/O error, unreachable, closed), else
+    ``None``."""
+    if isinstance(exc, StoreUnavailableError):
+        return exc.reason
     if isinstance(exc, StoreError):
         return "closed" if "closed" in str(exc) else None
-    if not isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int) and (code & 0xFF) in _UNAVAILABLE_CODES:
+            return _UNAVAILABLE_CODES[code & 0xFF]
+        text = str(exc).lower()
+        for words, reason in _UNAVAILABLE_WORDS:
+            if words in text:
+                return reason
         return None
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and (code & 0xFF) in _UNAVAILABLE_CODES:
-        return _UNAVAILABLE_CODES[code & 0xFF]
-    text = str(exc).lower()
-    for words, reason in _UNAVAILABLE_WORDS:
-        if words in text:
-            return reason
+    if "asyncpg" in sys.modules:  # only a PostgreSQL store raises its errors
+        from bridge.store.pg import pg_unavailable_reason
+
+        return pg_unavailable_reason(exc)
     return None
 
 
 def inserted_id(cur: sqlite3.Cursor) -> int:
-    """The rowid of the row the INSERT just run on ``cur`` wrote."""
+    """The rowid of the row the INSERT just run on ``cur`` wrote (SQLite only; bodies
+    use ``INSERT ... RETURNING id``)."""
     row_id = cur.lastrowid
     if row_id is None:  # sqlite3 sets it after every INSERT; None means no INSERT ran
         raise StoreError("an INSERT wrote no row")
@@ -101,10 +126,15 @@ class Migration:
     sql: str
 
 
-def load_migrations() -> list[Migration]:
-    """Every ``migrations/NNNN_name.sql`` shipped with the package, in version order."""
+def load_migrations(dialect: str = "sqlite") -> list[Migration]:
+    """Every ``migrations/NNNN_name.sql`` shipped with the package (PostgreSQL's:
+    ``migrations/postgresql/``, the same numbers and names), in version order."""
     found: list[Migration] = []
     folder = resources.files("bridge.store") / "migrations"
+    if dialect == "postgresql":
+        folder = folder / "postgresql"
+    elif dialect != "sqlite":
+        raise ValueError(f"unknown dialect {dialect!r}")
     for entry in folder.iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match is None:
@@ -118,154 +148,139 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-class Database:
-    """Connection, pragmas, migrations and transaction helpers (the base of ``Store``)."""
+def too_new(where: str, current: int, known: int) -> SchemaTooNewError:
+    other = ("store.url at another database" if "://" in where
+             else "dataDir at another directory")
+    return SchemaTooNewError(
+        f"database {where} has schema version {current}, but this Palaver only knows "
+        f"up to {known}: upgrade Palaver, or point {other}")
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
-        self.path = path
-        self._conn = conn
-        self._lock = asyncio.Lock()
-        self._closed = False
+
+class Driver:
+    """What a backend gives :class:`Database` (see sqlite.py and pg.py)."""
+
+    dialect: str
+    where: str  # the file, or the URL without its password (for messages and logs)
+    on_statement: Callable[[str], None] | None
+
+    async def atomically(self, work: Any, *, durable: bool = False) -> Any:
+        raise NotImplementedError
+
+    async def read(self, work: Any) -> Any:
+        raise NotImplementedError
+
+    def reading(self) -> AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+    async def schema_version(self) -> int:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class Database:
+    """Transactions over a backend driver (the base of ``Store``)."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
         self._unwritable = False  # the last check_writable() failed (logged once)
+        # The registered process id fencing this store's claims and finishes
+        # (bridge.store.coord sets it on PostgreSQL with several processes); None: one
+        # process (SQLite), nothing to fence.
+        self.owner: str | None = None
 
     # -- opening -------------------------------------------------------------------
 
     @classmethod
-    async def open(
-        cls, path: str | Path, *, migrations: list[Migration] | None = None
-    ):
-        """Open (creating if needed) and migrate the database at ``path``.
+    async def open(cls, path: str | Path, *, migrations: list[Migration] | None = None):
+        """Open (creating if needed) and migrate the SQLite database at ``path``.
 
         Raises :class:`SchemaTooNewError` when the file is newer than this code.
         """
-        path = Path(path)
-        # Chat text and pairing codes live here: owner-only for a new data dir and file
-        # (SQLite gives its -wal/-shm files the database file's mode).
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not path.exists():
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except OSError as exc:
-            raise StoreError(f"cannot create the database {path}: "
-                             f"{exc.strerror or exc}") from exc
-        migrations = load_migrations() if migrations is None else migrations
-        try:
-            conn = await aiosqlite.connect(str(path), isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {path}: {exc}") from exc
-        conn.row_factory = sqlite3.Row
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await _set_wal(conn)
-            await conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
-            await conn.execute("PRAGMA foreign_keys = ON")
-            # On a connection of its own in a worker thread: aiosqlite offers no public
-            # way to run a function on its connection's thread.
-            await asyncio.to_thread(_migrate_file, path, migrations)
-            # A store that opens but cannot take a write (read-only file or directory,
-            # full disk) would let the channels run and confirm messages it never keeps:
-            # refuse to start instead.
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Rewrites the header's user_version with its own value: a real write
-                # that changes nothing (and needs no table of the schema).
-                cur = await conn.execute("PRAGMA user_version")
-                row = await cur.fetchone()
-                await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            await conn.close()
-            raise StoreError(f"cannot write the database {path}: "
-                             f"{unavailable_reason(exc) or exc}") from exc
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(path, conn)
+        from bridge.store.sqlite import SqliteDriver
+
+        return cls(await SqliteDriver.open(Path(path), migrations=migrations))
+
+    @classmethod
+    async def open_url(cls, url: str, *, migrations: list[Migration] | None = None,
+                       pool_size: int = 10, application_name: str = "palaver"):
+        """Connect to (and migrate) the PostgreSQL database at ``url``
+        (``postgresql://user:password@host:port/dbname``).  ``application_name`` names
+        the pool's backends (the coordinator's reaper ends a dead process's by name)."""
+        from bridge.store.pg import PgDriver
+
+        return cls(await PgDriver.open(url, migrations=migrations, pool_size=pool_size,
+                                       application_name=application_name))
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._driver.dialect
+
+    @property
+    def where(self) -> str:
+        """The database file, or its URL without the password."""
+        return self._driver.where
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file (None on PostgreSQL)."""
+        return getattr(self._driver, "path", None)
+
+    @property
+    def _conn(self):  # the aiosqlite connection: SQLite-only tests reach for it
+        return self._driver._conn
+
+    @property
+    def on_statement(self) -> Callable[[str], None] | None:
+        """Called with the SQL of every statement a body runs (tests, benchmarks)."""
+        return self._driver.on_statement
+
+    @on_statement.setter
+    def on_statement(self, callback: Callable[[str], None] | None) -> None:
+        self._driver.on_statement = callback
 
     async def close(self) -> None:
-        """Close the connection; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        async with self._lock:
-            await self._conn.close()
+        """Close the connection (or pool); idempotent."""
+        await self._driver.close()
 
     # -- transactions --------------------------------------------------------------
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error), holding the lock."""
-        async with self._lock:
-            if self._closed:
-                raise StoreError("the store is closed")
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            else:
-                await self._conn.execute("COMMIT")
+    async def atomically(self, work: Body[T], *, durable: bool = False) -> T:
+        """Run the body ``work`` (a generator of statement requests) as one transaction.
 
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection for reads (autocommit), holding the lock."""
-        async with self._lock:
-            if self._closed:
-                raise StoreError("the store is closed")
-            yield self._conn
-
-    async def atomically(self, fn: Callable[[sqlite3.Connection], T], *,
-                         durable: bool = False) -> T:
-        """Run ``fn(conn)`` as one transaction inside the connection's thread.
-
-        aiosqlite hops to its thread for every statement; the hot paths (record, claim,
-        finish, deliver) run their few statements in one hop instead, which keeps the
-        lock short and the event loop free.  ``durable``: the commit is synced to disk
-        (``PRAGMA synchronous = FULL`` for this transaction), surviving a power cut.
+        SQLite runs it in one hop to its connection's thread, which keeps the lock short
+        and the event loop free; PostgreSQL awaits each statement inside one
+        transaction.  ``durable``: the commit survives a power cut (SQLite: synchronous
+        FULL for this commit; PostgreSQL: always).  On SQLite, ``work`` may also be a
+        function of the ``sqlite3.Connection`` (older callers).
         """
-        async with self._lock:
-            if self._closed:
-                raise StoreError("the store is closed")
+        return await self._driver.atomically(work, durable=durable)
 
-            def run() -> T:
-                raw = self._conn._conn
-                if durable and SYNCHRONOUS != "FULL":
-                    raw.execute("PRAGMA synchronous = FULL")
-                try:
-                    raw.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = fn(raw)
-                    except BaseException:
-                        raw.execute("ROLLBACK")
-                        raise
-                    raw.execute("COMMIT")
-                finally:
-                    if durable and SYNCHRONOUS != "FULL":
-                        raw.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
-                return result
+    async def read_with(self, work: Body[T]) -> T:
+        """Run the read-only body ``work`` outside a write transaction."""
+        return await self._driver.read(work)
 
-            return await self._conn._execute(run)
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A connection with ``await db.execute(sql, params)`` in one transaction (the
+        older style; new code writes bodies)."""
+        return self._driver.transaction()
 
-    async def read_with(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run read-only ``fn(conn)`` in the connection's thread (one hop, autocommit)."""
-        async with self._lock:
-            if self._closed:
-                raise StoreError("the store is closed")
-            return await self._conn._execute(fn, self._conn._conn)
+    def reading(self) -> AbstractAsyncContextManager[Any]:
+        """A connection with ``await db.execute(sql, params)`` for reads."""
+        return self._driver.reading()
 
     async def schema_version(self) -> int:
-        return await self.read_with(_current_version)
+        return await self._driver.schema_version()
 
     async def check_writable(self) -> bool:
         """True when a write transaction can be taken and committed (for health checks)."""
         try:
-            async with self.transaction() as db:
-                await db.execute(_PROBE_SQL, ("palaver", "health", "ok", time.time()))
+            await self.atomically(_probe())
         except (sqlite3.Error, StoreError) as exc:
             if not self._unwritable:  # once per outage, not once per health probe
                 log.warning("store is not writable: %s", unavailable_reason(exc) or exc)
@@ -277,38 +292,18 @@ class Database:
         return True
 
 
-_PROBE_SQL = ("INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?) "
-              "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
-              "updated_at = excluded.updated_at")
+PROBE_SQL = ("INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?) "
+             "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+             "updated_at = excluded.updated_at")
 
 
-async def _set_wal(conn: aiosqlite.Connection) -> None:
-    """``PRAGMA journal_mode = WAL``, waiting like the busy timeout when another
-    connection holds a lock: SQLite answers this pragma "database is locked" at once
-    (no busy handler) while another process opens the same new file."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.005
-    while True:
-        try:
-            await conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            busy = "locked" in str(exc) or "busy" in str(exc)
-            if not busy or time.monotonic() + delay > deadline:
-                raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def _current_version(db: sqlite3.Connection) -> int:
-    if db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name ="
-                  " 'schema_version'").fetchone() is None:
-        return 0
-    return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+def _probe() -> Body[None]:
+    yield run(PROBE_SQL, "palaver", "health", "ok", time.time())
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a migration script into complete statements (comments kept, empties dropped)."""
+    """Split a SQLite migration script into complete statements (comments kept, empties
+    dropped).  PostgreSQL runs a whole file in one ``execute``."""
     out: list[str] = []
     pending = ""
     for line in sql.splitlines(keepends=True):
@@ -325,64 +320,3 @@ def _statements(sql: str) -> list[str]:
 def _only_comments(sql: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") or line.strip() == ";"
                for line in sql.splitlines())
-
-
-def _migrate_file(path: Path, migrations: list[Migration]) -> None:
-    """:func:`_migrate` on a short-lived connection of its own."""
-    db = sqlite3.connect(str(path), isolation_level=None)
-    try:
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA foreign_keys = ON")
-        _migrate(db, path, migrations)
-    finally:
-        db.close()
-
-
-def _migrate(db: sqlite3.Connection, path: Path, migrations: list[Migration]) -> None:
-    """Apply the missing migrations, each in its own ``BEGIN IMMEDIATE`` transaction.
-
-    The version is read again inside each transaction: two processes opening a fresh
-    database at once serialise on the write lock, and the second one finds the
-    migration already applied instead of running it twice.
-    """
-    known = migrations[-1].version if migrations else 0
-
-    def too_new(current: int) -> SchemaTooNewError:
-        return SchemaTooNewError(
-            f"database {path} has schema version {current}, but this Palaver only knows "
-            f"up to {known}: upgrade Palaver, or point dataDir at another directory"
-        )
-
-    current = _current_version(db)  # fast path: nothing to do, no write lock taken
-    if current > known:
-        raise too_new(current)
-    for migration in migrations:
-        if migration.version <= current:
-            continue
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
-                    " name TEXT NOT NULL, applied_at REAL NOT NULL)")
-                current = _current_version(db)
-                if current > known:
-                    raise too_new(current)
-                if current >= migration.version:  # another process was quicker
-                    db.execute("COMMIT")
-                    continue
-                for statement in _statements(migration.sql):
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_version (version, name, applied_at)"
-                           " VALUES (?, ?, ?)", (migration.version, migration.name, time.time()))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(
-                f"migration {migration.version:04d}_{migration.name} failed on {path}: {exc}"
-            ) from exc
-        current = migration.version
-        log.info("store %s migrated to schema version %d", path, migration.version)
