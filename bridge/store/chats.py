@@ -6,11 +6,13 @@ never write, so they are safe beside a running ``palaver run``.
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.store.db import Database
 from bridge.store.messages import CHAT_TITLE_NAMESPACE
+from bridge.store.sql import all_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,28 +35,33 @@ class ChatActivity:
     model_choice: str | None  # the chat's stored /model choice
 
 
+# One statement for both backends: the address columns come from the session key's
+# newest message (PostgreSQL has no "bare columns" beside an aggregate, as SQLite has).
 _CHATS_SQL = """
-SELECT m.session_key, m.channel, m.account, m.chat_kind, m.chat_id, m.thread_id,
-       MAX(m.created_at) AS last_at, COUNT(*) AS messages,
-       SUM(m.direction = 'in' AND m.status IN ('received', 'processing')) AS pending_in,
-       SUM(m.direction = 'out' AND m.status = 'pending') AS pending_out,
-       (SELECT s.sender_id FROM messages s WHERE s.session_key = m.session_key
+SELECT g.session_key, l.channel, l.account, l.chat_kind, l.chat_id, l.thread_id,
+       g.last_at, g.messages, g.pending_in, g.pending_out,
+       (SELECT s.sender_id FROM messages s WHERE s.session_key = g.session_key
           AND s.direction = 'in' AND s.sender_id IS NOT NULL ORDER BY s.id DESC LIMIT 1)
           AS sender_id,
-       (SELECT s.sender_name FROM messages s WHERE s.session_key = m.session_key
+       (SELECT s.sender_name FROM messages s WHERE s.session_key = g.session_key
           AND s.direction = 'in' AND s.sender_name IS NOT NULL ORDER BY s.id DESC LIMIT 1)
           AS sender_name,
-       (SELECT c.value FROM chat_settings c WHERE c.session_key = m.session_key
+       (SELECT c.value FROM chat_settings c WHERE c.session_key = g.session_key
           AND c.name = 'model') AS model_choice,
        (SELECT k.value FROM kv k WHERE k.namespace = ?
-          AND k.key = m.session_key) AS title
-FROM messages m
-GROUP BY m.session_key
-ORDER BY last_at DESC
+          AND k.key = g.session_key) AS title
+FROM (SELECT session_key, MAX(created_at) AS last_at, MAX(id) AS last_id,
+             COUNT(*) AS messages,
+             COUNT(*) FILTER (WHERE direction = 'in'
+                              AND status IN ('received', 'processing')) AS pending_in,
+             COUNT(*) FILTER (WHERE direction = 'out' AND status = 'pending') AS pending_out
+      FROM messages GROUP BY session_key) g
+JOIN messages l ON l.id = g.last_id
+ORDER BY g.last_at DESC, g.session_key
 """
 
 
-def _row(r: sqlite3.Row) -> ChatActivity:
+def _row(r: Mapping[str, Any]) -> ChatActivity:
     return ChatActivity(
         session_key=r["session_key"], channel=r["channel"], account=r["account"],
         chat_kind=r["chat_kind"], chat_id=r["chat_id"], thread_id=r["thread_id"],
@@ -67,10 +74,8 @@ def _row(r: sqlite3.Row) -> ChatActivity:
 async def chat_activity(store: Database) -> list[ChatActivity]:
     """Every session key with at least one message, the most recently active first."""
 
-    def query(db: sqlite3.Connection) -> list[ChatActivity]:
-        return [_row(r) for r in db.execute(_CHATS_SQL, (CHAT_TITLE_NAMESPACE,)).fetchall()]
-
-    return await store.read_with(query)
+    return [_row(r) for r in await store.read_with(all_body(_CHATS_SQL,
+                                                          CHAT_TITLE_NAMESPACE))]
 
 
 async def chat_by_session_key(store: Database, session_key: str) -> ChatActivity | None:

@@ -8,7 +8,6 @@ Inbound: ``record_inbound`` (idempotent) -> ``claim_next`` (a batch becomes one 
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -16,7 +15,7 @@ from dataclasses import replace
 from bridge.envelope import ChatAddress, ChatKind, Inbound
 from bridge.lru import LRU
 from bridge.models.base import Attempt, Usage
-from bridge.store.db import Database, inserted_id
+from bridge.store.db import Database
 from bridge.store.records import (
     STOPPED_REASON,
     Claim,
@@ -36,6 +35,18 @@ from bridge.store.records import (
     quoted_to_json,
     session_from_row,
     turn_from_row,
+)
+from bridge.store.sql import (
+    Body,
+    Dialects,
+    In,
+    all_,
+    all_body,
+    one,
+    one_body,
+    run,
+    run_body,
+    val,
 )
 
 # Upper bound of messages answered together in one turn.
@@ -81,8 +92,8 @@ class MessageQueries(Database):
                   quoted_to_json(inbound.quoted), status.value, reason, inbound.timestamp,
                   now, now, int(context))
 
-        def tx(db: sqlite3.Connection) -> int | None:
-            cur = db.execute(
+        def tx() -> Body[int | None]:
+            row_id = yield val(
                 "INSERT INTO messages (direction, role, kind, session_key, channel, account,"
                 " chat_id, chat_kind, thread_id, platform_message_id, sender_id, sender_name,"
                 " mentioned, text, media, quoted, status, reason, platform_timestamp,"
@@ -90,80 +101,72 @@ class MessageQueries(Database):
                 " VALUES ('in', 'user', 'chat', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " ?, ?, ?, ?)"
                 " ON CONFLICT (channel, account, platform_message_id) WHERE direction = 'in'"
-                " DO NOTHING", params)
-            if cur.rowcount == 0:
+                " DO NOTHING RETURNING id", *params)
+            if row_id is None:
                 return None
-            row_id = cur.lastrowid
             for ref in inbound.media:
                 if ref.media_id:
-                    db.execute(
-                        "INSERT OR IGNORE INTO media (media_id, kind, mime, size, width,"
-                        " height, first_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (ref.media_id, ref.kind.value, ref.mime, ref.size, ref.width,
-                         ref.height, now))
+                    yield run(
+                        "INSERT INTO media (media_id, kind, mime, size, width,"
+                        " height, first_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING",
+                        ref.media_id, ref.kind.value, ref.mime, ref.size, ref.width,
+                        ref.height, now)
             if inbound.chat_title and status is not MessageStatus.REFUSED:
                 # The group's latest title, for `palaver chats` (a stranger's group's is
                 # not kept).
-                db.execute(
+                yield run(
                     "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value,"
                     " updated_at = excluded.updated_at WHERE kv.value != excluded.value",
-                    (CHAT_TITLE_NAMESPACE, key, inbound.chat_title[:200], now))
+                    CHAT_TITLE_NAMESPACE, key, inbound.chat_title[:200], now)
             if reply is not None:
-                _insert_outbound(db, key=key, address=a, text=reply, kind=reply_kind,
-                                 session_id=None, turn_id=None, reply_to=None, now=now)
+                yield from insert_outbound(key=key, address=a, text=reply, kind=reply_kind,
+                                           session_id=None, turn_id=None, reply_to=None,
+                                           now=now)
             return row_id
 
         # Durable: the channel confirms the message to the platform (update offset, read
         # receipt) right after this returns; a power cut must not lose it afterwards.
-        return await self.atomically(tx, durable=True)
+        return await self.atomically(tx(), durable=True)
 
     async def prune_refused(self, before: float) -> int:
         """Delete refused and ignored inbound messages stored before ``before`` (unix
         seconds), and the pairing replies sent to strangers by then; return how many."""
 
-        def tx(db: sqlite3.Connection) -> int:
-            inbound = db.execute(
+        def tx() -> Body[int]:
+            inbound = yield run(
                 "DELETE FROM messages WHERE direction = 'in' AND status IN ('refused',"
-                " 'ignored') AND created_at < ?", (before,)).rowcount
-            replies = db.execute(
+                " 'ignored') AND created_at < ?", before)
+            replies = yield run(
                 "DELETE FROM messages WHERE direction = 'out' AND kind = 'pairing' AND"
-                " status != 'pending' AND turn_id IS NULL AND created_at < ?",
-                (before,)).rowcount
+                " status != 'pending' AND turn_id IS NULL AND created_at < ?", before)
             return inbound + replies
 
-        return await self.atomically(tx)
+        return await self.atomically(tx())
 
     async def has_inbound(self, channel: str, account: str, message_id: str) -> bool:
         """Whether this platform message was stored already (any status)."""
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT 1 FROM messages WHERE direction = 'in' AND channel = ? AND account = ?"
-                " AND platform_message_id = ?", (channel, account, message_id))
-            return await cur.fetchone() is not None
+        return await self.read_with(one_body(
+            "SELECT 1 FROM messages WHERE direction = 'in' AND channel = ? AND account = ?"
+            " AND platform_message_id = ?", channel, account, message_id)) is not None
 
     async def message(self, row_id: int) -> StoredMessage | None:
-        async with self.reading() as db:
-            cur = await db.execute("SELECT * FROM messages WHERE id = ?", (row_id,))
-            row = await cur.fetchone()
+        row = await self.read_with(one_body("SELECT * FROM messages WHERE id = ?", row_id))
         return message_from_row(row) if row else None
 
     async def inbound_by_platform_id(
         self, channel: str, account: str, message_id: str
     ) -> StoredMessage | None:
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT * FROM messages WHERE direction = 'in' AND channel = ? AND account = ?"
-                " AND platform_message_id = ?", (channel, account, message_id))
-            row = await cur.fetchone()
+        row = await self.read_with(one_body(
+            "SELECT * FROM messages WHERE direction = 'in' AND channel = ? AND account = ?"
+            " AND platform_message_id = ?", channel, account, message_id))
         return message_from_row(row) if row else None
 
     async def messages_for(self, session_key: str) -> list[StoredMessage]:
         """Every message of a session key (all sessions), oldest first."""
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT * FROM messages WHERE session_key = ? ORDER BY id", (session_key,))
-            rows = await cur.fetchall()
+        rows = await self.read_with(all_body(
+            "SELECT * FROM messages WHERE session_key = ? ORDER BY id", session_key))
         return [message_from_row(r) for r in rows]
 
     # -- the queue -------------------------------------------------------------------
@@ -182,10 +185,8 @@ class MessageQueries(Database):
         """
         now = time.time()
 
-        def tx(db: sqlite3.Connection) -> Claim | None:
-            rows = [message_from_row(r) for r in db.execute(
-                "SELECT * FROM messages WHERE session_key = ? AND direction = 'in'"
-                " AND status = 'received' ORDER BY id LIMIT ?", (session_key, limit))]
+        def tx() -> Body[Claim | None]:
+            rows = [message_from_row(r) for r in (yield all_(_CLAIM_SQL, session_key, limit))]
             if not rows:
                 return None
             if is_command(rows[0].text):
@@ -196,17 +197,15 @@ class MessageQueries(Database):
                     if is_command(msg.text):
                         break
                     batch.append(msg)
-            session_id = _active_session_id(db, rows[0], now)
-            turn_id = inserted_id(db.execute(
+            session_id = yield from _active_session_id(rows[0], now)
+            turn_id = yield val(
                 "INSERT INTO turns (session_id, session_key, kind, status, started_at)"
-                " VALUES (?, ?, ?, 'running', ?)",
-                (session_id, session_key, kind.value, now)))
-            ids = [m.id for m in batch]
-            marks = ",".join("?" * len(ids))
-            db.execute(
-                f"UPDATE messages SET status = 'processing', kind = ?, turn_id = ?,"
-                f" session_id = ?, updated_at = ? WHERE id IN ({marks})",
-                (kind.value, turn_id, session_id, now, *ids))
+                " VALUES (?, ?, ?, 'running', ?) RETURNING id",
+                session_id, session_key, kind.value, now)
+            yield run(
+                "UPDATE messages SET status = 'processing', kind = ?, turn_id = ?,"
+                " session_id = ?, updated_at = ? WHERE id IN ?",
+                kind.value, turn_id, session_id, now, In(m.id for m in batch))
             claimed = tuple(
                 replace(m, status=MessageStatus.PROCESSING, turn_id=turn_id,
                         session_id=session_id, kind=kind)
@@ -215,7 +214,7 @@ class MessageQueries(Database):
                          kind=kind, messages=claimed,
                          more=len(batch) < len(rows) or len(rows) >= limit)
 
-        return await self.atomically(tx)
+        return await self.atomically(tx())
 
     async def finish_turn(
         self,
@@ -249,33 +248,33 @@ class MessageQueries(Database):
         attempts_json = attempts_to_json(attempts)
         adopted = tuple(context_ids)
 
-        def tx(db: sqlite3.Connection) -> StoredMessage:
-            turn = db.execute("SELECT session_id, session_key FROM turns WHERE id = ?",
-                              (turn_id,)).fetchone()
+        def tx() -> Body[StoredMessage]:
+            turn = yield one("SELECT session_id, session_key FROM turns WHERE id = ?",
+                             turn_id)
             if turn is None:
                 raise KeyError(f"no turn {turn_id}")
-            first = db.execute(
+            first = yield one(
                 "SELECT * FROM messages WHERE turn_id = ? AND direction = 'in' ORDER BY id"
-                " LIMIT 1", (turn_id,)).fetchone()
+                " LIMIT 1", turn_id)
             address = message_from_row(first).address
-            out_id = _insert_outbound(
-                db, key=turn["session_key"], address=address, text=reply, kind=reply_kind,
+            out_id = yield from insert_outbound(
+                key=turn["session_key"], address=address, text=reply, kind=reply_kind,
                 session_id=turn["session_id"], turn_id=turn_id,
                 reply_to=reply_to_message_id, now=now, model_ref=model_ref, usage=usage)
-            db.execute(
+            yield run(
                 "UPDATE messages SET status = ?, reason = ?, model_ref = ?, updated_at = ?"
                 " WHERE turn_id = ? AND direction = 'in'",
-                (status.value, reason, model_ref, now, turn_id))
-            db.execute(
+                status.value, reason, model_ref, now, turn_id)
+            yield run(
                 "UPDATE turns SET status = ?, finished_at = ?, model_ref = ?, attempts = ?,"
                 " input_tokens = ?, output_tokens = ?, reasoning_tokens = ?,"
                 " prompt_tokens_estimate = ?, context_window = ?, reason = ? WHERE id = ?",
-                ("answered" if answered else "failed", now, model_ref, attempts_json,
-                 usage.input_tokens, usage.output_tokens, usage.reasoning_tokens,
-                 prompt_tokens_estimate, context_window, reason, turn_id))
+                "answered" if answered else "failed", now, model_ref, attempts_json,
+                usage.input_tokens, usage.output_tokens, usage.reasoning_tokens,
+                prompt_tokens_estimate, context_window, reason, turn_id)
             if answered:
-                _close_context_window(db, turn["session_key"], turn_id, first["id"],
-                                      adopted, now)
+                yield from _close_context_window(turn["session_key"], turn_id, first["id"],
+                                                 adopted, now)
             return StoredMessage(
                 id=out_id, direction=Direction.OUT, role="assistant", kind=reply_kind,
                 session_key=turn["session_key"], session_id=turn["session_id"],
@@ -284,7 +283,7 @@ class MessageQueries(Database):
                 status=MessageStatus.PENDING, reason=None, model_ref=model_ref,
                 reply_to_message_id=reply_to_message_id, delivered=False, created_at=now)
 
-        return await self.atomically(tx)
+        return await self.atomically(tx())
 
     async def stop_turn(self, turn_id: int, *, reason: str = STOPPED_REASON) -> int:
         """Close a running turn that ``/stop`` cancelled: the turn and its messages become
@@ -293,17 +292,16 @@ class MessageQueries(Database):
         messages it closed (0 when the turn was not running any more)."""
         now = time.time()
 
-        def tx(db: sqlite3.Connection) -> int:
-            if db.execute("UPDATE turns SET status = 'failed', finished_at = ?, reason = ?"
-                          " WHERE id = ? AND status = 'running'",
-                          (now, reason, turn_id)).rowcount == 0:
+        def tx() -> Body[int]:
+            if (yield run("UPDATE turns SET status = 'failed', finished_at = ?, reason = ?"
+                          " WHERE id = ? AND status = 'running'", now, reason, turn_id)) == 0:
                 return 0
-            return db.execute(
+            return (yield run(
                 "UPDATE messages SET status = 'failed', reason = ?, updated_at = ?"
                 " WHERE turn_id = ? AND direction = 'in' AND status = 'processing'",
-                (reason, now, turn_id)).rowcount
+                reason, now, turn_id))
 
-        return await self.atomically(tx)
+        return await self.atomically(tx())
 
     async def record_control(
         self, inbound: Inbound, reply: str, *, reply_to_message_id: str | None = None,
@@ -319,29 +317,28 @@ class MessageQueries(Database):
         a = inbound.address
         key = str(inbound.session_key)
 
-        def tx(db: sqlite3.Connection) -> tuple[StoredMessage, StoredMessage] | None:
-            cur = db.execute(
+        def tx() -> Body[tuple[StoredMessage, StoredMessage] | None]:
+            in_id = yield val(
                 "INSERT INTO messages (direction, role, kind, session_key, channel, account,"
                 " chat_id, chat_kind, thread_id, platform_message_id, sender_id, sender_name,"
                 " mentioned, text, status, platform_timestamp, created_at, updated_at)"
                 " VALUES ('in', 'user', 'command', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " 'answered', ?, ?, ?)"
                 " ON CONFLICT (channel, account, platform_message_id) WHERE direction = 'in'"
-                " DO NOTHING",
-                (key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
-                 inbound.message_id, inbound.sender_id, inbound.sender_name,
-                 int(inbound.mentioned), inbound.text, inbound.timestamp, now, now))
-            if cur.rowcount == 0:
+                " DO NOTHING RETURNING id",
+                key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
+                inbound.message_id, inbound.sender_id, inbound.sender_name,
+                int(inbound.mentioned), inbound.text, inbound.timestamp, now, now)
+            if in_id is None:
                 return None
-            in_id = inserted_id(cur)
-            out_id = _insert_outbound(db, key=key, address=a, text=reply,
-                                      kind=MessageKind.COMMAND, session_id=None, turn_id=None,
-                                      reply_to=reply_to_message_id, now=now)
-            rows = {r["id"]: message_from_row(r) for r in db.execute(
-                "SELECT * FROM messages WHERE id IN (?, ?)", (in_id, out_id))}
+            out_id = yield from insert_outbound(
+                key=key, address=a, text=reply, kind=MessageKind.COMMAND, session_id=None,
+                turn_id=None, reply_to=reply_to_message_id, now=now)
+            rows = {r["id"]: message_from_row(r) for r in (yield all_(
+                "SELECT * FROM messages WHERE id IN (?, ?)", in_id, out_id))}
             return rows[in_id], rows[out_id]
 
-        return await self.atomically(tx, durable=True)
+        return await self.atomically(tx(), durable=True)
 
     async def group_context(self, session_key: str, *, before_id: int,
                             limit: int) -> list[StoredMessage]:
@@ -350,60 +347,51 @@ class MessageQueries(Database):
         if limit <= 0:
             return []
 
-        def read(db: sqlite3.Connection) -> list[StoredMessage]:
-            rows = db.execute(
-                "SELECT * FROM messages WHERE session_key = ? AND context = 1"
-                " AND turn_id IS NULL AND direction = 'in' AND text != '' AND id < ?"
-                " AND id > COALESCE((SELECT MAX(m.id) FROM messages m JOIN turns t"
-                " ON t.id = m.turn_id WHERE m.session_key = ? AND m.direction = 'in'"
-                " AND t.status = 'answered' AND t.kind = 'chat'), 0)"
-                " ORDER BY id DESC LIMIT ?", (session_key, before_id, session_key, limit))
-            return [message_from_row(r) for r in reversed(rows.fetchall())]
-
-        return await self.read_with(read)
+        rows = await self.read_with(all_body(
+            "SELECT * FROM messages WHERE session_key = ? AND context = 1"
+            " AND turn_id IS NULL AND direction = 'in' AND text != '' AND id < ?"
+            " AND id > COALESCE((SELECT MAX(m.id) FROM messages m JOIN turns t"
+            " ON t.id = m.turn_id WHERE m.session_key = ? AND m.direction = 'in'"
+            " AND t.status = 'answered' AND t.kind = 'chat'), 0)"
+            " ORDER BY id DESC LIMIT ?", session_key, before_id, session_key, limit))
+        return [message_from_row(r) for r in reversed(rows)]
 
     async def inbound_of_turn(self, turn_id: int) -> list[StoredMessage]:
         """The inbound messages a turn answered (or tried to), oldest first; adopted
         group-context rows are not among them."""
-        def read(db: sqlite3.Connection) -> list[StoredMessage]:
-            return [message_from_row(r) for r in db.execute(
-                "SELECT * FROM messages WHERE turn_id = ? AND direction = 'in'"
-                " AND context = 0 ORDER BY id", (turn_id,))]
-
-        return await self.read_with(read)
+        return [message_from_row(r) for r in await self.read_with(all_body(
+            "SELECT * FROM messages WHERE turn_id = ? AND direction = 'in'"
+            " AND context = 0 ORDER BY id", turn_id))]
 
     async def requeue_turn(self, turn_id: int) -> int:
         """Put a running turn's messages back to ``received`` (the turn becomes
         ``interrupted``); returns how many.  For a turn that could not be finished."""
         now = time.time()
 
-        def tx(db: sqlite3.Connection) -> int:
-            db.execute("UPDATE turns SET status = 'interrupted', finished_at = ? WHERE id = ?"
-                       " AND status = 'running'", (now, turn_id))
-            return db.execute(
+        def tx() -> Body[int]:
+            yield run("UPDATE turns SET status = 'interrupted', finished_at = ? WHERE id = ?"
+                      " AND status = 'running'", now, turn_id)
+            return (yield run(
                 "UPDATE messages SET status = 'received', turn_id = NULL, updated_at = ?"
                 " WHERE turn_id = ? AND direction = 'in' AND status = 'processing'",
-                (now, turn_id)).rowcount
+                now, turn_id))
 
-        return await self.atomically(tx)
+        return await self.atomically(tx())
 
     async def undelivered(self, session_key: str) -> list[StoredMessage]:
         """Replies of a session stored but not yet delivered (incl. retries), oldest first."""
-        def read(db: sqlite3.Connection) -> list[StoredMessage]:
-            return [message_from_row(r) for r in db.execute(
-                "SELECT * FROM messages WHERE session_key = ? AND direction = 'out'"
-                " AND status = 'pending' ORDER BY id", (session_key,))]
-
-        return await self.read_with(read)
+        return [message_from_row(r) for r in await self.read_with(all_body(
+            "SELECT * FROM messages WHERE session_key = ? AND direction = 'out'"
+            " AND status = 'pending' ORDER BY id", session_key))]
 
     async def mark_delivered(self, message_id: int, platform_ids: Iterable[str]) -> None:
         """The channel sent the reply; remember the platform ids of its chunks."""
         now = time.time()
         ids = ",".join(platform_ids)
-        await self.atomically(lambda db: db.execute(
+        await self.atomically(run_body(
             "UPDATE messages SET status = 'sent', delivered = 1, delivered_at = ?,"
             " reply_platform_ids = ?, updated_at = ? WHERE id = ?",
-            (now, ids, now, message_id)))
+            now, ids, now, message_id))
 
     async def mark_send_failed(
         self, message_id: int, reason: str, sent_ids: Iterable[str] = ()
@@ -411,10 +399,10 @@ class MessageQueries(Database):
         """The reply cannot be delivered (kept ``failed`` with the reason, not retried)."""
         now = time.time()
         ids = ",".join(sent_ids)
-        await self.atomically(lambda db: db.execute(
+        await self.atomically(run_body(
             "UPDATE messages SET status = 'failed', reason = ?, reply_platform_ids = ?,"
             " send_attempts = send_attempts + 1, next_attempt_at = NULL, updated_at = ?"
-            " WHERE id = ?", (reason[:500], ids, now, message_id)))
+            " WHERE id = ?", reason[:500], ids, now, message_id))
 
     async def mark_send_retry(
         self, message_id: int, reason: str, *, next_attempt_at: float,
@@ -424,17 +412,17 @@ class MessageQueries(Database):
         now = time.time()
         ids = ",".join(sent_ids)
 
-        def tx(db: sqlite3.Connection) -> int:
-            db.execute(
+        def tx() -> Body[int]:
+            yield run(
                 "UPDATE messages SET reason = ?, reply_platform_ids = ?,"
                 " send_attempts = send_attempts + 1, next_attempt_at = ?, updated_at = ?"
                 " WHERE id = ? AND status = 'pending'",
-                (reason[:500], ids, next_attempt_at, now, message_id))
-            row = db.execute("SELECT send_attempts FROM messages WHERE id = ?",
-                             (message_id,)).fetchone()
-            return int(row[0]) if row else 0
+                reason[:500], ids, next_attempt_at, now, message_id)
+            attempts = yield val("SELECT send_attempts FROM messages WHERE id = ?",
+                                 message_id)
+            return int(attempts) if attempts is not None else 0
 
-        return await self.atomically(tx)
+        return await self.atomically(tx())
 
     # -- recovery --------------------------------------------------------------------
 
@@ -454,25 +442,24 @@ class MessageQueries(Database):
             keys = tuple(session_keys)
             if not keys:
                 return RecoveryReport(requeued=0, interrupted_turns=0, undelivered=0)
-            where += f" AND session_key IN ({','.join('?' * len(keys))})"
-            params = (*params, *keys)
+            where += " AND session_key IN ?"
+            params = (*params, In(keys))
 
-        def tx(db: sqlite3.Connection) -> RecoveryReport:
-            interrupted = db.execute(
+        def tx() -> Body[RecoveryReport]:
+            interrupted = yield run(
                 "UPDATE turns SET status = 'interrupted', finished_at = ? WHERE status ="
                 " 'running' AND id IN (SELECT turn_id FROM messages WHERE status ="
-                f" 'processing' {where})", (now, *params)).rowcount
-            requeued = db.execute(
+                f" 'processing' {where})", now, *params)
+            requeued = yield run(
                 "UPDATE messages SET status = 'received', turn_id = NULL, updated_at = ?"
-                f" WHERE direction = 'in' AND status = 'processing' {where}",
-                (now, *params)).rowcount
-            undelivered = db.execute(
+                f" WHERE direction = 'in' AND status = 'processing' {where}", now, *params)
+            undelivered = yield val(
                 "SELECT COUNT(*) FROM messages WHERE direction = 'out' AND status = 'pending'"
-                f" {where}", params).fetchone()[0]
+                f" {where}", *params)
             return RecoveryReport(requeued=requeued, interrupted_turns=interrupted,
-                                  undelivered=undelivered)
+                                  undelivered=int(undelivered))
 
-        return await self.atomically(tx)
+        return await self.atomically(tx())
 
     async def session_keys_with_work(self, channels: Iterable[str] | None = None) -> list[str]:
         """Session keys with messages waiting (received inbound or pending outbound)."""
@@ -483,31 +470,31 @@ class MessageQueries(Database):
         oldest work first, each with the address of its newest open message."""
         where, params = _channel_filter(channels)
 
-        def read(db: sqlite3.Connection) -> list[OpenWork]:
-            rows = db.execute(
-                "SELECT session_key, MIN(id) AS first, MAX(id) AS last,"
-                " SUM(direction = 'in') AS inbound, SUM(direction = 'out') AS outbound"
+        def read() -> Body[list[OpenWork]]:
+            rows = yield all_(
+                "SELECT session_key, MIN(id) AS first_id, MAX(id) AS last_id,"
+                " COUNT(*) FILTER (WHERE direction = 'in') AS inbound,"
+                " COUNT(*) FILTER (WHERE direction = 'out') AS outbound"
                 " FROM messages WHERE ((direction = 'in' AND status IN ('received',"
                 f" 'processing')) OR (direction = 'out' AND status = 'pending')) {where}"
-                " GROUP BY session_key ORDER BY first", params).fetchall()
+                " GROUP BY session_key ORDER BY first_id", *params)
             out = []
             for r in rows:
-                a = db.execute("SELECT channel, account, chat_id, chat_kind, thread_id FROM"
-                               " messages WHERE id = ?", (r["last"],)).fetchone()
+                a = yield one("SELECT channel, account, chat_id, chat_kind, thread_id FROM"
+                              " messages WHERE id = ?", r["last_id"])
                 address = ChatAddress(a["channel"], a["account"], a["chat_id"],
                                       ChatKind(a["chat_kind"]), a["thread_id"])
                 out.append(OpenWork(r["session_key"], address, int(r["inbound"]),
                                     int(r["outbound"])))
             return out
 
-        return await self.read_with(read)
+        return await self.read_with(read())
 
     async def count_by_status(self) -> dict[str, int]:
         """``{"in:received": n, "out:pending": n, ...}`` (for health and metrics)."""
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT direction, status, COUNT(*) AS n FROM messages GROUP BY 1, 2")
-            return {f"{r['direction']}:{r['status']}": r["n"] for r in await cur.fetchall()}
+        rows = await self.read_with(all_body(
+            "SELECT direction, status, COUNT(*) AS n FROM messages GROUP BY 1, 2"))
+        return {f"{r['direction']}:{r['status']}": int(r["n"]) for r in rows}
 
     # -- history and turns -------------------------------------------------------------
 
@@ -519,8 +506,8 @@ class MessageQueries(Database):
         """The session's answered chat turns in (``after_turn``, ``through_turn``], oldest
         first: all of them, or the newest that fit ``token_budget`` (see ``history_window``)."""
         cache = self.turn_cache
-        window = await self.read_with(lambda db: _history_window(
-            db, session_id, after_turn, through_turn, token_budget, estimate, cache))
+        window = await self.read_with(_history_window(
+            session_id, after_turn, through_turn, token_budget, estimate, cache))
         return window.turns
 
     async def session_with_history(
@@ -536,37 +523,45 @@ class MessageQueries(Database):
         """
         cache = self.turn_cache
 
-        def read(db: sqlite3.Connection):
-            row = db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        def read() -> Body[tuple[SessionRecord, HistoryWindow]]:
+            row = yield one("SELECT * FROM sessions WHERE id = ?", session_id)
             if row is None:
                 raise KeyError(f"no session {session_id}")
             session = session_from_row(row)
-            return session, _history_window(db, session_id, session.summary_through_turn,
-                                            None, token_budget, estimate, cache)
+            window = yield from _history_window(session_id, session.summary_through_turn,
+                                                None, token_budget, estimate, cache)
+            return session, window
 
-        return await self.read_with(read)
+        return await self.read_with(read())
 
     async def turn(self, turn_id: int) -> TurnRecord | None:
-        async with self.reading() as db:
-            cur = await db.execute("SELECT * FROM turns WHERE id = ?", (turn_id,))
-            row = await cur.fetchone()
+        row = await self.read_with(one_body("SELECT * FROM turns WHERE id = ?", turn_id))
         return turn_from_row(row) if row else None
 
     async def last_turn(self, session_key: str, *, kind: str = "chat") -> TurnRecord | None:
         """The newest finished turn of a session key (for ``/status``)."""
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT * FROM turns WHERE session_key = ? AND kind = ? AND status IN"
-                " ('answered', 'failed') ORDER BY id DESC LIMIT 1", (session_key, kind))
-            row = await cur.fetchone()
+        row = await self.read_with(one_body(
+            "SELECT * FROM turns WHERE session_key = ? AND kind = ? AND status IN"
+            " ('answered', 'failed') ORDER BY id DESC LIMIT 1", session_key, kind))
         return turn_from_row(row) if row else None
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-def _insert_outbound(
-    db: sqlite3.Connection,
+_CLAIM_SQL = Dialects(
+    sqlite="SELECT * FROM messages WHERE session_key = ? AND direction = 'in'"
+           " AND status = 'received' ORDER BY id LIMIT ?",
+    # Rows another transaction is claiming are left to it (defence in depth: one worker
+    # per chat already keeps two claims of a session apart).
+    postgresql="SELECT * FROM messages WHERE session_key = ? AND direction = 'in'"
+               " AND status = 'received' ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED")
+
+
+
+
+
+def insert_outbound(
     *,
     key: str,
     address: ChatAddress,
@@ -578,55 +573,54 @@ def _insert_outbound(
     now: float,
     model_ref: str | None = None,
     usage: Usage | None = None,
-) -> int:
-    cur = db.execute(
+) -> Body[int]:
+    """Store a pending reply inside the caller's transaction; its row id."""
+    return (yield val(
         "INSERT INTO messages (direction, role, kind, session_key, session_id, turn_id,"
         " channel, account, chat_id, chat_kind, thread_id, text, status, model_ref,"
         " input_tokens, output_tokens, reply_to_message_id, created_at, updated_at)"
-        " VALUES ('out', 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-        (kind.value, key, session_id, turn_id, address.channel, address.account,
-         address.chat_id, address.chat_kind.value, address.thread_id, text, model_ref,
-         usage.input_tokens if usage else None, usage.output_tokens if usage else None,
-         reply_to, now, now),
-    )
-    return inserted_id(cur)
+        " VALUES ('out', 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
+        kind.value, key, session_id, turn_id, address.channel, address.account,
+        address.chat_id, address.chat_kind.value, address.thread_id, text, model_ref,
+        usage.input_tokens if usage else None, usage.output_tokens if usage else None,
+        reply_to, now, now))
 
 
-def _close_context_window(db: sqlite3.Connection, key: str, turn_id: int, first_id: int,
-                          adopted: tuple[int, ...], now: float) -> None:
+def _close_context_window(key: str, turn_id: int, first_id: int,
+                          adopted: tuple[int, ...], now: float) -> Body[None]:
     """An answered turn adopts the context rows it used and blanks the chat's other kept
     texts from before it (at most groupContextMessages texts wait per chat)."""
     if adopted:
-        marks = ",".join("?" * len(adopted))
-        db.execute(
-            f"UPDATE messages SET turn_id = ?, updated_at = ? WHERE id IN ({marks})"
+        yield run(
+            "UPDATE messages SET turn_id = ?, updated_at = ? WHERE id IN ?"
             " AND session_key = ? AND context = 1 AND turn_id IS NULL",
-            (turn_id, now, *adopted, key))
-    db.execute(
+            turn_id, now, In(adopted), key)
+    yield run(
         "UPDATE messages SET text = '', context = 0, updated_at = ? WHERE session_key = ?"
-        " AND context = 1 AND turn_id IS NULL AND id < ?", (now, key, first_id))
+        " AND context = 1 AND turn_id IS NULL AND id < ?", now, key, first_id)
 
 
-def _active_session_id(db: sqlite3.Connection, msg: StoredMessage, now: float) -> int:
-    row = db.execute("SELECT id FROM sessions WHERE session_key = ? AND ended_at IS NULL",
-                     (msg.session_key,)).fetchone()
-    if row is not None:
-        return row["id"]
+def _active_session_id(msg: StoredMessage, now: float) -> Body[int]:
+    found = yield val("SELECT id FROM sessions WHERE session_key = ? AND ended_at IS NULL",
+                      msg.session_key)
+    if found is not None:
+        return found
     a = msg.address
-    return inserted_id(db.execute(
+    return (yield val(
         "INSERT INTO sessions (session_key, channel, account, chat_id, chat_kind, thread_id,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (msg.session_key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
-         now)))
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        msg.session_key, a.channel, a.account, a.chat_id, a.chat_kind.value, a.thread_id,
+        now))
 
 
-def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
+def _channel_filter(channels: Iterable[str] | None) -> tuple[str, tuple[object, ...]]:
     if channels is None:
         return "", ()
     names = tuple(channels)
     if not names:
-        return "AND 0", ()
-    return f"AND channel IN ({','.join('?' * len(names))})", names
+        return "AND FALSE", ()
+    return "AND channel IN ?", (In(names),)
 
 
 # Turn ids read per query while walking a session's history newest first: the first
@@ -706,10 +700,10 @@ class TurnCache:
         self._turns.clear()
 
 
-def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | None,
+def _history_window(session_id: int, after_turn: int | None,
                     through_turn: int | None, token_budget: int | None,
                     estimate: Callable[[str], int] | None,
-                    cache: TurnCache | None = None) -> HistoryWindow:
+                    cache: TurnCache | None = None) -> Body[HistoryWindow]:
     """Newest first, a page of turn ids at a time; only the rows of turns not in
     ``cache`` are read, and reading stops at the chunk of turns where the budget is
     crossed."""
@@ -729,8 +723,8 @@ def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | N
         if before is not None:
             sql += " AND id < ?"
             params.append(before)
-        ids = [r[0] for r in db.execute(sql + " ORDER BY id DESC LIMIT ?",
-                                        (*params, page_size))]
+        ids = [r[0] for r in (yield all_(sql + " ORDER BY id DESC LIMIT ?",
+                                         *params, page_size))]
         if not ids:
             break
         before = ids[-1]
@@ -748,10 +742,9 @@ def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | N
                     page[turn_id] = hit
             if missing:
                 missing.sort()
-                marks = ",".join("?" * len(missing))
-                rows = [message_from_row(r) for r in db.execute(
-                    f"SELECT * FROM messages WHERE turn_id IN ({marks}) ORDER BY turn_id, id",
-                    missing)]
+                rows = [message_from_row(r) for r in (yield all_(
+                    "SELECT * FROM messages WHERE turn_id IN ? ORDER BY turn_id, id",
+                    In(missing)))]
                 cache.rows_read += len(rows)
                 for turn in _history(missing, rows):
                     page[turn.turn_id] = turn
@@ -772,10 +765,9 @@ def _history_window(db: sqlite3.Connection, session_id: int, after_turn: int | N
         page_size = min(page_size * 4, _HISTORY_PAGE_MAX)
     left_out = 0
     if full and turns:
-        left_out = db.execute(
+        left_out = int((yield val(
             "SELECT COUNT(*) FROM turns WHERE session_id = ? AND kind = 'chat' AND status ="
-            " 'answered' AND id > ? AND id < ?", (session_id, after, turns[-1].turn_id)
-        ).fetchone()[0]
+            " 'answered' AND id > ? AND id < ?", session_id, after, turns[-1].turn_id)))
     turns.reverse()
     return HistoryWindow(turns, left_out)
 

@@ -3,12 +3,11 @@ is told), stored as a pending reply so the outbox delivers it like any other."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from bridge.envelope import ChatAddress
 from bridge.store.db import Database
-from bridge.store.messages import _insert_outbound
+from bridge.store.messages import insert_outbound
 from bridge.store.records import MessageKind
 
 
@@ -16,11 +15,6 @@ async def queue_notice(store: Database, address: ChatAddress, session_key: str, 
                        *, kind: MessageKind = MessageKind.PAIRING) -> int:
     """Store ``text`` as a pending reply to ``address`` (session ``session_key``); returns
     its row id.  Delivered by the outbox when the session is next flushed."""
-    now = time.time()
-
-    def tx(db: sqlite3.Connection) -> int:
-        return _insert_outbound(db, key=session_key, address=address, text=text, kind=kind,
-                                session_id=None, turn_id=None, reply_to=None, now=now)
-
-    return await store.atomically(tx, durable=True)
-
+    return await store.atomically(insert_outbound(
+        key=session_key, address=address, text=text, kind=kind, session_id=None,
+        turn_id=None, reply_to=None, now=time.time()), durable=True)

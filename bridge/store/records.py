@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 from bridge.envelope import ChatAddress, ChatKind, MediaKind, MediaRef, Quoted
 from bridge.models.base import Attempt, ErrorClass
@@ -228,8 +228,14 @@ def _compact(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None and v != ()}
 
 
-def message_from_row(row: sqlite3.Row) -> StoredMessage:
-    retry = "send_attempts" in row.keys()  # absent before migration 0003
+# A row of either backend: sqlite3.Row and asyncpg.Record both give row["col"], row[0]
+# and .keys().
+Row = Any
+
+
+def message_from_row(row: Row) -> StoredMessage:
+    keys = row.keys()  # a list (sqlite3.Row) or a view-like iterator (asyncpg): read twice
+    retry = "send_attempts" in keys  # absent before migration 0003
     return StoredMessage(
         id=row["id"],
         direction=Direction(row["direction"]),
@@ -255,11 +261,11 @@ def message_from_row(row: sqlite3.Row) -> StoredMessage:
         created_at=row["created_at"],
         send_attempts=row["send_attempts"] if retry else 0,
         next_attempt_at=row["next_attempt_at"] if retry else None,
-        context=bool(row["context"]) if "context" in row.keys() else False,
+        context=bool(row["context"]) if "context" in keys else False,
     )
 
 
-def turn_from_row(row: sqlite3.Row) -> TurnRecord:
+def turn_from_row(row: Row) -> TurnRecord:
     return TurnRecord(
         id=row["id"], session_id=row["session_id"], session_key=row["session_key"],
         kind=row["kind"], status=row["status"], started_at=row["started_at"],
@@ -271,7 +277,7 @@ def turn_from_row(row: sqlite3.Row) -> TurnRecord:
     )
 
 
-def session_from_row(row: sqlite3.Row) -> SessionRecord:
+def session_from_row(row: Row) -> SessionRecord:
     return SessionRecord(id=row["id"], session_key=row["session_key"],
                          created_at=row["created_at"], ended_at=row["ended_at"],
                          summary=row["summary"],

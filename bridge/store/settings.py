@@ -5,10 +5,20 @@ from __future__ import annotations
 import time
 
 from bridge.store.db import Database
+from bridge.store.sql import all_body, run_body, val_body
 
 # A chat setting read from the database is trusted this long.  This process's own writes
 # apply at once; another process's (``palaver chats reset``) within this many seconds.
 SETTINGS_CACHE_SECONDS = 2.0
+
+_UPSERT_SETTING = (
+    "INSERT INTO chat_settings (session_key, name, value, updated_at)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (session_key, name) DO UPDATE SET"
+    " value = excluded.value, updated_at = excluded.updated_at")
+_UPSERT_KV = (
+    "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value,"
+    " updated_at = excluded.updated_at")
 
 
 class SettingsQueries(Database):
@@ -22,10 +32,9 @@ class SettingsQueries(Database):
         hit = cache.get((session_key, name))
         if hit is not None and now - hit[1] < SETTINGS_CACHE_SECONDS:
             return hit[0]
-        row = await self.read_with(lambda db: db.execute(
+        value = await self.read_with(val_body(
             "SELECT value FROM chat_settings WHERE session_key = ? AND name = ?",
-            (session_key, name)).fetchone())
-        value = row["value"] if row else None
+            session_key, name))
         if len(cache) > 10_000:
             cache.clear()
         cache[(session_key, name)] = (value, now)
@@ -34,41 +43,28 @@ class SettingsQueries(Database):
     async def set_chat_setting(self, session_key: str, name: str, value: str | None) -> None:
         """Store (``None``: clear) a chat's setting."""
         self.__dict__.setdefault("_settings_cache", {}).pop((session_key, name), None)
-        async with self.transaction() as db:
-            if value is None:
-                await db.execute(
-                    "DELETE FROM chat_settings WHERE session_key = ? AND name = ?",
-                    (session_key, name))
-            else:
-                await db.execute(
-                    "INSERT INTO chat_settings (session_key, name, value, updated_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (session_key, name) DO UPDATE SET"
-                    " value = excluded.value, updated_at = excluded.updated_at",
-                    (session_key, name, value, time.time()))
+        if value is None:
+            await self.atomically(run_body(
+                "DELETE FROM chat_settings WHERE session_key = ? AND name = ?",
+                session_key, name))
+        else:
+            await self.atomically(run_body(_UPSERT_SETTING, session_key, name, value,
+                                           time.time()))
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         """A value a channel remembered (e.g. ``kv_get("whatsapp.lid", lid)``)."""
-        async with self.reading() as db:
-            cur = await db.execute(
-                "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
-            row = await cur.fetchone()
-        return row["value"] if row else None
+        return await self.read_with(val_body(
+            "SELECT value FROM kv WHERE namespace = ? AND key = ?", namespace, key))
 
     async def kv_set(self, namespace: str, key: str, value: str | None) -> None:
         """Remember (``None``: forget) a value under ``namespace``/``key``."""
-        async with self.transaction() as db:
-            if value is None:
-                await db.execute("DELETE FROM kv WHERE namespace = ? AND key = ?",
-                                 (namespace, key))
-            else:
-                await db.execute(
-                    "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value,"
-                    " updated_at = excluded.updated_at",
-                    (namespace, key, value, time.time()))
+        if value is None:
+            await self.atomically(run_body(
+                "DELETE FROM kv WHERE namespace = ? AND key = ?", namespace, key))
+        else:
+            await self.atomically(run_body(_UPSERT_KV, namespace, key, value, time.time()))
 
     async def kv_items(self, namespace: str) -> dict[str, str]:
-        async with self.reading() as db:
-            cur = await db.execute("SELECT key, value FROM kv WHERE namespace = ?",
-                                   (namespace,))
-            return {r["key"]: r["value"] for r in await cur.fetchall()}
+        rows = await self.read_with(all_body(
+            "SELECT key, value FROM kv WHERE namespace = ?", namespace))
+        return {r["key"]: r["value"] for r in rows}

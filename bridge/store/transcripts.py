@@ -10,13 +10,13 @@ caller chooses to).
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bridge.store.db import Database
+from bridge.store.sql import Body, In, all_, all_body, run
 
 TranscriptState = Literal["ok", "too_long", "failed", "no_audio"]
 _STATES = ("ok", "too_long", "failed", "no_audio")
@@ -48,15 +48,15 @@ _COLUMNS = ("media_id, status, text, model_ref, language, duration_s, reason, me
             " created_at, updated_at")
 
 
-def _row(r: sqlite3.Row | tuple) -> StoredTranscript:
+def _row(r: Sequence[Any]) -> StoredTranscript:
     return StoredTranscript(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
 
 
-def put_transcript_tx(db: sqlite3.Connection, media_id: str, status: TranscriptState, *,
+def put_transcript_tx(media_id: str, status: TranscriptState, *,
                       text: str = "", model_ref: str | None = None,
                       language: str | None = None, duration_s: float | None = None,
                       reason: str = "", message_id: int | None = None,
-                      now: float | None = None) -> bool:
+                      now: float | None = None) -> Body[bool]:
     """Store an outcome inside the caller's transaction; False when an ``ok`` transcript
     was already there (it is kept)."""
     if status not in _STATES:
@@ -64,7 +64,7 @@ def put_transcript_tx(db: sqlite3.Connection, media_id: str, status: TranscriptS
     if not media_id:
         raise ValueError("a transcript needs a media id")
     at = time.time() if now is None else now
-    cur = db.execute(
+    changed = yield run(
         "INSERT INTO transcripts (media_id, message_id, status, text, model_ref, language,"
         " duration_s, reason, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (media_id) DO UPDATE SET status = excluded.status,"
@@ -75,9 +75,9 @@ def put_transcript_tx(db: sqlite3.Connection, media_id: str, status: TranscriptS
         " message_id = COALESCE(transcripts.message_id, excluded.message_id),"
         " updated_at = excluded.updated_at"
         " WHERE transcripts.status != 'ok'",
-        (media_id, message_id, status, text if status == "ok" else "", model_ref, language,
-         duration_s, reason, at, at))
-    return cur.rowcount > 0
+        media_id, message_id, status, text if status == "ok" else "", model_ref, language,
+        duration_s, reason, at, at)
+    return changed > 0
 
 
 class TranscriptQueries:
@@ -91,8 +91,12 @@ class TranscriptQueries:
                   duration_s: float | None = None, reason: str = "",
                   message_id: int | None = None, now: float | None = None) -> bool:
         """Store the outcome for ``media_id``; False when an ``ok`` one is kept instead."""
-        return await self.db.atomically(lambda db: put_transcript_tx(
-            db, media_id, status, text=text, model_ref=model_ref, language=language,
+        if status not in _STATES:  # before any transaction: a bad call, not a bad store
+            raise ValueError(f"unknown transcript status {status!r}")
+        if not media_id:
+            raise ValueError("a transcript needs a media id")
+        return await self.db.atomically(put_transcript_tx(
+            media_id, status, text=text, model_ref=model_ref, language=language,
             duration_s=duration_s, reason=reason, message_id=message_id, now=now))
 
     async def get(self, media_id: str) -> StoredTranscript | None:
@@ -105,26 +109,22 @@ class TranscriptQueries:
         if not wanted:
             return {}
 
-        def read(db: sqlite3.Connection) -> dict[str, StoredTranscript]:
+        def read() -> Body[dict[str, StoredTranscript]]:
             out: dict[str, StoredTranscript] = {}
             for i in range(0, len(wanted), _CHUNK):
                 part = wanted[i:i + _CHUNK]
-                marks = ", ".join("?" * len(part))
-                for r in db.execute(f"SELECT {_COLUMNS} FROM transcripts"
-                                    f" WHERE media_id IN ({marks})", part):
+                for r in (yield all_(f"SELECT {_COLUMNS} FROM transcripts"
+                                     " WHERE media_id IN ?", In(part))):
                     out[r[0]] = _row(r)
             return out
 
-        return await self.db.read_with(read)
+        return await self.db.read_with(read())
 
     async def for_message(self, message_id: int) -> list[StoredTranscript]:
         """The transcripts a message brought first (oldest first)."""
-        def read(db: sqlite3.Connection) -> list[StoredTranscript]:
-            return [_row(r) for r in db.execute(
-                f"SELECT {_COLUMNS} FROM transcripts WHERE message_id = ?"
-                " ORDER BY created_at, media_id", (message_id,))]
-
-        return await self.db.read_with(read)
+        return [_row(r) for r in await self.db.read_with(all_body(
+            f"SELECT {_COLUMNS} FROM transcripts WHERE message_id = ?"
+            " ORDER BY created_at, media_id", message_id))]
 
     async def forget_unlinked(self, media_ids: Iterable[str | None]) -> int:
         """Delete the transcripts among ``media_ids`` that no stored message brought
@@ -134,13 +134,12 @@ class TranscriptQueries:
         if not wanted:
             return 0
 
-        def delete(db: sqlite3.Connection) -> int:
+        def delete() -> Body[int]:
             gone = 0
             for i in range(0, len(wanted), _CHUNK):
                 part = wanted[i:i + _CHUNK]
-                marks = ", ".join("?" * len(part))
-                gone += db.execute(f"DELETE FROM transcripts WHERE message_id IS NULL"
-                                   f" AND media_id IN ({marks})", part).rowcount
+                gone += yield run("DELETE FROM transcripts WHERE message_id IS NULL"
+                                  " AND media_id IN ?", In(part))
             return gone
 
-        return await self.db.atomically(delete)
+        return await self.db.atomically(delete())

@@ -14,9 +14,9 @@ Over a limit, the first message gets one short notice saying when the limit rese
 following ones in that window are stored as refused (reason ``limit``) with no reply.
 Owners (``channels.<name>.owners``) are never limited, and commands always pass.
 
-The check and the record of an admitted message are one transaction (``BEGIN
-IMMEDIATE``): two messages racing for the last slot, from one process or two, do not
-both pass.  Token and cost caps are known only after a call: the call that crosses one
+The check and the record of an admitted message are one transaction (SQLite: ``BEGIN
+IMMEDIATE``; PostgreSQL: under an advisory lock on the chat taken first): two messages
+racing for the last slot, from one process or two, do not both pass.  Token and cost caps are known only after a call: the call that crosses one
 is answered, the next message is refused.
 
 :meth:`LimitGate.admit` is the one call the door makes.
@@ -25,7 +25,6 @@ is answered, the next message is refused.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +33,11 @@ from typing import TYPE_CHECKING
 
 from bridge.commands import is_command
 from bridge.config.resolve import chat_chain, is_owner
+from bridge.store.sql import Body, one
 from bridge.store.usage import (
     admission_at_tx,
     admissions_since_tx,
+    lock_chat_tx,
     notice_until_tx,
     prune_admissions_tx,
     record_admission_tx,
@@ -125,10 +126,10 @@ class LimitGate:
             return True
         key, now = str(inbound.session_key), self.clock()
 
-        def read(db: sqlite3.Connection) -> bool:
-            return _reached(db, limits, key, inbound.sender_id, now) is None
+        def read() -> Body[bool]:
+            return (yield from _reached(limits, key, inbound.sender_id, now)) is None
 
-        return await self.store.read_with(read)
+        return await self.store.read_with(read())
 
     async def admit(self, inbound: Inbound) -> LimitVerdict:
         """Let ``inbound`` through, or refuse it because a limit of its chat is reached."""
@@ -141,28 +142,31 @@ class LimitGate:
         self._admitted += 1
         prune = self._admitted % _PRUNE_EVERY == 0
 
-        def tx(db: sqlite3.Connection) -> LimitVerdict:
-            if _stored(db, a.channel, a.account, inbound.message_id) or was_admitted_tx(
-                    db, a.channel, a.account, inbound.message_id):
+        def tx() -> Body[LimitVerdict]:
+            yield from lock_chat_tx(key)  # PostgreSQL: one admission of this chat at a time
+            if (yield from _stored(a.channel, a.account, inbound.message_id)) or (
+                    yield from was_admitted_tx(a.channel, a.account, inbound.message_id)):
                 return ADMIT  # a redelivery: decided the first time
-            reached = _reached(db, limits, key, inbound.sender_id, now)
+            reached = yield from _reached(limits, key, inbound.sender_id, now)
             if reached is None:
-                record_admission_tx(db, channel=a.channel, account=a.account,
-                                    message_id=inbound.message_id, session_key=key,
-                                    sender_id=inbound.sender_id, at=now)
+                yield from record_admission_tx(channel=a.channel, account=a.account,
+                                               message_id=inbound.message_id,
+                                               session_key=key, sender_id=inbound.sender_id,
+                                               at=now)
                 if prune:
-                    prune_admissions_tx(db, now - max(_WINDOWS.values()))
+                    yield from prune_admissions_tx(now - max(_WINDOWS.values()))
                 return ADMIT
-            until = notice_until_tx(db, key, reached.scope)
+            until = yield from notice_until_tx(key, reached.scope)
             if until is not None and until > now:
                 return LimitVerdict(False, reached.limit, None, reached.resets_at)
-            record_notice_tx(db, key, reached.scope, reached.limit, reached.resets_at, now)
+            yield from record_notice_tx(key, reached.scope, reached.limit, reached.resets_at,
+                                        now)
             # In a group the notice goes to everyone: it names whom a sender's limit stops.
             who = inbound.sender_name if a.chat_kind.value == "group" else None
             return LimitVerdict(False, reached.limit, notice_text(reached, now, who=who),
                                 reached.resets_at)
 
-        verdict = await self.store.atomically(tx)
+        verdict = await self.store.atomically(tx())
         if not verdict.admitted:
             if verdict.notice is not None:
                 log.info("limit %s reached in %s (sender %s); told once, refused until %s",
@@ -186,14 +190,14 @@ def _set(values: LimitValues) -> bool:
         "costPerMonthUsd"))
 
 
-def _stored(db: sqlite3.Connection, channel: str, account: str, message_id: str) -> bool:
-    return db.execute("SELECT 1 FROM messages WHERE direction = 'in' AND channel = ? AND"
+def _stored(channel: str, account: str, message_id: str) -> Body[bool]:
+    return (yield one("SELECT 1 FROM messages WHERE direction = 'in' AND channel = ? AND"
                       " account = ? AND platform_message_id = ?",
-                      (channel, account, message_id)).fetchone() is not None
+                      channel, account, message_id)) is not None
 
 
-def _reached(db: sqlite3.Connection, limits: Limits, key: str, sender_id: str,
-             now: float) -> _Reached | None:
+def _reached(limits: Limits, key: str, sender_id: str | None,
+             now: float) -> Body[_Reached | None]:
     """The reached limit that resets last (the chat's or the sender's), or None."""
     found: list[_Reached] = []
     scopes: list[tuple[LimitValues, str | None, str]] = [(limits, None, "chat")]
@@ -205,18 +209,18 @@ def _reached(db: sqlite3.Connection, limits: Limits, key: str, sender_id: str,
             if cap is None:
                 continue
             since = now - window
-            count = admissions_since_tx(db, key, sender, since)
+            count = yield from admissions_since_tx(key, sender, since)
             if count >= cap:
                 # Free again when enough of them have left the window.
-                oldest_kept = admission_at_tx(db, key, sender, since, count - cap)
+                oldest_kept = yield from admission_at_tx(key, sender, since, count - cap)
                 found.append(_Reached(name, cap, oldest_kept + window, scope))
         if values.tokensPerDay is None and values.costPerDayUsd is None \
                 and values.costPerMonthUsd is None:
             continue
         today = day_start(now)
         since = month_start(now) if values.costPerMonthUsd is not None else today
-        tokens, day_usd, month_usd = spend_sums_tx(db, session_key=key, sender_id=sender,
-                                                   since=since, day=today)
+        tokens, day_usd, month_usd = yield from spend_sums_tx(
+            session_key=key, sender_id=sender, since=since, day=today)
         for name, used, resets in (("tokensPerDay", tokens, next_day(now)),
                                    ("costPerDayUsd", day_usd, next_day(now)),
                                    ("costPerMonthUsd", month_usd, next_month(now))):

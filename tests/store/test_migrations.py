@@ -127,7 +127,7 @@ async def test_migration_applied_by_another_process_meanwhile_is_skipped(tmp_pat
     import sys
     from pathlib import Path
 
-    from bridge.store import db as db_mod
+    from bridge.store import sqlite as db_mod
 
     path = tmp_path / "race.db"
     repo = str(Path(__file__).parents[2])

@@ -92,8 +92,16 @@ async def test_upgrade_from_0005_adds_the_table(tmp_path):
     path = tmp_path / "old.db"
     before = [m for m in load_migrations() if m.version <= 5]
     old = await Store.open(path, migrations=before)
-    await old.record_inbound(_inbound())
     await old.close()
+    # Written as that Palaver wrote it: today's queries may use columns added since.
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO messages (direction, role, session_key, channel, account, chat_id,"
+        " chat_kind, platform_message_id, sender_id, text, status, created_at, updated_at)"
+        " VALUES ('in', 'user', 'k', 'telegram', 'default', '1', 'direct', 'm1', '1', 'x',"
+        " 'received', 0, 0)")
+    conn.commit()
+    conn.close()
     upgraded = await Store.open(path)
     try:
         assert await upgraded.schema_version() >= 6
