@@ -3,19 +3,11 @@ history is read newest first only as far as the token budget goes."""
 
 from __future__ import annotations
 
-import pytest
-
 from bridge.envelope import ChatAddress, ChatKind, Inbound, Quoted
-from bridge.store import Store
 from bridge.store.messages import TurnCache
 from bridge.store.records import HistoryTurn
 
-
-@pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "p.db")
-    yield s
-    await s.close()
+# ``store`` (tests/conftest.py): each test on SQLite, then on PostgreSQL.
 
 
 def _in(mid: str, text: str = "hi", sender: str = "1", quoted: Quoted | None = None
@@ -35,7 +27,7 @@ async def _turns(store, n: int, start: int = 0, *, batch: int = 1) -> None:
         await store.finish_turn(claim.turn_id, reply=f"r{i} " + "r" * 37)
 
 
-async def test_only_the_rows_of_new_turns_are_read(store, tmp_path):
+async def test_only_the_rows_of_new_turns_are_read(store, open_store):
     await _turns(store, 20, batch=2)
     session = await store.active_session(KEY)
     cache = store.turn_cache
@@ -47,7 +39,7 @@ async def test_only_the_rows_of_new_turns_are_read(store, tmp_path):
     _s, grown = await store.session_with_history(session.id, token_budget=100_000)
     assert cache.rows_read == 63 and grown.turns[:-1] == first.turns
     # What a store with nothing cached reads is the same, budgets and all.
-    other = await Store.open(tmp_path / "p.db")
+    other = await open_store()
     try:
         for budget in (None, 40, 300, 100_000):
             _s, cold = await other.session_with_history(session.id, token_budget=budget)
@@ -62,23 +54,18 @@ async def test_only_the_rows_of_new_turns_are_read(store, tmp_path):
         await other.close()
 
 
-async def test_a_long_history_is_read_only_as_far_as_the_budget(tmp_path):
-    store = await Store.open(tmp_path / "p.db")
-    try:
-        await _turns(store, 600)
-        session = await store.active_session(KEY)
-    finally:
-        await store.close()
+async def test_a_long_history_is_read_only_as_far_as_the_budget(store, open_store):
+    await _turns(store, 600)
+    session = await store.active_session(KEY)
 
     async def cold_read(budget: int):
-        store = await Store.open(tmp_path / "p.db")  # nothing cached
+        store = await open_store()  # nothing cached
         statements: list[str] = []
-        raw = store._conn._conn
-        await store._conn._execute(raw.set_trace_callback, statements.append)
+        store.on_statement = statements.append
         try:
             _s, window = await store.session_with_history(session.id, token_budget=budget)
         finally:
-            await store._conn._execute(raw.set_trace_callback, None)
+            store.on_statement = None
             await store.close()
         pages = len([s for s in statements if s.startswith("SELECT id FROM turns")])
         return window, store.turn_cache.rows_read, pages

@@ -215,3 +215,180 @@ async def test_new_database_and_data_dir_are_owner_only(tmp_path):
     for f in data.iterdir():
         if f.name.startswith("palaver.db"):
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+
+
+# ------------------------------------------------------------------ PostgreSQL's twins
+
+
+def test_both_backends_have_the_same_migrations():
+    """A migration added for one backend only fails here: write both files
+    (migrations/NNNN_name.sql and migrations/postgresql/NNNN_name.sql)."""
+    lite = [(m.version, m.name) for m in load_migrations("sqlite")]
+    pg = [(m.version, m.name) for m in load_migrations("postgresql")]
+    assert pg == lite
+
+
+async def _pg(url: str, sql: str, *args):
+    """Rows of ``sql`` (several statements, without arguments: run, no rows)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        if ";" in sql and not args:
+            await conn.execute(sql)
+            return []
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+_PG_CATALOG = (
+    "SELECT table_name, column_name, data_type, is_nullable, column_default"
+    " FROM information_schema.columns WHERE table_schema = 'public'"
+    " ORDER BY table_name, column_name")
+_PG_INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+_PG_CONSTRAINTS = ("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+                   " FROM pg_constraint WHERE connamespace = 'public'::regnamespace"
+                   " ORDER BY 1, 2")
+
+
+async def _pg_schema(url: str) -> list:
+    return [[tuple(r) for r in await _pg(url, q)]
+            for q in (_PG_CATALOG, _PG_INDEXES, _PG_CONSTRAINTS)]
+
+
+async def test_pg_fresh_install_equals_upgraded(pg_server, pg_url):
+    fresh = await Store.open_url(pg_url)
+    assert await fresh.schema_version() == len(load_migrations("postgresql"))
+    await fresh.close()
+    want = await _pg_schema(pg_url)
+    await _pg(pg_url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    first = load_migrations("postgresql")[:1]
+    old = await Store.open_url(pg_url, migrations=first)
+    assert await old.schema_version() == 1
+    await old.close()
+    await _pg(pg_url, "INSERT INTO messages (direction, role, session_key, channel, account,"
+                      " chat_id, chat_kind, platform_message_id, sender_id, text, status,"
+                      " created_at, updated_at) VALUES ('in', 'user', 'k', 'telegram',"
+                      " 'default', '1', 'direct', 'm1', '1', 'kept', 'received', 0, 0)")
+    upgraded = await Store.open_url(pg_url)
+    try:
+        assert await upgraded.schema_version() == len(load_migrations("postgresql"))
+        assert [m.text for m in await upgraded.messages_for("k")] == ["kept"]
+    finally:
+        await upgraded.close()
+    assert await _pg_schema(pg_url) == want
+
+
+_TYPES = {"INTEGER": {"integer", "bigint"}, "REAL": {"double precision"}, "TEXT": {"text"}}
+
+
+async def test_backends_have_the_same_tables_columns_and_indexes(tmp_path, pg_url):
+    lite = await Store.open(tmp_path / "p.db")
+    await lite.close()
+    pg = await Store.open_url(pg_url)
+    await pg.close()
+    conn = sqlite3.connect(tmp_path / "p.db")
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        lite_cols = {(t, c[1]): c[2] for t in tables
+                     for c in conn.execute(f"PRAGMA table_info({t})")}
+        lite_indexes = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    finally:
+        conn.close()
+    pg_cols = {(r["table_name"], r["column_name"]): r["data_type"]
+               for r in await _pg(pg_url, _PG_CATALOG)}
+    assert set(pg_cols) == set(lite_cols)
+    for column, lite_type in lite_cols.items():
+        assert pg_cols[column] in _TYPES[lite_type], column
+    pg_indexes = {r["indexname"] for r in await _pg(pg_url, _PG_INDEXES)
+                  if not r["indexname"].endswith("_pkey")}
+    assert pg_indexes == lite_indexes
+
+
+async def test_pg_database_newer_than_the_code_is_refused(pg_url):
+    store = await Store.open_url(pg_url)
+    await store.close()
+    await _pg(pg_url, "INSERT INTO schema_version VALUES (999, 'future', 0)")
+    with pytest.raises(SchemaTooNewError) as err:
+        await Store.open_url(pg_url)
+    assert "999" in str(err.value) and "store.url" in str(err.value)
+
+
+async def test_pg_failing_migration_rolls_back_whole(pg_url):
+    good = load_migrations("postgresql")
+    bad = Migration(len(good) + 1, "broken",
+                    "CREATE TABLE half_done (x INTEGER);\nTHIS IS NOT SQL;")
+    with pytest.raises(StoreError, match="broken"):
+        await Store.open_url(pg_url, migrations=[*good, bad])
+    tables = {r[0] for r in await _pg(
+        pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    version = (await _pg(pg_url, "SELECT MAX(version) FROM schema_version"))[0][0]
+    assert "half_done" not in tables and version == len(good)
+
+
+async def test_pg_two_processes_migrate_a_fresh_database_once(pg_url):
+    """Four stores opening a fresh database at once (connections of their own, as
+    processes would): the advisory lock lets one migrate; each version is there once."""
+    import asyncio
+
+    stores = await asyncio.gather(*(Store.open_url(pg_url) for _ in range(4)))
+    for store in stores:
+        await store.close()
+    versions = [r[0] for r in await _pg(pg_url, "SELECT version FROM schema_version"
+                                                " ORDER BY version")]
+    assert versions == list(range(1, len(load_migrations("postgresql")) + 1))
+
+
+async def test_pg_unreachable_is_a_clear_store_error():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StoreError) as err:
+        await Store.open_url(f"postgresql://palaver:s3cret@127.0.0.1:{port}/x")
+    text = str(err.value)
+    assert "database unreachable" in text and "s3cret" not in text and "***" in text
+
+
+async def test_pg_dropped_connections_are_replaced(pg_url):
+    """The server ends the pool's connections (a restart, an operator): the pool notices
+    and the next write goes through on a new connection."""
+    store = await Store.open_url(pg_url, pool_size=1)
+    try:
+        await store.kv_set("t", "k", "1")
+        ended = await _pg(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                  " WHERE datname = current_database()"
+                                  " AND pid <> pg_backend_pid()")
+        assert ended and all(r[0] for r in ended)
+        await store.kv_set("t", "k", "2")
+        assert await store.kv_get("t", "k") == "2"
+    finally:
+        await store.close()
+
+
+def test_pg_errors_map_to_store_unavailable_reasons():
+    import asyncpg
+
+    from bridge.store.db import StoreUnavailableError, unavailable_reason
+    from bridge.store.pg import _wrap
+
+    cases = {
+        asyncpg.exceptions.DiskFullError("no space"): "disk full",
+        asyncpg.exceptions.TooManyConnectionsError("sorry"): "too many connections",
+        asyncpg.exceptions.ReadOnlySQLTransactionError("standby"): "read-only",
+        asyncpg.exceptions.CannotConnectNowError("starting"): "database unreachable",
+        asyncpg.exceptions.AdminShutdownError("bye"): "database unreachable",
+        asyncpg.exceptions.ConnectionDoesNotExistError("gone"): "database unreachable",
+        ConnectionRefusedError(111, "refused"): "database unreachable",
+    }
+    for exc, reason in cases.items():
+        assert unavailable_reason(exc) == reason, exc
+        wrapped = _wrap(exc, "postgresql://u:***@h/db")
+        assert isinstance(wrapped, StoreUnavailableError) and wrapped.reason == reason
+        assert wrapped.__cause__ is exc
+    bug = asyncpg.exceptions.UniqueViolationError("duplicate key")
+    assert unavailable_reason(bug) is None and _wrap(bug, "x") is bug

@@ -8,9 +8,11 @@ from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind, MediaRef,
 from bridge.models.base import Attempt, ErrorClass, Usage
 from bridge.store import MessageKind, MessageStatus, Store
 
+# ``store`` (tests/conftest.py): each test on SQLite, then on PostgreSQL.
+
 
 @pytest.fixture
-async def store(tmp_path):
+async def sqlite_store(tmp_path):
     s = await Store.open(tmp_path / "p.db")
     yield s
     await s.close()
@@ -98,13 +100,13 @@ async def test_end_session_and_summary(store):
 
 
 async def test_another_process_clearing_a_chat_setting_applies_after_the_cache_age(
-        store, tmp_path, monkeypatch):
+        store, open_store, monkeypatch):
     # `palaver chats reset` runs in another process while Palaver serves the chat.
     import bridge.store.settings as settings
 
     await store.set_chat_setting("k", "model", "p/m")
     assert await store.chat_setting("k", "model") == "p/m"  # cached now
-    other = await Store.open(tmp_path / "p.db")
+    other = await open_store()
     try:
         await other.set_chat_setting("k", "model", None)
     finally:
@@ -148,7 +150,9 @@ async def test_pairing_requests(store):
     assert [p.sender_id for p in await store.pending_pairings(now=20)] == ["2"]
 
 
-async def test_inbound_commit_is_durable_others_normal(store):
+async def test_inbound_commit_is_durable_others_normal(sqlite_store):
+    # SQLite only: PostgreSQL commits every transaction durably (synchronous_commit on).
+    store = sqlite_store
     statements: list[str] = []
     raw = store._conn._conn
     await store._conn._execute(raw.set_trace_callback, statements.append)

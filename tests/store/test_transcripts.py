@@ -9,14 +9,10 @@ import pytest
 
 from bridge.envelope import ChatAddress, ChatKind, Inbound, MediaKind, MediaRef
 from bridge.store import Store, load_migrations
+from bridge.store.sql import run_body
 from bridge.store.transcripts import TranscriptQueries
 
-
-@pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "p.db")
-    yield s
-    await s.close()
+# ``store`` (tests/conftest.py): each test on SQLite, then on PostgreSQL.
 
 
 def _inbound(mid: str = "m1", media_id: str = "abc") -> Inbound:
@@ -70,22 +66,14 @@ async def test_many_reads_a_history_window_at_once(store):
     assert await q.many([]) == {} and await q.many([None]) == {}
 
 
-async def test_message_deleted_keeps_the_transcript(store, tmp_path):
+async def test_message_deleted_keeps_the_transcript(store, open_store):
     row_id = await store.record_inbound(_inbound())
     q = TranscriptQueries(store)
     await q.put("abc", "ok", text="x", message_id=row_id)
-    await store.close()
-    conn = sqlite3.connect(tmp_path / "p.db")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("DELETE FROM messages WHERE id = ?", (row_id,))
-    conn.commit()
-    conn.close()
-    reopened = await Store.open(tmp_path / "p.db")
-    try:
-        got = await TranscriptQueries(reopened).get("abc")
-        assert got is not None and got.message_id is None and got.text == "x"
-    finally:
-        await reopened.close()
+    await store.atomically(run_body("DELETE FROM messages WHERE id = ?", row_id))
+    reopened = await open_store()
+    got = await TranscriptQueries(reopened).get("abc")
+    assert got is not None and got.message_id is None and got.text == "x"
 
 
 async def test_upgrade_from_0005_adds_the_table(tmp_path):
