@@ -50,7 +50,10 @@ async def _app(tmp_path, go, models, whisper) -> App:
         "agents": {"defaults": {
             "model": "local/text", "transcription": {"model": "stt/whisper-1"},
             "speech": {"model": "stt/tts-1", "replyWithVoice": "whenVoice"}}},
-        "channels": {"whatsapp": {"dmPolicy": "allowlist", "allowFrom": ["+" + ANN]}},
+        # No 👀 acknowledgement: these tests read the replies (reactions have their own,
+        # tests/channels/test_whatsapp_live.py).
+        "channels": {"whatsapp": {"dmPolicy": "allowlist", "allowFrom": ["+" + ANN],
+                                  "ackReaction": ""}},
         "health": {"enabled": False},
     })
     go.link(db_of(tmp_path))
