@@ -42,6 +42,7 @@ from bridge.store.sql import (
     In,
     all_,
     all_body,
+    dialect,
     one,
     one_body,
     run,
@@ -124,6 +125,8 @@ class MessageQueries(Database):
                 yield from insert_outbound(key=key, address=a, text=reply, kind=reply_kind,
                                            session_id=None, turn_id=None, reply_to=None,
                                            now=now)
+            if status is MessageStatus.RECEIVED or reply is not None:
+                yield from notify_work(key, outbound=reply is not None)
             return row_id
 
         # Durable: the channel confirms the message to the platform (update offset, read
@@ -184,8 +187,13 @@ class MessageQueries(Database):
         (at most ``limit``) is answered together.  ``None`` when nothing is waiting.
         """
         now = time.time()
+        owner = self.owner
 
         def tx() -> Body[Claim | None]:
+            if owner is not None:  # several processes: only the chat's owner claims
+                from bridge.store.coord import owns_session
+
+                yield from owns_session(session_key, owner)  # raises Lost
             rows = [message_from_row(r) for r in (yield all_(_CLAIM_SQL, session_key, limit))]
             if not rows:
                 return None
@@ -198,10 +206,16 @@ class MessageQueries(Database):
                         break
                     batch.append(msg)
             session_id = yield from _active_session_id(rows[0], now)
-            turn_id = yield val(
-                "INSERT INTO turns (session_id, session_key, kind, status, started_at)"
-                " VALUES (?, ?, ?, 'running', ?) RETURNING id",
-                session_id, session_key, kind.value, now)
+            if owner is None:
+                turn_id = yield val(
+                    "INSERT INTO turns (session_id, session_key, kind, status, started_at)"
+                    " VALUES (?, ?, ?, 'running', ?) RETURNING id",
+                    session_id, session_key, kind.value, now)
+            else:  # stamped: the finish is fenced by it, the reaper requeues by it
+                turn_id = yield val(
+                    "INSERT INTO turns (session_id, session_key, kind, status, started_at,"
+                    " owner) VALUES (?, ?, ?, 'running', ?, ?) RETURNING id",
+                    session_id, session_key, kind.value, now, owner)
             yield run(
                 "UPDATE messages SET status = 'processing', kind = ?, turn_id = ?,"
                 " session_id = ?, updated_at = ? WHERE id IN ?",
@@ -247,8 +261,13 @@ class MessageQueries(Database):
         usage = usage or Usage()
         attempts_json = attempts_to_json(attempts)
         adopted = tuple(context_ids)
+        owner = self.owner
 
         def tx() -> Body[StoredMessage]:
+            if owner is not None and not (yield from _owns_turn(turn_id, owner)):
+                from bridge.store.coord import TurnTakenOver
+
+                raise TurnTakenOver(f"turn {turn_id} was taken over by another process")
             turn = yield one("SELECT session_id, session_key FROM turns WHERE id = ?",
                              turn_id)
             if turn is None:
@@ -292,7 +311,11 @@ class MessageQueries(Database):
         messages it closed (0 when the turn was not running any more)."""
         now = time.time()
 
+        owner = self.owner
+
         def tx() -> Body[int]:
+            if owner is not None and not (yield from _owns_turn(turn_id, owner)):
+                return 0
             if (yield run("UPDATE turns SET status = 'failed', finished_at = ?, reason = ?"
                           " WHERE id = ? AND status = 'running'", now, reason, turn_id)) == 0:
                 return 0
@@ -336,6 +359,7 @@ class MessageQueries(Database):
                 turn_id=None, reply_to=reply_to_message_id, now=now)
             rows = {r["id"]: message_from_row(r) for r in (yield all_(
                 "SELECT * FROM messages WHERE id IN (?, ?)", in_id, out_id))}
+            yield from notify_work(key, outbound=True)
             return rows[in_id], rows[out_id]
 
         return await self.atomically(tx(), durable=True)
@@ -368,7 +392,11 @@ class MessageQueries(Database):
         ``interrupted``); returns how many.  For a turn that could not be finished."""
         now = time.time()
 
+        owner = self.owner
+
         def tx() -> Body[int]:
+            if owner is not None and not (yield from _owns_turn(turn_id, owner)):
+                return 0
             yield run("UPDATE turns SET status = 'interrupted', finished_at = ? WHERE id = ?"
                       " AND status = 'running'", now, turn_id)
             return (yield run(
@@ -559,6 +587,21 @@ _CLAIM_SQL = Dialects(
 
 
 
+
+
+def notify_work(session_key: str, *, outbound: bool = False) -> Body[None]:
+    """Wake the chat's owner when this transaction commits (PostgreSQL ``pg_notify``, see
+    bridge/store/coord.py; nothing on SQLite, whose one process woke itself)."""
+    if (yield dialect()) == "postgresql":
+        from bridge.store import coord
+
+        yield from coord.notify_work(session_key, outbound=outbound)
+
+
+def _owns_turn(turn_id: int, owner: str) -> Body[bool]:
+    from bridge.store.coord import owns_turn
+
+    return (yield from owns_turn(turn_id, owner))
 
 
 def insert_outbound(

@@ -355,8 +355,12 @@ async def test_pg_unreachable_is_a_clear_store_error():
 
 
 async def test_pg_dropped_connections_are_replaced(pg_url):
-    """The server ends the pool's connections (a restart, an operator): the pool notices
-    and the next write goes through on a new connection."""
+    """The server ends the pool's connections (a restart, an operator): a write that
+    meets the dead connection raises StoreUnavailableError("database unreachable") (the
+    door's "retry later"; the pool may also have noticed first), and the next one goes
+    through on a new connection."""
+    from bridge.store.db import StoreUnavailableError
+
     store = await Store.open_url(pg_url, pool_size=1)
     try:
         await store.kv_set("t", "k", "1")
@@ -364,7 +368,11 @@ async def test_pg_dropped_connections_are_replaced(pg_url):
                                   " WHERE datname = current_database()"
                                   " AND pid <> pg_backend_pid()")
         assert ended and all(r[0] for r in ended)
-        await store.kv_set("t", "k", "2")
+        try:
+            await store.kv_set("t", "k", "2")
+        except StoreUnavailableError as err:
+            assert err.reason == "database unreachable"
+            await store.kv_set("t", "k", "2")
         assert await store.kv_get("t", "k") == "2"
     finally:
         await store.close()
