@@ -216,6 +216,24 @@ async def test_crash_mid_stream_in_edit_mode_removes_the_stale_preview(fake, mod
     assert await second.store.stale_previews([("telegram", "default")]) == []
 
 
+async def test_crash_mid_stream_in_draft_mode_answers_once_after_the_restart(
+        fake, models, tmp_path, run_app):
+    config = make_config(tmp_path, fake, models)
+    models.reply("A slow answer that the crash interrupts before it ends, sadly.",
+                 chunks=8, stall_after=5)
+    first = await run_app(config)
+    fake.push_text(CHAT, CHAT, "slow question")
+    await fake.wait_until(lambda: any(d.text for d in _drafts(fake)), 20)
+    await first.stop(grace=0)
+    assert fake.sent == []
+    models.reply("Answer after restart.")
+    await run_app(config)
+    (sent,) = await fake.wait_for_sent(1, timeout=20)
+    assert sent.text == "Answer after restart."
+    await asyncio.sleep(0.5)
+    assert len(fake.sent) == 1 and fake.drafts_after_last_message(CHAT) == []
+
+
 async def test_a_final_edit_that_did_not_land_is_edited_again_not_resent(fake, models, tmp_path,
                                                                         run_app):
     config = make_config(tmp_path, fake, models, telegram={"streaming": "edit"})
