@@ -291,3 +291,11 @@ def migrate_command(config: Any, to_url: str, *, out: Callable[[str], None] = pr
     out(f"copied {sum(r.target for r in results)} rows into {redact(to_url)}; set"
         " store.url (or $PALAVER_DATABASE_URL) to it and restart Palaver")
     return 0
+
+
+def cmd_store_migrate(args: Any) -> int:
+    """``palaver store migrate --to URL`` (the CLI's handler)."""
+    from bridge.config.load import load_for_cli
+
+    config, _path = load_for_cli(args)
+    return migrate_command(config, args.to)

@@ -188,3 +188,44 @@ async def test_a_failing_copy_is_a_copy_error_and_commits_nothing(tmp_path, pg_u
     finally:
         await source.close()
     assert (await _pg_rows(pg_url, "SELECT COUNT(*) FROM sessions"))[0][0] == 0
+
+
+async def test_migrate_command_copies_a_data_dir_and_prints_the_table(tmp_path, pg_url):
+    import asyncio
+    from types import SimpleNamespace
+
+    source = await _populated(tmp_path / "palaver.db")
+    await source.close()
+    lines: list[str] = []
+    code = await asyncio.to_thread(copy_mod.migrate_command,
+                                   SimpleNamespace(data_dir=tmp_path), pg_url,
+                                   out=lines.append)
+    assert code == 0, lines
+    table = lines[0].splitlines()
+    assert table[0].split() == ["table", "source", "target", "ok"]
+    assert any(line.split()[:1] == ["messages"] and line.split()[-1] == "yes"
+               for line in table)
+    assert "***" not in lines[-1] and "store.url" in lines[-1]
+    # Again: the target holds data now, so it is refused (exit 1, told why).
+    lines.clear()
+    code = await asyncio.to_thread(copy_mod.migrate_command,
+                                   SimpleNamespace(data_dir=tmp_path), pg_url,
+                                   out=lines.append)
+    assert code == 1 and "already holds data" in lines[0]
+
+
+def test_migrate_command_refuses_while_palaver_runs(tmp_path):
+    from types import SimpleNamespace
+
+    from bridge.lock import run_lock
+
+    (tmp_path / "palaver.db").write_bytes(b"")
+    lock = run_lock(tmp_path)
+    lock.acquire()
+    try:
+        lines: list[str] = []
+        code = copy_mod.migrate_command(SimpleNamespace(data_dir=tmp_path),
+                                        "postgresql://u@127.0.0.1:9/x", out=lines.append)
+    finally:
+        lock.release()
+    assert code == 1 and "already in use" in lines[0]
