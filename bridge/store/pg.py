@@ -50,7 +50,6 @@ _UNREACHABLE = (
     asyncpg.exceptions.AdminShutdownError,  # 57P01
     asyncpg.exceptions.CrashShutdownError,  # 57P02
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,  # "connection is closed", pool closing
     ConnectionError,
     TimeoutError,
 )
@@ -73,6 +72,10 @@ def pg_unavailable_reason(exc: BaseException) -> str | None:
         return "out of resources"
     if isinstance(exc, _UNREACHABLE) or (isinstance(exc, OSError)
                                          and not isinstance(exc, FileNotFoundError)):
+        return "database unreachable"
+    # "connection is closed", "pool is closing": the connection went away under us (other
+    # interface errors, e.g. two operations on one connection, are bugs).
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and "clos" in str(exc).lower():
         return "database unreachable"
     return None
 

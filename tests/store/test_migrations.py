@@ -398,5 +398,8 @@ def test_pg_errors_map_to_store_unavailable_reasons():
         wrapped = _wrap(exc, "postgresql://u:***@h/db")
         assert isinstance(wrapped, StoreUnavailableError) and wrapped.reason == reason
         assert wrapped.__cause__ is exc
-    bug = asyncpg.exceptions.UniqueViolationError("duplicate key")
-    assert unavailable_reason(bug) is None and _wrap(bug, "x") is bug
+    closed = asyncpg.exceptions.InterfaceError("connection is closed")
+    assert unavailable_reason(closed) == "database unreachable"
+    for bug in (asyncpg.exceptions.UniqueViolationError("duplicate key"),
+                asyncpg.exceptions.InterfaceError("another operation is in progress")):
+        assert unavailable_reason(bug) is None and _wrap(bug, "x") is bug

@@ -103,3 +103,7 @@ async def test_a_failing_body_rolls_back_whole(store):
     with pytest.raises(RuntimeError, match="boom"):
         await store.atomically(body())
     assert await store.kv_get("t", "k") is None
+
+
+async def test_a_fresh_store_is_writable(store):
+    assert await store.check_writable()
