@@ -115,6 +115,15 @@ async def execute(conn: asyncpg.Connection, q: Q,
     kind = q.kind
     if kind == "dialect":
         return "postgresql"
+    if kind == "many":  # one parameter tuple per row; no In()
+        rows = q.args[0]
+        if not rows:
+            return 0
+        sql = to_postgres(q.text("postgresql"), tuple(rows[0]))[0]
+        if trace is not None:
+            trace(sql)
+        await conn.executemany(sql, rows)
+        return len(rows)
     sql, args = to_postgres(q.text("postgresql"), q.args)
     if trace is not None:
         trace(sql)
@@ -124,12 +133,7 @@ async def execute(conn: asyncpg.Connection, q: Q,
         return await conn.fetchrow(sql, *args)
     if kind == "all":
         return await conn.fetch(sql, *args)
-    if kind == "run":
-        return rowcount_of(await conn.execute(sql, *args))
-    rows = args[0]
-    if rows:
-        await conn.executemany(sql, rows)
-    return len(rows)
+    return rowcount_of(await conn.execute(sql, *args))
 
 
 async def drive(conn: asyncpg.Connection, work: Any,
