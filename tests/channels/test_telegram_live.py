@@ -284,3 +284,29 @@ async def test_stop_mid_stream_ends_the_answer_and_says_stopped(fake, models, tm
     fake.push_text(CHAT, CHAT, "something else then")
     await fake.wait_for_sent(2, timeout=20)
     assert [s.text for s in fake.sent] == ["Stopped.", "Fine, something else."]
+
+
+async def test_an_edit_preview_in_a_group_never_floods_and_quotes_the_trigger(
+        fake, models, tmp_path, run_app):
+    group = -100500
+    text = " ".join(f"word{i}" for i in range(60)) + "."
+    models.reply(text, tokens_per_second=7)  # about nine seconds of streaming
+    fake.flood(True)  # Telegram's per-group limit: 429 beyond it
+    config = make_config(tmp_path, fake, models, interval_ms=250,
+                         telegram={"groups": {"*": {"requireMention": False,
+                                                    "streaming": "edit"}}})
+    await run_app(config)
+    trigger = fake.push_text(group, 1001, "count for us")
+    await fake.wait_until(
+        lambda: any(e.text == text for e in fake.screen(group) if e.kind == "edit"), 30)
+    assert fake.flooded == []  # 3.5 s between group edits (the 250 ms asked for is raised)
+    (preview,) = [e for e in fake.screen(group) if e.kind == "message"]
+    (sent,) = fake.sent
+    assert sent.reply_to_message_id == trigger["message_id"]  # the preview is chunk 0
+    edits = [e for e in fake.screen(group) if e.kind == "edit"]
+    assert len(edits) >= 2 and all(e.id == preview.id for e in edits)
+    assert all(text.startswith(e.text.removesuffix(" …")) for e in edits)
+    # The preview's own updates (the final edit excepted) keep the group interval, with
+    # some slack for the requests' transit.
+    moments = [preview.t, *(e.t for e in edits[:-1])]
+    assert all(b - a >= 3.5 * 0.8 for a, b in zip(moments, moments[1:], strict=False))
