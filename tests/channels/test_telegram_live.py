@@ -310,3 +310,19 @@ async def test_an_edit_preview_in_a_group_never_floods_and_quotes_the_trigger(
     # some slack for the requests' transit.
     moments = [preview.t, *(e.t for e in edits[:-1])]
     assert all(b - a >= 3.5 * 0.8 for a, b in zip(moments, moments[1:], strict=False))
+
+
+async def test_stop_in_edit_mode_deletes_the_partial_message(fake, models, tmp_path, run_app):
+    models.reply(ANSWER, tokens_per_second=4)
+    app = await run_app(make_config(tmp_path, fake, models, telegram={"streaming": "edit"}))
+    fake.push_text(CHAT, CHAT, "tell me about Paris")
+    await fake.wait_until(lambda: _messages(fake), 20)
+    (preview,) = _messages(fake)
+    fake.push_text(CHAT, CHAT, "/stop")
+    await fake.wait_until(lambda: [m for m in fake.sent if m.text == "Stopped."], 20)
+    assert (CHAT, preview.id) in fake.deleted
+    await asyncio.sleep(0.5)
+    assert [m.text for m in fake.sent][-1] == "Stopped." and len(fake.sent) == 2
+    assert await app.store.stale_previews([("telegram", "default")]) == []
+    kinds = [e.kind for e in fake.screen(CHAT) if e.kind != "reaction"]
+    assert kinds.index("delete") < len(kinds) - 1 and kinds[-1] == "message"  # then "Stopped."
