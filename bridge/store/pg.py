@@ -109,6 +109,14 @@ def _wrap(exc: BaseException, where: str) -> BaseException:
     return wrapped
 
 
+def _text_safe(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """PostgreSQL text cannot hold NUL (SQLite's can): a message carrying one keeps its
+    other characters, the NUL becomes U+FFFD, instead of the write failing."""
+    if any(type(a) is str and "\x00" in a for a in args):
+        return tuple(a.replace("\x00", "\ufffd") if type(a) is str else a for a in args)
+    return args
+
+
 async def execute(conn: asyncpg.Connection, q: Q,
                   trace: Callable[[str], None] | None) -> Any:
     """Run one statement request on ``conn``; the value handed back to the body."""
@@ -122,9 +130,9 @@ async def execute(conn: asyncpg.Connection, q: Q,
         sql = to_postgres(q.text("postgresql"), tuple(rows[0]))[0]
         if trace is not None:
             trace(sql)
-        await conn.executemany(sql, rows)
+        await conn.executemany(sql, [_text_safe(tuple(r)) for r in rows])
         return len(rows)
-    sql, args = to_postgres(q.text("postgresql"), q.args)
+    sql, args = to_postgres(q.text("postgresql"), _text_safe(q.args))
     if trace is not None:
         trace(sql)
     if kind == "val":

@@ -220,3 +220,11 @@ async def test_send_retry_requeue_and_open_work(store):
     assert report.requeued == 0
     report = await store.recover(["telegram"], session_keys=[key])
     assert report.requeued == 1
+
+
+async def test_a_nul_character_does_not_lose_the_message(store):
+    """SQLite keeps a NUL in text; PostgreSQL cannot, so its driver writes U+FFFD there
+    (the rest of the text is kept; the write never fails over it)."""
+    row_id = await store.record_inbound(_in("nul", text="a\x00b"))
+    stored = await store.message(row_id)
+    assert stored.text == ("a\ufffdb" if store.dialect == "postgresql" else "a\x00b")
