@@ -501,9 +501,14 @@ def application_name() -> str:
     return f"palaver {secrets.token_hex(6)}"
 
 
-def _new_process_id() -> str:
+def _new_process_id(app_name: str, generation: int) -> str:
+    """``host:pid:tag`` (``.n`` after the n-th registration again): ``tag`` is the one in
+    the connections' application_name, so ``pg_stat_activity`` names the process."""
     host = socket.gethostname().split(".")[0][:24] or "host"
-    return f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
+    prefix, _, tag = app_name.partition(" ")
+    if prefix != "palaver" or not tag:
+        tag = secrets.token_hex(6)
+    return f"{host}:{os.getpid()}:{tag}" + (f".{generation}" if generation else "")
 
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError,
@@ -540,6 +545,7 @@ class PgCoordinator(Coordinator):
         self.sweep_every_s = sweep_every_s
         self.process_id: str | None = None
         self._lock_key: int | None = None
+        self._generation = 0  # registrations so far (a reaped process registers again)
         self._conn: asyncpg.Connection | None = None
         self._conn_lock = asyncio.Lock()
         self._owned: set[str] = set()
@@ -636,7 +642,7 @@ class PgCoordinator(Coordinator):
                 if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)",
                                            PROCESS_LOCK_CLASS, key):
                     continue
-                pid = _new_process_id()
+                pid = _new_process_id(self.app_name, self._generation)
                 sent = time.monotonic()
                 try:
                     await conn.execute(
@@ -648,6 +654,7 @@ class PgCoordinator(Coordinator):
                                        PROCESS_LOCK_CLASS, key)
                     continue
             self.process_id, self._lock_key, self._last_ok = pid, key, sent
+            self._generation += 1
             setattr(self.store, "owner", pid)  # noqa: B010 (Database.owner)
             log.info("registered as process %s (lease %.0f s)", pid, self.lease)
             return
@@ -701,7 +708,7 @@ class PgCoordinator(Coordinator):
             await self._drop_conn()
             return
         if status.rsplit(" ", 1)[-1] == "0":
-            await self._was_reaped()
+            await self._was_reaped(unlock=True)
             return
         self._last_ok = sent
         self._leader_rows = {r["name"]: (r["owner"], int(r["epoch"])) for r in leaders}
@@ -741,16 +748,20 @@ class PgCoordinator(Coordinator):
                 self._last_ok = sent
                 log.info("control connection back; still process %s", self.process_id)
                 return
-            if locked:
-                async with self._conn_lock:
-                    await conn.execute("SELECT pg_advisory_unlock($1, $2)",
-                                       PROCESS_LOCK_CLASS, self._lock_key)
-        await self._was_reaped()
+            await self._was_reaped(unlock=bool(locked))
+            return
+        await self._register()
 
-    async def _was_reaped(self) -> None:
+    async def _was_reaped(self, *, unlock: bool = True) -> None:
         """Another process reaped this one (it stalled or lost its connection): every
-        chat and leadership is gone.  Say so, then register again as a new process."""
+        chat and leadership is gone.  Say so, then register again as a new process
+        (``unlock``: the control connection still holds the old advisory lock)."""
         old = self.process_id
+        if unlock and self._conn is not None and self._lock_key is not None:
+            with contextlib.suppress(*_CONNECTION_ERRORS, *_pg_errors()):
+                async with self._conn_lock:
+                    await self._conn.execute("SELECT pg_advisory_unlock($1, $2)",
+                                             PROCESS_LOCK_CLASS, self._lock_key)
         log.warning("process %s was taken over by its peers (stalled past the %.0f s lease"
                     " or lost its database connection); registering again", old, self.lease)
         self._owned.clear()
