@@ -53,8 +53,10 @@ from bridge.store.db import StoreError
 from bridge.store.sql import Body, Dialects, In, all_, dialect, one, run, val
 
 if TYPE_CHECKING:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
+    from bridge.config.schema import Config
+    from bridge.store import Store
     from bridge.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -499,6 +501,22 @@ def application_name() -> str:
     PostgreSQL cuts application_name at 63 bytes).  The pool and the control connection
     use the same, so the reaper can end them all."""
     return f"palaver {secrets.token_hex(6)}"
+
+
+async def connect(config: Config, *, info: dict[str, Any] | None = None
+                  ) -> tuple[Store, Coordinator]:
+    """The store ``config`` selects and what coordinates this process on it (neither
+    started): on PostgreSQL a :class:`PgCoordinator` with ``store.leaseSeconds``, the
+    pool's backends named like its control connection (so a reaper can end them all); on
+    SQLite a :class:`LocalCoordinator`."""
+    from bridge.store import Store, database_url
+
+    if database_url(config) is None:
+        return await Store.connect(config), LocalCoordinator()
+    app = application_name()
+    store = await Store.connect(config, application_name=app)
+    return store, PgCoordinator(store, lease_seconds=config.store.leaseSeconds,
+                                app_name=app, info=info)
 
 
 def _new_process_id(app_name: str, generation: int) -> str:
@@ -973,6 +991,7 @@ def _json(text: Any) -> Any:
 
 __all__ = [
     "Coordinator", "LocalCoordinator", "Lost", "PgCoordinator", "Reaped", "TurnTakenOver",
-    "Wake", "Waiting", "acquire_body", "application_name", "gain_body", "notify_work",
+    "Wake", "Waiting", "acquire_body", "application_name", "connect", "gain_body",
+    "notify_work",
     "orphans_body", "owns_session", "owns_turn", "reap_body", "release_body", "sweep_body",
 ]

@@ -521,6 +521,30 @@ async def test_stalled_process_is_reaped_and_registers_again(pg_url, nodes, proc
 # ------------------------------------------------------------------- one process
 
 
+async def test_connect_names_the_pool_like_the_process(tmp_path, pg_url):
+    """On PostgreSQL every backend of the process carries its application_name (what the
+    reaper ends); on SQLite the coordinator is the single-process one."""
+    from bridge.store import coord as coord_mod
+    from tests.core.helpers import make_config
+
+    store, coord = await coord_mod.connect(make_config(tmp_path, store={"url": pg_url,
+                                                                       "leaseSeconds": 7}))
+    try:
+        assert isinstance(coord, PgCoordinator) and coord.lease == 7
+        await coord.start()
+        await store.record_inbound(_in("m1"))  # uses the pool
+        rows = await _fetch(store, "SELECT COUNT(*) FROM pg_stat_activity WHERE"
+                            " application_name = ?", coord.app_name)
+        assert rows[0][0] >= 2  # the control connection and the pool's
+        assert coord.process_id and coord.app_name.split(" ")[1] in coord.process_id
+    finally:
+        await coord.stop()
+        await store.close()
+    lite, local = await coord_mod.connect(make_config(tmp_path))
+    await lite.close()
+    assert isinstance(local, LocalCoordinator)
+
+
 async def test_local_coordinator_owns_and_leads_everything():
     coord = LocalCoordinator()
     calls: list[object] = []
