@@ -55,16 +55,25 @@ def _user_content(request) -> list:
     return content if isinstance(content, list) else [{"type": "text", "text": content}]
 
 
-async def test_private_round_trip(fake, models, tmp_path, run_app):
+@pytest.mark.parametrize("streaming", [None, "off"])
+async def test_private_round_trip(fake, models, tmp_path, run_app, streaming):
     models.reply("Hello **Ann**, nice to meet you.")
-    app = await run_app(make_config(tmp_path, fake, models))
+    telegram = {"streaming": streaming} if streaming else None
+    app = await run_app(make_config(tmp_path, fake, models, telegram=telegram))
     assert (await app.health())["channels"]
     fake.push_text(1001, fake.user(1001, "Ann"), "hi there")
     (sent,) = await fake.wait_for_sent(1, timeout=10)
     assert sent.chat_id == 1001 and sent.parse_mode == "HTML"
     assert sent.text == "Hello <b>Ann</b>, nice to meet you."
     assert models.requests[-1].last_user_text().endswith("hi there")
-    assert fake.actions and fake.actions[0].params["action"] == "typing"
+    if streaming == "off":
+        assert fake.actions and fake.actions[0].params["action"] == "typing"
+    else:
+        # The default in a direct chat: a draft ("Thinking…", then the answer so far)
+        # replaces "typing…"; whatever it showed is the start of the answer.
+        assert fake.actions == []
+        final = "Hello **Ann**, nice to meet you."
+        assert all(final.startswith(d.params.get("text", "")) for d in fake.drafts)
 
 
 @pytest.mark.parametrize("style", ["field", "inline"])

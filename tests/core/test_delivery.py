@@ -49,6 +49,13 @@ class FakeStore:
         self.marks.append(("failed", msg_id))
         self.queued = [m for m in self.queued if m.id != msg_id]
 
+    # Edit-mode previews (issue 17): none stored here.
+    async def preview_for_turn(self, turn_id: int) -> None:
+        return None
+
+    async def drop_preview(self, turn_id: int) -> None:
+        return None
+
 
 async def test_flush_sends_in_order_and_stops_at_a_retry():
     store = FakeStore(reply(1, "one"), reply(2, "two"), reply(3, "three"))
