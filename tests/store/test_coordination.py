@@ -360,6 +360,29 @@ async def test_a_late_heartbeat_fences_the_process(nodes):
     assert await _owner_of(a.store, key) == a.id
 
 
+async def test_a_dropped_control_connection_comes_back_as_the_same_process(nodes, pg_url):
+    """The server ends the process's connections (a restart, a network cut): it connects
+    again, takes its advisory lock back, and with no peer to reap it meanwhile keeps its
+    id, its chats and its wake-ups."""
+    a = await nodes(lease=1.5)
+    key = _key()
+    assert await a.coord.acquire(key)
+    me, old = a.id, a.coord._conn
+    probe = await asyncpg.connect(pg_url)
+    try:
+        ended = await probe.fetchval(
+            "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1", a.coord.app_name)
+    finally:
+        await probe.close()
+    assert ended >= 1
+    await _until(lambda: a.coord._conn not in (None, old) and a.coord.alive,
+                 "the reconnection")
+    assert a.id == me and a.coord.owns(key)
+    await a.store.atomically(notify_work(key))  # LISTEN again on the new connection
+    await asyncio.wait_for(a.woken.wait(), HANG_GUARD_S)
+
+
 # --------------------------------------------------------------- killed processes
 
 
@@ -483,6 +506,9 @@ async def test_leader_taken_over_after_its_owner_is_killed(pg_url, nodes, procs)
     rows = await _fetch(b.store, "SELECT owner, epoch FROM leaders WHERE name = ?", name)
     assert [(r[0], r[1]) for r in rows] == [(b.id, 2)]
     assert await b.coord.acquire(key)  # its chats are free too
+    status = b.coord.status()
+    assert status["leaderships"] == [{"name": name, "epoch": 2}] and status["alive"]
+    assert status["process"] == b.id and status["peers"] == []
     print(f"\nleader {name} taken over {took:.2f} s after kill -9 (lease 30 s)")
 
 
