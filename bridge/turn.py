@@ -38,6 +38,7 @@ from bridge.config.resolve import (
     ResolvedModel,
     UnknownModelError,
     chat_setting,
+    group_context_for,
     resolve_candidates,
     streaming_for,
 )
@@ -182,6 +183,8 @@ class Turn:
         self.instructions: str | None = None
         self.session: SessionRecord | None = None
         self.history: list[HistoryTurn] = []
+        # The group's unaddressed messages since the last answer (groupContextMessages).
+        self.context: list[StoredMessage] = []
         self.current: Sequence[StoredMessage] = claim.messages  # voice notes annotated
         self.heard: list[Transcription] = []  # this turn's voice notes
         self.built: dict[str, BuiltPrompt] = {}  # by model ref, for this history
@@ -260,6 +263,11 @@ class Turn:
         session, window = await self.store.session_with_history(
             claim.session_id, token_budget=read_budget, estimate=estimate_tokens)
         self.session, self.history = session, window.turns
+        if self.group:
+            wanted = group_context_for(config, a.channel, a.chat_id, a.thread_id)
+            if wanted > 0:
+                self.context = await self.store.group_context(
+                    claim.session_key, before_id=claim.messages[0].id, limit=wanted)
         self.instructions = config.system_prompt_for(
             a.channel, chat_kind=a.chat_kind.value, chat_id=a.chat_id,
             sender_id=last.sender_id, thread_id=a.thread_id)
@@ -289,7 +297,7 @@ class Turn:
             reply=echo + reply.text, model_ref=reply.model_ref, usage=reply.usage,
             attempts=reply.attempts, reply_to_message_id=self._quote_id(),
             prompt_tokens_estimate=built_for_reply.prompt_tokens if built_for_reply else None,
-            context_window=window_size)
+            context_window=window_size, context_ids=[m.id for m in self.context])
         delivered = await self.runner.outbox.deliver(out, voice=await self._spoken(reply.text))
         self._log(reply.model_ref, reply.attempts, model_duration, answered=True,
                   delivered=delivered, reply=reply.text, compacted=self.compacted)
@@ -420,7 +428,7 @@ class Turn:
         assert self.session is not None
         return await build_request(
             model=model, instructions=self.instructions, summary=self.session.summary,
-            history=self.history, current=self.current,
+            history=self.history, current=self.current, context=self.context,
             group=self.group, media_store=self.runner.media,
             settings=self.config.agents.defaults, cache=self.runner.prompt_cache)
 

@@ -3,12 +3,8 @@ go to the model, marked, with their senders' names, as untrusted as any user tex
 
 from __future__ import annotations
 
-import inspect
 import sqlite3
 
-import pytest
-
-import bridge.turn
 from bridge.envelope import ChatAddress, ChatKind, MediaKind, MediaRef
 from bridge.prompt import CONTEXT_END, CONTEXT_LEAD, build_request, transcript
 from bridge.store import MessageKind, MessageStatus, StoredMessage
@@ -154,14 +150,8 @@ async def test_a_refused_sender_keeps_nothing(harness):
 
 # ------------------------------------------------------------------ in a turn
 
-# A seam until bridge/turn.py fetches the context (/work/notes/requests-door.md, section
-# 2): expected to fail while it does not, run as any test once it does.
-_NEEDS_TURN = pytest.mark.xfail("group_context" not in inspect.getsource(bridge.turn),
-                                reason="bridge/turn.py does not fetch the context yet",
-                                strict=True)
 
 
-@_NEEDS_TURN
 async def test_the_mention_brings_the_talk_since_the_last_answer(harness):
     await harness.start()
     await harness.say(group("the match is at 8", mentioned=False, name="Alice"))
@@ -185,7 +175,6 @@ async def test_the_mention_brings_the_talk_since_the_last_answer(harness):
     assert first_turn.endswith("Carol: @bot who is right?")
 
 
-@_NEEDS_TURN
 async def test_only_the_newest_are_sent_and_the_unused_are_blanked(harness):
     await harness.start(config=make_config(
         harness.tmp_path, channels={"telegram": {
