@@ -110,26 +110,25 @@ def owns_turn(turn_id: int, owner: str) -> Body[bool]:
     return row is not None
 
 
-def work_payload(session_key: str, *, outbound: bool = False) -> str:
-    """The ``palaver_work`` notification payload: ``in <key>`` or ``out <key>`` (a reply
-    waits to be delivered)."""
-    return ("out " if outbound else "in ") + session_key
-
-
-def parse_payload(payload: str) -> tuple[str, bool] | None:
-    """``(session_key, outbound)`` from a payload, None when it is not one of ours."""
-    kind, _, key = payload.partition(" ")
-    if not key or kind not in ("in", "out"):
+def parse_payload(payload: str) -> tuple[str, bool, str] | None:
+    """``(session_key, outbound, sender)`` from a ``palaver_work`` payload
+    (``in|out <sender's application_name>\n<session key>``; ``out``: a reply waits to be
+    delivered), None when it is not one of ours."""
+    head, sep, key = payload.partition("\n")
+    kind, _, sender = head.partition(" ")
+    if not sep or not key or kind not in ("in", "out"):
         return None
-    return key, kind == "out"
+    return key, kind == "out", sender
 
 
 def notify_work(session_key: str, *, outbound: bool = False) -> Body[None]:
     """In a transaction that stores work for a chat: wake its owner at commit (PostgreSQL
-    ``pg_notify``; nothing on SQLite, whose one process woke itself)."""
+    ``pg_notify``; nothing on SQLite, whose one process woke itself).  The payload names
+    the sending connection's application_name: a process ignores its own (it woke the
+    chat itself, with its debounce)."""
     if (yield dialect()) == "postgresql":
-        yield val("SELECT pg_notify(?, ?)", WORK_CHANNEL,
-                  work_payload(session_key, outbound=outbound))
+        yield val("SELECT pg_notify(?, ? || current_setting('application_name') || chr(10)"
+                  " || ?)", WORK_CHANNEL, "out " if outbound else "in ", session_key)
 
 
 def acquire_body(session_key: str, owner: str) -> Body[bool]:
@@ -830,7 +829,9 @@ class PgCoordinator(Coordinator):
         parsed = parse_payload(payload)
         if parsed is None:
             return
-        key, outbound = parsed
+        key, outbound, sender = parsed
+        if sender == self.app_name:
+            return  # stored by this process, which woke the chat itself
         if key in self._owned:  # a chat nobody owns is its receiver's to take
             self._fire_wake(Wake(key, outbound))
 

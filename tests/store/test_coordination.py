@@ -324,11 +324,22 @@ async def test_notify_wakes_the_owner(nodes):
     a, b = await nodes(), await nodes()
     mine, other = _key("1"), _key("2")
     assert await a.coord.acquire(mine)
+    await a.store.atomically(notify_work(mine))  # its own: it woke the chat itself
     await b.store.atomically(notify_work(other))  # nobody's chat: its receiver takes it
     await b.store.atomically(notify_work(mine, outbound=True))
     await asyncio.wait_for(a.woken.wait(), HANG_GUARD_S)
     assert a.wakes == [Wake(mine, outbound=True)]
     assert b.wakes == []  # b owns neither
+
+
+async def test_a_message_stored_by_another_process_wakes_the_owner(nodes):
+    a, b = await nodes(), await nodes()
+    key = _key()
+    assert await a.coord.acquire(key)
+    await a.store.record_inbound(_in("m0"))  # stored here: no wake from itself
+    await b.store.record_inbound(_in("m1"))  # a webhook that reached the other replica
+    await asyncio.wait_for(a.woken.wait(), HANG_GUARD_S)
+    assert a.wakes == [Wake(key)]
 
 
 async def test_sweep_finds_a_lost_notify(nodes):
@@ -379,8 +390,12 @@ async def test_a_dropped_control_connection_comes_back_as_the_same_process(nodes
     await _until(lambda: a.coord._conn not in (None, old) and a.coord.alive,
                  "the reconnection")
     assert a.id == me and a.coord.owns(key)
-    await a.store.atomically(notify_work(key))  # LISTEN again on the new connection
-    await asyncio.wait_for(a.woken.wait(), HANG_GUARD_S)
+    other = await Store.open_url(pg_url)  # another process stores work in the chat
+    try:
+        await other.atomically(notify_work(key))
+    finally:
+        await other.close()
+    await asyncio.wait_for(a.woken.wait(), HANG_GUARD_S)  # LISTEN again on the new one
 
 
 # --------------------------------------------------------------- killed processes
