@@ -294,6 +294,11 @@ def gain_body(name: str, owner: str) -> Body[int | None]:
     return int(row["epoch"])
 
 
+def disown_body(keys: Iterable[str], owner: str) -> Body[int]:
+    return (yield run("DELETE FROM session_owners WHERE owner = ? AND session_key IN ?",
+                      owner, In(keys)))
+
+
 def resign_body(names: Iterable[str], owner: str) -> Body[int]:
     return (yield run(f"UPDATE leaders SET owner = NULL, since = {DB_NOW} WHERE owner = ?"
                       " AND name IN ?", owner, In(names)))
@@ -365,6 +370,11 @@ class Coordinator:
         """A fence said the chat is not this process's (:class:`Lost`): stop assuming it
         is.  If the database still names this process, the sweep wakes the chat and the
         next :meth:`acquire` finds it so."""
+
+    async def disown(self, prefix: str) -> list[str]:
+        """Give up the chats whose session keys start with ``prefix`` even with work
+        waiting (this process stopped serving them); alone, nothing to give up."""
+        return []
 
     def check_alive(self) -> None:
         """Raise :class:`Lost` unless this process is registered and sure of its lease."""
@@ -820,6 +830,17 @@ class PgCoordinator(Coordinator):
 
     def forget(self, session_key: str) -> None:
         self._owned.discard(session_key)
+
+    async def disown(self, prefix: str) -> list[str]:
+        """Give up every chat whose session key starts with ``prefix`` (e.g.
+        ``"whatsapp:<account>:"``), work waiting or not: this process stopped serving
+        them (it lost the account's leadership), so the new leader must be able to take
+        them.  Returns the keys given up."""
+        keys = sorted(k for k in self._owned if k.startswith(prefix))
+        if keys and self.process_id is not None:
+            await self.store.atomically(disown_body(keys, self.process_id))
+        self._owned.difference_update(keys)
+        return keys
 
     @property
     def owned(self) -> frozenset[str]:
