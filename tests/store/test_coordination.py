@@ -274,6 +274,10 @@ async def test_reaper_requeues_only_the_dead_process_turns(nodes):
     await b.store.record_inbound(_in("mb", "b"))
     ta = await a.store.claim_next(ka)
     tb = await b.store.claim_next(kb)
+    kc = _key("c")  # a's answer here is stored, not yet delivered
+    assert await a.coord.acquire(kc)
+    await a.store.record_inbound(_in("mc", "c"))
+    await a.store.finish_turn((await a.store.claim_next(kc)).turn_id, reply="stored")
     dead = a.id
 
     await a.coord.abandon()
@@ -287,7 +291,11 @@ async def test_reaper_requeues_only_the_dead_process_turns(nodes):
     # The reaper wakes the freed chat at once, with its address (any server may take it).
     await _until(lambda: any(w.session_key == ka for w in b.wakes), "the wake")
     wake = next(w for w in b.wakes if w.session_key == ka)
-    assert wake.address == _in("x", "a").address
+    assert wake.address == _in("x", "a").address and not wake.outbound
+    await _until(lambda: any(w.session_key == kc for w in b.wakes), "the reply's wake")
+    wake = next(w for w in b.wakes if w.session_key == kc)
+    assert wake.outbound  # its stored reply is delivered by the new owner
+    assert [m.text for m in await b.store.undelivered(kc)] == ["stored"]
 
 
 async def test_reaper_terminates_a_stalled_transaction(nodes, pg_url):
