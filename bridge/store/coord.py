@@ -53,7 +53,7 @@ from bridge.store.db import StoreError
 from bridge.store.sql import Body, Dialects, In, all_, dialect, one, run, val
 
 if TYPE_CHECKING:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     from bridge.config.schema import Config
     from bridge.store import Store
@@ -593,7 +593,11 @@ class PgCoordinator(Coordinator):
         the heartbeat, the reaper and sweep, and the leaders' loop."""
         self._stopping = False
         self._conn = await self._connect()
-        await self._register()
+        try:
+            await self._register()
+        except BaseException:
+            await self._drop_conn()
+            raise
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._every(self.lease / 3, self._beat), name="coord heartbeat"),
