@@ -274,7 +274,7 @@ def _with_store(args: Any, body: Callable[[Store], Awaitable[int]]) -> int:
     config, _path = load_for_cli(args)
 
     async def run() -> int:
-        store = await Store.open_in(config.data_dir)
+        store = await Store.connect(config)
         try:
             return await body(store)
         finally:

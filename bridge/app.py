@@ -168,7 +168,7 @@ class App:
         register_config_secrets(config)
         data_dir = config.data_dir
         await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-        self._store = await Store.open_in(data_dir)
+        self._store = await Store.connect(config)
         self._media = MediaStore(data_dir / "media")
         if self._router is None:
             from bridge.models.router import ModelRouter

@@ -407,18 +407,12 @@ async def resolve_chat(store: Store, text: str) -> ChatRef:
 # --------------------------------------------------------------------------- CLI
 
 
-def _store_path(config: Config) -> Path:
-    from bridge.store import DB_FILENAME
-
-    return config.data_dir / DB_FILENAME
-
-
 async def _open_existing(config: Config) -> Store | None:
     from bridge.store import Store
 
-    if not _store_path(config).exists():
+    if not Store.exists(config):
         return None
-    return await Store.open_in(config.data_dir)
+    return await Store.connect(config)
 
 
 def cmd_chats(args: Any) -> int:

@@ -58,6 +58,7 @@ _HANDLERS = {
     ("whatsapp", "status"): "channels.whatsapp.login:cmd_status",
     ("usage",): "bridge.usage.report:cmd_usage",
     ("console",): "bridge.console_web.cli:cmd_console",
+    ("store", "migrate"): "bridge.store.copy:cmd_store_migrate",
 }
 
 
@@ -195,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="output_format", default="table",
                    choices=["table", "csv", "json"])
     p.set_defaults(path=("usage",))
+
+    p = sub.add_parser("store", help="the conversation store")
+    ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("migrate", parents=[common],
+                        help="copy this data dir's SQLite store into an empty PostgreSQL")
+    q.add_argument("--to", required=True, metavar="URL",
+                   help="postgresql://user:password@host:port/dbname (must be empty)")
+    q.set_defaults(path=("store", "migrate"))
 
     p = sub.add_parser("console", parents=[common],
                        help="print a one-time login link to the web console")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -489,7 +488,7 @@ class ConversationCore(InboundSink):
         for attempt in range(len(delays) + 1):
             try:
                 result = await self._accept_once(inbound)
-            except (sqlite3.Error, StoreError) as exc:
+            except StoreError as exc:
                 reason = unavailable_reason(exc)
                 if reason is None:
                     raise  # not the store's state: a bug or a bad row
@@ -524,7 +523,7 @@ class ConversationCore(InboundSink):
         names = channel.spoken_names() if channel is not None else ()
         try:
             return await self.voice.says_name(inbound, names)
-        except (sqlite3.Error, StoreError):
+        except StoreError:
             raise
         except Exception:
             log.exception("voice: could not hear %s message %s for a mention",

@@ -164,7 +164,7 @@ async def copy_to_postgres(source: Database, url: str, *,
     """Copy every row of the SQLite store ``source`` into the empty PostgreSQL database
     at ``url`` (migrated here), verified, in one transaction.  Raises :class:`CopyError`
     (nothing committed) when refused or when a table does not verify."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     from bridge.store.pg import migrate, redact
 

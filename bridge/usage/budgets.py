@@ -107,7 +107,7 @@ async def budget_lines(config: Config, *, now: float | None = None) -> list[str]
     the store (none yet when there is no store)."""
     import time
 
-    from bridge.store import DB_FILENAME, Store
+    from bridge.store import Store
     from bridge.store.usage import UsageQueries
     from bridge.usage.periods import day_start, month_start
 
@@ -119,8 +119,8 @@ async def budget_lines(config: Config, *, now: float | None = None) -> list[str]
     now = time.time() if now is None else now
     day: dict[str, float] = {}
     month: dict[str, float] = {}
-    if (config.data_dir / DB_FILENAME).exists():
-        store = await Store.open_in(config.data_dir)
+    if Store.exists(config):
+        store = await Store.connect(config)
         try:
             queries = UsageQueries(store)
             day = await queries.provider_spend(since=day_start(now))

@@ -184,7 +184,7 @@ def cmd_usage(args: Any) -> int:
     """``palaver usage [--since AGE | --month YYYY-MM] [--by ...] [--format ...]``."""
     from bridge.cli import EXIT_OK, EXIT_UNUSABLE
     from bridge.config.load import load_for_cli
-    from bridge.store import DB_FILENAME, Store
+    from bridge.store import Store
 
     config, _path = load_for_cli(args)
     try:
@@ -197,9 +197,9 @@ def cmd_usage(args: Any) -> int:
     output_format = getattr(args, "output_format", "table") or "table"
 
     async def run() -> list[tuple[str, UsageTotals]]:
-        if not (config.data_dir / DB_FILENAME).exists():
+        if not Store.exists(config):
             return []
-        store = await Store.open_in(config.data_dir)
+        store = await Store.connect(config)
         try:
             return await UsageQueries(store).report(since=start, until=end, by=by)
         finally:

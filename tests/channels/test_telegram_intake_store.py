@@ -22,6 +22,7 @@ from bridge.config.schema import Config
 from bridge.health import HealthServer
 from bridge.metrics import Metrics
 from bridge.store import DB_FILENAME, MessageStatus, Store
+from bridge.store.db import StoreUnavailableError
 from channels.telegram import TelegramChannel, translate
 from channels.telegram.intake import Intake
 from tests.fakes.telegram_api import FakeBotAPI
@@ -75,7 +76,7 @@ class Writes:
             outer.calls += 1
             outer._changed.set()
             if outer.full:
-                raise sqlite3.OperationalError("database or disk is full")
+                raise StoreUnavailableError("disk full")
             return await real(self, *args, **kwargs)
 
         monkeypatch.setattr(Store, "record_inbound", record_inbound)

@@ -116,9 +116,8 @@ async def test_scripted_chat_exits_nonzero_when_a_turn_fails(tmp_path, server):
 
 async def test_scripted_chat_survives_a_store_outage_and_says_what_was_not_stored(
         tmp_path, server, monkeypatch, capsys):
-    import sqlite3
-
     from bridge.store import Store
+    from bridge.store.db import StoreUnavailableError
 
     config = load_config_text(_config_text(tmp_path, server))
     real = Store.record_inbound
@@ -127,7 +126,7 @@ async def test_scripted_chat_survives_a_store_outage_and_says_what_was_not_store
     async def full_once(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] <= 3:  # the door's own retries for the first line all fail
-            raise sqlite3.OperationalError("database or disk is full")
+            raise StoreUnavailableError("disk full")
         return await real(self, *args, **kwargs)
 
     monkeypatch.setattr(Store, "record_inbound", full_once)

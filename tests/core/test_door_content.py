@@ -12,6 +12,7 @@ import pytest
 from bridge.envelope import AcceptStatus, MediaKind, MediaRef
 from bridge.ports import StoreUnavailable
 from bridge.store import MessageStatus, Store
+from bridge.store.db import StoreUnavailableError
 from tests.core.helpers import dm, group, make_config
 
 INVISIBLE = ["\u200b", "\u200b\u200c\u200d\ufeff", "\x00", "\x00\x00\u2060", " \u200b\t\n "]
@@ -83,7 +84,7 @@ def _full_disk(monkeypatch, state):
     async def record_inbound(self, *args, **kwargs):
         state["calls"] += 1
         if state["full"]:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise StoreUnavailableError("disk full")
         return await real(self, *args, **kwargs)
 
     monkeypatch.setattr(Store, "record_inbound", record_inbound)

@@ -411,7 +411,7 @@ async def test_message_arriving_during_stop_waits_for_the_next_start(harness):
 
 
 async def test_turn_that_cannot_be_recorded_is_requeued_and_answered(harness, monkeypatch):
-    import sqlite3
+    from bridge.store.db import StoreUnavailableError
 
     await harness.start(worker_restart_s=0.05)
     real = harness.store.finish_turn
@@ -420,7 +420,7 @@ async def test_turn_that_cannot_be_recorded_is_requeued_and_answered(harness, mo
     async def flaky(*args, **kwargs):
         if fails[0]:
             fails[0] -= 1
-            raise sqlite3.OperationalError("disk I/O error")
+            raise StoreUnavailableError("I/O error")
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(harness.store, "finish_turn", flaky)
@@ -437,7 +437,7 @@ async def test_turn_that_cannot_be_recorded_is_requeued_and_answered(harness, mo
 
 async def test_store_error_after_the_reply_is_stored_does_not_answer_twice(harness,
                                                                           monkeypatch):
-    import sqlite3
+    from bridge.store.db import StoreUnavailableError
 
     await harness.start()
     real = harness.store.mark_delivered
@@ -446,7 +446,7 @@ async def test_store_error_after_the_reply_is_stored_does_not_answer_twice(harne
     async def flaky(*args, **kwargs):
         if fails[0]:
             fails[0] -= 1
-            raise sqlite3.OperationalError("database is locked")
+            raise StoreUnavailableError("database locked")
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(harness.store, "mark_delivered", flaky)
@@ -462,7 +462,7 @@ async def test_store_error_after_the_reply_is_stored_does_not_answer_twice(harne
 
 
 async def test_worker_stopped_by_a_store_error_restarts(harness, monkeypatch):
-    import sqlite3
+    from bridge.store.db import StoreUnavailableError
 
     await harness.start(worker_restart_s=0.05)
     real = harness.store.claim_next
@@ -471,7 +471,7 @@ async def test_worker_stopped_by_a_store_error_restarts(harness, monkeypatch):
     async def flaky(*args, **kwargs):
         if fails[0]:
             fails[0] -= 1
-            raise sqlite3.OperationalError("database is locked")
+            raise StoreUnavailableError("database locked")
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(harness.store, "claim_next", flaky)
