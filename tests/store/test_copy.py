@@ -229,3 +229,13 @@ def test_migrate_command_refuses_while_palaver_runs(tmp_path):
     finally:
         lock.release()
     assert code == 1 and "already in use" in lines[0]
+
+
+def test_palaver_store_migrate_is_a_command(tmp_path, capsys):
+    from bridge.cli import main
+
+    config = tmp_path / "palaver.json5"
+    config.write_text('{ dataDir: "%s" }' % (tmp_path / "data"))
+    code = main(["store", "migrate", "--config", str(config), "--to", "mysql://x/y"])
+    out = capsys.readouterr()
+    assert code == 1 and "postgresql://" in out.out + out.err
