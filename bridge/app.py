@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from bridge.health import HealthServer
     from bridge.models.base import Router
     from bridge.ports import Channel
+    from bridge.store.coord import Coordinator
     from bridge.usage.budgets import BudgetGuard
     from channels.console import ConsoleChannel
 
@@ -101,6 +102,7 @@ class App:
         self._channels: list[Channel] = []
         self._channel_errors: dict[str, str] = {}
         self._store: Store | None = None
+        self._coord: Coordinator | None = None  # which process answers which chat
         self._media: MediaStore | None = None
         self._core: ConversationCore | None = None
         self._voice: VoiceService | None = None
@@ -168,7 +170,13 @@ class App:
         register_config_secrets(config)
         data_dir = config.data_dir
         await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-        self._store = await Store.connect(config)
+        from bridge import __version__
+        from bridge.store import coord
+
+        # PostgreSQL: a PgCoordinator (store.leaseSeconds), the pool named like the
+        # process so a reaper can end its backends; SQLite: the single-process one.
+        self._store, self._coord = await coord.connect(config, info={"version": __version__})
+        await self._coord.start()  # registers: before the core claims anything
         self._media = MediaStore(data_dir / "media")
         if self._router is None:
             from bridge.models.router import ModelRouter
@@ -196,7 +204,7 @@ class App:
             self._store, lambda: self.config, self._router, media=self._media,
             config_path=self._live.path if self._live is not None else None,
             reload_config=self._live.reload if self._live is not None else None,
-            voice=self._voice)
+            voice=self._voice, coordinator=self._coord)
         if self._metrics is not None:
             self._core.add_observer(_metrics_observer(self._metrics))
             self._metrics.set_pending_source(self._core.pending_count)
@@ -264,13 +272,17 @@ class App:
         if self._owns_router and self._router is not None:
             with contextlib.suppress(Exception):
                 await self._router.aclose()
+        if self._coord is not None:
+            # Gives up its chats and its processes row: peers take over at once.
+            with contextlib.suppress(Exception):
+                await self._coord.stop()
         if self._store is not None:
             await self._store.close()
         log.info("palaver stopped")
 
     async def health(self) -> dict[str, Any]:
         """``{"store": {"ok", "detail"}, "channels": {name: {"connected", "detail"}}}``,
-        and ``"budgets": {provider: {dailyUsd, monthlyUsd, spentTodayUsd, spentMonthUsd,
+        ``"cluster"`` (the coordinator's status: which process this is, what it owns), and ``"budgets": {provider: {dailyUsd, monthlyUsd, spentTodayUsd, spentMonthUsd,
         exhausted, detail}}`` for providers with a budget."""
         report: dict[str, Any] = {"store": {"ok": False, "detail": "not started"},
                                   "channels": {}}
@@ -291,6 +303,8 @@ class App:
             if label in self._channel_errors and not entry["connected"]:
                 entry["detail"] = entry["detail"] or self._channel_errors[label]
             report["channels"][label] = entry
+        if self._coord is not None and not self._stopped:
+            report["cluster"] = self._coord.status()
         if self._core is not None:
             report["pending"] = self._core.pending_count()
             report["busy_sessions"] = self._core.busy_sessions

@@ -38,6 +38,7 @@ from bridge.ports import InboundSink, StoreUnavailable
 from bridge.prompt import PromptCache, visible_text
 from bridge.reactions import AckReactions
 from bridge.store import MessageKind, MessageStatus, Store
+from bridge.store.coord import Coordinator, LocalCoordinator, Lost, Wake
 from bridge.store.db import StoreError, unavailable_reason
 from bridge.store.notices import queue_notice
 from bridge.store.records import RecoveryReport
@@ -197,8 +198,14 @@ class ConversationCore(InboundSink):
         config_path: Path | None = None,
         reload_config: Callable[[], Awaitable[object]] | None = None,
         voice: VoiceService | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.store = store
+        # Which chats this process answers when several share one PostgreSQL store
+        # (bridge.store.coord); alone on SQLite, all of them.
+        self.coord: Coordinator = coordinator or LocalCoordinator()
+        self.coord.on_wake(self._cluster_wake)
+        self.coord.on_lost(self._cluster_lost)
         # Voice notes: transcribed at the door, heard for mentions (None: not wired).
         self.voice = voice
         self._config: Callable[[], Config] = config if callable(config) else (lambda: config)
@@ -232,7 +239,7 @@ class ConversationCore(InboundSink):
         # after turn; the store keeps the turns it read (Store.turn_cache).
         self.prompt_cache = PromptCache()
         self.outbox = Outbox(store, self._owner, self._wake_later,
-                             retry_delays=send_retry_delays)
+                             retry_delays=send_retry_delays, check=self.coord.check_owned)
         # The running model call of each session, for /stop.
         self._active = live.ActiveTurns()
         # Acknowledgement reactions: set at the door, cleared when the answer is delivered.
@@ -312,7 +319,11 @@ class ConversationCore(InboundSink):
         self._loop = asyncio.get_running_loop()
         names = sorted({name for name, _account in self._channels})
         work = [w for w in await self.store.open_work(names) if self._owner(w.address)]
-        report = await self.store.recover(names, session_keys=[w.session_key for w in work])
+        if self.coord.process_id is None:  # alone on this store (SQLite): recover it all
+            report = await self.store.recover(names,
+                                              session_keys=[w.session_key for w in work])
+        else:  # several processes: the reaper requeues what dead ones left
+            report = RecoveryReport(requeued=0, interrupted_turns=0, undelivered=0)
         if report.requeued or report.undelivered:
             log.info("recovery: %d message(s) requeued, %d turn(s) interrupted, "
                      "%d reply(ies) to deliver", report.requeued, report.interrupted_turns,
@@ -321,8 +332,11 @@ class ConversationCore(InboundSink):
         self._started = True
         self._stopping = False
         # Edit-mode previews a crash left behind are removed (their turns run again).
-        self._spawn(live.discard_stale_previews(self.store, list(self._channels.values())),
-                    name="discard stale previews")
+        # Not with peers: they may be streaming into theirs right now.
+        if self.coord.process_id is None:
+            self._spawn(live.discard_stale_previews(self.store,
+                                                    list(self._channels.values())),
+                        name="discard stale previews")
         await self.prune_refused()
         if self._prune_every_s > 0 and (self._prune_task is None or self._prune_task.done()):
             self._prune_task = self._loop.create_task(self._prune_periodically(),
@@ -575,11 +589,14 @@ class ConversationCore(InboundSink):
             if self.voice is not None:
                 # Transcribing starts now; the turn awaits the same call.
                 self.voice.admitted(inbound, row_id)
-            if is_command(inbound.text):
-                self._wake(key)
+            owned = await self._take(key)  # False: another live process answers this
+            if is_command(inbound.text):   # chat, and the stored message's notification
+                if owned:                  # woke it
+                    self._wake(key)
             else:
                 self.reactions.acknowledge(inbound)
-                self._wake_debounced(key, a)
+                if owned:
+                    self._wake_debounced(key, a)
         elif status is MessageStatus.REFUSED:
             result = AcceptStatus.REFUSED
             self._door_log.note(
@@ -588,7 +605,8 @@ class ConversationCore(InboundSink):
                 inbound.sender_id, a.chat_id, reason, summary=reason or "")
             if reply is not None:
                 self._session(key).flush = True
-                self._wake(key)
+                if await self._take(key):
+                    self._wake(key)
         else:
             result = AcceptStatus.IGNORED
             self._door_log.note(
@@ -631,7 +649,8 @@ class ConversationCore(InboundSink):
                 log.info("stop session=%s: %s", key,
                          "model call cancelled" if stopped else "nothing was running")
                 self._session(key).flush = True
-                self._wake(key)
+                if await self._take(key):
+                    self._wake(key)
         self._emit(AcceptEvent(a.channel, key, result, "stop" if result is
                                AcceptStatus.ACCEPTED else "", "stop"))
         return result
@@ -641,8 +660,40 @@ class ConversationCore(InboundSink):
         by the outbox).  True when this process serves that chat."""
         await queue_notice(self.store, address, session_key, text)
         self._session(session_key).flush = True
-        self._wake(session_key)
+        if await self._take(session_key):
+            self._wake(session_key)
         return self._owner(address) is not None
+
+    async def _take(self, key: str) -> bool:
+        """Own the chat (always, alone on SQLite).  A store error here loses nothing: the
+        message is stored, and the sweep gives a chat nobody owns to a live process."""
+        try:
+            return await self.coord.acquire(key)
+        except StoreError as exc:
+            log.warning("could not take session %s now (%s); the sweep will", key, exc)
+            return False
+
+    # -- the cluster (bridge.store.coord) -------------------------------------------
+
+    def _cluster_wake(self, wake: Wake) -> None:
+        """The coordinator says a chat has work for this process: a notification for a
+        chat it owns, or the sweep (``wake.address`` set: a chat nobody alive owns, for
+        any process serving that address)."""
+        if not self._started or self._stopping:
+            return
+        if wake.address is not None and self._owner(wake.address) is None:
+            return  # not a chat this process serves (e.g. WhatsApp on a standby)
+        if wake.outbound:
+            self._session(wake.session_key).flush = True
+        self._wake(wake.session_key)
+
+    def _cluster_lost(self) -> None:
+        """This process was reaped (it stalled past its lease): every chat went to others.
+        Stop what runs; the fences would refuse its results anyway."""
+        for state in list(self._sessions.values()):
+            if state.worker is not None:
+                state.worker.cancel()
+        self.outbox.release_all()
 
     # -- workers -----------------------------------------------------------------
 
@@ -711,6 +762,9 @@ class ConversationCore(InboundSink):
     async def _worker(self, state: _Session) -> None:
         key = state.key
         try:
+            if not await self.coord.acquire(key):
+                return  # another live process answers this chat
+            looked_again = False
             while not self._stopping:
                 state.dirty = False
                 if state.flush:
@@ -720,17 +774,36 @@ class ConversationCore(InboundSink):
                 if claim is None:
                     if state.dirty or state.flush:
                         continue
-                    break
+                    # Give the chat up only when nothing waits; if something arrived
+                    # meanwhile, look once more (a reply held for its retry keeps the
+                    # chat here until its timer wakes it).
+                    if looked_again or await self.coord.release_if_idle(key):
+                        break
+                    looked_again = True
+                    continue
+                looked_again = False
                 progress = await self._turns.run(claim, override=state.override)
                 if progress.requeued:
                     self._wake_later(key, self._worker_restart_s)
                     break
+                if progress.lost:
+                    self.coord.forget(key)
+                    break
                 if not claim.more and not state.dirty and not state.flush:
                     # Nothing was left behind this claim and nothing was accepted since
-                    # (accept marks the session dirty): skip the empty claim_next.
-                    break
+                    # (accept marks the session dirty): skip the empty claim_next, and
+                    # give the chat up unless something waits after all.
+                    if await self.coord.release_if_idle(key):
+                        break
+                    looked_again = True
         except asyncio.CancelledError:
             raise
+        except Lost as exc:
+            # Another process holds this chat now (this one was reaped, or a fence said
+            # so): what it claimed is requeued and answered there.  If the database
+            # still names this process, the sweep wakes the chat again.
+            log.info("session %s: %s; this process stops working on it", key, exc)
+            self.coord.forget(key)
         except Exception:
             # The store failed; what was claimed stays in the queue.  Try again shortly
             # rather than leaving the chat silent until the next message or restart.

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 from bridge.envelope import ChatAddress, Outbound, VoiceClip
 from bridge.ports import PreviewMode, SendError, SendProgress
 from bridge.secrets import redact_configured
+from bridge.store.coord import Lost
 
 if TYPE_CHECKING:
     from bridge.ports import Channel
@@ -92,8 +93,12 @@ class Outbox:
         retry_later: Callable[[str, float], None],
         *,
         retry_delays: Sequence[float] = SEND_RETRY_DELAYS,
+        check: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
+        # Before each send: raises Lost when this process may no longer send in the chat
+        # (bridge.store.coord: Coordinator.check_owned; None: always may).
+        self._check = check
         self._route = route
         self._retry_later_cb = retry_later
         self._retry_delays = tuple(retry_delays)
@@ -147,6 +152,8 @@ class Outbox:
             log.warning("no %s/%s channel serves %s; reply %d stays queued",
                         msg.address.channel, msg.address.account, msg.session_key, msg.id)
             return SendResult.NO_CHANNEL
+        if self._check is not None:
+            self._check(msg.session_key)  # Lost propagates to the worker: nothing marked
         voice_ids: list[str] = []
         if voice is not None and channel.capabilities.voice_notes:
             if not await self._store.chunks_sent(msg.id):
@@ -171,6 +178,8 @@ class Outbox:
             await self._store.record_chunk_sent(msg.id, index, platform_id)
             if index == len(done):
                 done.append(platform_id)
+            if self._check is not None:
+                self._check(msg.session_key)  # no next chunk once the chat is lost
 
         try:
             if chunked:
@@ -182,6 +191,8 @@ class Outbox:
                 ids = await channel.send(out)
         except asyncio.CancelledError:
             raise
+        except Lost:
+            raise  # fenced: not a failed send (marking it failed would lose the reply)
         except SendError as exc:
             sent_ids = done if chunked else exc.sent_ids
             if exc.retryable:

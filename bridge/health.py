@@ -7,7 +7,10 @@ The check is ``async def check() -> dict`` returning the shape App.health() buil
 
 Healthy when the store is ok and every listed channel is connected (a channel entry with
 ``"enabled": False`` is ignored).  ``"budgets"`` (providers with a spending cap, and
-whether it is reached) is shown as it is and never makes the check fail.  ``/healthz`` answers 200 ``{"status": "ok", ...}`` or
+whether it is reached) is shown as it is and never makes the check fail.  ``"cluster"``
+(several processes on one PostgreSQL store: this process, its lease, its peers) is shown,
+and in cluster mode a process that is not registered alive is not ready (its peers answer
+its chats).  ``/healthz`` answers 200 ``{"status": "ok", ...}`` or
 503 ``{"status": "unhealthy", "problems": [...], ...}``; ``/metrics`` answers the
 Prometheus text exposition.  Binds 127.0.0.1 by default: neither endpoint is meant for the
 internet.
@@ -47,6 +50,11 @@ def evaluate_health(report: Mapping[str, Any]) -> list[str]:
     elif not store.get("ok"):
         detail = str(store.get("detail") or "").strip()
         problems.append("store not writable" + (f" ({detail})" if detail else ""))
+    cluster = report.get("cluster") if isinstance(report, Mapping) else None
+    if (isinstance(cluster, Mapping) and cluster.get("mode") == "cluster"
+            and not cluster.get("alive")):
+        # Not sure of its lease (or reaped): its peers answer its chats meanwhile.
+        problems.append("cluster: this process is not registered as alive")
     channels = report.get("channels", {}) if isinstance(report, Mapping) else {}
     if not isinstance(channels, Mapping):
         problems.append("channels: malformed status")
@@ -155,7 +163,7 @@ class HealthServer:
         if problems:
             body["problems"] = problems
         # Budgets are shown, never a problem: a provider past its cap is skipped by design.
-        for key in ("store", "channels", "budgets"):
+        for key in ("store", "channels", "budgets", "cluster"):
             if key in report:
                 body[key] = _redacted(report[key])
         return web.json_response(

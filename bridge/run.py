@@ -83,16 +83,32 @@ def cmd_run(args: Any) -> int:
 
 
 async def _run(live: LiveConfig, args: Any, *, ready: Callable[[App], Any] | None = None) -> int:
-    lock = run_lock(live.current.data_dir)
+    # SQLite: one process per data directory.  On PostgreSQL the processes row
+    # (bridge.store.coord) says who runs, and several may share the store.
+    lock = run_lock(live.current.data_dir) if _uses_sqlite(live.current) else None
     try:
-        lock.acquire()
+        if lock is not None:
+            lock.acquire()
     except DataDirBusy as exc:
         print(f"palaver: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         return await _run_locked(live, args, ready)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _uses_sqlite(config: Config) -> bool:
+    """The store is SQLite in dataDir (no store.url / $PALAVER_DATABASE_URL); a bad URL
+    counts as SQLite here: opening the store reports it."""
+    from bridge.store import database_url
+    from bridge.store.db import StoreError
+
+    try:
+        return database_url(config) is None
+    except StoreError:
+        return True
 
 
 async def _run_locked(live: LiveConfig, args: Any, ready: Callable[[App], Any] | None) -> int:

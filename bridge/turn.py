@@ -66,6 +66,7 @@ from bridge.prompt import (
     truncate_to_tokens,
 )
 from bridge.store import Claim, MessageKind, Store, StoredMessage
+from bridge.store.coord import Lost
 from bridge.store.records import STOPPED_REASON, HistoryTurn, HistoryWindow, SessionRecord
 from bridge.usage.record import call_rows, recorder_for
 from bridge.voice.wiring import asked_by_voice
@@ -112,6 +113,7 @@ class Progress:
 
     finished: bool = False  # finish_turn stored the reply (the claim is closed)
     requeued: bool = False  # the claim went back to the queue; pause the worker
+    lost: bool = False  # the chat was taken over: no reply stored, stop
 
 
 class TurnSlots:
@@ -204,6 +206,15 @@ class Turn:
                 # Shutdown: the stored preview stays, the next start removes it.
                 self.live.abandon()
             raise
+        except Lost as exc:  # bridge.store.coord: TurnTakenOver, or a fence in the outbox
+            # Another process answers these messages (this one was reaped): store nothing,
+            # apologise for nothing.  A reply already stored stays pending, and the new
+            # owner's flush sends it (from the first chunk not recorded).
+            log.info("turn %d of %s dropped: %s", claim.turn_id, claim.session_key, exc)
+            self.progress.lost = True
+            if self.live is not None:
+                self.live.abandon()
+            return self.progress
         except Exception as exc:
             log.exception("turn %d of %s failed unexpectedly", claim.turn_id, claim.session_key)
             if self.progress.finished:
