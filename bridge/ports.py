@@ -308,7 +308,8 @@ class Channel(Protocol):
 
     def may_preview_now(self, address: ChatAddress) -> bool:
         """Whether a preview update may go out now without taking the send budget the
-        final reply needs (Telegram: a free pacer slot with one to spare)."""
+        final reply needs (Telegram: a free pacer slot with one to spare).  True *takes*
+        that slot: ask only right before an update that will be sent."""
         return True
 
     async def discard_preview(self, address: ChatAddress, key: PreviewKey) -> None:
