@@ -397,12 +397,15 @@ class Turn:
             await self.live.finish()
 
     async def _stopped(self) -> None:
-        """``/stop`` cancelled the model phase: remove the preview, close the turn with
-        no reply (failed, reason ``stopped``, so a restart never answers it again)."""
+        """``/stop`` cancelled the model phase: close the turn with no reply (failed,
+        reason ``stopped``, so a restart never answers it again), then remove the
+        preview.  In that order: "Stopped." is already stored, and removing a preview
+        can take seconds; a crash meanwhile must not leave the turn to be answered
+        after the restart (a preview left behind is removed at the next start)."""
         claim = self.claim
+        await self.store.stop_turn(claim.turn_id, reason=STOPPED_REASON)
         if self.live is not None:
             await self.live.discard()
-        await self.store.stop_turn(claim.turn_id, reason=STOPPED_REASON)
         self._closed()
         self.runner.reactions.clear(claim.messages)
         after = time.monotonic() - self.started

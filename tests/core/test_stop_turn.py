@@ -387,3 +387,33 @@ async def test_compaction_never_feeds_the_preview(harness):
         await harness.say(dm(f"turn{i} " + "x" * 600, msg_id=f"t{i}"))
     assert any(compaction for compaction, _ in slow.heard), "nothing was compacted"
     assert all((listener is None) == compaction for compaction, listener in slow.heard)
+
+
+async def test_a_crash_while_the_stopped_preview_is_removed_does_not_answer_it(
+        harness, monkeypatch):
+    """"Stopped." is stored at the door; the turn must be closed before the (slow)
+    preview removal, or a crash in between answers the stopped question after all."""
+    slow = Streaming(harness, partial="A partial answer that is long enough to show. ")
+    core, channel, _ = await _start(harness, slow, channels__telegram__streaming="edit")
+    gate = asyncio.Event()
+    deleting = asyncio.Event()
+
+    async def slow_delete(self):
+        deleting.set()
+        await gate.wait()  # Telegram slow to answer deleteMessage
+        self.deleted = True
+
+    monkeypatch.setattr(ShownPreview, "delete", slow_delete)
+    await core.accept(dm(QUESTION, msg_id="q1"))
+    await asyncio.wait_for(slow.asked.wait(), 10)
+    (preview,) = channel.previews
+    await asyncio.wait_for(preview.shown.wait(), 10)
+    await core.accept(dm("/stop", msg_id="s1"))
+    await asyncio.wait_for(deleting.wait(), 10)
+    await harness.crash()  # the process dies while the removal is in flight
+    slow.release.set()
+    slow.chat_hangs = False
+    await harness.start(behaviour=slow, channel=PreviewChannel())
+    await asyncio.wait_for(harness.core.wait_idle(), 10)
+    assert harness.router.chat_calls == []  # the stopped question is not asked again
+    assert harness.channel.texts() == ["Stopped."]
