@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Deletions of previews whose last edit came too late (kept referenced until done).
+_RETIRING: set[asyncio.Task[None]] = set()
 
 
 @dataclass(slots=True)
@@ -315,10 +317,35 @@ class LiveReply:
             if not done:
                 log.warning("turn %d: a preview update is still in flight after %gs; the "
                             "reply goes out anyway", self.turn_id, self.FINISH_WAIT_S)
+                if self.mode is PreviewMode.EDIT:
+                    await self._retire(inflight)
         task = self._task
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
+
+    async def _retire(self, inflight: asyncio.Future[object]) -> None:
+        """An edit still in flight could land after the reply's own edit of the same
+        message and overwrite it: the reply goes as a new message instead (the stored
+        preview is forgotten), and the preview is deleted once that edit has landed."""
+        if self._store is not None:
+            try:
+                await self._store.drop_preview(self.turn_id)
+            except Exception as exc:
+                log.warning("turn %d: the preview's record stays: %s", self.turn_id, exc)
+                return  # the reply still edits it; nothing better is possible
+
+        async def delete_when_landed() -> None:
+            await asyncio.wait({inflight})
+            try:
+                await self.preview.delete()
+            except Exception as exc:
+                log.warning("turn %d: the late preview could not be removed: %s",
+                            self.turn_id, exc)
+
+        task = asyncio.create_task(delete_when_landed(), name=f"live-retire-{self.turn_id}")
+        _RETIRING.add(task)
+        task.add_done_callback(_RETIRING.discard)
 
     async def discard(self) -> None:
         """:meth:`finish`, and remove the preview: no reply follows it (``/stop``).  Edit

@@ -72,6 +72,8 @@ _GONE = ("message to edit not found", "message can't be edited")
 _DELETE_GONE = "message to delete not found"
 _TOO_LONG = ("message is too long", "message_too_long", "text is too long")
 _REACTION_INVALID = "reaction_invalid"
+# Seconds a preview call waits for Telegram's answer (a late answer ends previews).
+PREVIEW_READ_TIMEOUT_S = 3.0
 _PLACEHOLDER = "…"  # an edit-mode preview before any text (Telegram refuses empty text)
 _MAX_UTF16 = 4096
 _EMOJI = frozenset(e.value for e in ReactionEmoji)
@@ -202,7 +204,9 @@ class Live:
         try:
             if paced:
                 await self.channel.pacer.wait(chat_id, group=group)
-            return await post(bot, method, params)
+            # Bounded below LiveReply.FINISH_WAIT_S, so the final reply normally finds
+            # no preview request still on its way.
+            return await post(bot, method, params, read_timeout=PREVIEW_READ_TIMEOUT_S)
         except RetryAfter as exc:
             wait = retry_after_seconds(exc)
             # The final reply (and anything else to this chat) waits it out too.

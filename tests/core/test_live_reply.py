@@ -302,6 +302,32 @@ async def test_finish_gives_up_waiting_after_a_bound_but_never_cancels(clock):
     assert preview.texts == ["Hello world"]
 
 
+async def test_an_edit_still_in_flight_at_the_end_is_not_the_reply(clock):
+    """The reply's own edit of that message could be overwritten by the late preview
+    edit: the reply goes as a new message (the record is dropped) and the preview is
+    deleted once its edit has landed."""
+    gate = asyncio.Event()
+    live, preview, _, store = make(clock, mode=PreviewMode.EDIT, gate=gate)
+    live.FINISH_WAIT_S = 0.05  # real time: the bound itself
+    live.text("This first sentence is longer than thirty characters. ")
+    await settle()
+    assert preview.in_flight == 1
+    await asyncio.wait_for(live.finish(), 5)
+    assert store.dropped == [7] and preview.deleted == 0  # not while it may still land
+    gate.set()
+    for _ in range(20):
+        await settle()
+    assert preview.texts and preview.deleted == 1 and not preview.cancelled
+
+
+async def test_an_edit_that_lands_in_time_stays_the_reply(clock):
+    live, preview, _, store = make(clock, mode=PreviewMode.EDIT)
+    live.text("This first sentence is longer than thirty characters. ")
+    await settle()
+    await live.finish()
+    assert store.dropped == [] and preview.deleted == 0
+
+
 async def test_discard_deletes_an_edit_preview_and_forgets_it(clock):
     live, preview, _, store = make(clock, mode=PreviewMode.EDIT)
     live.text("This first sentence is longer than thirty characters. ")
