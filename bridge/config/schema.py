@@ -247,6 +247,9 @@ class ChatConfig(_Model):
     ackFailureReaction: str | None = None
 
 
+_NO_WHATSAPP_PREVIEWS = 'WhatsApp has no live previews; use "off" or leave it out'
+
+
 def _no_group_drafts(value: Streaming | None) -> Streaming | None:
     # Telegram shows drafts in private chats only (TEXTDRAFT_PEER_INVALID elsewhere).
     if value == "draft":
@@ -361,8 +364,29 @@ class WhatsAppConfig(ChannelConfig):
     @classmethod
     def _no_previews(cls, value: Streaming | None) -> Streaming | None:
         if value not in (None, "off"):
-            raise ValueError('WhatsApp has no live previews; use "off" or leave it out')
+            raise ValueError(_NO_WHATSAPP_PREVIEWS)
         return value
+
+    @model_validator(mode="after")
+    def _no_previews_per_chat(self) -> WhatsAppConfig:
+        # The same rule on every group, topic and direct entry, each error at its path.
+        errors: list[InitErrorDetails] = []
+
+        def check(block: ChatConfig, *loc: str) -> None:
+            if block.streaming not in (None, "off"):
+                errors.append(InitErrorDetails(
+                    type=PydanticCustomError("value_error", _NO_WHATSAPP_PREVIEWS),
+                    loc=(*loc, "streaming"), input=block.streaming))
+
+        for gid, group in self.groups.items():
+            check(group, "groups", gid)
+            for tid, topic in group.topics.items():
+                check(topic, "groups", gid, "topics", tid)
+        for peer, entry in self.direct.items():
+            check(entry, "direct", peer)
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
 
 
 class ConsoleConfig(_Model):
