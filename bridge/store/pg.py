@@ -55,6 +55,11 @@ _UNREACHABLE = (
 )
 
 
+# asyncpg's PROTOCOL_ERROR_CONSUME: an error arrived outside any query (the server's
+# FATAL "terminating connection") and the protocol waits for a ReadyForQuery that never comes.
+_DYING = "another operation (2) is in progress"
+
+
 def pg_unavailable_reason(exc: BaseException) -> str | None:
     """A short cause when the asyncpg (or socket) error ``exc`` means the database
     cannot take a write now, else None (a bug, a bad row: not worth waiting for)."""
@@ -72,6 +77,11 @@ def pg_unavailable_reason(exc: BaseException) -> str | None:
         return "out of resources"
     if isinstance(exc, _UNREACHABLE) or (isinstance(exc, OSError)
                                          and not isinstance(exc, FileNotFoundError)):
+        return "database unreachable"
+    # The server ended the connection while it sat in the pool: asyncpg's protocol is
+    # still consuming the FATAL message ("cannot switch to state 15; another operation
+    # (2) is in progress") when the next statement starts.  The connection is dead.
+    if isinstance(exc, asyncpg.exceptions.InternalClientError) and _DYING in str(exc):
         return "database unreachable"
     # "connection is closed", "pool is closing": the connection went away under us (other
     # interface errors, e.g. two operations on one connection, are bugs).
@@ -259,8 +269,13 @@ class PgDriver(Driver):
     async def atomically(self, work: Any, *, durable: bool = False) -> Any:
         self._check_open()
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                return await drive(conn, work, self.on_statement)
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        return await drive(conn, work, self.on_statement)
+                except asyncpg.exceptions.InternalClientError:
+                    conn.terminate()  # a dying connection: the pool opens a new one
+                    raise
         except Exception as exc:
             wrapped = _wrap(exc, self.where)
             if wrapped is exc:
@@ -271,7 +286,11 @@ class PgDriver(Driver):
         self._check_open()
         try:
             async with self._pool.acquire() as conn:
-                return await drive(conn, work, self.on_statement)
+                try:
+                    return await drive(conn, work, self.on_statement)
+                except asyncpg.exceptions.InternalClientError:
+                    conn.terminate()  # a dying connection: the pool opens a new one
+                    raise
         except Exception as exc:
             wrapped = _wrap(exc, self.where)
             if wrapped is exc:

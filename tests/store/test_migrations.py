@@ -400,6 +400,13 @@ def test_pg_errors_map_to_store_unavailable_reasons():
         assert wrapped.__cause__ is exc
     closed = asyncpg.exceptions.InterfaceError("connection is closed")
     assert unavailable_reason(closed) == "database unreachable"
+    # What a pooled connection the server terminated says at the next statement (seen in
+    # CI: the protocol is still consuming the FATAL message).
+    dying = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress")
+    assert unavailable_reason(dying) == "database unreachable"
     for bug in (asyncpg.exceptions.UniqueViolationError("duplicate key"),
-                asyncpg.exceptions.InterfaceError("another operation is in progress")):
+                asyncpg.exceptions.InterfaceError("another operation is in progress"),
+                asyncpg.exceptions.InternalClientError(
+                    "cannot switch to state 15; another operation (16) is in progress")):
         assert unavailable_reason(bug) is None and _wrap(bug, "x") is bug
