@@ -668,10 +668,22 @@ class ConversationCore(InboundSink):
         """Own the chat (always, alone on SQLite).  A store error here loses nothing: the
         message is stored, and the sweep gives a chat nobody owns to a live process."""
         try:
-            return await self.coord.acquire(key)
+            return await self._acquire(key)
         except StoreError as exc:
             log.warning("could not take session %s now (%s); the sweep will", key, exc)
             return False
+
+    async def _acquire(self, key: str) -> bool:
+        """``coord.acquire``; a chat newly taken is flushed first: a process that owned it
+        before (reaped, or fenced) may have left stored replies unsent, and they go out
+        before any newer reply (the outbox sends a new reply at once unless the chat is
+        held).  Alone on SQLite every chat is always owned: nothing changes."""
+        fresh = not self.coord.owns(key)
+        if not await self.coord.acquire(key):
+            return False
+        if fresh:
+            self._session(key).flush = True
+        return True
 
     # -- the cluster (bridge.store.coord) -------------------------------------------
 
@@ -762,7 +774,7 @@ class ConversationCore(InboundSink):
     async def _worker(self, state: _Session) -> None:
         key = state.key
         try:
-            if not await self.coord.acquire(key):
+            if not await self._acquire(key):
                 return  # another live process answers this chat
             looked_again = False
             while not self._stopping:

@@ -140,6 +140,12 @@ class Cluster:
         assert member.proc is not None
         member.proc.send_signal(signal.SIGKILL)
 
+    def freeze(self, member: Member) -> None:
+        """SIGSTOP: it does nothing more, and its connections stay (not reaped before
+        its lease runs out)."""
+        assert member.proc is not None
+        member.proc.send_signal(signal.SIGSTOP)
+
     async def stop_all(self, *, limit_s: float = 30.0) -> None:
         for member in self.members:
             if member.proc is not None and member.proc.returncode is None:

@@ -236,19 +236,22 @@ async def test_kill_9_of_one_process_mid_run_loses_nothing(cluster_env, fake, pg
     total = CHATS * MESSAGES
 
     async def kill_at_a_third() -> None:
-        if killed or len(fake.calls_to("sendMessage")) < total // 6:
+        if killed or len(poster.accepted_by) < total // 3:
             return
         killed["at"] = time.monotonic()  # (set first: the other chats' posters wait)
-        cluster_env.kill(victim)
-        killed["at"] = time.monotonic()
-        # What the victim owned when it died (its rows stay until the survivor reaps it,
-        # a lease later).  The session key of a private chat ends in the chat id.
+        # Frozen first, so that what it owns is read while it can take nothing more and
+        # is not yet reaped (its connections live until the kill); then killed.  The
+        # session key of a private chat ends in the chat id.
+        cluster_env.freeze(victim)
         rows = await conn.fetch(
             "SELECT session_key FROM session_owners WHERE owner LIKE $1",
             f"%:{victim.pid}:%")
-        killed["owned"] = {int(r["session_key"].rsplit(":", 1)[-1]) for r in rows}
         killed["reaped_early"] = await conn.fetchval(
             "SELECT count(*) FROM processes WHERE id LIKE $1", f"%:{victim.pid}:%") == 0
+        cluster_env.kill(victim)
+        killed["at"] = time.monotonic()
+        killed["replies"] = len(fake.calls_to("sendMessage"))
+        killed["owned"] = {int(r["session_key"].rsplit(":", 1)[-1]) for r in rows}
 
     try:
         began = time.monotonic()
@@ -288,7 +291,8 @@ async def test_kill_9_of_one_process_mid_run_loses_nothing(cluster_env, fake, pg
         if after:
             firsts.append(after[0] - killed["at"])
     assert firsts, "the victim owned no chat that was answered after the kill"
-    print(f"\nkill -9 of 1 of 2 processes after {total // 6} replies: reaped after "
+    print(f"\nkill -9 of 1 of 2 processes after {total // 3} messages posted "
+          f"({killed['replies']} replies sent): reaped after "
           f"{reaped - killed['at']:.2f} s (leaseSeconds {cluster_env.lease_s:g}); first "
           f"reply in the victim's {len(ambiguous)} chats after median "
           f"{statistics.median(firsts):.2f} s, max {max(firsts):.2f} s; {repeats} reply(ies) "
