@@ -660,7 +660,11 @@ class NeonizeClient:
         limit = self.call_timeout_s
         token = _current_call.set(state)
         try:
-            return await asyncio.wait_for(call(), limit if bounded else None)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancellation that arrives as the call completes (gh-86296), and a typing
+            # refresher cancelled that way never ended, holding its turn forever.
+            async with asyncio.timeout(limit if bounded else None):
+                return await call()
         except TimeoutError:
             if self._go.abandon(state):
                 raise NeonizeBusy(f"{what} waited {limit:.0f} s for a free neonize thread "

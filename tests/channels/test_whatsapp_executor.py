@@ -298,3 +298,24 @@ async def test_channel_stop_closes_the_client_and_arms_the_exit_guard_on_a_stuck
         await asyncio.gather(sending, return_exceptions=True)
     assert exits == []
 
+
+
+async def test_a_cancel_that_arrives_as_a_call_completes_is_not_swallowed(tmp_path, go):
+    """Python 3.11's ``asyncio.wait_for`` returns the result when the cancel and the
+    call's end meet (gh-86296): a typing refresher cancelled that way never stopped and
+    held its turn forever.  The call's own cancel must reach the caller."""
+    client = await live_client(tmp_path, go)
+    try:
+        async def finishes_as_it_is_cancelled() -> str:
+            await asyncio.sleep(0)
+            caller.cancel()  # the caller is cancelled while the call is finishing
+            return "done"
+
+        async def one_call() -> str:
+            return await client._call("SendChatPresence", finishes_as_it_is_cancelled)
+
+        caller = asyncio.create_task(one_call())
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    finally:
+        await client.close()
