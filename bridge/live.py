@@ -158,8 +158,11 @@ class LoopClock:
         return time.monotonic()
 
     async def wait(self, event: asyncio.Event, seconds: float | None) -> None:
+        # asyncio.timeout: Python 3.11's wait_for can swallow a cancel (gh-86296), and
+        # finish() cancels the loop that waits here.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await event.wait()
 
 
 def _utf16(text: str) -> int:
