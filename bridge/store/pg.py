@@ -267,27 +267,22 @@ class PgDriver(Driver):
             raise StoreUnavailableError("closed", "the store is closed")
 
     async def atomically(self, work: Any, *, durable: bool = False) -> Any:
-        self._check_open()
-        try:
-            async with self._pool.acquire() as conn:
-                try:
-                    async with conn.transaction():
-                        return await drive(conn, work, self.on_statement)
-                except asyncpg.exceptions.InternalClientError:
-                    conn.terminate()  # a dying connection: the pool opens a new one
-                    raise
-        except Exception as exc:
-            wrapped = _wrap(exc, self.where)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+        return await self._drive(work, transaction=True)
 
     async def read(self, work: Any) -> Any:
+        return await self._drive(work, transaction=False)
+
+    async def _drive(self, work: Any, *, transaction: bool) -> Any:
+        """Run ``work`` on a pooled connection (in one transaction when asked); driver
+        errors that mean "cannot write now" come out as StoreUnavailableError."""
         self._check_open()
         try:
             async with self._pool.acquire() as conn:
                 try:
-                    return await drive(conn, work, self.on_statement)
+                    if not transaction:
+                        return await drive(conn, work, self.on_statement)
+                    async with conn.transaction():
+                        return await drive(conn, work, self.on_statement)
                 except asyncpg.exceptions.InternalClientError:
                     conn.terminate()  # a dying connection: the pool opens a new one
                     raise
