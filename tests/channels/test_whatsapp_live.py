@@ -188,3 +188,38 @@ async def test_stop_mid_answer_closes_the_model_stream_and_says_stopped(tmp_path
     assert rows["Q1"] == (MessageStatus.FAILED.value, STOPPED_REASON)
     assert rows["S1"][0] == MessageStatus.ANSWERED.value
     assert rows["N1"][0] == MessageStatus.ANSWERED.value
+
+
+async def test_the_ack_goes_when_the_answer_is_delivered_and_turns_sad_when_models_fail(
+        tmp_path, go, models):
+    """Through the whole app: 👀 before the answer, taken back once the answer went out;
+    when every model failed, the 👀 becomes 😢 (and the apology is sent)."""
+    models.reply("Here you are.")
+    models.error(400, "the model refused")  # not retried: one model, a client error
+    data = tmp_path / "data"
+    go.link(db_of(tmp_path))
+    config = _config(data, models)
+    channel = WhatsAppChannel(config.channels.whatsapp, media=MediaStore(data / "media"),
+                              data_dir=data)
+    app = App(config, channels=[channel])
+    await app.start()
+    try:
+        await until(lambda: channel.health().detail.startswith("connected as"), 5)
+        now_ms = int(time.time() * 1000)
+        go.deliver(message_event(E.Message(conversation="first"), chat=ANN_JID,
+                                 sender=ANN_JID, msg_id="A1", timestamp_ms=now_ms))
+        await until(lambda: "Here you are." in _texts(go), 10)
+        await until(lambda: [r.text for _, r in go.reactions_to("A1")] == [EYES, ""], 5)
+        # The reaction was set before the answer was sent, and taken back after it.
+        order = [("reaction" if m.HasField("reactionMessage") else "text")
+                 for _chat, m in go.sent if isinstance(m, E.Message)]
+        assert order[:3] == ["reaction", "text", "reaction"]
+
+        go.deliver(message_event(E.Message(conversation="second"), chat=ANN_JID,
+                                 sender=ANN_JID, msg_id="A2", timestamp_ms=now_ms))
+        await until(lambda: len(_texts(go)) == 2, 10)  # the apology
+        await until(lambda: [r.text for _, r in go.reactions_to("A2")] == [EYES, "\U0001F622"],
+                    5)
+    finally:
+        await app.stop(1)
+    assert not go.crashes
