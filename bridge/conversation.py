@@ -603,10 +603,9 @@ class ConversationCore(InboundSink):
                 logging.INFO, ("refused", a.channel, code or reason or ""),
                 "refused %s message %s from %s in %s: %s", a.channel, inbound.message_id,
                 inbound.sender_id, a.chat_id, reason, summary=reason or "")
-            if reply is not None:
+            if reply is not None and await self._take(key):
                 self._session(key).flush = True
-                if await self._take(key):
-                    self._wake(key)
+                self._wake(key)
         else:
             result = AcceptStatus.IGNORED
             self._door_log.note(
@@ -648,8 +647,8 @@ class ConversationCore(InboundSink):
                 result = AcceptStatus.ACCEPTED
                 log.info("stop session=%s: %s", key,
                          "model call cancelled" if stopped else "nothing was running")
-                self._session(key).flush = True
                 if await self._take(key):
+                    self._session(key).flush = True
                     self._wake(key)
         self._emit(AcceptEvent(a.channel, key, result, "stop" if result is
                                AcceptStatus.ACCEPTED else "", "stop"))
@@ -659,8 +658,8 @@ class ConversationCore(InboundSink):
         """Send ``text`` to a chat outside any turn (stored first, then delivered in order
         by the outbox).  True when this process serves that chat."""
         await queue_notice(self.store, address, session_key, text)
-        self._session(session_key).flush = True
         if await self._take(session_key):
+            self._session(session_key).flush = True
             self._wake(session_key)
         return self._owner(address) is not None
 
@@ -775,7 +774,10 @@ class ConversationCore(InboundSink):
         key = state.key
         try:
             if not await self._acquire(key):
-                return  # another live process answers this chat
+                # Another live process answers this chat (woken by the stored message's
+                # notification): nothing of it is this one's to do.
+                state.flush = state.dirty = False
+                return
             looked_again = False
             while not self._stopping:
                 state.dirty = False

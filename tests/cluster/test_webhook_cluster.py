@@ -176,6 +176,19 @@ async def cluster_env(tmp_path, pg_url, fake, models):
     await cluster.stop_all()
 
 
+async def _healthy(cluster: Cluster, member: Member) -> dict[str, Any]:
+    """Its /healthz once it says ok (a heartbeat late on a loaded machine makes a process
+    not ready for a moment: that is the readiness rule, not a failure)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        health = await cluster.health(member)
+        if health["status"] == "ok":
+            return health
+        assert loop.time() < deadline, health
+        await asyncio.sleep(0.2)
+
+
 async def _start(cluster: Cluster, n: int) -> list[Member]:
     members = [cluster.add() for _ in range(n)]
     # One after the other: the first creates the schema (migrations), the others find it.
@@ -190,8 +203,7 @@ async def test_every_message_answered_once_in_order_across_processes(
     import asyncpg
 
     members = await _start(cluster_env, processes)
-    health = await cluster_env.health(members[0])
-    assert health["status"] == "ok"
+    health = await _healthy(cluster_env, members[0])
     assert health["cluster"]["mode"] == "cluster" and health["cluster"]["alive"] is True
     # The peers list is a cache refreshed every 0.5 s: the first one sees the others.
     loop = asyncio.get_running_loop()
@@ -278,8 +290,8 @@ async def test_kill_9_of_one_process_mid_run_loses_nothing(cluster_env, fake, pg
         await conn.close()
     assert owners == 0  # no chat left to the dead
     assert victim.proc is not None and victim.proc.returncode == -9
-    health = await cluster_env.health(survivor)
-    assert health["status"] == "ok" and health["cluster"]["peers"] == []
+    health = await _healthy(cluster_env, survivor)
+    assert health["cluster"]["peers"] == []
     assert not killed["reaped_early"]  # the snapshot of its chats was taken in time
     ambiguous = frozenset(killed["owned"])
     repeats = _check_fake(fake, ambiguous_chats=ambiguous, before=reaped)
