@@ -264,6 +264,18 @@ async def test_kill_9_of_one_process_mid_run_loses_nothing(cluster_env, fake, pg
         killed["at"] = time.monotonic()
         killed["replies"] = len(fake.calls_to("sendMessage"))
         killed["owned"] = {int(r["session_key"].rsplit(":", 1)[-1]) for r in rows}
+        killed["watch"] = asyncio.get_running_loop().create_task(watch_the_reap())
+
+    async def watch_the_reap() -> float:
+        """When the survivor reaped the victim (its processes row went)."""
+        watcher = await asyncpg.connect(pg_url)
+        try:
+            while await watcher.fetchval("SELECT count(*) FROM processes") > 1:
+                assert time.monotonic() - killed["at"] < 60, "the dead process was not reaped"
+                await asyncio.sleep(0.02)
+            return time.monotonic()
+        finally:
+            await watcher.close()
 
     try:
         began = time.monotonic()
@@ -271,12 +283,8 @@ async def test_kill_9_of_one_process_mid_run_loses_nothing(cluster_env, fake, pg
             await _post_all(fake, poster, 2, between=kill_at_a_third)
             assert killed, "the run ended before the kill"
             await victim.proc.wait()  # type: ignore[union-attr]
-            # The survivor reaps the victim: its processes row goes.
-            loop = asyncio.get_running_loop()
-            while await conn.fetchval("SELECT count(*) FROM processes") > 1:
-                assert loop.time() - killed["at"] < 60, "the dead process was not reaped"
-                await asyncio.sleep(0.05)
-            reaped = time.monotonic()
+            reaped = await killed["watch"]
+        loop = asyncio.get_running_loop()
         await fake.wait_until(lambda: _all_named(fake), timeout=DONE_TIMEOUT_S)
         deadline = loop.time() + 60
         while not await _store_settled(conn):
@@ -287,6 +295,8 @@ async def test_kill_9_of_one_process_mid_run_loses_nothing(cluster_env, fake, pg
         owners = await conn.fetchval("SELECT count(*) FROM session_owners o"
                                      " WHERE o.owner NOT IN (SELECT id FROM processes)")
     finally:
+        if "watch" in killed:
+            killed["watch"].cancel()
         await conn.close()
     assert owners == 0  # no chat left to the dead
     assert victim.proc is not None and victim.proc.returncode == -9
