@@ -327,7 +327,7 @@ class LiveReply:
             task.cancel()
             await asyncio.wait({task})
 
-    async def _retire(self, inflight: asyncio.Future[object]) -> None:
+    async def _retire(self, inflight: asyncio.Future[Any]) -> None:
         """An edit still in flight could land after the reply's own edit of the same
         message and overwrite it: the reply goes as a new message instead (the stored
         preview is forgotten), and the preview is deleted once that edit has landed."""
