@@ -489,9 +489,13 @@ def cmd_chats_model(args: Any) -> int:
 
 
 def palaver_running(config: Config) -> bool:
-    """Whether a ``palaver run`` holds this config's data directory now."""
+    """Whether a ``palaver run`` serves this config's store now: on SQLite, one holds its
+    data directory; on PostgreSQL, a registered process renewed its lease lately."""
     from bridge.lock import DataDirBusy, run_lock
+    from bridge.store import database_url
 
+    if database_url(config) is not None:
+        return asyncio.run(_processes_alive(config))
     if not config.data_dir.exists():
         return False
     lock = run_lock(config.data_dir)
@@ -503,6 +507,24 @@ def palaver_running(config: Config) -> bool:
         return False
     lock.release()
     return False
+
+
+async def _processes_alive(config: Config) -> bool:
+    from bridge.store import Store
+    from bridge.store.coord import DB_NOW
+    from bridge.store.sql import val_body
+
+    try:
+        store = await Store.connect(config)
+    except Exception:  # unreachable: nothing can be said about running processes
+        return False
+    try:
+        fresh = await store.read_with(val_body(
+            f"SELECT COUNT(*) FROM processes WHERE heartbeat_at > {DB_NOW} - ?",
+            float(config.store.leaseSeconds)))
+        return bool(fresh)
+    finally:
+        await store.close()
 
 
 def cmd_chats_reset(args: Any) -> int:

@@ -58,3 +58,29 @@ def test_a_url_that_is_not_postgresql_is_a_clear_error(tmp_path, monkeypatch):
         database_url(_config(tmp_path, "mysql://root:hunter2@db/x"))
     assert "hunter2" not in str(err.value)
     assert database_url(_config(tmp_path, "  ")) is None
+
+
+async def test_is_palaver_running_on_postgresql_asks_the_processes_table(tmp_path, pg_url,
+                                                                       monkeypatch):
+    """On PostgreSQL `palaver run` takes no data-dir lock; the CLI's "a running Palaver
+    applies it" hint comes from a process whose lease is fresh."""
+    import asyncio
+
+    from bridge.chats import palaver_running
+    from bridge.store.coord import DB_NOW
+    from bridge.store.sql import run_body
+
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    config = _config(tmp_path, pg_url)
+    store = await Store.connect(config)  # creates the tables
+    try:
+        assert not await asyncio.to_thread(palaver_running, config)
+        await store.atomically(run_body(
+            "INSERT INTO processes (id, lock_key, app_name, started_at, heartbeat_at)"
+            f" VALUES ('h:1:a', 1, 'palaver a', {DB_NOW} - 100, {DB_NOW} - 100)"))
+        assert not await asyncio.to_thread(palaver_running, config)  # a stale lease
+        await store.atomically(run_body(
+            f"UPDATE processes SET heartbeat_at = {DB_NOW} WHERE id = 'h:1:a'"))
+        assert await asyncio.to_thread(palaver_running, config)
+    finally:
+        await store.close()
