@@ -541,3 +541,149 @@ def test_readme_operations_section_names_every_metric():
     assert len(names) == 12  # the usage metrics (tokens, cost, limit refusals) included
     for name in names:
         assert name in readme, name
+
+
+# --------------------------------------------------------------------------- compose.cluster
+
+CLUSTER_REPLICAS = ("palaver-1", "palaver-2")
+CLUSTER_SHELL = {
+    "TELEGRAM_BOT_TOKEN": FAKE_TOKEN,
+    "TELEGRAM_WEBHOOK_SECRET": "wh-secret_from-shell-0001",
+    "POSTGRES_PASSWORD": "pg-password-from-shell-0001",
+    "PALAVER_PUBLIC_HOST": "bot.example.org",
+    "PALAVER_MODEL_URL": "http://gpu-box:8080/v1",
+    "PALAVER_MODEL": "llama-3.2-1b-instruct:q4_k_m",
+}
+
+
+def cluster_compose(shell: dict[str, str] | None = None) -> dict:
+    """deploy/compose.cluster.yaml, interpolated from ``shell`` when given (anchors and
+    ``<<`` merges resolved, as compose does)."""
+    doc = yaml.safe_load((DEPLOY / "compose.cluster.yaml").read_text())
+    return doc if shell is None else interpolated(doc, shell)
+
+
+def caddy_sites(text: str) -> list[list[str]]:
+    """The Caddyfile's directive lines (comments dropped), each split into words."""
+    return [shlex.split(line.split("#")[0]) for line in text.splitlines()
+            if line.split("#")[0].strip()]
+
+
+def cluster_config(tmp_path: Path, replica: str) -> Config:
+    """The config a replica mounts, loaded with that replica's environment."""
+    doc = cluster_compose(CLUSTER_SHELL)
+    service = doc["services"][replica]
+    (mount,) = service["configs"]
+    assert mount["target"] == service["environment"][CONFIG_ENV]
+    path = tmp_path / "palaver.json5"
+    path.write_text(doc["configs"][mount["source"]]["content"])
+    return load_config(path, env={k: str(v) for k, v in service["environment"].items()})
+
+
+def test_cluster_compose_services_volumes_and_dependencies():
+    doc = cluster_compose()
+    assert set(doc["services"]) == {"postgres", *CLUSTER_REPLICAS, "caddy"}
+    pg = doc["services"]["postgres"]
+    assert pg["image"] == "postgres:16"
+    volume, _, target = pg["volumes"][0].partition(":")
+    assert target == "/var/lib/postgresql/data" and volume in doc["volumes"]
+    assert pg["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"][1:])
+    data_volumes = set()
+    for name in CLUSTER_REPLICAS:
+        replica = doc["services"][name]
+        assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+        build = replica["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (
+            DEPLOY / "Dockerfile")
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in replica["volumes"]}
+        assert mounts["/data"] in doc["volumes"]
+        data_volumes.add(mounts["/data"])
+        assert "/data" not in {v.split(":")[1] for v in pg["volumes"]}
+        assert parse_duration(replica["stop_grace_period"]) > worst_case_stop_s()
+    assert len(data_volumes) == len(CLUSTER_REPLICAS)  # each replica its own dataDir
+
+
+def test_cluster_compose_publishes_only_the_proxy():
+    doc = cluster_compose()
+    published = {name: svc.get("ports", []) for name, svc in doc["services"].items()}
+    assert all(not ports for name, ports in published.items() if name != "caddy"), published
+    targets = {str(p).rsplit(":", 1)[-1] for p in published["caddy"]}
+    assert "443" in targets and targets <= {"443", "80"}  # 80: the ACME challenge only
+    caddy = doc["services"]["caddy"]
+    assert caddy["image"].startswith("caddy:")
+    mounts = {v.split(":")[1]: v.split(":") for v in caddy["volumes"]}
+    source, _, mode = mounts["/etc/caddy/Caddyfile"]
+    assert mode == "ro" and (DEPLOY / source).resolve() == DEPLOY / "Caddyfile"
+
+
+def test_cluster_caddyfile_balances_each_request_over_both_replicas(tmp_path):
+    config = cluster_config(tmp_path, CLUSTER_REPLICAS[0])
+    telegram = config.channels.telegram
+    assert telegram is not None
+    words = caddy_sites((DEPLOY / "Caddyfile").read_text())
+    # The site is the public host the webhook URL names (Caddy's {$VAR} from the env).
+    assert words[0] == ["{$PALAVER_PUBLIC_HOST}", "{"]
+    assert "PALAVER_PUBLIC_HOST" in cluster_compose()["services"]["caddy"]["environment"]
+    assert urlsplit(telegram.webhookUrl or "").path == telegram.webhookPath
+    assert ["handle", telegram.webhookPath, "{"] in words
+    (proxy,) = [w for w in words if w[0] == "reverse_proxy"]
+    assert proxy[-1] == "{"
+    assert set(proxy[1:-1]) == {f"{name}:{telegram.webhookPort}" for name in CLUSTER_REPLICAS}
+    options = {w[0]: w[1:] for w in words}
+    assert options["lb_policy"] == ["round_robin"]
+    assert options["health_uri"] == [HEALTH_PATH]
+    assert options["health_port"] == [str(config.health.port)]
+    assert options["health_status"] == ["200"]
+    # Only the webhook is proxied; the rest of the host answers 404.
+    assert ["respond", "404"] in words
+
+
+def test_cluster_replicas_load_webhook_mode_on_postgresql_with_secrets_from_env(
+        tmp_path, monkeypatch):
+    from bridge.store import DATABASE_URL_ENV, database_url
+
+    doc = cluster_compose(CLUSTER_SHELL)
+    for name in CLUSTER_REPLICAS:
+        config = cluster_config(tmp_path, name)
+        telegram = config.channels.telegram
+        assert telegram is not None and telegram.mode == "webhook"
+        assert telegram.webhookSecret is not None
+        assert telegram.webhookSecret.get_secret_value() == CLUSTER_SHELL[
+            "TELEGRAM_WEBHOOK_SECRET"]
+        assert urlsplit(telegram.webhookUrl or "").hostname == CLUSTER_SHELL[
+            "PALAVER_PUBLIC_HOST"]
+        assert telegram.webhookHost == "0.0.0.0" and telegram.botToken is None
+        assert config.health.host == "0.0.0.0"  # for the proxy's checks on the network
+        assert config.store.leaseSeconds == 30 and config.store.url is None
+        assert config.dataDir == "/data"
+        env = doc["services"][name]["environment"]
+        assert env["TELEGRAM_BOT_TOKEN"] == FAKE_TOKEN
+        monkeypatch.setenv(DATABASE_URL_ENV, env[DATABASE_URL_ENV])
+        url = urlsplit(database_url(config) or "")
+        assert (url.scheme, url.hostname, url.port, url.username, url.password) == (
+            "postgresql", "postgres", 5432, "palaver", CLUSTER_SHELL["POSTGRES_PASSWORD"])
+        assert url.hostname in doc["services"]
+        pg_env = doc["services"]["postgres"]["environment"]
+        assert url.path == "/" + pg_env["POSTGRES_DB"] and url.username == pg_env[
+            "POSTGRES_USER"]
+
+
+def test_cluster_compose_takes_every_secret_from_the_shell():
+    raw = (DEPLOY / "compose.cluster.yaml").read_text()
+    assert "sk-" not in raw and not re.search(r"\d{6,}:[A-Za-z0-9_-]{30,}", raw)
+    doc = cluster_compose()
+    for service in doc["services"].values():
+        for name, value in (service.get("environment") or {}).items():
+            if re.search(r"TOKEN|SECRET|PASSWORD|DATABASE_URL", name):
+                assert re.search(r"\$\{[A-Z_]+:\?", str(value)), (name, value)
+    for missing in ("POSTGRES_PASSWORD", "TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_BOT_TOKEN"):
+        shell = {k: v for k, v in CLUSTER_SHELL.items() if k != missing}
+        with pytest.raises(ComposeError, match=missing):
+            cluster_compose(shell)
+    # The same values reach postgres and the replicas (one password, not two).
+    doc = cluster_compose(CLUSTER_SHELL)
+    assert CLUSTER_SHELL["POSTGRES_PASSWORD"] in doc["services"]["palaver-1"]["environment"][
+        "PALAVER_DATABASE_URL"]
+    assert doc["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == CLUSTER_SHELL[
+        "POSTGRES_PASSWORD"]
