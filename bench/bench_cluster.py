@@ -16,8 +16,9 @@ accept -> send (the 200 for the update to the ``sendMessage`` naming it), replie
 Palaver processes, of the PostgreSQL server (every ``postgres`` process in /proc, with
 the exited backends the postmaster reaped) and of this driver (the fakes and the load
 balancer), each per message; and PostgreSQL commits and statement time per message
-(pg_stat_database's ``xact_commit`` and ``active_time``; pg_stat_statements would need
-the server started with it preloaded).
+(pg_stat_database's ``xact_commit`` and ``active_time``), and the statements that took
+the server's time (pg_stat_statements: the private server is restarted with it
+preloaded; a ``$PALAVER_TEST_PG_URL`` server is used as it is).
 Everything shares the machine's cores: with 2 cores, four Palavers, the server and the
 fakes compete for them, and the figures say so.
 
@@ -51,7 +52,12 @@ for p in (str(REPO), str(HERE)):
 from harness import machine, percentiles  # noqa: E402
 
 from tests.cluster.palaver_cluster import Cluster, Member, Poster  # noqa: E402
-from tests.conftest import PG_URL_ENV, _pg_admin, _start_private_pg  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    PG_URL_ENV,
+    _pg_admin,
+    _pg_binaries,
+    _start_private_pg,
+)
 from tests.fakes.model_server import FakeModelServer, RecordedRequest  # noqa: E402
 from tests.fakes.telegram_api import FakeBotAPI  # noqa: E402
 
@@ -168,6 +174,53 @@ async def _pg_counters(url: str) -> tuple[int, float]:
         await conn.close()
 
 
+async def preload_pg_stat_statements(server: str) -> bool:
+    """Restart the private server with pg_stat_statements preloaded (it must be, for the
+    extension to count); False when that fails (the figures then go without it)."""
+    import subprocess
+
+    import asyncpg
+
+    bins = _pg_binaries()
+    if bins is None:
+        return False
+    conn = await asyncpg.connect(server)
+    try:
+        data = str(await conn.fetchval("SHOW data_directory"))
+        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    finally:
+        await conn.close()
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # -l: a server left writing to our pipe would keep subprocess.run waiting forever.
+    done = await asyncio.to_thread(
+        subprocess.run, [*prefix, bins[1], "-D", data, "-l",
+                         os.path.join(os.path.dirname(data), "log"), "-w", "-t", "60",
+                         "-m", "fast", "restart"], capture_output=True, timeout=120)
+    return done.returncode == 0
+
+
+async def _statements(url: str, *, reset: bool) -> list[dict[str, Any]]:
+    """pg_stat_statements for this database (empty when the extension is not loaded);
+    ``reset`` clears it first and returns nothing."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        if reset:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        rows = await conn.fetch(
+            "SELECT query, calls, total_exec_time FROM pg_stat_statements s"
+            " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()"
+            " ORDER BY total_exec_time DESC")
+        return [dict(r) for r in rows]
+    except asyncpg.PostgresError:
+        return []
+    finally:
+        await conn.close()
+
+
 async def run_setup(label: str, processes: int, pg_url: str | None, args) -> dict[str, Any]:
     chats, per_chat = args.chats, args.messages
     async with FakeBotAPI() as fake, FakeModelServer() as models:
@@ -185,6 +238,8 @@ async def run_setup(label: str, processes: int, pg_url: str | None, args) -> dic
             pids = [m.pid for m in members]
             cpu0 = (cpu_of(pids), postgres_cpu(), self_cpu())
             counters0 = await _pg_counters(pg_url) if pg_url else (0, 0.0)
+            if pg_url and args.statements:
+                await _statements(pg_url, reset=True)
             accepted: dict[tuple[int, int], float] = {}
             update_ids = iter(range(1, chats * per_chat + 1))
             began = time.monotonic()
@@ -213,6 +268,8 @@ async def run_setup(label: str, processes: int, pg_url: str | None, args) -> dic
             ended = max(sent.values())
             cpu1 = (cpu_of(pids), postgres_cpu(), self_cpu())
             counters1 = await _pg_counters(pg_url) if pg_url else None
+            statements = (await _statements(pg_url, reset=False)
+                          if pg_url and args.statements else [])
             latencies = [(sent[k] - accepted[k]) * 1000 for k in accepted]
             replies = len(fake.calls_to("sendMessage"))
             commits = counters1[0] - counters0[0] if counters1 else None
@@ -236,6 +293,13 @@ async def run_setup(label: str, processes: int, pg_url: str | None, args) -> dic
         "driver_cpu_ms_per_msg": round((cpu1[2] - cpu0[2]) * 1000 / want, 2),
         "pg_commits_per_msg": round(commits / want, 1) if commits is not None else None,
         "pg_active_ms_per_msg": round(active / want, 2) if active is not None else None,
+        "pg_top_statements": [
+            {"query": " ".join(r["query"].split())[:90],
+             "calls_per_msg": round(r["calls"] / want, 2),
+             "ms_per_msg": round(r["total_exec_time"] / want, 3)}
+            for r in statements[:6]],
+        "pg_statements_ms_per_msg": (round(sum(r["total_exec_time"] for r in statements)
+                                           / want, 2) if statements else None),
     }
 
 
@@ -275,6 +339,9 @@ async def main(args) -> None:
         if started is None:
             sys.exit(f"no PostgreSQL: set {PG_URL_ENV} or apt-get install postgresql")
         server, stop = started
+        args.statements = await preload_pg_stat_statements(server)
+    else:
+        args.statements = True  # if the given server preloads it; else quietly none
     rows: list[dict[str, Any]] = []
     try:
         if args.sqlite:
@@ -294,6 +361,13 @@ async def main(args) -> None:
     print(f"\ncluster: {args.chats} chats x {args.messages} messages, model "
           f"{args.model_ms:g} ms, webhook mode, {machine()}")
     print_rows(rows)
+    for row in rows:
+        if row["pg_top_statements"]:
+            print(f"\n{row['setup']}: statements by server time (pg_stat_statements),"
+                  f" {row['pg_statements_ms_per_msg']} ms per message in all")
+            for st in row["pg_top_statements"]:
+                print(f"  {st['ms_per_msg']:>7.3f} ms {st['calls_per_msg']:>6.2f} calls  "
+                      f"{st['query']}")
     print(json.dumps({"bench": "cluster", "chats": args.chats, "messages": args.messages,
                       "model_ms": args.model_ms, "machine": machine(), "rows": rows}))
 
