@@ -13,7 +13,7 @@ Per setup: messages/s (all messages / first post to last ``sendMessage``), p50/p
 accept -> send (the 200 for the update to the ``sendMessage`` naming it), replies
 (messages arriving mid-turn are answered together in one), messages named by more than one reply (must be
 0), and where the time goes: CPU seconds of the
-Palaver processes, of the PostgreSQL server (every ``postgres`` process in /proc, with
+Palaver processes, of the PostgreSQL server (its postmaster and children in /proc, with
 the exited backends the postmaster reaped) and of this driver (the fakes and the load
 balancer), each per message; and PostgreSQL commits and statement time per message
 (pg_stat_database's ``xact_commit`` and ``active_time``), and the statements that took
@@ -123,21 +123,29 @@ def cpu_of(pids: list[int]) -> float:
     return sum(s[2] for s in map(_stat, pids) if s is not None)
 
 
-def postgres_cpu() -> float | None:
-    """CPU seconds of every local ``postgres`` process, plus what the postmasters reaped
-    (backends that exited); None when there is none here (a remote server)."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (s := _stat(entry)) is not None and s[0] == "postgres":
-            stats[int(entry)] = s
-    if not stats:
+def postgres_cpu(postmaster: int | None) -> float | None:
+    """CPU seconds of this PostgreSQL server: its postmaster, its live children, and what
+    the postmaster reaped (backends that exited).  Other servers on the machine (other
+    people's tests) are not counted.  None when the server is not on this machine."""
+    if postmaster is None or (root := _stat(postmaster)) is None:
         return None
-    total = 0.0
-    for s in stats.values():
-        total += s[2]
-        if s[1] not in stats:  # a postmaster: its reaped backends count
-            total += s[3]
+    total = root[2] + root[3]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (s := _stat(entry)) is not None and s[1] == postmaster:
+            total += s[2]
     return total
+
+
+async def postmaster_of(url: str) -> int | None:
+    """The pid of the server's postmaster when it runs here (a backend's parent)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:  # read while the backend lives
+        found = _stat(int(await conn.fetchval("SELECT pg_backend_pid()")))
+    finally:
+        await conn.close()
+    return found[1] if found is not None and found[0] == "postgres" else None
 
 
 def self_cpu() -> float:
@@ -236,7 +244,8 @@ async def run_setup(label: str, processes: int, pg_url: str | None, args) -> dic
                 await cluster.start(member)
             await asyncio.sleep(1.0)  # the peers find each other (a 0.5 s cache)
             pids = [m.pid for m in members]
-            cpu0 = (cpu_of(pids), postgres_cpu(), self_cpu())
+            postmaster = await postmaster_of(pg_url) if pg_url else None
+            cpu0 = (cpu_of(pids), postgres_cpu(postmaster), self_cpu())
             counters0 = await _pg_counters(pg_url) if pg_url else (0, 0.0)
             if pg_url and args.statements:
                 await _statements(pg_url, reset=True)
@@ -266,7 +275,7 @@ async def run_setup(label: str, processes: int, pg_url: str | None, args) -> dic
 
             await fake.wait_until(done, timeout=args.timeout)
             ended = max(sent.values())
-            cpu1 = (cpu_of(pids), postgres_cpu(), self_cpu())
+            cpu1 = (cpu_of(pids), postgres_cpu(postmaster), self_cpu())
             counters1 = await _pg_counters(pg_url) if pg_url else None
             statements = (await _statements(pg_url, reset=False)
                           if pg_url and args.statements else [])
