@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, runtime_checkable
 
 from bridge.config.resolve import configured_model_refs
 from bridge.config.schema import Config
@@ -36,6 +37,27 @@ if TYPE_CHECKING:
     from channels.console import ConsoleChannel
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class _LeaderPolled(Protocol):
+    """A channel whose receiving (polling) only the holder of a leadership may run
+    (``channels.telegram``); it sends on every process."""
+
+    @property
+    def poll_leadership(self) -> str | None: ...
+
+    def follow_leader(self, check: Callable[[], None]) -> None: ...
+
+    async def start_leading(self) -> None: ...
+
+    async def stop_leading(self) -> None: ...
+
+
+def _gain_callback(channel: _LeaderPolled) -> Callable[[int], Awaitable[None]]:
+    async def gain(_epoch: int) -> None:
+        await channel.start_leading()
+    return gain
 
 
 def build_channels(config: Config, *, media: MediaStore, data_dir: Path) -> list[Channel]:
@@ -212,6 +234,11 @@ class App:
             self._core.limits.on_refused = self._metrics.limit_refused
         for channel in channels:
             self._core.attach(channel)
+            # Polling: one process at a time polls a bot (the leader of
+            # telegram/<account>:poll); the others send only.  Alone, it leads at once.
+            lead = channel.poll_leadership if isinstance(channel, _LeaderPolled) else None
+            if isinstance(channel, _LeaderPolled) and lead is not None:
+                channel.follow_leader(functools.partial(self._coord.check_leader, lead))
             try:
                 await channel.start(self._core)
             except Exception as exc:
@@ -219,6 +246,8 @@ class App:
                 self._channel_errors[label] = f"failed to start: {exc}"
                 log.error("channel %s failed to start: %s", label, exc)
             self._channels.append(channel)
+            if isinstance(channel, _LeaderPolled) and lead is not None:
+                await self._coord.lead(lead, _gain_callback(channel), channel.stop_leading)
         # Recovers and sends every started channel's queued replies (so no separate
         # channel_ready() here); a channel that connects only later calls
         # sink.channel_ready(itself) then.

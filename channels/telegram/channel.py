@@ -194,6 +194,10 @@ class TelegramChannel(Channel):
                            group_burst=self.pace_group_burst,
                            overall_interval=self.pace_overall_interval)
         self._live = Live(self)
+        # Polling: the loop runs while this is set (always, unless follow_leader() said
+        # that a leadership decides); _poll_check is asked before every getUpdates.
+        self._poll_wanted = True
+        self._poll_check: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ the intake's view
 
@@ -217,10 +221,51 @@ class TelegramChannel(Channel):
         """The connected bot (None unless running): what :mod:`.live` posts through."""
         return self._app.bot if self._app is not None and self.running else None
 
+    def poll_refusal(self) -> str | None:
+        """Why this process must not call getUpdates now (the leadership's check said
+        so), or None."""
+        if self._poll_check is None:
+            return None
+        try:
+            self._poll_check()
+        except Exception as exc:  # bridge.store.coord.Lost
+            return str(exc) or type(exc).__name__
+        return None
+
     @property
     def ready_due(self) -> bool:
         """A send found no connection: the core is told when the Bot API answers again."""
         return self._ready_due
+
+    # ------------------------------------------------------------------ polling leader
+
+    @property
+    def poll_leadership(self) -> str | None:
+        """The leadership that must be held to poll (``telegram/<account>:poll``), None
+        in webhook mode (every process receives its share of Telegram's POSTs)."""
+        return None if self.config.mode == "webhook" else f"telegram/{self.account}:poll"
+
+    def follow_leader(self, check: Callable[[], None]) -> None:
+        """Before :meth:`start`: poll only between :meth:`start_leading` and
+        :meth:`stop_leading`, asking ``check`` (raises when not the leader) before every
+        getUpdates.  Sending works either way: any process may send through the Bot API."""
+        self._poll_check = check
+        self._poll_wanted = False
+
+    async def start_leading(self) -> None:
+        """This process holds the polling leadership: start the getUpdates loop (now, or
+        once connected)."""
+        self._poll_wanted = True
+        if (self.config.mode != "webhook" and self.running and self._app is not None
+                and self._intake.poll_task is None):
+            self._intake.start_polling(self._app.bot)
+            log.info("telegram: polling as @%s (this process leads)", self._bot_username)
+
+    async def stop_leading(self) -> None:
+        """The leadership is lost: stop polling at once, without confirming the offset
+        (another process polls now; it fetches what was not confirmed)."""
+        self._poll_wanted = False
+        await self._intake.stop_polling(confirm=False)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -328,7 +373,7 @@ class TelegramChannel(Channel):
             raise
         self._state = _State.RUNNING
         self._detail = f"{how} as @{self._bot_username}"
-        if how == "polling":
+        if how == "polling" and self._poll_wanted:
             self._intake.start_polling(app.bot)
         log.info("telegram: connected as @%s (%s)", self._bot_username, how)
 
@@ -399,6 +444,8 @@ class TelegramChannel(Channel):
         if self._state is not _State.RUNNING:
             return ChannelHealth(False, self._detail)
         detail = self._detail
+        if self._poll_check is not None and self._intake.poll_task is None:
+            detail = f"{detail} (standby: another process polls; sending works)"
         if self._intake.last_error is not None:
             detail = f"{detail} (last error: {self._intake.last_error})"
         if self._intake.problem:

@@ -102,6 +102,10 @@ class IntakeHost(Protocol):
     def fail(self, detail: str) -> None:
         """Stop for good; health says ``detail``."""
 
+    def poll_refusal(self) -> str | None:
+        """Why this process must not call getUpdates now (another one holds the
+        polling leadership: ``bridge.store.coord``), or None."""
+
 
 class Intake:
     """One bot's incoming updates, handed to the sink in order, confirmed once stored.
@@ -144,8 +148,12 @@ class Intake:
         self._begin(bot)
         self.poll_task = asyncio.create_task(self._poll_loop(bot), name="telegram-poll")
 
-    async def stop_polling(self) -> None:
-        """End the poll loop (the update being handed over is finished), confirm the offset."""
+    async def stop_polling(self, *, confirm: bool = True) -> None:
+        """End the poll loop (the update being handed over is finished), confirm the offset.
+
+        ``confirm=False`` when this process lost the polling leadership: the confirming
+        getUpdates would meet the new leader's (a 409); the new leader fetches what was
+        not confirmed, and the store drops what it already has."""
         task, self.poll_task = self.poll_task, None
         if task is None:
             return
@@ -166,7 +174,8 @@ class Intake:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("telegram: the polling loop failed: %s: %s", type(exc).__name__, exc)
-        await self._confirm_offset()
+        if confirm:
+            await self._confirm_offset()
 
     async def _confirm_offset(self) -> None:
         """Tell Telegram which updates are stored (the next getUpdates would have)."""
@@ -194,8 +203,20 @@ class Intake:
         """
         host = self._host
         failures = 0
+        refused: str | None = None
         while not host.stopping and host.running:
             self._poll_idle = True
+            # Only the leader polls (one getUpdates per bot token, or Telegram answers
+            # 409): asked before every call.  Not the leader now: no call; the lost
+            # leadership's stop ends this loop, or the lease comes back and it goes on.
+            why = host.poll_refusal()
+            if why is not None:
+                if why != refused:
+                    log.info("telegram: not polling now: %s", why)
+                refused = why
+                await asyncio.sleep(host.poll_backoff_base)
+                continue
+            refused = None
             try:
                 # After failures, a short poll first: health turns good as soon as the
                 # Bot API answers, not when the next long poll returns (up to 30 s).

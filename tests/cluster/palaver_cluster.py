@@ -1,8 +1,9 @@
 """Several real ``palaver run`` processes on one PostgreSQL store, for the cluster tests.
 
 :class:`Cluster` writes one config per process (its own dataDir, health port and webhook
-port; one ``store.url``; Telegram in webhook mode against the fake Bot API; the fake model
-server), starts them as subprocesses (``python -m bridge run``), waits until each one's
+port; one ``store.url``; Telegram against the fake Bot API, in webhook mode or, with
+``mode="polling"``, polling (only the leader of ``telegram/default:poll`` polls); the fake
+model server), starts them as subprocesses (``python -m bridge run``), waits until each one's
 ``/healthz`` answers 200, and stops (SIGTERM) or kills (SIGKILL) them.  :class:`Poster`
 is the load balancer in front of them: it POSTs each update, with Telegram's secret
 token header, to the process it is given and, when that one does not answer 200 (dead,
@@ -65,9 +66,20 @@ class Cluster:
     api_root: str
     model_url: str
     lease_s: float = 3.0
+    mode: str = "webhook"  # or "polling"
     members: list[Member] = field(default_factory=list)
 
     def config(self, member: Member) -> dict[str, Any]:
+        telegram: dict[str, Any] = {
+            "botToken": self.bot_token, "apiRoot": self.api_root,
+            "dmPolicy": "open", "allowFrom": ["*"], "streaming": "off", "ackReaction": ""}
+        if self.mode == "webhook":
+            telegram.update({
+                "mode": "webhook", "webhookUrl": member.webhook_url,
+                "webhookSecret": SECRET, "webhookHost": "127.0.0.1",
+                "webhookPort": member.webhook_port, "webhookPath": HOOK})
+        else:
+            telegram["mode"] = self.mode
         return {
             "dataDir": str(self.tmp_path / f"p{member.index}" / "data"),
             "store": {"url": self.pg_url, "leaseSeconds": self.lease_s},
@@ -76,13 +88,7 @@ class Cluster:
                 "models": [{"id": "text", "contextWindow": 32000, "maxTokens": 1000}],
             }}},
             "agents": {"defaults": {"model": {"primary": "local/text"}}},
-            "channels": {"telegram": {
-                "botToken": self.bot_token, "apiRoot": self.api_root,
-                "dmPolicy": "open", "allowFrom": ["*"], "streaming": "off",
-                "ackReaction": "",
-                "mode": "webhook", "webhookUrl": member.webhook_url,
-                "webhookSecret": SECRET, "webhookHost": "127.0.0.1",
-                "webhookPort": member.webhook_port, "webhookPath": HOOK}},
+            "channels": {"telegram": telegram},
             "health": {"enabled": True, "host": "127.0.0.1", "port": member.health_port},
         }
 
