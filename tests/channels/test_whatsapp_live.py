@@ -136,12 +136,8 @@ def _texts(go) -> list[str]:
     return [m.conversation or m.extendedTextMessage.text for _chat, m in go.sent
             if isinstance(m, E.Message) and not m.HasField("reactionMessage")]
 
-
-async def test_stop_mid_answer_closes_the_model_stream_and_says_stopped(tmp_path, go, models):
-    now_ms = int(time.time() * 1000)
-    # A slow answer: ten words, a second apart.
-    models.reply(" ".join(f"word{n}" for n in range(10)), chunks=10, delay=1.0)
-    models.reply("The next answer.")
+async def _running_app(tmp_path, go, models) -> tuple[App, WhatsAppChannel]:
+    """The whole app on the WhatsApp fake, connected."""
     data = tmp_path / "data"
     go.link(db_of(tmp_path))
     config = _config(data, models)
@@ -149,8 +145,19 @@ async def test_stop_mid_answer_closes_the_model_stream_and_says_stopped(tmp_path
                               data_dir=data)
     app = App(config, channels=[channel])
     await app.start()
+    await until(lambda: channel.health().detail.startswith("connected as"), 5)
+    return app, channel
+
+
+
+async def test_stop_mid_answer_closes_the_model_stream_and_says_stopped(tmp_path, go, models):
+    now_ms = int(time.time() * 1000)
+    # A slow answer: ten words, a second apart.
+    models.reply(" ".join(f"word{n}" for n in range(10)), chunks=10, delay=1.0)
+    models.reply("The next answer.")
+    data = tmp_path / "data"
+    app, channel = await _running_app(tmp_path, go, models)
     try:
-        await until(lambda: channel.health().detail.startswith("connected as"), 5)
         go.deliver(message_event(E.Message(conversation="tell me a long story"),
                                  chat=ANN_JID, sender=ANN_JID, msg_id="Q1",
                                  timestamp_ms=now_ms))
@@ -196,15 +203,8 @@ async def test_the_ack_goes_when_the_answer_is_delivered_and_turns_sad_when_mode
     when every model failed, the 👀 becomes 😢 (and the apology is sent)."""
     models.reply("Here you are.")
     models.error(400, "the model refused")  # not retried: one model, a client error
-    data = tmp_path / "data"
-    go.link(db_of(tmp_path))
-    config = _config(data, models)
-    channel = WhatsAppChannel(config.channels.whatsapp, media=MediaStore(data / "media"),
-                              data_dir=data)
-    app = App(config, channels=[channel])
-    await app.start()
+    app, channel = await _running_app(tmp_path, go, models)
     try:
-        await until(lambda: channel.health().detail.startswith("connected as"), 5)
         now_ms = int(time.time() * 1000)
         go.deliver(message_event(E.Message(conversation="first"), chat=ANN_JID,
                                  sender=ANN_JID, msg_id="A1", timestamp_ms=now_ms))
