@@ -23,6 +23,7 @@ written twice, as :class:`Dialects`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -143,8 +144,7 @@ def placeholders(sql: str) -> list[int]:
     return out
 
 
-_PG_CACHE: dict[tuple[str, tuple[int, ...]], str] = {}
-_SQLITE_CACHE: dict[tuple[str, tuple[int, ...]], str] = {}
+# Rewritten statement texts are cached per (statement, shape of its arguments).
 _CACHE_MAX = 4096
 
 
@@ -163,36 +163,56 @@ def _before_in(sql: str, at: int) -> int:
     raise ValueError(f"an In() argument must follow IN: {sql!r}")
 
 
+def _marks(sql: str, arity: int) -> list[int]:
+    marks = placeholders(sql)
+    if len(marks) != arity:
+        raise ValueError(f"{len(marks)} placeholders but {arity} arguments: {sql!r}")
+    return marks
+
+
+@functools.lru_cache(maxsize=_CACHE_MAX)
+def _postgres_text(sql: str, arity: int, ins: tuple[int, ...]) -> str:
+    parts: list[str] = []
+    last = 0
+    for number, at in enumerate(_marks(sql, arity), start=1):
+        if number - 1 in ins:
+            start = _before_in(sql, at)
+            head = sql[:start].rstrip()
+            negated = head.upper().endswith(" NOT")
+            if negated:
+                start = len(head) - 3
+            parts.append(sql[last:start])
+            parts.append(f"<> ALL(${number})" if negated else f"= ANY(${number})")
+        else:
+            parts.append(sql[last:at])
+            parts.append(f"${number}")
+        last = at + 1
+    parts.append(sql[last:])
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=_CACHE_MAX)
+def _sqlite_text(sql: str, arity: int, sizes: tuple[tuple[int, int], ...]) -> str:
+    expand = dict(sizes)  # argument index -> how many values its In holds
+    parts: list[str] = []
+    last = 0
+    for index, at in enumerate(_marks(sql, arity)):
+        parts.append(sql[last:at])
+        if index in expand:
+            _before_in(sql, at)
+            parts.append("(" + ", ".join("?" * expand[index]) + ")")
+        else:
+            parts.append("?")
+        last = at + 1
+    parts.append(sql[last:])
+    return "".join(parts)
+
+
 def to_postgres(sql: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
     """``sql`` with ``$n`` placeholders (``IN ?`` with an In: ``= ANY($n)``) and the
     arguments as asyncpg wants them (an In as a list)."""
     ins = _in_positions(args)
-    key = (sql, ins)
-    text = _PG_CACHE.get(key)
-    if text is None:
-        marks = placeholders(sql)
-        if len(marks) != len(args):
-            raise ValueError(f"{len(marks)} placeholders but {len(args)} arguments: {sql!r}")
-        parts: list[str] = []
-        last = 0
-        for number, at in enumerate(marks, start=1):
-            if number - 1 in ins:
-                start = _before_in(sql, at)
-                head = sql[:start].rstrip()
-                negated = head.upper().endswith(" NOT")
-                if negated:
-                    start = len(head) - 3
-                parts.append(sql[last:start])
-                parts.append(f"<> ALL(${number})" if negated else f"= ANY(${number})")
-            else:
-                parts.append(sql[last:at])
-                parts.append(f"${number}")
-            last = at + 1
-        parts.append(sql[last:])
-        text = "".join(parts)
-        if len(_PG_CACHE) >= _CACHE_MAX:
-            _PG_CACHE.clear()
-        _PG_CACHE[key] = text
+    text = _postgres_text(sql, len(args), ins)
     if ins:
         args = tuple(list(a.values) if isinstance(a, In) else a for a in args)
     return text, args
@@ -203,28 +223,7 @@ def to_sqlite(sql: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
     ins = _in_positions(args)
     if not ins:
         return sql, args
-    sizes = tuple(len(args[i].values) for i in ins)
-    key = (sql, ins + sizes)
-    text = _SQLITE_CACHE.get(key)
-    if text is None:
-        marks = placeholders(sql)
-        if len(marks) != len(args):
-            raise ValueError(f"{len(marks)} placeholders but {len(args)} arguments: {sql!r}")
-        parts: list[str] = []
-        last = 0
-        for index, at in enumerate(marks):
-            parts.append(sql[last:at])
-            if index in ins:
-                _before_in(sql, at)
-                parts.append("(" + ", ".join("?" * len(args[index].values)) + ")")
-            else:
-                parts.append("?")
-            last = at + 1
-        parts.append(sql[last:])
-        text = "".join(parts)
-        if len(_SQLITE_CACHE) >= _CACHE_MAX:
-            _SQLITE_CACHE.clear()
-        _SQLITE_CACHE[key] = text
+    text = _sqlite_text(sql, len(args), tuple((i, len(args[i].values)) for i in ins))
     flat: list[Any] = []
     for a in args:
         if isinstance(a, In):
