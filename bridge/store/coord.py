@@ -423,6 +423,11 @@ class Coordinator:
         return {n: lead.epoch for n, lead in self._leads.items()
                 if lead.epoch is not None and not lead.revoked}
 
+    def leader_of(self, name: str) -> str | None:
+        """The process that holds leadership ``name`` as last seen (this one's id when
+        held here; ``None`` when nobody does or it is not known yet)."""
+        return self.process_id if self.holds(name) else None
+
     def status(self) -> dict[str, Any]:
         """For ``/healthz`` (``cluster``) and the console."""
         raise NotImplementedError
@@ -982,6 +987,12 @@ class PgCoordinator(Coordinator):
                 log.exception("leadership round failed")
 
     # -- reporting ---------------------------------------------------------------
+
+    def leader_of(self, name: str) -> str | None:
+        if self.holds(name):
+            return self.process_id
+        row = self._leader_rows.get(name)  # read with every heartbeat
+        return row[0] if row is not None else None
 
     def status(self) -> dict[str, Any]:
         owners: dict[str, list[str]] = {}
