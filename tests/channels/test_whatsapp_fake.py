@@ -230,3 +230,147 @@ async def until(predicate, limit_s: float = 2.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.005)
+
+
+# -- the neonize fake's own quirks (tests/fakes/neonize_fake.py) ------------------------
+
+
+def _pg(url: str, query: str = "") -> str:
+    return f"{url}?{query}" if query else url
+
+
+def _pg_fetch(url: str, sql: str) -> list:
+    """Rows of ``sql`` on ``url`` (a thread of its own, like tests/conftest's admin)."""
+    import threading
+
+    import asyncpg
+
+    rows: list = []
+
+    async def go() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            rows.extend(tuple(r) for r in await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(go()))
+    thread.start()
+    thread.join()
+    return rows
+
+
+def _server_without_ssl(url: str) -> None:
+    import pytest
+
+    if _pg_fetch(url, "SHOW ssl") != [("off",)]:
+        pytest.skip("the test server has SSL on: lib/pq's default sslmode works there")
+
+
+def test_fake_pg_store_without_sslmode_fails_like_lib_pq(monkeypatch, pg_url):
+    """lib/pq's sslmode defaults to require: Go's GetAllDevices answers the error string,
+    which neonize splits on commas (ValueError), as the real 0.5.2 library does."""
+    import pytest
+    from neonize.aioze.client import ClientFactory
+
+    from tests.fakes.neonize_fake import install, session_store
+
+    _server_without_ssl(pg_url)
+    install(monkeypatch)
+    with pytest.raises(ValueError):
+        ClientFactory.get_all_devices_from_db(pg_url)
+    with pytest.raises(RuntimeError, match="pq: SSL is not enabled on the server"):
+        session_store(pg_url).open()
+    for mode in ("disable", "allow", "prefer"):  # lib/pq 1.12 connects in plain text
+        assert session_store(_pg(pg_url, f"sslmode={mode}")).read() == []
+    with pytest.raises(RuntimeError, match='wrong value for "sslmode"'):
+        session_store(_pg(pg_url, "sslmode=on")).read()
+
+
+def test_fake_pg_store_keeps_the_device_in_the_search_path_schema(monkeypatch, pg_url):
+    import pytest
+    from neonize.aioze.client import ClientFactory
+
+    from tests.fakes.neonize_fake import install
+
+    go = install(monkeypatch)
+    name = _pg(pg_url, "sslmode=disable&search_path=whatsmeow")
+    with pytest.raises(ValueError):  # no such schema yet: Go's error string, split
+        ClientFactory.get_all_devices_from_db(name)
+    go.link(name)  # creates the schema first, as Palaver's login does
+    devices = ClientFactory.get_all_devices_from_db(name)
+    assert [(d.PushName, d.Initialized) for d in devices] == [(go.account.push_name, True)]
+    tables = _pg_fetch(pg_url, "SELECT table_schema FROM information_schema.tables "
+                               "WHERE table_name = 'whatsmeow_device'")
+    assert tables == [("whatsmeow",)]
+
+
+def test_fake_pg_store_with_a_missing_schema_fails_the_upgrade(monkeypatch, pg_url):
+    import pytest
+
+    from tests.fakes.neonize_fake import session_store
+
+    store = session_store(_pg(pg_url, "sslmode=disable&search_path=nowhere"))
+    with pytest.raises(RuntimeError, match=r"failed to upgrade database: .*no schema has "
+                                           r"been selected to create in \(3F000\)"):
+        store.open()
+
+
+async def test_fake_second_connection_of_a_device_replaces_the_first(monkeypatch, tmp_path):
+    """whatsmeow: <conflict type="replaced"> -> StreamReplaced to the FIRST connection,
+    which does not reconnect; the second stays connected."""
+    from neonize.aioze.events import StreamReplacedEv
+
+    from channels.whatsapp.client import NeonizeClient
+    from tests.fakes.neonize_fake import install
+
+    go = install(monkeypatch)
+    db = tmp_path / "session.db"
+    go.link(db)
+    replaced: list[str] = []
+    first, second = NeonizeClient(db), NeonizeClient(db)
+    for label, client in (("first", first), ("second", second)):
+        async def on_replaced(_event, label=label) -> None:
+            replaced.append(label)
+
+        client.on(StreamReplacedEv, on_replaced)
+        client.on(ConnectedEv, _ignore)
+    try:
+        await first.connect()
+        await until(lambda: len(go.connects) == 1)
+        assert replaced == [] and go.replaced == []
+        await second.connect()
+        await until(lambda: replaced == ["first"])
+        assert len(go.connects) == 2 and go.replaced == [go.connects[0]]
+        connected = [c for c in go.clients.values() if c.connected]
+        assert [c._key for c in connected] == [go.connects[1]]
+    finally:
+        await first.close()
+        await second.close()
+        go.release()
+
+
+async def test_fake_a_device_in_another_store_is_not_replaced(monkeypatch, tmp_path):
+    from channels.whatsapp.client import NeonizeClient
+    from tests.fakes.neonize_fake import install
+
+    go = install(monkeypatch)
+    clients = []
+    for n in (1, 2):
+        go.link(tmp_path / f"s{n}.db")
+        client = NeonizeClient(tmp_path / f"s{n}.db")
+        client.on(ConnectedEv, _ignore)
+        clients.append(client)
+    try:
+        for client in clients:
+            await client.connect()
+        await until(lambda: len(go.connects) == 2)
+        assert go.replaced == []
+    finally:
+        for client in clients:
+            await client.close()
+        go.release()
+
+
+async def _ignore(_event) -> None:
+    return None

@@ -38,7 +38,25 @@ What it reproduces (found in ``goneonize/main.go`` and whatsmeow, see WIRE.md):
   ``ptvMessage`` gets whatsmeow's "didn't find any attachments in message").
 - The device record of ``get_all_devices_from_db`` is Go's ``"%s,%s,%s,%t"`` split on
   commas by neonize: a name with a comma raises ``ValueError`` there.
-- The session database is SQLite with whatsmeow's ``whatsmeow_device`` columns.
+- The session database is whatsmeow's ``whatsmeow_device`` table (the columns that
+  matter), where Go's ``getDB(name)`` puts it: a SQLite file ``name``, or, when
+  ``name`` starts with ``postgres``, that PostgreSQL database (``sqlstore.New("postgres",
+  name)`` over lib/pq 1.12).  lib/pq's quirks: ``sslmode`` defaults to ``require``, so
+  against a server without SSL (ask it: ``SHOW ssl``) every store call fails with
+  ``pq: SSL is not enabled on the server`` unless the URL says ``disable``, ``allow``
+  or ``prefer``; an unknown ``sslmode`` is refused; every other query parameter that is
+  not one of lib/pq's own settings is sent as a run-time parameter (``search_path``),
+  and a ``search_path`` naming a schema that does not exist fails the upgrade with
+  ``no schema has been selected to create in`` (3F000).  ``GetAllDevices`` answers
+  such an error as the string ``"error: failed to upgrade database: ..."``, which
+  neonize's ``get_all_devices_from_db`` then splits on commas (``ValueError``);
+  ``Neonize()`` returns it (``NeonizeError`` from the connect task).
+- WhatsApp lets one connection per device: when a client connects with a device whose
+  keys another client of this process has connected (the same session database), the
+  FIRST gets ``StreamReplacedEv`` (whatsmeow's ``handleStreamError`` on
+  ``<conflict type="replaced">``: ``expectDisconnect`` and the event, no reconnect; its
+  ``Neonize()`` keeps blocking until Stop) and is no longer connected
+  (:attr:`FakeGo.replaced` lists the clients that got it).
 - ``build_reaction(chat, sender, message_id, reaction)`` runs Go's ``BuildReaction``
   (whatsmeow's ``BuildReaction``/``BuildMessageKey``): a ``reactionMessage`` with
   ``key{remoteJID: chat, fromMe, ID, participant}``, ``text`` (``""`` removes) and
@@ -54,14 +72,21 @@ import asyncio
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from neonize.aioze import events as neonize_events
-from neonize.aioze.events import ConnectedEv, ConnectFailureEv, PairStatusEv
-from neonize.exc import DownloadError, SendMessageError, SendPresenceError, UploadError
+from neonize.aioze.events import ConnectedEv, ConnectFailureEv, PairStatusEv, StreamReplacedEv
+from neonize.exc import (
+    DownloadError,
+    NeonizeError,
+    SendMessageError,
+    SendPresenceError,
+    UploadError,
+)
 from neonize.proto import Neonize_pb2 as N
 from neonize.proto.waCommon import WACommon_pb2
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
@@ -142,6 +167,8 @@ class FakeGo:
     upload_errors: list[str] = field(default_factory=list)
     auto_connect: bool = True  # a linked device gets Connected at once
     qr_codes: int = 1  # QR codes emitted per login attempt
+    connects: list[str] = field(default_factory=list)  # clients WhatsApp accepted, in order
+    replaced: list[str] = field(default_factory=list)  # clients that got StreamReplaced
     _released: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -176,11 +203,15 @@ class FakeGo:
 
     # -- test controls -----------------------------------------------------------
 
-    def link(self, db_path: Path, *, push_name: str | None = None) -> None:
-        """Store a linked device in ``db_path`` (as after a finished login)."""
+    def link(self, db_path: Path | str, *, push_name: str | None = None) -> None:
+        """Store a linked device in ``db_path`` (as after a finished login): a SQLite
+        file, or the lib/pq URL Palaver hands neonize for a PostgreSQL store (its
+        ``search_path`` schema is created first, as Palaver's login does)."""
         if push_name is not None:
             self.account.push_name = push_name
-        _write_device(db_path, self.account)
+        store = session_store(db_path)
+        store.create_schema()
+        store.write(self.account)
 
     def deliver(self, event: Any, client: FakeNewAClient | None = None) -> None:
         """Go hands an event (e.g. a ``MessageEv``) to Python."""
@@ -228,10 +259,12 @@ class FakeGo:
 
     def get_all_devices_from_db(self, db: str) -> list[N.Device]:
         """neonize's parsing of Go's ``GetAllDevices`` string (commas split)."""
-        record = "|\u0001|".join(
-            f"{jid},{push},{business},true"
-            for jid, push, business in _read_devices(Path(db))
-        )
+        try:
+            record = "|\u0001|".join(
+                f"{jid},{push},{business},true" for jid, push, business in _read_devices(db)
+            )
+        except StoreError as exc:  # Go's GetAllDevices answers the error as the record
+            record = f"error: {exc}"
         if not record:
             return []
         devices = []
@@ -244,44 +277,197 @@ class FakeGo:
         return devices
 
 
-def _write_device(db_path: Path, account: Account) -> None:
-    conn = sqlite3.connect(db_path)
-    try:
-        conn.executescript(_SCHEMA)
-        conn.execute("DELETE FROM whatsmeow_device")
-        conn.execute(
-            "INSERT INTO whatsmeow_device (jid, lid, platform, business_name, push_name) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (f"{account.phone}:{account.device}@s.whatsapp.net",
-             f"{account.lid}:{account.device}@lid", "android", account.business_name,
-             account.push_name),
-        )
-        conn.commit()
-    finally:
-        conn.close()
+class StoreError(RuntimeError):
+    """Go's ``getDB``/``sqlstore`` failed (the text is Go's ``err.Error()``)."""
 
 
-def _read_devices(db_path: Path) -> list[tuple[str, str, str]]:
-    if not db_path.exists():
-        return []
-    conn = sqlite3.connect(db_path)
-    try:
+# lib/pq's own connection settings (conn.go ``isDriverSetting``): never sent to the
+# server; every other parameter is a run-time parameter of the startup message.
+_PQ_DRIVER_SETTINGS = frozenset({
+    "host", "port", "password", "sslmode", "sslcert", "sslkey", "sslrootcert",
+    "sslinline", "sslsni", "sslpassword", "sslnegotiation", "connect_timeout",
+    "disable_prepared_binary_result", "binary_parameters", "krbsrvname", "krbspn",
+    "load_balance_hosts", "target_session_attrs", "min_protocol_version",
+    "max_protocol_version", "passfile", "service",
+})
+_PQ_SSLMODES = ("disable", "allow", "prefer", "require", "verify-full", "verify-ca")
+_PQ_PLAIN = ("disable", "allow", "prefer")  # connect without SSL when the server has none
+
+
+class _SqliteSession:
+    """whatsmeow's store in the SQLite file ``name``."""
+
+    def __init__(self, name: str | Path) -> None:
+        self.path = Path(name)
+
+    @property
+    def identity(self) -> str:
+        return str(self.path.resolve())
+
+    def open(self) -> None:
+        conn = sqlite3.connect(self.path)
         try:
-            return list(conn.execute(
-                "SELECT jid, push_name, business_name FROM whatsmeow_device"))
-        except sqlite3.OperationalError:
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
+    def read(self) -> list[tuple[str, str, str]]:
+        if not self.path.exists():
             return []
-    finally:
-        conn.close()
+        conn = sqlite3.connect(self.path)
+        try:
+            try:
+                return list(conn.execute(
+                    "SELECT jid, push_name, business_name FROM whatsmeow_device"))
+            except sqlite3.OperationalError:
+                return []
+        finally:
+            conn.close()
+
+    def write(self, account: Account) -> None:
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.executescript(_SCHEMA)
+            conn.execute("DELETE FROM whatsmeow_device")
+            conn.execute(
+                "INSERT INTO whatsmeow_device (jid, lid, platform, business_name, push_name) "
+                "VALUES (?, ?, ?, ?, ?)", _device_row(account))
+            conn.commit()
+        finally:
+            conn.close()
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def create_schema(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _open_store(db_path: Path) -> None:
+class _PgSession:
+    """whatsmeow's store in the PostgreSQL database of the lib/pq URL ``name``."""
+
+    def __init__(self, name: str) -> None:
+        parts = urllib.parse.urlsplit(name)
+        query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        self.sslmode = query.get("sslmode") or "require"  # lib/pq's default
+        self.settings = {k: v for k, v in query.items() if k not in _PQ_DRIVER_SETTINGS}
+        self.schema = self.settings.get("search_path")
+        self.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        self.identity = f"{parts.hostname}:{parts.port}{parts.path}?{self.schema or 'public'}"
+
+    def _run(self, work: Callable[[Any], Any], *, check_ssl: bool = True) -> Any:
+        """``work(conn)`` on a connection as lib/pq would open it (a thread of its own:
+        Go's calls never touch the caller's event loop); errors as Go's text."""
+        if self.sslmode not in _PQ_SSLMODES:
+            raise StoreError(f'pq: wrong value for "sslmode": "{self.sslmode}" is not '
+                             "supported; supported values are disable, allow, prefer, "
+                             "require, verify-full, or verify-ca")
+        result: list[Any] = []
+        errors: list[BaseException] = []
+
+        async def go() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(self.url, ssl=False, timeout=10,
+                                         server_settings=self.settings)
+            try:
+                if check_ssl and self.sslmode not in _PQ_PLAIN and (
+                        await conn.fetchval("SHOW ssl")) != "on":
+                    raise StoreError("pq: SSL is not enabled on the server")
+                result.append(await work(conn))
+            finally:
+                await conn.close()
+
+        def main() -> None:
+            import asyncpg
+
+            try:
+                asyncio.run(go())
+            except asyncpg.PostgresError as exc:
+                errors.append(StoreError(f"pq: {exc} ({exc.sqlstate})"))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        thread = threading.Thread(target=main, name="fake-lib-pq")
+        thread.start()
+        thread.join()
+        if errors:
+            raise errors[0]
+        return result[0]
+
+    def open(self) -> None:
+        async def migrate(conn: Any) -> None:
+            await conn.execute(_SCHEMA)
+
+        try:
+            self._run(migrate)
+        except StoreError as exc:
+            raise StoreError(f"failed to upgrade database: {exc}") from None
+
+    def read(self) -> list[tuple[str, str, str]]:
+        async def read(conn: Any) -> list[tuple[str, str, str]]:
+            await conn.execute(_SCHEMA)  # GetAllDevices' getDB upgrades first
+            return [tuple(r) for r in await conn.fetch(
+                "SELECT jid, push_name, business_name FROM whatsmeow_device")]
+
+        try:
+            return self._run(read)
+        except StoreError as exc:
+            raise StoreError(f"failed to upgrade database: {exc}") from None
+
+    def write(self, account: Account) -> None:
+        async def write(conn: Any) -> None:
+            await conn.execute(_SCHEMA)
+            await conn.execute("DELETE FROM whatsmeow_device")
+            await conn.execute(
+                "INSERT INTO whatsmeow_device (jid, lid, platform, business_name, push_name)"
+                " VALUES ($1, $2, $3, $4, $5)", *_device_row(account))
+
+        self._run(write)
+
+    def delete(self) -> None:
+        async def delete(conn: Any) -> None:
+            if await conn.fetchval("SELECT to_regclass('whatsmeow_device')") is not None:
+                await conn.execute("DELETE FROM whatsmeow_device")
+
+        self._run(delete)
+
+    def create_schema(self) -> None:
+        """What Palaver does before Go opens the store (CREATE SCHEMA), not Go."""
+        if not self.schema:
+            return
+        schema = self.schema
+
+        async def create(conn: Any) -> None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+        self._run(create, check_ssl=False)
+
+
+def session_store(name: str | Path) -> _SqliteSession | _PgSession:
+    """Where Go's ``getDB(name)`` keeps whatsmeow's store."""
+    if isinstance(name, str) and name.startswith("postgres"):
+        return _PgSession(name)
+    return _SqliteSession(name)
+
+
+def _device_row(account: Account) -> tuple[str, str, str, str, str]:
+    return (f"{account.phone}:{account.device}@s.whatsapp.net",
+            f"{account.lid}:{account.device}@lid", "android", account.business_name,
+            account.push_name)
+
+
+def _write_device(name: str | Path, account: Account) -> None:
+    session_store(name).write(account)
+
+
+def _read_devices(name: str | Path) -> list[tuple[str, str, str]]:
+    return session_store(name).read()
+
+
+def _open_store(name: str | Path) -> None:
     """Go's getDB: open and migrate (creates the tables, no device)."""
-    conn = sqlite3.connect(db_path)
-    try:
-        conn.executescript(_SCHEMA)
-    finally:
-        conn.close()
+    session_store(name).open()
 
 
 class FakeGoLibrary:
@@ -366,12 +552,15 @@ class FakeNewAClient:
         """Go's ``Neonize()``: blocks until Stop (and FetchMe has returned)."""
         go = self._go
         go.neonize_calls += 1
-        db = Path(self.name)
+        db = self.name
         if go.store_gate is not None:
             while not go.store_gate.wait(0.01):
                 if go._released.is_set():
                     return ""
-        _open_store(db)
+        try:
+            _open_store(db)
+        except StoreError as exc:  # getDB failed: Neonize() returns err.Error()
+            return str(exc)
         go.clients[self._key] = self  # registered only after the store is open
         self._registered.set()
         linked = bool(_read_devices(db))
@@ -395,20 +584,37 @@ class FakeNewAClient:
                 Reason=N.ConnectFailureReason.Value(go.connect_failures.pop(0)),
                 Message="", Raw=N.Node(Tag="failure")))
         elif go.auto_connect and not self._linked.is_set():
-            self.connected = True
-            self._dispatch(ConnectedEv, ConnectedEv(status=True))
+            self._come_online()
         self._cancel.wait()
+        self.connected = False
         return self._death or ""
+
+    def _come_online(self) -> None:
+        """WhatsApp accepts this connection; one connection per device, so another
+        client of the same device that is connected gets ``<conflict type="replaced">``
+        (whatsmeow: ``StreamReplaced``, no reconnect)."""
+        go = self._go
+        identity = session_store(self.name).identity
+        with go._lock:
+            others = [c for c in go.clients.values() if c is not self and c.connected
+                      and session_store(c.name).identity == identity]
+            for other in others:
+                other.connected = False
+                go.replaced.append(other._key)
+            self.connected = True
+            go.connects.append(self._key)
+        for other in others:
+            other._dispatch(StreamReplacedEv, StreamReplacedEv())
+        self._dispatch(ConnectedEv, ConnectedEv(status=True))
 
     def _paired(self) -> None:
         acc = self._go.account
-        _write_device(Path(self.name), acc)
+        _write_device(self.name, acc)
         self._dispatch(PairStatusEv, PairStatusEv(
             ID=_jid(acc.phone, "s.whatsapp.net"), BusinessName=acc.business_name,
             Platform="android", Status=N.PairStatus.SUCCESS))
         self._linked.set()
-        self.connected = True
-        self._dispatch(ConnectedEv, ConnectedEv(status=True))
+        self._come_online()
 
     def _client_or_crash(self, call: str) -> None:
         if self._key not in self._go.clients:
@@ -434,7 +640,7 @@ class FakeNewAClient:
         async def run() -> None:
             err = await self._NewAClient__client.Neonize(self.uuid, self._neonize)
             if err:
-                raise RuntimeError(err)
+                raise NeonizeError(err)
 
         self.connect_task = self._loop.create_task(run())
         return self.connect_task
@@ -447,6 +653,7 @@ class FakeNewAClient:
                 self._go.crashes.append(f"Stop before {key} was registered")
                 raise GoCrash("Stop before the client was registered")
             self._go.clients.pop(key, None)
+            self.connected = False
             self._cancel.set()
 
         await self._NewAClient__client.Stop(self.uuid, stop)
@@ -572,7 +779,7 @@ class FakeNewAClient:
 
     async def logout(self) -> None:
         def logout() -> None:
-            Path(self.name).unlink(missing_ok=True)
+            session_store(self.name).delete()
 
         await self._go_call("Logout", logout)
 
