@@ -480,7 +480,9 @@ def is_stop(text: str) -> bool:
 
 
 async def _stop(_ctx: CommandContext, _arg: str) -> str:
-    # Only reached if a /stop ever got into the queue; the door answers every other one.
+    # Only reached for a /stop in the queue: one a process that did not own the chat
+    # stored for the owner (bridge.conversation._stop_elsewhere), claimed after the turn
+    # it was for had ended on its own.  The door answers every other one.
     return NOTHING_RUNNING
 
 

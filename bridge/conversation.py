@@ -5,7 +5,8 @@ then wakes the one worker of its session: messages of one chat are answered in o
 different chats in parallel, and messages that arrive while a turn runs are answered
 together in the next turn (with ``debounceMs``, a message to an idle session waits that
 long for more).  ``/stop`` is answered here, before the queue: it cancels the session's
-running model call.  An admitted message gets its acknowledgement reaction
+running model call (when another process owns the chat, that process is asked to and
+answers it).  An admitted message gets its acknowledgement reaction
 (:mod:`bridge.reactions`) as soon as it is stored, and in groups the text of messages not
 addressed to the bot is kept for its next answer there (``groupContextMessages``).
 
@@ -38,7 +39,14 @@ from bridge.ports import InboundSink, StoreUnavailable
 from bridge.prompt import PromptCache, visible_text
 from bridge.reactions import AckReactions
 from bridge.store import MessageKind, MessageStatus, Store
-from bridge.store.coord import Coordinator, LocalCoordinator, Lost, Wake
+from bridge.store.coord import (
+    Coordinator,
+    LocalCoordinator,
+    Lost,
+    Wake,
+    answer_stop_body,
+    queued_stops_body,
+)
 from bridge.store.db import StoreError, unavailable_reason
 from bridge.store.notices import queue_notice
 from bridge.store.records import RecoveryReport
@@ -68,6 +76,11 @@ STORE_RETRY_DELAYS = (0.25, 1.0)
 PRUNE_EVERY_S = 3600.0
 # One log line per reason, then one summary line per this many seconds.
 DOOR_LOG_WINDOW_S = 60.0
+
+
+def _stop_quote(address: ChatAddress, message_id: str | None) -> str | None:
+    """What a ``/stop``'s reply quotes: the ``/stop`` itself, in a group."""
+    return message_id if address.chat_kind is ChatKind.GROUP else None
 
 
 def has_content(inbound: Inbound) -> bool:
@@ -636,23 +649,83 @@ class ConversationCore(InboundSink):
         a = inbound.address
         if await self.store.has_inbound(a.channel, a.account, inbound.message_id):
             result = AcceptStatus.DUPLICATE  # redelivered: it stopped what it could then
+        elif not await self._take(key):
+            # Another live process answers this chat: its turn is stopped there.
+            result = await self._stop_elsewhere(inbound)
         else:
             stopped = self._active.stop(key)
-            quote = inbound.message_id if a.chat_kind is ChatKind.GROUP else None
             recorded = await self.store.record_control(
-                inbound, STOPPED if stopped else NOTHING_RUNNING, reply_to_message_id=quote)
+                inbound, STOPPED if stopped else NOTHING_RUNNING,
+                reply_to_message_id=_stop_quote(inbound.address, inbound.message_id))
             if recorded is None or recorded[0] is None:  # stored meanwhile
                 result = AcceptStatus.DUPLICATE
             else:
                 result = AcceptStatus.ACCEPTED
                 log.info("stop session=%s: %s", key,
                          "model call cancelled" if stopped else "nothing was running")
-                if await self._take(key):
-                    self._session(key).flush = True
-                    self._wake(key)
+            self._session(key).flush = True  # the chat is this process's: flush it
+            self._wake(key)
         self._emit(AcceptEvent(a.channel, key, result, "stop" if result is
                                AcceptStatus.ACCEPTED else "", "stop"))
         return result
+
+    async def _stop_elsewhere(self, inbound: Inbound) -> AcceptStatus:
+        """``/stop`` for a chat another process owns (its turn runs there): stored as a
+        waiting message, the owner told (``coord.request_stop``).  The owner cancels its
+        turn and answers the ``/stop`` (:meth:`_answer_stops`), once; the stored message
+        is the request, so a lost notification is caught by the owner's sweep, and a
+        ``/stop`` nobody answered that way is claimed from the queue after the turn
+        (answered "Nothing is running.": the turn ended on its own)."""
+        key = str(inbound.session_key)
+        if await self.store.record_inbound(inbound) is None:
+            return AcceptStatus.DUPLICATE
+        if await self._take(key):
+            # The owner gave the chat up in between (its turn had ended): this process
+            # answers the /stop from the queue.
+            self._wake(key)
+            return AcceptStatus.ACCEPTED
+        log.info("stop session=%s: the chat's owner is another process; asking it", key)
+        try:
+            await self.coord.request_stop(key)
+        except StoreError as exc:
+            log.warning("could not tell the owner of %s to stop now (%s); its sweep will",
+                        key, exc)
+        return AcceptStatus.ACCEPTED
+
+    async def _answer_stops(self, key: str) -> None:
+        """Another process stored a ``/stop`` for this process's chat ``key``: cancel the
+        running model call (as the door would) and answer each waiting ``/stop`` — the
+        first "Stopped." when it cancelled one, the rest "Nothing is running."  A
+        ``/stop`` a worker claimed meanwhile is the worker's to answer."""
+        if not self.coord.owns(key):
+            return
+        try:
+            waiting = await self.store.read_with(queued_stops_body(key))
+            stops = [m for m in waiting if is_stop(m.text)]
+            if not stops:
+                return
+            stopped = self._active.stop(key)
+            answered = 0
+            for msg in stops:
+                reply = STOPPED if stopped and not answered else NOTHING_RUNNING
+                if await self.store.atomically(answer_stop_body(
+                        msg.id, self.coord.process_id, reply, now=time.time(),
+                        reply_to=_stop_quote(msg.address, msg.platform_message_id))):
+                    answered += 1
+                    log.info("stop session=%s (received by another process): %s", key,
+                             "model call cancelled" if reply == STOPPED
+                             else "nothing was running")
+        except Lost as exc:
+            log.info("stop session=%s: %s; its owner answers it", key, exc)
+            self.coord.forget(key)
+            return
+        except StoreError as exc:
+            log.warning("stop session=%s: could not answer it now (%s); the sweep tries"
+                        " again", key, exc)
+            return
+        if answered:
+            self._session(key).flush = True
+            self._wake(key)
 
     async def tell(self, address: ChatAddress, session_key: str, text: str) -> bool:
         """Send ``text`` to a chat outside any turn (stored first, then delivered in order
@@ -694,6 +767,10 @@ class ConversationCore(InboundSink):
             return
         if wake.address is not None and self._owner(wake.address) is None:
             return  # not a chat this process serves (e.g. WhatsApp on a standby)
+        if wake.stop:
+            self._spawn(self._answer_stops(wake.session_key),
+                        name=f"stop {wake.session_key}")
+            return
         if wake.outbound:
             self._session(wake.session_key).flush = True
         self._wake(wake.session_key)

@@ -23,7 +23,11 @@ Only the database's own mechanisms are used (docs/design/postgres.md §5):
   leaderships, which it then wakes here.
 - **Wake-ups.**  ``NOTIFY palaver_work`` in the transaction that stores work
   (:func:`notify_work`) wakes the chat's owner; a sweep every 2 s finds what a lost
-  notification left waiting.
+  notification left waiting.  A ``/stop`` received by a process that does not own the
+  chat is stored as a waiting message and announced with a ``stop`` payload
+  (:func:`notify_stop`): the owner cancels its turn and answers it
+  (:func:`answer_stop_body`); its sweep finds a stored ``/stop`` whose notification
+  was lost.
 - **Leaders.**  ``leaders`` rows (``telegram/<account>:poll``, ``whatsapp/<account>``)
   held by a live process, with an ``epoch`` that grows at every change of owner (a
   fencing token).  :meth:`~Coordinator.lead` registers callbacks that start and stop the
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
     from bridge.config.schema import Config
     from bridge.store import Store
     from bridge.store.db import Database
+    from bridge.store.records import StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +115,20 @@ def owns_turn(turn_id: int, owner: str) -> Body[bool]:
     return row is not None
 
 
-def parse_payload(payload: str) -> tuple[str, bool, str] | None:
-    """``(session_key, outbound, sender)`` from a ``palaver_work`` payload
-    (``in|out <sender's application_name>\n<session key>``; ``out``: a reply waits to be
-    delivered), None when it is not one of ours."""
+# What a ``palaver_work`` payload asks: ``in`` a message to answer, ``out`` a reply to
+# deliver, ``stop`` a ``/stop`` another process stored (cancel the chat's running turn).
+PAYLOAD_KINDS = ("in", "out", "stop")
+
+
+def parse_payload(payload: str) -> tuple[str, str, str] | None:
+    """``(session_key, kind, sender)`` from a ``palaver_work`` payload
+    (``<kind> <sender's application_name>\n<session key>``, ``kind`` one of
+    :data:`PAYLOAD_KINDS`), None when it is not one of ours."""
     head, sep, key = payload.partition("\n")
     kind, _, sender = head.partition(" ")
-    if not sep or not key or kind not in ("in", "out"):
+    if not sep or not key or kind not in PAYLOAD_KINDS:
         return None
-    return key, kind == "out", sender
+    return key, kind, sender
 
 
 def notify_work(session_key: str, *, outbound: bool = False) -> Body[None]:
@@ -126,9 +136,63 @@ def notify_work(session_key: str, *, outbound: bool = False) -> Body[None]:
     ``pg_notify``; nothing on SQLite, whose one process woke itself).  The payload names
     the sending connection's application_name: a process ignores its own (it woke the
     chat itself, with its debounce)."""
+    yield from _notify("out" if outbound else "in", session_key)
+
+
+def notify_stop(session_key: str) -> Body[None]:
+    """A ``/stop`` for the chat was stored as a waiting message by a process that does not
+    own it: its owner cancels the running turn and answers the ``/stop``
+    (:func:`queued_stops_body`, :func:`answer_stop_body`).  Only a hint: the stored
+    ``/stop`` is the request, and the owner's sweep finds it if this is lost."""
+    yield from _notify("stop", session_key)
+
+
+def _notify(kind: str, session_key: str) -> Body[None]:
     if (yield dialect()) == "postgresql":
         yield val("SELECT pg_notify(?, ? || current_setting('application_name') || chr(10)"
-                  " || ?)", WORK_CHANNEL, "out " if outbound else "in ", session_key)
+                  " || ?)", WORK_CHANNEL, kind + " ", session_key)
+
+
+# A waiting message that may be a /stop (the caller checks with bridge.commands.is_stop).
+_MAYBE_STOP = "lower(text) LIKE '%/stop%'"
+
+
+def queued_stops_body(session_key: str) -> Body[list[StoredMessage]]:
+    """The waiting inbound messages of a chat that may be ``/stop`` s (oldest first): those
+    another process stored for this chat's owner."""
+    from bridge.store.records import message_from_row
+
+    rows = yield all_(
+        "SELECT * FROM messages WHERE session_key = ? AND direction = 'in'"
+        f" AND status = 'received' AND {_MAYBE_STOP} ORDER BY id", session_key)
+    return [message_from_row(r) for r in rows]
+
+
+def answer_stop_body(message_id: int, owner: str | None, reply: str, *,
+                     reply_to: str | None, now: float) -> Body[bool]:
+    """Answer a waiting ``/stop`` (message ``message_id``) outside the queue, as the door
+    answers its own (``record_control``): the message becomes an answered command and
+    ``reply`` is stored pending for the outbox.  Fenced by the chat's ownership (``owner``;
+    None alone on SQLite); False when the message is not waiting any more (a worker
+    claimed it, or another answer did)."""
+    from bridge.store.messages import insert_outbound
+    from bridge.store.records import MessageKind, message_from_row
+
+    row = yield one("SELECT * FROM messages WHERE id = ?", message_id)
+    if row is None:
+        return False
+    msg = message_from_row(row)
+    if owner is not None:
+        yield from owns_session(msg.session_key, owner)
+    taken = yield run(
+        "UPDATE messages SET status = 'answered', kind = 'command', updated_at = ?"
+        " WHERE id = ? AND direction = 'in' AND status = 'received'", now, message_id)
+    if not taken:
+        return False
+    yield from insert_outbound(key=msg.session_key, address=msg.address, text=reply,
+                               kind=MessageKind.COMMAND, session_id=None, turn_id=None,
+                               reply_to=reply_to, now=now)
+    return True
 
 
 def acquire_body(session_key: str, owner: str) -> Body[bool]:
@@ -242,6 +306,7 @@ class Waiting:
     outbound: int
     due: int  # replies not waiting for a retry later
     mine: bool
+    stops: int  # waiting messages that may be /stop s (another process stored them)
     address: ChatAddress
 
 
@@ -255,7 +320,9 @@ def sweep_body(owner: str, now: float, limit: int = SWEEP_LIMIT) -> Body[list[Wa
         " COUNT(*) FILTER (WHERE w.direction = 'in') AS inbound,"
         " COUNT(*) FILTER (WHERE w.direction = 'out') AS outbound,"
         " COUNT(*) FILTER (WHERE w.direction = 'out' AND (w.next_attempt_at IS NULL"
-        " OR w.next_attempt_at <= ?)) AS due, MAX(o.owner) AS owner"
+        " OR w.next_attempt_at <= ?)) AS due, MAX(o.owner) AS owner,"
+        " COUNT(*) FILTER (WHERE w.direction = 'in' AND lower(w.text) LIKE '%/stop%')"
+        " AS stops"
         " FROM messages w LEFT JOIN session_owners o ON o.session_key = w.session_key"
         " WHERE ((w.direction = 'in' AND w.status = 'received')"
         " OR (w.direction = 'out' AND w.status = 'pending'))"
@@ -272,6 +339,7 @@ def sweep_body(owner: str, now: float, limit: int = SWEEP_LIMIT) -> Body[list[Wa
         a = places[r["last"]]
         out.append(Waiting(r["session_key"], int(r["first"]), int(r["inbound"]),
                            int(r["outbound"]), int(r["due"]), r["owner"] == owner,
+                           int(r["stops"]),
                            ChatAddress(a["channel"], a["account"], a["chat_id"],
                                        ChatKind(a["chat_kind"]), a["thread_id"])))
     return out
@@ -313,11 +381,14 @@ class Wake:
 
     ``address`` is set when the sweep found the chat without a live owner: any process
     serving that address may take it (its worker's :meth:`Coordinator.acquire` decides).
-    Without an address the chat is this process's already."""
+    Without an address the chat is this process's already.  ``stop``: another process
+    stored a ``/stop`` for this chat (this process owns it): cancel its running turn and
+    answer the waiting ``/stop`` (:func:`answer_stop_body`)."""
 
     session_key: str
     outbound: bool = False
     address: ChatAddress | None = None
+    stop: bool = False
 
 
 GainCallback = Callable[[int], Awaitable[None]]  # called with the epoch
@@ -375,6 +446,12 @@ class Coordinator:
         """Give up the chats whose session keys start with ``prefix`` even with work
         waiting (this process stopped serving them); alone, nothing to give up."""
         return []
+
+    async def request_stop(self, session_key: str) -> None:
+        """A ``/stop`` for a chat another process owns was stored (waiting): tell its
+        owner now (a hint; its sweep finds the stored ``/stop`` anyway).  Alone: never
+        needed (this process owns every chat)."""
+        return None
 
     def check_alive(self) -> None:
         """Raise :class:`Lost` unless this process is registered and sure of its lease."""
@@ -855,15 +932,18 @@ class PgCoordinator(Coordinator):
     def owned(self) -> frozenset[str]:
         return frozenset(self._owned)
 
+    async def request_stop(self, session_key: str) -> None:
+        await self.store.atomically(notify_stop(session_key))
+
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         parsed = parse_payload(payload)
         if parsed is None:
             return
-        key, outbound, sender = parsed
+        key, kind, sender = parsed
         if sender == self.app_name:
             return  # stored by this process, which woke the chat itself
         if key in self._owned:  # a chat nobody owns is its receiver's to take
-            self._fire_wake(Wake(key, outbound))
+            self._fire_wake(Wake(key, outbound=kind == "out", stop=kind == "stop"))
 
     # -- reaping and the sweep -----------------------------------------------------
 
@@ -938,6 +1018,10 @@ class PgCoordinator(Coordinator):
         wakes = []
         for w in waiting:
             again = seen.get(w.session_key) == w.first
+            if w.mine and w.stops:
+                # A /stop another process stored for this chat (its notification lost):
+                # at once, every sweep until it is answered (answering it twice is a no-op).
+                wakes.append(Wake(w.session_key, stop=True))
             if w.mine:
                 # Not a reply waiting for its retry: the outbox's timer has that one.
                 if (w.inbound or w.due) and again:
@@ -1028,7 +1112,7 @@ def _json(text: Any) -> Any:
 
 __all__ = [
     "Coordinator", "LocalCoordinator", "Lost", "PgCoordinator", "Reaped", "TurnTakenOver",
-    "Wake", "Waiting", "acquire_body", "application_name", "connect", "gain_body",
-    "notify_work",
-    "orphans_body", "owns_session", "owns_turn", "reap_body", "release_body", "sweep_body",
+    "Wake", "Waiting", "acquire_body", "answer_stop_body", "application_name", "connect",
+    "gain_body", "notify_stop", "notify_work", "orphans_body", "owns_session", "owns_turn",
+    "parse_payload", "queued_stops_body", "reap_body", "release_body", "sweep_body",
 ]

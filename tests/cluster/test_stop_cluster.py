@@ -1,0 +1,185 @@
+"""``/stop`` received by a process that does not own the chat (issue 20): two cores on one
+PostgreSQL store in this test process (two stores, two coordinators, as two ``palaver
+run`` would be), the turn running on A with a slow model, the ``/stop`` accepted by B.
+A's turn stops and the chat gets exactly one "Stopped." — from A, the owner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from bridge.commands import NOTHING_RUNNING, STOPPED
+from bridge.conversation import ConversationCore
+from bridge.envelope import AcceptStatus
+from bridge.store import Store
+from bridge.store.coord import PgCoordinator, application_name
+from bridge.store.sql import all_
+from tests.core.helpers import FakeRouter, RecordingChannel, dm, make_config
+
+NEVER = 3600.0  # no background sweep: a test that needs one runs it by hand
+HANG_GUARD_S = 20.0  # only so that a broken stop fails instead of hanging
+
+
+@dataclass
+class Node:
+    store: Store
+    coord: PgCoordinator
+    core: ConversationCore
+    channel: RecordingChannel
+
+
+@dataclass
+class Pair:
+    a: Node
+    b: Node
+    release: asyncio.Event  # lets A's slow model answer
+    called: asyncio.Event  # A's model call started
+
+
+@pytest.fixture
+async def pair(tmp_path, pg_url) -> AsyncIterator[Pair]:
+    config = make_config(tmp_path)
+    release, called = asyncio.Event(), asyncio.Event()
+
+    async def slow(_ref, req) -> str:
+        called.set()
+        await release.wait()
+        return "the slow answer"
+
+    nodes: list[Node] = []
+    try:
+        for behaviour in (slow, None):
+            app = application_name()
+            store = await Store.open_url(pg_url, application_name=app)
+            coord = PgCoordinator(store, lease_seconds=30.0, app_name=app,
+                                  reap_every_s=NEVER, sweep_every_s=NEVER)
+            await coord.start()
+            channel = RecordingChannel()
+            core = ConversationCore(store, config, FakeRouter(config, behaviour),
+                                    channels=[channel], coordinator=coord)
+            await core.start()
+            nodes.append(Node(store, coord, core, channel))
+        yield Pair(nodes[0], nodes[1], release, called)
+    finally:
+        release.set()
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                await node.core.stop(grace=0)
+            with contextlib.suppress(Exception):
+                await node.coord.stop()
+            with contextlib.suppress(Exception):
+                await node.store.close()
+
+
+def _rows(key: str, sql: str):
+    return (yield all_(sql, key))
+
+
+async def _replies(store: Store, key: str) -> list[str]:
+    rows = await store.read_with(_rows(
+        key, "SELECT text FROM messages WHERE session_key = ? AND direction = 'out'"
+             " ORDER BY id"))
+    return [r[0] for r in rows]
+
+
+async def _turns(store: Store, key: str) -> list[tuple[str, str | None]]:
+    rows = await store.read_with(_rows(
+        key, "SELECT status, reason FROM turns WHERE session_key = ? ORDER BY id"))
+    return [(r[0], r[1]) for r in rows]
+
+
+async def _running_on_a(pair: Pair) -> str:
+    """A accepted a message and its model call is running: the chat is A's."""
+    message = dm("write me a long story")
+    key = str(message.session_key)
+    assert await pair.a.core.accept(message) is AcceptStatus.ACCEPTED
+    await asyncio.wait_for(pair.called.wait(), HANG_GUARD_S)
+    assert pair.a.coord.owns(key)
+    return key
+
+
+async def _one_stopped(pair: Pair, key: str) -> None:
+    """A sends one "Stopped.", its turn is stopped, nothing else is (or will be) sent."""
+    await asyncio.wait_for(pair.a.channel.sent_event.wait(), HANG_GUARD_S)
+    await pair.a.core.wait_idle()
+    await pair.b.core.wait_idle()
+    assert pair.a.channel.texts() == [STOPPED]
+    assert pair.b.channel.texts() == []
+    assert await _replies(pair.a.store, key) == [STOPPED]  # no second reply waits
+    assert await _turns(pair.a.store, key) == [("failed", "stopped")]
+    statuses = await pair.a.store.read_with(_rows(
+        key, "SELECT text, status, kind FROM messages WHERE session_key = ?"
+             " AND direction = 'in' ORDER BY id"))
+    assert [tuple(r) for r in statuses] == [("write me a long story", "failed", "chat"),
+                                            ("/stop", "answered", "command")]
+    assert await pair.a.store.undelivered(key) == []
+
+
+async def test_a_stop_received_by_another_process_stops_the_owners_turn(pair):
+    key = await _running_on_a(pair)
+    stop = dm("/stop")
+    assert await pair.b.core.accept(stop) is AcceptStatus.ACCEPTED
+    await _one_stopped(pair, key)
+    # The model call was cancelled, not answered: releasing it now changes nothing.
+    pair.release.set()
+    await pair.a.core.wait_idle()
+    assert pair.a.channel.texts() == [STOPPED]
+
+
+async def test_a_lost_stop_notification_is_caught_by_the_owners_sweep(pair, monkeypatch):
+    key = await _running_on_a(pair)
+
+    async def lost(_key: str) -> None:
+        return None  # the NOTIFY never reaches A
+
+    monkeypatch.setattr(pair.b.coord, "request_stop", lost)
+    assert await pair.b.core.accept(dm("/stop")) is AcceptStatus.ACCEPTED
+    # The message's own notification woke A's busy worker; the turn goes on.
+    assert pair.a.channel.texts() == []
+    assert pair.a.core._active.running(key) is not None
+    wakes = await pair.a.coord.sweep()
+    assert [w.stop for w in wakes if w.session_key == key] == [True]
+    await _one_stopped(pair, key)
+
+
+async def test_a_stop_after_the_answer_is_told_nothing_runs(pair):
+    """The owner's turn ended on its own before the /stop reached it: the answer, then
+    one "Nothing is running." (as with one process), not "Stopped."."""
+    key = await _running_on_a(pair)
+    pair.release.set()
+    await asyncio.wait_for(pair.a.channel.sent_event.wait(), HANG_GUARD_S)
+    pair.a.channel.sent_event.clear()
+    await pair.a.core.wait_idle()  # A gave the chat up; it takes it again (e.g. a reply
+    assert await pair.a.coord.acquire(key)  # to deliver), idle for the /stop
+    assert await pair.b.core.accept(dm("/stop")) is AcceptStatus.ACCEPTED
+    await asyncio.wait_for(pair.a.channel.sent_event.wait(), HANG_GUARD_S)
+    await pair.a.core.wait_idle()
+    assert pair.a.channel.texts() == ["the slow answer", NOTHING_RUNNING]
+    assert pair.b.channel.texts() == []
+    assert await _replies(pair.a.store, key) == ["the slow answer", NOTHING_RUNNING]
+
+
+async def test_a_stop_for_a_chat_its_owner_just_gave_up_is_answered_by_its_receiver(pair):
+    """B found the chat owned, and A gave it up before B stored the /stop: B takes the
+    chat and answers the /stop from the queue (A, no longer the owner, ignores it)."""
+    key = await _running_on_a(pair)
+    pair.release.set()
+    await asyncio.wait_for(pair.a.channel.sent_event.wait(), HANG_GUARD_S)
+    await pair.a.core.wait_idle()  # A released the chat
+    taken = pair.b.core._take
+
+    async def owned_elsewhere_once(k: str) -> bool:
+        pair.b.core._take = taken  # type: ignore[method-assign]
+        return False  # what B's first look saw
+
+    pair.b.core._take = owned_elsewhere_once  # type: ignore[method-assign]
+    assert await pair.b.core.accept(dm("/stop")) is AcceptStatus.ACCEPTED
+    await asyncio.wait_for(pair.b.channel.sent_event.wait(), HANG_GUARD_S)
+    await pair.b.core.wait_idle()
+    await pair.a.core.wait_idle()
+    assert pair.b.channel.texts() == [NOTHING_RUNNING]
+    assert await _replies(pair.a.store, key) == ["the slow answer", NOTHING_RUNNING]
