@@ -3,7 +3,10 @@
 :class:`Cluster` writes one config per process (its own dataDir, health port and webhook
 port; one ``store.url``; Telegram against the fake Bot API, in webhook mode or, with
 ``mode="polling"``, polling (only the leader of ``telegram/default:poll`` polls); the fake
-model server), starts them as subprocesses (``python -m bridge run``), waits until each one's
+model server; with ``whatsapp_server``, the WhatsApp channel too, its neonize connecting to
+that fake WhatsApp (tests/fakes/whatsapp_server.py) through the launcher
+tests/cluster/whatsapp_member.py; ``telegram=False`` leaves Telegram out), starts them as
+subprocesses (``python -m bridge run``), waits until each one's
 ``/healthz`` answers 200, and stops (SIGTERM) or kills (SIGKILL) them.  :class:`Poster`
 is the load balancer in front of them: it POSTs each update, with Telegram's secret
 token header, to the process it is given and, when that one does not answer 200 (dead,
@@ -67,9 +70,31 @@ class Cluster:
     model_url: str
     lease_s: float = 3.0
     mode: str = "webhook"  # or "polling"
+    telegram: bool = True
+    # "host:port" of a FakeWhatsApp: the WhatsApp channel on, neonize faked to reach it
+    whatsapp_server: str | None = None
     members: list[Member] = field(default_factory=list)
 
     def config(self, member: Member) -> dict[str, Any]:
+        channels: dict[str, Any] = {}
+        if self.telegram:
+            channels["telegram"] = self.telegram_config(member)
+        if self.whatsapp_server is not None:
+            channels["whatsapp"] = {"dmPolicy": "open", "allowFrom": ["*"],
+                                    "ackReaction": ""}
+        return {
+            "dataDir": str(self.tmp_path / f"p{member.index}" / "data"),
+            "store": {"url": self.pg_url, "leaseSeconds": self.lease_s},
+            "models": {"mode": "replace", "providers": {"local": {
+                "baseUrl": self.model_url, "api": "openai-completions",
+                "models": [{"id": "text", "contextWindow": 32000, "maxTokens": 1000}],
+            }}},
+            "agents": {"defaults": {"model": {"primary": "local/text"}}},
+            "channels": channels,
+            "health": {"enabled": True, "host": "127.0.0.1", "port": member.health_port},
+        }
+
+    def telegram_config(self, member: Member) -> dict[str, Any]:
         telegram: dict[str, Any] = {
             "botToken": self.bot_token, "apiRoot": self.api_root,
             "dmPolicy": "open", "allowFrom": ["*"], "streaming": "off", "ackReaction": ""}
@@ -80,17 +105,7 @@ class Cluster:
                 "webhookPort": member.webhook_port, "webhookPath": HOOK})
         else:
             telegram["mode"] = self.mode
-        return {
-            "dataDir": str(self.tmp_path / f"p{member.index}" / "data"),
-            "store": {"url": self.pg_url, "leaseSeconds": self.lease_s},
-            "models": {"mode": "replace", "providers": {"local": {
-                "baseUrl": self.model_url, "api": "openai-completions",
-                "models": [{"id": "text", "contextWindow": 32000, "maxTokens": 1000}],
-            }}},
-            "agents": {"defaults": {"model": {"primary": "local/text"}}},
-            "channels": {"telegram": telegram},
-            "health": {"enabled": True, "host": "127.0.0.1", "port": member.health_port},
-        }
+        return telegram
 
     def add(self) -> Member:
         index = len(self.members)
@@ -102,13 +117,20 @@ class Cluster:
         self.members.append(member)
         return member
 
+    def command(self) -> list[str]:
+        """The process's command line before ``run -c <config>``."""
+        if self.whatsapp_server is not None:
+            return [sys.executable, "-m", "tests.cluster.whatsapp_member",
+                    "--wa-server", self.whatsapp_server]
+        return [sys.executable, "-m", "bridge"]
+
     async def start(self, member: Member, *, limit_s: float = 90.0) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO), "NO_PROXY": "127.0.0.1"}
         env.pop("PALAVER_DATABASE_URL", None)
         log = member.log_path.open("ab")
         try:
             member.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bridge", "run", "-c", str(member.config_path),
+                *self.command(), "run", "-c", str(member.config_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 cwd=str(member.config_path.parent))
         finally:
@@ -116,7 +138,9 @@ class Cluster:
         await self.wait_ready(member, limit_s=limit_s)
 
     async def wait_ready(self, member: Member, *, limit_s: float) -> dict[str, Any]:
-        """Until the member's /healthz answers 200 (its cluster block alive)."""
+        """Until the member's /healthz answers 200 (its cluster block alive).  With
+        WhatsApp, until it answers with its cluster block alive, whatever the status: a
+        standby's WhatsApp is not connected (503), and the leader's is not yet."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_s
         url = f"http://127.0.0.1:{member.health_port}/healthz"
@@ -130,6 +154,10 @@ class Cluster:
                     async with session.get(url) as resp:
                         if resp.status == 200:
                             return dict(await resp.json())
+                        if self.whatsapp_server is not None and resp.status == 503:
+                            report = dict(await resp.json())
+                            if report.get("cluster", {}).get("alive"):
+                                return report
                 except aiohttp.ClientError:
                     pass
                 if loop.time() > deadline:

@@ -1,0 +1,165 @@
+"""Issue 20: WhatsApp is one process's at a time (the leader of ``whatsapp/default`` in
+the database), and another takes over, with the device keys in the same PostgreSQL, when
+it dies.
+
+Three real ``palaver run`` processes share one PostgreSQL store, their neonize faked
+(tests/cluster/whatsapp_member.py) to reach one fake WhatsApp account
+(tests/fakes/whatsapp_server.py), which keeps whatsmeow's quirk: a device connecting
+again replaces its other connection (``StreamReplaced``, and that channel halts).  So two
+processes connected at once would show in the server's history; none may.  Messages from
+several chats are answered exactly once, in order.  Then the connected process is killed
+with SIGKILL; WhatsApp keeps what arrives meanwhile (unacked messages wait for the
+device's next connection); one of the others takes the leadership over, connects with
+the device from PostgreSQL, gets those messages, and answers each once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.cluster.palaver_cluster import Cluster, Member
+from tests.cluster.test_polling_leader import _settled_store, _until
+from tests.fakes.neonize_fake import FakeGo
+from tests.fakes.whatsapp_server import FakeWhatsApp
+
+NAME = "whatsapp/default"
+CHATS = [f"1555000{n:04d}@s.whatsapp.net" for n in (11, 22, 33)]
+MEMBERS = 3
+
+
+@pytest.fixture
+async def wa():
+    async with FakeWhatsApp() as server:
+        yield server
+
+
+@pytest.fixture
+async def wa_cluster(tmp_path, pg_url, models, wa):
+    models.default(lambda req: f"ack {req.last_user_text()}")
+    cluster = Cluster(tmp_path, pg_url, "1:unused", "http://127.0.0.1:9",
+                      models.url_for("openai-completions"), lease_s=3.0, telegram=False,
+                      whatsapp_server=wa.address)
+    yield cluster
+    await cluster.stop_all()
+
+
+def _session_name(pg_url: str) -> str:
+    """What Palaver hands neonize as its database on a PostgreSQL store."""
+    return pg_url + "?sslmode=disable"
+
+
+def _link(cluster: Cluster, members: list[Member]) -> None:
+    """The device linked in PostgreSQL (``palaver whatsapp login`` on any one process).
+    Each dataDir gets a copy of it in SQLite too, so a Palaver that did not keep WhatsApp
+    in the shared store would connect from every process (and the server would show the
+    replaced streams)."""
+    from channels.whatsapp.client import session_db_path
+
+    go = FakeGo()
+    go.link(_session_name(cluster.pg_url))
+    for member in members:
+        db = session_db_path(cluster.tmp_path / f"p{member.index}" / "data")
+        db.parent.mkdir(parents=True, exist_ok=True)
+        go.link(db)
+
+
+async def _ask_round(wa: FakeWhatsApp, label: str) -> None:
+    """One message in every chat, then each chat's answer."""
+    before = {chat: len(wa.texts_to(chat)) for chat in CHATS}
+    for chat in CHATS:
+        wa.inject(chat, f"{label} {chat[5:9]}")
+    await wa.wait_until(lambda: all(len(wa.texts_to(c)) > before[c] for c in CHATS),
+                        f"every chat answered ({label})")
+
+
+def _expected(labels: list[str]) -> dict[str, list[str]]:
+    return {chat: [f"ack {label} {chat[5:9]}" for label in labels] for chat in CHATS}
+
+
+async def test_one_process_holds_whatsapp_and_another_takes_over_after_kill_9(
+        wa_cluster, wa, pg_url):
+    cluster: Cluster = wa_cluster
+    members = [cluster.add() for _ in range(MEMBERS)]
+    _link(cluster, members)
+    for member in members:  # one after the other: the first creates the schema
+        await cluster.start(member)
+    pids = {m.pid: m for m in members}
+
+    async def settled() -> tuple[Member, list[Member], list[dict[str, Any]]] | None:
+        """The connected leader and the standbys, once WhatsApp and /healthz agree."""
+        assert wa.max_concurrent <= 1, f"two processes connected at once: {wa.history}"
+        live = wa.live
+        if live is None or live.pid not in pids:
+            return None
+        healths = [await cluster.health(m) for m in members]
+        leading = [i for i, h in enumerate(healths)
+                   if NAME in [x["name"] for x in h["cluster"]["leaderships"]]]
+        if [members[i].pid for i in leading] != [live.pid]:
+            return None
+        others = [i for i in range(MEMBERS) if i != leading[0]]
+        for i in others:  # their view of the peers is refreshed every 0.5 s
+            if [NAME] not in [p["leaderships"] for p in healths[i]["cluster"]["peers"]]:
+                return None
+        return members[leading[0]], [members[i] for i in others], [healths[i] for i in others]
+
+    leader, standbys, standby_healths = await _until(settled, "one connected leader")
+    leader_id = (await cluster.health(leader))["cluster"]["process"]
+    for health in standby_healths:
+        assert health["cluster"]["leaderships"] == []
+        assert [p["id"] for p in health["cluster"]["peers"]
+                if p["leaderships"] == [NAME]] == [leader_id]
+        channel = health["channels"]["whatsapp"]
+        assert channel["connected"] is False and "standby" in channel["detail"], channel
+
+    labels = [f"before{i}" for i in range(3)]
+    for label in labels:
+        await _ask_round(wa, label)
+    assert {chat: wa.texts_to(chat) for chat in CHATS} == _expected(labels)
+    assert {s.pid for s in wa.sent} == {leader.pid}
+    await _settled_store(pg_url)
+    assert wa.kinds() == [("connect", leader.pid)], wa.history
+    assert wa.max_concurrent == 1
+
+    cluster.kill(leader)
+    killed_at = time.monotonic()
+    gap = "gap"
+    for chat in CHATS:  # while nobody is connected (or the dead socket not yet seen)
+        wa.inject(chat, f"{gap} {chat[5:9]}")
+    assert leader.proc is not None
+    await leader.proc.wait()
+
+    def taken_over() -> Any:
+        return next((e for e in wa.history if e.kind == "connect" and e.pid != leader.pid),
+                    None)
+
+    takeover = await wa.wait_until(taken_over, "another process connects")
+    survivor = pids[takeover.pid]
+    labels.append(gap)
+    await wa.wait_until(lambda: all(len(wa.texts_to(c)) == len(labels) for c in CHATS),
+                        "the gap's messages answered")
+    answered_at = time.monotonic()
+    labels.append("after")
+    await _ask_round(wa, "after")
+    await _settled_store(pg_url)
+    assert {chat: wa.texts_to(chat) for chat in CHATS} == _expected(labels)
+    assert wa.pending == []
+
+    # Never two connections at once: the dead one went, then exactly one other came.
+    assert wa.kinds() == [("connect", leader.pid), ("disconnect", leader.pid),
+                          ("connect", survivor.pid)], wa.history
+    assert wa.max_concurrent == 1 and not any(c.replaced for c in wa.connections)
+    health = await cluster.health(survivor)
+    assert NAME in [x["name"] for x in health["cluster"]["leaderships"]]
+    channel = health["channels"]["whatsapp"]
+    assert channel["connected"] is True and "standby" not in channel["detail"], channel
+    for other in standbys:
+        if other is not survivor:
+            still = await cluster.health(other)
+            assert "standby" in still["channels"]["whatsapp"]["detail"]
+    print(f"\nWhatsApp leader killed (-9): another process connected after "
+          f"{takeover.time - killed_at:.2f} s, the gap's {len(CHATS)} messages answered "
+          f"after {answered_at - killed_at:.2f} s (leaseSeconds {cluster.lease_s:g}, "
+          f"{MEMBERS} processes)")
