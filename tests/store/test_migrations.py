@@ -280,7 +280,8 @@ async def test_pg_fresh_install_equals_upgraded(pg_server, pg_url):
     assert await _pg_schema(pg_url) == want
 
 
-_TYPES = {"INTEGER": {"integer", "bigint"}, "REAL": {"double precision"}, "TEXT": {"text"}}
+_TYPES = {"INTEGER": {"integer", "bigint"}, "REAL": {"double precision"}, "TEXT": {"text"},
+          "BLOB": {"bytea"}}
 
 
 async def test_backends_have_the_same_tables_columns_and_indexes(tmp_path, pg_url):
