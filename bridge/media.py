@@ -1,7 +1,10 @@
 """Media store, image references in prompt text, and the image parts of a user message.
 
 - :class:`MediaStore` keeps files named by content hash under ``<dataDir>/media`` (never
-  by a name a user chose) and caches prepared (model-ready) images next to them.
+  by a name a user chose) and caches prepared (model-ready) images next to them.  With
+  the store on PostgreSQL it shares them with the other processes on that database
+  (:mod:`bridge.store.media_blobs`): a file stored here is in the database before the
+  message naming it is accepted, and a file missing here is fetched from there.
 - :func:`find_references` detects image references written in a message.
 - :func:`user_parts` turns one stored user message into model parts: text, images or
   placeholders.  Pillow work itself is in :mod:`bridge.images`.
@@ -22,9 +25,11 @@ import re
 import stat
 import tempfile
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from bridge import images
@@ -32,6 +37,10 @@ from bridge.envelope import MediaKind, MediaRef
 from bridge.images import ImageLimits, ImageRefused, PreparedImage, Refusal
 from bridge.lru import ThreadSafeLRU
 from bridge.models.base import ImagePart, Part, TextPart
+
+if TYPE_CHECKING:
+    from bridge.store.db import Database
+    from bridge.store.media_blobs import MediaBlobs
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,22 @@ MAX_IMAGES_PER_MESSAGE = 10  # images attached from one message (photos + refere
 _PREPARED_DIR = "prepared"
 _LRU_ENTRIES = 256
 _LRU_BYTES = 32 * 1024 * 1024
+# Sharing a stored file with the other processes (PostgreSQL): short retries, then the
+# store is unavailable and the message is not confirmed to the platform (see put()).
+SHARE_RETRY_DELAYS = (0.25, 1.0)
+# One slice of a fetch from the store may take this long before the fetch gives up.
+FETCH_SLICE_TIMEOUT_S = 30.0
+_SHARED_IDS = 4096  # ids known to be in the store (put or fetched here): not asked again
+
+
+class SharedMediaError(OSError):
+    """A file this process does not hold could not be had from the store: the store is
+    unavailable, or its copy is damaged (``corrupt``).  A missing row is a plain
+    ``FileNotFoundError``."""
+
+    def __init__(self, message: str, *, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
 
 
 def media_reference(media_id: str) -> str:
@@ -60,13 +85,25 @@ def media_reference(media_id: str) -> str:
 class MediaStore:
     """Content-addressed media files; never named by a user-chosen name.
 
+    With ``blobs`` (the store on PostgreSQL, see :meth:`for_store`) the files are shared
+    with every process on that database: :meth:`put` writes them there too, and a file
+    missing here is fetched from there into this directory (a cache) when it is read.
+
     Prepared images are cached on disk under ``<root>/prepared/`` (keyed by the source's
     sha256 and the preparation limits) and in a small in-memory LRU, so a session's images
     are decoded once, not on every turn.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, blobs: MediaBlobs | None = None) -> None:
         self.root = Path(root)
+        # PostgreSQL: the files shared with the other processes on the database.
+        self._blobs = blobs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bind_loop()
+        self._shared: ThreadSafeLRU[str, bool] = ThreadSafeLRU(_SHARED_IDS)
+        # media id -> lock held while this process fetches it (one fetch per file)
+        self._fetch_locks: dict[str, threading.Lock] = {}
+        self._fetch_locks_guard = threading.Lock()
         # key -> PreparedImage, or (Refusal, detail) for an image that was refused
         # key -> the prepared image, or a refusal's (reason, detail)
         self._prepared: ThreadSafeLRU[str, PreparedImage | tuple[Refusal, str]] = \
@@ -77,17 +114,60 @@ class MediaStore:
         # wait here, never the event loop).
         self._decode_slots = threading.BoundedSemaphore(2)
 
+    @classmethod
+    def for_store(cls, root: Path, store: Database) -> MediaStore:
+        """The media store of a process on ``store``: on PostgreSQL shared with the other
+        processes through ``media_blobs``; on SQLite local only (one process)."""
+        if store.dialect != "postgresql":
+            return cls(root)
+        from bridge.store.media_blobs import MediaBlobs
+
+        return cls(root, blobs=MediaBlobs(store))
+
+    @property
+    def shared(self) -> bool:
+        """Whether files are shared through the store (PostgreSQL)."""
+        return self._blobs is not None
+
+    def _bind_loop(self) -> None:
+        """Remember the event loop the store's connections belong to (a worker thread
+        fetching a file hands its statements to it)."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+
     def path_for(self, media_id: str) -> Path:
-        """The stored file of ``media_id``; ValueError if malformed, FileNotFoundError."""
-        if not media_id or not _MEDIA_ID.fullmatch(media_id[:64]) or (
-            len(media_id) > 64 and not re.fullmatch(r"\.[a-z0-9]{1,8}", media_id[64:])
-        ):
-            raise ValueError("invalid media id")
-        digest = media_id[:64]
-        matches = sorted(self.root.glob(f"{digest[:2]}/{digest}*"))
-        if not matches:
+        """The stored file of ``media_id``; ValueError if malformed, FileNotFoundError.
+
+        On a shared store a file missing here is fetched from the database into this
+        directory first; that blocks the calling thread, so call it from a worker thread
+        (``asyncio.to_thread``), or use :meth:`local_path`.  On the event loop's own
+        thread a missing file is FileNotFoundError.  SharedMediaError (an OSError): the
+        store could not give it (unavailable, damaged copy).
+        """
+        digest = _digest_of(media_id)
+        found = self._local(digest)
+        if found is not None:
+            return found
+        if self._blobs is None:
             raise FileNotFoundError(media_id)
-        return matches[0]
+        return self._fetch(digest)
+
+    async def local_path(self, media_id: str) -> Path:
+        """:meth:`path_for` from the event loop: the file, fetched into this directory
+        when it is only in the store (in a worker thread)."""
+        self._bind_loop()
+        return await asyncio.to_thread(self.path_for, media_id)
+
+    async def read_bytes(self, media_id: str) -> bytes:
+        """The bytes of stored ``media_id`` (see :meth:`path_for` for the errors)."""
+        self._bind_loop()
+        return await asyncio.to_thread(lambda: self.path_for(media_id).read_bytes())
+
+    def _local(self, digest: str) -> Path | None:
+        matches = sorted(self.root.glob(f"{digest[:2]}/{digest}*"))
+        return matches[0] if matches else None
 
     async def put(
         self,
@@ -100,8 +180,18 @@ class MediaStore:
         width: int | None = None,
         height: int | None = None,
     ) -> MediaRef:
-        """Store ``data`` (in a worker thread) and return its reference."""
+        """Store ``data`` (in a worker thread) and return its reference.
+
+        On a shared store (PostgreSQL) the bytes are in the database too when this
+        returns, so the message that names them may be accepted: any process can run
+        its turn.  When the database cannot take them (after short retries) this raises
+        :class:`~bridge.ports.StoreUnavailable`, as ``accept`` would: the channel does
+        not confirm the message, and offers it again later.
+        """
+        self._bind_loop()
         media_id = await asyncio.to_thread(self._write, data, mime)
+        if self._blobs is not None:
+            await self._share(media_id, mime, data)
         return MediaRef(
             kind=kind, media_id=media_id, mime=mime, filename=filename, size=len(data),
             duration_s=duration_s, width=width, height=height,
@@ -116,6 +206,136 @@ class MediaStore:
         _atomic_write(folder, target, data)
         return digest
 
+    async def _share(self, media_id: str, mime: str | None, data: bytes) -> None:
+        """Put ``data`` into the store's ``media_blobs`` (once per id and process)."""
+        from bridge.ports import StoreUnavailable
+        from bridge.store.db import StoreError, unavailable_reason
+
+        assert self._blobs is not None
+        if self._shared.get(media_id):
+            return
+        for attempt in range(len(SHARE_RETRY_DELAYS) + 1):
+            try:
+                await self._blobs.put(media_id, mime, data)
+            except StoreError as exc:
+                reason = unavailable_reason(exc)
+                if reason is None:
+                    raise
+                if attempt < len(SHARE_RETRY_DELAYS):
+                    await asyncio.sleep(SHARE_RETRY_DELAYS[attempt])
+                    continue
+                log.warning("media %s not shared with the other processes: store"
+                            " unavailable (%s)", media_id[:12], reason)
+                raise StoreUnavailable(reason) from exc
+            self._shared.put(media_id, True)
+            return
+
+    async def ensure_shared(self, media_ids: list[str | None] | tuple[str | None, ...]
+                            ) -> None:
+        """Make sure every one of ``media_ids`` is in the store (from the files here):
+        for a message accepted later than its media were put (e.g. held while the store
+        was down).  Nothing to do on SQLite, or for ids put or fetched here already.
+        Raises StoreError (unavailable: retry later); ids with no file here are logged
+        and skipped (there is nothing to share)."""
+        if self._blobs is None:
+            return
+        self._bind_loop()
+        wanted = sorted({m[:64] for m in media_ids if m and not self._shared.get(m[:64])})
+        if not wanted:
+            return
+        present = await self._blobs.existing(wanted)
+        for media_id in wanted:
+            if media_id not in present:
+                path = await asyncio.to_thread(self._local, media_id)
+                if path is None:
+                    log.warning("media %s is neither here nor in the store", media_id[:12])
+                    continue
+                data = await asyncio.to_thread(path.read_bytes)
+                await self._blobs.put(media_id, stored_mime(path), data)
+            self._shared.put(media_id, True)
+
+    # -- fetching from the store ---------------------------------------------------------
+
+    def _fetch(self, digest: str) -> Path:
+        """Fetch ``digest`` from the store into this directory (blocking this worker
+        thread, never the event loop); one fetch per file at a time."""
+        loop = self._loop
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            on_loop = False
+        else:
+            on_loop = True
+        if loop is None or on_loop or loop.is_closed():
+            # The event loop's own thread must not wait for itself.
+            raise FileNotFoundError(f"{digest}: not here (fetch it with local_path())")
+        with self._fetch_locks_guard:
+            lock = self._fetch_locks.setdefault(digest, threading.Lock())
+        try:
+            with lock:
+                found = self._local(digest)  # fetched meanwhile by another thread
+                return found if found is not None else self._download(loop, digest)
+        finally:
+            with self._fetch_locks_guard:
+                if not lock.locked():
+                    self._fetch_locks.pop(digest, None)
+
+    def _download(self, loop: asyncio.AbstractEventLoop, digest: str) -> Path:
+        from bridge.store.media_blobs import CHUNK_BYTES
+
+        assert self._blobs is not None
+        blobs = self._blobs
+        info = self._on_loop(loop, blobs.info(digest), digest)
+        if info is None:
+            raise FileNotFoundError(f"{digest}: not in this process's media nor in the store")
+        if info.length != info.size:
+            raise _damaged(digest, f"{info.length} bytes stored, {info.size} recorded")
+        folder = self.root / digest[:2]
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fetch-")
+        try:
+            hasher = hashlib.sha256()
+            with os.fdopen(fd, "wb") as fh:
+                offset = 0
+                while offset < info.size:
+                    chunk = self._on_loop(
+                        loop, blobs.read_slice(digest, offset, CHUNK_BYTES), digest)
+                    if not chunk:
+                        raise _damaged(digest, f"ends at {offset} of {info.size} bytes")
+                    hasher.update(chunk)
+                    fh.write(chunk)
+                    offset += len(chunk)
+            if offset != info.size or hasher.hexdigest() != digest:
+                raise _damaged(digest, "its content does not match its id")
+            target = folder / (digest + _EXT.get(info.mime or "", ".bin"))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._shared.put(digest, True)
+        log.debug("media %s fetched from the store (%d bytes)", digest[:12], info.size)
+        return target
+
+    @staticmethod
+    def _on_loop(loop: asyncio.AbstractEventLoop, coro, digest: str):
+        """Run a store coroutine on ``loop`` and wait for it here (a worker thread)."""
+        from bridge.store.db import StoreError, unavailable_reason
+
+        try:
+            future: Future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop closed meanwhile
+            coro.close()
+            raise SharedMediaError(f"{digest[:12]}: the store is closed") from None
+        try:
+            return future.result(timeout=FETCH_SLICE_TIMEOUT_S)
+        except TimeoutError:
+            future.cancel()
+            raise SharedMediaError(f"{digest[:12]}: the store did not answer within"
+                                   f" {FETCH_SLICE_TIMEOUT_S:g} s") from None
+        except StoreError as exc:
+            reason = unavailable_reason(exc) or type(exc).__name__
+            raise SharedMediaError(f"{digest[:12]}: store unavailable ({reason})") from exc
+
     # -- prepared images ---------------------------------------------------------------
 
     async def prepared_media(
@@ -124,8 +344,9 @@ class MediaStore:
         """The model-ready version of stored ``media_id``; raises ImageRefused.
 
         With ``need_data=False`` only checks that it prepares (``None`` on a disk-cache hit,
-        so nothing is read).
+        so nothing is read).  On a shared store a file missing here is fetched first.
         """
+        self._bind_loop()
         return await asyncio.to_thread(self._prepared_media_sync, media_id, limits, need_data)
 
     async def prepared_reference(
@@ -152,6 +373,10 @@ class MediaStore:
     ) -> PreparedImage | None:
         try:
             path = self.path_for(media_id)
+        except SharedMediaError as exc:  # said once per try: a later turn may succeed
+            log.warning("media %s not available: %s", media_id[:12], exc)
+            reason = Refusal.CORRUPT if exc.corrupt else Refusal.NOT_FOUND
+            raise _logged(ImageRefused(reason, str(exc))) from None
         except (ValueError, OSError):
             raise ImageRefused(Refusal.NOT_FOUND, "unknown media id") from None
         # The store's file names are the sha256 of their content: no need to hash again.
@@ -223,6 +448,28 @@ class MediaStore:
             log.warning("prepared image not cached: %s", type(exc).__name__)
         self._prepared.put(key, prepared, len(prepared.data))
         return prepared
+
+
+def _digest_of(media_id: str) -> str:
+    """The content hash of a well-formed media id (``<sha256>`` or ``<sha256>.ext``)."""
+    if not media_id or not _MEDIA_ID.fullmatch(media_id[:64]) or (
+        len(media_id) > 64 and not re.fullmatch(r"\.[a-z0-9]{1,8}", media_id[64:])
+    ):
+        raise ValueError("invalid media id")
+    return media_id[:64]
+
+
+def stored_mime(path: Path) -> str | None:
+    """The mime a stored file's extension stands for (None for ``.bin``)."""
+    for mime, ext in _EXT.items():
+        if path.name.endswith(ext):
+            return mime
+    return None
+
+
+def _damaged(digest: str, why: str) -> SharedMediaError:
+    return SharedMediaError(f"{digest[:12]}: the store's copy is damaged ({why})",
+                            corrupt=True)
 
 
 def _logged(refused: ImageRefused) -> ImageRefused:

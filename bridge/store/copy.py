@@ -12,14 +12,24 @@ Tables whose rows only mean something to running processes (the coordination tab
 several processes on one PostgreSQL store) are not copied; every other table needs a
 copy rule, which :func:`copy_plan` derives from the SQLite schema and checks against
 PostgreSQL's.
+
+Media: on SQLite the files live in ``<dataDir>/media`` (its ``media_blobs`` table stays
+empty), and on PostgreSQL every process must find them in ``media_blobs``.  With
+``media_dir`` the copy fills that table from the files, in the same transaction: each
+file read back is checked against its content-hash name (a damaged one is left out and
+said so), and the rows are verified by count, total size and PostgreSQL's own sha256 of
+every row.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bridge.store.db import Database, StoreError
@@ -31,6 +41,12 @@ BATCH = 10_000
 # PostgreSQL tables that are not copied: the migration bookkeeping (written by the
 # target's own migrations) and the state of live processes (migration 0008 on).
 NOT_COPIED = frozenset({"schema_version", "processes", "session_owners", "leaders"})
+# Filled from the media directory, not from SQLite's (empty) table of the same name.
+MEDIA_TABLE = "media_blobs"
+# A batch of media files written at once: bounded in bytes as well as in files.
+MEDIA_BATCH_BYTES = 16 * 1024 * 1024
+MEDIA_BATCH_FILES = 500
+_MEDIA_FILE = re.compile(r"^([0-9a-f]{64})(\.[a-z0-9]{1,8})?$")
 
 
 class CopyError(StoreError):
@@ -159,11 +175,13 @@ async def _refuse_non_empty(conn: Any, where: str) -> None:
 
 
 async def copy_to_postgres(source: Database, url: str, *,
-                           progress: Callable[[str], None] | None = None
-                           ) -> list[TableResult]:
+                           progress: Callable[[str], None] | None = None,
+                           media_dir: Path | None = None) -> list[TableResult]:
     """Copy every row of the SQLite store ``source`` into the empty PostgreSQL database
-    at ``url`` (migrated here), verified, in one transaction.  Raises :class:`CopyError`
-    (nothing committed) when refused or when a table does not verify."""
+    at ``url`` (migrated here), verified, in one transaction; with ``media_dir`` (the
+    data dir's ``media``) its files into ``media_blobs`` too.  Raises
+    :class:`CopyError` (nothing committed) when refused or when a table does not
+    verify."""
     import asyncpg
 
     from bridge.store.pg import migrate, redact
@@ -185,7 +203,7 @@ async def copy_to_postgres(source: Database, url: str, *,
         plans = await copy_plan(source, conn)
         results: list[TableResult] = []
         try:
-            await _copy_all(source, conn, plans, results, where, progress)
+            await _copy_all(source, conn, plans, results, where, progress, media_dir)
         except asyncpg.PostgresError as exc:
             raise CopyError(f"the copy failed ({type(exc).__name__}: {exc}): nothing was"
                             f" committed to {where}") from exc
@@ -196,10 +214,15 @@ async def copy_to_postgres(source: Database, url: str, *,
 
 async def _copy_all(source: Database, conn: Any, plans: list[TablePlan],
                     results: list[TableResult], where: str,
-                    progress: Callable[[str], None] | None) -> None:
+                    progress: Callable[[str], None] | None,
+                    media_dir: Path | None = None) -> None:
     """Every table, verified, in one transaction (rolled back on any mismatch)."""
     async with conn.transaction():
         for plan in plans:
+            if plan.name == MEDIA_TABLE:
+                if media_dir is not None:
+                    results.append(await _copy_media(conn, media_dir, progress))
+                continue
             offset = 0
             while True:
                 batch = await source.read_with(_source_rows(plan, offset))
@@ -220,6 +243,72 @@ async def _copy_all(source: Database, conn: Any, plans: list[TablePlan],
         if bad:
             raise CopyError(f"the copy did not verify (tables {bad}): nothing was"
                             f" committed to {where}")
+
+
+def media_files(media_dir: Path) -> Iterator[tuple[str, Path]]:
+    """``(content id, path)`` of every stored file under ``media_dir`` (``ab/<sha256>.ext``;
+    not prepared images, not unfinished ``.part-`` files), one per id."""
+    seen: set[str] = set()
+    if not media_dir.is_dir():
+        return
+    for folder in sorted(media_dir.iterdir()):
+        if len(folder.name) != 2 or not folder.is_dir():
+            continue  # prepared/, stray files
+        # A file with a known extension before a ``.bin`` of the same bytes (its mime).
+        for path in sorted(folder.iterdir(), key=lambda p: (p.suffix == ".bin", p.name)):
+            match = _MEDIA_FILE.match(path.name)
+            if match is None or not match.group(1).startswith(folder.name):
+                continue
+            if match.group(1) in seen or not path.is_file():
+                continue
+            seen.add(match.group(1))
+            yield match.group(1), path
+
+
+def _read_media(path: Path, media_id: str) -> tuple[bytes | None, float]:
+    """The file's bytes (None when they do not hash to its name: damaged) and mtime."""
+    data = path.read_bytes()
+    mtime = path.stat().st_mtime
+    return (data if hashlib.sha256(data).hexdigest() == media_id else None), mtime
+
+
+async def _copy_media(conn: Any, media_dir: Path,
+                      progress: Callable[[str], None] | None) -> TableResult:
+    """The media files into ``media_blobs`` (batches bounded in bytes), verified."""
+    from bridge.media import stored_mime
+
+    files = await asyncio.to_thread(lambda: list(media_files(media_dir)))
+    columns = ["id", "mime", "size", "data", "created_at"]
+    batch: list[tuple[Any, ...]] = []
+    batch_bytes = copied = total = damaged = 0
+    for media_id, path in files:
+        try:
+            data, created = await asyncio.to_thread(_read_media, path, media_id)
+        except OSError as exc:
+            raise CopyError(f"cannot read the media file {path}: {exc}") from exc
+        if data is None:
+            damaged += 1
+            log.warning("media file %s does not match its name: not copied", path.name)
+            continue
+        batch.append((media_id, stored_mime(path), len(data), data, created))
+        batch_bytes += len(data)
+        copied += 1
+        total += len(data)
+        if batch_bytes >= MEDIA_BATCH_BYTES or len(batch) >= MEDIA_BATCH_FILES:
+            await conn.copy_records_to_table(MEDIA_TABLE, records=batch, columns=columns)
+            batch, batch_bytes = [], 0
+    if batch:
+        await conn.copy_records_to_table(MEDIA_TABLE, records=batch, columns=columns)
+    row = await conn.fetchrow(
+        f"SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes,"
+        f" COUNT(*) FILTER (WHERE size <> length(data)"
+        f" OR encode(sha256(data), 'hex') <> id) AS bad FROM {MEDIA_TABLE}")
+    ok = row["n"] == copied and row["bytes"] == total and row["bad"] == 0
+    if progress is not None:
+        progress(f"{MEDIA_TABLE}: {copied} files ({total} bytes) -> {row['n']} rows"
+                 f"{f', {damaged} damaged files left out' if damaged else ''}"
+                 f"{'' if ok else '  MISMATCH'}")
+    return TableResult(MEDIA_TABLE, copied, int(row["n"]), ok)
 
 
 async def _verify(source: Database, conn: Any, plan: TablePlan) -> TableResult:
@@ -276,7 +365,8 @@ def migrate_command(config: Any, to_url: str, *, out: Callable[[str], None] = pr
     async def go() -> list[TableResult]:
         source = await Store.open(path)
         try:
-            return await copy_to_postgres(source, to_url, progress=None)
+            return await copy_to_postgres(source, to_url, progress=None,
+                                          media_dir=config.data_dir / "media")
         finally:
             await source.close()
 
