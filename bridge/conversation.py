@@ -256,7 +256,8 @@ class ConversationCore(InboundSink):
         # The running model call of each session, for /stop.
         self._active = live.ActiveTurns()
         # Acknowledgement reactions: set at the door, cleared when the answer is delivered.
-        self.reactions = AckReactions(store, self._config, self._owner, self._spawn)
+        self.reactions = AckReactions(store, self._config, self._owner, self._spawn,
+                                      attached=lambda: self._channels.values())
         self.outbox.on_delivered = self.reactions.delivered
         self._turns = TurnRunner(
             store=store, config=self._config, router=router, media=media,
@@ -606,10 +607,12 @@ class ConversationCore(InboundSink):
             if is_command(inbound.text):   # chat, and the stored message's notification
                 if owned:                  # woke it
                     self._wake(key)
-            else:
+            elif owned:
                 self.reactions.acknowledge(inbound)
-                if owned:
-                    self._wake_debounced(key, a)
+                self._wake_debounced(key, a)
+            # else: the chat's owner sets the ack (it reads the stored message when its
+            # notification wakes it), so that every reaction of the chat comes from one
+            # process, in order
         elif status is MessageStatus.REFUSED:
             result = AcceptStatus.REFUSED
             self._door_log.note(
@@ -771,6 +774,9 @@ class ConversationCore(InboundSink):
             self._spawn(self._answer_stops(wake.session_key),
                         name=f"stop {wake.session_key}")
             return
+        if self.coord.owns(wake.session_key):
+            # Messages another process stored here get their ack from this owner.
+            self.reactions.stored_elsewhere(wake.session_key)
         if wake.outbound:
             self._session(wake.session_key).flush = True
         self._wake(wake.session_key)

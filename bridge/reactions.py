@@ -12,6 +12,12 @@ Policy lives here, the channels only set and remove an emoji (``Channel.react``)
 - **Never in the way:** every call is a side task (``accept`` does not wait for it), the
   calls for one message run in order (a slow 👀 is never applied after its removal), and
   a failure is a debug line: a reaction never touches a reply.
+- **One process per chat.**  With several processes on one store, every reaction of a
+  chat is set by the process that owns it (the one that answers), so their order holds:
+  a process that stores a message for a chat another one owns sets no 👀; the owner,
+  woken by the stored message's notification, reads the chat's waiting messages and
+  acknowledges those it has not (:meth:`AckReactions.acknowledge_waiting`) — what to
+  acknowledge is derived from the stored rows, never from another process's memory.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bridge.commands import is_command
 from bridge.config.resolve import chat_setting
 from bridge.envelope import ChatAddress, ChatKind, Inbound
-from bridge.store.records import Direction, MessageKind, StoredMessage
+from bridge.store.records import Direction, MessageKind, MessageStatus, StoredMessage
+from bridge.store.sql import Body, all_
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config
@@ -45,12 +53,15 @@ class AckReactions:
     or marked failed by the turn and the outbox.
 
     ``route(address)`` is the attached channel serving a chat; ``spawn(coro)`` runs a
-    side task the core owns (cancelled on stop).
+    side task the core owns (cancelled on stop); ``attached()`` the channels attached
+    (None: any may react).
     """
 
     def __init__(self, store: Store, config: Callable[[], Config],
-                 route: Callable[[ChatAddress], Channel | None], spawn: Spawn) -> None:
+                 route: Callable[[ChatAddress], Channel | None], spawn: Spawn, *,
+                 attached: Callable[[], Iterable[Channel]] | None = None) -> None:
         self._store = store
+        self._attached = attached
         self._config = config
         self._route = route
         self._spawn = spawn
@@ -58,7 +69,10 @@ class AckReactions:
         self._last: dict[tuple[str, str, str], asyncio.Task[Any]] = {}
         # Messages acknowledged lately: cleared even if the config changed since.
         self._acked_lately: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._lookups: set[asyncio.Task[Any]] = set()  # inbound_of_turn reads in flight
+        # Messages whose ack was cleared or marked failed lately: never acknowledged
+        # again (a stored message read for its ack after its answer went out).
+        self._done_lately: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._lookups: set[asyncio.Task[Any]] = set()  # store reads in flight
 
     # -- the policy ----------------------------------------------------------------
 
@@ -108,9 +122,51 @@ class AckReactions:
         emoji = self._emoji(inbound.address, inbound.sender_id, "ackReaction")
         if emoji and self._react(inbound.address, inbound.message_id, emoji):
             a = inbound.address
-            self._acked_lately[(a.channel, a.account, inbound.message_id)] = None
-            while len(self._acked_lately) > ACKED_REMEMBERED:
-                self._acked_lately.popitem(last=False)
+            _remember(self._acked_lately, (a.channel, a.account, inbound.message_id))
+
+    # -- the owner, for messages another process stored ----------------------------
+
+    def may_acknowledge(self) -> bool:
+        """Could any attached channel show an ack (else no lookup is worth its query)."""
+        if self._attached is None:
+            return True
+        return any(c.capabilities.reactions for c in self._attached())
+
+    def stored_elsewhere(self, session_key: str) -> None:
+        """Another process stored messages in chat ``session_key``, which this process
+        owns: acknowledge them (in the background, see :meth:`acknowledge_waiting`)."""
+        if not self.may_acknowledge():
+            return
+        self._track(self._spawn(self._acknowledge_quietly(session_key)))
+
+    async def _acknowledge_quietly(self, session_key: str) -> None:
+        await self.acknowledge_waiting(session_key)
+
+    async def acknowledge_waiting(self, session_key: str) -> int:
+        """This process owns chat ``session_key`` and another process stored messages in
+        it (the notification, or the sweep): acknowledge its waiting messages that have
+        no ack from here yet and are not done with.  Returns how many got one; a failure
+        to read is a debug line (the ack is cosmetic)."""
+        try:
+            waiting = await self._store.read_with(_waiting_inbound(session_key))
+        except Exception as exc:
+            log.debug("reactions: waiting messages of %s not read: %s", session_key, exc)
+            return 0
+        count = 0
+        for msg in waiting:
+            if msg.context or not msg.platform_message_id or is_command(msg.text):
+                continue
+            a = msg.address
+            key = (a.channel, a.account, msg.platform_message_id)
+            if key in self._acked_lately or key in self._done_lately:
+                continue
+            if not self._in_scope(a, msg.mentioned):
+                continue
+            emoji = self._emoji(a, msg.sender_id, "ackReaction")
+            if emoji and self._react(a, msg.platform_message_id, emoji):
+                _remember(self._acked_lately, key)
+                count += 1
+        return count
 
     # -- TurnReactions ---------------------------------------------------------------
 
@@ -120,6 +176,8 @@ class AckReactions:
             if not self._acked(msg):
                 continue
             assert msg.platform_message_id is not None
+            a = msg.address
+            _remember(self._done_lately, (a.channel, a.account, msg.platform_message_id))
             mark = self._emoji(msg.address, msg.sender_id, "ackFailureReaction")
             self._react(msg.address, msg.platform_message_id, mark)
 
@@ -129,7 +187,9 @@ class AckReactions:
             if self._acked(msg):
                 assert msg.platform_message_id is not None
                 a = msg.address
-                self._acked_lately.pop((a.channel, a.account, msg.platform_message_id), None)
+                key = (a.channel, a.account, msg.platform_message_id)
+                self._acked_lately.pop(key, None)
+                _remember(self._done_lately, key)
                 self._react(a, msg.platform_message_id, "")
 
     # -- the outbox's hook -------------------------------------------------------------
@@ -141,7 +201,9 @@ class AckReactions:
             return
         if self._channel(reply.address) is None:
             return
-        task = self._spawn(self._clear_turn(reply.turn_id))
+        self._track(self._spawn(self._clear_turn(reply.turn_id)))
+
+    def _track(self, task: asyncio.Task[Any] | None) -> None:
         if task is not None:
             self._lookups.add(task)
             task.add_done_callback(self._lookups.discard)
@@ -192,3 +254,22 @@ class AckReactions:
         while self._last or self._lookups:
             await asyncio.gather(*self._last.values(), *self._lookups,
                                  return_exceptions=True)
+
+
+def _remember(recent: OrderedDict[tuple[str, str, str], None],
+              key: tuple[str, str, str]) -> None:
+    recent[key] = None
+    recent.move_to_end(key)
+    while len(recent) > ACKED_REMEMBERED:
+        recent.popitem(last=False)
+
+
+def _waiting_inbound(session_key: str) -> Body[list[StoredMessage]]:
+    """A chat's inbound messages waiting for their answer or being answered."""
+    from bridge.store.records import message_from_row
+
+    rows = yield all_(
+        "SELECT * FROM messages WHERE session_key = ? AND direction = 'in' AND status IN"
+        " (?, ?) AND context = 0 ORDER BY id", session_key,
+        MessageStatus.RECEIVED.value, MessageStatus.PROCESSING.value)
+    return [message_from_row(r) for r in rows]

@@ -40,32 +40,25 @@ class Pair:
     called: asyncio.Event  # A's model call started
 
 
-@pytest.fixture
-async def pair(tmp_path, pg_url) -> AsyncIterator[Pair]:
-    config = make_config(tmp_path)
-    release, called = asyncio.Event(), asyncio.Event()
-
-    async def slow(_ref, req) -> str:
-        called.set()
-        await release.wait()
-        return "the slow answer"
-
+@contextlib.asynccontextmanager
+async def two_cores(config, pg_url: str, behaviours, channels=None) -> AsyncIterator[list[Node]]:
+    """Two cores on one PostgreSQL database (a store, coordinator and channel each; no
+    background reap or sweep), started; stopped and closed afterwards."""
     nodes: list[Node] = []
     try:
-        for behaviour in (slow, None):
+        for i, behaviour in enumerate(behaviours):
             app = application_name()
             store = await Store.open_url(pg_url, application_name=app)
             coord = PgCoordinator(store, lease_seconds=30.0, app_name=app,
                                   reap_every_s=NEVER, sweep_every_s=NEVER)
             await coord.start()
-            channel = RecordingChannel()
+            channel = channels[i] if channels is not None else RecordingChannel()
             core = ConversationCore(store, config, FakeRouter(config, behaviour),
                                     channels=[channel], coordinator=coord)
             await core.start()
             nodes.append(Node(store, coord, core, channel))
-        yield Pair(nodes[0], nodes[1], release, called)
+        yield nodes
     finally:
-        release.set()
         for node in nodes:
             with contextlib.suppress(Exception):
                 await node.core.stop(grace=0)
@@ -73,6 +66,28 @@ async def pair(tmp_path, pg_url) -> AsyncIterator[Pair]:
                 await node.coord.stop()
             with contextlib.suppress(Exception):
                 await node.store.close()
+
+
+def slow_model() -> tuple[asyncio.Event, asyncio.Event, object]:
+    """``(release, called, behaviour)``: a model that answers once released."""
+    release, called = asyncio.Event(), asyncio.Event()
+
+    async def slow(_ref, req) -> str:
+        called.set()
+        await release.wait()
+        return "the slow answer"
+
+    return release, called, slow
+
+
+@pytest.fixture
+async def pair(tmp_path, pg_url) -> AsyncIterator[Pair]:
+    release, called, slow = slow_model()
+    try:
+        async with two_cores(make_config(tmp_path), pg_url, (slow, None)) as (a, b):
+            yield Pair(a, b, release, called)
+    finally:
+        release.set()
 
 
 def _rows(key: str, sql: str):
