@@ -40,28 +40,59 @@ log = logging.getLogger(__name__)
 
 
 @runtime_checkable
-class _LeaderPolled(Protocol):
-    """A channel whose receiving (polling) only the holder of a leadership may run
-    (``channels.telegram``); it sends on every process."""
+class _Led(Protocol):
+    """A channel part of whose work only the holder of a leadership may do: Telegram's
+    polling (it sends on every process), WhatsApp's one connection per device (nothing
+    at all without it)."""
+
+    name: str
+    account: str
 
     @property
-    def poll_leadership(self) -> str | None: ...
+    def leadership(self) -> str | None: ...
 
-    def follow_leader(self, check: Callable[[], None]) -> None: ...
+    @property
+    def serves_only_while_leading(self) -> bool: ...
+
+    def follow_leader(self, check: Callable[[], None],
+                      leader: Callable[[], str | None] | None = None) -> None: ...
 
     async def start_leading(self) -> None: ...
 
     async def stop_leading(self) -> None: ...
 
 
-def _gain_callback(channel: _LeaderPolled) -> Callable[[int], Awaitable[None]]:
+def _gain_callback(channel: _Led) -> Callable[[int], Awaitable[None]]:
     async def gain(_epoch: int) -> None:
         await channel.start_leading()
     return gain
 
 
-def build_channels(config: Config, *, media: MediaStore, data_dir: Path) -> list[Channel]:
-    """The enabled platform channels (a channel that cannot be built is logged, skipped)."""
+def _lose_callback(channel: _Led, coord: Coordinator) -> Callable[[], Awaitable[None]]:
+    """Stop leading; a channel that serves nothing without the leadership then gives up
+    its chats (session keys ``<channel>:<account>:``) so the new leader's process takes
+    them at once instead of after this one's lease."""
+    async def lose() -> None:
+        await channel.stop_leading()
+        if channel.serves_only_while_leading:
+            prefix = f"{channel.name}:{channel.account}:"  # SessionKey's "channel:account:"
+            try:
+                given = await coord.disown(prefix)
+            except Exception as exc:  # stopping, or the store is unwell: the reaper frees them
+                log.warning("could not give up the %s chats: %s", prefix.rstrip(":"), exc)
+            else:
+                if given:
+                    log.info("gave up %d %s chat(s) to the new leader", len(given),
+                             prefix.rstrip(":"))
+    return lose
+
+
+def build_channels(config: Config, *, media: MediaStore, data_dir: Path,
+                   store: Store | None = None) -> list[Channel]:
+    """The enabled platform channels (a channel that cannot be built is logged, skipped).
+
+    On a PostgreSQL store WhatsApp keeps its device keys in that database and what it
+    learns in ``store``'s key-value table, so any process can take the connection over."""
     out: list[Channel] = []
     specs = (("telegram", "channels.telegram", "TelegramChannel"),
              ("whatsapp", "channels.whatsapp", "WhatsAppChannel"))
@@ -73,7 +104,8 @@ def build_channels(config: Config, *, media: MediaStore, data_dir: Path) -> list
             import importlib
 
             cls = getattr(importlib.import_module(module_name), class_name)
-            out.append(cls(chan_config, media=media, data_dir=data_dir))
+            extra = _whatsapp_stores(config, store) if name == "whatsapp" else {}
+            out.append(cls(chan_config, media=media, data_dir=data_dir, **extra))
         except Exception as exc:
             log.error("channel %s cannot start: %s", name, exc)
     console = config.channels.console
@@ -81,6 +113,14 @@ def build_channels(config: Config, *, media: MediaStore, data_dir: Path) -> list
         log.info("channels.console is used by `palaver chat`; `palaver run` does not read "
                  "the terminal")
     return out
+
+
+def _whatsapp_stores(config: Config, store: Store | None) -> dict[str, Any]:
+    """WhatsApp's ``session`` (SQLite file or PostgreSQL) and, on PostgreSQL, ``shared``."""
+    from channels.whatsapp.session import SessionStore
+
+    session = SessionStore.for_config(config)
+    return {"session": session, "shared": store if session.shared else None}
 
 
 def console_app(config: Config, *, session: str, out: TextIO,
@@ -213,7 +253,8 @@ class App:
         if self._given_channels is not None:
             channels = self._given_channels
         else:
-            channels = build_channels(config, media=self._media, data_dir=data_dir)
+            channels = build_channels(config, media=self._media, data_dir=data_dir,
+                                      store=self._store)
         # Voice notes: transcription and speech through the router's loop; ffmpeg found
         # on PATH (said at start when spoken replies are on and it is missing).
         self._voice, ffmpeg_notice = VoiceService.for_app(
@@ -234,11 +275,15 @@ class App:
             self._core.limits.on_refused = self._metrics.limit_refused
         for channel in channels:
             self._core.attach(channel)
-            # Polling: one process at a time polls a bot (the leader of
-            # telegram/<account>:poll); the others send only.  Alone, it leads at once.
-            lead = channel.poll_leadership if isinstance(channel, _LeaderPolled) else None
-            if isinstance(channel, _LeaderPolled) and lead is not None:
-                channel.follow_leader(functools.partial(self._coord.check_leader, lead))
+            # Telegram polling: one process at a time polls a bot (the leader of
+            # telegram/<account>:poll); the others send only.  WhatsApp: one process at
+            # a time connects the device (whatsapp/<account>); the others stand by.
+            # Alone, it leads at once.
+            led = channel if isinstance(channel, _Led) else None
+            lead = led.leadership if led is not None else None
+            if led is not None and lead is not None:
+                led.follow_leader(functools.partial(self._coord.check_leader, lead),
+                                  functools.partial(self._coord.leader_of, lead))
             try:
                 await channel.start(self._core)
             except Exception as exc:
@@ -246,8 +291,9 @@ class App:
                 self._channel_errors[label] = f"failed to start: {exc}"
                 log.error("channel %s failed to start: %s", label, exc)
             self._channels.append(channel)
-            if isinstance(channel, _LeaderPolled) and lead is not None:
-                await self._coord.lead(lead, _gain_callback(channel), channel.stop_leading)
+            if led is not None and lead is not None:
+                await self._coord.lead(lead, _gain_callback(led),
+                                       _lose_callback(led, self._coord))
         # Recovers and sends every started channel's queued replies (so no separate
         # channel_ready() here); a channel that connects only later calls
         # sink.channel_ready(itself) then.
@@ -331,6 +377,8 @@ class App:
                 entry = {"connected": False, "detail": f"health check failed: {exc}"}
             if label in self._channel_errors and not entry["connected"]:
                 entry["detail"] = entry["detail"] or self._channel_errors[label]
+            if self._standing_by(channel):
+                entry["standby"] = True  # another process leads: not this one's to connect
             report["channels"][label] = entry
         if self._coord is not None and not self._stopped:
             report["cluster"] = self._coord.status()
@@ -346,6 +394,16 @@ class App:
                 if budgets:
                     report["budgets"] = budgets
         return report
+
+    def _standing_by(self, channel: Channel) -> bool:
+        """Whether ``channel`` serves nothing here because another process leads it."""
+        if not isinstance(channel, _Led) or not channel.serves_only_while_leading:
+            return False
+        lead = channel.leadership
+        if lead is None or self._coord is None or self._coord.holds(lead):
+            return False
+        leader = self._coord.leader_of(lead)
+        return leader is not None and leader != self._coord.process_id
 
     def _on_reload(self, new: Config) -> None:
         old, self._applied = self._applied, new

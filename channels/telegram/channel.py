@@ -240,15 +240,28 @@ class TelegramChannel(Channel):
     # ------------------------------------------------------------------ polling leader
 
     @property
-    def poll_leadership(self) -> str | None:
+    def leadership(self) -> str | None:
         """The leadership that must be held to poll (``telegram/<account>:poll``), None
         in webhook mode (every process receives its share of Telegram's POSTs)."""
         return None if self.config.mode == "webhook" else f"telegram/{self.account}:poll"
 
-    def follow_leader(self, check: Callable[[], None]) -> None:
+    @property
+    def poll_leadership(self) -> str | None:
+        """:attr:`leadership` (its earlier name)."""
+        return self.leadership
+
+    @property
+    def serves_only_while_leading(self) -> bool:
+        """Every process sends through the Bot API: its chats stay served without the
+        leadership."""
+        return False
+
+    def follow_leader(self, check: Callable[[], None],
+                      leader: Callable[[], str | None] | None = None) -> None:
         """Before :meth:`start`: poll only between :meth:`start_leading` and
         :meth:`stop_leading`, asking ``check`` (raises when not the leader) before every
-        getUpdates.  Sending works either way: any process may send through the Bot API."""
+        getUpdates.  Sending works either way: any process may send through the Bot API.
+        (``leader``, who leads, is not needed here.)"""
         self._poll_check = check
         self._poll_wanted = False
 

@@ -30,6 +30,13 @@ What it is designed around (see :mod:`channels.whatsapp.client` for neonize's tr
 - Posts of followed WhatsApp Channels (``@newsletter``) and status broadcasts are
   skipped; broadcast-list messages are answered in the sender's chat, but their read
   receipts go to the broadcast chat with the sender as participant.
+- WhatsApp takes one connection per device: a second one gets the first replaced
+  (whatsmeow's ``StreamReplaced``, after which it does not reconnect).  So with several
+  Palavers on one PostgreSQL store (the device keys in that database, see
+  :mod:`channels.whatsapp.session`) only the leader of ``whatsapp/<account>`` connects
+  (:meth:`WhatsAppChannel.follow_leader`): the others stand by, serve none of its chats
+  (:meth:`WhatsAppChannel.owns`), and the one that takes the leadership over connects
+  with a fresh session.
 """
 
 from __future__ import annotations
@@ -90,8 +97,6 @@ from bridge.ports import (
 from bridge.voice.audio import duration_s as duration_of
 from bridge.voice.audio import is_ogg_opus
 from channels.whatsapp.client import (
-    SESSION_DB,
-    SESSION_DIR,
     ExitFunction,
     NeonizeClient,
     NotConnected,
@@ -122,6 +127,7 @@ from channels.whatsapp.content import (
 )
 from channels.whatsapp.identity import LID_MAP_FILE, LidMap, SenderIdentity, sender_identity
 from channels.whatsapp.quotes import QUOTES_FILE, QuoteJournal
+from channels.whatsapp.session import KeyValue, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -192,20 +198,27 @@ class WhatsAppChannel(Channel):
         rng: random.Random | None = None,
         typing_presence: bool | None = None,
         exit_fn: ExitFunction | None = None,
+        session: SessionStore | None = None,
+        shared: KeyValue | None = None,
     ) -> None:
+        """``session``: where the device keys are (default: the SQLite file under
+        ``data_dir``); ``shared``: the store's key-value table, for the LID map and the
+        quote journal when several Palavers share the account (default: files)."""
         self.config = config
         self.capabilities = Capabilities(config.textChunkLimit, Markup.WHATSAPP,
                                          voice_notes=True, reactions=True)
         self._media = media
-        self._dir = Path(data_dir) / SESSION_DIR
-        self._db_path = self._dir / SESSION_DB
+        self._session = session or SessionStore.sqlite(Path(data_dir))
+        self._dir = self._session.files
         self._client_factory = client_factory or NeonizeClient
         self._clock = clock
         self._sleep = sleep
         self._typing_interval = typing_interval
         self._backoff = Backoff(rng=rng or random.Random())
-        self._lids = LidMap(self._dir / LID_MAP_FILE)
-        self._quotes = QuoteJournal(self._dir / QUOTES_FILE, self.quote_cache_size)
+        self._lids = LidMap(self._dir / LID_MAP_FILE, shared=shared,
+                            namespace=f"whatsapp.lid:{self.account}")
+        self._quotes = QuoteJournal(self._dir / QUOTES_FILE, self.quote_cache_size,
+                                    shared=shared, namespace=f"whatsapp.quotes:{self.account}")
 
         self._client: WhatsAppClient | None = None
         self._sink: InboundSink | None = None
@@ -238,31 +251,59 @@ class WhatsAppChannel(Channel):
         self._held_dropped = 0
         self._release_task: asyncio.Task | None = None
         self.exit_guard: Any = None  # the armed timer when neonize's thread is stuck
+        # Leadership (several Palavers on one store): set by follow_leader(); the session
+        # runs only between start_leading() and stop_leading().
+        self._following = False
+        self._leading = False
+        self._leader_check: Callable[[], None] | None = None
+        self._leader_of: Callable[[], str | None] | None = None
+        self._lead_lock = asyncio.Lock()  # start/stop_leading and stop, one at a time
+        self._linked = False  # start() found a linked device
+        self._closed = False  # stop() ran: leadership changes no longer apply
+        self._stuck_clients: list[WhatsAppClient] = []  # earlier terms' unstoppable ones
 
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self, sink: InboundSink) -> None:
-        """Connect with the stored session in the background; never raises for WhatsApp."""
-        if self._supervisor is not None:
+        """Open the stored session and connect in the background (while following a
+        leader: only once :meth:`start_leading` says so); never raises for WhatsApp."""
+        if self._worker is not None:
             return
         self._sink = sink
-        self._stopping = False
+        self._stopping = self._closed = False
         self._terminal = None
         try:
-            await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
+            await self._session.prepare()
             await self._lids.load()
             await self._quotes.load()
-            client = self._client_factory(self._db_path)
+            client = self._client_factory(self._client_target())
             linked = await client.has_session()
         except Exception as exc:
             self._detail = f"cannot open the WhatsApp session: {type(exc).__name__}: {exc}"
-            log.error("WhatsApp: %s (%s); the channel stays off", self._detail, self._db_path)
+            log.error("WhatsApp: %s (%s); the channel stays off", self._detail,
+                      self._session.label)
             return
+        self._linked = linked
         if not linked:
             self._detail = NOT_LINKED
-            log.warning("WhatsApp: no linked session under %s; %s. Everything else keeps "
-                        "running.", self._dir, LOGIN_HINT)
+            log.warning("WhatsApp: no linked session in %s; %s. Everything else keeps "
+                        "running.", self._session.location, LOGIN_HINT)
             return
+        self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
+        if self._following and not self._leading:
+            # Another process may hold the connection: a second one would replace it.
+            self._detail = "standby"
+            with contextlib.suppress(Exception):
+                await client.close()
+            return
+        self._begin_session(client)
+
+    def _client_target(self) -> Any:
+        """What the client factory gets: the SQLite file, or the PostgreSQL store."""
+        return self._session if self._session.shared else self._session.path
+
+    def _begin_session(self, client: WhatsAppClient) -> None:
+        """Register the handlers on a new client and start the reconnect loop."""
         self._client = client
         client.on(MessageEv, self._on_message)
         client.on(ConnectedEv, self._on_connected)
@@ -274,8 +315,101 @@ class WhatsAppChannel(Channel):
         client.on(ClientOutdatedEv, self._on_client_outdated)
         client.on_qr(self._on_qr)
         self._detail = "connecting"
-        self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
         self._supervisor = asyncio.create_task(self._supervise(), name="whatsapp-session")
+
+    # -- leadership (several Palavers on one store) ---------------------------------
+
+    @property
+    def leadership(self) -> str:
+        """The leadership whose holder alone connects this account: WhatsApp takes one
+        connection per device (``whatsapp/<account>``)."""
+        return f"whatsapp/{self.account}"
+
+    @property
+    def serves_only_while_leading(self) -> bool:
+        """A process that is not the leader cannot send either (no connection): its
+        chats are given up when the leadership is lost."""
+        return True
+
+    def follow_leader(self, check: Callable[[], None],
+                      leader: Callable[[], str | None] | None = None) -> None:
+        """Before :meth:`start`: connect only between :meth:`start_leading` and
+        :meth:`stop_leading`, asking ``check`` (raises when not the leader) before every
+        connect; ``leader()`` names the process that leads (for :meth:`health`)."""
+        self._following = True
+        self._leader_check = check
+        self._leader_of = leader
+
+    async def start_leading(self) -> None:
+        """This process holds the leadership: connect with a fresh session (what ended
+        the previous one, a replaced stream included, does not carry over).
+
+        Raises when the session cannot be read (the coordinator gives the leadership up
+        and tries again); not linked is no error (nobody could connect)."""
+        async with self._lead_lock:
+            self._leading = True
+            if self._sink is None or self._closed or self._supervisor is not None:
+                return  # start() connects (or the channel is done)
+            self._stopping = False
+            self._terminal = self._ended_by = None
+            self._connected = False
+            self._backoff.reset()
+            try:
+                # What the previous leader learnt (shared store), then the device.
+                await self._lids.load()
+                await self._quotes.load()
+                client = self._client_factory(self._client_target())
+                linked = await client.has_session()
+            except Exception as exc:
+                self._detail = (f"cannot open the WhatsApp session: {type(exc).__name__}: "
+                                f"{exc}")
+                raise RuntimeError(self._detail) from None
+            self._linked = linked
+            if not linked:
+                self._detail = NOT_LINKED
+                log.warning("WhatsApp: this process leads %s but no device is linked in "
+                            "%s; %s", self.leadership, self._session.location, LOGIN_HINT)
+                return
+            if self._worker is None:
+                self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
+            log.info("WhatsApp: this process leads %s; connecting", self.leadership)
+            self._begin_session(client)
+
+    async def stop_leading(self) -> None:
+        """The leadership is lost: disconnect at once (before the lease lets another
+        process connect, which would replace this stream), then hand the messages
+        already received to the core (WhatsApp acknowledged them and will not send them
+        again; their media can no longer be fetched).  The inbox worker stays."""
+        async with self._lead_lock:
+            self._leading = False
+            if self._closed or self._supervisor is None:
+                if not self._closed and self._detail != NOT_LINKED:
+                    self._detail = "standby"
+                return
+            self._stopping = True  # late connection events are ignored from here
+            self._connected = False
+            self._cancel_presence_retry()
+            client, self._client = self._client, None
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+                if client.stuck:
+                    self._stuck_clients.append(client)
+            supervisor, self._supervisor = self._supervisor, None
+            if not supervisor.done():
+                supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await supervisor
+            await self._drain(asyncio.get_running_loop().time() + self.stop_drain_s)
+            self._stopping = False
+            self._terminal = self._ended_by = None
+            self._detail = "standby"
+            log.info("WhatsApp: disconnected (no longer the leader of %s)", self.leadership)
+
+    def owns(self, address: ChatAddress) -> bool:
+        """Whether this process serves WhatsApp chats: unless it follows a leader, or
+        while it leads."""
+        return self._leading or not self._following
 
     async def stop(self) -> None:
         """Stop the session (tells Go to stop), the reconnect loop and the inbox worker.
@@ -285,7 +419,11 @@ class WhatsAppChannel(Channel):
         They are drained while the session is still up (so their media can be fetched),
         then once more after it stopped for anything that arrived meanwhile.
         """
-        self._stopping = True
+        async with self._lead_lock:
+            await self._stop()
+
+    async def _stop(self) -> None:
+        self._stopping = self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stop_drain_s
         await self._drain(deadline)
@@ -314,7 +452,8 @@ class WhatsAppChannel(Channel):
                       "WhatsApp will not deliver them again: %s", len(self._held),
                       ", ".join(i.message_id for i, _ in list(self._held)[:20]))
             self._held.clear()
-        if self._client is not None and self._client.stuck:
+        clients = [*self._stuck_clients, *([self._client] if self._client else [])]
+        if any(client.stuck for client in clients):
             # neonize's Neonize() thread did not stop: interpreter exit would join it
             # forever, so the process is ended deliberately once shutdown had time.
             self.exit_guard = arm_exit_guard(0, self.exit_grace_s,
@@ -323,8 +462,16 @@ class WhatsAppChannel(Channel):
             self._detail = "stopped"
 
     def health(self) -> ChannelHealth:
-        """Connected or not, and why (not linked, logged out, reconnecting...)."""
+        """Connected or not, and why (not linked, logged out, reconnecting, standby...)."""
         detail = self._detail
+        if self._following and not self._leading and not self._closed:
+            leader = None
+            if self._leader_of is not None:
+                with contextlib.suppress(Exception):
+                    leader = self._leader_of()
+            detail = f"standby (leader: {leader or 'none yet'})"
+            if not self._linked and self._detail != "not started":
+                detail += f"; {self._detail}"
         if self._held:
             detail += (f"; {len(self._held)} received message(s) held in memory "
                        "(the store is unavailable)")
@@ -361,6 +508,9 @@ class WhatsAppChannel(Channel):
     async def _supervise(self) -> None:
         assert self._client is not None
         while not self._stopping and self._terminal is None:
+            if not self._may_connect():
+                await self._sleep(self._backoff.next())
+                continue
             error: BaseException | None = None
             # Until ConnectedEv says otherwise, the connection dates from this call.
             self._inbox.put_nowait((_InboxItem.ONLINE, self._clock()))
@@ -386,6 +536,17 @@ class WhatsAppChannel(Channel):
                         clip(reason, 200), delay)
             await self._sleep(delay)
         self._connected = False
+
+    def _may_connect(self) -> bool:
+        """Whether the leadership (when followed) is still this process's to use."""
+        if self._leader_check is None:
+            return True
+        try:
+            self._leader_check()
+        except Exception as exc:  # bridge.store.coord.Lost
+            self._detail = f"not connecting: {clip(str(exc) or type(exc).__name__, 120)}"
+            return False
+        return True
 
     async def _halt(self, detail: str) -> None:
         """A terminal state: log it once, stop the session, leave the rest of Palaver alone."""

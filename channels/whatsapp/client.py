@@ -61,6 +61,7 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 
 from bridge.ports import NotSent
 from channels.whatsapp.content import QuoteRef, build_text_message, build_voice_message
+from channels.whatsapp.session import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -508,18 +509,21 @@ class NeonizeClient:
     # A download may take longer (the whole file in one Go call).
     download_timeout_s = 300.0
 
-    def __init__(self, db_path: Path, *, new_client: Callable[..., Any] | None = None) -> None:
+    def __init__(self, db_path: Path | SessionStore, *,
+                 new_client: Callable[..., Any] | None = None) -> None:
         from neonize.aioze import client as neonize_client
         from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
 
         if new_client is None:
             new_client = neonize_client.NewAClient
-        self._db_path = Path(db_path)
+        # A SQLite file, or a SessionStore (PostgreSQL: neonize gets the lib/pq URL).
+        self._store = db_path if isinstance(db_path, SessionStore) else None
+        self._db_path = Path(str(db_path)) if self._store is None else None
+        name = self._store.neonize_name if self._store is not None else str(self._db_path)
         self._props = DeviceProps(os="Palaver", platformType=DeviceProps.SAFARI)
         # A unique uuid per instance: neonize's finaliser calls Stop(uuid) when a client
         # object is collected, which must never stop a newer client's session.
-        self._client = new_client(str(self._db_path), props=self._props,
-                                  uuid=f"palaver-{uuid4().hex}")
+        self._client = new_client(name, props=self._props, uuid=f"palaver-{uuid4().hex}")
         self._go = GoCalls(neonize_client.gocode, self.workers)
         self._go.bind(self._client)
         self._session: asyncio.Task | None = None
@@ -549,6 +553,9 @@ class NeonizeClient:
     # -- lifecycle ----------------------------------------------------------------
 
     async def has_session(self) -> bool:
+        if self._store is not None:
+            return bool(await self._store.linked_devices())
+        assert self._db_path is not None
         devices = await asyncio.to_thread(read_linked_devices, self._db_path)
         return bool(devices)
 

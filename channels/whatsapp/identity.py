@@ -4,7 +4,8 @@ WhatsApp addresses a person by phone-number JID (``491…@s.whatsapp.net``) or, 
 more, by an opaque LID (``…@lid``).  The core keys people by ``+E164`` when the number
 is known, so the adapter remembers every LID -> phone pairing it learns (from the
 sender's alternate JID, whatsmeow's store or this device's own identity) in
-``lid-map.json`` next to the session.
+``lid-map.json`` next to the session, or, when several Palavers share the account, in
+the store's key-value table (the next leader reads what this one learnt).
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neonize.proto.Neonize_pb2 import JID
 
 from channels.whatsapp.content import LID_SERVER, PHONE_SERVER, jid_str
+
+if TYPE_CHECKING:
+    from channels.whatsapp.session import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +32,25 @@ LID_MAP_FILE = "lid-map.json"
 
 
 class LidMap:
-    """LID user -> phone number digits, remembered in ``lid-map.json``."""
+    """LID user -> phone number digits, remembered in ``lid-map.json`` (or under
+    ``namespace`` in ``shared``, one key per LID: no file to rewrite, no lost update
+    between processes)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: KeyValue | None = None,
+                 namespace: str = "whatsapp.lid:default") -> None:
         self.path = path
+        self._shared = shared
+        self._namespace = namespace
         self._map: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
         """Read the map (a missing or unreadable file is an empty map)."""
+        if self._shared is not None:
+            items = await self._shared.kv_items(self._namespace)
+            self._map = {k: v for k, v in items.items() if k.isdigit() and v.isdigit()}
+            return
+
         def read() -> dict[str, str]:
             try:
                 data = json.loads(self.path.read_text("utf-8"))
@@ -61,6 +76,9 @@ class LidMap:
             return
         async with self._lock:
             self._map[lid_user] = phone
+            if self._shared is not None:
+                await self._shared.kv_set(self._namespace, lid_user, phone)
+                return
             snapshot = dict(self._map)
             await asyncio.to_thread(self._write, snapshot)
 

@@ -2,7 +2,9 @@
 
 Login shows the QR codes WhatsApp rotates (about every 20 s) in the terminal, or with
 ``--phone +E164`` asks for a pairing code to type on the phone.  The session database
-lives under ``<dataDir>/whatsapp/``; ``palaver run`` then connects with it.
+lives under ``<dataDir>/whatsapp/``, or, when the config's store is PostgreSQL, in that
+database (schema ``whatsmeow``, see :mod:`channels.whatsapp.session`) so every Palaver
+of a cluster can connect with it; ``palaver run`` then connects with it.
 
 When linking does not succeed, neonize's Go thread cannot be stopped (``FetchMe`` spins
 while the device has no id, and ignores Stop), so the command ends the process itself
@@ -44,9 +46,9 @@ from channels.whatsapp.client import (
     WhatsAppClient,
     exit_if_stuck,
     read_linked_devices,
-    session_db_path,
 )
 from channels.whatsapp.content import enum_name
+from channels.whatsapp.session import SessionStore
 
 # WhatsApp offers about six QR codes, ~160 s, then whatsmeow's QR loop stops without
 # ever closing: give up before that, with a message.
@@ -54,7 +56,8 @@ LOGIN_TIMEOUT_S = 150.0
 FINISH_TIMEOUT_S = 30.0  # after pairing, wait this long for the first real connection
 LOGOUT_CONNECT_TIMEOUT_S = 30.0
 
-ClientFactory = Callable[[Path], WhatsAppClient]
+# Given the SQLite file (a Path) or, on PostgreSQL, the SessionStore.
+ClientFactory = Callable[[Any], WhatsAppClient]
 
 
 class _Reached(StrEnum):
@@ -93,9 +96,11 @@ async def run_login(
     link_timeout: float = LOGIN_TIMEOUT_S,
     finish_timeout: float = FINISH_TIMEOUT_S,
     exit_fn: ExitFunction = os._exit,
+    session_store: SessionStore | None = None,
 ) -> int:
     """Link a device; 0 when linked, 1 on failure (with a clear message on ``out``).
 
+    ``session_store`` is where the keys go (default: the SQLite file under ``data_dir``).
     When neonize's thread outlives the stop (linking did not finish), the process is
     ended with that status by ``exit_fn`` after the message is flushed.
     """
@@ -109,16 +114,16 @@ async def run_login(
             say(f"error: --phone needs an international number like +4915123456789, "
                 f"got {phone!r}")
             return 1
-    db_path = session_db_path(data_dir)
-    await asyncio.to_thread(db_path.parent.mkdir, parents=True, exist_ok=True)
-    client = (client_factory or NeonizeClient)(db_path)
+    store = session_store or SessionStore.sqlite(data_dir)
     try:
+        await store.prepare()
+        client = (client_factory or NeonizeClient)(_client_target(store))
         if await client.has_session():
-            say(f"This bridge is already linked (session in {db_path.parent}).")
+            say(f"This bridge is already linked (session in {store.location}).")
             say("Run `palaver whatsapp logout` first to link another account.")
             return 0
     except Exception as exc:
-        say(f"error: cannot read the WhatsApp session database {db_path}: {exc}")
+        say(f"error: cannot read the WhatsApp session database {store.label}: {exc}")
         return 1
 
     loop = asyncio.get_running_loop()
@@ -238,14 +243,9 @@ async def _wait_login(
         paired_wait.cancel()
 
 
-def _remove_session_files(db_path: Path) -> list[Path]:
-    removed = []
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        path = db_path.with_name(db_path.name + suffix)
-        if path.exists():
-            path.unlink()
-            removed.append(path)
-    return removed
+def _client_target(store: SessionStore) -> Path | SessionStore:
+    """What the client factory gets: the SQLite file, or the PostgreSQL store."""
+    return store if store.shared or store.path is None else store.path
 
 
 async def run_logout(
@@ -255,22 +255,28 @@ async def run_logout(
     out: TextIO | None = None,
     connect_timeout: float = LOGOUT_CONNECT_TIMEOUT_S,
     exit_fn: ExitFunction = os._exit,
+    session_store: SessionStore | None = None,
 ) -> int:
-    """Unlink the device (when WhatsApp is reachable) and delete the local session."""
+    """Unlink the device (when WhatsApp is reachable) and delete the stored session
+    (the SQLite files, or the device in PostgreSQL: every Palaver of the cluster loses
+    it)."""
     def say(text: str) -> None:
         print(text, file=out or sys.stdout, flush=True)
 
-    db_path = session_db_path(data_dir)
-    if not db_path.exists():
-        say(f"No WhatsApp session under {db_path.parent}; nothing to unlink.")
+    store = session_store or SessionStore.sqlite(data_dir)
+    if store.path is not None and not store.path.exists():
+        say(f"No WhatsApp session under {store.location}; nothing to unlink.")
         return 0
-    client = (client_factory or NeonizeClient)(db_path)
     unlinked = False
     problem = None
+    client = (client_factory or NeonizeClient)(_client_target(store))
     try:
         linked = await client.has_session()
     except Exception as exc:
         linked, problem = False, f"cannot read the session database: {exc}"
+    if not linked and problem is None and store.shared:
+        say(f"No WhatsApp session in {store.location}; nothing to unlink.")
+        return 0
     if linked:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[_Reached] = loop.create_future()
@@ -304,7 +310,12 @@ async def run_logout(
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
-    removed = await asyncio.to_thread(_remove_session_files, db_path)
+    try:
+        removed = await store.forget()
+    except Exception as exc:
+        say(f"error: could not delete the stored session in {store.label}: {exc}")
+        exit_if_stuck(client, 1, exit_fn=exit_fn)
+        return 1
     if problem:
         say(f"error: could not unlink from WhatsApp ({problem}).")
         if removed:
@@ -318,9 +329,10 @@ async def run_logout(
     return 0
 
 
-def _data_dir(args: Any) -> Path | None:
-    """``dataDir`` of the config the command should use (and Palaver's logging set up);
-    None (after a message) on error."""
+def _session(args: Any) -> tuple[Path, SessionStore] | None:
+    """``dataDir`` of the config the command should use and where its WhatsApp session
+    is (PostgreSQL when the store is), Palaver's logging set up; None (after a message)
+    on error."""
     from bridge.config.load import ConfigError, load_for_cli
 
     try:
@@ -330,10 +342,23 @@ def _data_dir(args: Any) -> Path | None:
         return None
     config = loaded[0] if isinstance(loaded, tuple) else loaded
     _setup_command_logging(args, config)
-    return config.data_dir
+    try:
+        return config.data_dir, SessionStore.for_config(config)
+    except Exception as exc:  # StoreError, SessionStoreError: never the URL itself
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
-def whatsapp_status(db_path: Path, health_url: str | None, *,
+def _read_devices(where: Path | SessionStore) -> list[Any]:
+    """The linked devices of a SQLite file or a PostgreSQL store (from any thread)."""
+    if not isinstance(where, SessionStore):
+        return read_linked_devices(where)
+    if where.path is not None:
+        return read_linked_devices(where.path)
+    return asyncio.run(where.linked_devices())
+
+
+def whatsapp_status(db_path: Path | SessionStore, health_url: str | None, *,
                     timeout: float = 2.0) -> tuple[int, list[str]]:
     """``palaver whatsapp status``: (exit status, lines); never connects to WhatsApp.
 
@@ -343,15 +368,19 @@ def whatsapp_status(db_path: Path, health_url: str | None, *,
     when a device is linked, 1 when not (or the database cannot be read).
     """
     lines = []
+    if isinstance(db_path, SessionStore):
+        label, location = db_path.label, db_path.location
+    else:
+        label, location = str(db_path), str(db_path.parent)
     try:
-        devices = read_linked_devices(db_path)
-    except Exception as exc:  # sqlite3.Error, OSError
-        return 1, [f"session:  cannot read {db_path}: {exc}"]
+        devices = _read_devices(db_path)
+    except Exception as exc:  # sqlite3.Error, OSError, SessionStoreError
+        return 1, [f"session:  cannot read {label}: {exc}"]
     if not devices:
-        lines.append(f"session:  none (not linked) in {db_path.parent}; "
+        lines.append(f"session:  none (not linked) in {location}; "
                      "run `palaver whatsapp login`")
     for device in devices:
-        lines.append(f"session:  linked ({db_path})")
+        lines.append(f"session:  linked ({label})")
         lines.append(f"number:   +{device.phone}")
         lines.append(f"name:     {device.name or '(not synced yet)'}")
     lines.append(f"channel:  {_channel_state(health_url, timeout)}")
@@ -395,7 +424,12 @@ def cmd_status(args: Any) -> int:
     if health.enabled:
         host = "127.0.0.1" if health.host in ("0.0.0.0", "::", "") else health.host
         url = f"http://{host}:{health.port}/healthz"
-    code, lines = whatsapp_status(session_db_path(config.data_dir), url)
+    try:
+        store = SessionStore.for_config(config)
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    code, lines = whatsapp_status(store, url)
     for line in lines:
         print(line)
     return code
@@ -403,18 +437,21 @@ def cmd_status(args: Any) -> int:
 
 def cmd_login(args: Any) -> int:
     """``palaver whatsapp login [--phone +E164]``."""
-    data_dir = _data_dir(args)
-    if data_dir is None:
+    found = _session(args)
+    if found is None:
         return 1
-    return asyncio.run(run_login(data_dir=data_dir, phone=getattr(args, "phone", None)))
+    data_dir, store = found
+    return asyncio.run(run_login(data_dir=data_dir, phone=getattr(args, "phone", None),
+                                 session_store=store))
 
 
 def cmd_logout(args: Any) -> int:
     """``palaver whatsapp logout``."""
-    data_dir = _data_dir(args)
-    if data_dir is None:
+    found = _session(args)
+    if found is None:
         return 1
-    return asyncio.run(run_logout(data_dir=data_dir))
+    data_dir, store = found
+    return asyncio.run(run_logout(data_dir=data_dir, session_store=store))
 
 
 def _setup_command_logging(args: Any, config: Any) -> None:

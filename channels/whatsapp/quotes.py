@@ -2,7 +2,8 @@
 
 The core's store keeps the platform message id and chat of an inbound message but not
 its sender JID, which WhatsApp needs to find a quoted message in a group; the adapter
-keeps that here, in ``quotes.jsonl`` next to the session.
+keeps that here, in ``quotes.jsonl`` next to the session, or, when several Palavers
+share the account, in the store's key-value table (the next leader can quote too).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 
 from channels.whatsapp.content import QuoteRef, clip
+
+if TYPE_CHECKING:
+    from channels.whatsapp.session import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +37,29 @@ class QuoteJournal:
     line per accepted group message (id, chat, participant, a clipped text for the bot's
     own devices); the file is rewritten with the newest ``capacity`` entries when it holds
     twice as many lines.
+
+    With ``shared`` (the store's key-value table) each entry is one key under
+    ``namespace`` instead, numbered (``seq``) so the newest ``capacity`` survive a
+    :meth:`load`; an entry pushed out is deleted as the new one is written.
     """
 
-    def __init__(self, path: Path, capacity: int) -> None:
+    def __init__(self, path: Path, capacity: int, *, shared: KeyValue | None = None,
+                 namespace: str = "whatsapp.quotes:default") -> None:
         self.path = path
         self.capacity = capacity
+        self._shared = shared
+        self._namespace = namespace
         self._entries: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._lines = 0
+        self._seq = 0
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
         """Read the journal (a missing or unreadable file is an empty one)."""
+        if self._shared is not None:
+            await self._load_shared(self._shared)
+            return
+
         def read() -> tuple[OrderedDict[str, dict[str, str]], int]:
             entries: OrderedDict[str, dict[str, str]] = OrderedDict()
             lines = 0
@@ -69,6 +86,23 @@ class QuoteJournal:
 
         self._entries, self._lines = await asyncio.to_thread(read)
 
+    async def _load_shared(self, shared: KeyValue) -> None:
+        items: list[dict[str, str]] = []
+        for key, raw in (await shared.kv_items(self._namespace)).items():
+            try:
+                item = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and item.get("id") == key and all(
+                    isinstance(item.get(k), str) for k in ("chat", "participant")):
+                items.append(item)
+        items.sort(key=lambda i: int(i.get("seq") or 0))
+        stale, kept = items[:-self.capacity], items[-self.capacity:]
+        for item in stale:
+            await shared.kv_set(self._namespace, item["id"], None)
+        self._entries = OrderedDict((i["id"], i) for i in kept)
+        self._seq = int(kept[-1].get("seq") or 0) if kept else 0
+
     def get(self, message_id: str, chat: str) -> QuoteRef | None:
         """How to quote ``message_id`` in ``chat``, when the journal holds it."""
         item = self._entries.get(message_id)
@@ -83,6 +117,9 @@ class QuoteJournal:
         item = {"id": message_id, "chat": chat, "participant": participant,
                 "text": clip(text, 200)}
         async with self._lock:
+            if self._shared is not None:
+                await self._add_shared(self._shared, item)
+                return
             self._entries[message_id] = item
             self._entries.move_to_end(message_id)
             while len(self._entries) > self.capacity:
@@ -94,6 +131,16 @@ class QuoteJournal:
             else:
                 await asyncio.to_thread(self._append, item)
                 self._lines += 1
+
+    async def _add_shared(self, shared: KeyValue, item: dict[str, str]) -> None:
+        self._seq += 1
+        item = {**item, "seq": str(self._seq)}
+        self._entries[item["id"]] = item
+        self._entries.move_to_end(item["id"])
+        await shared.kv_set(self._namespace, item["id"], json.dumps(item, ensure_ascii=False))
+        while len(self._entries) > self.capacity:
+            old, _ = self._entries.popitem(last=False)
+            await shared.kv_set(self._namespace, old, None)
 
     def _append(self, item: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
