@@ -43,6 +43,7 @@ from bridge.store.coord import (
     Coordinator,
     LocalCoordinator,
     Lost,
+    Reaped,
     Wake,
     answer_stop_body,
     queued_stops_body,
@@ -219,6 +220,7 @@ class ConversationCore(InboundSink):
         self.coord: Coordinator = coordinator or LocalCoordinator()
         self.coord.on_wake(self._cluster_wake)
         self.coord.on_lost(self._cluster_lost)
+        self.coord.on_reaped(self._cluster_reaped)
         # Voice notes: transcribed at the door, heard for mentions (None: not wired).
         self.voice = voice
         self._config: Callable[[], Config] = config if callable(config) else (lambda: config)
@@ -346,11 +348,16 @@ class ConversationCore(InboundSink):
         self._started = True
         self._stopping = False
         # Edit-mode previews a crash left behind are removed (their turns run again).
-        # Not with peers: they may be streaming into theirs right now.
+        # With peers only those of interrupted turns: the others may be streaming into
+        # theirs right now, or finishing into them.
         if self.coord.process_id is None:
             self._spawn(live.discard_stale_previews(self.store,
                                                     list(self._channels.values())),
                         name="discard stale previews")
+        else:
+            self._spawn(live.discard_interrupted_previews(self.store,
+                                                          list(self._channels.values())),
+                        name="discard interrupted previews")
         await self.prune_refused()
         if self._prune_every_s > 0 and (self._prune_task is None or self._prune_task.done()):
             self._prune_task = self._loop.create_task(self._prune_periodically(),
@@ -780,6 +787,15 @@ class ConversationCore(InboundSink):
         if wake.outbound:
             self._session(wake.session_key).flush = True
         self._wake(wake.session_key)
+
+    def _cluster_reaped(self, reaped: Reaped) -> None:
+        """This process reaped a dead one: the edit-mode previews its interrupted turns
+        were streaming into are removed (their messages are answered again, by whichever
+        process takes the chat, with a preview and reply of their own)."""
+        if reaped.turns and self._started:
+            self._spawn(live.discard_interrupted_previews(
+                self.store, list(self._channels.values()), reaped.turns),
+                name=f"discard previews of {reaped.process}")
 
     def _cluster_lost(self) -> None:
         """This process was reaped (it stalled past its lease): every chat went to others.

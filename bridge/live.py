@@ -9,7 +9,10 @@
 - :class:`TurnReactions` is what a turn tells the ack reactions on its terminal paths
   (implemented in ``bridge/reactions.py``; the default does nothing).
 - :func:`discard_stale_previews` removes, at start-up, the edit-mode previews an earlier
-  process left behind (a crash mid-answer).
+  process left behind (a crash mid-answer); with peers on the store,
+  :func:`discard_interrupted_previews` removes those of a process that was reaped (the
+  reaper, right after the reap; any process at its start), before the messages are
+  answered again.
 
 What a preview shows is always a prefix of the final reply, never more:
 
@@ -38,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from bridge.envelope import ChatKind
+from bridge.envelope import ChatAddress, ChatKind
 from bridge.formatting import chunk_text
 from bridge.ports import (
     PreviewError,
@@ -49,9 +52,10 @@ from bridge.ports import (
     PreviewRateLimited,
 )
 from bridge.secrets import redact_configured
+from bridge.store.deliveries import StalePreview
+from bridge.store.sql import Body, In, all_
 
 if TYPE_CHECKING:
-    from bridge.envelope import ChatAddress
     from bridge.ports import Channel, Preview
     from bridge.store import Store
     from bridge.store.records import StoredMessage
@@ -541,15 +545,45 @@ async def discard_stale_previews(store: Store, channels: Iterable[Channel]) -> i
     """Remove the previews an earlier process left (a crash mid-answer, a stop before the
     delete went through): each of an attached channel is discarded, then forgotten.
     Returns how many; failures are logged (the row stays for the next start), never
-    raised."""
+    raised.  Alone on the store only: a peer's turn may be finishing into its preview."""
     by_pair = {(c.name, c.account): c for c in channels}
     try:
         stale = await store.stale_previews(by_pair)
     except Exception:
         log.exception("stale previews could not be read")
         return 0
+    removed = await _discard(store, by_pair, stale)
+    if removed:
+        log.info("removed %d preview(s) left by an earlier run", removed)
+    return removed
+
+
+async def discard_interrupted_previews(store: Store, channels: Iterable[Channel],
+                                       turn_ids: Iterable[int] | None = None) -> int:
+    """With peers on the store: remove the previews of interrupted turns (``turn_ids``,
+    or all of the attached channels) — those of a process that died mid-answer, whose
+    messages another process answers again (a reaped turn never finishes: its finish is
+    fenced).  A preview of a turn that is running, or that ended any other way, is left
+    to its own process.  Returns how many were removed; failures are logged."""
+    by_pair = {(c.name, c.account): c for c in channels}
+    ids = None if turn_ids is None else tuple(turn_ids)
+    if not by_pair or ids == ():
+        return 0
+    try:
+        left = await store.read_with(_interrupted_previews(list(by_pair), ids))
+    except Exception:
+        log.exception("previews of interrupted turns could not be read")
+        return 0
+    removed = await _discard(store, by_pair, left)
+    if removed:
+        log.info("removed %d preview(s) of turns interrupted with their process", removed)
+    return removed
+
+
+async def _discard(store: Store, by_pair: dict[tuple[str, str], Channel],
+                   rows: Iterable[StalePreview]) -> int:
     removed = 0
-    for row in stale:
+    for row in rows:
         channel = by_pair.get((row.address.channel, row.address.account))
         if channel is None or not channel.owns(row.address):
             continue
@@ -563,6 +597,21 @@ async def discard_stale_previews(store: Store, channels: Iterable[Channel]) -> i
                         row.address.channel, row.address.chat_id, exc)
             continue
         removed += 1
-    if removed:
-        log.info("removed %d preview(s) left by an earlier run", removed)
     return removed
+
+
+def _interrupted_previews(pairs: list[tuple[str, str]], turn_ids: tuple[int, ...] | None
+                          ) -> Body[list[StalePreview]]:
+    where = " OR ".join("(p.channel = ? AND p.account = ?)" for _ in pairs)
+    params: list[Any] = [part for pair in pairs for part in pair]
+    sql = ("SELECT p.* FROM reply_previews p JOIN turns t ON t.id = p.turn_id"
+           f" WHERE ({where}) AND t.status = 'interrupted'")
+    if turn_ids is not None:
+        sql += " AND p.turn_id IN ?"
+        params.append(In(turn_ids))
+    rows = yield all_(sql + " ORDER BY p.turn_id", *params)
+    return [StalePreview(
+        turn_id=r["turn_id"],
+        address=ChatAddress(r["channel"], r["account"], r["chat_id"],
+                            ChatKind(r["chat_kind"]), r["thread_id"]),
+        key=PreviewKey(PreviewMode(r["mode"]), r["platform_id"])) for r in rows]

@@ -414,6 +414,7 @@ class Coordinator:
     def __init__(self) -> None:
         self._wake_callbacks: list[Callable[[Wake], Any]] = []
         self._lost_callbacks: list[Callable[[], Any]] = []
+        self._reaped_callbacks: list[Callable[[Reaped], Any]] = []
         self._leads: dict[str, _Lead] = {}
 
     # -- lifecycle
@@ -472,6 +473,12 @@ class Coordinator:
         """Call ``callback()`` when this process was reaped (it stalled past its lease):
         every chat and leadership it held is gone; it registered again under a new id."""
         self._lost_callbacks.append(callback)
+
+    def on_reaped(self, callback: Callable[[Reaped], Any]) -> None:
+        """Call ``callback(reaped)`` (synchronous, must not block) when this process reaped
+        a dead one, before the chats it freed are woken: e.g. remove what its interrupted
+        turns left on the platforms (edit-mode previews)."""
+        self._reaped_callbacks.append(callback)
 
     # -- leaders
     async def lead(self, name: str, on_gain: GainCallback, on_lose: LoseCallback) -> bool:
@@ -995,6 +1002,11 @@ class PgCoordinator(Coordinator):
                     list(reaped.leaderships) or "none", reaped.terminated)
                 if reaped.leaderships:
                     self._kick.set()
+                for callback in self._reaped_callbacks:
+                    try:
+                        callback(reaped)
+                    except Exception:
+                        log.exception("on_reaped callback failed")
         finally:
             same = self._conn is conn  # not reconnected meanwhile (the locks died then)
             if held and same and not conn.is_closed():
