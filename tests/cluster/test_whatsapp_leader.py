@@ -46,20 +46,17 @@ async def wa_cluster(tmp_path, pg_url, models, wa):
     await cluster.stop_all()
 
 
-def _session_name(pg_url: str) -> str:
-    """What Palaver hands neonize as its database on a PostgreSQL store."""
-    return pg_url + "?sslmode=disable"
-
-
 def _link(cluster: Cluster, members: list[Member]) -> None:
-    """The device linked in PostgreSQL (``palaver whatsapp login`` on any one process).
+    """The device linked in PostgreSQL (``palaver whatsapp login`` on any one process),
+    where Palaver has neonize open it (the lib/pq URL of the store, schema ``whatsmeow``).
     Each dataDir gets a copy of it in SQLite too, so a Palaver that did not keep WhatsApp
     in the shared store would connect from every process (and the server would show the
     replaced streams)."""
     from channels.whatsapp.client import session_db_path
+    from channels.whatsapp.session import lib_pq_url
 
     go = FakeGo()
-    go.link(_session_name(cluster.pg_url))
+    go.link(lib_pq_url(cluster.pg_url))
     for member in members:
         db = session_db_path(cluster.tmp_path / f"p{member.index}" / "data")
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +109,8 @@ async def test_one_process_holds_whatsapp_and_another_takes_over_after_kill_9(
         assert [p["id"] for p in health["cluster"]["peers"]
                 if p["leaderships"] == [NAME]] == [leader_id]
         channel = health["channels"]["whatsapp"]
-        assert channel["connected"] is False and "standby" in channel["detail"], channel
+        assert channel["connected"] is False and channel.get("standby") is True, channel
+        assert channel["detail"].startswith("standby") and leader_id in channel["detail"]
 
     labels = [f"before{i}" for i in range(3)]
     for label in labels:
@@ -126,8 +124,8 @@ async def test_one_process_holds_whatsapp_and_another_takes_over_after_kill_9(
     cluster.kill(leader)
     killed_at = time.monotonic()
     gap = "gap"
-    for chat in CHATS:  # while nobody is connected (or the dead socket not yet seen)
-        wa.inject(chat, f"{gap} {chat[5:9]}")
+    # While nobody is connected (or the dead socket not yet seen: pushed to it, unacked).
+    gap_ids = [wa.inject(chat, f"{gap} {chat[5:9]}") for chat in CHATS]
     assert leader.proc is not None
     await leader.proc.wait()
 
@@ -137,6 +135,7 @@ async def test_one_process_holds_whatsapp_and_another_takes_over_after_kill_9(
 
     takeover = await wa.wait_until(taken_over, "another process connects")
     survivor = pids[takeover.pid]
+    assert takeover.time > killed_at
     labels.append(gap)
     await wa.wait_until(lambda: all(len(wa.texts_to(c)) == len(labels) for c in CHATS),
                         "the gap's messages answered")
@@ -146,6 +145,9 @@ async def test_one_process_holds_whatsapp_and_another_takes_over_after_kill_9(
     await _settled_store(pg_url)
     assert {chat: wa.texts_to(chat) for chat in CHATS} == _expected(labels)
     assert wa.pending == []
+    new = wa.connections[-1]
+    assert new.pid == survivor.pid and new.acked[:len(gap_ids)] == gap_ids
+    assert {s.pid for s in wa.sent if s.time > killed_at} == {survivor.pid}
 
     # Never two connections at once: the dead one went, then exactly one other came.
     assert wa.kinds() == [("connect", leader.pid), ("disconnect", leader.pid),
