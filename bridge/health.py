@@ -6,7 +6,8 @@ The check is ``async def check() -> dict`` returning the shape App.health() buil
      "channels": {"telegram": {"connected": bool, "detail": str}, ...}}
 
 Healthy when the store is ok and every listed channel is connected (a channel entry with
-``"enabled": False`` is ignored).  ``"budgets"`` (providers with a spending cap, and
+``"enabled": False`` is ignored, and so is one with ``"standby": True``: in a cluster
+another process holds that account's connection, and this one is as ready as it).  ``"budgets"`` (providers with a spending cap, and
 whether it is reached) is shown as it is and never makes the check fail.  ``"cluster"``
 (several processes on one PostgreSQL store: this process, its lease, its peers) is shown,
 and in cluster mode a process that is not registered alive is not ready (its peers answer
@@ -63,7 +64,7 @@ def evaluate_health(report: Mapping[str, Any]) -> list[str]:
         if not isinstance(status, Mapping):
             problems.append(f"{name}: malformed status")
             continue
-        if status.get("enabled", True) is False:
+        if status.get("enabled", True) is False or status.get("standby") is True:
             continue
         if not status.get("connected"):
             detail = str(status.get("detail") or "").strip()

@@ -189,3 +189,14 @@ def test_evaluate_health_on_malformed_reports():
     assert evaluate_health({"store": {"ok": True}, "channels": {"x": "up"}}) == [
         "x: malformed status"]
     assert evaluate_health({"store": {"ok": False}, "channels": {}}) == ["store not writable"]
+
+
+def test_a_standby_channel_does_not_make_the_process_unready():
+    # A WhatsApp standby of a cluster: another process holds the account's connection.
+    report = healthy_report()
+    report["channels"]["whatsapp"] = {"connected": False, "standby": True,
+                                      "detail": "standby (leader: host:1:a)"}
+    assert evaluate_health(report) == []
+    # Not connected and not a standby (this process should be connected): a problem.
+    report["channels"]["whatsapp"] = {"connected": False, "detail": "disconnected"}
+    assert evaluate_health(report) == ["whatsapp: not connected (disconnected)"]
