@@ -59,8 +59,8 @@ MAX_IMAGES_PER_MESSAGE = 10  # images attached from one message (photos + refere
 _PREPARED_DIR = "prepared"
 _LRU_ENTRIES = 256
 _LRU_BYTES = 32 * 1024 * 1024
-# Sharing a stored file with the other processes (PostgreSQL): short retries, then the
-# store is unavailable and the message is not confirmed to the platform (see put()).
+# Sharing a stored file with the other processes (PostgreSQL): short retries, then it
+# waits for ensure_shared() (see put()).
 SHARE_RETRY_DELAYS = (0.25, 1.0)
 # One slice of a fetch from the store may take this long before the fetch gives up.
 FETCH_SLICE_TIMEOUT_S = 30.0
@@ -184,9 +184,11 @@ class MediaStore:
 
         On a shared store (PostgreSQL) the bytes are in the database too when this
         returns, so the message that names them may be accepted: any process can run
-        its turn.  When the database cannot take them (after short retries) this raises
-        :class:`~bridge.ports.StoreUnavailable`, as ``accept`` would: the channel does
-        not confirm the message, and offers it again later.
+        its turn.  When the database cannot take them (after short retries) the file is
+        kept here and the failure logged, not raised: ``accept`` of the message then
+        meets the same unavailable store and the channel offers the message again (a
+        WhatsApp message is held in memory, which an exception here would lose);
+        :meth:`ensure_shared`, called before the message is stored, shares it then.
         """
         self._bind_loop()
         media_id = await asyncio.to_thread(self._write, data, mime)
@@ -207,8 +209,8 @@ class MediaStore:
         return digest
 
     async def _share(self, media_id: str, mime: str | None, data: bytes) -> None:
-        """Put ``data`` into the store's ``media_blobs`` (once per id and process)."""
-        from bridge.ports import StoreUnavailable
+        """Put ``data`` into the store's ``media_blobs`` (once per id and process); when
+        the store is unavailable, log it (ensure_shared() tries again)."""
         from bridge.store.db import StoreError, unavailable_reason
 
         assert self._blobs is not None
@@ -224,19 +226,21 @@ class MediaStore:
                 if attempt < len(SHARE_RETRY_DELAYS):
                     await asyncio.sleep(SHARE_RETRY_DELAYS[attempt])
                     continue
-                log.warning("media %s not shared with the other processes: store"
-                            " unavailable (%s)", media_id[:12], reason)
-                raise StoreUnavailable(reason) from exc
+                log.warning("media %s kept here only for now: the store is unavailable"
+                            " (%s)", media_id[:12], reason)
+                return
             self._shared.put(media_id, True)
             return
 
     async def ensure_shared(self, media_ids: list[str | None] | tuple[str | None, ...]
                             ) -> None:
-        """Make sure every one of ``media_ids`` is in the store (from the files here):
-        for a message accepted later than its media were put (e.g. held while the store
-        was down).  Nothing to do on SQLite, or for ids put or fetched here already.
-        Raises StoreError (unavailable: retry later); ids with no file here are logged
-        and skipped (there is nothing to share)."""
+        """Make sure every one of ``media_ids`` is in the store (from the files here),
+        before the message naming them is stored: for media put while the store was
+        unavailable (the message offered again later), or put before this process
+        shared its media.  Nothing to do on SQLite, or for ids put or fetched here
+        already (no statement).  Raises StoreError (unavailable: the caller's message
+        waits, as for any write); ids with no file here are logged and skipped (there
+        is nothing to share)."""
         if self._blobs is None:
             return
         self._bind_loop()

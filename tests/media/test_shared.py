@@ -20,8 +20,7 @@ from bridge.envelope import MediaKind, MediaRef
 from bridge.images import ImageLimits, ImageRefused, Refusal
 from bridge.media import MediaStore, SharedMediaError, user_parts
 from bridge.models.base import ImagePart, TextPart
-from bridge.ports import StoreUnavailable
-from bridge.store import Store
+from bridge.store import Store, StoreUnavailableError
 from bridge.store import media_blobs as blobs_mod
 from bridge.store.transcripts import TranscriptQueries
 from bridge.voice.notes import TranscriptionSettings, VoiceNotes
@@ -202,13 +201,30 @@ async def test_a_damaged_row_is_refused_clearly_and_leaves_nothing_behind(
     assert "damaged" in caplog.text
 
 
-async def test_a_store_that_cannot_take_the_bytes_makes_put_unavailable(cluster,
-                                                                         monkeypatch):
+async def test_bytes_the_store_cannot_take_are_kept_and_shared_before_the_message(
+        cluster, pg_url, monkeypatch, caplog):
+    """put() does not raise (a WhatsApp message would be lost: its channel holds only
+    what accept() refused); the message's accept meets the same store, and
+    ensure_shared() — run before it is stored — shares the file then."""
     monkeypatch.setattr(media_mod, "SHARE_RETRY_DELAYS", (0.0,))
     a = await cluster("a")
-    await a.store.close()
-    with pytest.raises(StoreUnavailable):
-        await a.media.put(_photo(), kind=MediaKind.IMAGE, mime="image/jpeg")
+    await a.store.close()  # the store is down
+    data = _photo()
+    ref = await a.media.put(data, kind=MediaKind.IMAGE, mime="image/jpeg")
+    assert a.media.path_for(ref.media_id).read_bytes() == data  # kept here
+    assert "kept here only" in caplog.text
+    with pytest.raises(StoreUnavailableError):
+        await a.media.ensure_shared([ref.media_id])  # the accept waits, as for any write
+    # The store is back (a new pool of the same process, the same media directory).
+    again = await cluster("a")
+    statements: list[str] = []
+    again.store.on_statement = statements.append
+    await again.media.ensure_shared([ref.media_id])
+    [row] = await _rows(pg_url, "SELECT data FROM media_blobs")
+    assert bytes(row["data"]) == data
+    statements.clear()
+    await again.media.ensure_shared([ref.media_id])
+    assert statements == []  # known to be shared now: nothing asked
 
 
 async def test_a_store_down_while_fetching_is_a_refusal(cluster):
