@@ -180,6 +180,23 @@ class Cluster:
         assert member.proc is not None
         member.proc.send_signal(signal.SIGSTOP)
 
+    async def frozen(self, member: Member, *, limit_s: float = 10.0) -> None:
+        """:meth:`freeze`, and wait until the kernel has stopped it (state ``T`` in
+        ``/proc/<pid>/stat``): from then on it reads nothing more."""
+        self.freeze(member)
+        stat = Path(f"/proc/{member.pid}/stat")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        while (await asyncio.to_thread(stat.read_text)).rpartition(")")[2].split()[0] \
+                not in ("T", "t"):
+            assert loop.time() < deadline, f"palaver run #{member.index} not stopped"
+            await asyncio.sleep(0.005)
+
+    def thaw(self, member: Member) -> None:
+        """SIGCONT: a frozen member runs on."""
+        assert member.proc is not None
+        member.proc.send_signal(signal.SIGCONT)
+
     async def stop_all(self, *, limit_s: float = 30.0) -> None:
         for member in self.members:
             if member.proc is not None and member.proc.returncode is None:

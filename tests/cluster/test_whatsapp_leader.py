@@ -165,3 +165,71 @@ async def test_one_process_holds_whatsapp_and_another_takes_over_after_kill_9(
           f"{takeover.time - killed_at:.2f} s, the gap's {len(CHATS)} messages answered "
           f"after {answered_at - killed_at:.2f} s (leaseSeconds {cluster.lease_s:g}, "
           f"{MEMBERS} processes)")
+
+
+async def test_a_frozen_leader_is_replaced_stands_by_when_it_thaws_and_can_lead_again(
+        wa_cluster, wa, pg_url):
+    """SIGSTOP, not SIGKILL: the frozen leader's socket stays up, so when another
+    process takes the leadership over (the lease ran out) WhatsApp sees two connections
+    of the device and replaces the frozen one (the one overlap nobody can prevent; the
+    frozen process cannot disconnect).  The messages WhatsApp had pushed to the frozen
+    socket were never acked: they come again to the new leader.  Thawed, the old leader
+    reads what waited in its socket (those messages, then the replaced stream) and
+    must neither answer them again nor stay halted: it stands by, and takes over again
+    (a fresh session) when the new leader is killed."""
+    cluster: Cluster = wa_cluster
+    members = [cluster.add() for _ in range(2)]
+    _link(cluster, members)
+    for member in members:
+        await cluster.start(member)
+
+    first = await wa.wait_until(lambda: wa.live, "one process connects")
+    frozen = next(m for m in members if m.pid == first.pid)
+    other = next(m for m in members if m is not frozen)
+    await _ask_round(wa, "before")
+    await _settled_store(pg_url)
+
+    await cluster.frozen(frozen)  # stopped before anything is pushed to its socket
+    frozen_at = time.monotonic()
+    gap_ids = [wa.inject(chat, f"frozen {chat[5:9]}") for chat in CHATS]
+    takeover = await wa.wait_until(
+        lambda: next((e for e in wa.history if e.kind == "connect" and e.pid == other.pid),
+                     None), "the other process connects")
+    await wa.wait_until(lambda: all(len(wa.texts_to(c)) == 2 for c in CHATS),
+                        "the frozen socket's messages answered by the new leader")
+    assert wa.kinds() == [("connect", frozen.pid), ("replaced", frozen.pid),
+                          ("connect", other.pid)], wa.history
+    assert wa.connections[0].delivered[-len(gap_ids):] == gap_ids  # pushed, never acked
+    assert wa.connections[1].acked[:len(gap_ids)] == gap_ids
+
+    cluster.thaw(frozen)
+
+    async def standing_by() -> dict[str, Any] | None:
+        health = await cluster.health(frozen)
+        channel = health["channels"]["whatsapp"]
+        return health if (health["cluster"]["alive"] and channel.get("standby")
+                          and channel["detail"].startswith("standby")) else None
+
+    await _until(standing_by, "the thawed process stands by")
+    await _ask_round(wa, "thawed")
+    await _settled_store(pg_url)
+    assert {s.pid for s in wa.sent if s.time > frozen_at} == {other.pid}
+    assert {chat: wa.texts_to(chat) for chat in CHATS} == _expected(
+        ["before", "frozen", "thawed"])
+
+    cluster.kill(other)
+    killed_at = time.monotonic()
+    again = await wa.wait_until(
+        lambda: next((e for e in wa.history[3:] if e.kind == "connect"), None),
+        "the thawed process connects again")
+    assert again.pid == frozen.pid
+    await _ask_round(wa, "again")
+    await _settled_store(pg_url)
+    assert {chat: wa.texts_to(chat) for chat in CHATS} == _expected(
+        ["before", "frozen", "thawed", "again"])
+    assert wa.kinds() == [("connect", frozen.pid), ("replaced", frozen.pid),
+                          ("connect", other.pid), ("disconnect", other.pid),
+                          ("connect", frozen.pid)], wa.history
+    print(f"\nWhatsApp leader frozen (SIGSTOP): the other connected after "
+          f"{takeover.time - frozen_at:.2f} s (leaseSeconds {cluster.lease_s:g}); "
+          f"the thawed one took over again {again.time - killed_at:.2f} s after a kill -9")

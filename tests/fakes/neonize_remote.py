@@ -219,7 +219,10 @@ class RemoteNewAClient(FakeNewAClient):
         elif op == "message":
             event = decode(neonize_fake.neonize_events.MessageEv, frame["event"])
             self._dispatch(type(event), event)
-            conn.write({"op": "ack", "id": event.Info.ID})
+            try:
+                conn.write({"op": "ack", "id": event.Info.ID})
+            except _Dropped:
+                pass  # whatsmeow's sendAck only logs; the frames already read still count
         elif op == "result":
             conn.answered(frame)
         elif op == "stream_error" and frame.get("conflict") == "replaced":
