@@ -349,6 +349,12 @@ def _session(args: Any) -> tuple[Path, SessionStore] | None:
         return None
 
 
+def _data_dir(args: Any) -> Path | None:
+    """``dataDir`` of the config the command should use (see :func:`_session`)."""
+    found = _session(args)
+    return found[0] if found is not None else None
+
+
 def _read_devices(where: Path | SessionStore) -> list[Any]:
     """The linked devices of a SQLite file or a PostgreSQL store (from any thread)."""
     if not isinstance(where, SessionStore):

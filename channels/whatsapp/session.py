@@ -32,9 +32,11 @@ The URL carries the password: it is registered for redaction, and what is shown
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import urllib.parse
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -171,14 +173,11 @@ class SessionStore:
         await asyncio.to_thread(self.files.mkdir, parents=True, exist_ok=True)
         if self.url is None:
             return
-        conn = await self._connect()
-        try:
+        async with self._connection() as conn:
             exists = await conn.fetchval(
                 "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema)
             if not exists:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        finally:
-            await conn.close()
 
     async def linked_devices(self) -> list[LinkedDevice]:
         """The devices whatsmeow stored, read without Go (see ``read_linked_devices``)."""
@@ -187,8 +186,7 @@ class SessionStore:
         if self.url is None:
             assert self.path is not None
             return await asyncio.to_thread(read_linked_devices, self.path)
-        conn = await self._connect()
-        try:
+        async with self._connection() as conn:
             table = await conn.fetchval("SELECT to_regclass($1)",
                                         f'"{self.schema}".whatsmeow_device')
             if table is None:  # no schema or no tables yet: nothing linked
@@ -197,8 +195,6 @@ class SessionStore:
                 "SELECT jid, COALESCE(lid, ''), COALESCE(push_name, ''), "
                 "COALESCE(business_name, ''), COALESCE(platform, '') "
                 f'FROM "{self.schema}".whatsmeow_device ORDER BY jid')
-        finally:
-            await conn.close()
         return [LinkedDevice(*(str(v) for v in row)) for row in rows]
 
     async def forget(self) -> bool:
@@ -209,27 +205,35 @@ class SessionStore:
         if self.url is None:
             assert self.path is not None
             return bool(await asyncio.to_thread(remove_session_files, self.path))
-        conn = await self._connect()
-        try:
+        async with self._connection() as conn:
             table = await conn.fetchval("SELECT to_regclass($1)",
                                         f'"{self.schema}".whatsmeow_device')
             if table is None:
                 return False
             status = await conn.execute(f'DELETE FROM "{self.schema}".whatsmeow_device')
-        finally:
-            await conn.close()
-        return status != "DELETE 0"
+        return bool(status != "DELETE 0")
 
-    async def _connect(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A connection of its own (login and status run without a Store; the channel
+        reads once per leadership term); the driver's errors become
+        :class:`SessionStoreError` (they name the server, never the password)."""
         import asyncpg
 
         assert self.url is not None
         try:
-            return await asyncpg.connect(self.url, timeout=10)
+            conn = await asyncpg.connect(self.url, timeout=10)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # asyncpg's errors name the server, never the password; still, say it plainly.
             raise SessionStoreError(f"cannot open the WhatsApp session in {self.label}: "
                                     f"{type(exc).__name__}: {exc}") from None
+        try:
+            yield conn
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise SessionStoreError(f"the WhatsApp session in {self.label}: "
+                                    f"{type(exc).__name__}: {exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
 
 
 def remove_session_files(db_path: Path) -> list[Path]:

@@ -1,0 +1,460 @@
+"""Issue 20: one WhatsApp connection per account in a cluster.
+
+WhatsApp takes one connection per device: a second one gets the first replaced
+(whatsmeow's ``StreamReplaced``, reproduced by tests/fakes/neonize_fake.py).  So with
+several Palavers on one PostgreSQL store only the leader of ``whatsapp/default``
+connects, with the device keys in that database; the others stand by and take over when
+it dies.  First the channel's side of the leadership (no database: the leadership is
+decided by hand), then whole Apps on one PostgreSQL database, each with its own
+coordinator, the real NeonizeClient over the neonize fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as E
+
+from bridge.app import App
+from bridge.config.schema import Config
+from bridge.envelope import AcceptStatus
+from bridge.store.coord import Lost
+from channels.whatsapp import WhatsAppChannel
+from channels.whatsapp.client import NeonizeClient
+from channels.whatsapp.login import run_login, run_logout, whatsapp_status
+from channels.whatsapp.session import SCHEMA, SessionStore, lib_pq_url
+from tests.channels.test_whatsapp import RecordingSink
+from tests.channels.test_whatsapp_fake import message_event, until
+from tests.channels.test_whatsapp_neonize import ANN, ANN_JID, channel_for, db_of
+from tests.fakes.neonize_fake import FakeGo, FakeNewAClient, install, session_store
+
+NAME = "whatsapp/default"
+HANG_GUARD_S = 30.0  # only against a hang (a loaded 2-core machine)
+PASSWORD = "pw-Zq8uXk2LrT"  # the test server trusts any password: it must never show
+
+
+@pytest.fixture
+async def go(monkeypatch):
+    fake = install(monkeypatch)
+    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
+    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
+    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    yield fake
+    fake.release()
+
+
+def _connected(go: FakeGo) -> list[FakeNewAClient]:
+    """The clients WhatsApp has a live connection with now."""
+    return [c for c in list(go.clients.values()) if c.connected]
+
+
+class _Leadership:
+    """A leadership decided by the test: ``who`` holds it."""
+
+    def __init__(self) -> None:
+        self.who: str | None = None
+
+    def check_for(self, me: str):
+        def check() -> None:
+            if self.who != me:
+                raise Lost(f"leadership {NAME} is not this process's")
+        return check
+
+    def leader(self) -> str | None:
+        return self.who
+
+
+async def _follower(tmp_path: Path, lead: _Leadership, me: str, sink: RecordingSink):
+    channel = channel_for(tmp_path)  # both on the same session database: one device
+    channel.follow_leader(lead.check_for(me), lead.leader)
+    await channel.start(sink)
+    return channel
+
+
+# ------------------------------------------------------------------ the channel's side
+
+
+async def test_a_follower_connects_only_while_leading_and_hands_over_cleanly(tmp_path, go):
+    go.link(db_of(tmp_path))
+    lead = _Leadership()
+    sinks = {"a": RecordingSink(), "b": RecordingSink()}
+    a = await _follower(tmp_path, lead, "a", sinks["a"])
+    b = await _follower(tmp_path, lead, "b", sinks["b"])
+    try:
+        assert go.neonize_calls == 0  # started, validated, not connected
+        assert a.health() == b.health()
+        assert a.health().detail == "standby (leader: none yet)"
+        assert not a.owns(None) and not b.owns(None)
+
+        lead.who = "a"
+        await a.start_leading()
+        await until(lambda: a.health().connected, HANG_GUARD_S)
+        assert a.owns(None) and not b.owns(None)
+        assert b.health().detail == "standby (leader: a)" and not b.health().connected
+        go.deliver(message_event(E.Message(conversation="hi"), chat=ANN_JID,
+                                 sender=ANN_JID, msg_id="M1"), _connected(go)[0])
+        await until(lambda: sinks["a"].received, HANG_GUARD_S)
+
+        # Handed over: the old leader disconnects before the new one connects.
+        lead.who = "b"
+        await a.stop_leading()
+        assert _connected(go) == [] and a.health().detail == "standby (leader: b)"
+        await b.start_leading()
+        await until(lambda: b.health().connected, HANG_GUARD_S)
+        assert len(_connected(go)) == 1 and go.replaced == []
+        assert len(go.connects) == 2
+    finally:
+        await a.stop()
+        await b.stop()
+    assert not go.crashes
+
+
+async def test_a_stream_replaced_by_losing_the_leadership_does_not_stick(tmp_path, go):
+    """The old leader was too slow to let go: the new one's connection replaced its
+    stream (it halts, as whatsmeow does not reconnect).  Once it has lost the leadership
+    and gets it back, it connects afresh."""
+    go.link(db_of(tmp_path))
+    lead = _Leadership()
+    a = await _follower(tmp_path, lead, "a", RecordingSink())
+    b = await _follower(tmp_path, lead, "b", RecordingSink())
+    try:
+        lead.who = "a"
+        await a.start_leading()
+        await until(lambda: a.health().connected, HANG_GUARD_S)
+        lead.who = "b"
+        await b.start_leading()  # before a noticed
+        await until(lambda: "session replaced" in a.health().detail, HANG_GUARD_S)
+        assert len(go.replaced) == 1 and not a.health().connected
+        await a.stop_leading()
+        assert a.health().detail == "standby (leader: b)"
+        lead.who = "a"
+        await b.stop_leading()
+        await a.start_leading()
+        await until(lambda: a.health().connected, HANG_GUARD_S)
+        assert a.health().detail.startswith("connected")
+        assert len(go.replaced) == 1  # the clean hand-over replaced nothing
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_losing_the_leadership_disconnects_first_then_hands_the_inbox_to_the_core(
+        tmp_path, go):
+    """WhatsApp acknowledged what it delivered: a message still on its way to the core
+    when the leadership goes is handed over (after the disconnect, which must not wait
+    for it)."""
+    go.link(db_of(tmp_path))
+    lead = _Leadership()
+    release = asyncio.Event()
+
+    class SlowSink(RecordingSink):
+        async def accept(self, inbound) -> AcceptStatus:
+            await release.wait()
+            return await super().accept(inbound)
+
+    sink = SlowSink()
+    channel = await _follower(tmp_path, lead, "a", sink)
+    try:
+        lead.who = "a"
+        await channel.start_leading()
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+        client = _connected(go)[0]
+        go.deliver(message_event(E.Message(conversation="just in time"), chat=ANN_JID,
+                                 sender=ANN_JID, msg_id="LATE"), client)
+        await until(lambda: channel._handling == "LATE", HANG_GUARD_S)
+        lead.who = None
+        losing = asyncio.create_task(channel.stop_leading())
+        await until(lambda: client._key in go.stops, HANG_GUARD_S)  # disconnected first
+        assert not losing.done() and _connected(go) == []
+        release.set()
+        await losing
+        assert [m.message_id for m in sink.received] == ["LATE"]
+    finally:
+        release.set()
+        await channel.stop()
+
+
+async def test_the_leader_asks_before_every_connect(tmp_path, go):
+    """start_leading() with a check that says no (the heartbeat is late): no connect
+    until it says yes."""
+    go.link(db_of(tmp_path))
+    lead = _Leadership()
+    channel = await _follower(tmp_path, lead, "a", RecordingSink())
+    try:
+        await channel.start_leading()  # lead.who is nobody: the check refuses
+        await until(lambda: channel._detail.startswith("not connecting"), HANG_GUARD_S)
+        assert go.neonize_calls == 0
+        lead.who = "a"
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+    finally:
+        await channel.stop()
+
+
+async def test_alone_on_sqlite_nothing_changes(tmp_path, go):
+    """Not following a leader (the single-process coordinator leads at once anyway):
+    start() connects, owns every chat."""
+    go.link(db_of(tmp_path))
+    channel = channel_for(tmp_path)
+    await channel.start(RecordingSink())
+    try:
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+        assert channel.owns(None)
+        assert channel.leadership == NAME
+    finally:
+        await channel.stop()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+def _with_password(pg_url: str) -> str:
+    parts = urllib.parse.urlsplit(pg_url)
+    netloc = f"{parts.username}:{PASSWORD}@{parts.hostname}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def test_the_store_url_becomes_lib_pq_s():
+    url = "postgresql://u:p%40ss@db.example:5433/pal"
+    assert lib_pq_url(url) == ("postgresql://u:p%40ss@db.example:5433/pal"
+                               "?sslmode=prefer&search_path=whatsmeow")
+    # asyncpg's own sslmode is kept; options lib/pq would send on as run-time
+    # parameters the server refuses are dropped; a search_path is always ours.
+    assert lib_pq_url("postgres://u@h/d?sslmode=verify-full&sslcrl=/x&search_path=a"
+                      "&application_name=pal") == (
+        "postgresql://u@h/d?application_name=pal&sslmode=verify-full&search_path=whatsmeow")
+    with pytest.raises(Exception, match="sslmode"):
+        lib_pq_url("postgresql://u@h/d?sslmode=on")
+
+
+def test_the_label_never_holds_the_password(tmp_path):
+    store = SessionStore.postgres(f"postgresql://palaver:{PASSWORD}@127.0.0.1:5/db",
+                                  tmp_path)
+    assert PASSWORD not in store.label and PASSWORD not in repr(store)
+    assert store.label == "PostgreSQL 127.0.0.1:5/db (schema whatsmeow)"
+    assert PASSWORD in store.neonize_name  # what Go gets (and only Go)
+
+
+def _config(data: Path, models, url: str, **whatsapp) -> Config:
+    return Config.model_validate({
+        "dataDir": str(data),
+        "store": {"url": url, "leaseSeconds": 2},
+        "models": {"mode": "replace", "providers": {"fake": {
+            "baseUrl": models.url_for("openai-completions"),
+            "api": "openai-completions", "apiKey": "k",
+            "models": [{"id": "m"}]}}},
+        "agents": {"defaults": {"model": "fake/m"}},
+        "channels": {"whatsapp": {"dmPolicy": "allowlist", "allowFrom": ["+" + ANN],
+                                  **whatsapp}},
+    })
+
+
+def _texts(go: FakeGo) -> list[str]:
+    return [m.conversation or m.extendedTextMessage.text for _chat, m in go.sent
+            if isinstance(m, E.Message) and not m.HasField("reactionMessage")]
+
+
+def _ask(go: FakeGo, text: str, msg_id: str) -> None:
+    """WhatsApp delivers a message to the one connection it has."""
+    (client,) = _connected(go)
+    go.deliver(message_event(E.Message(conversation=text), chat=ANN_JID, sender=ANN_JID,
+                             msg_id=msg_id, timestamp_ms=int(time.time() * 1000)), client)
+
+
+def _whatsapp(app: App) -> WhatsAppChannel:
+    (channel,) = [c for c in app.channels if isinstance(c, WhatsAppChannel)]
+    return channel
+
+
+def _kill(app: App, go: FakeGo) -> None:
+    """What kill -9 does to a process: its coordinator dies without a word (peers reap
+    it once its connection is gone) and its WhatsApp connection with it."""
+    ours = getattr(_whatsapp(app)._client, "_client", None)  # NeonizeClient's NewAClient
+    for client in list(go.clients.values()):
+        if client is ours:
+            go.clients.pop(client._key, None)
+            client.connected = False
+            client._cancel.set()
+
+
+@pytest.fixture
+async def cluster(tmp_path, pg_url, go, models):
+    """Two Apps on one PostgreSQL database, each with its own coordinator (lease 2 s),
+    the device linked in PostgreSQL; ``await start(name)`` starts one."""
+    models.default(lambda req: f"ack {req.last_user_text()}")
+    url = _with_password(pg_url)
+    go.link(lib_pq_url(url))  # `palaver whatsapp login` done on any one of them
+    apps: dict[str, App] = {}
+
+    async def start(name: str) -> App:
+        app = App(_config(tmp_path / name, models, url))
+        apps[name] = app
+        await app.start()
+        return app
+
+    yield start
+    for app in apps.values():
+        with contextlib.suppress(Exception):
+            await app.stop(0)
+
+
+async def test_one_app_connects_the_other_stands_by_and_takes_over_when_it_dies(
+        cluster, go, caplog):
+    caplog.set_level(logging.DEBUG)
+    a = await cluster("a")
+    await until(lambda: _whatsapp(a).health().connected, HANG_GUARD_S)
+    b = await cluster("b")
+    a_id = a._coord.process_id
+    # b's view of the leader comes with its heartbeats.
+    await until(lambda: _whatsapp(b).health().detail == f"standby (leader: {a_id})",
+                HANG_GUARD_S)
+    assert len(go.connects) == 1 and len(_connected(go)) == 1 and go.replaced == []
+    report = await b.health()
+    assert report["channels"]["whatsapp"]["standby"] is True
+    assert report["channels"]["whatsapp"]["connected"] is False
+    assert "standby" not in (await a.health())["channels"]["whatsapp"]
+
+    _ask(go, "hello", "Q1")
+    await until(lambda: "ack hello" in _texts(go), HANG_GUARD_S)
+    assert a._coord.owns(f"whatsapp:default:direct:+{ANN}")
+    assert _connected(go)[0] is getattr(_whatsapp(a)._client, "_client", None)  # a's
+
+    _kill(a, go)
+    await a._coord.abandon()
+    await until(lambda: _whatsapp(b).health().connected, HANG_GUARD_S)
+    assert b._coord.holds(NAME) and len(go.connects) == 2 and go.replaced == []
+    assert not _whatsapp(a).health().connected  # and it does not reconnect
+    _ask(go, "still there?", "Q2")
+    await until(lambda: "ack still there?" in _texts(go), HANG_GUARD_S)
+    assert _texts(go) == ["ack hello", "ack still there?"]
+    assert b._coord.owns(f"whatsapp:default:direct:+{ANN}")
+    assert len(go.connects) == 2 and go.replaced == [] and not go.crashes
+    assert PASSWORD not in caplog.text
+
+
+async def test_a_leader_that_loses_the_leadership_disconnects_and_gives_up_its_chats(
+        cluster, go, pg_url, models):
+    """Another process took the leadership over (the database says so) while a turn
+    runs: the old leader disconnects and disowns its WhatsApp chats, work waiting and
+    all, so the new leader answers that chat at once instead of the old one keeping a
+    reply it can no longer send.  When the new one stops, the first takes over again
+    with a fresh session."""
+    import asyncpg
+
+    a = await cluster("a")
+    await until(lambda: _whatsapp(a).health().connected, HANG_GUARD_S)
+    b = await cluster("b")
+    models.reply("the slow answer", chunks=3, delay=1.0)
+    _ask(go, "hello", "Q1")
+    await until(lambda: models.requests and models.requests[0].chunks_written >= 1,
+                HANG_GUARD_S)
+    key = f"whatsapp:default:direct:+{ANN}"
+    assert a._coord.owns(key)  # its turn is running
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("UPDATE leaders SET owner = $1, epoch = epoch + 1 "
+                           "WHERE name = $2", b._coord.process_id, NAME)
+    finally:
+        await conn.close()
+    await until(lambda: not a._coord.holds(NAME) and not a._coord.owns(key), HANG_GUARD_S)
+    assert "standby" in _whatsapp(a).health().detail
+    await until(lambda: _whatsapp(b).health().connected, HANG_GUARD_S)
+    await until(lambda: len(_texts(go)) == 1, HANG_GUARD_S)  # Q1 answered, once
+    assert len(_connected(go)) == 1
+    _ask(go, "who now?", "Q2")
+    await until(lambda: "ack who now?" in _texts(go), HANG_GUARD_S)
+
+    await b.stop(0)  # gives the leadership up: a connects again, with a fresh session
+    await until(lambda: _whatsapp(a).health().connected, HANG_GUARD_S)
+    _ask(go, "and now?", "Q3")
+    await until(lambda: "ack and now?" in _texts(go), HANG_GUARD_S)
+    texts = _texts(go)
+    assert len(texts) == 3 and texts[1:] == ["ack who now?", "ack and now?"], texts
+    assert not go.crashes
+
+
+async def test_login_status_and_logout_use_the_postgresql_store(tmp_path, pg_url, go,
+                                                               caplog):
+    import io
+
+    caplog.set_level(logging.DEBUG)
+    url = _with_password(pg_url)
+    store = SessionStore.postgres(url, tmp_path / "data")
+    out = io.StringIO()
+    login = asyncio.create_task(run_login(data_dir=tmp_path / "data", out=out,
+                                          session_store=store))
+    await until(lambda: go.clients, HANG_GUARD_S)
+    go.scan()
+    assert await login == 0
+    # In PostgreSQL, in whatsmeow's own schema; no SQLite session under dataDir.
+    assert [d[1] for d in session_store(lib_pq_url(url)).read()] == [go.account.push_name]
+    assert [d.phone for d in await store.linked_devices()] == [go.account.phone]
+    assert not (tmp_path / "data" / "whatsapp" / "session.db").exists()
+    code, lines = await asyncio.to_thread(whatsapp_status, store, None)
+    assert code == 0 and "session:  linked (PostgreSQL " in lines[0]
+    assert SCHEMA in lines[0]
+    assert await run_logout(data_dir=tmp_path / "data", out=out, session_store=store) == 0
+    assert await store.linked_devices() == []
+    code, lines = await asyncio.to_thread(whatsapp_status, store, None)
+    assert code == 1 and "not linked" in lines[0]
+    assert PASSWORD not in out.getvalue() + caplog.text + "\n".join(lines)
+
+
+async def test_a_broken_store_url_says_where_without_the_password(tmp_path, pg_url, go,
+                                                                 caplog):
+    """A database that does not exist: the error names the server and database only."""
+    caplog.set_level(logging.DEBUG)
+    parts = urllib.parse.urlsplit(_with_password(pg_url))
+    url = urllib.parse.urlunsplit(parts._replace(path="/no_such_database"))
+    channel = WhatsAppChannel(
+        _config(tmp_path / "data", _NoModels(), url).channels.whatsapp,
+        media=__import__("bridge.media", fromlist=["MediaStore"]).MediaStore(
+            tmp_path / "media"),
+        data_dir=tmp_path / "data", session=SessionStore.postgres(url, tmp_path / "data"))
+    await channel.start(RecordingSink())
+    try:
+        detail = channel.health().detail
+        assert "cannot open the WhatsApp session" in detail and "no_such_database" in detail
+        assert PASSWORD not in detail and PASSWORD not in caplog.text
+    finally:
+        await channel.stop()
+
+
+class _NoModels:
+    def url_for(self, _api: str) -> str:
+        return "http://127.0.0.1:9/v1"
+
+
+# ------------------------------------------------------------------ shared memory
+
+
+async def test_the_lid_map_and_quote_journal_are_shared_through_the_store(store, tmp_path):
+    """What one leader learnt (a LID's phone number, how to quote a group message) the
+    next one reads from the store's key-value table; no file in dataDir."""
+    from channels.whatsapp.identity import LidMap
+    from channels.whatsapp.quotes import QuoteJournal
+
+    first = LidMap(tmp_path / "lid-map.json", shared=store)
+    await first.load()
+    await first.remember("99000111", "15550001111")
+    journal = QuoteJournal(tmp_path / "quotes.jsonl", 2, shared=store)
+    await journal.load()
+    for n in range(3):
+        await journal.add(f"G{n}", "120363@g.us", f"4915{n}@s.whatsapp.net", f"text {n}")
+
+    later, next_journal = LidMap(tmp_path / "x.json", shared=store), QuoteJournal(
+        tmp_path / "y.jsonl", 2, shared=store)
+    await later.load()
+    await next_journal.load()
+    assert later.phone_for("99000111") == "15550001111"
+    assert next_journal.get("G0", "120363@g.us") is None  # pushed out (capacity 2)
+    quote = next_journal.get("G2", "120363@g.us")
+    assert quote is not None and quote.participant == "49152@s.whatsapp.net"
+    assert sorted(await store.kv_items("whatsapp.quotes:default")) == ["G1", "G2"]
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".json", ".jsonl")]
