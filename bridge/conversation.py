@@ -890,7 +890,7 @@ class ConversationCore(InboundSink):
                     # Give the chat up only when nothing waits; if something arrived
                     # meanwhile, look once more (a reply held for its retry keeps the
                     # chat here until its timer wakes it).
-                    if looked_again or await self.coord.release_if_idle(key):
+                    if looked_again or await self.coord.idle(key):
                         break
                     looked_again = True
                     continue
@@ -906,7 +906,7 @@ class ConversationCore(InboundSink):
                     # Nothing was left behind this claim and nothing was accepted since
                     # (accept marks the session dirty): skip the empty claim_next, and
                     # give the chat up unless something waits after all.
-                    if await self.coord.release_if_idle(key):
+                    if await self.coord.idle(key):
                         break
                     looked_again = True
         except asyncio.CancelledError:

@@ -79,6 +79,11 @@ REAP_LOCK_TIMEOUT = "2s"
 # A heartbeat older than this part of the lease: act on nothing (others may reap us soon).
 FENCE_FRACTION = 2 / 3
 RECONNECT_EVERY_S = 1.0
+# ``palaver run`` keeps a chat this long after its last turn (never more than a third of
+# the lease): the chat's next message skips the claim's round trips (its acquire is a
+# look in memory, and no release ran in between); messages other processes store for it
+# meanwhile wake this owner.  Released in one statement for all chats due.
+IDLE_LINGER_S = 5.0
 
 
 class Lost(StoreError):
@@ -212,6 +217,16 @@ def acquire_body(session_key: str, owner: str) -> Body[bool]:
 # to deliver.
 _WAITING = ("((direction = 'in' AND status IN ('received', 'processing'))"
             " OR (direction = 'out' AND status = 'pending'))")
+
+
+def release_many_body(keys: Iterable[str], owner: str) -> Body[set[str]]:
+    """:func:`release_body` for several chats in one statement: those given up (nothing
+    waits in them); the others stay ``owner``'s."""
+    rows = yield all_(
+        "DELETE FROM session_owners WHERE owner = ? AND session_key IN ? AND NOT EXISTS"
+        " (SELECT 1 FROM messages WHERE messages.session_key = session_owners.session_key"
+        f" AND {_WAITING}) RETURNING session_key", owner, In(keys))
+    return {r[0] for r in rows}
 
 
 def release_body(session_key: str, owner: str) -> Body[bool]:
@@ -438,6 +453,13 @@ class Coordinator:
     def owns(self, session_key: str) -> bool:
         raise NotImplementedError
 
+    async def idle(self, session_key: str) -> bool:
+        """The worker has nothing more to do in the chat: give it up when nothing waits
+        (True), as :meth:`release_if_idle` — at once, or (a PgCoordinator with
+        ``linger_s``) after a while, so that the chat's next message finds it owned here
+        (True then: whatever is stored for it meanwhile wakes this process)."""
+        return await self.release_if_idle(session_key)
+
     def forget(self, session_key: str) -> None:
         """A fence said the chat is not this process's (:class:`Lost`): stop assuming it
         is.  If the database still names this process, the sweep wakes the chat and the
@@ -614,7 +636,7 @@ async def connect(config: Config, *, info: dict[str, Any] | None = None
     app = application_name()
     store = await Store.connect(config, application_name=app)
     return store, PgCoordinator(store, lease_seconds=config.store.leaseSeconds,
-                                app_name=app, info=info)
+                                app_name=app, info=info, linger_s=IDLE_LINGER_S)
 
 
 def _new_process_id(app_name: str, generation: int) -> str:
@@ -643,7 +665,7 @@ class PgCoordinator(Coordinator):
     def __init__(self, store: Database, *, url: str | None = None,
                  lease_seconds: float = 30.0, app_name: str | None = None,
                  info: dict[str, Any] | None = None, reap_every_s: float = REAP_EVERY_S,
-                 sweep_every_s: float = SWEEP_EVERY_S) -> None:
+                 sweep_every_s: float = SWEEP_EVERY_S, linger_s: float = 0.0) -> None:
         super().__init__()
         import asyncpg  # noqa: F401  (PostgreSQL only: fail here, not mid-run)
 
@@ -659,6 +681,10 @@ class PgCoordinator(Coordinator):
                      "lease_s": self.lease, **(info or {})}
         self.reap_every_s = reap_every_s
         self.sweep_every_s = sweep_every_s
+        # An idle chat is kept this long (0: given up at once), never past a third of the
+        # lease: the fence is the row, and the row is freed with the process anyway.
+        self.linger_s = max(0.0, min(float(linger_s), self.lease / 3))
+        self._idle_since: dict[str, float] = {}  # owned chats with no work (monotonic)
         self.process_id: str | None = None
         self._lock_key: int | None = None
         self._generation = 0  # registrations so far (a reaped process registers again)
@@ -714,6 +740,7 @@ class PgCoordinator(Coordinator):
             except Exception as exc:
                 log.warning("could not unregister process %s (peers reap it): %s", me, exc)
         self._owned.clear()
+        self._idle_since.clear()
         self.process_id = None
         if getattr(self.store, "owner", None) == me:
             setattr(self.store, "owner", None)  # noqa: B010 (Database.owner)
@@ -885,6 +912,7 @@ class PgCoordinator(Coordinator):
         log.warning("process %s was taken over by its peers (stalled past the %.0f s lease"
                     " or lost its database connection); registering again", old, self.lease)
         self._owned.clear()
+        self._idle_since.clear()
         self.process_id = None
         setattr(self.store, "owner", None)  # noqa: B010 (Database.owner)
         for lead in self._leads.values():
@@ -903,6 +931,10 @@ class PgCoordinator(Coordinator):
         if not self.alive:
             return False
         if session_key in self._owned:
+            # No round trip: the row is this process's (a reap deletes it only with the
+            # processes row, and then _was_reaped empties _owned; a release in flight
+            # takes the key out first), and claims and finishes are fenced by it anyway.
+            self._idle_since.pop(session_key, None)
             return True
         assert self.process_id is not None
         if await self.store.atomically(acquire_body(session_key, self.process_id)):
@@ -913,16 +945,55 @@ class PgCoordinator(Coordinator):
     async def release_if_idle(self, session_key: str) -> bool:
         if session_key not in self._owned or self.process_id is None:
             return True
+        self._idle_since.pop(session_key, None)
         if await self.store.atomically(release_body(session_key, self.process_id)):
             self._owned.discard(session_key)
             return True
         return False
+
+    async def idle(self, session_key: str) -> bool:
+        if self.linger_s <= 0 or session_key not in self._owned:
+            return await self.release_if_idle(session_key)
+        self._idle_since.setdefault(session_key, time.monotonic())
+        return True
+
+    async def release_idle(self, *, now: float | None = None) -> set[str]:
+        """Give up the chats idle for ``linger_s`` (one statement); returns those given
+        up.  While the statement runs they are not counted as owned (an acquire asks the
+        database: it waits for the delete, or finds the row still this process's); a chat
+        where work was stored meanwhile stays, and its worker is woken."""
+        me = self.process_id
+        if me is None or not self._idle_since:
+            return set()
+        now = time.monotonic() if now is None else now
+        due = [k for k, t in self._idle_since.items() if now - t >= self.linger_s]
+        if not due:
+            return set()
+        for key in due:
+            del self._idle_since[key]
+        due = [k for k in due if k in self._owned]
+        self._owned.difference_update(due)
+        try:
+            gone = await self.store.atomically(release_many_body(due, me))
+        except BaseException:
+            # Unknown outcome: still ours as far as this process knows (a fence says so
+            # if not); tried again at the next round.
+            for key in due:
+                self._owned.add(key)
+                self._idle_since.setdefault(key, now)
+            raise
+        for key in due:
+            if key not in gone and self.process_id == me:
+                self._owned.add(key)
+                self._fire_wake(Wake(key))
+        return gone
 
     def owns(self, session_key: str) -> bool:
         return session_key in self._owned
 
     def forget(self, session_key: str) -> None:
         self._owned.discard(session_key)
+        self._idle_since.pop(session_key, None)
 
     async def disown(self, prefix: str) -> list[str]:
         """Give up every chat whose session key starts with ``prefix`` (e.g.
@@ -933,6 +1004,8 @@ class PgCoordinator(Coordinator):
         if keys and self.process_id is not None:
             await self.store.atomically(disown_body(keys, self.process_id))
         self._owned.difference_update(keys)
+        for key in keys:
+            self._idle_since.pop(key, None)
         return keys
 
     @property
@@ -957,6 +1030,8 @@ class PgCoordinator(Coordinator):
     async def _watch(self) -> None:
         if not self.alive or self._conn is None:
             return
+        if self._idle_since:
+            await self.release_idle()
         freed = await self.reap_dead()
         now = time.monotonic()
         if freed or now >= self._next_sweep:
@@ -1103,6 +1178,7 @@ class PgCoordinator(Coordinator):
             "heartbeat_age_s": (round(time.monotonic() - self._last_ok, 2)
                                 if self._last_ok > -math.inf else None),
             "owned_chats": len(self._owned),
+            "idle_chats": len(self._idle_since),
             "leaderships": [{"name": n, "epoch": e} for n, e in self.leaderships.items()],
             "peers": [{**p, "leaderships": sorted(owners.get(p["id"], []))}
                       for p in self._peers],
@@ -1126,5 +1202,6 @@ __all__ = [
     "Coordinator", "LocalCoordinator", "Lost", "PgCoordinator", "Reaped", "TurnTakenOver",
     "Wake", "Waiting", "acquire_body", "answer_stop_body", "application_name", "connect",
     "gain_body", "notify_stop", "notify_work", "orphans_body", "owns_session", "owns_turn",
-    "parse_payload", "queued_stops_body", "reap_body", "release_body", "sweep_body",
+    "parse_payload", "queued_stops_body", "reap_body", "release_body", "release_many_body",
+    "sweep_body",
 ]

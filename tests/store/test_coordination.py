@@ -215,6 +215,91 @@ async def test_release_if_idle_keeps_a_chat_with_work(nodes):
     assert await b.coord.acquire(key)
 
 
+class _Counting:
+    """Counts the store's transactions (a claim's round trips)."""
+
+    def __init__(self, store) -> None:
+        self.transactions = 0
+        self._atomically = store.atomically
+        store.atomically = self.atomically
+
+    async def atomically(self, work, **kwargs):
+        self.transactions += 1
+        return await self._atomically(work, **kwargs)
+
+
+async def test_a_lingering_chat_is_claimed_again_without_a_round_trip(nodes):
+    a, b = await nodes(linger_s=5.0, reap_every_s=3600), await nodes()
+    key = _key()
+    counting = _Counting(a.store)
+    assert await a.coord.acquire(key)
+    assert counting.transactions == 1
+    assert await a.coord.idle(key)  # the worker is done: kept for a while
+    assert await _owner_of(a.store, key) == a.id
+    assert not await b.coord.acquire(key)  # still a's: b's message wakes a
+    assert await a.coord.acquire(key)  # the next message: a look in memory
+    assert counting.transactions == 1
+    # The claim is fenced by the row as before.
+    await a.store.record_inbound(_in("m1"))
+    assert await a.store.claim_next(key) is not None
+
+
+async def test_idle_chats_are_released_after_the_linger_in_one_statement(nodes):
+    a, b = await nodes(linger_s=5.0, reap_every_s=3600), await nodes()
+    keys = [_key(str(chat)) for chat in range(3)]
+    for key in keys:
+        assert await a.coord.acquire(key)
+        assert await a.coord.idle(key)
+    counting = _Counting(a.store)
+    assert await a.coord.release_idle() == set()  # not yet due
+    later = time.monotonic() + 5.0
+    assert await a.coord.release_idle(now=later) == set(keys)
+    assert counting.transactions == 1
+    assert a.coord.owned == frozenset()
+    for key in keys:
+        assert await _owner_of(a.store, key) is None
+        assert await b.coord.acquire(key)
+
+
+async def test_a_lingering_chat_where_work_waits_is_kept_and_woken(nodes):
+    """Another process stored a message while the chat lingered here (its notification
+    lost, say): the release keeps the chat and wakes its worker."""
+    a, b = await nodes(linger_s=5.0, reap_every_s=3600), await nodes()
+    key = _key()
+    assert await a.coord.acquire(key)
+    assert await a.coord.idle(key)
+    await b.store.record_inbound(_in("m1"))
+    a.wakes.clear()
+    assert await a.coord.release_idle(now=time.monotonic() + 5.0) == set()
+    assert a.coord.owns(key) and await _owner_of(a.store, key) == a.id
+    assert Wake(key) in a.wakes
+
+
+async def test_an_acquire_during_the_release_asks_the_database(nodes):
+    """A message of the chat arrives while its release runs: the acquire is not a look in
+    memory (the row may be gone a moment later) but the statement, which either waits
+    for the delete and takes the chat again, or runs first and the delete then sees the
+    stored message and keeps the chat."""
+    a = await nodes(linger_s=5.0, reap_every_s=3600)
+    key = _key()
+    assert await a.coord.acquire(key)
+    assert await a.coord.idle(key)
+    release = asyncio.ensure_future(a.coord.release_idle(now=time.monotonic() + 5.0))
+    await asyncio.sleep(0)  # one step of the release: the key is out, its DELETE sent
+    assert not a.coord.owns(key)
+    await a.store.record_inbound(_in("m1"))  # stored first, then acquired (the door)
+    counting = _Counting(a.store)
+    assert await a.coord.acquire(key)
+    assert counting.transactions == 1
+    await release
+    assert a.coord.owns(key) and await _owner_of(a.store, key) == a.id
+
+
+async def test_the_linger_is_at_most_a_third_of_the_lease(nodes):
+    a = await nodes(lease=6.0, linger_s=5.0)
+    assert a.coord.linger_s == 2.0
+
+
 async def test_disown_hands_chats_with_work_to_the_new_leader(nodes):
     """An account's leadership moved (WhatsApp): its old holder gives up the account's
     chats even with messages waiting, so the new leader can take them."""
