@@ -162,6 +162,10 @@ class FakeWhatsApp:
         self.history: list[HistoryEvent] = []
         self.connections: list[Connection] = []
         self.max_concurrent = 0
+        # Connections (indexes) whose replacement's stream error never reaches them (a
+        # partitioned network): they only see the socket go, an unexpected disconnect,
+        # after which whatsmeow reconnects by itself.
+        self.lost_stream_errors: set[int] = set()
         self._pending: dict[str, MessageEv] = {}  # not acked yet, in arrival order
         self._ids = itertools.count(1)
         self._sent_ids = itertools.count(1)
@@ -321,7 +325,8 @@ class FakeWhatsApp:
         (``conflict type="replaced"``) and is closed by the server."""
         for old in self.connections:
             if old.live:
-                self._write(old, {"op": "stream_error", "conflict": "replaced"})
+                if old.index not in self.lost_stream_errors:
+                    self._write(old, {"op": "stream_error", "conflict": "replaced"})
                 old.replaced = True
                 old.closed = time.monotonic()
                 self._record("replaced", old)
