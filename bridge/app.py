@@ -239,7 +239,9 @@ class App:
         # process so a reaper can end its backends; SQLite: the single-process one.
         self._store, self._coord = await coord.connect(config, info={"version": __version__})
         await self._coord.start()  # registers: before the core claims anything
-        self._media = MediaStore(data_dir / "media")
+        # PostgreSQL: media shared with every process through media_blobs (a photo
+        # received here is readable by the process that runs its turn); SQLite: local.
+        self._media = MediaStore.for_store(data_dir / "media", self._store)
         if self._router is None:
             from bridge.models.router import ModelRouter
             from bridge.usage.budgets import BudgetGuard
