@@ -288,6 +288,7 @@ class WhatsAppChannel(Channel):
             self._detail = NOT_LINKED
             log.warning("WhatsApp: no linked session in %s; %s. Everything else keeps "
                         "running.", self._session.location, LOGIN_HINT)
+            await self._warn_of_local_session()
             return
         self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
         if self._following and not self._leading:
@@ -297,6 +298,24 @@ class WhatsAppChannel(Channel):
                 await client.close()
             return
         self._begin_session(client)
+
+    async def _warn_of_local_session(self) -> None:
+        """On PostgreSQL: say so when a device is still linked in the SQLite file of a
+        Palaver that ran before its store moved (``palaver store migrate``): its keys
+        are not copied; the cluster needs a login of its own."""
+        if not self._session.shared:
+            return
+        local = SessionStore.sqlite(self._dir.parent)
+        try:
+            devices = await local.linked_devices()
+        except Exception:
+            return
+        if devices:
+            log.warning("WhatsApp: a device is linked in %s, from before the store was on "
+                        "PostgreSQL; its keys stay there. Run `palaver whatsapp login` to "
+                        "link the cluster (the device keys go to PostgreSQL), then remove "
+                        "the old device on the phone (Settings > Linked devices)",
+                        local.label)
 
     def _client_target(self) -> Any:
         """What the client factory gets: the SQLite file, or the PostgreSQL store."""

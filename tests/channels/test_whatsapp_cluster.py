@@ -415,11 +415,12 @@ async def test_a_broken_store_url_says_where_without_the_password(tmp_path, pg_u
     caplog.set_level(logging.DEBUG)
     parts = urllib.parse.urlsplit(_with_password(pg_url))
     url = urllib.parse.urlunsplit(parts._replace(path="/no_such_database"))
+    from bridge.media import MediaStore
+
     channel = WhatsAppChannel(
         _config(tmp_path / "data", _NoModels(), url).channels.whatsapp,
-        media=__import__("bridge.media", fromlist=["MediaStore"]).MediaStore(
-            tmp_path / "media"),
-        data_dir=tmp_path / "data", session=SessionStore.postgres(url, tmp_path / "data"))
+        media=MediaStore(tmp_path / "media"), data_dir=tmp_path / "data",
+        session=SessionStore.postgres(url, tmp_path / "data"))
     await channel.start(RecordingSink())
     try:
         detail = channel.health().detail
@@ -461,3 +462,25 @@ async def test_the_lid_map_and_quote_journal_are_shared_through_the_store(store,
     assert quote is not None and quote.participant == "49152@s.whatsapp.net"
     assert sorted(await store.kv_items("whatsapp.quotes:default")) == ["G1", "G2"]
     assert not [p for p in tmp_path.iterdir() if p.suffix in (".json", ".jsonl")]
+
+
+async def test_a_session_left_in_sqlite_after_a_store_migrate_is_pointed_out(
+        tmp_path, pg_url, go, caplog):
+    """`palaver store migrate` does not move whatsmeow's keys: the channel says it is not
+    linked in PostgreSQL and that the old SQLite session needs a new login."""
+    from bridge.media import MediaStore
+
+    caplog.set_level(logging.WARNING)
+    go.link(db_of(tmp_path))  # <dataDir>/whatsapp/session.db, from the SQLite days
+    session = SessionStore.postgres(pg_url, tmp_path / "data")
+    channel = WhatsAppChannel(
+        _config(tmp_path / "data", _NoModels(), pg_url).channels.whatsapp,
+        media=MediaStore(tmp_path / "media"), data_dir=tmp_path / "data", session=session)
+    await channel.start(RecordingSink())
+    try:
+        assert channel.health().detail.startswith("not linked")
+        assert go.neonize_calls == 0
+        assert "from before the store was on PostgreSQL" in caplog.text
+        assert "palaver whatsapp login" in caplog.text
+    finally:
+        await channel.stop()
