@@ -184,6 +184,9 @@ class WhatsAppChannel(Channel):
     presence_retry_s = 60.0
     # Received messages kept in memory while the store is unavailable; more are dropped.
     held_max = 500
+    # A leader whose connection is replaced this often within one leadership term halts
+    # (something outside the cluster uses the device); fewer are rebuilt.
+    replaced_limit = 3
 
     def __init__(
         self,
@@ -261,6 +264,7 @@ class WhatsAppChannel(Channel):
         self._linked = False  # start() found a linked device
         self._closed = False  # stop() ran: leadership changes no longer apply
         self._stuck_clients: list[WhatsAppClient] = []  # earlier terms' unstoppable ones
+        self._replacements = 0  # StreamReplaced seen in this leadership term
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -272,6 +276,7 @@ class WhatsAppChannel(Channel):
         self._sink = sink
         self._stopping = self._closed = False
         self._terminal = None
+        self._replacements = 0
         try:
             await self._session.prepare()
             await self._lids.load()
@@ -372,6 +377,7 @@ class WhatsAppChannel(Channel):
             self._stopping = False
             self._terminal = self._ended_by = None
             self._connected = False
+            self._replacements = 0
             self._backoff.reset()
             try:
                 # What the previous leader learnt (shared store), then the device.
@@ -585,6 +591,11 @@ class WhatsAppChannel(Channel):
     async def _on_connected(self, _event: Any) -> None:
         if self._stopping or self._terminal is not None:
             return  # a late event: sends stay refused
+        if self._following and not self._may_connect():
+            # whatsmeow reconnected by itself after the leadership went (a stall): this
+            # connection would replace the leader's; end it at once.
+            await self._end_unled_session("connected without the leadership")
+            return
         self._backoff.reset()
         self._connected = True
         self._detail = "connected"
@@ -608,8 +619,23 @@ class WhatsAppChannel(Channel):
         if self._stopping or self._terminal:
             return
         self._connected = False
+        if self._following and not self._may_connect():
+            # whatsmeow would reconnect by itself (nothing asks Python): not while another
+            # process may lead, or this connection replaces its.
+            await self._end_unled_session("disconnected without the leadership")
+            return
         self._detail = "disconnected; reconnecting"
         log.warning("WhatsApp: connection dropped; reconnecting")
+
+    async def _end_unled_session(self, why: str) -> None:
+        """Stop the session now: this process cannot vouch for the leadership (the
+        supervisor connects again only once the leadership check passes)."""
+        self._connected = False
+        self._ended_by = why
+        log.warning("WhatsApp: %s; ending the session", why)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
 
     async def _on_logged_out(self, event: Any) -> None:
         reason = enum_name(event, "Reason")
@@ -623,6 +649,25 @@ class WhatsAppChannel(Channel):
                          "restart Palaver after the ban ends")
 
     async def _on_stream_replaced(self, _event: Any) -> None:
+        """Another connection of this device replaced this one (whatsmeow then does not
+        reconnect).  Alone: another Palaver uses the session, a terminal state.  As the
+        leader of a cluster it is most likely a process that led before and whose
+        whatsmeow reconnected by itself after a stall (it lets go once it notices): the
+        session is rebuilt, with backoff, and only ``replaced_limit`` replacements within
+        one leadership term halt the channel (something outside the cluster uses it)."""
+        if self._following and self._leading and not self._stopping:
+            self._replacements += 1
+            if self._replacements < self.replaced_limit and self._may_connect():
+                self._connected = False
+                self._ended_by = ("replaced by another connection of this device (a "
+                                  "process that led before, reconnecting?)")
+                self._detail = f"{self._ended_by}; reconnecting"
+                log.warning("WhatsApp: %s (%d of %d); reconnecting", self._ended_by,
+                            self._replacements, self.replaced_limit)
+                if self._client is not None:
+                    with contextlib.suppress(Exception):
+                        await self._client.disconnect()
+                return
         await self._halt("session replaced: the same linked session connected from another "
                          "place (another Palaver running?); stop the other one and restart")
 

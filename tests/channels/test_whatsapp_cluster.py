@@ -144,6 +144,70 @@ async def test_a_stream_replaced_by_losing_the_leadership_does_not_stick(tmp_pat
         await b.stop()
 
 
+async def test_the_leader_reconnects_when_an_ex_leader_replaces_its_stream(tmp_path, go):
+    """An ex-leader that stalled comes back and its whatsmeow reconnects by itself
+    before it notices it lost the leadership: that connection replaces the leader's.
+    The leader (the check still says so) rebuilds its session instead of halting; only
+    ``replaced_limit`` replacements in one term halt it (something outside the cluster
+    keeps using the device)."""
+    go.link(db_of(tmp_path))
+    lead = _Leadership()
+    channel = await _follower(tmp_path, lead, "a", RecordingSink())
+    channel.replaced_limit = 2
+    rogues: list[NeonizeClient] = []
+    try:
+        lead.who = "a"
+        await channel.start_leading()
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+        first = _connected(go)[0]
+
+        async def rogue_connects() -> None:
+            rogue = NeonizeClient(db_of(tmp_path))  # the ex-leader's Go client
+            rogues.append(rogue)
+            await rogue.connect()
+
+        await rogue_connects()
+        await until(lambda: len(go.replaced) == 2, HANG_GUARD_S)  # it, then the rogue
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+        assert go.replaced[0] == first._key
+        # Its own client again (the same Go client, a new session); the rogue is off.
+        assert _connected(go) == [first] and len(go.connects) == 3
+        assert channel.health().detail.startswith("connected")
+        await rogue_connects()  # the second replacement in this term: halt
+        await until(lambda: "session replaced" in channel.health().detail, HANG_GUARD_S)
+        connects = len(go.connects)
+        await channel.stop_leading()
+        await channel.start_leading()  # a new term counts anew
+        await until(lambda: len(go.connects) > connects, HANG_GUARD_S)
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+    finally:
+        for rogue in rogues:
+            await rogue.close()
+        await channel.stop()
+    assert not go.crashes
+
+
+async def test_a_connection_without_the_leadership_is_ended_at_once(tmp_path, go):
+    """whatsmeow reconnects a dropped socket by itself, nothing asks Python: a process
+    that can no longer vouch for the leadership ends its session when it drops."""
+    from neonize.aioze.events import DisconnectedEv
+
+    go.link(db_of(tmp_path))
+    lead = _Leadership()
+    channel = await _follower(tmp_path, lead, "a", RecordingSink())
+    try:
+        lead.who = "a"
+        await channel.start_leading()
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+        client = _connected(go)[0]
+        lead.who = "b"  # its heartbeat is late: the check says no, on_lose not yet
+        go.deliver(DisconnectedEv(), client)
+        await until(lambda: client._key in go.stops, HANG_GUARD_S)
+        assert not channel.health().connected and len(go.connects) == 1
+    finally:
+        await channel.stop()
+
+
 async def test_losing_the_leadership_disconnects_first_then_hands_the_inbox_to_the_core(
         tmp_path, go):
     """WhatsApp acknowledged what it delivered: a message still on its way to the core
