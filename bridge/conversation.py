@@ -781,8 +781,12 @@ class ConversationCore(InboundSink):
             self._spawn(self._answer_stops(wake.session_key),
                         name=f"stop {wake.session_key}")
             return
-        if self.coord.owns(wake.session_key):
-            # Messages another process stored here get their ack from this owner.
+        state = self._sessions.get(wake.session_key)
+        if state is not None and state.worker is not None and self.coord.owns(
+                wake.session_key):
+            # Messages another process stored here get their ack from this owner: now,
+            # while they wait behind the running turn (an idle chat's worker claims
+            # them at once, and acknowledges the claim's).
             self.reactions.stored_elsewhere(wake.session_key)
         if wake.outbound:
             self._session(wake.session_key).flush = True
@@ -895,6 +899,9 @@ class ConversationCore(InboundSink):
                     looked_again = True
                     continue
                 looked_again = False
+                if self.coord.process_id is not None and claim.kind is MessageKind.CHAT:
+                    # Some may have been stored by another process (no ack there).
+                    self.reactions.acknowledge_stored(claim.messages)
                 progress = await self._turns.run(claim, override=state.override)
                 if progress.requeued:
                     self._wake_later(key, self._worker_restart_s)

@@ -152,8 +152,14 @@ class AckReactions:
         except Exception as exc:
             log.debug("reactions: waiting messages of %s not read: %s", session_key, exc)
             return 0
+        return self.acknowledge_stored(waiting)
+
+    def acknowledge_stored(self, messages: Sequence[StoredMessage]) -> int:
+        """Acknowledge stored ``messages`` (being answered, or waiting) that have no ack
+        from this process yet and are not done with: e.g. a claim's, when another
+        process stored them.  Returns how many got one."""
         count = 0
-        for msg in waiting:
+        for msg in messages:
             if msg.context or not msg.platform_message_id or is_command(msg.text):
                 continue
             a = msg.address

@@ -202,7 +202,26 @@ def answer_stop_body(message_id: int, owner: str | None, reply: str, *,
 
 def acquire_body(session_key: str, owner: str) -> Body[bool]:
     """Take the chat unless a live process holds it (a registered one: its row is
-    key-share locked, so a concurrent reap of ``owner`` either waits or wins)."""
+    key-share locked, so a concurrent reap of ``owner`` either waits or wins).
+
+    A chat another live process holds is the common refusal (its messages reach every
+    process): it is told without locking that process's row — which its claim and finish
+    hold share-locked, and an upsert's ``DO UPDATE`` would wait for — by an insert that
+    does nothing on conflict and a plain read.  Only a holder that is gone (or a row gone
+    meanwhile) takes the upsert that replaces it."""
+    got = yield val(
+        "INSERT INTO session_owners (session_key, owner, since)"
+        f" SELECT ?, p.id, {DB_NOW} FROM processes p WHERE p.id = ? FOR KEY SHARE"
+        " ON CONFLICT (session_key) DO NOTHING RETURNING owner", session_key, owner)
+    if got == owner:
+        return True
+    holder = yield one(
+        "SELECT o.owner, EXISTS (SELECT 1 FROM processes q WHERE q.id = o.owner) AS alive"
+        " FROM session_owners o WHERE o.session_key = ?", session_key)
+    if holder is not None and holder["owner"] == owner:
+        return True
+    if holder is not None and holder["alive"]:
+        return False  # held by a live process: leave it to that one
     got = yield val(
         "INSERT INTO session_owners (session_key, owner, since)"
         f" SELECT ?, p.id, {DB_NOW} FROM processes p WHERE p.id = ? FOR KEY SHARE"
