@@ -8,8 +8,10 @@ Stop) whose clients, once Go has the device from the session store, CONNECT to t
 server (``host:port``) instead of faking a connection locally; their sends, presence and
 read receipts go there too.  What the connection does follows whatsmeow:
 
-- ``success`` -> ``Connected``; the server's queued messages follow (each acked once
-  Go handed it to Python: neonize's callback only schedules the handler).
+- ``success`` -> the post-connect IQ round trip, then ``Connected`` (whatsmeow's
+  ``handleConnectSuccess`` goroutine); the server's queued messages, pushed right after
+  ``success``, are read meanwhile, so they reach Python before ``Connected`` (each
+  acked once Go handed it to Python: neonize's callback only schedules the handler).
 - ``stream_error`` ``replaced`` -> ``StreamReplaced``; the disconnect is expected, so
   no ``Disconnected`` and no reconnect (``Neonize()`` keeps blocking until Stop).
 - ``failure`` 401 -> ``LoggedOut`` (and the stored device is deleted, as
@@ -215,7 +217,8 @@ class RemoteNewAClient(FakeNewAClient):
         if op == "success":
             self.reconnect_errors = 0
             self.connected = True
-            self._dispatch(ConnectedEv, ConnectedEv(status=True))
+            threading.Thread(target=self._after_success, args=(conn,),
+                             name="fake-go-connected", daemon=True).start()
         elif op == "message":
             event = decode(neonize_fake.neonize_events.MessageEv, frame["event"])
             self._dispatch(type(event), event)
@@ -232,6 +235,17 @@ class RemoteNewAClient(FakeNewAClient):
             self._expected_disconnect = True
             neonize_fake.session_store(self.name).delete()
             self._dispatch(LoggedOutEv, LoggedOutEv(OnConnect=True, Reason=0))
+
+    def _after_success(self, conn: _Socket) -> None:
+        """whatsmeow's handleConnectSuccess goroutine: the post-connect IQs (prekey count,
+        ``SetPassive(false)``), then ``Connected``; the server's offline messages are
+        read meanwhile, so they usually reach Python BEFORE ``Connected``."""
+        try:
+            conn.request("passive", active=True)
+        except _Dropped:
+            pass  # "Failed to send post-connect passive IQ": logged, Connected follows
+        if not self._cancel.is_set() and not self._expected_disconnect:
+            self._dispatch(ConnectedEv, ConnectedEv(status=True))
 
     def _request(self, op: str, error: type[Exception], *, wrap: str = "",
                  **fields: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ types, so what crosses is exactly what Go would serialise):
 
   client -> server  {"op": "hello", "device", "pid", "client"}
                     {"op": "ack", "id"}
+                    {"op": "passive", "req", "active"}          -> {"op": "result", "req"}
                     {"op": "send", "req", "to", "message"}        -> {"op": "result", "req", "id"}
                     {"op": "presence", "req", "state"}           -> {"op": "result", "req"}
                     {"op": "chat_presence", "req", "to", "state"} -> {"op": "result", "req"}
@@ -346,6 +347,8 @@ class FakeWhatsApp:
                         f"3EB0SRV{next(self._sent_ids):06d}", time.monotonic())
             conn.sent.append(sent)
             reply["id"] = sent.id
+        elif op == "passive":
+            pass  # SetPassive(false) after connecting: nothing to record
         elif op == "presence":
             conn.presences.append(str(frame["state"]))
         elif op == "chat_presence":
