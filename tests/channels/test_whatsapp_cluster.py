@@ -548,3 +548,28 @@ async def test_a_session_left_in_sqlite_after_a_store_migrate_is_pointed_out(
         assert "palaver whatsapp login" in caplog.text
     finally:
         await channel.stop()
+
+
+def test_the_status_command_reads_the_device_from_the_configs_postgresql_store(
+        tmp_path, pg_url, monkeypatch, capsys):
+    """`palaver whatsapp status` with the store on PostgreSQL: the device in the store,
+    the password nowhere in what it prints."""
+    import json
+
+    from bridge.cli import build_parser
+    from bridge.config.load import CONFIG_ENV
+    from channels.whatsapp.login import cmd_status
+
+    url = _with_password(pg_url)
+    FakeGo().link(lib_pq_url(url))
+    config = tmp_path / "palaver.json"
+    config.write_text(json.dumps({
+        "dataDir": str(tmp_path / "data"), "store": {"url": url},
+        "health": {"enabled": False},
+        "channels": {"whatsapp": {"enabled": True}}}))
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    args = build_parser().parse_args(["whatsapp", "status"])
+    assert cmd_status(args) == 0
+    printed = capsys.readouterr()
+    assert "session:  linked (PostgreSQL " in printed.out and "+15550001111" in printed.out
+    assert PASSWORD not in printed.out + printed.err
