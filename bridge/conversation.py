@@ -598,6 +598,13 @@ class ConversationCore(InboundSink):
             kept = inbound
         else:
             kept = _context_only(inbound) if context else _without_content(inbound)
+        if status is MessageStatus.RECEIVED and self.media is not None:
+            # Several processes: another one may run this turn; its media must be in the
+            # store first (a no-op on SQLite and for media put here).  Raises StoreError
+            # while the store cannot take it: the message is then not confirmed.
+            await self.media.ensure_shared(
+                [r.media_id for r in inbound.media]
+                + ([r.media_id for r in inbound.quoted.media] if inbound.quoted else []))
         row_id = await self.store.record_inbound(
             kept, status=status, reason=reason, reply=reply, reply_kind=reply_kind,
             context=context)
