@@ -61,12 +61,10 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as waE2E
 
 from bridge.ports import NotSent
 from channels.whatsapp.content import QuoteRef, build_text_message, build_voice_message
-from channels.whatsapp.session import SessionStore
+from channels.whatsapp.session import SESSION_DB, SESSION_DIR, SessionStore
 
 log = logging.getLogger(__name__)
 
-SESSION_DIR = "whatsapp"  # under dataDir: whatsmeow's session and the adapter's files
-SESSION_DB = "session.db"
 
 
 def session_db_path(data_dir: Path) -> Path:

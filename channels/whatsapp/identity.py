@@ -77,7 +77,12 @@ class LidMap:
         async with self._lock:
             self._map[lid_user] = phone
             if self._shared is not None:
-                await self._shared.kv_set(self._namespace, lid_user, phone)
+                # A cache (whatsmeow keeps its own map): a store hiccup must not cost
+                # the message being handled, so it is only logged.
+                try:
+                    await self._shared.kv_set(self._namespace, lid_user, phone)
+                except Exception as exc:
+                    log.warning("WhatsApp: cannot store the LID map entry: %s", exc)
                 return
             snapshot = dict(self._map)
             await asyncio.to_thread(self._write, snapshot)

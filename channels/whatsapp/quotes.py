@@ -137,10 +137,19 @@ class QuoteJournal:
         item = {**item, "seq": str(self._seq)}
         self._entries[item["id"]] = item
         self._entries.move_to_end(item["id"])
-        await shared.kv_set(self._namespace, item["id"], json.dumps(item, ensure_ascii=False))
+        evicted = []
         while len(self._entries) > self.capacity:
-            old, _ = self._entries.popitem(last=False)
-            await shared.kv_set(self._namespace, old, None)
+            evicted.append(self._entries.popitem(last=False)[0])
+        # Kept in memory either way: a store hiccup only costs the next leader a quote
+        # (an entry not deleted now is dropped by the next load).
+        try:
+            await shared.kv_set(self._namespace, item["id"],
+                                json.dumps(item, ensure_ascii=False))
+            for old in evicted:
+                await shared.kv_set(self._namespace, old, None)
+        except Exception as exc:
+            log.warning("WhatsApp: cannot store message %s for quoting: %s", item["id"],
+                        clip(str(exc), 200))
 
     def _append(self, item: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA = "whatsmeow"  # the PostgreSQL schema of whatsmeow's tables
-SESSION_DIR = "whatsapp"  # under dataDir (also the adapter's own files on SQLite)
+SESSION_DIR = "whatsapp"  # under dataDir: the SQLite session and the adapter's files
 SESSION_DB = "session.db"
 
 # Query parameters asyncpg understands and lib/pq does not (lib/pq would send them to

@@ -573,3 +573,27 @@ def test_the_status_command_reads_the_device_from_the_configs_postgresql_store(
     printed = capsys.readouterr()
     assert "session:  linked (PostgreSQL " in printed.out and "+15550001111" in printed.out
     assert PASSWORD not in printed.out + printed.err
+
+
+async def test_a_store_hiccup_costs_the_shared_memory_an_entry_not_the_message(tmp_path,
+                                                                              caplog):
+    """The LID map is written while a message is being handled (before the core gets
+    it): a store that cannot take the entry is logged, the message goes on."""
+    from bridge.store import StoreUnavailableError
+    from channels.whatsapp.identity import LidMap
+    from channels.whatsapp.quotes import QuoteJournal
+
+    class Down:
+        async def kv_set(self, namespace: str, key: str, value: str | None) -> None:
+            raise StoreUnavailableError("the database is unavailable")
+
+        async def kv_items(self, namespace: str) -> dict[str, str]:
+            return {}
+
+    lids = LidMap(tmp_path / "l.json", shared=Down())
+    await lids.remember("99000111", "15550001111")
+    assert lids.phone_for("99000111") == "15550001111"  # for this process, in memory
+    journal = QuoteJournal(tmp_path / "q.jsonl", 4, shared=Down())
+    await journal.add("G1", "120363@g.us", "49151@s.whatsapp.net", "hi")
+    assert journal.get("G1", "120363@g.us") is not None
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
