@@ -2,15 +2,24 @@
 the database), and another takes over, with the device keys in the same PostgreSQL, when
 it dies.
 
-Three real ``palaver run`` processes share one PostgreSQL store, their neonize faked
+Real ``palaver run`` processes share one PostgreSQL store, their neonize faked
 (tests/cluster/whatsapp_member.py) to reach one fake WhatsApp account
 (tests/fakes/whatsapp_server.py), which keeps whatsmeow's quirk: a device connecting
-again replaces its other connection (``StreamReplaced``, and that channel halts).  So two
-processes connected at once would show in the server's history; none may.  Messages from
-several chats are answered exactly once, in order.  Then the connected process is killed
-with SIGKILL; WhatsApp keeps what arrives meanwhile (unacked messages wait for the
-device's next connection); one of the others takes the leadership over, connects with
-the device from PostgreSQL, gets those messages, and answers each once.
+again replaces its other connection (``StreamReplaced``).  So two processes connected at
+once show in the server's history; none may, except where nothing can prevent it (a
+frozen leader's socket).  The tests:
+
+- three processes, one connects; messages from several chats answered exactly once, in
+  order; the connected one killed with SIGKILL, what arrives meanwhile waits on
+  WhatsApp (unacked), another takes the leadership over, connects with the device from
+  PostgreSQL and answers those messages once;
+- a frozen (SIGSTOP) leader, replaced by WhatsApp once another leads, stands by when
+  thawed and can lead again;
+- an ex-leader whose whatsmeow reconnects by itself (its replaced stream's error lost)
+  replaces the leader's connection once: the leader connects again;
+- a leader killed in the middle of a turn: the new leader answers it from the store.
+
+Each prints its takeover time (no timing asserts).
 """
 
 from __future__ import annotations
@@ -275,3 +284,41 @@ async def test_an_ex_leader_that_reconnects_by_itself_does_not_take_whatsapp_fro
     assert wa.live is not None and wa.live.pid == new.pid, wa.history
     print(f"\nex-leader's whatsmeow reconnected by itself and replaced the leader; the "
           f"leader was connected again {back.opened - intruder.opened:.2f} s later")
+
+
+async def test_a_turn_cut_by_kill_9_is_answered_once_by_the_new_leader(
+        wa_cluster, wa, models, pg_url):
+    """Killed in the middle of a turn (its model call hanging): WhatsApp has the message
+    acked by the dead process and never delivers it again, so the answer must come from
+    the store, where the dead process put it before asking the model: the new leader
+    takes the interrupted turn over and answers it once, through its own connection."""
+    cluster: Cluster = wa_cluster
+    members = [cluster.add() for _ in range(2)]
+    _link(cluster, members)
+    for member in members:
+        await cluster.start(member)
+    first = await wa.wait_until(lambda: wa.live, "one process connects")
+    leader = next(m for m in members if m.pid == first.pid)
+    survivor = next(m for m in members if m is not leader)
+    await _ask_round(wa, "before")
+    await _settled_store(pg_url)
+
+    asked = len(models.requests)
+    models.hang()  # the leader's next model call is accepted and never answered
+    chat = CHATS[0]
+    mid = wa.inject(chat, f"mid {chat[5:9]}")
+    await models.wait_requests(asked + 1)
+    await wa.wait_until(lambda: wa.pending == [], "the message acked")
+    assert first.acked[-1] == mid  # WhatsApp is done with it
+
+    cluster.kill(leader)
+    killed_at = time.monotonic()
+    await wa.wait_until(lambda: len(wa.texts_to(chat)) == 2, "the cut turn answered")
+    answered_at = time.monotonic()
+    await _settled_store(pg_url)
+    assert wa.texts_to(chat) == [f"ack before {chat[5:9]}", f"ack mid {chat[5:9]}"]
+    assert [c.pid for c in wa.connections] == [leader.pid, survivor.pid]
+    assert mid not in wa.connections[1].delivered  # answered from the store
+    assert [s.pid for s in wa.sent if s.to == chat][-1] == survivor.pid
+    print(f"\nWhatsApp leader killed (-9) mid-turn: the turn was answered by the new "
+          f"leader {answered_at - killed_at:.2f} s later")
