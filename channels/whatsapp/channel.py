@@ -386,6 +386,7 @@ class WhatsAppChannel(Channel):
                 client = self._client_factory(self._client_target())
                 linked = await client.has_session()
             except Exception as exc:
+                self._leading = False  # the coordinator gives it up (and tries again)
                 self._detail = (f"cannot open the WhatsApp session: {type(exc).__name__}: "
                                 f"{exc}")
                 raise RuntimeError(self._detail) from None

@@ -597,3 +597,31 @@ async def test_a_store_hiccup_costs_the_shared_memory_an_entry_not_the_message(t
     await journal.add("G1", "120363@g.us", "49151@s.whatsapp.net", "hi")
     assert journal.get("G1", "120363@g.us") is not None
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+async def test_a_session_that_cannot_be_read_gives_the_leadership_back(tmp_path, go,
+                                                                      monkeypatch):
+    """start_leading() raises when the device store cannot be read (the coordinator
+    gives the leadership up and tries again later) and serves nothing meanwhile."""
+    go.link(db_of(tmp_path))
+    lead = _Leadership()
+    channel = await _follower(tmp_path, lead, "a", RecordingSink())
+    real = NeonizeClient.has_session
+    failures = [OSError("database is unavailable")]
+
+    async def flaky(self) -> bool:
+        if failures:
+            raise failures.pop()
+        return await real(self)
+
+    monkeypatch.setattr(NeonizeClient, "has_session", flaky)
+    try:
+        lead.who = "a"
+        with pytest.raises(RuntimeError, match="database is unavailable"):
+            await channel.start_leading()
+        assert not channel.owns(None) and go.neonize_calls == 0
+        await channel.start_leading()  # the coordinator's next try
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+        assert channel.owns(None)
+    finally:
+        await channel.stop()
