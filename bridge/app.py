@@ -119,7 +119,7 @@ def _whatsapp_stores(config: Config, store: Store | None) -> dict[str, Any]:
     """WhatsApp's ``session`` (SQLite file or PostgreSQL) and, on PostgreSQL, ``shared``."""
     from channels.whatsapp.session import SessionStore
 
-    session = SessionStore.for_config(config)
+    session = SessionStore.for_config(config, db=store)
     return {"session": session, "shared": store if session.shared else None}
 
 

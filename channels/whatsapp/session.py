@@ -39,10 +39,11 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from bridge.config.schema import Config
+    from bridge.store.db import Database
     from channels.whatsapp.client import LinkedDevice
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class KeyValue(Protocol):
     async def kv_items(self, namespace: str) -> dict[str, str]: ...
 
 
-class SessionStoreError(Exception):
-    """The session store's location cannot be used (the message never holds the URL)."""
+class SessionStoreError(ValueError):
+    """The store URL cannot be used for the session (the message never holds it)."""
 
 
 def lib_pq_url(url: str, *, schema: str = SCHEMA) -> str:
@@ -112,6 +113,8 @@ class SessionStore:
     path: Path | None = None
     url: str | None = field(default=None, repr=False)
     schema: str = SCHEMA
+    # The running Palaver's store (None: the commands open their own when needed).
+    db: Database | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def sqlite(cls, data_dir: Path) -> SessionStore:
@@ -119,26 +122,28 @@ class SessionStore:
         return cls(files=files, path=files / SESSION_DB)
 
     @classmethod
-    def postgres(cls, url: str, data_dir: Path, *, schema: str = SCHEMA) -> SessionStore:
+    def postgres(cls, url: str, data_dir: Path, *, schema: str = SCHEMA,
+                 db: Database | None = None) -> SessionStore:
         from bridge.logs import register_secret
 
         password = urllib.parse.urlsplit(url).password
         if password:
             register_secret(password)
-        store = cls(files=Path(data_dir) / SESSION_DIR, url=url, schema=schema)
+        store = cls(files=Path(data_dir) / SESSION_DIR, url=url, schema=schema, db=db)
         lib_pq_url(url, schema=schema)  # refuse an unusable URL now, not in Go
         return store
 
     @classmethod
-    def for_config(cls, config: Config) -> SessionStore:
+    def for_config(cls, config: Config, *, db: Database | None = None) -> SessionStore:
         """PostgreSQL when the config's store is (``store.url`` or
-        ``$PALAVER_DATABASE_URL``), else the SQLite file in ``dataDir``."""
+        ``$PALAVER_DATABASE_URL``; ``db``: that store, open), else the SQLite file in
+        ``dataDir``."""
         from bridge.store import database_url
 
         url = database_url(config)
         if url is None:
             return cls.sqlite(config.data_dir)
-        return cls.postgres(url, config.data_dir)
+        return cls.postgres(url, config.data_dir, db=db)
 
     @property
     def shared(self) -> bool:
@@ -173,67 +178,72 @@ class SessionStore:
         await asyncio.to_thread(self.files.mkdir, parents=True, exist_ok=True)
         if self.url is None:
             return
-        async with self._connection() as conn:
-            exists = await conn.fetchval(
-                "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema)
+        from bridge.store.sql import run_body, val_body
+
+        async with self._database() as db:
+            exists = await db.read_with(val_body(
+                "SELECT 1 FROM pg_namespace WHERE nspname = ?", self.schema))
             if not exists:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await db.atomically(run_body(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
 
     async def linked_devices(self) -> list[LinkedDevice]:
         """The devices whatsmeow stored, read without Go (see ``read_linked_devices``)."""
+        from bridge.store.sql import all_body, val_body
         from channels.whatsapp.client import LinkedDevice, read_linked_devices
 
         if self.url is None:
             assert self.path is not None
             return await asyncio.to_thread(read_linked_devices, self.path)
-        async with self._connection() as conn:
-            table = await conn.fetchval("SELECT to_regclass($1)",
-                                        f'"{self.schema}".whatsmeow_device')
+        async with self._database() as db:
+            table = await db.read_with(val_body("SELECT to_regclass(?)::text",
+                                                f'"{self.schema}".whatsmeow_device'))
             if table is None:  # no schema or no tables yet: nothing linked
                 return []
-            rows = await conn.fetch(
-                "SELECT jid, COALESCE(lid, ''), COALESCE(push_name, ''), "
-                "COALESCE(business_name, ''), COALESCE(platform, '') "
-                f'FROM "{self.schema}".whatsmeow_device ORDER BY jid')
-        return [LinkedDevice(*(str(v) for v in row)) for row in rows]
+            rows = await db.read_with(all_body(
+                "SELECT jid, COALESCE(lid, '') AS lid, COALESCE(push_name, '') AS push,"
+                " COALESCE(business_name, '') AS business, COALESCE(platform, '') AS"
+                f' platform FROM "{self.schema}".whatsmeow_device ORDER BY jid'))
+        return [LinkedDevice(str(r["jid"]), str(r["lid"]), str(r["push"]),
+                             str(r["business"]), str(r["platform"])) for r in rows]
 
     async def forget(self) -> bool:
-        """Delete the local copy of the session (after a logout); whether one existed.
+        """Delete the stored session (after a logout); whether there was one.
 
         SQLite: the database files.  PostgreSQL: the device rows (whatsmeow's other
         tables cascade from ``whatsmeow_device``)."""
         if self.url is None:
             assert self.path is not None
             return bool(await asyncio.to_thread(remove_session_files, self.path))
-        async with self._connection() as conn:
-            table = await conn.fetchval("SELECT to_regclass($1)",
-                                        f'"{self.schema}".whatsmeow_device')
+        from bridge.store.sql import run_body, val_body
+
+        async with self._database() as db:
+            table = await db.read_with(val_body("SELECT to_regclass(?)::text",
+                                                f'"{self.schema}".whatsmeow_device'))
             if table is None:
                 return False
-            status = await conn.execute(f'DELETE FROM "{self.schema}".whatsmeow_device')
-        return bool(status != "DELETE 0")
+            deleted = await db.atomically(run_body(
+                f'DELETE FROM "{self.schema}".whatsmeow_device'))
+        return bool(deleted)
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A connection of its own (login and status run without a Store; the channel
-        reads once per leadership term); the driver's errors become
-        :class:`SessionStoreError` (they name the server, never the password)."""
-        import asyncpg
+    async def _database(self) -> AsyncIterator[Database]:
+        """The store to read whatsmeow's tables through: ``db`` (the running Palaver's)
+        or, for the ``palaver whatsapp`` commands, a small one of their own (opened like
+        ``palaver run`` opens it, migrations included).  Errors are the store's
+        (``StoreError``: they name the server, never the password)."""
+        if self.db is not None:
+            yield self.db
+            return
+        from bridge.store.db import Database
 
         assert self.url is not None
+        db = await Database.open_url(self.url, pool_size=2,
+                                     application_name="palaver whatsapp")
         try:
-            conn = await asyncpg.connect(self.url, timeout=10)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise SessionStoreError(f"cannot open the WhatsApp session in {self.label}: "
-                                    f"{type(exc).__name__}: {exc}") from None
-        try:
-            yield conn
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise SessionStoreError(f"the WhatsApp session in {self.label}: "
-                                    f"{type(exc).__name__}: {exc}") from None
+            yield db
         finally:
             with contextlib.suppress(Exception):
-                await conn.close(timeout=5)
+                await db.close()
 
 
 def remove_session_files(db_path: Path) -> list[Path]:
