@@ -130,7 +130,19 @@ class AckReactions:
         """Could any attached channel show an ack (else no lookup is worth its query)."""
         if self._attached is None:
             return True
-        return any(c.capabilities.reactions for c in self._attached())
+        return any(c.capabilities.reactions and self._configured(c.name)
+                   for c in self._attached())
+
+    def _configured(self, channel: str) -> bool:
+        """Whether any chat of ``channel`` may get an ack: its ``ackReaction``, or one of
+        a group's, topic's or direct chat's, is not ``""``."""
+        chan = self._config().channel(channel)
+        if getattr(chan, "ackReaction", "") != "":
+            return True
+        for group in getattr(chan, "groups", {}).values():
+            if group.ackReaction or any(t.ackReaction for t in group.topics.values()):
+                return True
+        return any(entry.ackReaction for entry in getattr(chan, "direct", {}).values())
 
     def stored_elsewhere(self, session_key: str) -> None:
         """Another process stored messages in chat ``session_key``, which this process
