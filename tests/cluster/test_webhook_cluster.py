@@ -312,7 +312,10 @@ async def test_kill_9_of_one_process_mid_run_loses_nothing(cluster_env, fake, pg
         after = [t for t, _ in sent.get(chat_id, []) if t > killed["at"]]
         if after:
             firsts.append(after[0] - killed["at"])
-    assert firsts, "the victim owned no chat that was answered after the kill"
+    assert firsts, ("the victim owned no chat that was answered after the kill",
+                    sorted(killed["owned"]), killed["replies"],
+                    {c: [round(t - killed["at"], 2) for t, _ in sent.get(c, [])][-3:]
+                     for c in sorted(killed["owned"])[:5]})
     print(f"\nkill -9 of 1 of 2 processes after {total // 3} messages posted "
           f"({killed['replies']} replies sent): reaped after "
           f"{reaped - killed['at']:.2f} s (leaseSeconds {cluster_env.lease_s:g}); first "
