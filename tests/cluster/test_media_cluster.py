@@ -16,74 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from PIL import Image
 
-from bridge.conversation import ConversationCore
 from bridge.envelope import AcceptStatus, MediaKind
-from bridge.media import MediaStore
 from bridge.models.base import ImagePart
-from bridge.store import Store
-from bridge.store.coord import PgCoordinator, application_name
+from tests.cluster.cores import HANG_GUARD_S, two_cores
 from tests.cluster.palaver_cluster import Cluster, Poster
-from tests.core.helpers import FakeRouter, RecordingChannel, dm, make_config
+from tests.core.helpers import RecordingChannel, dm, make_config
 from tests.media.imaging import decode, encode
-
-NEVER = 3600.0  # no background reap or sweep: nothing here needs one
-HANG_GUARD_S = 30.0  # only so that a broken test fails instead of hanging
 
 
 def _photo() -> bytes:
     return encode(Image.new("RGB", (800, 600), (20, 160, 90)), "JPEG")
-
-
-# --------------------------------------------------------------- two cores in-process
-
-
-@dataclass
-class Node:
-    store: Store
-    coord: PgCoordinator
-    core: ConversationCore
-    channel: RecordingChannel
-    media: MediaStore
-    router: FakeRouter
-
-
-@contextlib.asynccontextmanager
-async def two_cores(tmp_path: Path, pg_url: str, behaviours) -> AsyncIterator[list[Node]]:
-    config = make_config(tmp_path, agents__defaults__model__primary="local/big")  # vision
-    nodes: list[Node] = []
-    try:
-        for name, behaviour in zip("ab", behaviours, strict=True):
-            app = application_name()
-            store = await Store.open_url(pg_url, application_name=app)
-            coord = PgCoordinator(store, lease_seconds=30.0, app_name=app,
-                                  reap_every_s=NEVER, sweep_every_s=NEVER)
-            await coord.start()
-            media = MediaStore.for_store(tmp_path / name / "media", store)
-            channel = RecordingChannel()
-            router = FakeRouter(config, behaviour)
-            core = ConversationCore(store, config, router, channels=[channel],
-                                    coordinator=coord, media=media)
-            await core.start()
-            nodes.append(Node(store, coord, core, channel, media, router))
-        yield nodes
-    finally:
-        for node in nodes:
-            with contextlib.suppress(Exception):
-                await node.core.stop(grace=0)
-            with contextlib.suppress(Exception):
-                await node.coord.stop()
-            with contextlib.suppress(Exception):
-                await node.store.close()
 
 
 def _images(request) -> list[ImagePart]:
@@ -105,7 +53,9 @@ async def test_a_photo_received_by_a_reaches_the_model_of_b_the_owner(tmp_path, 
     def a_model(_ref, req) -> str:
         raise AssertionError("A must not run a turn of B's chat")
 
-    async with two_cores(tmp_path, pg_url, (a_model, b_model)) as (a, b):
+    config = make_config(tmp_path, agents__defaults__model__primary="local/big")  # vision
+    async with two_cores(config, pg_url, (a_model, b_model), media_root=tmp_path) as (a, b):
+        assert a.media is not None
         first = dm("hello")
         key = str(first.session_key)
         assert await b.core.accept(first) is AcceptStatus.ACCEPTED

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from bridge.envelope import AcceptStatus
 from bridge.ports import PreviewKey, PreviewMode
-from tests.cluster.test_stop_cluster import HANG_GUARD_S, _rows, two_cores
+from tests.cluster.cores import HANG_GUARD_S, rows_of, two_cores
 from tests.core.helpers import RecordingChannel, dm, make_config
 
 
@@ -157,7 +157,7 @@ async def test_a_process_starting_removes_previews_of_turns_interrupted_with_the
             ids.append((claim.turn_id, pid))
         (dead_turn, dead_pid), (live_turn, live_pid) = ids
         await a.store.requeue_turn(dead_turn)  # interrupted, as a reap leaves it
-        assert list(await a.store.read_with(_rows(
+        assert list(await a.store.read_with(rows_of(
             str(first.session_key), "SELECT status FROM turns WHERE session_key = ?"))) \
             == [("interrupted",)]
         await a.core.stop(grace=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from bridge.envelope import AcceptStatus
-from tests.cluster.test_stop_cluster import HANG_GUARD_S, slow_model, two_cores
+from tests.cluster.cores import HANG_GUARD_S, slow_model, two_cores
 from tests.core.helpers import dm, make_config
 from tests.core.test_reactions import EYES, ReactingChannel
 

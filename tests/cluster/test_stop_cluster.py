@@ -6,30 +6,16 @@ A's turn stops and the chat gets exactly one "Stopped." — from A, the owner.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
 from bridge.commands import NOTHING_RUNNING, STOPPED
-from bridge.conversation import ConversationCore
 from bridge.envelope import AcceptStatus
 from bridge.store import Store
-from bridge.store.coord import PgCoordinator, application_name
-from bridge.store.sql import all_
-from tests.core.helpers import FakeRouter, RecordingChannel, dm, make_config
-
-NEVER = 3600.0  # no background sweep: a test that needs one runs it by hand
-HANG_GUARD_S = 20.0  # only so that a broken stop fails instead of hanging
-
-
-@dataclass
-class Node:
-    store: Store
-    coord: PgCoordinator
-    core: ConversationCore
-    channel: RecordingChannel
+from tests.cluster.cores import HANG_GUARD_S, Node, rows_of, slow_model, two_cores
+from tests.core.helpers import dm, make_config
 
 
 @dataclass
@@ -38,46 +24,6 @@ class Pair:
     b: Node
     release: asyncio.Event  # lets A's slow model answer
     called: asyncio.Event  # A's model call started
-
-
-@contextlib.asynccontextmanager
-async def two_cores(config, pg_url: str, behaviours, channels=None) -> AsyncIterator[list[Node]]:
-    """Two cores on one PostgreSQL database (a store, coordinator and channel each; no
-    background reap or sweep), started; stopped and closed afterwards."""
-    nodes: list[Node] = []
-    try:
-        for i, behaviour in enumerate(behaviours):
-            app = application_name()
-            store = await Store.open_url(pg_url, application_name=app)
-            coord = PgCoordinator(store, lease_seconds=30.0, app_name=app,
-                                  reap_every_s=NEVER, sweep_every_s=NEVER)
-            await coord.start()
-            channel = channels[i] if channels is not None else RecordingChannel()
-            core = ConversationCore(store, config, FakeRouter(config, behaviour),
-                                    channels=[channel], coordinator=coord)
-            await core.start()
-            nodes.append(Node(store, coord, core, channel))
-        yield nodes
-    finally:
-        for node in nodes:
-            with contextlib.suppress(Exception):
-                await node.core.stop(grace=0)
-            with contextlib.suppress(Exception):
-                await node.coord.stop()
-            with contextlib.suppress(Exception):
-                await node.store.close()
-
-
-def slow_model() -> tuple[asyncio.Event, asyncio.Event, object]:
-    """``(release, called, behaviour)``: a model that answers once released."""
-    release, called = asyncio.Event(), asyncio.Event()
-
-    async def slow(_ref, req) -> str:
-        called.set()
-        await release.wait()
-        return "the slow answer"
-
-    return release, called, slow
 
 
 @pytest.fixture
@@ -90,19 +36,15 @@ async def pair(tmp_path, pg_url) -> AsyncIterator[Pair]:
         release.set()
 
 
-def _rows(key: str, sql: str):
-    return (yield all_(sql, key))
-
-
 async def _replies(store: Store, key: str) -> list[str]:
-    rows = await store.read_with(_rows(
+    rows = await store.read_with(rows_of(
         key, "SELECT text FROM messages WHERE session_key = ? AND direction = 'out'"
              " ORDER BY id"))
     return [r[0] for r in rows]
 
 
 async def _turns(store: Store, key: str) -> list[tuple[str, str | None]]:
-    rows = await store.read_with(_rows(
+    rows = await store.read_with(rows_of(
         key, "SELECT status, reason FROM turns WHERE session_key = ? ORDER BY id"))
     return [(r[0], r[1]) for r in rows]
 
@@ -126,7 +68,7 @@ async def _one_stopped(pair: Pair, key: str) -> None:
     assert pair.b.channel.texts() == []
     assert await _replies(pair.a.store, key) == [STOPPED]  # no second reply waits
     assert await _turns(pair.a.store, key) == [("failed", "stopped")]
-    statuses = await pair.a.store.read_with(_rows(
+    statuses = await pair.a.store.read_with(rows_of(
         key, "SELECT text, status, kind FROM messages WHERE session_key = ?"
              " AND direction = 'in' ORDER BY id"))
     assert [tuple(r) for r in statuses] == [("write me a long story", "failed", "chat"),

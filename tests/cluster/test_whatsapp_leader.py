@@ -85,6 +85,22 @@ def _expected(labels: list[str]) -> dict[str, list[str]]:
     return {chat: [f"ack {label} {chat[5:9]}" for label in labels] for chat in CHATS}
 
 
+async def _two_with_a_leader(cluster: Cluster, wa: FakeWhatsApp,
+                             pg_url: str) -> tuple[Member, Member, Any]:
+    """Two linked processes started, one connected: (its member, the other, its
+    connection), after a first round ("before") answered and settled in the store."""
+    members = [cluster.add() for _ in range(2)]
+    _link(cluster, members)
+    for member in members:
+        await cluster.start(member)
+    first = await wa.wait_until(lambda: wa.live, "one process connects")
+    leader = next(m for m in members if m.pid == first.pid)
+    other = next(m for m in members if m is not leader)
+    await _ask_round(wa, "before")
+    await _settled_store(pg_url)
+    return leader, other, first
+
+
 async def test_one_process_holds_whatsapp_and_another_takes_over_after_kill_9(
         wa_cluster, wa, pg_url):
     cluster: Cluster = wa_cluster
@@ -187,16 +203,7 @@ async def test_a_frozen_leader_is_replaced_stands_by_when_it_thaws_and_can_lead_
     must neither answer them again nor stay halted: it stands by, and takes over again
     (a fresh session) when the new leader is killed."""
     cluster: Cluster = wa_cluster
-    members = [cluster.add() for _ in range(2)]
-    _link(cluster, members)
-    for member in members:
-        await cluster.start(member)
-
-    first = await wa.wait_until(lambda: wa.live, "one process connects")
-    frozen = next(m for m in members if m.pid == first.pid)
-    other = next(m for m in members if m is not frozen)
-    await _ask_round(wa, "before")
-    await _settled_store(pg_url)
+    frozen, other, _first = await _two_with_a_leader(cluster, wa, pg_url)
 
     await cluster.frozen(frozen)  # stopped before anything is pushed to its socket
     frozen_at = time.monotonic()
@@ -253,15 +260,7 @@ async def test_an_ex_leader_that_reconnects_by_itself_does_not_take_whatsapp_fro
     lost the leadership.  That connection replaces the new leader's.  The cluster must
     still end with its leader connected: the messages of the next round answered once."""
     cluster: Cluster = wa_cluster
-    members = [cluster.add() for _ in range(2)]
-    _link(cluster, members)
-    for member in members:
-        await cluster.start(member)
-    first = await wa.wait_until(lambda: wa.live, "one process connects")
-    old = next(m for m in members if m.pid == first.pid)
-    new = next(m for m in members if m is not old)
-    await _ask_round(wa, "before")
-    await _settled_store(pg_url)
+    old, new, first = await _two_with_a_leader(cluster, wa, pg_url)
 
     wa.lost_stream_errors.add(first.index)
     await cluster.frozen(old)
@@ -293,15 +292,7 @@ async def test_a_turn_cut_by_kill_9_is_answered_once_by_the_new_leader(
     the store, where the dead process put it before asking the model: the new leader
     takes the interrupted turn over and answers it once, through its own connection."""
     cluster: Cluster = wa_cluster
-    members = [cluster.add() for _ in range(2)]
-    _link(cluster, members)
-    for member in members:
-        await cluster.start(member)
-    first = await wa.wait_until(lambda: wa.live, "one process connects")
-    leader = next(m for m in members if m.pid == first.pid)
-    survivor = next(m for m in members if m is not leader)
-    await _ask_round(wa, "before")
-    await _settled_store(pg_url)
+    leader, survivor, first = await _two_with_a_leader(cluster, wa, pg_url)
 
     asked = len(models.requests)
     models.hang()  # the leader's next model call is accepted and never answered
