@@ -32,7 +32,7 @@ from channels.whatsapp.session import SCHEMA, SessionStore, lib_pq_url
 from tests.channels.test_whatsapp import RecordingSink
 from tests.channels.test_whatsapp_fake import message_event, until
 from tests.channels.test_whatsapp_neonize import ANN, ANN_JID, channel_for, db_of
-from tests.fakes.neonize_fake import FakeGo, FakeNewAClient, install, session_store
+from tests.fakes.neonize_fake import FakeGo, FakeNewAClient, install_bounded, session_store
 
 NAME = "whatsapp/default"
 HANG_GUARD_S = 30.0  # only against a hang (a loaded 2-core machine)
@@ -41,10 +41,7 @@ PASSWORD = "pw-Zq8uXk2LrT"  # the test server trusts any password: it must never
 
 @pytest.fixture
 async def go(monkeypatch):
-    fake = install(monkeypatch)
-    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    fake = install_bounded(monkeypatch)
     yield fake
     fake.release()
 

@@ -25,16 +25,13 @@ from channels.whatsapp.client import (
 )
 from tests.channels.test_whatsapp_fake import until
 from tests.channels.test_whatsapp_neonize import build_chat, db_of
-from tests.fakes.neonize_fake import install
+from tests.fakes.neonize_fake import install_bounded
 
 
 @pytest.fixture
 async def go(monkeypatch):
     """The fake Go library (as in test_whatsapp_neonize), bounded waits at test scale."""
-    fake = install(monkeypatch)
-    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    fake = install_bounded(monkeypatch)
     yield fake
     fake.release()  # what the process exit does to threads neonize could not stop
 

@@ -20,10 +20,9 @@ from bridge.ports import SendError
 from bridge.store import DB_FILENAME
 from bridge.store.records import STOPPED_REASON, MessageStatus
 from channels.whatsapp import WhatsAppChannel
-from channels.whatsapp.client import NeonizeClient
 from tests.channels.test_whatsapp_fake import message_event, until
 from tests.channels.test_whatsapp_neonize import ANN, ANN_JID, DM, db_of, started
-from tests.fakes.neonize_fake import install
+from tests.fakes.neonize_fake import install_bounded
 
 EYES = "\U0001F440"
 GROUP_JID = "120363000000000001@g.us"
@@ -33,10 +32,7 @@ GROUP = ChatAddress(channel="whatsapp", account="default", chat_id=GROUP_JID,
 
 @pytest.fixture
 async def go(monkeypatch):
-    fake = install(monkeypatch)
-    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    fake = install_bounded(monkeypatch)
     yield fake
     fake.release()
 

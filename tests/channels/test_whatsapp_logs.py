@@ -24,7 +24,7 @@ from channels.whatsapp import login
 from channels.whatsapp.client import NeonizeClient
 from tests.channels.test_whatsapp_executor import live_client
 from tests.channels.test_whatsapp_login import linking_fake
-from tests.fakes.neonize_fake import install
+from tests.fakes.neonize_fake import install_bounded
 
 SECRET = "correct-horse-battery-staple"
 
@@ -32,9 +32,7 @@ SECRET = "correct-horse-battery-staple"
 @pytest.fixture
 async def go(monkeypatch):
     """The fake Go library (tests/fakes/neonize_fake.py)."""
-    fake = install(monkeypatch)
-    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
+    fake = install_bounded(monkeypatch)
     yield fake
     fake.release()
 

@@ -33,7 +33,7 @@ from channels.whatsapp.client import (
 from channels.whatsapp.login import LOGIN_TIMEOUT_S, run_login, run_logout, whatsapp_status
 from tests.channels.test_whatsapp import RecordingSink
 from tests.channels.test_whatsapp_fake import NOW, message_event, until
-from tests.fakes.neonize_fake import NOTHING_DOWNLOADABLE, FakeGo, install
+from tests.fakes.neonize_fake import NOTHING_DOWNLOADABLE, FakeGo, install_bounded
 
 ANN = "15551234567"
 ANN_JID = f"{ANN}@s.whatsapp.net"
@@ -44,11 +44,7 @@ DM = ChatAddress(channel="whatsapp", account="default", chat_id=ANN_JID,
 @pytest.fixture
 async def go(monkeypatch):
     """The fake Go library; neonize.aioze.client.NewAClient hands out its clients."""
-    fake = install(monkeypatch)
-    # Bounded waits at test scale (the production values are seconds).
-    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    fake = install_bounded(monkeypatch)
     yield fake
     fake.release()  # what the process exit does to threads neonize could not stop
 

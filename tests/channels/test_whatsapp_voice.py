@@ -20,7 +20,7 @@ from tests.channels.test_telegram_voice import _outbox, _reply
 from tests.channels.test_whatsapp_fake import message_event, until
 from tests.channels.test_whatsapp_neonize import ANN_JID, DM, started
 from tests.fakes.audio_bytes import ogg_opus_bytes
-from tests.fakes.neonize_fake import install
+from tests.fakes.neonize_fake import install_bounded
 
 GROUP_JID = "120363000000000001@g.us"
 
@@ -28,12 +28,7 @@ GROUP_JID = "120363000000000001@g.us"
 @pytest.fixture
 def go(monkeypatch):
     """The fake Go library (as in test_whatsapp_neonize), short bounded waits."""
-    from channels.whatsapp.client import NeonizeClient
-
-    fake = install(monkeypatch)
-    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    fake = install_bounded(monkeypatch)
     yield fake
     fake.release()
 

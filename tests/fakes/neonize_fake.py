@@ -794,3 +794,15 @@ def install(monkeypatch: Any, go: FakeGo | None = None) -> FakeGo:
     monkeypatch.setattr(neonize_client.ClientFactory, "get_all_devices_from_db",
                         staticmethod(go.get_all_devices_from_db))
     return go
+
+
+def install_bounded(monkeypatch: Any, go: FakeGo | None = None) -> FakeGo:
+    """:func:`install`, with the client's waits at test scale (the production values are
+    seconds): what the in-process WhatsApp tests use."""
+    from channels.whatsapp.client import NeonizeClient
+
+    go = install(monkeypatch, go)
+    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
+    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
+    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    return go

@@ -17,17 +17,12 @@ from tests.channels.test_whatsapp_neonize import ANN, ANN_JID, channel_for, db_o
 from tests.channels.test_whatsapp_voice import _voice_event
 from tests.fakes.audio_bytes import ogg_opus_bytes
 from tests.fakes.audio_server import FakeAudioServer
-from tests.fakes.neonize_fake import install
+from tests.fakes.neonize_fake import install_bounded
 
 
 @pytest.fixture
 def go(monkeypatch):
-    from channels.whatsapp.client import NeonizeClient
-
-    fake = install(monkeypatch)
-    monkeypatch.setattr(NeonizeClient, "ready_wait_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "stop_timeout_s", 0.3)
-    monkeypatch.setattr(NeonizeClient, "ready_poll_s", 0.01)
+    fake = install_bounded(monkeypatch)
     yield fake
     fake.release()
 
