@@ -187,6 +187,10 @@ class WhatsAppChannel(Channel):
     # A leader whose connection is replaced this often within one leadership term halts
     # (something outside the cluster uses the device); fewer are rebuilt.
     replaced_limit = 3
+    # Not linked: the session is looked at this often, so a `palaver whatsapp login` made
+    # while Palaver runs is picked up without a restart (a read of the session database,
+    # no WhatsApp connection).
+    link_check_s = 5.0
 
     def __init__(
         self,
@@ -265,6 +269,7 @@ class WhatsAppChannel(Channel):
         self._closed = False  # stop() ran: leadership changes no longer apply
         self._stuck_clients: list[WhatsAppClient] = []  # earlier terms' unstoppable ones
         self._replacements = 0  # StreamReplaced seen in this leadership term
+        self._link_watch: asyncio.Task | None = None  # not linked: waits for a login
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -291,9 +296,11 @@ class WhatsAppChannel(Channel):
         self._linked = linked
         if not linked:
             self._detail = NOT_LINKED
-            log.warning("WhatsApp: no linked session in %s; %s. Everything else keeps "
-                        "running.", self._session.location, LOGIN_HINT)
+            log.warning("WhatsApp: no linked session in %s; %s (it is picked up within "
+                        "%g s). Everything else keeps running.", self._session.location,
+                        LOGIN_HINT, self.link_check_s)
             await self._warn_of_local_session()
+            self._watch_for_link()
             return
         self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
         if self._following and not self._leading:
@@ -303,6 +310,55 @@ class WhatsAppChannel(Channel):
                 await client.close()
             return
         self._begin_session(client)
+
+    def _watch_for_link(self) -> None:
+        """Not linked: look at the session every ``link_check_s`` until a device is
+        (one watcher at a time; stop() ends it)."""
+        if self._closed or (self._link_watch is not None and not self._link_watch.done()):
+            return
+        self._link_watch = asyncio.create_task(self._await_link(), name="whatsapp-link")
+
+    async def _await_link(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.link_check_s)
+            try:
+                client = self._client_factory(self._client_target())
+                linked = await client.has_session()
+            except Exception as exc:  # the store blinked: look again next time
+                log.debug("WhatsApp: the session could not be read (%s: %s)",
+                          type(exc).__name__, exc)
+                continue
+            if linked:
+                await self._linked_meanwhile(client)
+                return
+
+    async def _linked_meanwhile(self, client: WhatsAppClient) -> None:
+        """A device was linked while Palaver ran: connect it as start() would have (or,
+        following a leader and not leading, stand by with it)."""
+        async with self._lead_lock:
+            if self._closed or self._linked or self._sink is None:
+                return
+            self._linked = True
+            log.info("WhatsApp: a device was linked in %s", self._session.location)
+            try:
+                await self._lids.load()
+                await self._quotes.load()
+            except Exception:
+                log.exception("WhatsApp: what the adapter learnt could not be loaded")
+            if self._worker is None:
+                self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
+            if (self._following and not self._leading) or self._supervisor is not None:
+                self._detail = "standby" if self._following else self._detail
+                with contextlib.suppress(Exception):
+                    await client.close()
+                return
+            self._stopping = False
+            self._terminal = self._ended_by = None
+            self._connected = False
+            self._replacements = 0
+            self._backoff.reset()
+            log.info("WhatsApp: connecting")
+            self._begin_session(client)
 
     async def _warn_of_local_session(self) -> None:
         """On PostgreSQL: say so when a device is still linked in the SQLite file of a
@@ -395,6 +451,7 @@ class WhatsAppChannel(Channel):
                 self._detail = NOT_LINKED
                 log.warning("WhatsApp: this process leads %s but no device is linked in "
                             "%s; %s", self.leadership, self._session.location, LOGIN_HINT)
+                self._watch_for_link()
                 return
             if self._worker is None:
                 self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
@@ -466,6 +523,11 @@ class WhatsAppChannel(Channel):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._supervisor = self._worker = None
+        if self._link_watch is not None:
+            self._link_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._link_watch
+            self._link_watch = None
         self._cancel_presence_retry()
         self._discard_inbox()
         if self._release_task is not None:

@@ -271,6 +271,57 @@ async def test_alone_on_sqlite_nothing_changes(tmp_path, go):
         await channel.stop()
 
 
+async def test_a_device_linked_while_palaver_runs_is_connected_without_a_restart(
+        tmp_path, go, monkeypatch):
+    """Started with no device: not linked, nothing asked of Go.  `palaver whatsapp
+    login` finishes meanwhile (the device appears in the session database): the channel
+    connects it by itself within link_check_s."""
+    monkeypatch.setattr(WhatsAppChannel, "link_check_s", 0.05)
+    sink = RecordingSink()
+    channel = channel_for(tmp_path)
+    await channel.start(sink)
+    try:
+        assert channel.health().detail.startswith("not linked")
+        await asyncio.sleep(0.2)  # several looks at the session: still nothing to do
+        assert go.neonize_calls == 0 and not channel.health().connected
+        go.link(db_of(tmp_path))
+        await until(lambda: channel.health().connected, HANG_GUARD_S)
+        assert len(go.connects) == 1
+        go.deliver(message_event(E.Message(conversation="hi"), chat=ANN_JID,
+                                 sender=ANN_JID, msg_id="M1"), _connected(go)[0])
+        await until(lambda: sink.received, HANG_GUARD_S)
+    finally:
+        await channel.stop()
+    assert channel._link_watch is None and not go.crashes
+
+
+async def test_a_follower_that_finds_a_device_connects_only_while_it_leads(
+        tmp_path, go, monkeypatch):
+    """Two followers started unlinked, one leading: the device linked meanwhile is
+    connected by the leader alone; the other stands by with it and connects when it
+    takes the leadership over."""
+    monkeypatch.setattr(WhatsAppChannel, "link_check_s", 0.05)
+    lead = _Leadership()
+    a = await _follower(tmp_path, lead, "a", RecordingSink())
+    b = await _follower(tmp_path, lead, "b", RecordingSink())
+    try:
+        lead.who = "a"
+        await a.start_leading()
+        assert "not linked" in a.health().detail and "not linked" in b.health().detail
+        go.link(db_of(tmp_path))
+        await until(lambda: a.health().connected, HANG_GUARD_S)
+        await until(lambda: b.health().detail == "standby (leader: a)", HANG_GUARD_S)
+        assert len(go.connects) == 1 and not b.health().connected
+        lead.who = "b"
+        await a.stop_leading()
+        await b.start_leading()
+        await until(lambda: b.health().connected, HANG_GUARD_S)
+        assert len(go.connects) == 2 and len(_connected(go)) == 1 and go.replaced == []
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 # ------------------------------------------------------------------ PostgreSQL
 
 
@@ -441,6 +492,45 @@ async def test_a_leader_that_loses_the_leadership_disconnects_and_gives_up_its_c
     texts = _texts(go)
     assert len(texts) == 3 and texts[1:] == ["ack who now?", "ack and now?"], texts
     assert not go.crashes
+
+
+async def test_a_login_made_while_the_cluster_runs_is_connected_by_the_leader_alone(
+        tmp_path, pg_url, go, models, monkeypatch):
+    """Two Palavers on one PostgreSQL store, started before any device was linked; then
+    `palaver whatsapp login` (from a third place, the keys into PostgreSQL): the leader
+    connects the device without a restart, the other stands by, a message is answered."""
+    import io
+
+    monkeypatch.setattr(WhatsAppChannel, "link_check_s", 0.05)
+    models.default(lambda req: f"ack {req.last_user_text()}")
+    url = _with_password(pg_url)
+    apps = [App(_config(tmp_path / name, models, url)) for name in "ab"]
+    try:
+        for app in apps:
+            await app.start()
+        await until(lambda: any(app._coord.holds(NAME) for app in apps), HANG_GUARD_S)
+        leader, other = sorted(apps, key=lambda app: not app._coord.holds(NAME))
+        assert "not linked" in _whatsapp(leader).health().detail
+        assert go.clients == {}
+
+        store = SessionStore.postgres(url, tmp_path / "login")
+        login = asyncio.create_task(run_login(data_dir=tmp_path / "login", out=io.StringIO(),
+                                              session_store=store))
+        await until(lambda: go.clients, HANG_GUARD_S)
+        go.scan()
+        assert await login == 0
+        await until(lambda: _whatsapp(leader).health().connected, HANG_GUARD_S)
+        leader_id = leader._coord.process_id
+        await until(lambda: _whatsapp(other).health().detail == f"standby (leader: {leader_id})",
+                    HANG_GUARD_S)
+        assert _connected(go) == [getattr(_whatsapp(leader)._client, "_client", None)]
+        _ask(go, "hello", "Q1")
+        await until(lambda: "ack hello" in _texts(go), HANG_GUARD_S)
+        assert go.replaced == [] and not go.crashes
+    finally:
+        for app in apps:
+            with contextlib.suppress(Exception):
+                await app.stop(0)
 
 
 async def test_login_status_and_logout_use_the_postgresql_store(tmp_path, pg_url, go,
