@@ -196,6 +196,13 @@ class App:
             raise RuntimeError("App is not started")
         return self._store
 
+    def cluster_status(self) -> dict[str, Any] | None:
+        """The coordinator's status (as ``/healthz``'s ``cluster``): ``mode`` "cluster"
+        with several processes on one PostgreSQL store; None before start or after stop."""
+        if self._coord is None or self._stopped:
+            return None
+        return self._coord.status()
+
     @property
     def core(self) -> ConversationCore:
         if self._core is None:
@@ -382,8 +389,9 @@ class App:
             if self._standing_by(channel):
                 entry["standby"] = True  # another process leads: not this one's to connect
             report["channels"][label] = entry
-        if self._coord is not None and not self._stopped:
-            report["cluster"] = self._coord.status()
+        cluster = self.cluster_status()
+        if cluster is not None:
+            report["cluster"] = cluster
         if self._core is not None:
             report["pending"] = self._core.pending_count()
             report["busy_sessions"] = self._core.busy_sessions

@@ -97,6 +97,10 @@ class ConsoleBackend(Protocol):
 
     async def health(self) -> Mapping[str, Any]: ...
 
+    def cluster(self) -> Mapping[str, Any] | None:
+        """``/healthz``'s ``cluster`` part (None when not started)."""
+        ...
+
     def router_status(self) -> dict[str, dict[str, Any]]: ...
 
     async def reload_config(self) -> None: ...
@@ -142,6 +146,9 @@ class AppBackend:
 
     async def health(self) -> Mapping[str, Any]:
         return await self._app.health()
+
+    def cluster(self) -> Mapping[str, Any] | None:
+        return self._app.cluster_status()
 
     def router_status(self) -> dict[str, dict[str, Any]]:
         router = self._app.router

@@ -120,6 +120,44 @@ def _scrub(request: web.Request, text: str) -> str:
 # --------------------------------------------------------------------------- overview
 
 
+async def _owners(server: ConsoleServer, cluster: Any) -> dict[str, str] | None:
+    """In a cluster: which process holds each chat (None alone, or when the store
+    cannot say)."""
+    if not isinstance(cluster, dict) or cluster.get("mode") != "cluster":
+        return None
+    from bridge.store.coord import chat_owners
+
+    try:
+        return await server.backend.store.read_with(chat_owners())
+    except Exception:
+        log.debug("chat owners unavailable", exc_info=True)
+        return None
+
+
+async def cluster_view(server: ConsoleServer, cluster: Any) -> dict[str, Any] | None:
+    """The overview's Cluster section: every process of the store (this one first)
+    with its heartbeat, the leaderships it holds and how many chats it answers."""
+    if not isinstance(cluster, dict) or cluster.get("mode") != "cluster":
+        return None
+    owners = await _owners(server, cluster)
+    lease = float(cluster.get("lease_s") or 0.0)
+    counts: dict[str, int] = {}
+    for owner in (owners or {}).values():
+        counts[owner] = counts.get(owner, 0) + 1
+    me = str(cluster.get("process"))
+    rows = [{"id": me, "this": True, "ok": bool(cluster.get("alive")),
+             "heartbeat": cluster.get("heartbeat_age_s"),
+             "leads": [str(x.get("name")) for x in cluster.get("leaderships") or []],
+             "chats": counts.get(me, 0) if owners is not None else None}]
+    for peer in cluster.get("peers") or []:
+        age = peer.get("heartbeat_age_s")
+        rows.append({"id": str(peer.get("id")), "this": False,
+                     "ok": age is not None and (not lease or float(age) <= lease),
+                     "heartbeat": age, "leads": [str(n) for n in peer.get("leaderships") or []],
+                     "chats": counts.get(str(peer.get("id")), 0) if owners is not None else None})
+    return {"lease_s": lease, "processes": rows, "idle": cluster.get("idle_chats", 0)}
+
+
 async def overview_data(server: ConsoleServer) -> dict[str, Any]:
     from bridge.health import evaluate_health
 
@@ -157,7 +195,8 @@ async def overview_data(server: ConsoleServer) -> dict[str, Any]:
             "store_ok": bool(store.get("ok")), "store_detail": redact(str(store.get("detail") or "")),
             "pending": report.get("pending", 0), "busy": report.get("busy_sessions", 0),
             "activity": backend.activity.summary(),
-            "budgets": report.get("budgets") or {}}
+            "budgets": report.get("budgets") or {},
+            "cluster": await cluster_view(server, report.get("cluster"))}
 
 
 async def overview_fragment(request: web.Request) -> str:
@@ -268,7 +307,11 @@ async def chats(request: web.Request) -> web.Response:
             (r.chat, r.name, r.kind, r.model or "", r.model_source)).casefold()]
     config = backend.config
     channel_names = [n for n in ("telegram", "whatsapp") if config.channel(n) is not None]
-    return render(request, "chats.html", "chats", rows=rows, q=q, channels=channel_names)
+    cluster = backend.cluster()
+    owners = await _owners(_server(request), dict(cluster) if cluster is not None else None)
+    me = cluster.get("process") if owners is not None and cluster is not None else None
+    return render(request, "chats.html", "chats", rows=rows, q=q, channels=channel_names,
+                  owners=owners, me=me)
 
 
 async def chat_page(request: web.Request, *, target_text: str | None = None,

@@ -99,6 +99,16 @@ class TurnTakenOver(Lost):
     stored; the new owner answers the messages again."""
 
 
+# ------------------------------------------------------------------ reporting (bodies)
+
+
+def chat_owners() -> Body[dict[str, str]]:
+    """Which process holds each chat now (``session_key -> process id``): for the
+    console, which shows who answers what."""
+    rows = yield all_("SELECT session_key, owner FROM session_owners")
+    return {str(r["session_key"]): str(r["owner"]) for r in rows}
+
+
 # ------------------------------------------------------------------ fences (bodies)
 
 
