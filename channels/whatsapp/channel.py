@@ -319,9 +319,13 @@ class WhatsAppChannel(Channel):
         self._link_watch = asyncio.create_task(self._await_link(), name="whatsapp-link")
 
     async def _await_link(self) -> None:
+        # The session is read without a client (a neonize client is a Go object, and
+        # its finaliser a Go call): one is made only once a device is there.
         while not self._closed:
             await asyncio.sleep(self.link_check_s)
             try:
+                if not await self._session.linked_devices():
+                    continue
                 client = self._client_factory(self._client_target())
                 linked = await client.has_session()
             except Exception as exc:  # the store blinked: look again next time

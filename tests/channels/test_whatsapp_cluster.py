@@ -282,8 +282,10 @@ async def test_a_device_linked_while_palaver_runs_is_connected_without_a_restart
     await channel.start(sink)
     try:
         assert channel.health().detail.startswith("not linked")
+        made = go.made
         await asyncio.sleep(0.2)  # several looks at the session: still nothing to do
         assert go.neonize_calls == 0 and not channel.health().connected
+        assert go.made == made  # looked at without making Go clients
         go.link(db_of(tmp_path))
         await until(lambda: channel.health().connected, HANG_GUARD_S)
         assert len(go.connects) == 1

@@ -159,6 +159,7 @@ class FakeGo:
     downloads_in_flight: int = 0
     max_downloads_in_flight: int = 0
     neonize_calls: int = 0
+    made: int = 0  # NewAClient objects made (each a Go client whose finaliser calls Stop)
     push_name_synced: bool = True  # False: the first connect after login
     download_data: bytes = b"media-bytes"
     send_errors: list[str] = field(default_factory=list)  # each raises once, in order
@@ -253,6 +254,7 @@ class FakeGo:
 
     def new_client(self, name: str, jid: N.JID | None = None, props: Any = None,
                    uuid: str | None = None, new_device: bool = False) -> FakeNewAClient:
+        self.made += 1
         return FakeNewAClient(name, jid, props, uuid, new_device, go=self)
 
     # -- what ClientFactory.get_all_devices_from_db does with Go's record ---------
