@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -120,10 +122,14 @@ def _scrub(request: web.Request, text: str) -> str:
 # --------------------------------------------------------------------------- overview
 
 
+def _in_cluster(cluster: Any) -> bool:
+    return isinstance(cluster, Mapping) and cluster.get("mode") == "cluster"
+
+
 async def _owners(server: ConsoleServer, cluster: Any) -> dict[str, str] | None:
     """In a cluster: which process holds each chat (None alone, or when the store
     cannot say)."""
-    if not isinstance(cluster, dict) or cluster.get("mode") != "cluster":
+    if not _in_cluster(cluster):
         return None
     from bridge.store.coord import chat_owners
 
@@ -137,24 +143,24 @@ async def _owners(server: ConsoleServer, cluster: Any) -> dict[str, str] | None:
 async def cluster_view(server: ConsoleServer, cluster: Any) -> dict[str, Any] | None:
     """The overview's Cluster section: every process of the store (this one first)
     with its heartbeat, the leaderships it holds and how many chats it answers."""
-    if not isinstance(cluster, dict) or cluster.get("mode") != "cluster":
+    if not _in_cluster(cluster):
         return None
     owners = await _owners(server, cluster)
+    counts = Counter(owners.values()) if owners is not None else None
     lease = float(cluster.get("lease_s") or 0.0)
-    counts: dict[str, int] = {}
-    for owner in (owners or {}).values():
-        counts[owner] = counts.get(owner, 0) + 1
-    me = str(cluster.get("process"))
-    rows = [{"id": me, "this": True, "ok": bool(cluster.get("alive")),
-             "heartbeat": cluster.get("heartbeat_age_s"),
-             "leads": [str(x.get("name")) for x in cluster.get("leaderships") or []],
-             "chats": counts.get(me, 0) if owners is not None else None}]
+
+    def row(pid: str, *, this: bool, ok: bool, heartbeat: Any, leads: list[str]) -> dict:
+        return {"id": pid, "this": this, "ok": ok, "heartbeat": heartbeat, "leads": leads,
+                "chats": counts[pid] if counts is not None else None}
+
+    rows = [row(str(cluster.get("process")), this=True, ok=bool(cluster.get("alive")),
+                heartbeat=cluster.get("heartbeat_age_s"),
+                leads=[str(x.get("name")) for x in cluster.get("leaderships") or []])]
     for peer in cluster.get("peers") or []:
         age = peer.get("heartbeat_age_s")
-        rows.append({"id": str(peer.get("id")), "this": False,
-                     "ok": age is not None and (not lease or float(age) <= lease),
-                     "heartbeat": age, "leads": [str(n) for n in peer.get("leaderships") or []],
-                     "chats": counts.get(str(peer.get("id")), 0) if owners is not None else None})
+        rows.append(row(str(peer.get("id")), this=False,
+                        ok=age is not None and (not lease or float(age) <= lease),
+                        heartbeat=age, leads=[str(n) for n in peer.get("leaderships") or []]))
     return {"lease_s": lease, "processes": rows, "idle": cluster.get("idle_chats", 0)}
 
 
@@ -308,7 +314,7 @@ async def chats(request: web.Request) -> web.Response:
     config = backend.config
     channel_names = [n for n in ("telegram", "whatsapp") if config.channel(n) is not None]
     cluster = backend.cluster()
-    owners = await _owners(_server(request), dict(cluster) if cluster is not None else None)
+    owners = await _owners(_server(request), cluster)
     me = cluster.get("process") if owners is not None and cluster is not None else None
     return render(request, "chats.html", "chats", rows=rows, q=q, channels=channel_names,
                   owners=owners, me=me)

@@ -311,6 +311,19 @@ class WhatsAppChannel(Channel):
             return
         self._begin_session(client)
 
+    def _fresh_term(self) -> None:
+        """Before a new session of a term: what ended the last one does not carry over."""
+        self._stopping = False
+        self._terminal = self._ended_by = None
+        self._connected = False
+        self._replacements = 0
+        self._backoff.reset()
+
+    def _ensure_worker(self) -> None:
+        """The inbox worker (handing received messages to the core), once."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
+
     def _watch_for_link(self) -> None:
         """Not linked: look at the session every ``link_check_s`` until a device is
         (one watcher at a time; stop() ends it)."""
@@ -349,18 +362,13 @@ class WhatsAppChannel(Channel):
                 await self._quotes.load()
             except Exception:
                 log.exception("WhatsApp: what the adapter learnt could not be loaded")
-            if self._worker is None:
-                self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
+            self._ensure_worker()
             if (self._following and not self._leading) or self._supervisor is not None:
                 self._detail = "standby" if self._following else self._detail
                 with contextlib.suppress(Exception):
                     await client.close()
                 return
-            self._stopping = False
-            self._terminal = self._ended_by = None
-            self._connected = False
-            self._replacements = 0
-            self._backoff.reset()
+            self._fresh_term()
             log.info("WhatsApp: connecting")
             self._begin_session(client)
 
@@ -434,11 +442,7 @@ class WhatsAppChannel(Channel):
             self._leading = True
             if self._sink is None or self._closed or self._supervisor is not None:
                 return  # start() connects (or the channel is done)
-            self._stopping = False
-            self._terminal = self._ended_by = None
-            self._connected = False
-            self._replacements = 0
-            self._backoff.reset()
+            self._fresh_term()
             try:
                 # What the previous leader learnt (shared store), then the device.
                 await self._lids.load()
@@ -457,8 +461,7 @@ class WhatsAppChannel(Channel):
                             "%s; %s", self.leadership, self._session.location, LOGIN_HINT)
                 self._watch_for_link()
                 return
-            if self._worker is None:
-                self._worker = asyncio.create_task(self._work(), name="whatsapp-inbox")
+            self._ensure_worker()
             log.info("WhatsApp: this process leads %s; connecting", self.leadership)
             self._begin_session(client)
 

@@ -74,16 +74,28 @@ async def _follower(tmp_path: Path, lead: _Leadership, me: str, sink: RecordingS
     return channel
 
 
+@contextlib.asynccontextmanager
+async def _two_followers(tmp_path: Path, sinks: dict[str, RecordingSink] | None = None):
+    """``(lead, a, b)``: two followers of one leadership, started (nobody leads yet);
+    stopped afterwards."""
+    lead = _Leadership()
+    sinks = sinks or {"a": RecordingSink(), "b": RecordingSink()}
+    a = await _follower(tmp_path, lead, "a", sinks["a"])
+    b = await _follower(tmp_path, lead, "b", sinks["b"])
+    try:
+        yield lead, a, b
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 # ------------------------------------------------------------------ the channel's side
 
 
 async def test_a_follower_connects_only_while_leading_and_hands_over_cleanly(tmp_path, go):
     go.link(db_of(tmp_path))
-    lead = _Leadership()
     sinks = {"a": RecordingSink(), "b": RecordingSink()}
-    a = await _follower(tmp_path, lead, "a", sinks["a"])
-    b = await _follower(tmp_path, lead, "b", sinks["b"])
-    try:
+    async with _two_followers(tmp_path, sinks) as (lead, a, b):
         assert go.neonize_calls == 0  # started, validated, not connected
         assert a.health() == b.health()
         assert a.health().detail == "standby (leader: none yet)"
@@ -106,9 +118,6 @@ async def test_a_follower_connects_only_while_leading_and_hands_over_cleanly(tmp
         await until(lambda: b.health().connected, HANG_GUARD_S)
         assert len(_connected(go)) == 1 and go.replaced == []
         assert len(go.connects) == 2
-    finally:
-        await a.stop()
-        await b.stop()
     assert not go.crashes
 
 
@@ -117,10 +126,7 @@ async def test_a_stream_replaced_by_losing_the_leadership_does_not_stick(tmp_pat
     stream (it halts, as whatsmeow does not reconnect).  Once it has lost the leadership
     and gets it back, it connects afresh."""
     go.link(db_of(tmp_path))
-    lead = _Leadership()
-    a = await _follower(tmp_path, lead, "a", RecordingSink())
-    b = await _follower(tmp_path, lead, "b", RecordingSink())
-    try:
+    async with _two_followers(tmp_path) as (lead, a, b):
         lead.who = "a"
         await a.start_leading()
         await until(lambda: a.health().connected, HANG_GUARD_S)
@@ -136,9 +142,6 @@ async def test_a_stream_replaced_by_losing_the_leadership_does_not_stick(tmp_pat
         await until(lambda: a.health().connected, HANG_GUARD_S)
         assert a.health().detail.startswith("connected")
         assert len(go.replaced) == 1  # the clean hand-over replaced nothing
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_the_leader_reconnects_when_an_ex_leader_replaces_its_stream(tmp_path, go):
@@ -303,10 +306,7 @@ async def test_a_follower_that_finds_a_device_connects_only_while_it_leads(
     connected by the leader alone; the other stands by with it and connects when it
     takes the leadership over."""
     monkeypatch.setattr(WhatsAppChannel, "link_check_s", 0.05)
-    lead = _Leadership()
-    a = await _follower(tmp_path, lead, "a", RecordingSink())
-    b = await _follower(tmp_path, lead, "b", RecordingSink())
-    try:
+    async with _two_followers(tmp_path) as (lead, a, b):
         lead.who = "a"
         await a.start_leading()
         assert "not linked" in a.health().detail and "not linked" in b.health().detail
@@ -319,9 +319,6 @@ async def test_a_follower_that_finds_a_device_connects_only_while_it_leads(
         await b.start_leading()
         await until(lambda: b.health().connected, HANG_GUARD_S)
         assert len(go.connects) == 2 and len(_connected(go)) == 1 and go.replaced == []
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 # ------------------------------------------------------------------ PostgreSQL

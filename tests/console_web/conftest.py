@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,16 +103,10 @@ class Console:
         return resp
 
 
-@pytest.fixture
-async def console(tmp_path):
-    path = write_config(tmp_path)
-    live = LiveConfig.load(path)
-    channel = RecordingChannel("telegram")
-    holder: dict = {}
-    router = FakeRouter(lambda: holder["app"].config)
-    app = App(live, channels=[channel], router=router)
-    holder["app"] = app
-    await app.start()
+@contextlib.asynccontextmanager
+async def serving(app: App, live: LiveConfig | None, channel: RecordingChannel,
+                  router: FakeRouter, path: Path | None) -> AsyncIterator[Console]:
+    """The console of a started ``app`` and a browser-like client of it; closed after."""
     backend = AppBackend(app, live)
     backend.attach()
     server = ConsoleServer(backend, console_settings(), app.config.data_dir,
@@ -122,4 +118,20 @@ async def console(tmp_path):
     finally:
         await http.close()
         await server.stop()
+
+
+@pytest.fixture
+async def console(tmp_path):
+    path = write_config(tmp_path)
+    live = LiveConfig.load(path)
+    channel = RecordingChannel("telegram")
+    holder: dict = {}
+    router = FakeRouter(lambda: holder["app"].config)
+    app = App(live, channels=[channel], router=router)
+    holder["app"] = app
+    await app.start()
+    try:
+        async with serving(app, live, channel, router, path) as console:
+            yield console
+    finally:
         await app.stop(grace=0)

@@ -9,22 +9,12 @@ import asyncio
 import re
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from bridge.app import App
 from bridge.config.watch import LiveConfig
-from bridge.console_web.backend import AppBackend
-from bridge.console_web.server import ConsoleServer
 from tests.channels.test_whatsapp_fake import until
-from tests.console_web.conftest import (
-    API_KEY,
-    BOT_TOKEN,
-    CONFIG,
-    WEBHOOK_SECRET,
-    Console,
-    console_settings,
-)
+from tests.console_web.conftest import API_KEY, BOT_TOKEN, CONFIG, WEBHOOK_SECRET, serving
 from tests.console_web.test_pages import get, text_of
 from tests.core.helpers import FakeRouter, RecordingChannel, group
 
@@ -51,28 +41,19 @@ async def pair(tmp_path, pg_url):
         return "done"
 
     apps: list[App] = []
-    server = http = None
+    routers: list[FakeRouter] = []
     try:
         for name in ("a", "b"):
             live = LiveConfig.load(_config_file(tmp_path, name, pg_url))
-            router = FakeRouter(live.current, held)
-            app = App(live, channels=[RecordingChannel("telegram")], router=router)
+            routers.append(FakeRouter(live.current, held))
+            app = App(live, channels=[RecordingChannel("telegram")], router=routers[-1])
             await app.start()
             apps.append(app)
         a, b = apps
-        backend = AppBackend(a, None)
-        backend.attach()
-        server = ConsoleServer(backend, console_settings(), a.config.data_dir,
-                               live_interval_s=0.05)
-        await server.start()
-        http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        yield Console(a, None, server, a.channels[0], None, http, None), b, release
+        async with serving(a, None, a.channels[0], routers[0], None) as console:
+            yield console, b, release
     finally:
         release.set()
-        if http is not None:
-            await http.close()
-        if server is not None:
-            await server.stop()
         for app in apps:
             await app.stop(grace=0)
 
